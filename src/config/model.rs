@@ -1,0 +1,382 @@
+//! The serde model of `routes.toml`: one struct per table, unknown keys rejected, defaults as named functions.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{Dur, Percent, Size};
+
+/// The whole configuration file, after environment overrides.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Config {
+    /// Listeners, limits and timeouts of the gateway itself.
+    pub server: ServerConfig,
+    /// Logging, tracing and metrics.
+    pub telemetry: TelemetryConfig,
+    /// Named groups of HTTP endpoints that `forward` routes send to.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Routes in file order; the first match wins.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the public listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (/healthz /readyz /metrics /routes).
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Largest accepted request body; larger bodies get 413.
+    #[serde(default = "default_max_body")]
+    pub max_body: Size,
+    /// Default route timeout (covers every attempt, until the response headers arrive).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Dur,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+fn default_max_body() -> Size {
+    Size::mib(1)
+}
+fn default_request_timeout() -> Dur {
+    Dur::secs(30)
+}
+fn default_shutdown_grace() -> Dur {
+    Dur::secs(30)
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            max_body: default_max_body(),
+            request_timeout: default_request_timeout(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+/// `[telemetry]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `json` (default) or `text`.
+    #[serde(default = "default_log_format")]
+    pub log_format: LogFormat,
+    /// OTLP/gRPC endpoint for traces; no export when absent.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Service name reported in traces.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// One structured line per request (default true; benchmarks turn it off).
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Json
+}
+fn default_service_name() -> String {
+    "sluice".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_format: default_log_format(),
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+            access_log: true,
+        }
+    }
+}
+
+/// `[upstreams.NAME]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http://host:port` URLs; DNS names are re-resolved every `resolve_interval`.
+    pub endpoints: Vec<String>,
+    /// How often DNS names are resolved again.
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval: Dur,
+    /// Load-balancing policy.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Template whose value picks the endpoint when `balance = "hash"`.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    /// TCP connect timeout per attempt.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// In-flight requests beyond this are shed with 503.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: usize,
+    /// Speak HTTP/2 (h2c) to the endpoints.
+    #[serde(default)]
+    pub http2: bool,
+    /// Passive ejection of failing endpoints.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+    /// Optional active health checks.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+fn default_resolve_interval() -> Dur {
+    Dur::secs(10)
+}
+fn default_connect_timeout() -> Dur {
+    Dur::secs(1)
+}
+fn default_max_concurrent() -> usize {
+    1024
+}
+
+/// Load-balancing policy of an upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Power of two random choices, fewest outstanding requests.
+    #[default]
+    P2c,
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// Uniformly random.
+    Random,
+    /// Rendezvous hashing of `hash_key`.
+    Hash,
+}
+
+/// `[upstreams.NAME.outlier]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Failures in a row that eject an endpoint.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// Base ejection time; doubles on each repeated ejection, capped at 10x.
+    #[serde(default = "default_ejection_time")]
+    pub ejection_time: Dur,
+    /// Never eject more than this share of the endpoints.
+    #[serde(default = "default_max_ejected_percent")]
+    pub max_ejected_percent: Percent,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_ejection_time() -> Dur {
+    Dur::secs(30)
+}
+fn default_max_ejected_percent() -> Percent {
+    Percent(50.0)
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: default_consecutive_failures(),
+            ejection_time: default_ejection_time(),
+            max_ejected_percent: default_max_ejected_percent(),
+        }
+    }
+}
+
+/// `[upstreams.NAME.health_check]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Path requested with GET; any 2xx is healthy.
+    pub path: String,
+    /// Time between checks of one endpoint.
+    #[serde(default = "default_hc_interval")]
+    pub interval: Dur,
+    /// Time allowed for one check.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Dur,
+    /// Failed checks in a row that mark an endpoint unhealthy.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that mark it healthy again.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+}
+
+fn default_hc_interval() -> Dur {
+    Dur::secs(5)
+}
+fn default_hc_timeout() -> Dur {
+    Dur::secs(1)
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+
+/// One `[[routes]]` entry.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteConfig {
+    /// Unique name, used in metrics, logs and problem responses.
+    pub name: String,
+    /// What requests this route takes.
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    /// Synchronous forwarding to an upstream.
+    pub forward: Option<ForwardConfig>,
+    /// Retry policy (forward only).
+    pub retry: Option<RetryConfig>,
+    /// Fault injection (forward only).
+    pub fault: Option<FaultConfig>,
+    /// Token-bucket rate limit.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `match = { ... }`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Exact path, `{name}` segments captured.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Segment-aware path prefix.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Allowed methods; all when absent.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Exact host or `*.example.com`.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Exact header values that must be present.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `forward = { ... }`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Name of an `[upstreams.NAME]` table.
+    pub upstream: String,
+    /// Replaces the matched `path_prefix`.
+    #[serde(default)]
+    pub rewrite_prefix: Option<String>,
+    /// Overall timeout (all attempts); `server.request_timeout` when absent.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
+/// `retry = { ... }`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Retries after the first attempt; 0 disables.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Timeout of one attempt.
+    #[serde(default)]
+    pub per_try_timeout: Option<Dur>,
+    /// Outcome classes that are retried.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<String>,
+    /// Base of the exponential backoff.
+    #[serde(default = "default_backoff")]
+    pub backoff: Dur,
+    /// Cap of the backoff.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Dur,
+    /// Retries may be at most this share of recent requests (plus 10/s).
+    #[serde(default = "default_budget_percent")]
+    pub budget_percent: Percent,
+}
+
+fn default_max_retries() -> u32 {
+    1
+}
+fn default_retry_on() -> Vec<String> {
+    vec!["connect-failure".to_owned()]
+}
+fn default_backoff() -> Dur {
+    Dur::ms(25)
+}
+fn default_max_backoff() -> Dur {
+    Dur::ms(250)
+}
+fn default_budget_percent() -> Percent {
+    Percent(20.0)
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_retries: default_max_retries(),
+            per_try_timeout: None,
+            on: default_retry_on(),
+            backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
+            budget_percent: default_budget_percent(),
+        }
+    }
+}
+
+/// `fault = { ... }`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultConfig {
+    /// Delay added to a share of requests.
+    #[serde(default)]
+    pub delay: Option<Dur>,
+    /// Share of requests delayed.
+    #[serde(default)]
+    pub delay_percent: Option<Percent>,
+    /// Status returned to aborted requests.
+    #[serde(default)]
+    pub abort_status: Option<u16>,
+    /// Share of requests aborted.
+    #[serde(default)]
+    pub abort_percent: Option<Percent>,
+}
+
+/// `rate_limit = { ... }`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained rate of each bucket.
+    pub per_second: f64,
+    /// Bucket size; `per_second` when absent.
+    #[serde(default)]
+    pub burst: Option<f64>,
+    /// Template: one bucket per distinct value; one bucket per route when absent.
+    #[serde(default)]
+    pub key: Option<String>,
+}

@@ -1,0 +1,213 @@
+//! An upstream: its endpoints (re-resolved from DNS), its HTTP client and connection pool, load shedding,
+//! outlier ejection and optional active health checks.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::balance::{self, Pick};
+use super::endpoint::{Endpoint, EndpointUrl};
+use super::outlier::OutlierDetector;
+use crate::body::OutBody;
+use crate::config::{Balance, HealthCheckConfig, UpstreamConfig};
+use crate::telemetry::{Metrics, UpstreamMetrics};
+use crate::template::Template;
+
+/// A named group of endpoints and everything needed to send to them.
+pub struct Upstream {
+    /// Name from `[upstreams.NAME]`.
+    pub name: String,
+    balance: Balance,
+    /// Template for `balance = "hash"`.
+    pub hash_key: Option<Template>,
+    targets: Vec<(String, EndpointUrl)>,
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    client: Client<HttpConnector, OutBody>,
+    in_flight: Arc<AtomicUsize>,
+    max_concurrent: usize,
+    cursor: AtomicUsize,
+    /// Passive ejection.
+    pub outlier: OutlierDetector,
+    /// This upstream's metric handles.
+    pub metrics: UpstreamMetrics,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).finish()
+    }
+}
+
+/// Counts a request as in flight to an upstream (and an endpoint) until dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    upstream: Arc<AtomicUsize>,
+    endpoint: Option<Arc<Endpoint>>,
+}
+
+impl InFlight {
+    /// Charges the request to `endpoint` too (p2c reads the per-endpoint count).
+    pub fn assign(&mut self, endpoint: Arc<Endpoint>) {
+        if let Some(old) = self.endpoint.replace(endpoint) {
+            old.outstanding.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(e) = &self.endpoint {
+            e.outstanding.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.upstream.fetch_sub(1, Ordering::Relaxed);
+        if let Some(e) = &self.endpoint {
+            e.outstanding.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Upstream {
+    /// Builds the upstream, resolves its endpoints once, and starts its resolver and health-check tasks (they
+    /// end when the upstream is dropped, e.g. after a config reload).
+    pub async fn start(name: &str, cfg: &UpstreamConfig, metrics: &Metrics) -> Arc<Upstream> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.connect_timeout.0));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(usize::MAX)
+            .http2_only(cfg.http2)
+            .build(connector);
+        let targets = cfg
+            .endpoints
+            .iter()
+            .filter_map(|u| Endpoint::parse_url(u).ok().map(|p| (u.clone(), p)))
+            .collect();
+        let upstream = Arc::new(Upstream {
+            name: name.to_owned(),
+            balance: cfg.balance,
+            hash_key: cfg.hash_key.as_deref().and_then(|k| Template::parse(k).ok()),
+            targets,
+            endpoints: ArcSwap::from_pointee(Vec::new()),
+            client,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_concurrent: cfg.max_concurrent,
+            cursor: AtomicUsize::new(0),
+            outlier: OutlierDetector::new(&cfg.outlier),
+            metrics: metrics.upstream(name),
+        });
+        upstream.resolve().await;
+        if upstream.targets.iter().any(|(_, t)| t.host.parse::<IpAddr>().is_err()) {
+            tokio::spawn(resolve_loop(Arc::downgrade(&upstream), cfg.resolve_interval.0));
+        }
+        if let Some(hc) = &cfg.health_check {
+            tokio::spawn(health_loop(Arc::downgrade(&upstream), hc.clone()));
+        }
+        upstream
+    }
+
+    /// The current endpoints.
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<Vec<Arc<Endpoint>>>> {
+        self.endpoints.load()
+    }
+
+    /// Admits one more request, or `None` when `max_concurrent` are already in flight (shed with 503).
+    pub fn admit(&self) -> Option<InFlight> {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight { upstream: self.in_flight.clone(), endpoint: None };
+        (now < self.max_concurrent).then_some(guard)
+    }
+
+    /// Picks an endpoint for an attempt.
+    pub fn pick(&self, tried: &[Arc<Endpoint>], hash: Option<u64>) -> Pick {
+        balance::pick(self.balance, &self.endpoints(), self.outlier.now_ms(), tried, hash, &self.cursor)
+    }
+
+    /// Sends one request (its URI already points at an endpoint).
+    pub async fn send(&self, req: Request<OutBody>) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(req).await
+    }
+
+    /// Resolves every configured endpoint again, keeping the state of endpoints whose address did not change.
+    /// A name that fails to resolve keeps its previous addresses.
+    async fn resolve(&self) {
+        let current = self.endpoints.load_full();
+        let mut by_key: HashMap<(&str, SocketAddr), &Arc<Endpoint>> =
+            current.iter().map(|e| ((e.url.as_str(), e.addr), e)).collect();
+        let mut next = Vec::new();
+        for (url, target) in &self.targets {
+            let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, target.port)],
+                Err(_) => match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
+                    Ok(addrs) => addrs.collect(),
+                    Err(e) => {
+                        tracing::warn!(upstream = %self.name, endpoint = %url, error = %e, "DNS resolution failed");
+                        current.iter().filter(|e| &e.url == url).map(|e| e.addr).collect()
+                    }
+                },
+            };
+            for addr in addrs {
+                match by_key.remove(&(url.as_str(), addr)) {
+                    Some(existing) => next.push(existing.clone()),
+                    None => next.push(Arc::new(Endpoint::new(url, target, addr))),
+                }
+            }
+        }
+        self.endpoints.store(Arc::new(next));
+    }
+
+    async fn check(&self, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
+        let uri = Uri::builder().scheme("http").authority(ep.authority.clone()).path_and_query(hc.path.as_str()).build();
+        let Ok(uri) = uri else { return false };
+        let req = Request::get(uri).header(http::header::HOST, ep.host_header.clone()).body(OutBody::Empty);
+        let Ok(req) = req else { return false };
+        matches!(tokio::time::timeout(hc.timeout.0, self.send(req)).await, Ok(Ok(r)) if r.status().is_success())
+    }
+}
+
+async fn resolve_loop(upstream: Weak<Upstream>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(up) = upstream.upgrade() else { return };
+        up.resolve().await;
+    }
+}
+
+async fn health_loop(upstream: Weak<Upstream>, hc: HealthCheckConfig) {
+    loop {
+        let Some(up) = upstream.upgrade() else { return };
+        let endpoints = up.endpoints().clone();
+        let checks = endpoints.iter().map(|ep| async {
+            let ok = up.check(ep, &hc).await;
+            let streak = ep.check_streak.load(Ordering::Relaxed);
+            let streak = match (ok, streak) {
+                (true, s) if s > 0 => s + 1,
+                (true, _) => 1,
+                (false, s) if s < 0 => s - 1,
+                (false, _) => -1,
+            };
+            ep.check_streak.store(streak.clamp(-1000, 1000), Ordering::Relaxed);
+            let healthy = ep.healthy.load(Ordering::Relaxed);
+            if healthy && -streak >= hc.unhealthy_threshold as i32 {
+                tracing::warn!(upstream = %up.name, endpoint = %ep.url, "endpoint failed its health checks");
+                ep.healthy.store(false, Ordering::Relaxed);
+            } else if !healthy && streak >= hc.healthy_threshold as i32 {
+                tracing::info!(upstream = %up.name, endpoint = %ep.url, "endpoint passes its health checks again");
+                ep.healthy.store(true, Ordering::Relaxed);
+            }
+        });
+        futures_util::future::join_all(checks).await;
+        drop(up);
+        tokio::time::sleep(hc.interval.0).await;
+    }
+}

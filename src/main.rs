@@ -1,0 +1,112 @@
+//! The `sluice` command line: `sluice [run] [--config PATH]`, `sluice check [PATH]`, `sluice --version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Edge gateway: forward HTTP with mesh resilience, or publish it to RabbitMQ and Kafka")]
+struct Cli {
+    /// Config file (else $SLUICE_CONFIG, else ./routes.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate a config file, print every problem, and exit 1 if there is any.
+    Check {
+        /// Config file to check.
+        path: Option<PathBuf>,
+    },
+}
+
+fn config_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit
+        .or_else(|| std::env::var_os("SLUICE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("routes.toml"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { path }) => check(config_path(path.or(cli.config))),
+        Some(Command::Run) | None => run(config_path(cli.config)),
+    }
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    match sluice::config::load(&path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                println!("warning: {w}");
+            }
+            let c = &loaded.config;
+            println!("ok: {} routes, {} upstreams, {} brokers", c.routes.len(), c.upstreams.len(), 0);
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            eprintln!("{}: {} problem(s)", path.display(), problems.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let loaded = match sluice::config::load(&path) {
+        Ok(l) => l,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!("{}: refusing to start with {} problem(s)", path.display(), problems.len());
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        sluice::telemetry::init_logging(&loaded.config.telemetry);
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let listeners = match sluice::Listeners::bind(&loaded.config).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot bind the listeners");
+                return ExitCode::from(1);
+            }
+        };
+        sluice::run(loaded.config, listeners, shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received: draining");
+}

@@ -1,0 +1,162 @@
+//! The one place where gateway-made errors become HTTP responses: RFC 9457 `application/problem+json` with
+//! `type`, `title`, `status`, `detail`, `route` and `request_id`. Internals (addresses, library messages) never
+//! reach the client; callers log them before converting.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+
+use crate::body::Body;
+
+/// Everything the gateway itself may answer with instead of an upstream or broker response.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GatewayError {
+    /// No route matches the path.
+    #[error("no route matches this request")]
+    NotFound,
+    /// A route has the path, but not the method.
+    #[error("method not allowed; allowed: {allow}")]
+    MethodNotAllowed {
+        /// Value of the `Allow` header.
+        allow: String,
+    },
+    /// Body larger than `server.max_body`.
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A template needs a value the request does not carry, or the request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The route's rate limit is exhausted.
+    #[error("rate limit exceeded")]
+    RateLimited {
+        /// When a token will be available.
+        retry_after: Duration,
+    },
+    /// The upstream already has `max_concurrent` requests in flight.
+    #[error("upstream is at its concurrency limit")]
+    Overloaded,
+    /// Every endpoint is ejected or failing health checks.
+    #[error("no healthy endpoint is available")]
+    NoHealthyEndpoint,
+    /// No endpoint could be reached (refused, reset, no address).
+    #[error("the upstream could not be reached")]
+    UpstreamUnreachable,
+    /// The route's timeout elapsed.
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    /// A fault injected by the route's `fault` table.
+    #[error("fault injected by the route")]
+    FaultAbort(StatusCode),
+    /// The client's request could not be read.
+    #[error("the request body could not be read")]
+    BodyRead,
+}
+
+/// The problem document.
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<&'a str>,
+    request_id: &'a str,
+}
+
+impl GatewayError {
+    /// The status code a client sees.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BadRequest(_) | GatewayError::BodyRead => StatusCode::BAD_REQUEST,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Overloaded | GatewayError::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            GatewayError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::FaultAbort(s) => *s,
+        }
+    }
+
+    fn kind_and_title(&self) -> (&'static str, &'static str) {
+        match self {
+            GatewayError::NotFound => ("urn:sluice:problem:no-route", "No route"),
+            GatewayError::MethodNotAllowed { .. } => ("urn:sluice:problem:method-not-allowed", "Method not allowed"),
+            GatewayError::PayloadTooLarge { .. } => ("urn:sluice:problem:body-too-large", "Request body too large"),
+            GatewayError::BadRequest(_) => ("urn:sluice:problem:bad-request", "Bad request"),
+            GatewayError::BodyRead => ("urn:sluice:problem:bad-request", "Bad request"),
+            GatewayError::RateLimited { .. } => ("urn:sluice:problem:rate-limited", "Rate limit exceeded"),
+            GatewayError::Overloaded => ("urn:sluice:problem:overloaded", "Upstream overloaded"),
+            GatewayError::NoHealthyEndpoint => ("urn:sluice:problem:no-healthy-endpoint", "No healthy endpoint"),
+            GatewayError::UpstreamUnreachable => ("urn:sluice:problem:upstream-unreachable", "Upstream unreachable"),
+            GatewayError::Timeout => ("urn:sluice:problem:timeout", "Upstream timeout"),
+            GatewayError::FaultAbort(_) => ("urn:sluice:problem:fault-injected", "Fault injected"),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::RateLimited { retry_after } => Some(*retry_after),
+            GatewayError::Overloaded | GatewayError::NoHealthyEndpoint => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// Renders the problem response for `route` (if one matched) and the request id.
+    pub fn into_response(self, route: Option<&str>, request_id: &str) -> Response<Body> {
+        let status = self.status();
+        let (kind, title) = self.kind_and_title();
+        let problem = Problem { kind, title, status: status.as_u16(), detail: self.to_string(), route, request_id };
+        let body = serde_json::to_vec(&problem).expect("a problem serializes");
+        let mut res = Response::new(Body::full(body));
+        *res.status_mut() = status;
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(after) = self.retry_after() {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let GatewayError::MethodNotAllowed { allow } = &self {
+            if let Ok(v) = HeaderValue::try_from(allow.as_str()) {
+                h.insert(header::ALLOW, v);
+            }
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn renders_problem_json_with_retry_after() {
+        let res = GatewayError::RateLimited { retry_after: Duration::from_millis(1500) }.into_response(Some("r"), "id-1");
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert_eq!(res.headers()["retry-after"], "2");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], 429);
+        assert_eq!(v["route"], "r");
+        assert_eq!(v["request_id"], "id-1");
+        assert_eq!(v["title"], "Rate limit exceeded");
+        assert!(v["type"].as_str().unwrap().starts_with("urn:sluice:problem:"));
+    }
+
+    #[test]
+    fn method_not_allowed_carries_allow() {
+        let res = GatewayError::MethodNotAllowed { allow: "GET, POST".into() }.into_response(None, "x");
+        assert_eq!(res.status(), 405);
+        assert_eq!(res.headers()["allow"], "GET, POST");
+    }
+}

@@ -1,0 +1,284 @@
+//! Telemetry: the log subscriber, the Prometheus registry with every metric Sluice exports, W3C trace context,
+//! and the access log line.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::config::{LogFormat, TelemetryConfig};
+
+/// Installs the global log subscriber (`RUST_LOG` filters, default `info`).
+pub fn init_logging(cfg: &TelemetryConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cfg.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteCode {
+    route: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamOutcome {
+    upstream: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+/// Every metric family, registered once per process (they survive config reloads).
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteCode, Counter>,
+    durations: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    attempts: Family<UpstreamOutcome, Counter>,
+    retries: Family<RouteLabel, Counter>,
+    ejections: Family<UpstreamLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    /// Requests being served right now.
+    pub in_flight: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RouteCode, Counter>::default();
+        let durations = Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
+        let attempts = Family::<UpstreamOutcome, Counter>::default();
+        let retries = Family::<RouteLabel, Counter>::default();
+        let ejections = Family::<UpstreamLabel, Counter>::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        let in_flight = Gauge::default();
+        registry.register("sluice_requests", "Requests answered, by route and status", requests.clone());
+        registry.register("sluice_request_duration_seconds", "Time to answer a request", durations.clone());
+        registry.register("sluice_upstream_attempts", "Attempts sent upstream, by outcome", attempts.clone());
+        registry.register("sluice_retries", "Retries sent, by route", retries.clone());
+        registry.register("sluice_ejections", "Endpoints ejected by outlier detection", ejections.clone());
+        registry.register("sluice_config_reloads", "Configuration reloads, by result", reloads.clone());
+        registry.register("sluice_requests_in_flight", "Requests being served", in_flight.clone());
+        Metrics { registry, requests, durations, attempts, retries, ejections, reloads, in_flight }
+    }
+
+    /// Handles for one route, looked up once per config load.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let label = RouteLabel { route: route.to_owned() };
+        RouteMetrics {
+            name: route.to_owned(),
+            family: self.requests.clone(),
+            by_code: (0..500).map(|_| OnceLock::new()).collect(),
+            duration: self.durations.get_or_create(&label).clone(),
+            retries: self.retries.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Handles for one upstream.
+    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        let outcome = |outcome| {
+            self.attempts.get_or_create(&UpstreamOutcome { upstream: upstream.to_owned(), outcome }).clone()
+        };
+        UpstreamMetrics {
+            success: outcome("success"),
+            status_5xx: outcome("5xx"),
+            connect_failure: outcome("connect_failure"),
+            reset: outcome("reset"),
+            timeout: outcome("timeout"),
+            ejections: self.ejections.get_or_create(&UpstreamLabel { upstream: upstream.to_owned() }).clone(),
+        }
+    }
+
+    /// Counts a config reload attempt.
+    pub fn reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ResultLabel { result: if ok { "success" } else { "failure" } }).inc();
+    }
+
+    /// Registers more metrics (broker metrics) under the same registry; call before sharing.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+/// A route's metric handles (no label lookups on the request path).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    name: String,
+    family: Family<RouteCode, Counter>,
+    by_code: Vec<OnceLock<Counter>>,
+    duration: Histogram,
+    /// `sluice_retries_total{route}`.
+    pub retries: Counter,
+}
+
+impl RouteMetrics {
+    /// Counts one answered request.
+    pub fn observe(&self, code: u16, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+        let counter = match self.by_code.get(code.wrapping_sub(100) as usize) {
+            Some(cell) => cell.get_or_init(|| self.family.get_or_create(&RouteCode { route: self.name.clone(), code }).clone()),
+            None => {
+                self.family.get_or_create(&RouteCode { route: self.name.clone(), code }).inc();
+                return;
+            }
+        };
+        counter.inc();
+    }
+}
+
+/// An upstream's metric handles.
+#[derive(Clone, Debug)]
+pub struct UpstreamMetrics {
+    /// Attempts answered below 500.
+    pub success: Counter,
+    /// Attempts answered 5xx.
+    pub status_5xx: Counter,
+    /// Attempts that could not connect.
+    pub connect_failure: Counter,
+    /// Attempts whose connection broke.
+    pub reset: Counter,
+    /// Attempts that hit `per_try_timeout`.
+    pub timeout: Counter,
+    /// Ejections.
+    pub ejections: Counter,
+}
+
+/// W3C trace context of one request: the trace continues from the client's `traceparent`, or starts here.
+#[derive(Clone, Debug)]
+pub struct TraceContext {
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// This hop's span id, 16 hex digits.
+    pub span_id: String,
+    /// Trace flags, 2 hex digits.
+    pub flags: String,
+    /// `tracestate`, passed through.
+    pub tracestate: Option<HeaderValue>,
+}
+
+impl TraceContext {
+    /// Reads `traceparent`/`tracestate` from a request, or starts a new sampled trace.
+    pub fn from_headers(headers: &HeaderMap) -> TraceContext {
+        let parent = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(parse_traceparent);
+        let span_id = format!("{:016x}", fastrand::u64(1..));
+        match parent {
+            Some((trace_id, flags)) => TraceContext {
+                trace_id,
+                span_id,
+                flags,
+                tracestate: headers.get("tracestate").cloned(),
+            },
+            None => TraceContext {
+                trace_id: format!("{:032x}", fastrand::u128(1..)),
+                span_id,
+                flags: "01".to_owned(),
+                tracestate: None,
+            },
+        }
+    }
+
+    /// The `traceparent` to send onwards (this hop as the parent).
+    pub fn traceparent(&self) -> HeaderValue {
+        HeaderValue::try_from(format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags))
+            .expect("hex is a valid header value")
+    }
+}
+
+fn parse_traceparent(v: &str) -> Option<(String, String)> {
+    let mut it = v.trim().split('-');
+    let (version, trace, parent, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let ok = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && hex(flags, 2);
+    ok.then(|| (trace.to_owned(), flags.to_owned()))
+}
+
+/// Shared handle to the metrics.
+pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_a_valid_trace_and_starts_one_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        h.insert("tracestate", "vendor=1".parse().unwrap());
+        let t = TraceContext::from_headers(&h);
+        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(t.span_id, "00f067aa0ba902b7");
+        assert_eq!(t.tracestate.unwrap(), "vendor=1");
+        let bad = HeaderMap::from_iter([(
+            http::header::HeaderName::from_static("traceparent"),
+            HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        )]);
+        let fresh = TraceContext::from_headers(&bad);
+        assert_eq!(fresh.trace_id.len(), 32);
+        assert_ne!(fresh.trace_id, "00000000000000000000000000000000");
+        assert!(fresh.traceparent().to_str().unwrap().starts_with("00-"));
+    }
+
+    #[test]
+    fn exposes_request_metrics() {
+        let m = Metrics::new();
+        m.route("orders").observe(200, Duration::from_millis(3));
+        m.upstream("orders").success.inc();
+        let text = m.encode();
+        assert!(text.contains("sluice_requests_total{route=\"orders\",code=\"200\"} 1"), "{text}");
+        assert!(text.contains("sluice_request_duration_seconds_count{route=\"orders\"} 1"));
+        assert!(text.contains("sluice_upstream_attempts_total{upstream=\"orders\",outcome=\"success\"} 1"));
+    }
+}
