@@ -30,13 +30,19 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     if not_ready.is_empty() {
         (StatusCode::OK, Json(json!({ "ready": true })))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "not_ready": not_ready })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "not_ready": not_ready })),
+        )
     }
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         gw.metrics.encode(),
     )
 }

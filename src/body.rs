@@ -45,7 +45,10 @@ impl HttpBody for Body {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -130,7 +133,11 @@ impl Prepared {
                 if slot.lock().expect("body slot").is_none() {
                     return None;
                 }
-                Some(OutBody::Stream(StreamBody { slot: slot.clone(), taken: None, hint: hint.clone() }))
+                Some(OutBody::Stream(StreamBody {
+                    slot: slot.clone(),
+                    taken: None,
+                    hint: *hint,
+                }))
             }
         }
     }
@@ -165,7 +172,11 @@ pub enum ReadBodyError {
 
 /// Reads the client's body: buffered when it is at most `REPLAY_LIMIT` (or `buffer_all`, up to `max_body`),
 /// otherwise left to stream.
-pub async fn prepare(body: Incoming, max_body: u64, buffer_all: bool) -> Result<Prepared, ReadBodyError> {
+pub async fn prepare(
+    body: Incoming,
+    max_body: u64,
+    buffer_all: bool,
+) -> Result<Prepared, ReadBodyError> {
     let hint = body.size_hint();
     if hint.lower() > max_body {
         return Err(ReadBodyError::TooLarge(max_body));
@@ -179,7 +190,10 @@ pub async fn prepare(body: Incoming, max_body: u64, buffer_all: bool) -> Result<
         return collect(limited, max_body).await;
     }
     if hint.upper().is_some() {
-        let slot = Arc::new(Mutex::new(Some(SourceHandle(Source { prefix: None, rest: limited }))));
+        let slot = Arc::new(Mutex::new(Some(SourceHandle(Source {
+            prefix: None,
+            rest: limited,
+        }))));
         return Ok(Prepared::Streamed { slot, hint });
     }
     // Unknown length (chunked): read up to the replay limit; a short body becomes replayable.
@@ -193,9 +207,15 @@ pub async fn prepare(body: Incoming, max_body: u64, buffer_all: bool) -> Result<
                     prefix.extend_from_slice(&data);
                 }
                 if prefix.len() as u64 > buffer_limit {
-                    let source = Source { prefix: Some(prefix.freeze()), rest: limited };
+                    let source = Source {
+                        prefix: Some(prefix.freeze()),
+                        rest: limited,
+                    };
                     let slot = Arc::new(Mutex::new(Some(SourceHandle(source))));
-                    return Ok(Prepared::Streamed { slot, hint: SizeHint::default() });
+                    return Ok(Prepared::Streamed {
+                        slot,
+                        hint: SizeHint::default(),
+                    });
                 }
             }
         }
@@ -234,16 +254,26 @@ impl HttpBody for OutBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             OutBody::Empty => Poll::Ready(None),
             OutBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             OutBody::Stream(s) => {
                 if s.taken.is_none() {
-                    let taken = s.slot.lock().expect("body slot").take().map(|SourceHandle(src)| src);
+                    let taken = s
+                        .slot
+                        .lock()
+                        .expect("body slot")
+                        .take()
+                        .map(|SourceHandle(src)| src);
                     match taken {
                         Some(src) => s.taken = Some(src),
-                        None => return Poll::Ready(Some(Err("request body already consumed".into()))),
+                        None => {
+                            return Poll::Ready(Some(Err("request body already consumed".into())));
+                        }
                     }
                 }
                 let src = s.taken.as_mut().expect("taken above");
@@ -267,7 +297,7 @@ impl HttpBody for OutBody {
         match self {
             OutBody::Empty => SizeHint::with_exact(0),
             OutBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            OutBody::Stream(s) => s.hint.clone(),
+            OutBody::Stream(s) => s.hint,
         }
     }
 }

@@ -55,7 +55,11 @@ impl Listeners {
 
 /// Runs the gateway with a validated `config` until `shutdown` resolves, then stops accepting, drains in-flight
 /// requests for up to `server.shutdown_grace`, and returns.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let metrics = Arc::new(Metrics::new());
     let grace = config.server.shutdown_grace.0;
     let runtime = Runtime::build(config, &metrics).await;

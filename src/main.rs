@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Edge gateway: forward HTTP with mesh resilience, or publish it to RabbitMQ and Kafka")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Edge gateway: forward HTTP with mesh resilience, or publish it to RabbitMQ and Kafka"
+)]
 struct Cli {
     /// Config file (else $SLUICE_CONFIG, else ./routes.toml).
     #[arg(long, global = true)]
@@ -47,7 +51,12 @@ fn check(path: PathBuf) -> ExitCode {
                 println!("warning: {w}");
             }
             let c = &loaded.config;
-            println!("ok: {} routes, {} upstreams, {} brokers", c.routes.len(), c.upstreams.len(), 0);
+            println!(
+                "ok: {} routes, {} upstreams, {} brokers",
+                c.routes.len(),
+                c.upstreams.len(),
+                0
+            );
             ExitCode::SUCCESS
         }
         Err(problems) => {
@@ -67,11 +76,18 @@ fn run(path: PathBuf) -> ExitCode {
             for p in &problems {
                 eprintln!("{p}");
             }
-            eprintln!("{}: refusing to start with {} problem(s)", path.display(), problems.len());
+            eprintln!(
+                "{}: refusing to start with {} problem(s)",
+                path.display(),
+                problems.len()
+            );
             return ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -100,7 +116,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

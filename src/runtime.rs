@@ -64,7 +64,10 @@ impl Runtime {
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
             matchers.push(Matcher::compile(&r.matcher).expect("validated match"));
-            let forward = r.forward.as_ref().expect("validated: a route has an action");
+            let forward = r
+                .forward
+                .as_ref()
+                .expect("validated: a route has an action");
             let action = Action::Forward(ForwardRoute {
                 upstream: upstreams[&forward.upstream].clone(),
                 prefix: matchers.last().and_then(|m| m.prefix().map(str::to_owned)),

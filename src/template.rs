@@ -32,7 +32,9 @@ pub enum TemplateError {
     #[error("unclosed '{{' in template {0:?}")]
     Unclosed(String),
     /// A placeholder that is not one of the known kinds.
-    #[error("unknown placeholder {{{0}}}: use header.NAME, path.NAME, query.NAME, body./json/pointer, method or route")]
+    #[error(
+        "unknown placeholder {{{0}}}: use header.NAME, path.NAME, query.NAME, body./json/pointer, method or route"
+    )]
     Unknown(String),
 }
 
@@ -67,7 +69,15 @@ impl<'a> RenderContext<'a> {
         query: Option<&'a str>,
         route: &'a str,
     ) -> Self {
-        RenderContext { method, headers, params, query, body: None, route, json: OnceLock::new() }
+        RenderContext {
+            method,
+            headers,
+            params,
+            query,
+            body: None,
+            route,
+            json: OnceLock::new(),
+        }
     }
 
     /// The same context with the raw body available to `{body./pointer}`.
@@ -97,7 +107,9 @@ impl Template {
                 rest = after;
                 continue;
             }
-            let close = rest.find('}').ok_or_else(|| TemplateError::Unclosed(source.to_owned()))?;
+            let close = rest
+                .find('}')
+                .ok_or_else(|| TemplateError::Unclosed(source.to_owned()))?;
             let placeholder = &rest[..close];
             rest = &rest[close + 1..];
             if !literal.is_empty() {
@@ -109,7 +121,10 @@ impl Template {
         if !literal.is_empty() {
             parts.push(Part::Literal(literal));
         }
-        Ok(Template { source: source.to_owned(), parts })
+        Ok(Template {
+            source: source.to_owned(),
+            parts,
+        })
     }
 
     /// The template as written.
@@ -147,14 +162,19 @@ impl Template {
                     out.push_str(value);
                 }
                 Part::Path(name) => {
-                    let value = cx.params.get(name).ok_or_else(|| Missing(format!("path parameter {name}")))?;
+                    let value = cx
+                        .params
+                        .get(name)
+                        .ok_or_else(|| Missing(format!("path parameter {name}")))?;
                     out.push_str(value);
                 }
                 Part::Query(name) => {
                     let value = cx
                         .query
                         .and_then(|q| {
-                            form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v)
+                            form_urlencoded::parse(q.as_bytes())
+                                .find(|(k, _)| k == name)
+                                .map(|(_, v)| v)
                         })
                         .ok_or_else(|| Missing(format!("query parameter {name}")))?;
                     out.push_str(&value);
@@ -166,7 +186,9 @@ impl Template {
                         .ok_or_else(|| Missing(format!("JSON body field {pointer}")))?;
                     match value {
                         serde_json::Value::String(s) => out.push_str(s),
-                        serde_json::Value::Null => return Err(Missing(format!("JSON body field {pointer}"))),
+                        serde_json::Value::Null => {
+                            return Err(Missing(format!("JSON body field {pointer}")));
+                        }
                         other => out.push_str(&other.to_string()),
                     }
                 }
@@ -218,12 +240,16 @@ mod tests {
 
     #[test]
     fn renders_every_placeholder_kind() {
-        let t = Template::parse("{method}:{route}:{path.tenant}:{header.X-User}:{query.page}:{body./order/id}:{{x}").unwrap();
+        let t = Template::parse(
+            "{method}:{route}:{path.tenant}:{header.X-User}:{query.page}:{body./order/id}:{{x}",
+        )
+        .unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-user", "ann".parse().unwrap());
         let p = params(&[("tenant", "acme")]);
         let body = br#"{"order":{"id":42}}"#;
-        let cx = RenderContext::new(&Method::POST, &headers, &p, Some("a=1&page=7"), "r1").with_body(body);
+        let cx = RenderContext::new(&Method::POST, &headers, &p, Some("a=1&page=7"), "r1")
+            .with_body(body);
         assert_eq!(t.render(&cx).unwrap(), "POST:r1:acme:ann:7:42:{x}");
         assert!(t.needs_body());
         assert_eq!(t.path_params().collect::<Vec<_>>(), vec!["tenant"]);
@@ -244,16 +270,34 @@ mod tests {
 
     #[test]
     fn rejects_bad_templates() {
-        assert!(matches!(Template::parse("a{header.x"), Err(TemplateError::Unclosed(_))));
-        assert!(matches!(Template::parse("{cookie.x}"), Err(TemplateError::Unknown(_))));
-        assert!(matches!(Template::parse("{header.}"), Err(TemplateError::Unknown(_))));
-        assert!(matches!(Template::parse("{body.id}"), Err(TemplateError::Unknown(_))));
-        assert_eq!(Template::parse("plain").unwrap().render(&RenderContext::new(
-            &Method::GET,
-            &HeaderMap::new(),
-            &Params::default(),
-            None,
-            "r"
-        )).unwrap(), "plain");
+        assert!(matches!(
+            Template::parse("a{header.x"),
+            Err(TemplateError::Unclosed(_))
+        ));
+        assert!(matches!(
+            Template::parse("{cookie.x}"),
+            Err(TemplateError::Unknown(_))
+        ));
+        assert!(matches!(
+            Template::parse("{header.}"),
+            Err(TemplateError::Unknown(_))
+        ));
+        assert!(matches!(
+            Template::parse("{body.id}"),
+            Err(TemplateError::Unknown(_))
+        ));
+        assert_eq!(
+            Template::parse("plain")
+                .unwrap()
+                .render(&RenderContext::new(
+                    &Method::GET,
+                    &HeaderMap::new(),
+                    &Params::default(),
+                    None,
+                    "r"
+                ))
+                .unwrap(),
+            "plain"
+        );
     }
 }

@@ -20,7 +20,11 @@ pub fn read_value(path: &Path) -> Result<Value, String> {
     }
     config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
-        .add_source(config::Environment::with_prefix("SLUICE").separator("__").try_parsing(true))
+        .add_source(
+            config::Environment::with_prefix("SLUICE")
+                .separator("__")
+                .try_parsing(true),
+        )
         .build()
         .and_then(|c| c.try_deserialize::<Value>())
         .map_err(|e| format!("{}: {e}", path.display()))
@@ -35,21 +39,25 @@ pub fn from_value(root: Value) -> (Config, Vec<String>) {
         return (config, errors);
     };
     for key in map.keys().filter(|k| !TOP_LEVEL.contains(&k.as_str())) {
-        errors.push(format!("unknown top-level key `{key}`, expected one of {}", TOP_LEVEL.join(", ")));
+        errors.push(format!(
+            "unknown top-level key `{key}`, expected one of {}",
+            TOP_LEVEL.join(", ")
+        ));
     }
-    if let Some(v) = map.get("server") {
-        if let Some(s) = typed(v, "server", &mut errors) {
-            config.server = s;
-        }
+    if let Some(v) = map.get("server")
+        && let Some(s) = typed(v, "server", &mut errors)
+    {
+        config.server = s;
     }
-    if let Some(v) = map.get("telemetry") {
-        if let Some(t) = typed(v, "telemetry", &mut errors) {
-            config.telemetry = t;
-        }
+    if let Some(v) = map.get("telemetry")
+        && let Some(t) = typed(v, "telemetry", &mut errors)
+    {
+        config.telemetry = t;
     }
     for (name, v) in table(map.get("upstreams"), "upstreams", &mut errors) {
-        if let Some(u) = typed(v, &format!("upstreams.{name}"), &mut errors) {
-            config.upstreams.insert(name.clone(), u);
+        match typed(v, &format!("upstreams.{name}"), &mut errors) {
+            Some(u) => drop(config.upstreams.insert(name.clone(), u)),
+            None => drop(config.broken_upstreams.insert(name.clone())),
         }
     }
     match map.get("routes") {
@@ -111,6 +119,7 @@ fn route(index: usize, v: &Value, errors: &mut Vec<String>) -> Option<RouteConfi
         }
     };
     let route = RouteConfig {
+        index,
         name,
         matcher: matcher.unwrap_or_default(),
         forward: section(&raw.forward, &label, "forward", errors),
@@ -121,11 +130,21 @@ fn route(index: usize, v: &Value, errors: &mut Vec<String>) -> Option<RouteConfi
     (errors.len() == before).then_some(route)
 }
 
-fn section<T: DeserializeOwned>(v: &Option<Value>, label: &str, key: &str, errors: &mut Vec<String>) -> Option<T> {
-    v.as_ref().and_then(|v| typed(v, &format!("{label}: {key}"), errors))
+fn section<T: DeserializeOwned>(
+    v: &Option<Value>,
+    label: &str,
+    key: &str,
+    errors: &mut Vec<String>,
+) -> Option<T> {
+    v.as_ref()
+        .and_then(|v| typed(v, &format!("{label}: {key}"), errors))
 }
 
-fn table<'a>(v: Option<&'a Value>, key: &str, errors: &mut Vec<String>) -> Vec<(&'a String, &'a Value)> {
+fn table<'a>(
+    v: Option<&'a Value>,
+    key: &str,
+    errors: &mut Vec<String>,
+) -> Vec<(&'a String, &'a Value)> {
     match v {
         None => Vec::new(),
         Some(Value::Object(m)) => m.iter().collect(),
@@ -138,10 +157,15 @@ fn table<'a>(v: Option<&'a Value>, key: &str, errors: &mut Vec<String>) -> Vec<(
 
 /// Deserializes `v`, recording `"{at}: {serde message}"` on failure.
 fn typed<T: DeserializeOwned>(v: &Value, at: &str, errors: &mut Vec<String>) -> Option<T> {
-    T::deserialize(v).map_err(|e| errors.push(format!("{at}: {e}"))).ok()
+    T::deserialize(v)
+        .map_err(|e| errors.push(format!("{at}: {e}")))
+        .ok()
 }
 
 /// Turns `BTreeMap` keys into a sorted list for messages.
 pub fn names<V>(m: &BTreeMap<String, V>) -> String {
-    m.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+    m.keys()
+        .map(|k| format!("{k:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

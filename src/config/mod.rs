@@ -27,8 +27,14 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
     let report = validate(&config);
     errors.extend(report.errors);
     if errors.is_empty() {
-        Ok(Loaded { config, warnings: report.warnings })
+        Ok(Loaded {
+            config,
+            warnings: report.warnings,
+        })
     } else {
         Err(errors)
     }
 }
+
+#[cfg(test)]
+mod tests;

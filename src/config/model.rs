@@ -18,6 +18,10 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Routes in file order; the first match wins.
     pub routes: Vec<RouteConfig>,
+    /// Upstreams that are present but failed to parse (their own errors are reported; references to them are not
+    /// reported again).
+    #[serde(skip)]
+    pub broken_upstreams: std::collections::BTreeSet<String>,
 }
 
 /// `[server]`
@@ -246,6 +250,9 @@ fn default_healthy_threshold() -> u32 {
 /// One `[[routes]]` entry.
 #[derive(Clone, Debug, Serialize)]
 pub struct RouteConfig {
+    /// Position in the file (for messages, also when earlier routes failed to parse).
+    #[serde(skip)]
+    pub index: usize,
     /// Unique name, used in metrics, logs and problem responses.
     pub name: String,
     /// What requests this route takes.

@@ -28,10 +28,13 @@ pub fn validate(config: &Config) -> Report {
     }
     let mut seen = HashSet::new();
     let mut compiled: Vec<(String, Option<Matcher>)> = Vec::new();
-    for (index, route) in config.routes.iter().enumerate() {
-        let label = route_label(index, Some(&route.name));
+    for route in &config.routes {
+        let label = route_label(route.index, Some(&route.name));
         if !seen.insert(route.name.as_str()) {
-            errors.push(format!("{label}: name {:?} is used by an earlier route", route.name));
+            errors.push(format!(
+                "{label}: name {:?} is used by an earlier route",
+                route.name
+            ));
         }
         let matcher = match Matcher::compile(&route.matcher) {
             Ok(m) => Some(m),
@@ -45,10 +48,13 @@ pub fn validate(config: &Config) -> Report {
     }
     for (i, (label, later)) in compiled.iter().enumerate() {
         let Some(later) = later else { continue };
-        if let Some((earlier, _)) =
-            compiled[..i].iter().find(|(_, m)| m.as_ref().is_some_and(|m| m.covers(later)))
+        if let Some((earlier, _)) = compiled[..i]
+            .iter()
+            .find(|(_, m)| m.as_ref().is_some_and(|m| m.covers(later)))
         {
-            report.warnings.push(format!("{label}: never matches, every request it takes is taken by {earlier} first"));
+            report.warnings.push(format!(
+                "{label}: never matches, every request it takes is taken by {earlier} first"
+            ));
         }
     }
     report
@@ -71,7 +77,9 @@ fn check_upstream(name: &str, u: &UpstreamConfig, errors: &mut Vec<String>) {
                 errors.push(format!("{at}: hash_key: {e}"));
             }
         }
-        (_, Some(_)) => errors.push(format!("{at}: hash_key is only used with balance = \"hash\"")),
+        (_, Some(_)) => errors.push(format!(
+            "{at}: hash_key is only used with balance = \"hash\""
+        )),
         (_, None) => {}
     }
     if u.max_concurrent == 0 {
@@ -84,30 +92,47 @@ fn check_upstream(name: &str, u: &UpstreamConfig, errors: &mut Vec<String>) {
         errors.push(format!("{at}: resolve_interval must be more than 0"));
     }
     if u.outlier.consecutive_failures == 0 {
-        errors.push(format!("{at}.outlier: consecutive_failures must be at least 1"));
+        errors.push(format!(
+            "{at}.outlier: consecutive_failures must be at least 1"
+        ));
     }
     if !u.outlier.max_ejected_percent.in_range() {
-        errors.push(format!("{at}.outlier: max_ejected_percent must be between 0 and 100"));
+        errors.push(format!(
+            "{at}.outlier: max_ejected_percent must be between 0 and 100"
+        ));
     }
     if u.outlier.ejection_time.0.is_zero() {
         errors.push(format!("{at}.outlier: ejection_time must be more than 0"));
     }
     if let Some(hc) = &u.health_check {
         if !hc.path.starts_with('/') {
-            errors.push(format!("{at}.health_check: path {:?} must start with '/'", hc.path));
+            errors.push(format!(
+                "{at}.health_check: path {:?} must start with '/'",
+                hc.path
+            ));
         }
         if hc.unhealthy_threshold == 0 || hc.healthy_threshold == 0 {
             errors.push(format!("{at}.health_check: thresholds must be at least 1"));
         }
         if hc.interval.0.is_zero() || hc.timeout.0.is_zero() {
-            errors.push(format!("{at}.health_check: interval and timeout must be more than 0"));
+            errors.push(format!(
+                "{at}.health_check: interval and timeout must be more than 0"
+            ));
         }
     }
 }
 
-fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: &Config, errors: &mut Vec<String>) {
+fn check_route(
+    label: &str,
+    r: &RouteConfig,
+    matcher: Option<&Matcher>,
+    config: &Config,
+    errors: &mut Vec<String>,
+) {
     let params: Vec<&str> = matcher.map(|m| m.param_names()).unwrap_or_default();
-    let check_template = |key: &str, source: &str, errors: &mut Vec<String>| match Template::parse(source) {
+    let check_template = |key: &str, source: &str, errors: &mut Vec<String>| match Template::parse(
+        source,
+    ) {
         Err(e) => errors.push(format!("{label}: {key}: {e}")),
         Ok(t) => {
             for p in t.path_params() {
@@ -124,23 +149,36 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
         return;
     };
     match config.upstreams.get(&forward.upstream) {
+        None if config.broken_upstreams.contains(&forward.upstream) => {}
         None => errors.push(format!(
-            "{label}: forward.upstream {:?} is not defined (upstreams: {})",
+            "{label}: forward.upstream {:?} is not defined ({})",
             forward.upstream,
-            names(&config.upstreams)
+            if config.upstreams.is_empty() {
+                "no upstreams are defined".to_owned()
+            } else {
+                format!("upstreams: {}", names(&config.upstreams))
+            }
         )),
         Some(u) => {
             if let Some(k) = &u.hash_key {
-                check_template(&format!("upstreams.{}.hash_key", forward.upstream), k, errors);
+                check_template(
+                    &format!("upstreams.{}.hash_key", forward.upstream),
+                    k,
+                    errors,
+                );
             }
         }
     }
     if let Some(p) = &forward.rewrite_prefix {
         if r.matcher.path_prefix.is_none() {
-            errors.push(format!("{label}: forward.rewrite_prefix needs match.path_prefix"));
+            errors.push(format!(
+                "{label}: forward.rewrite_prefix needs match.path_prefix"
+            ));
         }
         if !p.starts_with('/') {
-            errors.push(format!("{label}: forward.rewrite_prefix {p:?} must start with '/'"));
+            errors.push(format!(
+                "{label}: forward.rewrite_prefix {p:?} must start with '/'"
+            ));
         }
     }
     if forward.timeout.is_some_and(|t| t.0.is_zero()) {
@@ -153,36 +191,53 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
             }
         }
         if retry.max_backoff < retry.backoff {
-            errors.push(format!("{label}: retry.max_backoff must not be less than retry.backoff"));
+            errors.push(format!(
+                "{label}: retry.max_backoff must not be less than retry.backoff"
+            ));
         }
         if !retry.budget_percent.in_range() {
-            errors.push(format!("{label}: retry.budget_percent must be between 0 and 100"));
+            errors.push(format!(
+                "{label}: retry.budget_percent must be between 0 and 100"
+            ));
         }
         if retry.per_try_timeout.is_some_and(|t| t.0.is_zero()) {
-            errors.push(format!("{label}: retry.per_try_timeout must be more than 0"));
+            errors.push(format!(
+                "{label}: retry.per_try_timeout must be more than 0"
+            ));
         }
     }
     if let Some(f) = &r.fault {
-        for (key, pct) in [("delay_percent", f.delay_percent), ("abort_percent", f.abort_percent)] {
+        for (key, pct) in [
+            ("delay_percent", f.delay_percent),
+            ("abort_percent", f.abort_percent),
+        ] {
             if pct.is_some_and(|p| !p.in_range()) {
                 errors.push(format!("{label}: fault.{key} must be between 0 and 100"));
             }
         }
         if f.delay.is_some() != f.delay_percent.is_some() {
-            errors.push(format!("{label}: fault.delay and fault.delay_percent go together"));
+            errors.push(format!(
+                "{label}: fault.delay and fault.delay_percent go together"
+            ));
         }
         if f.abort_status.is_some() != f.abort_percent.is_some() {
-            errors.push(format!("{label}: fault.abort_status and fault.abort_percent go together"));
+            errors.push(format!(
+                "{label}: fault.abort_status and fault.abort_percent go together"
+            ));
         }
-        if let Some(s) = f.abort_status {
-            if !(200..=599).contains(&s) || StatusCode::from_u16(s).is_err() {
-                errors.push(format!("{label}: fault.abort_status {s} must be an HTTP status from 200 to 599"));
-            }
+        if let Some(s) = f.abort_status
+            && (!(200..=599).contains(&s) || StatusCode::from_u16(s).is_err())
+        {
+            errors.push(format!(
+                "{label}: fault.abort_status {s} must be an HTTP status from 200 to 599"
+            ));
         }
     }
     if let Some(rl) = &r.rate_limit {
         if !(rl.per_second > 0.0 && rl.per_second.is_finite()) {
-            errors.push(format!("{label}: rate_limit.per_second must be more than 0"));
+            errors.push(format!(
+                "{label}: rate_limit.per_second must be more than 0"
+            ));
         }
         if rl.burst.is_some_and(|b| !(b >= 1.0 && b.is_finite())) {
             errors.push(format!("{label}: rate_limit.burst must be at least 1"));

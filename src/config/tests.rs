@@ -1,0 +1,187 @@
+//! Unit tests of loading and validation: each class of error is reported, all at once, naming where it is.
+
+use super::*;
+
+fn write(toml: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn problems(toml: &str) -> Vec<String> {
+    load(&write(toml)).expect_err("config should be refused")
+}
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+max_body = "64KiB"
+
+[upstreams.orders]
+endpoints = ["http://127.0.0.1:9001", "http://localhost:9002"]
+balance = "hash"
+hash_key = "{header.x-user-id}"
+
+[upstreams.orders.outlier]
+consecutive_failures = 3
+
+[[routes]]
+name = "orders-api"
+match = { path_prefix = "/api/orders", methods = ["GET", "POST"] }
+forward = { upstream = "orders", rewrite_prefix = "/orders", timeout = "2s" }
+retry = { max_retries = 2, per_try_timeout = "500ms", on = ["connect-failure", "5xx", "retriable-status:409"] }
+fault = { delay = "200ms", delay_percent = 5, abort_status = 503, abort_percent = 1 }
+rate_limit = { per_second = 100, burst = 200, key = "{header.x-api-key}" }
+
+[[routes]]
+name = "tenant"
+match = { path = "/t/{tenant}/x", host = "*.example.com", headers = { "X-Env" = "prod" } }
+forward = { upstream = "orders" }
+rate_limit = { per_second = 5, key = "{path.tenant}" }
+"#;
+
+#[test]
+fn a_good_config_loads_with_its_values() {
+    let loaded = load(&write(GOOD)).unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.server.max_body.0, 64 * 1024);
+    assert_eq!(
+        c.server.request_timeout.0,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(c.upstreams["orders"].outlier.consecutive_failures, 3);
+    assert_eq!(c.upstreams["orders"].outlier.max_ejected_percent.0, 50.0);
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[0].retry.as_ref().unwrap().max_retries, 2);
+    assert_eq!(c.routes[1].matcher.headers["X-Env"], "prod");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_naming_route_and_key() {
+    let p = problems(
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+max_bdy = "1MiB"
+
+[upstreams.orders]
+endpoints = ["http://127.0.0.1:9001"]
+connect_timeout = "soon"
+
+[[routes]]
+name = "a"
+match = { path_prefix = "/a" }
+forward = { upstream = "ordrs" }
+
+[[routes]]
+name = "a"
+match = { path = "/b", path_prefix = "/b" }
+forward = { upstream = "orders" }
+
+[[routes]]
+name = "c"
+match = { path = "/c/{id}" }
+forward = { upstream = "orders", timeout = "5 fortnights" }
+
+[[routes]]
+name = "d"
+match = { path = "/d/{id}" }
+forward = { upstream = "orders" }
+fault = { abort_status = 503, abort_percent = 150 }
+rate_limit = { per_second = 1, key = "{path.tenant}" }
+retry = { on = ["sometimes"] }
+
+[[routes]]
+name = "e"
+match = { path = "/e" }
+forwrd = { upstream = "orders" }
+"#,
+    );
+    let all = p.join("\n");
+    let expect = [
+        "server: unknown field `max_bdy`",
+        "upstreams.orders: bad duration \"soon\"",
+        "routes[0] \"a\": forward.upstream \"ordrs\" is not defined",
+        "routes[1] \"a\": name \"a\" is used by an earlier route",
+        "routes[1] \"a\": match: set exactly one of path and path_prefix",
+        "routes[2] \"c\": forward: bad duration \"5 fortnights\"",
+        "routes[3] \"d\": fault.abort_percent must be between 0 and 100",
+        "routes[3] \"d\": rate_limit.key refers to {path.tenant} but match.path has no {tenant} segment",
+        "routes[3] \"d\": retry.on: \"sometimes\" is not one of",
+        "routes[4] \"e\": unknown field `forwrd`",
+    ];
+    for e in expect {
+        assert!(all.contains(e), "missing {e:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn upstream_problems_are_named() {
+    let p = problems(
+        r#"
+[upstreams.u]
+endpoints = ["ftp://x", "http://h:1/path"]
+balance = "hash"
+max_concurrent = 0
+[upstreams.u.outlier]
+max_ejected_percent = 101
+[upstreams.v]
+endpoints = []
+balance = "fastest"
+[[routes]]
+name = "r"
+match = { path_prefix = "/" }
+forward = { upstream = "u" }
+"#,
+    )
+    .join("\n");
+    for e in [
+        "upstreams.u: endpoints: \"ftp://x\" must start with http://",
+        "upstreams.u: endpoints: \"http://h:1/path\" must not have a path",
+        "upstreams.u: balance = \"hash\" needs hash_key",
+        "upstreams.u: max_concurrent must be at least 1",
+        "upstreams.u.outlier: max_ejected_percent must be between 0 and 100",
+        "upstreams.v: unknown variant `fastest`",
+    ] {
+        assert!(p.contains(e), "missing {e:?} in:\n{p}");
+    }
+}
+
+#[test]
+fn shadowed_routes_are_warned_about() {
+    let loaded = load(&write(
+        r#"
+[upstreams.u]
+endpoints = ["http://127.0.0.1:1"]
+[[routes]]
+name = "all"
+match = { path_prefix = "/api" }
+forward = { upstream = "u" }
+[[routes]]
+name = "never"
+match = { path = "/api/orders/{id}", methods = ["GET"] }
+forward = { upstream = "u" }
+"#,
+    ))
+    .unwrap();
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(
+        loaded.warnings[0].starts_with("routes[1] \"never\": never matches"),
+        "{:?}",
+        loaded.warnings
+    );
+}
+
+#[test]
+fn unknown_top_level_keys_and_missing_files_are_errors() {
+    assert!(
+        problems("[sever]\nlisten = \"x\"\n")
+            .join("\n")
+            .contains("unknown top-level key `sever`")
+    );
+    let missing = load(std::path::Path::new("/nonexistent/routes.toml")).unwrap_err();
+    assert!(missing[0].contains("no such config file"));
+}
