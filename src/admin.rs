@@ -27,27 +27,55 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     if !gw.accepting.load(Ordering::Relaxed) {
         not_ready.push("shutting down".to_owned());
     }
+    for (broker, up) in gw.runtime.load().broker_status() {
+        if !up {
+            not_ready.push(format!("broker {broker} is not connected"));
+        }
+    }
     if not_ready.is_empty() {
         (StatusCode::OK, Json(json!({ "ready": true })))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false, "not_ready": not_ready })),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "not_ready": not_ready })))
     }
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        gw.metrics.encode(),
-    )
+    for (name, publisher) in &gw.runtime.load().brokers {
+        gw.metrics.broker_up(name, publisher.is_up());
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], gw.metrics.encode())
 }
 
 async fn routes(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     let runtime = gw.runtime.load();
-    Json(serde_json::to_value(&*runtime.config).unwrap_or_default())
+    let mut doc = serde_json::to_value(&*runtime.config).unwrap_or_default();
+    if let Some(brokers) = doc.get_mut("brokers").and_then(|b| b.as_object_mut()) {
+        for broker in brokers.values_mut() {
+            if let Some(url) = broker.get_mut("url") {
+                *url = json!(redact_url(url.as_str().unwrap_or_default()));
+            }
+        }
+    }
+    Json(doc)
+}
+
+/// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(super::redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(super::redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
 }

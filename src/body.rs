@@ -45,10 +45,7 @@ impl HttpBody for Body {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -133,11 +130,7 @@ impl Prepared {
                 if slot.lock().expect("body slot").is_none() {
                     return None;
                 }
-                Some(OutBody::Stream(StreamBody {
-                    slot: slot.clone(),
-                    taken: None,
-                    hint: *hint,
-                }))
+                Some(OutBody::Stream(StreamBody { slot: slot.clone(), taken: None, hint: *hint }))
             }
         }
     }
@@ -172,11 +165,7 @@ pub enum ReadBodyError {
 
 /// Reads the client's body: buffered when it is at most `REPLAY_LIMIT` (or `buffer_all`, up to `max_body`),
 /// otherwise left to stream.
-pub async fn prepare(
-    body: Incoming,
-    max_body: u64,
-    buffer_all: bool,
-) -> Result<Prepared, ReadBodyError> {
+pub async fn prepare(body: Incoming, max_body: u64, buffer_all: bool) -> Result<Prepared, ReadBodyError> {
     let hint = body.size_hint();
     if hint.lower() > max_body {
         return Err(ReadBodyError::TooLarge(max_body));
@@ -190,10 +179,7 @@ pub async fn prepare(
         return collect(limited, max_body).await;
     }
     if hint.upper().is_some() {
-        let slot = Arc::new(Mutex::new(Some(SourceHandle(Source {
-            prefix: None,
-            rest: limited,
-        }))));
+        let slot = Arc::new(Mutex::new(Some(SourceHandle(Source { prefix: None, rest: limited }))));
         return Ok(Prepared::Streamed { slot, hint });
     }
     // Unknown length (chunked): read up to the replay limit; a short body becomes replayable.
@@ -207,15 +193,9 @@ pub async fn prepare(
                     prefix.extend_from_slice(&data);
                 }
                 if prefix.len() as u64 > buffer_limit {
-                    let source = Source {
-                        prefix: Some(prefix.freeze()),
-                        rest: limited,
-                    };
+                    let source = Source { prefix: Some(prefix.freeze()), rest: limited };
                     let slot = Arc::new(Mutex::new(Some(SourceHandle(source))));
-                    return Ok(Prepared::Streamed {
-                        slot,
-                        hint: SizeHint::default(),
-                    });
+                    return Ok(Prepared::Streamed { slot, hint: SizeHint::default() });
                 }
             }
         }
@@ -223,11 +203,7 @@ pub async fn prepare(
 }
 
 async fn collect(limited: Limited<Incoming>, max_body: u64) -> Result<Prepared, ReadBodyError> {
-    limited
-        .collect()
-        .await
-        .map(|c| Prepared::Buffered(c.to_bytes()))
-        .map_err(|e| body_error(e, max_body))
+    limited.collect().await.map(|c| Prepared::Buffered(c.to_bytes())).map_err(|e| body_error(e, max_body))
 }
 
 fn body_error(e: BoxError, max_body: u64) -> ReadBodyError {
@@ -254,21 +230,13 @@ impl HttpBody for OutBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             OutBody::Empty => Poll::Ready(None),
             OutBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             OutBody::Stream(s) => {
                 if s.taken.is_none() {
-                    let taken = s
-                        .slot
-                        .lock()
-                        .expect("body slot")
-                        .take()
-                        .map(|SourceHandle(src)| src);
+                    let taken = s.slot.lock().expect("body slot").take().map(|SourceHandle(src)| src);
                     match taken {
                         Some(src) => s.taken = Some(src),
                         None => {

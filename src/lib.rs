@@ -9,6 +9,7 @@
 //! - [`server`]: the public listener, dispatch, access log, graceful shutdown.
 //! - [`forward`]: upstream pools, balancing, outlier ejection, retries and budget, fault injection, rate limits.
 //! - [`body`]: request and response body types (replayable small bodies, streamed large ones).
+//! - [`publish`]: Kafka and RabbitMQ producers, request → message encoding, idempotency keys.
 //! - [`problem`]: the one place where errors become HTTP (`application/problem+json`).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/routes`.
 //! - [`telemetry`]: logging, metrics registry, trace context.
@@ -19,6 +20,7 @@ pub mod body;
 pub mod config;
 pub mod forward;
 pub mod problem;
+pub mod publish;
 pub mod router;
 pub mod runtime;
 pub mod server;
@@ -59,10 +61,10 @@ pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) -> Result<(), publish::PublishError> {
     let metrics = Arc::new(Metrics::new());
     let grace = config.server.shutdown_grace.0;
-    let runtime = Runtime::build(config, &metrics).await;
+    let runtime = Runtime::build(config, &metrics).await?;
     let gateway = Arc::new(Gateway::new(runtime, metrics));
     let admin = admin::router(gateway.clone());
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -75,8 +77,13 @@ pub async fn run(
         }
     });
     tracing::info!(listen = %listeners.main.local_addr().map(|a| a.to_string()).unwrap_or_default(), "sluice is serving");
-    server::serve(listeners.main, gateway, shutdown, grace).await;
+    server::serve(listeners.main, gateway.clone(), shutdown, grace).await;
+    // Nothing confirmed to a client may be lost: let producers deliver what they still hold.
+    for publisher in gateway.runtime.load().brokers.values() {
+        publisher.flush(grace).await;
+    }
     let _ = admin_stop.send(());
     let _ = admin_task.await;
     tracing::info!("sluice stopped");
+    Ok(())
 }

@@ -51,12 +51,7 @@ fn check(path: PathBuf) -> ExitCode {
                 println!("warning: {w}");
             }
             let c = &loaded.config;
-            println!(
-                "ok: {} routes, {} upstreams, {} brokers",
-                c.routes.len(),
-                c.upstreams.len(),
-                0
-            );
+            println!("ok: {} routes, {} upstreams, {} brokers", c.routes.len(), c.upstreams.len(), c.brokers.len());
             ExitCode::SUCCESS
         }
         Err(problems) => {
@@ -76,18 +71,11 @@ fn run(path: PathBuf) -> ExitCode {
             for p in &problems {
                 eprintln!("{p}");
             }
-            eprintln!(
-                "{}: refusing to start with {} problem(s)",
-                path.display(),
-                problems.len()
-            );
+            eprintln!("{}: refusing to start with {} problem(s)", path.display(), problems.len());
             return ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -106,8 +94,13 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        sluice::run(loaded.config, listeners, shutdown_signal()).await;
-        ExitCode::SUCCESS
+        match sluice::run(loaded.config, listeners, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                ExitCode::from(1)
+            }
+        }
     })
 }
 
@@ -116,8 +109,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -54,6 +54,18 @@ pub enum GatewayError {
     /// The client's request could not be read.
     #[error("the request body could not be read")]
     BodyRead,
+    /// A request with the same `Idempotency-Key` is still being processed.
+    #[error("a request with this Idempotency-Key is still in flight")]
+    IdempotencyConflict,
+    /// The broker did not take the message (down, nack, confirm or delivery timeout): nothing was stored.
+    #[error("the broker did not accept the message; nothing was stored, retry later")]
+    BrokerUnavailable,
+    /// The broker cannot deliver the message where the route sends it (unroutable, unknown topic, rejected).
+    #[error("the broker cannot deliver the message to its destination")]
+    Unroutable,
+    /// A bug or a misconfiguration inside the gateway (details are in the logs).
+    #[error("internal error")]
+    Internal,
 }
 
 /// The problem document.
@@ -78,49 +90,41 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadRequest(_) | GatewayError::BodyRead => StatusCode::BAD_REQUEST,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::Overloaded | GatewayError::NoHealthyEndpoint => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::Overloaded | GatewayError::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             GatewayError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::FaultAbort(s) => *s,
+            GatewayError::IdempotencyConflict => StatusCode::CONFLICT,
+            GatewayError::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Unroutable => StatusCode::BAD_GATEWAY,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn kind_and_title(&self) -> (&'static str, &'static str) {
         match self {
             GatewayError::NotFound => ("urn:sluice:problem:no-route", "No route"),
-            GatewayError::MethodNotAllowed { .. } => (
-                "urn:sluice:problem:method-not-allowed",
-                "Method not allowed",
-            ),
-            GatewayError::PayloadTooLarge { .. } => (
-                "urn:sluice:problem:body-too-large",
-                "Request body too large",
-            ),
+            GatewayError::MethodNotAllowed { .. } => ("urn:sluice:problem:method-not-allowed", "Method not allowed"),
+            GatewayError::PayloadTooLarge { .. } => ("urn:sluice:problem:body-too-large", "Request body too large"),
             GatewayError::BadRequest(_) => ("urn:sluice:problem:bad-request", "Bad request"),
             GatewayError::BodyRead => ("urn:sluice:problem:bad-request", "Bad request"),
-            GatewayError::RateLimited { .. } => {
-                ("urn:sluice:problem:rate-limited", "Rate limit exceeded")
-            }
+            GatewayError::RateLimited { .. } => ("urn:sluice:problem:rate-limited", "Rate limit exceeded"),
             GatewayError::Overloaded => ("urn:sluice:problem:overloaded", "Upstream overloaded"),
-            GatewayError::NoHealthyEndpoint => (
-                "urn:sluice:problem:no-healthy-endpoint",
-                "No healthy endpoint",
-            ),
-            GatewayError::UpstreamUnreachable => (
-                "urn:sluice:problem:upstream-unreachable",
-                "Upstream unreachable",
-            ),
+            GatewayError::NoHealthyEndpoint => ("urn:sluice:problem:no-healthy-endpoint", "No healthy endpoint"),
+            GatewayError::UpstreamUnreachable => ("urn:sluice:problem:upstream-unreachable", "Upstream unreachable"),
             GatewayError::Timeout => ("urn:sluice:problem:timeout", "Upstream timeout"),
             GatewayError::FaultAbort(_) => ("urn:sluice:problem:fault-injected", "Fault injected"),
+            GatewayError::IdempotencyConflict => ("urn:sluice:problem:idempotency-conflict", "Request in flight"),
+            GatewayError::BrokerUnavailable => ("urn:sluice:problem:broker-unavailable", "Broker unavailable"),
+            GatewayError::Unroutable => ("urn:sluice:problem:unroutable", "Message unroutable"),
+            GatewayError::Internal => ("urn:sluice:problem:internal", "Internal error"),
         }
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::RateLimited { retry_after } => Some(*retry_after),
-            GatewayError::Overloaded | GatewayError::NoHealthyEndpoint => {
+            GatewayError::Overloaded | GatewayError::NoHealthyEndpoint | GatewayError::BrokerUnavailable => {
                 Some(Duration::from_secs(1))
             }
             _ => None,
@@ -131,22 +135,12 @@ impl GatewayError {
     pub fn into_response(self, route: Option<&str>, request_id: &str) -> Response<Body> {
         let status = self.status();
         let (kind, title) = self.kind_and_title();
-        let problem = Problem {
-            kind,
-            title,
-            status: status.as_u16(),
-            detail: self.to_string(),
-            route,
-            request_id,
-        };
+        let problem = Problem { kind, title, status: status.as_u16(), detail: self.to_string(), route, request_id };
         let body = serde_json::to_vec(&problem).expect("a problem serializes");
         let mut res = Response::new(Body::full(body));
         *res.status_mut() = status;
         let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(after) = self.retry_after() {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
@@ -168,10 +162,8 @@ mod tests {
 
     #[tokio::test]
     async fn renders_problem_json_with_retry_after() {
-        let res = GatewayError::RateLimited {
-            retry_after: Duration::from_millis(1500),
-        }
-        .into_response(Some("r"), "id-1");
+        let res =
+            GatewayError::RateLimited { retry_after: Duration::from_millis(1500) }.into_response(Some("r"), "id-1");
         assert_eq!(res.status(), 429);
         assert_eq!(res.headers()["content-type"], "application/problem+json");
         assert_eq!(res.headers()["retry-after"], "2");
@@ -181,20 +173,12 @@ mod tests {
         assert_eq!(v["route"], "r");
         assert_eq!(v["request_id"], "id-1");
         assert_eq!(v["title"], "Rate limit exceeded");
-        assert!(
-            v["type"]
-                .as_str()
-                .unwrap()
-                .starts_with("urn:sluice:problem:")
-        );
+        assert!(v["type"].as_str().unwrap().starts_with("urn:sluice:problem:"));
     }
 
     #[test]
     fn method_not_allowed_carries_allow() {
-        let res = GatewayError::MethodNotAllowed {
-            allow: "GET, POST".into(),
-        }
-        .into_response(None, "x");
+        let res = GatewayError::MethodNotAllowed { allow: "GET, POST".into() }.into_response(None, "x");
         assert_eq!(res.status(), 405);
         assert_eq!(res.headers()["allow"], "GET, POST");
     }

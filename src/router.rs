@@ -14,10 +14,7 @@ pub struct Params(Vec<(Arc<str>, String)>);
 impl Params {
     /// The value captured for `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| &**k == name)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| &**k == name).map(|(_, v)| v.as_str())
     }
 
     /// Adds a captured value.
@@ -91,35 +88,24 @@ impl Matcher {
         };
         let methods: Option<Vec<Method>> = m.methods.as_ref().map(|ms| {
             ms.iter()
-                .filter_map(
-                    |s| match Method::from_bytes(s.to_ascii_uppercase().as_bytes()) {
-                        Ok(m) => Some(m),
-                        Err(_) => {
-                            errors.push(format!("match.methods: {s:?} is not an HTTP method"));
-                            None
-                        }
-                    },
-                )
+                .filter_map(|s| match Method::from_bytes(s.to_ascii_uppercase().as_bytes()) {
+                    Ok(m) => Some(m),
+                    Err(_) => {
+                        errors.push(format!("match.methods: {s:?} is not an HTTP method"));
+                        None
+                    }
+                })
                 .collect()
         });
-        if matches!(&methods, Some(v) if v.is_empty())
-            && m.methods.as_ref().is_some_and(|v| v.is_empty())
-        {
-            errors.push(
-                "match.methods: empty list matches nothing (omit the key to allow every method)"
-                    .to_owned(),
-            );
+        if matches!(&methods, Some(v) if v.is_empty()) && m.methods.as_ref().is_some_and(|v| v.is_empty()) {
+            errors.push("match.methods: empty list matches nothing (omit the key to allow every method)".to_owned());
         }
         let host = m.host.as_ref().map(|h| {
             let h = h.to_ascii_lowercase();
             match h.strip_prefix('*') {
-                Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 => {
-                    HostMatch::Suffix(suffix.to_owned())
-                }
+                Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 => HostMatch::Suffix(suffix.to_owned()),
                 Some(_) => {
-                    errors.push(format!(
-                        "match.host: {h:?} must be exact or look like \"*.example.com\""
-                    ));
+                    errors.push(format!("match.host: {h:?} must be exact or look like \"*.example.com\""));
                     HostMatch::Exact(h)
                 }
                 None => HostMatch::Exact(h),
@@ -127,26 +113,14 @@ impl Matcher {
         });
         let mut headers = Vec::new();
         for (name, value) in &m.headers {
-            match (
-                HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
+            match (HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()), HeaderValue::from_str(value)) {
                 (Ok(n), Ok(v)) => headers.push((n, v)),
-                (Err(_), _) => errors.push(format!(
-                    "match.headers: {name:?} is not a valid header name"
-                )),
-                (_, Err(_)) => errors.push(format!(
-                    "match.headers.{name}: {value:?} is not a valid header value"
-                )),
+                (Err(_), _) => errors.push(format!("match.headers: {name:?} is not a valid header name")),
+                (_, Err(_)) => errors.push(format!("match.headers.{name}: {value:?} is not a valid header value")),
             }
         }
         match path {
-            Some(path) if errors.is_empty() => Ok(Matcher {
-                path,
-                methods,
-                host,
-                headers,
-            }),
+            Some(path) if errors.is_empty() => Ok(Matcher { path, methods, host, headers }),
             _ => Err(errors),
         }
     }
@@ -219,30 +193,18 @@ impl Matcher {
         methods && host && headers && path
     }
 
-    fn matches_request(
-        &self,
-        host: Option<&str>,
-        path: &str,
-        headers: &HeaderMap,
-        params: &mut Params,
-    ) -> bool {
+    fn matches_request(&self, host: Option<&str>, path: &str, headers: &HeaderMap, params: &mut Params) -> bool {
         if let Some(want) = &self.host {
             let Some(host) = host else { return false };
             let ok = match want {
                 HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
-                HostMatch::Suffix(s) => {
-                    host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
-                }
+                HostMatch::Suffix(s) => host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s),
             };
             if !ok {
                 return false;
             }
         }
-        if !self
-            .headers
-            .iter()
-            .all(|(n, v)| headers.get_all(n).iter().any(|got| got == v))
-        {
+        if !self.headers.iter().all(|(n, v)| headers.get_all(n).iter().any(|got| got == v)) {
             return false;
         }
         match &self.path {
@@ -266,22 +228,13 @@ fn compile_exact(p: &str) -> Result<PathMatch, String> {
             let name = inner
                 .strip_suffix('}')
                 .filter(|n| !n.is_empty() && !n.contains(['{', '}']))
-                .ok_or_else(|| {
-                    format!("match.path: segment {seg:?} of {p:?} must be literal or {{name}}")
-                })?;
-            if segs
-                .iter()
-                .any(|s| matches!(s, Segment::Param(n) if &**n == name))
-            {
-                return Err(format!(
-                    "match.path: parameter {{{name}}} appears twice in {p:?}"
-                ));
+                .ok_or_else(|| format!("match.path: segment {seg:?} of {p:?} must be literal or {{name}}"))?;
+            if segs.iter().any(|s| matches!(s, Segment::Param(n) if &**n == name)) {
+                return Err(format!("match.path: parameter {{{name}}} appears twice in {p:?}"));
             }
             segs.push(Segment::Param(Arc::from(name)));
         } else if seg.contains(['{', '}']) {
-            return Err(format!(
-                "match.path: segment {seg:?} of {p:?} must be literal or {{name}}"
-            ));
+            return Err(format!("match.path: segment {seg:?} of {p:?} must be literal or {{name}}"));
         } else {
             segs.push(Segment::Literal(seg.to_owned()));
         }
@@ -294,18 +247,12 @@ fn compile_prefix(p: &str) -> Result<PathMatch, String> {
         return Err(format!("match.path_prefix: {p:?} must start with '/'"));
     }
     let trimmed = p.trim_end_matches('/');
-    Ok(PathMatch::Prefix(if trimmed.is_empty() {
-        "/".to_owned()
-    } else {
-        trimmed.to_owned()
-    }))
+    Ok(PathMatch::Prefix(if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() }))
 }
 
 /// Segment-aware prefix test: `/api` matches `/api` and `/api/x`, not `/apix`.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
-    prefix == "/"
-        || (path.starts_with(prefix)
-            && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+    prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
 }
 
 fn match_exact(segs: &[Segment], path: &str, params: &mut Params) -> bool {
@@ -348,13 +295,7 @@ impl Router {
     }
 
     /// Finds the first route that takes the request.
-    pub fn route(
-        &self,
-        method: &Method,
-        host: Option<&str>,
-        path: &str,
-        headers: &HeaderMap,
-    ) -> RouteMatch {
+    pub fn route(&self, method: &Method, host: Option<&str>, path: &str, headers: &HeaderMap) -> RouteMatch {
         let mut allow: Vec<&Method> = Vec::new();
         let mut params = Params::default();
         for (index, m) in self.matchers.iter().enumerate() {
@@ -374,11 +315,7 @@ impl Router {
         if allow.is_empty() {
             RouteMatch::NotFound
         } else {
-            let allow = allow
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let allow = allow.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
             RouteMatch::MethodNotAllowed { allow }
         }
     }
@@ -421,12 +358,7 @@ mod tests {
             matcher(Some("/events/{tenant}/orders"), None, Some(&["POST"])),
             matcher(None, Some("/events"), None),
         ]);
-        match r.route(
-            &Method::POST,
-            None,
-            "/events/acme%20co/orders",
-            &HeaderMap::new(),
-        ) {
+        match r.route(&Method::POST, None, "/events/acme%20co/orders", &HeaderMap::new()) {
             RouteMatch::Found { index: 0, params } => {
                 assert_eq!(params.get("tenant"), Some("acme co"))
             }
@@ -445,33 +377,20 @@ mod tests {
         ]);
         assert_eq!(
             r.route(&Method::GET, None, "/a", &HeaderMap::new()),
-            RouteMatch::MethodNotAllowed {
-                allow: "POST, PUT".into()
-            }
+            RouteMatch::MethodNotAllowed { allow: "POST, PUT".into() }
         );
-        assert_eq!(
-            r.route(&Method::GET, None, "/b", &HeaderMap::new()),
-            RouteMatch::NotFound
-        );
+        assert_eq!(r.route(&Method::GET, None, "/b", &HeaderMap::new()), RouteMatch::NotFound);
     }
 
     #[test]
     fn host_and_headers() {
-        let mut m = MatchConfig {
-            path_prefix: Some("/".into()),
-            host: Some("*.example.com".into()),
-            ..Default::default()
-        };
+        let mut m =
+            MatchConfig { path_prefix: Some("/".into()), host: Some("*.example.com".into()), ..Default::default() };
         m.headers.insert("X-Tenant".into(), "acme".into());
         let r = Router::new(vec![Matcher::compile(&m).unwrap()]);
         let mut h = HeaderMap::new();
         h.insert("x-tenant", "acme".parse().unwrap());
-        let hit = |host, h: &HeaderMap| {
-            matches!(
-                r.route(&Method::GET, host, "/", h),
-                RouteMatch::Found { .. }
-            )
-        };
+        let hit = |host, h: &HeaderMap| matches!(r.route(&Method::GET, host, "/", h), RouteMatch::Found { .. });
         assert!(hit(Some("api.Example.com"), &h));
         assert!(!hit(Some("example.com"), &h));
         assert!(!hit(None, &h));
@@ -492,22 +411,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_matches() {
-        let both = MatchConfig {
-            path: Some("/a".into()),
-            path_prefix: Some("/a".into()),
-            ..Default::default()
-        };
+        let both = MatchConfig { path: Some("/a".into()), path_prefix: Some("/a".into()), ..Default::default() };
         assert!(Matcher::compile(&both).is_err());
         assert!(Matcher::compile(&MatchConfig::default()).is_err());
-        let bad = MatchConfig {
-            path: Some("/a/{x".into()),
-            ..Default::default()
-        };
+        let bad = MatchConfig { path: Some("/a/{x".into()), ..Default::default() };
         assert!(Matcher::compile(&bad).is_err());
-        let dup = MatchConfig {
-            path: Some("/{x}/{x}".into()),
-            ..Default::default()
-        };
+        let dup = MatchConfig { path: Some("/{x}/{x}".into()), ..Default::default() };
         assert!(Matcher::compile(&dup).is_err());
     }
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::body::Body;
 use crate::forward::{Downstream, forward};
 use crate::problem::GatewayError;
+use crate::publish::publish;
 use crate::router::RouteMatch;
 use crate::runtime::{Action, Runtime};
 use crate::telemetry::{Metrics, TraceContext};
@@ -42,24 +43,14 @@ impl Gateway {
     /// A gateway serving `runtime`.
     pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Gateway {
         let access_log = runtime.config.telemetry.access_log;
-        Gateway {
-            runtime: ArcSwap::from_pointee(runtime),
-            metrics,
-            accepting: AtomicBool::new(true),
-            access_log,
-        }
+        Gateway { runtime: ArcSwap::from_pointee(runtime), metrics, accepting: AtomicBool::new(true), access_log }
     }
 }
 
 static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// Serves `listener` until `shutdown` resolves, then drains open requests for at most `grace`.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) {
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>, grace: Duration) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
@@ -81,9 +72,7 @@ pub async fn serve(
             let gw = gw.clone();
             async move { Ok::<_, Infallible>(handle(&gw, req, peer).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -109,17 +98,10 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let host = host_of(&req).map(str::to_owned);
-    let matched = runtime.router.route(
-        req.method(),
-        host.as_deref(),
-        req.uri().path(),
-        req.headers(),
-    );
+    let matched = runtime.router.route(req.method(), host.as_deref(), req.uri().path(), req.headers());
     let (route, result) = match matched {
         RouteMatch::NotFound => (None, Err(GatewayError::NotFound)),
-        RouteMatch::MethodNotAllowed { allow } => {
-            (None, Err(GatewayError::MethodNotAllowed { allow }))
-        }
+        RouteMatch::MethodNotAllowed { allow } => (None, Err(GatewayError::MethodNotAllowed { allow })),
         RouteMatch::Found { index, params } => {
             let route = &runtime.routes[index];
             let result = async {
@@ -133,27 +115,23 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
                                 req.uri().query(),
                                 &route.name,
                             );
-                            t.render(&cx)
-                                .map_err(|m| GatewayError::BadRequest(format!("missing {m}")))?
+                            t.render(&cx).map_err(|m| GatewayError::BadRequest(format!("missing {m}")))?
                         }
                         None => String::new(),
                     };
-                    limiter
-                        .check(&key)
-                        .map_err(|retry_after| GatewayError::RateLimited { retry_after })?;
+                    limiter.check(&key).map_err(|retry_after| GatewayError::RateLimited { retry_after })?;
                 }
+                let ds = Downstream {
+                    peer,
+                    request_id: &request_id,
+                    trace: &trace,
+                    scheme: "http",
+                    params: &params,
+                    max_body: runtime.config.server.max_body.0,
+                };
                 match &route.action {
-                    Action::Forward(f) => {
-                        let ds = Downstream {
-                            peer,
-                            request_id: &request_id,
-                            trace: &trace,
-                            scheme: "http",
-                            params: &params,
-                            max_body: runtime.config.server.max_body.0,
-                        };
-                        forward(f, &route.metrics, req, ds).await
-                    }
+                    Action::Forward(f) => forward(f, &route.metrics, req, ds).await,
+                    Action::Publish(p) => publish(p, &route.name, req, ds).await,
                 }
             }
             .await;
@@ -170,14 +148,10 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             e.into_response(route_name, request_id.to_str().unwrap_or(""))
         }
     };
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    response.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
-    route
-        .map_or(&runtime.unmatched, |r| &r.metrics)
-        .observe(status, elapsed);
+    route.map_or(&runtime.unmatched, |r| &r.metrics).observe(status, elapsed);
     gw.metrics.in_flight.dec();
     if gw.access_log {
         tracing::info!(
@@ -199,18 +173,13 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     match headers.get(&X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 200 && v.to_str().is_ok() => v.clone(),
-        _ => HeaderValue::try_from(uuid::Uuid::new_v4().to_string())
-            .expect("a UUID is a header value"),
+        _ => HeaderValue::try_from(uuid::Uuid::new_v4().to_string()).expect("a UUID is a header value"),
     }
 }
 
 /// Host without port, from the Host header or (HTTP/2) the URI authority.
 fn host_of(req: &Request<Incoming>) -> Option<&str> {
-    let raw = match req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-    {
+    let raw = match req.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
         Some(h) => h,
         None => req.uri().authority()?.as_str(),
     };

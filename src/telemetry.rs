@@ -18,15 +18,9 @@ use crate::config::{LogFormat, TelemetryConfig};
 pub fn init_logging(cfg: &TelemetryConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match cfg.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
@@ -54,6 +48,18 @@ struct UpstreamOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PublishLabels {
+    route: String,
+    broker: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BrokerLabel {
+    broker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -71,6 +77,9 @@ pub struct Metrics {
     retries: Family<RouteLabel, Counter>,
     ejections: Family<UpstreamLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    publishes: Family<PublishLabels, Counter>,
+    publish_durations: Family<BrokerLabel, Histogram, fn() -> Histogram>,
+    broker_up: Family<BrokerLabel, Gauge>,
     /// Requests being served right now.
     pub in_flight: Gauge,
 }
@@ -92,45 +101,30 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RouteCode, Counter>::default();
-        let durations = Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-            duration_histogram,
-        );
+        let durations = Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
         let attempts = Family::<UpstreamOutcome, Counter>::default();
         let retries = Family::<RouteLabel, Counter>::default();
         let ejections = Family::<UpstreamLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let in_flight = Gauge::default();
+        let publishes = Family::<PublishLabels, Counter>::default();
+        let publish_durations =
+            Family::<BrokerLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
+        let broker_up = Family::<BrokerLabel, Gauge>::default();
+        registry.register("sluice_publish", "Publish attempts, by route, broker and outcome", publishes.clone());
         registry.register(
-            "sluice_requests",
-            "Requests answered, by route and status",
-            requests.clone(),
+            "sluice_publish_duration_seconds",
+            "Time until the broker confirmed",
+            publish_durations.clone(),
         );
-        registry.register(
-            "sluice_request_duration_seconds",
-            "Time to answer a request",
-            durations.clone(),
-        );
-        registry.register(
-            "sluice_upstream_attempts",
-            "Attempts sent upstream, by outcome",
-            attempts.clone(),
-        );
+        registry.register("sluice_broker_up", "1 while the broker is connected", broker_up.clone());
+        registry.register("sluice_requests", "Requests answered, by route and status", requests.clone());
+        registry.register("sluice_request_duration_seconds", "Time to answer a request", durations.clone());
+        registry.register("sluice_upstream_attempts", "Attempts sent upstream, by outcome", attempts.clone());
         registry.register("sluice_retries", "Retries sent, by route", retries.clone());
-        registry.register(
-            "sluice_ejections",
-            "Endpoints ejected by outlier detection",
-            ejections.clone(),
-        );
-        registry.register(
-            "sluice_config_reloads",
-            "Configuration reloads, by result",
-            reloads.clone(),
-        );
-        registry.register(
-            "sluice_requests_in_flight",
-            "Requests being served",
-            in_flight.clone(),
-        );
+        registry.register("sluice_ejections", "Endpoints ejected by outlier detection", ejections.clone());
+        registry.register("sluice_config_reloads", "Configuration reloads, by result", reloads.clone());
+        registry.register("sluice_requests_in_flight", "Requests being served", in_flight.clone());
         Metrics {
             registry,
             requests,
@@ -139,15 +133,16 @@ impl Metrics {
             retries,
             ejections,
             reloads,
+            publishes,
+            publish_durations,
+            broker_up,
             in_flight,
         }
     }
 
     /// Handles for one route, looked up once per config load.
     pub fn route(&self, route: &str) -> RouteMetrics {
-        let label = RouteLabel {
-            route: route.to_owned(),
-        };
+        let label = RouteLabel { route: route.to_owned() };
         RouteMetrics {
             name: route.to_owned(),
             family: self.requests.clone(),
@@ -159,36 +154,36 @@ impl Metrics {
 
     /// Handles for one upstream.
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
-        let outcome = |outcome| {
-            self.attempts
-                .get_or_create(&UpstreamOutcome {
-                    upstream: upstream.to_owned(),
-                    outcome,
-                })
-                .clone()
-        };
+        let outcome =
+            |outcome| self.attempts.get_or_create(&UpstreamOutcome { upstream: upstream.to_owned(), outcome }).clone();
         UpstreamMetrics {
             success: outcome("success"),
             status_5xx: outcome("5xx"),
             connect_failure: outcome("connect_failure"),
             reset: outcome("reset"),
             timeout: outcome("timeout"),
-            ejections: self
-                .ejections
-                .get_or_create(&UpstreamLabel {
-                    upstream: upstream.to_owned(),
-                })
-                .clone(),
+            ejections: self.ejections.get_or_create(&UpstreamLabel { upstream: upstream.to_owned() }).clone(),
         }
+    }
+
+    /// Handles for one publish route.
+    pub fn publish(&self, route: &str, broker: &str) -> PublishMetrics {
+        PublishMetrics {
+            route: route.to_owned(),
+            broker: broker.to_owned(),
+            family: self.publishes.clone(),
+            duration: self.publish_durations.get_or_create(&BrokerLabel { broker: broker.to_owned() }).clone(),
+        }
+    }
+
+    /// Sets `sluice_broker_up{broker}`.
+    pub fn broker_up(&self, broker: &str, up: bool) {
+        self.broker_up.get_or_create(&BrokerLabel { broker: broker.to_owned() }).set(i64::from(up));
     }
 
     /// Counts a config reload attempt.
     pub fn reload(&self, ok: bool) {
-        self.reloads
-            .get_or_create(&ResultLabel {
-                result: if ok { "success" } else { "failure" },
-            })
-            .inc();
+        self.reloads.get_or_create(&ResultLabel { result: if ok { "success" } else { "failure" } }).inc();
     }
 
     /// Registers more metrics (broker metrics) under the same registry; call before sharing.
@@ -199,8 +194,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
 }
@@ -221,25 +215,34 @@ impl RouteMetrics {
     pub fn observe(&self, code: u16, elapsed: Duration) {
         self.duration.observe(elapsed.as_secs_f64());
         let counter = match self.by_code.get(code.wrapping_sub(100) as usize) {
-            Some(cell) => cell.get_or_init(|| {
-                self.family
-                    .get_or_create(&RouteCode {
-                        route: self.name.clone(),
-                        code,
-                    })
-                    .clone()
-            }),
+            Some(cell) => {
+                cell.get_or_init(|| self.family.get_or_create(&RouteCode { route: self.name.clone(), code }).clone())
+            }
             None => {
-                self.family
-                    .get_or_create(&RouteCode {
-                        route: self.name.clone(),
-                        code,
-                    })
-                    .inc();
+                self.family.get_or_create(&RouteCode { route: self.name.clone(), code }).inc();
                 return;
             }
         };
         counter.inc();
+    }
+}
+
+/// A publish route's metric handles.
+#[derive(Debug)]
+pub struct PublishMetrics {
+    route: String,
+    broker: String,
+    family: Family<PublishLabels, Counter>,
+    /// `sluice_publish_duration_seconds{broker}`.
+    pub duration: Histogram,
+}
+
+impl PublishMetrics {
+    /// `sluice_publish_total{route,broker,outcome}`.
+    pub fn outcome(&self, outcome: &'static str) -> Counter {
+        self.family
+            .get_or_create(&PublishLabels { route: self.route.clone(), broker: self.broker.clone(), outcome })
+            .clone()
     }
 }
 
@@ -276,18 +279,12 @@ pub struct TraceContext {
 impl TraceContext {
     /// Reads `traceparent`/`tracestate` from a request, or starts a new sampled trace.
     pub fn from_headers(headers: &HeaderMap) -> TraceContext {
-        let parent = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_traceparent);
+        let parent = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(parse_traceparent);
         let span_id = format!("{:016x}", fastrand::u64(1..));
         match parent {
-            Some((trace_id, flags)) => TraceContext {
-                trace_id,
-                span_id,
-                flags,
-                tracestate: headers.get("tracestate").cloned(),
-            },
+            Some((trace_id, flags)) => {
+                TraceContext { trace_id, span_id, flags, tracestate: headers.get("tracestate").cloned() }
+            }
             None => TraceContext {
                 trace_id: format!("{:032x}", fastrand::u128(1..)),
                 span_id,
@@ -299,22 +296,15 @@ impl TraceContext {
 
     /// The `traceparent` to send onwards (this hop as the parent).
     pub fn traceparent(&self) -> HeaderValue {
-        HeaderValue::try_from(format!(
-            "00-{}-{}-{}",
-            self.trace_id, self.span_id, self.flags
-        ))
-        .expect("hex is a valid header value")
+        HeaderValue::try_from(format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags))
+            .expect("hex is a valid header value")
     }
 }
 
 fn parse_traceparent(v: &str) -> Option<(String, String)> {
     let mut it = v.trim().split('-');
     let (version, trace, parent, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
     let ok = hex(version, 2)
         && version != "ff"
         && hex(trace, 32)
@@ -335,12 +325,7 @@ mod tests {
     #[test]
     fn continues_a_valid_trace_and_starts_one_otherwise() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-                .parse()
-                .unwrap(),
-        );
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
         h.insert("tracestate", "vendor=1".parse().unwrap());
         let t = TraceContext::from_headers(&h);
         assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -362,15 +347,8 @@ mod tests {
         m.route("orders").observe(200, Duration::from_millis(3));
         m.upstream("orders").success.inc();
         let text = m.encode();
-        assert!(
-            text.contains("sluice_requests_total{route=\"orders\",code=\"200\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("sluice_requests_total{route=\"orders\",code=\"200\"} 1"), "{text}");
         assert!(text.contains("sluice_request_duration_seconds_count{route=\"orders\"} 1"));
-        assert!(
-            text.contains(
-                "sluice_upstream_attempts_total{upstream=\"orders\",outcome=\"success\"} 1"
-            )
-        );
+        assert!(text.contains("sluice_upstream_attempts_total{upstream=\"orders\",outcome=\"success\"} 1"));
     }
 }

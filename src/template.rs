@@ -32,9 +32,7 @@ pub enum TemplateError {
     #[error("unclosed '{{' in template {0:?}")]
     Unclosed(String),
     /// A placeholder that is not one of the known kinds.
-    #[error(
-        "unknown placeholder {{{0}}}: use header.NAME, path.NAME, query.NAME, body./json/pointer, method or route"
-    )]
+    #[error("unknown placeholder {{{0}}}: use header.NAME, path.NAME, query.NAME, body./json/pointer, method or route")]
     Unknown(String),
 }
 
@@ -69,15 +67,7 @@ impl<'a> RenderContext<'a> {
         query: Option<&'a str>,
         route: &'a str,
     ) -> Self {
-        RenderContext {
-            method,
-            headers,
-            params,
-            query,
-            body: None,
-            route,
-            json: OnceLock::new(),
-        }
+        RenderContext { method, headers, params, query, body: None, route, json: OnceLock::new() }
     }
 
     /// The same context with the raw body available to `{body./pointer}`.
@@ -87,9 +77,7 @@ impl<'a> RenderContext<'a> {
     }
 
     fn json(&self) -> Option<&serde_json::Value> {
-        self.json
-            .get_or_init(|| self.body.and_then(|b| serde_json::from_slice(b).ok()))
-            .as_ref()
+        self.json.get_or_init(|| self.body.and_then(|b| serde_json::from_slice(b).ok())).as_ref()
     }
 }
 
@@ -107,9 +95,7 @@ impl Template {
                 rest = after;
                 continue;
             }
-            let close = rest
-                .find('}')
-                .ok_or_else(|| TemplateError::Unclosed(source.to_owned()))?;
+            let close = rest.find('}').ok_or_else(|| TemplateError::Unclosed(source.to_owned()))?;
             let placeholder = &rest[..close];
             rest = &rest[close + 1..];
             if !literal.is_empty() {
@@ -121,10 +107,7 @@ impl Template {
         if !literal.is_empty() {
             parts.push(Part::Literal(literal));
         }
-        Ok(Template {
-            source: source.to_owned(),
-            parts,
-        })
+        Ok(Template { source: source.to_owned(), parts })
     }
 
     /// The template as written.
@@ -162,20 +145,13 @@ impl Template {
                     out.push_str(value);
                 }
                 Part::Path(name) => {
-                    let value = cx
-                        .params
-                        .get(name)
-                        .ok_or_else(|| Missing(format!("path parameter {name}")))?;
+                    let value = cx.params.get(name).ok_or_else(|| Missing(format!("path parameter {name}")))?;
                     out.push_str(value);
                 }
                 Part::Query(name) => {
                     let value = cx
                         .query
-                        .and_then(|q| {
-                            form_urlencoded::parse(q.as_bytes())
-                                .find(|(k, _)| k == name)
-                                .map(|(_, v)| v)
-                        })
+                        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v))
                         .ok_or_else(|| Missing(format!("query parameter {name}")))?;
                     out.push_str(&value);
                 }
@@ -216,9 +192,9 @@ fn parse_placeholder(p: &str) -> Result<Part, TemplateError> {
         return Err(unknown());
     }
     match kind {
-        "header" => HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-            .map(Part::Header)
-            .map_err(|_| unknown()),
+        "header" => {
+            HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map(Part::Header).map_err(|_| unknown())
+        }
         "path" => Ok(Part::Path(name.to_owned())),
         "query" => Ok(Part::Query(name.to_owned())),
         "body" if name.starts_with('/') => Ok(Part::Body(name.to_owned())),
@@ -240,16 +216,13 @@ mod tests {
 
     #[test]
     fn renders_every_placeholder_kind() {
-        let t = Template::parse(
-            "{method}:{route}:{path.tenant}:{header.X-User}:{query.page}:{body./order/id}:{{x}",
-        )
-        .unwrap();
+        let t = Template::parse("{method}:{route}:{path.tenant}:{header.X-User}:{query.page}:{body./order/id}:{{x}")
+            .unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-user", "ann".parse().unwrap());
         let p = params(&[("tenant", "acme")]);
         let body = br#"{"order":{"id":42}}"#;
-        let cx = RenderContext::new(&Method::POST, &headers, &p, Some("a=1&page=7"), "r1")
-            .with_body(body);
+        let cx = RenderContext::new(&Method::POST, &headers, &p, Some("a=1&page=7"), "r1").with_body(body);
         assert_eq!(t.render(&cx).unwrap(), "POST:r1:acme:ann:7:42:{x}");
         assert!(t.needs_body());
         assert_eq!(t.path_params().collect::<Vec<_>>(), vec!["tenant"]);
@@ -270,32 +243,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_templates() {
-        assert!(matches!(
-            Template::parse("a{header.x"),
-            Err(TemplateError::Unclosed(_))
-        ));
-        assert!(matches!(
-            Template::parse("{cookie.x}"),
-            Err(TemplateError::Unknown(_))
-        ));
-        assert!(matches!(
-            Template::parse("{header.}"),
-            Err(TemplateError::Unknown(_))
-        ));
-        assert!(matches!(
-            Template::parse("{body.id}"),
-            Err(TemplateError::Unknown(_))
-        ));
+        assert!(matches!(Template::parse("a{header.x"), Err(TemplateError::Unclosed(_))));
+        assert!(matches!(Template::parse("{cookie.x}"), Err(TemplateError::Unknown(_))));
+        assert!(matches!(Template::parse("{header.}"), Err(TemplateError::Unknown(_))));
+        assert!(matches!(Template::parse("{body.id}"), Err(TemplateError::Unknown(_))));
         assert_eq!(
             Template::parse("plain")
                 .unwrap()
-                .render(&RenderContext::new(
-                    &Method::GET,
-                    &HeaderMap::new(),
-                    &Params::default(),
-                    None,
-                    "r"
-                ))
+                .render(&RenderContext::new(&Method::GET, &HeaderMap::new(), &Params::default(), None, "r"))
                 .unwrap(),
             "plain"
         );

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::model::{Config, RouteConfig};
 
 /// Top-level tables that `routes.toml` may contain.
-const TOP_LEVEL: &[&str] = &["server", "telemetry", "upstreams", "routes"];
+const TOP_LEVEL: &[&str] = &["server", "telemetry", "upstreams", "brokers", "routes"];
 
 /// Reads the file at `path` and applies environment overrides (`SLUICE__SERVER__LISTEN=…`).
 pub fn read_value(path: &Path) -> Result<Value, String> {
@@ -20,11 +20,7 @@ pub fn read_value(path: &Path) -> Result<Value, String> {
     }
     config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
-        .add_source(
-            config::Environment::with_prefix("SLUICE")
-                .separator("__")
-                .try_parsing(true),
-        )
+        .add_source(config::Environment::with_prefix("SLUICE").separator("__").try_parsing(true))
         .build()
         .and_then(|c| c.try_deserialize::<Value>())
         .map_err(|e| format!("{}: {e}", path.display()))
@@ -39,10 +35,7 @@ pub fn from_value(root: Value) -> (Config, Vec<String>) {
         return (config, errors);
     };
     for key in map.keys().filter(|k| !TOP_LEVEL.contains(&k.as_str())) {
-        errors.push(format!(
-            "unknown top-level key `{key}`, expected one of {}",
-            TOP_LEVEL.join(", ")
-        ));
+        errors.push(format!("unknown top-level key `{key}`, expected one of {}", TOP_LEVEL.join(", ")));
     }
     if let Some(v) = map.get("server")
         && let Some(s) = typed(v, "server", &mut errors)
@@ -58,6 +51,12 @@ pub fn from_value(root: Value) -> (Config, Vec<String>) {
         match typed(v, &format!("upstreams.{name}"), &mut errors) {
             Some(u) => drop(config.upstreams.insert(name.clone(), u)),
             None => drop(config.broken_upstreams.insert(name.clone())),
+        }
+    }
+    for (name, v) in table(map.get("brokers"), "brokers", &mut errors) {
+        match typed(v, &format!("brokers.{name}"), &mut errors) {
+            Some(b) => drop(config.brokers.insert(name.clone(), b)),
+            None => drop(config.broken_brokers.insert(name.clone())),
         }
     }
     match map.get("routes") {
@@ -90,6 +89,7 @@ struct RawRoute {
     #[serde(rename = "match")]
     matcher: Option<Value>,
     forward: Option<Value>,
+    publish: Option<Value>,
     retry: Option<Value>,
     fault: Option<Value>,
     rate_limit: Option<Value>,
@@ -123,6 +123,7 @@ fn route(index: usize, v: &Value, errors: &mut Vec<String>) -> Option<RouteConfi
         name,
         matcher: matcher.unwrap_or_default(),
         forward: section(&raw.forward, &label, "forward", errors),
+        publish: section(&raw.publish, &label, "publish", errors),
         retry: section(&raw.retry, &label, "retry", errors),
         fault: section(&raw.fault, &label, "fault", errors),
         rate_limit: section(&raw.rate_limit, &label, "rate_limit", errors),
@@ -130,21 +131,11 @@ fn route(index: usize, v: &Value, errors: &mut Vec<String>) -> Option<RouteConfi
     (errors.len() == before).then_some(route)
 }
 
-fn section<T: DeserializeOwned>(
-    v: &Option<Value>,
-    label: &str,
-    key: &str,
-    errors: &mut Vec<String>,
-) -> Option<T> {
-    v.as_ref()
-        .and_then(|v| typed(v, &format!("{label}: {key}"), errors))
+fn section<T: DeserializeOwned>(v: &Option<Value>, label: &str, key: &str, errors: &mut Vec<String>) -> Option<T> {
+    v.as_ref().and_then(|v| typed(v, &format!("{label}: {key}"), errors))
 }
 
-fn table<'a>(
-    v: Option<&'a Value>,
-    key: &str,
-    errors: &mut Vec<String>,
-) -> Vec<(&'a String, &'a Value)> {
+fn table<'a>(v: Option<&'a Value>, key: &str, errors: &mut Vec<String>) -> Vec<(&'a String, &'a Value)> {
     match v {
         None => Vec::new(),
         Some(Value::Object(m)) => m.iter().collect(),
@@ -157,15 +148,10 @@ fn table<'a>(
 
 /// Deserializes `v`, recording `"{at}: {serde message}"` on failure.
 fn typed<T: DeserializeOwned>(v: &Value, at: &str, errors: &mut Vec<String>) -> Option<T> {
-    T::deserialize(v)
-        .map_err(|e| errors.push(format!("{at}: {e}")))
-        .ok()
+    T::deserialize(v).map_err(|e| errors.push(format!("{at}: {e}"))).ok()
 }
 
 /// Turns `BTreeMap` keys into a sorted list for messages.
 pub fn names<V>(m: &BTreeMap<String, V>) -> String {
-    m.keys()
-        .map(|k| format!("{k:?}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    m.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
 }

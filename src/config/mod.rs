@@ -26,14 +26,7 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
     let (config, mut errors) = from_value(value);
     let report = validate(&config);
     errors.extend(report.errors);
-    if errors.is_empty() {
-        Ok(Loaded {
-            config,
-            warnings: report.warnings,
-        })
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(Loaded { config, warnings: report.warnings }) } else { Err(errors) }
 }
 
 #[cfg(test)]

@@ -16,8 +16,13 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Named groups of HTTP endpoints that `forward` routes send to.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Named message brokers that `publish` routes send to.
+    pub brokers: BTreeMap<String, BrokerConfig>,
     /// Routes in file order; the first match wins.
     pub routes: Vec<RouteConfig>,
+    /// Brokers that are present but failed to parse.
+    #[serde(skip)]
+    pub broken_brokers: std::collections::BTreeSet<String>,
     /// Upstreams that are present but failed to parse (their own errors are reported; references to them are not
     /// reported again).
     #[serde(skip)]
@@ -260,6 +265,8 @@ pub struct RouteConfig {
     pub matcher: MatchConfig,
     /// Synchronous forwarding to an upstream.
     pub forward: Option<ForwardConfig>,
+    /// Asynchronous publishing to a broker.
+    pub publish: Option<PublishConfig>,
     /// Retry policy (forward only).
     pub retry: Option<RetryConfig>,
     /// Fault injection (forward only).
@@ -386,4 +393,117 @@ pub struct RateLimitConfig {
     /// Template: one bucket per distinct value; one bucket per route when absent.
     #[serde(default)]
     pub key: Option<String>,
+}
+
+/// `[brokers.NAME]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `amqp` (RabbitMQ) or `kafka`.
+    pub kind: BrokerKind,
+    /// amqp: connection URL (may hold credentials: prefer `url_env`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// amqp: name of the environment variable holding the URL.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// amqp: how long to wait for a publisher confirm.
+    #[serde(default = "default_broker_timeout")]
+    pub confirm_timeout: Dur,
+    /// kafka: bootstrap servers, `host:port[,host:port]`.
+    #[serde(default)]
+    pub bootstrap: Option<String>,
+    /// kafka: how long librdkafka may try to deliver (`message.timeout.ms`).
+    #[serde(default = "default_broker_timeout")]
+    pub delivery_timeout: Dur,
+    /// kafka: librdkafka properties passed as-is (they win over Sluice's).
+    #[serde(default)]
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_broker_timeout() -> Dur {
+    Dur::secs(5)
+}
+
+/// Kind of broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// AMQP 0-9-1 (RabbitMQ).
+    Amqp,
+    /// Apache Kafka.
+    Kafka,
+}
+
+/// `publish = { ... }`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Name of a `[brokers.NAME]` table.
+    pub broker: String,
+    /// kafka: topic template.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// kafka: record key template.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// amqp: exchange (`""` is the default exchange).
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// amqp: routing key template.
+    #[serde(default)]
+    pub routing_key: Option<String>,
+    /// `confirm` (answer after the broker confirmed) or `none` (at-most-once).
+    #[serde(default)]
+    pub ack: AckMode,
+    /// `raw` (the body as-is) or `cloudevents` (binary-mode CloudEvents attributes).
+    #[serde(default)]
+    pub format: PublishFormat,
+    /// Request headers copied into the message metadata.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// amqp: delivery_mode 2 (persistent) when true.
+    #[serde(default = "default_true")]
+    pub persistent: bool,
+    /// CloudEvents `type` template (default `{route}`).
+    #[serde(default)]
+    pub ce_type: Option<String>,
+    /// CloudEvents `source` template (default `/sluice`).
+    #[serde(default)]
+    pub ce_source: Option<String>,
+    /// How long an `Idempotency-Key` is remembered.
+    #[serde(default = "default_idempotency_window")]
+    pub idempotency_window: Dur,
+    /// Most keys remembered per route.
+    #[serde(default = "default_idempotency_capacity")]
+    pub idempotency_capacity: usize,
+}
+
+fn default_idempotency_window() -> Dur {
+    Dur::secs(24 * 3600)
+}
+fn default_idempotency_capacity() -> usize {
+    100_000
+}
+
+/// When a publish is answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After the broker confirmed (at-least-once).
+    #[default]
+    Confirm,
+    /// Once handed to the client library (at-most-once).
+    None,
+}
+
+/// How the request becomes a message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishFormat {
+    /// Body and metadata as they are.
+    #[default]
+    Raw,
+    /// CloudEvents 1.0 binary mode (structured events pass unchanged).
+    Cloudevents,
 }

@@ -47,10 +47,7 @@ fn a_good_config_loads_with_its_values() {
     let loaded = load(&write(GOOD)).unwrap();
     let c = &loaded.config;
     assert_eq!(c.server.max_body.0, 64 * 1024);
-    assert_eq!(
-        c.server.request_timeout.0,
-        std::time::Duration::from_secs(30)
-    );
+    assert_eq!(c.server.request_timeout.0, std::time::Duration::from_secs(30));
     assert_eq!(c.upstreams["orders"].outlier.consecutive_failures, 3);
     assert_eq!(c.upstreams["orders"].outlier.max_ejected_percent.0, 50.0);
     assert_eq!(c.routes.len(), 2);
@@ -168,20 +165,12 @@ forward = { upstream = "u" }
     ))
     .unwrap();
     assert_eq!(loaded.warnings.len(), 1);
-    assert!(
-        loaded.warnings[0].starts_with("routes[1] \"never\": never matches"),
-        "{:?}",
-        loaded.warnings
-    );
+    assert!(loaded.warnings[0].starts_with("routes[1] \"never\": never matches"), "{:?}", loaded.warnings);
 }
 
 #[test]
 fn unknown_top_level_keys_and_missing_files_are_errors() {
-    assert!(
-        problems("[sever]\nlisten = \"x\"\n")
-            .join("\n")
-            .contains("unknown top-level key `sever`")
-    );
+    assert!(problems("[sever]\nlisten = \"x\"\n").join("\n").contains("unknown top-level key `sever`"));
     let missing = load(std::path::Path::new("/nonexistent/routes.toml")).unwrap_err();
     assert!(missing[0].contains("no such config file"));
 }

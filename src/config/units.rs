@@ -25,11 +25,9 @@ impl Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
-            de::Error::custom(format!(
-                "bad duration {s:?} ({e}); write e.g. \"250ms\", \"5s\", \"1m\""
-            ))
-        })
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|e| de::Error::custom(format!("bad duration {s:?} ({e}); write e.g. \"250ms\", \"5s\", \"1m\"")))
     }
 }
 
@@ -67,11 +65,7 @@ impl<'de> Deserialize<'de> for Size {
         s.trim()
             .parse::<bytesize::ByteSize>()
             .map(|b| Size(b.as_u64()))
-            .map_err(|e| {
-                de::Error::custom(format!(
-                    "bad size {s:?} ({e}); write e.g. \"64KiB\", \"1MiB\""
-                ))
-            })
+            .map_err(|e| de::Error::custom(format!("bad size {s:?} ({e}); write e.g. \"64KiB\", \"1MiB\"")))
     }
 }
 

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use http::StatusCode;
 
 use super::load::{names, route_label};
-use super::model::{Balance, Config, RouteConfig, UpstreamConfig};
+use super::model::{
+    Balance, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RouteConfig, UpstreamConfig,
+};
 use crate::forward::RetryOn;
 use crate::router::Matcher;
 use crate::template::Template;
@@ -26,15 +28,15 @@ pub fn validate(config: &Config) -> Report {
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
     }
+    for (name, broker) in &config.brokers {
+        check_broker(name, broker, errors);
+    }
     let mut seen = HashSet::new();
     let mut compiled: Vec<(String, Option<Matcher>)> = Vec::new();
     for route in &config.routes {
         let label = route_label(route.index, Some(&route.name));
         if !seen.insert(route.name.as_str()) {
-            errors.push(format!(
-                "{label}: name {:?} is used by an earlier route",
-                route.name
-            ));
+            errors.push(format!("{label}: name {:?} is used by an earlier route", route.name));
         }
         let matcher = match Matcher::compile(&route.matcher) {
             Ok(m) => Some(m),
@@ -48,13 +50,8 @@ pub fn validate(config: &Config) -> Report {
     }
     for (i, (label, later)) in compiled.iter().enumerate() {
         let Some(later) = later else { continue };
-        if let Some((earlier, _)) = compiled[..i]
-            .iter()
-            .find(|(_, m)| m.as_ref().is_some_and(|m| m.covers(later)))
-        {
-            report.warnings.push(format!(
-                "{label}: never matches, every request it takes is taken by {earlier} first"
-            ));
+        if let Some((earlier, _)) = compiled[..i].iter().find(|(_, m)| m.as_ref().is_some_and(|m| m.covers(later))) {
+            report.warnings.push(format!("{label}: never matches, every request it takes is taken by {earlier} first"));
         }
     }
     report
@@ -77,9 +74,7 @@ fn check_upstream(name: &str, u: &UpstreamConfig, errors: &mut Vec<String>) {
                 errors.push(format!("{at}: hash_key: {e}"));
             }
         }
-        (_, Some(_)) => errors.push(format!(
-            "{at}: hash_key is only used with balance = \"hash\""
-        )),
+        (_, Some(_)) => errors.push(format!("{at}: hash_key is only used with balance = \"hash\"")),
         (_, None) => {}
     }
     if u.max_concurrent == 0 {
@@ -92,62 +87,63 @@ fn check_upstream(name: &str, u: &UpstreamConfig, errors: &mut Vec<String>) {
         errors.push(format!("{at}: resolve_interval must be more than 0"));
     }
     if u.outlier.consecutive_failures == 0 {
-        errors.push(format!(
-            "{at}.outlier: consecutive_failures must be at least 1"
-        ));
+        errors.push(format!("{at}.outlier: consecutive_failures must be at least 1"));
     }
     if !u.outlier.max_ejected_percent.in_range() {
-        errors.push(format!(
-            "{at}.outlier: max_ejected_percent must be between 0 and 100"
-        ));
+        errors.push(format!("{at}.outlier: max_ejected_percent must be between 0 and 100"));
     }
     if u.outlier.ejection_time.0.is_zero() {
         errors.push(format!("{at}.outlier: ejection_time must be more than 0"));
     }
     if let Some(hc) = &u.health_check {
         if !hc.path.starts_with('/') {
-            errors.push(format!(
-                "{at}.health_check: path {:?} must start with '/'",
-                hc.path
-            ));
+            errors.push(format!("{at}.health_check: path {:?} must start with '/'", hc.path));
         }
         if hc.unhealthy_threshold == 0 || hc.healthy_threshold == 0 {
             errors.push(format!("{at}.health_check: thresholds must be at least 1"));
         }
         if hc.interval.0.is_zero() || hc.timeout.0.is_zero() {
-            errors.push(format!(
-                "{at}.health_check: interval and timeout must be more than 0"
-            ));
+            errors.push(format!("{at}.health_check: interval and timeout must be more than 0"));
         }
     }
 }
 
-fn check_route(
-    label: &str,
-    r: &RouteConfig,
-    matcher: Option<&Matcher>,
-    config: &Config,
-    errors: &mut Vec<String>,
-) {
+fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: &Config, errors: &mut Vec<String>) {
     let params: Vec<&str> = matcher.map(|m| m.param_names()).unwrap_or_default();
-    let check_template = |key: &str, source: &str, errors: &mut Vec<String>| match Template::parse(
-        source,
-    ) {
+    let check_template = |key: &str, source: &str, errors: &mut Vec<String>| match Template::parse(source) {
         Err(e) => errors.push(format!("{label}: {key}: {e}")),
         Ok(t) => {
             for p in t.path_params() {
                 if matcher.is_some() && !params.contains(&p) {
-                    errors.push(format!(
-                        "{label}: {key} refers to {{path.{p}}} but match.path has no {{{p}}} segment"
-                    ));
+                    errors.push(format!("{label}: {key} refers to {{path.{p}}} but match.path has no {{{p}}} segment"));
                 }
             }
         }
     };
-    let Some(forward) = &r.forward else {
-        errors.push(format!("{label}: needs an action: forward"));
-        return;
-    };
+    let actions = [r.forward.is_some(), r.publish.is_some()].iter().filter(|a| **a).count();
+    if actions != 1 {
+        errors.push(format!("{label}: needs exactly one action: forward or publish"));
+    }
+    if let Some(rl) = &r.rate_limit {
+        if !(rl.per_second > 0.0 && rl.per_second.is_finite()) {
+            errors.push(format!("{label}: rate_limit.per_second must be more than 0"));
+        }
+        if rl.burst.is_some_and(|b| !(b >= 1.0 && b.is_finite())) {
+            errors.push(format!("{label}: rate_limit.burst must be at least 1"));
+        }
+        if let Some(k) = &rl.key {
+            check_template("rate_limit.key", k, errors);
+        }
+    }
+    if let Some(p) = &r.publish {
+        check_publish(label, p, config, &check_template, errors);
+        for (key, set) in [("retry", r.retry.is_some()), ("fault", r.fault.is_some())] {
+            if set {
+                errors.push(format!("{label}: {key} applies to forward routes only"));
+            }
+        }
+    }
+    let Some(forward) = &r.forward else { return };
     match config.upstreams.get(&forward.upstream) {
         None if config.broken_upstreams.contains(&forward.upstream) => {}
         None => errors.push(format!(
@@ -161,24 +157,16 @@ fn check_route(
         )),
         Some(u) => {
             if let Some(k) = &u.hash_key {
-                check_template(
-                    &format!("upstreams.{}.hash_key", forward.upstream),
-                    k,
-                    errors,
-                );
+                check_template(&format!("upstreams.{}.hash_key", forward.upstream), k, errors);
             }
         }
     }
     if let Some(p) = &forward.rewrite_prefix {
         if r.matcher.path_prefix.is_none() {
-            errors.push(format!(
-                "{label}: forward.rewrite_prefix needs match.path_prefix"
-            ));
+            errors.push(format!("{label}: forward.rewrite_prefix needs match.path_prefix"));
         }
         if !p.starts_with('/') {
-            errors.push(format!(
-                "{label}: forward.rewrite_prefix {p:?} must start with '/'"
-            ));
+            errors.push(format!("{label}: forward.rewrite_prefix {p:?} must start with '/'"));
         }
     }
     if forward.timeout.is_some_and(|t| t.0.is_zero()) {
@@ -191,59 +179,154 @@ fn check_route(
             }
         }
         if retry.max_backoff < retry.backoff {
-            errors.push(format!(
-                "{label}: retry.max_backoff must not be less than retry.backoff"
-            ));
+            errors.push(format!("{label}: retry.max_backoff must not be less than retry.backoff"));
         }
         if !retry.budget_percent.in_range() {
-            errors.push(format!(
-                "{label}: retry.budget_percent must be between 0 and 100"
-            ));
+            errors.push(format!("{label}: retry.budget_percent must be between 0 and 100"));
         }
         if retry.per_try_timeout.is_some_and(|t| t.0.is_zero()) {
-            errors.push(format!(
-                "{label}: retry.per_try_timeout must be more than 0"
-            ));
+            errors.push(format!("{label}: retry.per_try_timeout must be more than 0"));
         }
     }
     if let Some(f) = &r.fault {
-        for (key, pct) in [
-            ("delay_percent", f.delay_percent),
-            ("abort_percent", f.abort_percent),
-        ] {
+        for (key, pct) in [("delay_percent", f.delay_percent), ("abort_percent", f.abort_percent)] {
             if pct.is_some_and(|p| !p.in_range()) {
                 errors.push(format!("{label}: fault.{key} must be between 0 and 100"));
             }
         }
         if f.delay.is_some() != f.delay_percent.is_some() {
-            errors.push(format!(
-                "{label}: fault.delay and fault.delay_percent go together"
-            ));
+            errors.push(format!("{label}: fault.delay and fault.delay_percent go together"));
         }
         if f.abort_status.is_some() != f.abort_percent.is_some() {
-            errors.push(format!(
-                "{label}: fault.abort_status and fault.abort_percent go together"
-            ));
+            errors.push(format!("{label}: fault.abort_status and fault.abort_percent go together"));
         }
         if let Some(s) = f.abort_status
             && (!(200..=599).contains(&s) || StatusCode::from_u16(s).is_err())
         {
-            errors.push(format!(
-                "{label}: fault.abort_status {s} must be an HTTP status from 200 to 599"
-            ));
+            errors.push(format!("{label}: fault.abort_status {s} must be an HTTP status from 200 to 599"));
         }
     }
-    if let Some(rl) = &r.rate_limit {
-        if !(rl.per_second > 0.0 && rl.per_second.is_finite()) {
-            errors.push(format!(
-                "{label}: rate_limit.per_second must be more than 0"
-            ));
+}
+
+fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
+    let at = format!("brokers.{name}");
+    match b.kind {
+        BrokerKind::Amqp => {
+            match (&b.url, &b.url_env) {
+                (Some(_), Some(_)) => errors.push(format!("{at}: set url or url_env, not both")),
+                (None, None) => errors.push(format!("{at}: kind = \"amqp\" needs url or url_env")),
+                (Some(u), None) if !(u.starts_with("amqp://") || u.starts_with("amqps://")) => {
+                    errors.push(format!("{at}: url must start with amqp:// or amqps://"))
+                }
+                (None, Some(var)) if std::env::var_os(var).is_none() => {
+                    errors.push(format!("{at}: url_env names {var:?}, which is not set"))
+                }
+                _ => {}
+            }
+            for (key, set) in [("bootstrap", b.bootstrap.is_some()), ("options", !b.options.is_empty())] {
+                if set {
+                    errors.push(format!("{at}: {key} is a kafka key; this broker is amqp"));
+                }
+            }
         }
-        if rl.burst.is_some_and(|b| !(b >= 1.0 && b.is_finite())) {
-            errors.push(format!("{label}: rate_limit.burst must be at least 1"));
+        BrokerKind::Kafka => {
+            if b.bootstrap.as_deref().is_none_or(str::is_empty) {
+                errors.push(format!("{at}: kind = \"kafka\" needs bootstrap"));
+            }
+            for (key, set) in [("url", b.url.is_some()), ("url_env", b.url_env.is_some())] {
+                if set {
+                    errors.push(format!("{at}: {key} is an amqp key; this broker is kafka"));
+                }
+            }
+            for (key, value) in &b.options {
+                if value.is_object() || value.is_array() || value.is_null() {
+                    errors.push(format!("{at}.options: {key:?} must be a string, number or boolean"));
+                }
+            }
         }
-        if let Some(k) = &rl.key {
-            check_template("rate_limit.key", k, errors);
+    }
+    for (key, d) in [("confirm_timeout", b.confirm_timeout), ("delivery_timeout", b.delivery_timeout)] {
+        if d.0.is_zero() {
+            errors.push(format!("{at}: {key} must be more than 0"));
         }
+    }
+}
+
+fn check_publish(
+    label: &str,
+    p: &PublishConfig,
+    config: &Config,
+    check_template: &dyn Fn(&str, &str, &mut Vec<String>),
+    errors: &mut Vec<String>,
+) {
+    let kind = match config.brokers.get(&p.broker) {
+        Some(b) => Some(b.kind),
+        None if config.broken_brokers.contains(&p.broker) => None,
+        None => {
+            let known = if config.brokers.is_empty() {
+                "no brokers are defined".to_owned()
+            } else {
+                format!("brokers: {}", names(&config.brokers))
+            };
+            errors.push(format!("{label}: publish.broker {:?} is not defined ({known})", p.broker));
+            None
+        }
+    };
+    match kind {
+        Some(BrokerKind::Kafka) => {
+            if p.topic.is_none() {
+                errors.push(format!("{label}: publish.topic is required for kafka broker {:?}", p.broker));
+            }
+            for (key, set) in [("exchange", p.exchange.is_some()), ("routing_key", p.routing_key.is_some())] {
+                if set {
+                    errors.push(format!(
+                        "{label}: publish.{key} is for amqp brokers; {:?} is kafka (use topic)",
+                        p.broker
+                    ));
+                }
+            }
+        }
+        Some(BrokerKind::Amqp) => {
+            if p.exchange.is_none() || p.routing_key.is_none() {
+                errors.push(format!(
+                    "{label}: publish.exchange and publish.routing_key are required for amqp broker {:?}",
+                    p.broker
+                ));
+            }
+            for (key, set) in [("topic", p.topic.is_some()), ("key", p.key.is_some())] {
+                if set {
+                    errors.push(format!("{label}: publish.{key} is for kafka brokers; {:?} is amqp", p.broker));
+                }
+            }
+        }
+        None => {}
+    }
+    for (key, t) in [
+        ("topic", &p.topic),
+        ("key", &p.key),
+        ("routing_key", &p.routing_key),
+        ("ce_type", &p.ce_type),
+        ("ce_source", &p.ce_source),
+    ] {
+        if let Some(t) = t {
+            check_template(&format!("publish.{key}"), t, errors);
+        }
+    }
+    if p.topic.as_deref().is_some_and(str::is_empty) {
+        errors.push(format!("{label}: publish.topic must not be empty"));
+    }
+    if p.format != PublishFormat::Cloudevents && (p.ce_type.is_some() || p.ce_source.is_some()) {
+        errors.push(format!("{label}: publish.ce_type and ce_source need format = \"cloudevents\""));
+    }
+    for h in &p.headers {
+        if http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).is_err() {
+            errors.push(format!("{label}: publish.headers: {h:?} is not a header name"));
+        }
+    }
+    if p.idempotency_capacity == 0 {
+        errors.push(format!("{label}: publish.idempotency_capacity must be at least 1"));
+    }
+    if p.idempotency_window.0.is_zero() {
+        errors.push(format!("{label}: publish.idempotency_window must be more than 0"));
     }
 }

@@ -34,8 +34,7 @@ pub fn pick(
     if endpoints.is_empty() {
         return Pick::NoEndpoints;
     }
-    let fresh =
-        |e: &Arc<Endpoint>| e.is_available(now_ms) && !tried.iter().any(|t| Arc::ptr_eq(t, e));
+    let fresh = |e: &Arc<Endpoint>| e.is_available(now_ms) && !tried.iter().any(|t| Arc::ptr_eq(t, e));
     let mut count = endpoints.iter().filter(|e| fresh(e)).count();
     let mut candidate: &dyn Fn(&Arc<Endpoint>) -> bool = &fresh;
     let available = |e: &Arc<Endpoint>| e.is_available(now_ms);
@@ -46,14 +45,7 @@ pub fn pick(
     if count == 0 {
         return Pick::AllUnavailable;
     }
-    let nth = |n: usize| {
-        endpoints
-            .iter()
-            .filter(|e| candidate(e))
-            .nth(n)
-            .expect("n < count")
-            .clone()
-    };
+    let nth = |n: usize| endpoints.iter().filter(|e| candidate(e)).nth(n).expect("n < count").clone();
     let chosen = match policy {
         Balance::RoundRobin => nth(cursor.fetch_add(1, Ordering::Relaxed) % count),
         Balance::Random => nth(fastrand::usize(..count)),
@@ -128,13 +120,8 @@ mod tests {
     fn round_robin_cycles_through_available_endpoints() {
         let eps = endpoints(3);
         let cursor = AtomicUsize::new(0);
-        let ports: Vec<u16> = (0..6)
-            .map(|_| {
-                chosen(pick(Balance::RoundRobin, &eps, 1, &[], None, &cursor))
-                    .addr
-                    .port()
-            })
-            .collect();
+        let ports: Vec<u16> =
+            (0..6).map(|_| chosen(pick(Balance::RoundRobin, &eps, 1, &[], None, &cursor)).addr.port()).collect();
         assert_eq!(ports, vec![9000, 9001, 9002, 9000, 9001, 9002]);
     }
 
@@ -144,12 +131,7 @@ mod tests {
         eps[0].outstanding.store(10, Ordering::Relaxed);
         let cursor = AtomicUsize::new(0);
         for _ in 0..50 {
-            assert_eq!(
-                chosen(pick(Balance::P2c, &eps, 1, &[], None, &cursor))
-                    .addr
-                    .port(),
-                9001
-            );
+            assert_eq!(chosen(pick(Balance::P2c, &eps, 1, &[], None, &cursor)).addr.port(), 9001);
         }
     }
 
@@ -158,37 +140,19 @@ mod tests {
         let eps = endpoints(3);
         eps[0].ejected_until_ms.store(1000, Ordering::Relaxed);
         let cursor = AtomicUsize::new(0);
-        for policy in [
-            Balance::P2c,
-            Balance::Random,
-            Balance::RoundRobin,
-            Balance::Hash,
-        ] {
+        for policy in [Balance::P2c, Balance::Random, Balance::RoundRobin, Balance::Hash] {
             for _ in 0..20 {
                 let e = chosen(pick(policy, &eps, 5, &[eps[1].clone()], Some(7), &cursor));
                 assert_eq!(e.addr.port(), 9002, "{policy:?}");
             }
         }
         // All tried: fall back to any available endpoint.
-        let e = chosen(pick(
-            Balance::P2c,
-            &eps,
-            5,
-            &[eps[1].clone(), eps[2].clone()],
-            None,
-            &cursor,
-        ));
+        let e = chosen(pick(Balance::P2c, &eps, 5, &[eps[1].clone(), eps[2].clone()], None, &cursor));
         assert_ne!(e.addr.port(), 9000);
         eps[1].healthy.store(false, Ordering::Relaxed);
         eps[2].ejected_until_ms.store(1000, Ordering::Relaxed);
-        assert!(matches!(
-            pick(Balance::P2c, &eps, 5, &[], None, &cursor),
-            Pick::AllUnavailable
-        ));
-        assert!(matches!(
-            pick(Balance::P2c, &[], 5, &[], None, &cursor),
-            Pick::NoEndpoints
-        ));
+        assert!(matches!(pick(Balance::P2c, &eps, 5, &[], None, &cursor), Pick::AllUnavailable));
+        assert!(matches!(pick(Balance::P2c, &[], 5, &[], None, &cursor), Pick::NoEndpoints));
     }
 
     #[test]
@@ -198,12 +162,8 @@ mod tests {
         let mut seen = HashMap::new();
         for user in 0..300 {
             let h = hash_key(&format!("user-{user}"));
-            let first = chosen(pick(Balance::Hash, &eps, 1, &[], Some(h), &cursor))
-                .addr
-                .port();
-            let again = chosen(pick(Balance::Hash, &eps, 1, &[], Some(h), &cursor))
-                .addr
-                .port();
+            let first = chosen(pick(Balance::Hash, &eps, 1, &[], Some(h), &cursor)).addr.port();
+            let again = chosen(pick(Balance::Hash, &eps, 1, &[], Some(h), &cursor)).addr.port();
             assert_eq!(first, again);
             *seen.entry(first).or_insert(0) += 1;
         }

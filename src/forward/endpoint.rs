@@ -57,32 +57,15 @@ impl Endpoint {
         if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
             return Err("must not have a path (use forward.rewrite_prefix)".to_owned());
         }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        Ok(EndpointUrl {
-            scheme,
-            host,
-            port: authority.port_u16().unwrap_or(80),
-        })
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        Ok(EndpointUrl { scheme, host, port: authority.port_u16().unwrap_or(80) })
     }
 
     /// A fresh endpoint for `addr`, resolved from `url`.
     pub fn new(url: &str, parsed: &EndpointUrl, addr: SocketAddr) -> Endpoint {
-        let authority =
-            Authority::try_from(addr.to_string()).expect("a socket address is an authority");
-        let host = if parsed.host.contains(':') {
-            format!("[{}]", parsed.host)
-        } else {
-            parsed.host.clone()
-        };
-        let host_header = if parsed.port == 80 {
-            host
-        } else {
-            format!("{host}:{}", parsed.port)
-        };
+        let authority = Authority::try_from(addr.to_string()).expect("a socket address is an authority");
+        let host = if parsed.host.contains(':') { format!("[{}]", parsed.host) } else { parsed.host.clone() };
+        let host_header = if parsed.port == 80 { host } else { format!("{host}:{}", parsed.port) };
         Endpoint {
             url: url.to_owned(),
             addr,
@@ -125,11 +108,8 @@ mod tests {
         assert!(Endpoint::parse_url("ftp://x").is_err());
         assert!(Endpoint::parse_url("http://x/path").is_err());
         assert!(Endpoint::parse_url("nonsense url").is_err());
-        let e = Endpoint::new(
-            "http://a:81",
-            &Endpoint::parse_url("http://a:81").unwrap(),
-            "127.0.0.1:81".parse().unwrap(),
-        );
+        let e =
+            Endpoint::new("http://a:81", &Endpoint::parse_url("http://a:81").unwrap(), "127.0.0.1:81".parse().unwrap());
         assert_eq!(e.host_header, "a:81");
         assert_eq!(e.authority.as_str(), "127.0.0.1:81");
     }

@@ -26,10 +26,7 @@ impl Fault {
     /// Compiles the route's fault table (validated).
     pub fn new(cfg: &FaultConfig) -> Fault {
         Fault {
-            delay: cfg
-                .delay
-                .zip(cfg.delay_percent)
-                .map(|(d, p)| (d.0, p.fraction())),
+            delay: cfg.delay.zip(cfg.delay_percent).map(|(d, p)| (d.0, p.fraction())),
             abort: cfg
                 .abort_status
                 .and_then(|s| StatusCode::from_u16(s).ok())
@@ -41,14 +38,8 @@ impl Fault {
     /// Rolls the dice for one request.
     pub fn roll(&self) -> Injection {
         Injection {
-            delay: self
-                .delay
-                .filter(|(_, p)| fastrand::f64() < *p)
-                .map(|(d, _)| d),
-            abort: self
-                .abort
-                .filter(|(_, p)| fastrand::f64() < *p)
-                .map(|(s, _)| s),
+            delay: self.delay.filter(|(_, p)| fastrand::f64() < *p).map(|(d, _)| d),
+            abort: self.abort.filter(|(_, p)| fastrand::f64() < *p).map(|(s, _)| s),
         }
     }
 }
@@ -67,22 +58,9 @@ mod tests {
             abort_percent: Some(Percent(25.0)),
         });
         let rolls: Vec<Injection> = (0..4000).map(|_| f.roll()).collect();
-        assert!(
-            rolls
-                .iter()
-                .all(|r| r.delay == Some(Duration::from_millis(5)))
-        );
-        let aborted = rolls
-            .iter()
-            .filter(|r| r.abort == Some(StatusCode::SERVICE_UNAVAILABLE))
-            .count();
+        assert!(rolls.iter().all(|r| r.delay == Some(Duration::from_millis(5))));
+        let aborted = rolls.iter().filter(|r| r.abort == Some(StatusCode::SERVICE_UNAVAILABLE)).count();
         assert!((800..1200).contains(&aborted), "{aborted}");
-        assert_eq!(
-            Fault::default().roll(),
-            Injection {
-                delay: None,
-                abort: None
-            }
-        );
+        assert_eq!(Fault::default().roll(), Injection { delay: None, abort: None });
     }
 }

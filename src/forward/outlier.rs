@@ -62,28 +62,20 @@ impl OutlierDetector {
         let ejected = all.iter().filter(|e| e.is_ejected(now)).count();
         let allowed = ((all.len() as f64) * self.max_ejected_fraction).floor() as usize;
         // Like Envoy, one endpoint may always be ejected when the percentage allows any at all.
-        let allowed = if self.max_ejected_fraction > 0.0 {
-            allowed.max(1)
-        } else {
-            0
-        };
+        let allowed = if self.max_ejected_fraction > 0.0 { allowed.max(1) } else { 0 };
         if ejected >= allowed {
             return false;
         }
         let times = ep.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
         let duration = self.ejection_duration(times);
-        ep.ejected_until_ms
-            .store(now + duration.as_millis() as u64, Ordering::Relaxed);
+        ep.ejected_until_ms.store(now + duration.as_millis() as u64, Ordering::Relaxed);
         ep.consecutive_failures.store(0, Ordering::Relaxed);
         true
     }
 
     /// How long the `times`-th ejection in a row lasts: base × 2^(times-1), at most 10 × base.
     pub fn ejection_duration(&self, times: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(times.saturating_sub(1))
-            .unwrap_or(u32::MAX)
-            .min(10);
+        let factor = 1u32.checked_shl(times.saturating_sub(1)).unwrap_or(u32::MAX).min(10);
         self.ejection_time * factor
     }
 }
@@ -174,9 +166,6 @@ mod tests {
         assert_eq!(eps[0].times_ejected.load(Ordering::Relaxed), 0);
         assert!(d.on_failure(&eps[0], &eps));
         tokio::time::advance(Duration::from_secs(31)).await;
-        assert!(
-            eps[0].is_available(d.now_ms()),
-            "first ejection again, not a doubled one"
-        );
+        assert!(eps[0].is_available(d.now_ms()), "first ejection again, not a doubled one");
     }
 }

@@ -89,31 +89,17 @@ pub async fn forward(
     let upstream = &route.upstream;
     let hash = match &upstream.hash_key {
         Some(t) => {
-            let cx = RenderContext::new(
-                &parts.method,
-                &parts.headers,
-                ds.params,
-                parts.uri.query(),
-                "",
-            );
-            Some(hash_key(&t.render(&cx).map_err(|m| {
-                GatewayError::BadRequest(format!("missing {m}"))
-            })?))
+            let cx = RenderContext::new(&parts.method, &parts.headers, ds.params, parts.uri.query(), "");
+            Some(hash_key(&t.render(&cx).map_err(|m| GatewayError::BadRequest(format!("missing {m}")))?))
         }
         None => None,
     };
     // 2. Body: replayable when small.
-    let body = prepare(body, ds.max_body, false)
-        .await
-        .map_err(|e| match e {
-            ReadBodyError::TooLarge(limit) => GatewayError::PayloadTooLarge { limit },
-            ReadBodyError::Broken(_) => GatewayError::BodyRead,
-        })?;
-    let path = rewrite_path(
-        &parts.uri,
-        route.prefix.as_deref(),
-        route.rewrite.as_deref(),
-    );
+    let body = prepare(body, ds.max_body, false).await.map_err(|e| match e {
+        ReadBodyError::TooLarge(limit) => GatewayError::PayloadTooLarge { limit },
+        ReadBodyError::Broken(_) => GatewayError::BodyRead,
+    })?;
+    let path = rewrite_path(&parts.uri, route.prefix.as_deref(), route.rewrite.as_deref());
     let idempotent = is_idempotent(&parts.method, &parts.headers);
     prepare_headers(&mut parts.headers, &ds);
     route.retry.deposit();
@@ -144,8 +130,7 @@ pub async fn forward(
             *req.method_mut() = parts.method.clone();
             *req.uri_mut() = uri;
             *req.headers_mut() = parts.headers.clone();
-            req.headers_mut()
-                .insert(header::HOST, endpoint.host_header.clone());
+            req.headers_mut().insert(header::HOST, endpoint.host_header.clone());
             let sent = upstream.send(req);
             let result = match route.retry.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
@@ -167,9 +152,7 @@ pub async fn forward(
             // 5. Outcome → outlier ejection and metrics, then the retry decision.
             record(upstream, &endpoint, outcome);
             let retry = route.retry.is_retriable(outcome)
-                && route
-                    .retry
-                    .may_retry(outcome, retries, idempotent, body.replayable())
+                && route.retry.may_retry(outcome, retries, idempotent, body.replayable())
                 && route.retry.withdraw();
             if !retry {
                 // 6. The last upstream response is passed through.
@@ -215,19 +198,12 @@ fn record(upstream: &Upstream, endpoint: &Endpoint, outcome: Outcome) {
 
 /// Replaces the matched prefix with `rewrite_prefix`, keeping the rest of the path and the query.
 fn rewrite_path(uri: &Uri, prefix: Option<&str>, rewrite: Option<&str>) -> PathAndQuery {
-    let original = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let original = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let (Some(prefix), Some(rewrite)) = (prefix, rewrite) else {
         return original;
     };
     let path = uri.path();
-    let rest = if prefix == "/" {
-        path
-    } else {
-        path.get(prefix.len()..).unwrap_or("")
-    };
+    let rest = if prefix == "/" { path } else { path.get(prefix.len()..).unwrap_or("") };
     let mut out = String::with_capacity(rewrite.len() + rest.len() + 16);
     out.push_str(rewrite.trim_end_matches('/'));
     out.push_str(rest);
@@ -281,10 +257,7 @@ fn prepare_headers(headers: &mut HeaderMap, ds: &Downstream<'_>) {
     if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(ds.scheme),
-    );
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(ds.scheme));
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }
@@ -292,16 +265,10 @@ fn prepare_headers(headers: &mut HeaderMap, ds: &Downstream<'_>) {
     headers.insert(TRACEPARENT.clone(), ds.trace.traceparent());
 }
 
-fn respond(
-    res: Response<Incoming>,
-    guard: super::upstream::InFlight,
-    request_id: &HeaderValue,
-) -> Response<Body> {
+fn respond(res: Response<Incoming>, guard: super::upstream::InFlight, request_id: &HeaderValue) -> Response<Body> {
     let (mut parts, inner) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     Response::from_parts(parts, Body::Upstream { inner, guard })
 }
 
@@ -312,23 +279,11 @@ mod tests {
     #[test]
     fn rewrites_the_prefix_and_keeps_the_query() {
         let uri: Uri = "/api/orders/7?x=1".parse().unwrap();
-        assert_eq!(
-            rewrite_path(&uri, Some("/api/orders"), Some("/orders")).as_str(),
-            "/orders/7?x=1"
-        );
-        assert_eq!(
-            rewrite_path(&uri, Some("/api"), Some("/")).as_str(),
-            "/orders/7?x=1"
-        );
+        assert_eq!(rewrite_path(&uri, Some("/api/orders"), Some("/orders")).as_str(), "/orders/7?x=1");
+        assert_eq!(rewrite_path(&uri, Some("/api"), Some("/")).as_str(), "/orders/7?x=1");
         let exact: Uri = "/api/orders".parse().unwrap();
-        assert_eq!(
-            rewrite_path(&exact, Some("/api/orders"), Some("/")).as_str(),
-            "/"
-        );
-        assert_eq!(
-            rewrite_path(&exact, Some("/"), Some("/v2")).as_str(),
-            "/v2/api/orders"
-        );
+        assert_eq!(rewrite_path(&exact, Some("/api/orders"), Some("/")).as_str(), "/");
+        assert_eq!(rewrite_path(&exact, Some("/"), Some("/v2")).as_str(), "/v2/api/orders");
         assert_eq!(rewrite_path(&uri, None, None).as_str(), "/api/orders/7?x=1");
     }
 
@@ -341,11 +296,7 @@ mod tests {
         h.insert("te", "trailers".parse().unwrap());
         h.insert("x-end-to-end", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
-        assert!(
-            h.get("connection").is_none()
-                && h.get("x-secret-hop").is_none()
-                && h.get("keep-alive").is_none()
-        );
+        assert!(h.get("connection").is_none() && h.get("x-secret-hop").is_none() && h.get("keep-alive").is_none());
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["x-end-to-end"], "1");
     }

@@ -48,14 +48,9 @@ impl RateLimiter {
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
             let (rate, burst) = (self.per_second, self.burst);
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
-            });
+            buckets.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst);
         }
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket { tokens: self.burst, updated: now });
         let elapsed = now.duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
         bucket.updated = now;
@@ -63,9 +58,7 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - bucket.tokens) / self.per_second,
-            ))
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second))
         }
     }
 }
@@ -75,11 +68,7 @@ mod tests {
     use super::*;
 
     fn limiter(per_second: f64, burst: f64) -> RateLimiter {
-        RateLimiter::new(&RateLimitConfig {
-            per_second,
-            burst: Some(burst),
-            key: None,
-        })
+        RateLimiter::new(&RateLimitConfig { per_second, burst: Some(burst), key: None })
     }
 
     #[tokio::test(start_paused = true)]
@@ -89,10 +78,7 @@ mod tests {
             assert!(l.check("").is_ok());
         }
         let wait = l.check("").unwrap_err();
-        assert!(
-            wait <= Duration::from_millis(100) && wait > Duration::ZERO,
-            "{wait:?}"
-        );
+        assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO, "{wait:?}");
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(l.check("").is_ok());
         assert!(l.check("").is_err());

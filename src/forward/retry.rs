@@ -33,10 +33,7 @@ impl FromStr for RetryOn {
             "reset" => RetryOn::Reset,
             "5xx" => RetryOn::Status5xx,
             "gateway-error" => RetryOn::GatewayError,
-            other => match other
-                .strip_prefix("retriable-status:")
-                .map(str::parse::<u16>)
-            {
+            other => match other.strip_prefix("retriable-status:").map(str::parse::<u16>) {
                 Some(Ok(code)) if (100..=599).contains(&code) => RetryOn::Status(code),
                 _ => {
                     return Err(format!(
@@ -85,10 +82,7 @@ pub struct RetryPolicy {
 
 impl std::fmt::Debug for RetryPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryPolicy")
-            .field("max_retries", &self.max_retries)
-            .field("on", &self.on)
-            .finish()
+        f.debug_struct("RetryPolicy").field("max_retries", &self.max_retries).field("on", &self.on).finish()
     }
 }
 
@@ -106,11 +100,7 @@ impl RetryPolicy {
             on: cfg.on.iter().filter_map(|s| s.parse().ok()).collect(),
             backoff: cfg.backoff.0,
             max_backoff: cfg.max_backoff.0,
-            budget: TpsBudget::new(
-                BUDGET_WINDOW,
-                BUDGET_FLOOR_PER_SEC,
-                cfg.budget_percent.fraction() as f32,
-            ),
+            budget: TpsBudget::new(BUDGET_WINDOW, BUDGET_FLOOR_PER_SEC, cfg.budget_percent.fraction() as f32),
         }
     }
 
@@ -118,10 +108,7 @@ impl RetryPolicy {
     pub fn is_retriable(&self, outcome: Outcome) -> bool {
         self.on.iter().any(|on| match (on, outcome) {
             (RetryOn::ConnectFailure, Outcome::ConnectFailure) => true,
-            (
-                RetryOn::Reset | RetryOn::Status5xx | RetryOn::GatewayError,
-                Outcome::Reset | Outcome::Timeout,
-            ) => true,
+            (RetryOn::Reset | RetryOn::Status5xx | RetryOn::GatewayError, Outcome::Reset | Outcome::Timeout) => true,
             (RetryOn::Status5xx, Outcome::Status(s)) => s.is_server_error(),
             (RetryOn::GatewayError, Outcome::Status(s)) => {
                 matches!(s.as_u16(), 502..=504)
@@ -135,13 +122,7 @@ impl RetryPolicy {
     ///
     /// A request that never left (connect failure) may always be sent again; one that may have reached the
     /// upstream only when it is idempotent and its body can be replayed.
-    pub fn may_retry(
-        &self,
-        outcome: Outcome,
-        retries: u32,
-        idempotent: bool,
-        replayable: bool,
-    ) -> bool {
+    pub fn may_retry(&self, outcome: Outcome, retries: u32, idempotent: bool, replayable: bool) -> bool {
         retries < self.max_retries
             && self.is_retriable(outcome)
             && replayable
@@ -160,9 +141,7 @@ impl RetryPolicy {
 
     /// Sleep before retry number `retry` (1-based): uniform in [0, min(max_backoff, backoff × 2^(retry-1))].
     pub fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(retry.saturating_sub(1))
-            .unwrap_or(u32::MAX);
+        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
         let ceiling = self.backoff.saturating_mul(factor).min(self.max_backoff);
         ceiling.mul_f64(fastrand::f64())
     }
@@ -170,10 +149,8 @@ impl RetryPolicy {
 
 /// Whether a request may be sent twice: an idempotent method, or an `Idempotency-Key` header.
 pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    ) || headers.contains_key("idempotency-key")
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+        || headers.contains_key("idempotency-key")
 }
 
 #[cfg(test)]
@@ -191,10 +168,7 @@ mod tests {
 
     #[test]
     fn parses_retry_classes() {
-        assert_eq!(
-            "retriable-status:409".parse::<RetryOn>(),
-            Ok(RetryOn::Status(409))
-        );
+        assert_eq!("retriable-status:409".parse::<RetryOn>(), Ok(RetryOn::Status(409)));
         assert!("retriable-status:99".parse::<RetryOn>().is_err());
         assert!("sometimes".parse::<RetryOn>().is_err());
     }
@@ -217,16 +191,10 @@ mod tests {
     fn only_idempotent_requests_are_retried_after_they_may_have_been_sent() {
         let p = policy(&["connect-failure", "5xx"]);
         let five = Outcome::Status(StatusCode::BAD_GATEWAY);
-        assert!(
-            p.may_retry(Outcome::ConnectFailure, 0, false, true),
-            "never sent: POST retried"
-        );
+        assert!(p.may_retry(Outcome::ConnectFailure, 0, false, true), "never sent: POST retried");
         assert!(!p.may_retry(five, 0, false, true), "POST 5xx not retried");
         assert!(p.may_retry(five, 0, true, true), "GET 5xx retried");
-        assert!(
-            !p.may_retry(five, 0, true, false),
-            "streamed body cannot be replayed"
-        );
+        assert!(!p.may_retry(five, 0, true, false), "streamed body cannot be replayed");
         assert!(!p.may_retry(five, 2, true, true), "max_retries reached");
         let mut h = HeaderMap::new();
         assert!(!is_idempotent(&Method::POST, &h));
@@ -254,20 +222,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn budget_caps_retries_at_a_share_of_traffic_plus_a_floor() {
-        let p = RetryPolicy::new(&RetryConfig {
-            budget_percent: Percent(20.0),
-            ..RetryConfig::default()
-        });
+        let p = RetryPolicy::new(&RetryConfig { budget_percent: Percent(20.0), ..RetryConfig::default() });
         for _ in 0..1000 {
             p.deposit();
         }
         let granted = (0..1000).filter(|_| p.withdraw()).count();
         // 20% of 1000 requests plus the floor of 10/s over the 10 s window.
         assert!((200..=310).contains(&granted), "granted {granted}");
-        let none = RetryPolicy::new(&RetryConfig {
-            budget_percent: Percent(0.0),
-            ..RetryConfig::default()
-        });
+        let none = RetryPolicy::new(&RetryConfig { budget_percent: Percent(0.0), ..RetryConfig::default() });
         let floor = (0..1000).filter(|_| none.withdraw()).count();
         assert!((90..=110).contains(&floor), "floor {floor}");
     }

@@ -43,9 +43,7 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("name", &self.name)
-            .finish()
+        f.debug_struct("Upstream").field("name", &self.name).finish()
     }
 }
 
@@ -90,18 +88,12 @@ impl Upstream {
             .pool_max_idle_per_host(usize::MAX)
             .http2_only(cfg.http2)
             .build(connector);
-        let targets = cfg
-            .endpoints
-            .iter()
-            .filter_map(|u| Endpoint::parse_url(u).ok().map(|p| (u.clone(), p)))
-            .collect();
+        let targets =
+            cfg.endpoints.iter().filter_map(|u| Endpoint::parse_url(u).ok().map(|p| (u.clone(), p))).collect();
         let upstream = Arc::new(Upstream {
             name: name.to_owned(),
             balance: cfg.balance,
-            hash_key: cfg
-                .hash_key
-                .as_deref()
-                .and_then(|k| Template::parse(k).ok()),
+            hash_key: cfg.hash_key.as_deref().and_then(|k| Template::parse(k).ok()),
             targets,
             endpoints: ArcSwap::from_pointee(Vec::new()),
             client,
@@ -112,15 +104,8 @@ impl Upstream {
             metrics: metrics.upstream(name),
         });
         upstream.resolve().await;
-        if upstream
-            .targets
-            .iter()
-            .any(|(_, t)| t.host.parse::<IpAddr>().is_err())
-        {
-            tokio::spawn(resolve_loop(
-                Arc::downgrade(&upstream),
-                cfg.resolve_interval.0,
-            ));
+        if upstream.targets.iter().any(|(_, t)| t.host.parse::<IpAddr>().is_err()) {
+            tokio::spawn(resolve_loop(Arc::downgrade(&upstream), cfg.resolve_interval.0));
         }
         if let Some(hc) = &cfg.health_check {
             tokio::spawn(health_loop(Arc::downgrade(&upstream), hc.clone()));
@@ -136,30 +121,17 @@ impl Upstream {
     /// Admits one more request, or `None` when `max_concurrent` are already in flight (shed with 503).
     pub fn admit(&self) -> Option<InFlight> {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlight {
-            upstream: self.in_flight.clone(),
-            endpoint: None,
-        };
+        let guard = InFlight { upstream: self.in_flight.clone(), endpoint: None };
         (now < self.max_concurrent).then_some(guard)
     }
 
     /// Picks an endpoint for an attempt.
     pub fn pick(&self, tried: &[Arc<Endpoint>], hash: Option<u64>) -> Pick {
-        balance::pick(
-            self.balance,
-            &self.endpoints(),
-            self.outlier.now_ms(),
-            tried,
-            hash,
-            &self.cursor,
-        )
+        balance::pick(self.balance, &self.endpoints(), self.outlier.now_ms(), tried, hash, &self.cursor)
     }
 
     /// Sends one request (its URI already points at an endpoint).
-    pub async fn send(
-        &self,
-        req: Request<OutBody>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+    pub async fn send(&self, req: Request<OutBody>) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         self.client.request(req).await
     }
 
@@ -167,27 +139,19 @@ impl Upstream {
     /// A name that fails to resolve keeps its previous addresses.
     async fn resolve(&self) {
         let current = self.endpoints.load_full();
-        let mut by_key: HashMap<(&str, SocketAddr), &Arc<Endpoint>> = current
-            .iter()
-            .map(|e| ((e.url.as_str(), e.addr), e))
-            .collect();
+        let mut by_key: HashMap<(&str, SocketAddr), &Arc<Endpoint>> =
+            current.iter().map(|e| ((e.url.as_str(), e.addr), e)).collect();
         let mut next = Vec::new();
         for (url, target) in &self.targets {
             let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
                 Ok(ip) => vec![SocketAddr::new(ip, target.port)],
-                Err(_) => {
-                    match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
-                        Ok(addrs) => addrs.collect(),
-                        Err(e) => {
-                            tracing::warn!(upstream = %self.name, endpoint = %url, error = %e, "DNS resolution failed");
-                            current
-                                .iter()
-                                .filter(|e| &e.url == url)
-                                .map(|e| e.addr)
-                                .collect()
-                        }
+                Err(_) => match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
+                    Ok(addrs) => addrs.collect(),
+                    Err(e) => {
+                        tracing::warn!(upstream = %self.name, endpoint = %url, error = %e, "DNS resolution failed");
+                        current.iter().filter(|e| &e.url == url).map(|e| e.addr).collect()
                     }
-                }
+                },
             };
             for addr in addrs {
                 match by_key.remove(&(url.as_str(), addr)) {
@@ -200,15 +164,10 @@ impl Upstream {
     }
 
     async fn check(&self, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(ep.authority.clone())
-            .path_and_query(hc.path.as_str())
-            .build();
+        let uri =
+            Uri::builder().scheme("http").authority(ep.authority.clone()).path_and_query(hc.path.as_str()).build();
         let Ok(uri) = uri else { return false };
-        let req = Request::get(uri)
-            .header(http::header::HOST, ep.host_header.clone())
-            .body(OutBody::Empty);
+        let req = Request::get(uri).header(http::header::HOST, ep.host_header.clone()).body(OutBody::Empty);
         let Ok(req) = req else { return false };
         matches!(tokio::time::timeout(hc.timeout.0, self.send(req)).await, Ok(Ok(r)) if r.status().is_success())
     }

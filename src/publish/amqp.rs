@@ -1,0 +1,412 @@
+//! AMQP 0-9-1 (RabbitMQ) publishing with lapin: publisher confirms on a pool of channels, `mandatory`
+//! returns as failures, and a background task that reconnects with backoff.
+//!
+//! Why each channel carries one publish at a time: lapin hands a `basic.return` to whichever pending
+//! confirm on that channel is acknowledged next, so with several mandatory publishes in flight on one
+//! channel a returned message could be reported on (and hidden from) the wrong publish. A publish
+//! therefore checks a channel out of the pool, and gives it back only once its confirm has arrived;
+//! concurrency comes from the number of channels ([`MAX_CHANNELS`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use super::error::PublishError;
+use super::message::{Ack, Destination, Message, Receipt};
+
+/// Channels opened as soon as a connection is up.
+const INITIAL_CHANNELS: usize = 4;
+/// Most channels per connection, i.e. most publishes in flight at once per broker.
+pub const MAX_CHANNELS: usize = 64;
+/// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait for the TCP + AMQP handshake and the first channels.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the supervisor looks at the connection state besides reacting to events.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A RabbitMQ publisher shared by every route that publishes to one broker.
+///
+/// Cloning is cheap. The connection is closed when the last clone is dropped.
+#[derive(Clone)]
+pub struct AmqpPublisher {
+    shared: Arc<Shared>,
+    /// Stops the supervisor when the last clone goes away.
+    _guard: Arc<DropGuard>,
+}
+
+struct Shared {
+    /// Broker name from the config, for logs.
+    name: String,
+    /// Longest wait for a publisher confirm (and for a free channel).
+    confirm_timeout: Duration,
+    /// The live connection and its channels; `None` while disconnected.
+    session: RwLock<Option<Arc<Session>>>,
+    /// True while a connection with its channels is established.
+    up: AtomicBool,
+    /// Wakes the supervisor to check the connection after a publish saw an error.
+    check: Notify,
+    /// Set when the last publisher handle is dropped.
+    stopping: AtomicBool,
+    stop: Notify,
+}
+
+/// One AMQP connection and its pool of confirm-mode channels.
+struct Session {
+    /// Counts connections, for logs.
+    generation: u64,
+    connection: Connection,
+    /// Channels in confirm mode with no publish outstanding.
+    idle: Mutex<Vec<Channel>>,
+    /// One permit per channel that may be open: a publish holds one until its confirm arrives.
+    permits: Arc<Semaphore>,
+}
+
+struct DropGuard(Arc<Shared>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.stopping.store(true, Ordering::SeqCst);
+        self.0.stop.notify_one();
+    }
+}
+
+impl AmqpPublisher {
+    /// Start the publisher. Connecting happens in a background task that retries with backoff
+    /// (100ms doubling to 5s), so this succeeds while RabbitMQ is down; it fails only on an invalid
+    /// URL. Must be called within a tokio runtime.
+    pub async fn connect(name: &str, url: &str, confirm_timeout: Duration) -> Result<Self, PublishError> {
+        url.parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| PublishError::config(format!("amqp broker {name:?}: invalid url: {e}"), None))?;
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            confirm_timeout,
+            session: RwLock::new(None),
+            up: AtomicBool::new(false),
+            check: Notify::new(),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+        });
+        tokio::spawn(supervise(shared.clone(), url.to_owned()));
+        Ok(Self { _guard: Arc::new(DropGuard(shared.clone())), shared })
+    }
+
+    /// Publish one message; see [`crate::publish::Publisher::publish`].
+    ///
+    /// `Ack::Confirm`: Ok only after RabbitMQ acked the message and did not return it.
+    /// `Ack::None`: Ok once lapin has the message (at-most-once); the confirm is awaited in the
+    /// background and a failure is only logged.
+    pub async fn publish(&self, msg: Message, ack: Ack) -> Result<Receipt, PublishError> {
+        let Destination::Amqp { exchange, routing_key, persistent } = &msg.destination else {
+            return Err(PublishError::config(
+                format!("amqp broker {:?} got a Kafka destination", self.shared.name),
+                None,
+            ));
+        };
+        let exchange = short(exchange, "exchange")?;
+        let routing_key = short(routing_key, "routing key")?;
+        let properties = properties(&msg, *persistent);
+
+        let session = self.shared.current().ok_or_else(|| {
+            PublishError::unavailable(format!("amqp broker {:?} is not connected", self.shared.name), None)
+        })?;
+        let timeout = self.shared.confirm_timeout;
+        let permit = tokio::time::timeout(timeout, session.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| PublishError::unavailable("no free amqp channel in time", None))?
+            .map_err(|_| PublishError::unavailable("amqp connection is closing", None))?;
+        let channel = session.checkout(timeout).await.inspect_err(|_| {
+            self.shared.check.notify_one();
+        })?;
+
+        let options = BasicPublishOptions { mandatory: true, immediate: false };
+        let confirm = match channel.basic_publish(exchange, routing_key, options, &msg.body, properties).await {
+            Ok(confirm) => confirm,
+            Err(e) => {
+                // The channel (or the connection) is gone; drop the channel, check the connection.
+                self.shared.check.notify_one();
+                return Err(map_error(e, "publish"));
+            }
+        };
+
+        match ack {
+            Ack::Confirm => {
+                let outcome = tokio::time::timeout(timeout, confirm).await;
+                self.shared.settle(&session, channel, permit, outcome, &msg.id)
+            }
+            Ack::None => {
+                let shared = self.shared.clone();
+                let id = msg.id;
+                tokio::spawn(async move {
+                    let outcome = tokio::time::timeout(timeout, confirm).await;
+                    if let Err(e) = shared.settle(&session, channel, permit, outcome, &id) {
+                        tracing::warn!(broker = %shared.name, sluice_id = %id, error = %e, "unconfirmed amqp publish failed");
+                    }
+                });
+                Ok(Receipt::Unconfirmed)
+            }
+        }
+    }
+
+    /// True while connected, with channels open.
+    #[must_use]
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::SeqCst)
+    }
+
+    /// Wait up to `timeout` until no publish is waiting for its confirm.
+    pub async fn flush(&self, timeout: Duration) {
+        let Some(session) = self.shared.current() else {
+            return;
+        };
+        let all = u32::try_from(MAX_CHANNELS).unwrap_or(u32::MAX);
+        if tokio::time::timeout(timeout, session.permits.acquire_many(all)).await.is_err() {
+            tracing::warn!(broker = %self.shared.name, "amqp flush incomplete: confirms still pending");
+        }
+    }
+
+    /// Broker name from the config.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Option<Arc<Session>> {
+        self.session.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_session(&self, session: Option<Arc<Session>>) {
+        self.up.store(session.is_some(), Ordering::SeqCst);
+        *self.session.write().unwrap_or_else(|e| e.into_inner()) = session;
+    }
+
+    /// Turn the confirm into the publish's result. The channel goes back to the pool only when it is
+    /// healthy and has nothing outstanding; otherwise it is dropped (closed).
+    fn settle(
+        &self,
+        session: &Session,
+        channel: Channel,
+        permit: OwnedSemaphorePermit,
+        outcome: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
+        id: &str,
+    ) -> Result<Receipt, PublishError> {
+        let result = match outcome {
+            Ok(Ok(Confirmation::Ack(None))) => {
+                session.checkin(channel);
+                Ok(Receipt::Amqp)
+            }
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                session.checkin(channel);
+                let returned_id = returned.delivery.properties.message_id().clone();
+                if returned_id.as_ref().is_some_and(|r| r.as_str() != id) {
+                    tracing::error!(broker = %self.name, sluice_id = id, returned_id = ?returned_id, "amqp return matched to another message");
+                }
+                Err(PublishError::unroutable(
+                    format!("amqp message returned: {} {}", returned.reply_code, returned.reply_text),
+                    None,
+                ))
+            }
+            Ok(Ok(Confirmation::Nack(_))) => {
+                session.checkin(channel);
+                Err(PublishError::unavailable("amqp broker nacked the message", None))
+            }
+            Ok(Ok(Confirmation::NotRequested)) => {
+                Err(PublishError::unavailable("amqp channel is not in confirm mode", None))
+            }
+            Ok(Err(e)) => {
+                self.check.notify_one();
+                Err(map_error(e, "confirm"))
+            }
+            // The channel still has this confirm outstanding: it is dropped, not reused.
+            Err(_elapsed) => Err(PublishError::unavailable("amqp publisher confirm timed out", None)),
+        };
+        drop(permit);
+        result
+    }
+}
+
+impl Session {
+    /// An idle channel, or a new one in confirm mode.
+    async fn checkout(&self, timeout: Duration) -> Result<Channel, PublishError> {
+        loop {
+            let channel = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match channel {
+                Some(channel) if channel.status().connected() => return Ok(channel),
+                Some(_closed) => continue,
+                None => break,
+            }
+        }
+        tokio::time::timeout(timeout, open_channel(&self.connection))
+            .await
+            .map_err(|_| PublishError::unavailable("opening an amqp channel timed out", None))?
+            .map_err(|e| map_error(e, "open channel"))
+    }
+
+    fn checkin(&self, channel: Channel) {
+        if channel.status().connected() {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(channel);
+        }
+    }
+}
+
+async fn open_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
+}
+
+/// Connect, keep the session installed while the connection lives, reconnect with backoff.
+async fn supervise(shared: Arc<Shared>, url: String) {
+    let generation = AtomicU64::new(0);
+    let mut backoff = MIN_BACKOFF;
+    let mut failures = 0u32;
+    while !shared.stopping.load(Ordering::SeqCst) {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared.name, &url));
+        let result = tokio::select! {
+            r = attempt => r,
+            () = shared.stop.notified() => break,
+        };
+        match result {
+            Ok(Ok((connection, channels))) => {
+                backoff = MIN_BACKOFF;
+                failures = 0;
+                let session = Arc::new(Session {
+                    generation: generation.fetch_add(1, Ordering::Relaxed) + 1,
+                    connection,
+                    idle: Mutex::new(channels),
+                    permits: Arc::new(Semaphore::new(MAX_CHANNELS)),
+                });
+                tracing::info!(broker = %shared.name, generation = session.generation, "amqp connected");
+                shared.set_session(Some(session.clone()));
+                let stopped = watch(&shared, &session).await;
+                shared.set_session(None);
+                session.permits.close();
+                if stopped {
+                    let _ = session.connection.close(200, "sluice shutdown".into()).await;
+                    return;
+                }
+                tracing::warn!(broker = %shared.name, generation = session.generation, "amqp connection lost, reconnecting");
+                continue;
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::warn!(broker = %shared.name, error = %e, failures, "amqp connect failed");
+                }
+            }
+            Err(_elapsed) => {
+                failures += 1;
+                tracing::warn!(broker = %shared.name, failures, "amqp connect timed out");
+            }
+        }
+        let jitter = Duration::from_millis(u64::from(
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_millis() % 100).unwrap_or(0),
+        ));
+        tokio::select! {
+            () = tokio::time::sleep(backoff + jitter) => {}
+            () = shared.stop.notified() => break,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn connect(name: &str, url: &str) -> lapin::Result<(Connection, Vec<Channel>)> {
+    let properties = ConnectionProperties::default().with_connection_name(LongString::from(format!("sluice-{name}")));
+    let connection = Connection::connect(url, properties).await?;
+    let mut channels = Vec::with_capacity(INITIAL_CHANNELS);
+    for _ in 0..INITIAL_CHANNELS {
+        channels.push(open_channel(&connection).await?);
+    }
+    Ok((connection, channels))
+}
+
+/// Wait until the connection is lost (false) or the publisher is dropped (true).
+async fn watch(shared: &Shared, session: &Session) -> bool {
+    let mut events = Box::pin(session.connection.events_listener());
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return true;
+        }
+        if !session.connection.status().connected() {
+            return false;
+        }
+        tokio::select! {
+            event = events.next() => {
+                match event {
+                    None => return false,
+                    Some(lapin::Event::Error(e)) => {
+                        tracing::debug!(broker = %shared.name, error = %e, "amqp error event");
+                    }
+                    Some(_) => {}
+                }
+            }
+            _ = tick.tick() => {}
+            () = shared.check.notified() => {}
+            () = shared.stop.notified() => return true,
+        }
+    }
+}
+
+/// A short string (at most 255 bytes), or a rejection naming what was too long.
+fn short(value: &str, what: &str) -> Result<ShortString, PublishError> {
+    ShortString::try_new(value).map_err(|_| PublishError::rejected(format!("amqp {what} longer than 255 bytes"), None))
+}
+
+/// AMQP properties: `message_id`, `content_type`, `timestamp`, `app_id`, `delivery_mode`, headers.
+fn properties(msg: &Message, persistent: bool) -> BasicProperties {
+    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut headers = FieldTable::default();
+    for (k, v) in &msg.headers {
+        match ShortString::try_new(k.as_str()) {
+            Ok(key) => {
+                headers.insert(key, AMQPValue::LongString(LongString::from(v.as_str())));
+            }
+            Err(_) => tracing::debug!(header = %k, "header name longer than 255 bytes dropped"),
+        }
+    }
+    let mut properties = BasicProperties::default()
+        .with_app_id("sluice".into())
+        .with_timestamp(timestamp)
+        .with_delivery_mode(if persistent { 2 } else { 1 })
+        .with_headers(headers);
+    // message_id and content_type are short strings; an oversized one stays in the headers only.
+    if let Ok(id) = ShortString::try_new(msg.id.as_str()) {
+        properties = properties.with_message_id(id);
+    }
+    if let Some(content_type) = &msg.content_type
+        && let Ok(ct) = ShortString::try_new(content_type.as_str())
+    {
+        properties = properties.with_content_type(ct);
+    }
+    properties
+}
+
+/// Map a lapin error. An exchange that does not exist (the broker closes the channel with 404) is
+/// unroutable; an oversized frame is rejected; everything else (connection or channel closed, IO
+/// error, missed heartbeat) is unavailable and retryable.
+fn map_error(e: lapin::Error, during: &str) -> PublishError {
+    let reason = format!("amqp {during}: {e}");
+    match e.kind() {
+        ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => PublishError::unroutable(reason, Some(e.into())),
+            AMQPErrorKind::Soft(AMQPSoftError::CONTENTTOOLARGE)
+            | AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+            | AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => PublishError::rejected(reason, Some(e.into())),
+            _ => PublishError::unavailable(reason, Some(e.into())),
+        },
+        ErrorKind::SerialisationError(_) => PublishError::rejected(reason, Some(e.into())),
+        _ => PublishError::unavailable(reason, Some(e.into())),
+    }
+}

@@ -1,0 +1,208 @@
+//! Request → message: the body byte for byte, and the metadata of DESIGN.md §4 (content type, `sluice-id`,
+//! route, request id, trace context, forwarded headers, CloudEvents binary-mode attributes).
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::HeaderName;
+use http::request::Parts;
+
+use super::message::{Destination, Message};
+use crate::template::{Missing, RenderContext, Template};
+
+/// Where a route's messages go, with its templates.
+#[derive(Debug)]
+pub enum Target {
+    /// A Kafka topic.
+    Kafka {
+        /// Topic template.
+        topic: Template,
+        /// Record key template.
+        key: Option<Template>,
+    },
+    /// An AMQP exchange.
+    Amqp {
+        /// Exchange name.
+        exchange: String,
+        /// Routing key template.
+        routing_key: Template,
+        /// delivery_mode 2.
+        persistent: bool,
+    },
+}
+
+/// CloudEvents binding of the broker kind.
+#[derive(Debug)]
+pub struct CloudEvents {
+    /// `type` template.
+    pub ce_type: Template,
+    /// `source` template.
+    pub ce_source: Template,
+}
+
+/// Everything needed to turn a request into a message.
+#[derive(Debug)]
+pub struct Encoder {
+    /// Destination templates.
+    pub target: Target,
+    /// Binary-mode CloudEvents, when `format = "cloudevents"`.
+    pub cloudevents: Option<CloudEvents>,
+    /// Request headers copied into the metadata.
+    pub headers: Vec<HeaderName>,
+}
+
+/// Facts about the request that are not in its parts.
+pub struct Envelope<'a> {
+    /// Route name.
+    pub route: &'a str,
+    /// `x-request-id`.
+    pub request_id: &'a str,
+    /// `traceparent` to propagate.
+    pub traceparent: &'a str,
+    /// `tracestate` to propagate.
+    pub tracestate: Option<&'a str>,
+}
+
+impl Encoder {
+    /// Builds the message; a template value missing from the request is a [`Missing`].
+    pub fn encode(
+        &self,
+        parts: &Parts,
+        cx: &RenderContext<'_>,
+        body: Bytes,
+        env: &Envelope<'_>,
+    ) -> Result<Message, Missing> {
+        let destination = match &self.target {
+            Target::Kafka { topic, key } => Destination::Kafka {
+                topic: topic.render(cx)?,
+                key: key.as_ref().map(|k| k.render(cx).map(Bytes::from)).transpose()?,
+            },
+            Target::Amqp { exchange, routing_key, persistent } => Destination::Amqp {
+                exchange: exchange.clone(),
+                routing_key: routing_key.render(cx)?,
+                persistent: *persistent,
+            },
+        };
+        let id = Message::new_id();
+        let content_type =
+            parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut headers = Vec::with_capacity(6 + self.headers.len());
+        headers.push(("sluice-id".to_owned(), id.clone()));
+        headers.push(("sluice-route".to_owned(), env.route.to_owned()));
+        headers.push(("x-request-id".to_owned(), env.request_id.to_owned()));
+        headers.push(("traceparent".to_owned(), env.traceparent.to_owned()));
+        if let Some(ts) = env.tracestate {
+            headers.push(("tracestate".to_owned(), ts.to_owned()));
+        }
+        for name in &self.headers {
+            if let Some(v) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
+                headers.push((name.as_str().to_owned(), v.to_owned()));
+            }
+        }
+        let structured = content_type.as_deref().is_some_and(|c| c.starts_with("application/cloudevents+json"));
+        if let (Some(ce), false) = (&self.cloudevents, structured) {
+            let prefix = match self.target {
+                Target::Kafka { .. } => "ce_",
+                Target::Amqp { .. } => "cloudEvents:",
+            };
+            let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+            for (attr, value) in [
+                ("id", id.clone()),
+                ("source", ce.ce_source.render(cx)?),
+                ("type", ce.ce_type.render(cx)?),
+                ("specversion", "1.0".to_owned()),
+                ("time", time),
+            ] {
+                headers.push((format!("{prefix}{attr}"), value));
+            }
+        }
+        Ok(Message { id, body, content_type, headers, destination })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, Request};
+
+    use super::*;
+    use crate::router::Params;
+
+    fn parts(content_type: &str) -> Parts {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/events/acme/orders")
+            .header("content-type", content_type)
+            .header("x-order-id", "o-1")
+            .header("x-tenant", "acme")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    fn encoder(cloudevents: bool) -> Encoder {
+        Encoder {
+            target: Target::Kafka {
+                topic: Template::parse("orders.{path.tenant}").unwrap(),
+                key: Some(Template::parse("{header.x-order-id}").unwrap()),
+            },
+            cloudevents: cloudevents.then(|| CloudEvents {
+                ce_type: Template::parse("{route}").unwrap(),
+                ce_source: Template::parse("/sluice").unwrap(),
+            }),
+            headers: vec![HeaderName::from_static("x-tenant")],
+        }
+    }
+
+    const ENV: Envelope<'static> =
+        Envelope { route: "order-events", request_id: "rid", traceparent: "00-a-b-01", tracestate: None };
+
+    #[test]
+    fn encodes_body_destination_and_metadata() {
+        let p = parts("application/json");
+        let mut params = Params::default();
+        params.push("tenant", "acme");
+        let cx = RenderContext::new(&p.method, &p.headers, &params, None, "order-events");
+        let m = encoder(false).encode(&p, &cx, Bytes::from_static(b"\xff\x00body"), &ENV).unwrap();
+        assert_eq!(m.body.as_ref(), b"\xff\x00body");
+        assert_eq!(
+            m.destination,
+            Destination::Kafka { topic: "orders.acme".into(), key: Some(Bytes::from_static(b"o-1")) }
+        );
+        let h: std::collections::HashMap<_, _> = m.headers.iter().cloned().collect();
+        assert_eq!(h["sluice-id"], m.id);
+        assert_eq!(h["sluice-route"], "order-events");
+        assert_eq!(h["x-tenant"], "acme");
+        assert_eq!(h["traceparent"], "00-a-b-01");
+        assert!(!h.contains_key("ce_id"));
+        assert_eq!(uuid::Uuid::parse_str(&m.id).unwrap().get_version_num(), 7);
+    }
+
+    #[test]
+    fn cloudevents_binary_mode_unless_structured() {
+        let p = parts("application/json");
+        let mut params = Params::default();
+        params.push("tenant", "acme");
+        let cx = RenderContext::new(&p.method, &p.headers, &params, None, "order-events");
+        let m = encoder(true).encode(&p, &cx, Bytes::new(), &ENV).unwrap();
+        let h: std::collections::HashMap<_, _> = m.headers.iter().cloned().collect();
+        assert_eq!(h["ce_id"], m.id);
+        assert_eq!(h["ce_type"], "order-events");
+        assert_eq!(h["ce_source"], "/sluice");
+        assert_eq!(h["ce_specversion"], "1.0");
+        assert!(h["ce_time"].ends_with('Z'));
+        let p = parts("application/cloudevents+json; charset=utf-8");
+        let cx = RenderContext::new(&p.method, &p.headers, &params, None, "order-events");
+        let m = encoder(true).encode(&p, &cx, Bytes::new(), &ENV).unwrap();
+        assert!(!m.headers.iter().any(|(k, _)| k.starts_with("ce_")));
+    }
+
+    #[test]
+    fn missing_template_values_are_named() {
+        let p = parts("text/plain");
+        let params = Params::default();
+        let cx = RenderContext::new(&p.method, &p.headers, &params, None, "r");
+        let err = encoder(false).encode(&p, &cx, Bytes::new(), &ENV).unwrap_err();
+        assert_eq!(err.0, "path parameter tenant");
+    }
+}

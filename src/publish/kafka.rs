@@ -1,0 +1,402 @@
+//! Kafka publishing with rdkafka's `FutureProducer`: idempotent, `acks=all`, many sends in flight.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::error::PublishError;
+use super::message::{Ack, Destination, Message, Receipt};
+
+/// How long a send waits for room when librdkafka's local queue is full (back-pressure) before the
+/// publish fails as unavailable. Capped by the delivery timeout.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(500);
+/// Pause between two enqueue attempts while the local queue is full.
+const QUEUE_FULL_RETRY: Duration = Duration::from_millis(5);
+/// Longest wait for topic metadata (capped by the delivery timeout).
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an unknown topic is remembered, so a flood of requests for it costs one lookup.
+const UNKNOWN_TOPIC_TTL: Duration = Duration::from_secs(1);
+/// Topic metadata lookups running at once (each holds a blocking thread).
+const METADATA_CONCURRENCY: usize = 4;
+/// Extra time given to librdkafka beyond `message.timeout.ms` before a delivery report is given up.
+const DELIVERY_GRACE: Duration = Duration::from_secs(5);
+
+/// A Kafka producer shared by every route that publishes to one broker.
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Broker name from the config, for logs.
+    name: String,
+    producer: FutureProducer<SluiceContext>,
+    /// Broker connectivity, shared with the client context.
+    up: Arc<AtomicBool>,
+    /// The effective `message.timeout.ms` (after user options).
+    delivery_timeout: Duration,
+    topics: TopicCache,
+}
+
+impl KafkaPublisher {
+    /// Create the producer. librdkafka connects in the background and reconnects by itself, so this
+    /// succeeds while the broker is down; it fails only on invalid options.
+    pub async fn connect(
+        name: &str,
+        bootstrap: &str,
+        delivery_timeout: Duration,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Self, PublishError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", bootstrap)
+            .set("client.id", format!("sluice-{name}"))
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
+            // Batch concurrent sends without adding noticeable latency.
+            .set("linger.ms", "2")
+            // Come back quickly after an outage (librdkafka's default backs off up to 10s).
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "2000")
+            // Broker states for `is_up` (see `SluiceContext::stats`).
+            .set("statistics.interval.ms", "1000");
+        let delivery_timeout = effective_delivery_timeout(options, delivery_timeout);
+        config.set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+        for (key, value) in options {
+            if key != "delivery.timeout.ms" {
+                config.set(key, value);
+            }
+        }
+        let up = Arc::new(AtomicBool::new(false));
+        let context = SluiceContext { name: name.to_owned(), up: up.clone() };
+        let producer: FutureProducer<SluiceContext> = config
+            .create_with_context(context)
+            .map_err(|e| PublishError::config(format!("kafka broker {name:?}: {e}"), Some(e.into())))?;
+        let publisher = Self {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                producer,
+                up,
+                delivery_timeout,
+                topics: TopicCache::default(),
+            }),
+        };
+        // Learn early whether the broker answers, so readiness does not wait for the first stats.
+        let probe = publisher.clone();
+        tokio::spawn(async move {
+            let producer = probe.inner.producer.clone();
+            let answered = tokio::task::spawn_blocking(move || {
+                producer.client().fetch_metadata(None, Duration::from_secs(2)).is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            if answered {
+                probe.inner.up.store(true, Ordering::Relaxed);
+            }
+        });
+        Ok(publisher)
+    }
+
+    /// Publish one record; see [`crate::publish::Publisher::publish`].
+    pub async fn publish(&self, msg: Message, ack: Ack) -> Result<Receipt, PublishError> {
+        let Destination::Kafka { topic, key } = &msg.destination else {
+            return Err(PublishError::config(
+                format!("kafka broker {:?} got an AMQP destination", self.inner.name),
+                None,
+            ));
+        };
+        self.check_topic(topic).await?;
+
+        let mut headers = OwnedHeaders::new_with_capacity(msg.headers.len() + 1);
+        if let Some(content_type) = &msg.content_type
+            && !msg.headers.iter().any(|(k, _)| k == "content-type")
+        {
+            headers = headers.insert(Header { key: "content-type", value: Some(content_type.as_bytes()) });
+        }
+        for (k, v) in &msg.headers {
+            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        let mut record = FutureRecord::to(topic).payload(msg.body.as_ref()).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key.as_ref());
+        }
+
+        let delivery = self.enqueue(record).await?;
+        match ack {
+            Ack::None => {
+                // At-most-once: answer now, only log what the delivery report says later.
+                let inner = self.inner.clone();
+                let id = msg.id;
+                tokio::spawn(async move {
+                    if let Err(e) = inner.await_delivery(delivery).await {
+                        tracing::warn!(broker = %inner.name, sluice_id = %id, error = %e, "unconfirmed kafka publish failed");
+                    }
+                });
+                Ok(Receipt::Unconfirmed)
+            }
+            Ack::Confirm => self.inner.await_delivery(delivery).await,
+        }
+    }
+
+    /// Hand the record to librdkafka. A full local queue is back-pressure: retry for a short while,
+    /// then fail as unavailable. Never waits for the broker, so many sends stay in flight.
+    async fn enqueue(&self, mut record: FutureRecord<'_, [u8], [u8]>) -> Result<DeliveryFuture, PublishError> {
+        let deadline = Instant::now() + QUEUE_FULL_WAIT.min(self.inner.delivery_timeout);
+        loop {
+            match self.inner.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    record = back;
+                    tokio::time::sleep(QUEUE_FULL_RETRY).await;
+                }
+                Err((e, _)) => return Err(map_error(e, "enqueue")),
+            }
+        }
+    }
+
+    /// Fail fast (502) for a topic that does not exist: with automatic topic creation off,
+    /// librdkafka would otherwise hold the record until `message.timeout.ms`. Existing topics are
+    /// cached, so the hot path does one read-locked set lookup.
+    async fn check_topic(&self, topic: &str) -> Result<(), PublishError> {
+        let cache = &self.inner.topics;
+        if cache.is_known(topic) {
+            return Ok(());
+        }
+        if cache.recently_unknown(topic) {
+            return Err(unknown_topic(topic));
+        }
+        let _permit =
+            cache.lookups.acquire().await.map_err(|_| PublishError::unavailable("kafka producer closed", None))?;
+        if cache.is_known(topic) {
+            return Ok(());
+        }
+        let producer = self.inner.producer.clone();
+        let name = topic.to_owned();
+        let timeout = METADATA_TIMEOUT.min(self.inner.delivery_timeout);
+        let metadata = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&name), timeout))
+            .await
+            .map_err(|e| PublishError::unavailable("kafka metadata lookup panicked", Some(e.into())))?
+            .map_err(|e| map_error(e, "topic metadata"))?;
+        self.inner.up.store(true, Ordering::Relaxed);
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Err(unknown_topic(topic));
+        };
+        match found.error().map(RDKafkaErrorCode::from) {
+            None => {
+                cache.remember_known(topic);
+                Ok(())
+            }
+            Some(code) if is_unroutable(code) => {
+                cache.remember_unknown(topic);
+                Err(PublishError::unroutable(format!("kafka topic {topic:?}: {code}"), None))
+            }
+            // Leader elections and the like: the topic exists, let librdkafka wait for it.
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// True while librdkafka reaches at least one broker.
+    #[must_use]
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Relaxed)
+    }
+
+    /// Wait up to `timeout` for every queued record to be delivered (or to fail).
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.inner.producer.clone();
+        let name = self.inner.name.clone();
+        let result = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(broker = %name, error = %e, "kafka flush incomplete");
+        }
+    }
+
+    /// Broker name from the config.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+}
+
+impl Inner {
+    /// Wait for the delivery report: librdkafka reports every record within `message.timeout.ms`;
+    /// the extra grace only guards against a lost report.
+    async fn await_delivery(&self, delivery: DeliveryFuture) -> Result<Receipt, PublishError> {
+        match tokio::time::timeout(self.delivery_timeout + DELIVERY_GRACE, delivery).await {
+            Ok(Ok(Ok(d))) => {
+                self.up.store(true, Ordering::Relaxed);
+                Ok(Receipt::Kafka { partition: d.partition, offset: d.offset })
+            }
+            Ok(Ok(Err((e, message)))) => {
+                let err = map_error(e, "delivery");
+                if err.is_unroutable() {
+                    use rdkafka::Message as _;
+                    self.topics.forget(message.topic());
+                }
+                Err(err)
+            }
+            Ok(Err(_canceled)) => Err(PublishError::unavailable("kafka producer dropped the delivery report", None)),
+            Err(_elapsed) => Err(PublishError::unavailable("kafka delivery report timed out", None)),
+        }
+    }
+}
+
+fn unknown_topic(topic: &str) -> PublishError {
+    PublishError::unroutable(format!("kafka topic {topic:?} does not exist"), None)
+}
+
+/// `message.timeout.ms`: a user option wins (`message.timeout.ms`, else its alias
+/// `delivery.timeout.ms`), else the broker's `delivery_timeout`. Set under one key only, so
+/// librdkafka never sees two conflicting values.
+fn effective_delivery_timeout(options: &BTreeMap<String, String>, default: Duration) -> Duration {
+    ["message.timeout.ms", "delivery.timeout.ms"]
+        .iter()
+        .find_map(|key| options.get(*key)?.trim().parse::<u64>().ok())
+        .map_or(default, Duration::from_millis)
+}
+
+/// Codes that mean "this topic or partition is not there": HTTP 502.
+fn is_unroutable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition
+            | RDKafkaErrorCode::InvalidTopic
+    )
+}
+
+/// Codes that refuse this record for good (retrying it cannot help): HTTP 502.
+fn is_rejected(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::BadMessage
+            | RDKafkaErrorCode::InvalidArgument
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidRequiredAcks
+            | RDKafkaErrorCode::PolicyViolation
+    )
+}
+
+/// Map a librdkafka error to a publish error.
+///
+/// - Unroutable (502): `UnknownTopicOrPartition`, `UnknownTopic`, `UnknownPartition`, `InvalidTopic`.
+/// - Rejected (502, not retryable): see [`is_rejected`] (too large, invalid record, not authorized).
+/// - Unavailable (503, retryable: nothing was stored, the client may send it again), everything
+///   else, notably `MessageTimedOut` (delivery timeout), `QueueFull` (local back-pressure),
+///   `BrokerTransportFailure`, `AllBrokersDown`, `RequestTimedOut`, `NetworkException`,
+///   `NotEnoughReplicas(AfterAppend)`, `LeaderNotAvailable`, `NotLeaderForPartition`, `Fatal`
+///   (fatal idempotent-producer state; needs a new producer).
+fn map_error(e: KafkaError, during: &str) -> PublishError {
+    let reason = format!("kafka {during}: {e}");
+    match e.rdkafka_error_code() {
+        Some(code) if is_unroutable(code) => PublishError::unroutable(reason, Some(e.into())),
+        Some(code) if is_rejected(code) => PublishError::rejected(reason, Some(e.into())),
+        _ => PublishError::unavailable(reason, Some(e.into())),
+    }
+}
+
+/// Which topics exist, so a publish does not ask the broker each time.
+struct TopicCache {
+    /// Topics the broker reported; only a delivery error for the topic removes one.
+    known: RwLock<HashSet<String>>,
+    /// Topics reported unknown, with when; trusted for [`UNKNOWN_TOPIC_TTL`].
+    unknown: Mutex<HashMap<String, Instant>>,
+    /// Bounds concurrent metadata lookups.
+    lookups: Semaphore,
+}
+
+impl Default for TopicCache {
+    fn default() -> Self {
+        Self { known: RwLock::default(), unknown: Mutex::default(), lookups: Semaphore::new(METADATA_CONCURRENCY) }
+    }
+}
+
+impl TopicCache {
+    fn is_known(&self, topic: &str) -> bool {
+        self.known.read().unwrap_or_else(|e| e.into_inner()).contains(topic)
+    }
+
+    fn remember_known(&self, topic: &str) {
+        self.unknown.lock().unwrap_or_else(|e| e.into_inner()).remove(topic);
+        self.known.write().unwrap_or_else(|e| e.into_inner()).insert(topic.to_owned());
+    }
+
+    fn forget(&self, topic: &str) {
+        self.known.write().unwrap_or_else(|e| e.into_inner()).remove(topic);
+    }
+
+    fn recently_unknown(&self, topic: &str) -> bool {
+        let unknown = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        unknown.get(topic).is_some_and(|at| at.elapsed() < UNKNOWN_TOPIC_TTL)
+    }
+
+    fn remember_unknown(&self, topic: &str) {
+        let mut unknown = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        if unknown.len() >= 10_000 {
+            unknown.retain(|_, at| at.elapsed() < UNKNOWN_TOPIC_TTL);
+        }
+        unknown.insert(topic.to_owned(), Instant::now());
+    }
+}
+
+/// librdkafka callbacks: broker connectivity for `is_up`, and librdkafka's logs as tracing events.
+struct SluiceContext {
+    name: String,
+    up: Arc<AtomicBool>,
+}
+
+impl ClientContext for SluiceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(broker = %self.name, facility = fac, "librdkafka: {log_message}");
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(broker = %self.name, facility = fac, "librdkafka: {log_message}");
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(broker = %self.name, facility = fac, "librdkafka: {log_message}");
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(broker = %self.name, facility = fac, "librdkafka: {log_message}");
+            }
+        }
+    }
+
+    /// Every `statistics.interval.ms`: up while at least one broker connection is `UP`.
+    fn stats(&self, statistics: Statistics) {
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        let was = self.up.swap(up, Ordering::Relaxed);
+        if was != up {
+            tracing::info!(broker = %self.name, up, "kafka broker connectivity changed");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.up.store(false, Ordering::Relaxed);
+        }
+        tracing::warn!(broker = %self.name, error = %error, "kafka client error: {reason}");
+    }
+}

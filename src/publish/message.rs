@@ -1,0 +1,76 @@
+//! What is published: a [`Message`] bound for a [`Destination`], the [`Ack`] mode asked for, and the [`Receipt`] the broker gave back.
+
+use bytes::Bytes;
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A Kafka topic.
+    Kafka {
+        /// Topic name (already rendered from the route's template).
+        topic: String,
+        /// Record key; records with the same key land on the same partition.
+        key: Option<Bytes>,
+    },
+    /// An AMQP 0-9-1 exchange (RabbitMQ).
+    Amqp {
+        /// Exchange name; `""` is the default exchange (routing key = queue name).
+        exchange: String,
+        /// Routing key (already rendered from the route's template).
+        routing_key: String,
+        /// `delivery_mode = 2` when true, `1` otherwise.
+        persistent: bool,
+    },
+}
+
+/// One message, already rendered from the HTTP request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The `sluice-id` (a UUIDv7); also the AMQP `message_id` property.
+    pub id: String,
+    /// The request body, published byte for byte.
+    pub body: Bytes,
+    /// The request's `content-type`: a Kafka record header, the AMQP `content_type` property.
+    pub content_type: Option<String>,
+    /// Metadata with lower-cased names (`sluice-id`, `sluice-route`, `x-request-id`, `traceparent`,
+    /// `tracestate`, forwarded headers, `ce_*` / `cloudEvents:*` attributes), built by the caller.
+    /// Kafka record headers; AMQP headers as long strings.
+    pub headers: Vec<(String, String)>,
+    /// Where the message goes.
+    pub destination: Destination,
+}
+
+impl Message {
+    /// A new `sluice-id`: a UUIDv7 (time-ordered), hyphenated lower-case.
+    #[must_use]
+    pub fn new_id() -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
+}
+
+/// How long the caller waits before answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ack {
+    /// Wait for the broker: the Kafka delivery report (`acks=all`) or the AMQP publisher confirm.
+    #[default]
+    Confirm,
+    /// Return once the message is handed to the client library: at-most-once, a later broker failure
+    /// is only logged.
+    None,
+}
+
+/// What the broker confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipt {
+    /// Kafka stored the record at this partition and offset.
+    Kafka {
+        /// Partition the record was written to.
+        partition: i32,
+        /// Offset of the record within the partition.
+        offset: i64,
+    },
+    /// RabbitMQ confirmed the message (routed to at least one queue).
+    Amqp,
+    /// Handed to the client library without waiting for the broker (`Ack::None`).
+    Unconfirmed,
+}
