@@ -161,7 +161,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             path = %path,
             status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            target = route.map_or("", |r| r.action.target()),
+            backend = route.map_or("", |r| r.action.target()),
             request_id = request_id.to_str().unwrap_or(""),
             trace_id = %trace.trace_id,
         );
