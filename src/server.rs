@@ -92,7 +92,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
 pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let start = Instant::now();
     let runtime = gw.runtime.load_full();
-    gw.metrics.in_flight.inc();
+    let _in_flight = InFlightGauge::new(&gw.metrics.in_flight);
     let request_id = request_id(req.headers());
     let trace = TraceContext::from_headers(req.headers());
     let method = req.method().clone();
@@ -152,7 +152,6 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
     route.map_or(&runtime.unmatched, |r| &r.metrics).observe(status, elapsed);
-    gw.metrics.in_flight.dec();
     if gw.access_log {
         tracing::info!(
             target: "access",
@@ -167,6 +166,22 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         );
     }
     response
+}
+
+/// Counts a request in `sluice_requests_in_flight` until dropped (also when the client goes away mid-request).
+struct InFlightGauge<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlightGauge<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        InFlightGauge(gauge)
+    }
+}
+
+impl Drop for InFlightGauge<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The client's `x-request-id` when it is sane, else a new UUID.

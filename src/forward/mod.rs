@@ -8,6 +8,7 @@ mod outlier;
 mod proxy;
 mod ratelimit;
 mod retry;
+mod upgrade;
 mod upstream;
 
 pub use balance::{Pick, hash_key};

@@ -7,7 +7,8 @@
 //!    endpoints) → `per_try_timeout` → the pooled HTTP client,
 //! 5. the outcome feeds outlier ejection and metrics, then the retry policy (class, idempotency, replayability,
 //!    budget, backoff) decides whether to go round again,
-//! 6. the last upstream response is passed through, streamed, with hop-by-hop headers removed.
+//! 6. the last upstream response is passed through, streamed, with hop-by-hop headers removed; a `101` to an
+//!    upgrade request splices the two connections (WebSocket).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use super::balance::{Pick, hash_key};
 use super::endpoint::Endpoint;
 use super::fault::Fault;
 use super::retry::{Outcome, RetryPolicy, is_idempotent};
+use super::upgrade;
 use super::upstream::Upstream;
 use crate::body::{Body, ReadBodyError, is_too_large, prepare};
 use crate::problem::GatewayError;
@@ -85,6 +87,8 @@ pub async fn forward(
             return Err(GatewayError::FaultAbort(status));
         }
     }
+    let mut req = req;
+    let upgrade = upgrade::requested(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     let upstream = &route.upstream;
     let hash = match &upstream.hash_key {
@@ -102,6 +106,10 @@ pub async fn forward(
     let path = rewrite_path(&parts.uri, route.prefix.as_deref(), route.rewrite.as_deref());
     let idempotent = is_idempotent(&parts.method, &parts.headers);
     prepare_headers(&mut parts.headers, &ds);
+    let mut client_upgrade = upgrade.map(|(protocol, on)| {
+        upgrade::restore(&mut parts.headers, protocol);
+        on
+    });
     route.retry.deposit();
 
     // 3. Overall timeout around every attempt.
@@ -157,7 +165,7 @@ pub async fn forward(
             if !retry {
                 // 6. The last upstream response is passed through.
                 return match (outcome, response) {
-                    (_, Some(res)) => Ok(respond(res, guard, ds.request_id)),
+                    (_, Some(res)) => Ok(respond(res, guard, ds.request_id, client_upgrade.take())),
                     (Outcome::Timeout, None) => Err(GatewayError::Timeout),
                     (_, None) => Err(GatewayError::UpstreamUnreachable),
                 };
@@ -265,11 +273,29 @@ fn prepare_headers(headers: &mut HeaderMap, ds: &Downstream<'_>) {
     headers.insert(TRACEPARENT.clone(), ds.trace.traceparent());
 }
 
-fn respond(res: Response<Incoming>, guard: super::upstream::InFlight, request_id: &HeaderValue) -> Response<Body> {
+fn respond(
+    mut res: Response<Incoming>,
+    guard: super::upstream::InFlight,
+    request_id: &HeaderValue,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
+    let guard = match client_upgrade {
+        Some(on) => upgrade::splice(on, &mut res, guard),
+        None => Some(guard),
+    };
     let (mut parts, inner) = res.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    Response::from_parts(parts, Body::Upstream { inner, guard })
+    match guard {
+        Some(guard) => {
+            strip_hop_by_hop(&mut parts.headers);
+            parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+            Response::from_parts(parts, Body::Upstream { inner, guard })
+        }
+        // 101: the upgrade headers stay, the connection now belongs to the splice task.
+        None => {
+            parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+            Response::from_parts(parts, Body::Empty)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -54,9 +54,11 @@ pub async fn publish(
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| GatewayError::BadRequest("Idempotency-Key must be text".into()))?),
     };
+    // Releases the key if this future is dropped (client gone) before the answer is stored.
+    let mut claim = None;
     if let Some(key) = key {
         match route.idempotency.begin(key) {
-            Begin::New => {}
+            Begin::New => claim = Some(Claim { store: &route.idempotency, key }),
             Begin::InFlight => return Err(GatewayError::IdempotencyConflict),
             Begin::Replay(stored) => {
                 let mut res = receipt_response(stored.status, stored.body);
@@ -66,11 +68,8 @@ pub async fn publish(
         }
     }
     let result = send(route, route_name, &parts, body, &ds).await;
-    if let Some(key) = key {
-        match &result {
-            Ok((status, body)) => route.idempotency.complete(key, Stored { status: *status, body: body.clone() }),
-            Err(_) => route.idempotency.abort(key),
-        }
+    if let (Some(claim), Ok((status, body))) = (claim.take(), &result) {
+        claim.complete(Stored { status: *status, body: body.clone() });
     }
     result.map(|(status, body)| receipt_response(status, body))
 }
@@ -134,6 +133,26 @@ async fn send(
         doc["confirmed"] = json!(false);
     }
     Ok((StatusCode::ACCEPTED.as_u16(), Bytes::from(serde_json::to_vec(&doc).expect("JSON serializes"))))
+}
+
+/// An `Idempotency-Key` this request started: completed with the answer, or released when dropped (the publish
+/// failed or the client went away), so that a retry with the same key is not refused forever.
+struct Claim<'a> {
+    store: &'a IdempotencyStore,
+    key: &'a str,
+}
+
+impl Claim<'_> {
+    fn complete(self, answer: Stored) {
+        self.store.complete(self.key, answer);
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        // No-op after `complete`: `abort` only removes keys still in flight.
+        self.store.abort(self.key);
+    }
 }
 
 fn receipt_response(status: u16, body: Bytes) -> Response<Body> {
