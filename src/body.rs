@@ -10,7 +10,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::forward::InFlight;
+use crate::forward::{InFlight, Reusable};
 
 /// Boxed error of a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -31,6 +31,8 @@ pub enum Body {
         inner: Incoming,
         /// Released when the body is finished or dropped.
         guard: InFlight,
+        /// The connection, returned to its pool when the body ends (closed if the body is dropped early).
+        conn: Option<Reusable>,
     },
 }
 
@@ -49,7 +51,15 @@ impl HttpBody for Body {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Body::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
+            Body::Upstream { inner, conn, .. } => {
+                let frame = Pin::new(&mut *inner).poll_frame(cx);
+                if matches!(frame, Poll::Ready(None)) || inner.is_end_stream() {
+                    if let Some(conn) = conn.take() {
+                        conn.release();
+                    }
+                }
+                frame
+            }
         }
     }
 

@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -68,9 +67,12 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
         };
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
+        // The client address as an `x-forwarded-for` value, made once per connection.
+        let peer_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a header value");
         let service = service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(handle(&gw, req, peer).await) }
+            let peer_ip = peer_ip.clone();
+            async move { Ok::<_, Infallible>(handle(&gw, req, &peer_ip).await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
@@ -89,16 +91,16 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
 }
 
 /// Answers one request; never fails (errors become problem responses).
-pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer_ip: &HeaderValue) -> Response<Body> {
     let start = Instant::now();
     let runtime = gw.runtime.load_full();
     let _in_flight = InFlightGauge::new(&gw.metrics.in_flight);
     let request_id = request_id(req.headers());
     let trace = TraceContext::from_headers(req.headers());
+    // Kept for the access log: cheap clones (shared bytes), no copies.
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let host = host_of(&req).map(str::to_owned);
-    let matched = runtime.router.route(req.method(), host.as_deref(), req.uri().path(), req.headers());
+    let uri = req.uri().clone();
+    let matched = runtime.router.route(req.method(), host_of(&req), req.uri().path(), req.headers());
     let (route, result) = match matched {
         RouteMatch::NotFound => (None, Err(GatewayError::NotFound)),
         RouteMatch::MethodNotAllowed { allow } => (None, Err(GatewayError::MethodNotAllowed { allow })),
@@ -122,7 +124,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
                     limiter.check(&key).map_err(|retry_after| GatewayError::RateLimited { retry_after })?;
                 }
                 let ds = Downstream {
-                    peer,
+                    peer_ip,
                     request_id: &request_id,
                     trace: &trace,
                     scheme: "http",
@@ -130,8 +132,9 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
                     max_body: runtime.config.server.max_body.0,
                 };
                 match &route.action {
-                    Action::Forward(f) => forward(f, &route.metrics, req, ds).await,
-                    Action::Publish(p) => publish(p, &route.name, req, ds).await,
+                    // Boxed: the futures are large, and moving them through the layers above costs more.
+                    Action::Forward(f) => Box::pin(forward(f, &route.metrics, req, ds)).await,
+                    Action::Publish(p) => Box::pin(publish(p, &route.name, req, ds)).await,
                 }
             }
             .await;
@@ -157,12 +160,12 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             target: "access",
             route = route_name.unwrap_or(""),
             method = %method,
-            path = %path,
+            path = %uri.path(),
             status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             backend = route.map_or("", |r| r.action.target()),
             request_id = request_id.to_str().unwrap_or(""),
-            trace_id = %trace.trace_id,
+            trace_id = %trace.trace_id_hex(),
         );
     }
     response
@@ -188,7 +191,11 @@ impl Drop for InFlightGauge<'_> {
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     match headers.get(&X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 200 && v.to_str().is_ok() => v.clone(),
-        _ => HeaderValue::try_from(uuid::Uuid::new_v4().to_string()).expect("a UUID is a header value"),
+        _ => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            HeaderValue::from_str(id).expect("a UUID is a header value")
+        }
     }
 }
 

@@ -264,14 +264,15 @@ pub struct UpstreamMetrics {
 }
 
 /// W3C trace context of one request: the trace continues from the client's `traceparent`, or starts here.
+/// Kept as integers so that a request pays for no string formatting unless a header or log line needs it.
 #[derive(Clone, Debug)]
 pub struct TraceContext {
-    /// 32 hex digits.
-    pub trace_id: String,
-    /// This hop's span id, 16 hex digits.
-    pub span_id: String,
-    /// Trace flags, 2 hex digits.
-    pub flags: String,
+    /// Trace id (never 0).
+    pub trace_id: u128,
+    /// This hop's span id (never 0).
+    pub span_id: u64,
+    /// Trace flags.
+    pub flags: u8,
     /// `tracestate`, passed through.
     pub tracestate: Option<HeaderValue>,
 }
@@ -279,40 +280,61 @@ pub struct TraceContext {
 impl TraceContext {
     /// Reads `traceparent`/`tracestate` from a request, or starts a new sampled trace.
     pub fn from_headers(headers: &HeaderMap) -> TraceContext {
-        let parent = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(parse_traceparent);
-        let span_id = format!("{:016x}", fastrand::u64(1..));
-        match parent {
+        let span_id = fastrand::u64(1..);
+        match headers.get("traceparent").and_then(|v| parse_traceparent(v.as_bytes())) {
             Some((trace_id, flags)) => {
                 TraceContext { trace_id, span_id, flags, tracestate: headers.get("tracestate").cloned() }
             }
-            None => TraceContext {
-                trace_id: format!("{:032x}", fastrand::u128(1..)),
-                span_id,
-                flags: "01".to_owned(),
-                tracestate: None,
-            },
+            None => TraceContext { trace_id: fastrand::u128(1..), span_id, flags: 1, tracestate: None },
         }
+    }
+
+    /// The trace id as 32 lower-case hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
     }
 
     /// The `traceparent` to send onwards (this hop as the parent).
     pub fn traceparent(&self) -> HeaderValue {
-        HeaderValue::try_from(format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags))
-            .expect("hex is a valid header value")
+        let mut buf = [0u8; 55];
+        buf[..3].copy_from_slice(b"00-");
+        hex_into(&mut buf[3..35], self.trace_id, 32);
+        buf[35] = b'-';
+        hex_into(&mut buf[36..52], u128::from(self.span_id), 16);
+        buf[52] = b'-';
+        hex_into(&mut buf[53..55], u128::from(self.flags), 2);
+        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
     }
 }
 
-fn parse_traceparent(v: &str) -> Option<(String, String)> {
-    let mut it = v.trim().split('-');
-    let (version, trace, parent, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-    let ok = hex(version, 2)
-        && version != "ff"
-        && hex(trace, 32)
-        && trace.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && parent.bytes().any(|b| b != b'0')
-        && hex(flags, 2);
-    ok.then(|| (trace.to_owned(), flags.to_owned()))
+fn hex_into(out: &mut [u8], mut value: u128, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out[i] = HEX[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
+fn parse_traceparent(v: &[u8]) -> Option<(u128, u8)> {
+    // version(2) - trace-id(32) - parent-id(16) - flags(2); future versions may append fields.
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    let hex = |s: &[u8]| -> Option<u128> {
+        s.iter().try_fold(0u128, |acc, b| {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                _ => return None,
+            };
+            Some(acc << 4 | u128::from(d))
+        })
+    };
+    let version = hex(&v[..2])?;
+    let trace = hex(&v[3..35])?;
+    let parent = hex(&v[36..52])?;
+    let flags = hex(&v[53..55])?;
+    (version != 0xff && trace != 0 && parent != 0 && (version != 0 || v.len() == 55)).then_some((trace, flags as u8))
 }
 
 /// Shared handle to the metrics.
@@ -328,16 +350,20 @@ mod tests {
         h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
         h.insert("tracestate", "vendor=1".parse().unwrap());
         let t = TraceContext::from_headers(&h);
-        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(t.span_id, "00f067aa0ba902b7");
+        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(t.span_id, 0x00f067aa0ba902b7);
+        let sent = t.traceparent();
+        let sent = sent.to_str().unwrap();
+        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{sent}");
+        assert!(sent.ends_with("-01") && sent.len() == 55, "{sent}");
         assert_eq!(t.tracestate.unwrap(), "vendor=1");
         let bad = HeaderMap::from_iter([(
             http::header::HeaderName::from_static("traceparent"),
             HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
         )]);
         let fresh = TraceContext::from_headers(&bad);
-        assert_eq!(fresh.trace_id.len(), 32);
-        assert_ne!(fresh.trace_id, "00000000000000000000000000000000");
+        assert_eq!(fresh.trace_id_hex().len(), 32);
+        assert_ne!(fresh.trace_id, 0);
         assert!(fresh.traceparent().to_str().unwrap().starts_with("00-"));
     }
 

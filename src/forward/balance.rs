@@ -104,6 +104,7 @@ mod tests {
                     &url,
                     &Endpoint::parse_url(&url).unwrap(),
                     format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                    std::time::Duration::from_secs(1),
                 ))
             })
             .collect()

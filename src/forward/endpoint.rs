@@ -40,6 +40,8 @@ pub struct Endpoint {
     pub healthy: AtomicBool,
     /// Active health-check streak: positive = successes in a row, negative = failures in a row.
     pub check_streak: std::sync::atomic::AtomicI32,
+    /// Idle HTTP/1.1 connections to this address.
+    pub pool: std::sync::Arc<super::pool::Pool>,
 }
 
 impl Endpoint {
@@ -62,7 +64,7 @@ impl Endpoint {
     }
 
     /// A fresh endpoint for `addr`, resolved from `url`.
-    pub fn new(url: &str, parsed: &EndpointUrl, addr: SocketAddr) -> Endpoint {
+    pub fn new(url: &str, parsed: &EndpointUrl, addr: SocketAddr, connect_timeout: std::time::Duration) -> Endpoint {
         let authority = Authority::try_from(addr.to_string()).expect("a socket address is an authority");
         let host = if parsed.host.contains(':') { format!("[{}]", parsed.host) } else { parsed.host.clone() };
         let host_header = if parsed.port == 80 { host } else { format!("{host}:{}", parsed.port) };
@@ -77,6 +79,7 @@ impl Endpoint {
             times_ejected: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
             check_streak: std::sync::atomic::AtomicI32::new(0),
+            pool: super::pool::Pool::new(addr, connect_timeout),
         }
     }
 
@@ -108,8 +111,12 @@ mod tests {
         assert!(Endpoint::parse_url("ftp://x").is_err());
         assert!(Endpoint::parse_url("http://x/path").is_err());
         assert!(Endpoint::parse_url("nonsense url").is_err());
-        let e =
-            Endpoint::new("http://a:81", &Endpoint::parse_url("http://a:81").unwrap(), "127.0.0.1:81".parse().unwrap());
+        let e = Endpoint::new(
+            "http://a:81",
+            &Endpoint::parse_url("http://a:81").unwrap(),
+            "127.0.0.1:81".parse().unwrap(),
+            std::time::Duration::from_secs(1),
+        );
         assert_eq!(e.host_header, "a:81");
         assert_eq!(e.authority.as_str(), "127.0.0.1:81");
     }

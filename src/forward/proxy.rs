@@ -10,13 +10,13 @@
 //! 6. the last upstream response is passed through, streamed, with hop-by-hop headers removed; a `101` to an
 //!    upgrade request splices the two connections (WebSocket).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::balance::{Pick, hash_key};
@@ -50,8 +50,8 @@ pub struct ForwardRoute {
 
 /// Facts about the client side of a request.
 pub struct Downstream<'a> {
-    /// Client address (for `x-forwarded-for`).
-    pub peer: SocketAddr,
+    /// Client IP address, as the value appended to `x-forwarded-for`.
+    pub peer_ip: &'a HeaderValue,
     /// `x-request-id` sent upstream and echoed.
     pub request_id: &'a HeaderValue,
     /// Trace context to continue.
@@ -126,26 +126,32 @@ pub async fn forward(
             };
             guard.assign(endpoint.clone());
             let out_body = body.attempt().ok_or(GatewayError::UpstreamUnreachable)?;
-            let uri = Uri::from_parts({
+            // HTTP/1.1 connections take the origin form; the HTTP/2 client needs the absolute form.
+            let uri = if upstream.is_h2() {
                 let mut u = http::uri::Parts::default();
                 u.scheme = Some(Scheme::HTTP);
                 u.authority = Some(endpoint.authority.clone());
                 u.path_and_query = Some(path.clone());
-                u
-            })
-            .expect("scheme, authority and path make a URI");
+                Uri::from_parts(u).expect("scheme, authority and path make a URI")
+            } else {
+                Uri::from(path.clone())
+            };
             let mut req = Request::new(out_body);
             *req.method_mut() = parts.method.clone();
             *req.uri_mut() = uri;
-            *req.headers_mut() = parts.headers.clone();
+            *req.headers_mut() = if retries < route.retry.max_retries {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             req.headers_mut().insert(header::HOST, endpoint.host_header.clone());
-            let sent = upstream.send(req);
+            let sent = upstream.send(&endpoint, req);
             let result = match route.retry.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
                 None => Ok(sent.await),
             };
             let (outcome, response) = match result {
-                Ok(Ok(res)) => (Outcome::Status(res.status()), Some(res)),
+                Ok(Ok(res)) => (Outcome::Status(res.0.status()), Some(res)),
                 Ok(Err(e)) if e.is_connect() => (Outcome::ConnectFailure, None),
                 Ok(Err(e)) if is_too_large(&e) => {
                     return Err(GatewayError::PayloadTooLarge { limit: ds.max_body });
@@ -165,7 +171,7 @@ pub async fn forward(
             if !retry {
                 // 6. The last upstream response is passed through.
                 return match (outcome, response) {
-                    (_, Some(res)) => Ok(respond(res, guard, ds.request_id, client_upgrade.take())),
+                    (_, Some((res, conn))) => Ok(respond(res, conn, guard, ds.request_id, client_upgrade.take())),
                     (Outcome::Timeout, None) => Err(GatewayError::Timeout),
                     (_, None) => Err(GatewayError::UpstreamUnreachable),
                 };
@@ -257,12 +263,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn prepare_headers(headers: &mut HeaderMap, ds: &Downstream<'_>) {
     strip_hop_by_hop(headers);
     let host = headers.remove(header::HOST);
-    let ip = ds.peer.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::try_from(format!("{prior}, {ip}")),
-        None => HeaderValue::try_from(ip),
+        Some(prior) => HeaderValue::try_from(format!("{prior}, {}", ds.peer_ip.to_str().unwrap_or_default())).ok(),
+        None => Some(ds.peer_ip.clone()),
     };
-    if let Ok(v) = xff {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(ds.scheme));
@@ -275,6 +280,7 @@ fn prepare_headers(headers: &mut HeaderMap, ds: &Downstream<'_>) {
 
 fn respond(
     mut res: Response<Incoming>,
+    conn: Option<super::pool::Reusable>,
     guard: super::upstream::InFlight,
     request_id: &HeaderValue,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -288,7 +294,15 @@ fn respond(
         Some(guard) => {
             strip_hop_by_hop(&mut parts.headers);
             parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-            Response::from_parts(parts, Body::Upstream { inner, guard })
+            // An empty body is finished already: the connection can serve the next request now.
+            let conn = match conn {
+                Some(c) if inner.is_end_stream() => {
+                    c.release();
+                    None
+                }
+                other => other,
+            };
+            Response::from_parts(parts, Body::Upstream { inner, guard, conn })
         }
         // 101: the upgrade headers stay, the connection now belongs to the splice task.
         None => {

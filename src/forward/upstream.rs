@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::balance::{self, Pick};
 use super::endpoint::{Endpoint, EndpointUrl};
 use super::outlier::OutlierDetector;
+use super::pool::{Reusable, SendError};
 use crate::body::OutBody;
 use crate::config::{Balance, HealthCheckConfig, UpstreamConfig};
 use crate::telemetry::{Metrics, UpstreamMetrics};
@@ -31,7 +32,9 @@ pub struct Upstream {
     pub hash_key: Option<Template>,
     targets: Vec<(String, EndpointUrl)>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
-    client: Client<HttpConnector, OutBody>,
+    /// HTTP/2 upstreams: one multiplexing client; HTTP/1.1 upstreams use each endpoint's pool.
+    h2: Option<Client<HttpConnector, OutBody>>,
+    connect_timeout: Duration,
     in_flight: Arc<AtomicUsize>,
     max_concurrent: usize,
     cursor: AtomicUsize,
@@ -82,12 +85,13 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout.0));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(usize::MAX)
-            .http2_only(cfg.http2)
-            .build(connector);
+        let h2 = cfg.http2.then(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .http2_only(true)
+                .build(connector)
+        });
         let targets =
             cfg.endpoints.iter().filter_map(|u| Endpoint::parse_url(u).ok().map(|p| (u.clone(), p))).collect();
         let upstream = Arc::new(Upstream {
@@ -96,7 +100,8 @@ impl Upstream {
             hash_key: cfg.hash_key.as_deref().and_then(|k| Template::parse(k).ok()),
             targets,
             endpoints: ArcSwap::from_pointee(Vec::new()),
-            client,
+            h2,
+            connect_timeout: cfg.connect_timeout.0,
             in_flight: Arc::new(AtomicUsize::new(0)),
             max_concurrent: cfg.max_concurrent,
             cursor: AtomicUsize::new(0),
@@ -111,6 +116,11 @@ impl Upstream {
             tokio::spawn(health_loop(Arc::downgrade(&upstream), hc.clone()));
         }
         upstream
+    }
+
+    /// Whether the endpoints speak HTTP/2.
+    pub fn is_h2(&self) -> bool {
+        self.h2.is_some()
     }
 
     /// The current endpoints.
@@ -131,8 +141,21 @@ impl Upstream {
     }
 
     /// Sends one request (its URI already points at an endpoint).
-    pub async fn send(&self, req: Request<OutBody>) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+    /// Sends one request to `endpoint` (its URI already points at it). The `Reusable` goes back to the
+    /// endpoint's pool once the response body has been read.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<OutBody>,
+    ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
+        match &self.h2 {
+            None => endpoint.pool.send(req).await.map(|(res, conn)| (res, Some(conn))),
+            Some(client) => match client.request(req).await {
+                Ok(res) => Ok((res, None)),
+                Err(e) if e.is_connect() => Err(SendError::Connect { addr: endpoint.addr, reason: e.to_string() }),
+                Err(e) => Err(SendError::Failed(e.into())),
+            },
+        }
     }
 
     /// Resolves every configured endpoint again, keeping the state of endpoints whose address did not change.
@@ -156,7 +179,7 @@ impl Upstream {
             for addr in addrs {
                 match by_key.remove(&(url.as_str(), addr)) {
                     Some(existing) => next.push(existing.clone()),
-                    None => next.push(Arc::new(Endpoint::new(url, target, addr))),
+                    None => next.push(Arc::new(Endpoint::new(url, target, addr, self.connect_timeout))),
                 }
             }
         }
@@ -169,7 +192,17 @@ impl Upstream {
         let Ok(uri) = uri else { return false };
         let req = Request::get(uri).header(http::header::HOST, ep.host_header.clone()).body(OutBody::Empty);
         let Ok(req) = req else { return false };
-        matches!(tokio::time::timeout(hc.timeout.0, self.send(req)).await, Ok(Ok(r)) if r.status().is_success())
+        match tokio::time::timeout(hc.timeout.0, self.send(ep, req)).await {
+            Ok(Ok((res, conn))) => {
+                let ok = res.status().is_success();
+                // Read the (small) body so the connection can be reused.
+                if http_body_util::BodyExt::collect(res.into_body()).await.is_ok() {
+                    conn.map(Reusable::release);
+                }
+                ok
+            }
+            _ => false,
+        }
     }
 }
 

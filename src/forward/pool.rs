@@ -1,0 +1,131 @@
+//! Per-endpoint pool of HTTP/1.1 connections, on hyper's low-level client connections.
+//!
+//! Written here instead of using hyper-util's pooled `Client` because the request path of a proxy pays for every
+//! layer: a pool per endpoint needs no pool-key hashing and no shared map, and `try_send_request` hands back a
+//! request that a dead idle connection could not take, so it can go out on a fresh one untouched (bench/README.md
+//! has the measurements). HTTP/2 upstreams still use hyper-util's client, which multiplexes on one connection.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::{BoxError, OutBody};
+
+/// Most idle connections kept per endpoint.
+const MAX_IDLE: usize = 512;
+
+/// Why a request could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made: the request was not sent.
+    #[error("connect to {addr} failed: {reason}")]
+    Connect {
+        /// Endpoint address.
+        addr: SocketAddr,
+        /// What happened.
+        reason: String,
+    },
+    /// The connection failed after the request may have been sent.
+    #[error("request failed: {0}")]
+    Failed(#[source] BoxError),
+}
+
+impl SendError {
+    /// Whether nothing was sent (a connect failure).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect { .. })
+    }
+}
+
+/// Idle HTTP/1.1 connections to one endpoint.
+#[derive(Debug)]
+pub struct Pool {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<SendRequest<OutBody>>>,
+}
+
+/// A connection in use; given back to its pool once the response body has been read to the end.
+#[derive(Debug)]
+pub struct Reusable {
+    sender: SendRequest<OutBody>,
+    pool: Arc<Pool>,
+}
+
+impl Reusable {
+    /// Returns the connection to the pool (dropping it closes it instead).
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.pool.idle.lock().expect("pool lock");
+        if idle.len() < MAX_IDLE {
+            idle.push(self.sender);
+        }
+    }
+}
+
+impl Pool {
+    /// An empty pool for `addr`.
+    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Arc<Pool> {
+        Arc::new(Pool { addr, connect_timeout, idle: Mutex::new(Vec::new()) })
+    }
+
+    /// Sends `req` on an idle connection, or on a new one.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<OutBody>,
+    ) -> Result<(Response<Incoming>, Reusable), SendError> {
+        while let Some(mut sender) = self.checkout() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(res) => return Ok((res, Reusable { sender, pool: self.clone() })),
+                Err(mut e) => match e.take_message() {
+                    // The connection died while idle and never took the request: try the next one.
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Failed(e.into_error().into())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.send_request(req).await {
+            Ok(res) => Ok((res, Reusable { sender, pool: self.clone() })),
+            Err(e) => Err(SendError::Failed(e.into())),
+        }
+    }
+
+    fn checkout(&self) -> Option<SendRequest<OutBody>> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        while let Some(sender) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<SendRequest<OutBody>, SendError> {
+        let failed = |reason: String| SendError::Connect { addr: self.addr, reason };
+        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(_) => return Err(failed(format!("no answer within {:?}", self.connect_timeout))),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
