@@ -53,10 +53,10 @@ impl HttpBody for Body {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Upstream { inner, conn, .. } => {
                 let frame = Pin::new(&mut *inner).poll_frame(cx);
-                if matches!(frame, Poll::Ready(None)) || inner.is_end_stream() {
-                    if let Some(conn) = conn.take() {
-                        conn.release();
-                    }
+                if (matches!(frame, Poll::Ready(None)) || inner.is_end_stream())
+                    && let Some(conn) = conn.take()
+                {
+                    conn.release();
                 }
                 frame
             }

@@ -196,8 +196,10 @@ impl Upstream {
             Ok(Ok((res, conn))) => {
                 let ok = res.status().is_success();
                 // Read the (small) body so the connection can be reused.
-                if http_body_util::BodyExt::collect(res.into_body()).await.is_ok() {
-                    conn.map(Reusable::release);
+                if http_body_util::BodyExt::collect(res.into_body()).await.is_ok()
+                    && let Some(conn) = conn
+                {
+                    conn.release();
                 }
                 ok
             }
