@@ -27,15 +27,18 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     if !gw.accepting.load(Ordering::Relaxed) {
         not_ready.push("shutting down".to_owned());
     }
-    for (broker, up) in gw.runtime.load().broker_status() {
+    let runtime = gw.runtime.load();
+    let mut brokers = serde_json::Map::new();
+    for (broker, up) in runtime.broker_status() {
+        brokers.insert(broker.to_owned(), json!(if up { "up" } else { "down" }));
         if !up {
             not_ready.push(format!("broker {broker} is not connected"));
         }
     }
     if not_ready.is_empty() {
-        (StatusCode::OK, Json(json!({ "ready": true })))
+        (StatusCode::OK, Json(json!({ "ready": true, "brokers": brokers })))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "not_ready": not_ready })))
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "not_ready": not_ready, "brokers": brokers })))
     }
 }
 

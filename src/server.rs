@@ -151,7 +151,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer_ip: &HeaderValue)
             e.into_response(route_name, request_id.to_str().unwrap_or(""))
         }
     };
-    response.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
+    response.headers_mut().entry(&X_REQUEST_ID).or_insert_with(|| request_id.clone());
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
     route.map_or(&runtime.unmatched, |r| &r.metrics).observe(status, elapsed);

@@ -174,3 +174,84 @@ fn unknown_top_level_keys_and_missing_files_are_errors() {
     let missing = load(std::path::Path::new("/nonexistent/routes.toml")).unwrap_err();
     assert!(missing[0].contains("no such config file"));
 }
+
+#[test]
+fn broker_and_publish_problems_are_named() {
+    let p = problems(
+        r#"
+[brokers.rabbit]
+kind = "amqp"
+bootstrap = "127.0.0.1:9092"
+
+[brokers.events]
+kind = "kafka"
+url = "amqp://x"
+
+[brokers.nowhere]
+kind = "mqtt"
+
+[[routes]]
+name = "k"
+match = { path = "/k/{tenant}" }
+publish = { broker = "events", exchange = "x", routing_key = "y" }
+
+[[routes]]
+name = "a"
+match = { path = "/a" }
+publish = { broker = "rabbit", topic = "t", routing_key = "{header.x" }
+
+[[routes]]
+name = "missing"
+match = { path = "/m" }
+publish = { broker = "nope", topic = "{path.tenant}" }
+
+[[routes]]
+name = "both"
+match = { path = "/b" }
+publish = { broker = "events", topic = "t", ce_type = "x" }
+retry = { max_retries = 1 }
+"#,
+    )
+    .join("\n");
+    for e in [
+        "brokers.rabbit: kind = \"amqp\" needs url or url_env",
+        "brokers.rabbit: bootstrap is a kafka key; this broker is amqp",
+        "brokers.events: url is an amqp key; this broker is kafka",
+        "brokers.nowhere: unknown variant `mqtt`",
+        "routes[0] \"k\": publish.topic is required for kafka broker \"events\"",
+        "routes[0] \"k\": publish.exchange is for amqp brokers",
+        "routes[1] \"a\": publish.exchange and publish.routing_key are required for amqp broker \"rabbit\"",
+        "routes[1] \"a\": publish.topic is for kafka brokers",
+        "routes[1] \"a\": publish.routing_key: unclosed '{' in template",
+        "routes[2] \"missing\": publish.broker \"nope\" is not defined",
+        "routes[2] \"missing\": publish.topic refers to {path.tenant} but match.path has no {tenant} segment",
+        "routes[3] \"both\": publish.ce_type and ce_source need format = \"cloudevents\"",
+        "routes[3] \"both\": retry applies to forward routes only",
+    ] {
+        assert!(p.contains(e), "missing {e:?} in:\n{p}");
+    }
+}
+
+#[test]
+fn a_route_needs_exactly_one_action() {
+    let p = problems(
+        r#"
+[upstreams.u]
+endpoints = ["http://127.0.0.1:1"]
+[brokers.events]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+[[routes]]
+name = "none"
+match = { path = "/n" }
+[[routes]]
+name = "two"
+match = { path = "/t" }
+forward = { upstream = "u" }
+publish = { broker = "events", topic = "t" }
+"#,
+    )
+    .join("\n");
+    assert!(p.contains("routes[0] \"none\": needs exactly one action: forward or publish"), "{p}");
+    assert!(p.contains("routes[1] \"two\": needs exactly one action: forward or publish"), "{p}");
+}
