@@ -215,8 +215,11 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
             match (&b.url, &b.url_env) {
                 (Some(_), Some(_)) => errors.push(format!("{at}: set url or url_env, not both")),
                 (None, None) => errors.push(format!("{at}: kind = \"amqp\" needs url or url_env")),
-                (Some(u), None) if !(u.starts_with("amqp://") || u.starts_with("amqps://")) => {
-                    errors.push(format!("{at}: url must start with amqp:// or amqps://"))
+                (Some(u), None) if u.starts_with("amqps://") => errors.push(format!(
+                    "{at}: amqps:// is not supported by this build (TLS to RabbitMQ is not compiled in); use amqp://"
+                )),
+                (Some(u), None) if !u.starts_with("amqp://") => {
+                    errors.push(format!("{at}: url must start with amqp://"))
                 }
                 (None, Some(var)) if std::env::var_os(var).is_none() => {
                     errors.push(format!("{at}: url_env names {var:?}, which is not set"))
