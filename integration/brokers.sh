@@ -3,10 +3,16 @@
 #
 #   integration/brokers.sh up        reuse brokers already reachable at SLUICE_TEST_AMQP_URL / SLUICE_TEST_KAFKA,
 #                                    otherwise start them; waits until both answer (Kafka: a real
-#                                    produce/consume round trip). Idempotent.
+#                                    produce/consume round trip), then provisions what the sample routes.toml
+#                                    publishes to (as `sample` does). Idempotent.
 #   integration/brokers.sh down      stop what `up` started (nothing else); leaves nothing running
 #   integration/brokers.sh status    print whether each broker is reachable; exit 0 if both are, 1 otherwise
 #   integration/brokers.sh clean     down, then delete the brokers' state (data, logs); the download cache stays
+#   integration/brokers.sh sample    create the broker objects the sample routes.toml needs, keeping any that exist:
+#                                    Kafka topic orders.acme (3 partitions; route order-events) and a durable
+#                                    RabbitMQ queue github-webhooks bound to amq.topic with key github.# (route
+#                                    github: without a bound queue RabbitMQ returns the message and Sluice answers
+#                                    502). Prints what it created or found.
 #
 # Helpers for outage tests and scripts:
 #   integration/brokers.sh rabbit-stop             stop the RabbitMQ application (the Erlang node stays up;
@@ -32,6 +38,7 @@
 #   SLUICE_STATE_DIR       broker data, logs and pid files, default $SLUICE_CACHE_DIR/state
 #   SLUICE_KAFKA_VERSION   default 4.4.0
 #   SLUICE_KAFKA_CONTROLLER_PORT   default 9093
+#   SLUICE_AMQP_CLIENT_VERSION     RabbitMQ Java client for `sample`, default 5.37.1
 #   SLUICE_BROKERS_TIMEOUT seconds to wait for each broker to answer, default 120
 set -euo pipefail
 
@@ -44,6 +51,14 @@ STATE_DIR=${SLUICE_STATE_DIR:-$CACHE_DIR/state}
 KAFKA_VERSION=${SLUICE_KAFKA_VERSION:-4.4.0}
 KAFKA_CONTROLLER_PORT=${SLUICE_KAFKA_CONTROLLER_PORT:-9093}
 TIMEOUT=${SLUICE_BROKERS_TIMEOUT:-120}
+AMQP_CLIENT_VERSION=${SLUICE_AMQP_CLIENT_VERSION:-5.37.1}
+
+# What the sample routes.toml publishes to (`sample`, run by `up`).
+SAMPLE_TOPIC=orders.acme
+SAMPLE_TOPIC_PARTITIONS=3
+SAMPLE_QUEUE=github-webhooks
+SAMPLE_EXCHANGE=amq.topic
+SAMPLE_BINDING_KEY='github.#'
 
 RABBIT_STATE=$STATE_DIR/rabbitmq
 RABBIT_LOG=$RABBIT_STATE/log/rabbit.log
@@ -56,6 +71,9 @@ KAFKA_LIBS=$KAFKA_HOME/libs
 KAFKA_STATE=$STATE_DIR/kafka
 KAFKA_LOG=$KAFKA_STATE/kafka.log
 KAFKA_PIDFILE=$KAFKA_STATE/kafka.pid
+
+AMQP_CLIENT_HOME=$CACHE_DIR/amqp-client-$AMQP_CLIENT_VERSION
+AMQP_CLIENT_LIBS=$AMQP_CLIENT_HOME/libs
 
 log() { printf 'brokers.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -431,10 +449,12 @@ kafka_wait() {
         sleep 0.25
     done
     kafka_ping || { kafka_tail_log; die "Kafka did not answer on $KAFKA_HOST:$KAFKA_PORT within ${TIMEOUT}s"; }
-    if ! kafka_check roundtrip "$KAFKA_BOOTSTRAP" "$TIMEOUT"; then
+    # The round trip's JVM also creates the sample topic (saves `sample` a JVM start of its own).
+    if ! kafka_check roundtrip "$KAFKA_BOOTSTRAP" "$TIMEOUT" "$SAMPLE_TOPIC:$SAMPLE_TOPIC_PARTITIONS"; then
         kafka_tail_log
-        die "Kafka produce/consume round trip failed on $KAFKA_BOOTSTRAP"
+        die "Kafka produce/consume round trip (or creating topic $SAMPLE_TOPIC) failed on $KAFKA_BOOTSTRAP"
     fi
+    SAMPLE_TOPIC_DONE=1
 }
 
 kafka_up() {
@@ -478,6 +498,81 @@ kafka_down() {
     rm -f "$KAFKA_PIDFILE"
 }
 
+# ---------------------------------------------------------------------------------------------- sample
+# The RabbitMQ half of `sample` speaks AMQP itself, through the RabbitMQ Java client (AmqpSetup.java, next to
+# KafkaCheck.java), rather than through the broker's CLI:
+# - it works for every broker `up` accepts: the node it started, a system node, a container or a remote host
+#   at SLUICE_TEST_AMQP_URL, with the URL and credentials the gateway itself uses. `rabbitmqctl` needs the
+#   node's name and Erlang cookie, so it only reaches local nodes, and rabbitmqadmin needs the management
+#   plugin, which the node `up` starts does not enable;
+# - queue.declare and queue.bind are the protocol's own idempotent operations: declaring an existing queue with
+#   the same properties, or an existing binding, changes nothing, and a conflicting queue (e.g. not durable)
+#   is reported by the broker (PRECONDITION_FAILED) instead of being silently replaced. rabbitmqctl has no
+#   command to declare a queue or a binding, and `rabbitmqctl eval` would call internal Erlang functions
+#   (rabbit_amqqueue:declare, rabbit_binding:add) that are no public interface and change between releases
+#   (Debian ships 3.10 here; 4.x moved the metadata store to Khepri);
+# - it costs one ~0.4 s JVM start (a rabbitmqctl call costs about as much), in parallel with the Kafka topic's.
+amqp_client_fetch() {
+    [[ -e $AMQP_CLIENT_HOME/.complete ]] && return 0
+    command -v mvn >/dev/null || die "Maven (mvn) is needed to fetch the RabbitMQ Java client from Maven Central"
+    log "fetching the RabbitMQ Java client $AMQP_CLIENT_VERSION from Maven Central into $AMQP_CLIENT_LIBS"
+    local tmp=$AMQP_CLIENT_HOME/libs.tmp
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    if ! mvn -q -B -Dstyle.color=never -f "$SCRIPT_DIR/kafka/amqp-pom.xml" -Damqp.client.version="$AMQP_CLIENT_VERSION" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
+        die "mvn could not fetch the RabbitMQ Java client $AMQP_CLIENT_VERSION"
+    fi
+    ls "$tmp"/amqp-client-"$AMQP_CLIENT_VERSION".jar >/dev/null || die "amqp-client-$AMQP_CLIENT_VERSION.jar missing after mvn"
+    rm -rf "$AMQP_CLIENT_LIBS"
+    mv "$tmp" "$AMQP_CLIENT_LIBS"
+    touch "$AMQP_CLIENT_HOME/.complete"
+}
+
+# AmqpSetup.java compiled once per version of its source; prints the class directory.
+amqp_setup_classes() {
+    local src=$SCRIPT_DIR/kafka/AmqpSetup.java sum dir
+    sum=$(sha1sum "$src" | cut -c1-12)
+    dir=$AMQP_CLIENT_HOME/setup-$sum
+    if [[ ! -e $dir/AmqpSetup.class ]]; then
+        command -v javac >/dev/null || die "javac (a Java 17 JDK) is needed to compile integration/kafka/AmqpSetup.java"
+        rm -rf "$dir.tmp"
+        mkdir -p "$dir.tmp"
+        javac -nowarn -cp "$AMQP_CLIENT_LIBS/*" -d "$dir.tmp" "$src" >&2
+        rm -rf "$dir"
+        mv "$dir.tmp" "$dir"
+    fi
+    echo "$dir"
+}
+
+amqp_setup() { # AmqpSetup ARGS... (after amqp_client_fetch)
+    local classes
+    classes=$(amqp_setup_classes)
+    java -Xmx64m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$classes:$AMQP_CLIENT_LIBS/*" AmqpSetup "$@"
+}
+
+# Declares the sample's queue and, unless the round trip in `up` already did, its topic: the two JVMs run in
+# parallel (fetching and compiling first, one at a time).
+cmd_sample() {
+    amqp_ping || die "no AMQP broker reachable at $AMQP_HOST:$AMQP_PORT (run integration/brokers.sh up)"
+    kafka_ping || die "no Kafka broker reachable at $KAFKA_BOOTSTRAP (run integration/brokers.sh up)"
+    local t0=$SECONDS rc=0 amqp_pid
+    amqp_client_fetch
+    amqp_setup_classes >/dev/null
+    if [[ -z ${SAMPLE_TOPIC_DONE:-} ]]; then
+        kafka_fetch
+        kafka_check_classes >/dev/null
+    fi
+    amqp_setup "$AMQP_URL" 30 "$SAMPLE_QUEUE" "$SAMPLE_EXCHANGE" "$SAMPLE_BINDING_KEY" &
+    amqp_pid=$!
+    if [[ -z ${SAMPLE_TOPIC_DONE:-} ]]; then
+        kafka_check topic "$KAFKA_BOOTSTRAP" "$SAMPLE_TOPIC" "$SAMPLE_TOPIC_PARTITIONS" || rc=1
+    fi
+    wait "$amqp_pid" || rc=1
+    ((rc == 0)) || die "could not provision the sample config's broker objects (see above)"
+    log "sample config provisioned ($((SECONDS - t0))s): Kafka topic $SAMPLE_TOPIC, RabbitMQ queue $SAMPLE_QUEUE <- $SAMPLE_EXCHANGE ($SAMPLE_BINDING_KEY)"
+}
+
 # ---------------------------------------------------------------------------------------------- commands
 cmd_status() {
     local rc=0
@@ -510,7 +605,9 @@ main() {
             rabbit_up
             kafka_up
             log "both brokers up ($((SECONDS - t0))s): AMQP $AMQP_URL, Kafka $KAFKA_BOOTSTRAP"
+            cmd_sample
             ;;
+        sample) cmd_sample ;;
         down)
             kafka_down
             rabbit_down

@@ -2,9 +2,10 @@
 // (kafka-clients is among the broker's runtime dependencies). One JVM does what would otherwise take
 // kafka-topics + console producer + console consumer (three JVM starts, plus the heavy kafka-tools deps).
 //
-//   KafkaCheck roundtrip <bootstrap> <timeout-seconds>
+//   KafkaCheck roundtrip <bootstrap> <timeout-seconds> [<name>:<partitions>]...
 //       retries until a throw-away topic can be created, a record produced (acks=all) and read back,
-//       then deletes the topic; exit 0 on success, 1 on timeout.
+//       then deletes the topic; exit 0 on success, 1 on timeout. Then creates the listed topics like
+//       `topic` does, in the same JVM (`brokers.sh up` provisions the sample config's topic this way).
 //   KafkaCheck topic <bootstrap> <name> <partitions>
 //       creates a topic (replication factor 1; an existing topic with that name is accepted) and waits
 //       until every partition has a leader, so a producer can use it at once.
@@ -38,12 +39,21 @@ import org.apache.kafka.common.serialization.StringSerializer;
 
 public final class KafkaCheck {
     public static void main(String[] args) throws Exception {
-        if (args.length == 3 && args[0].equals("roundtrip")) {
-            System.exit(roundtrip(args[1], Long.parseLong(args[2])));
+        if (args.length >= 3 && args[0].equals("roundtrip")) {
+            int rc = roundtrip(args[1], Long.parseLong(args[2]));
+            for (int i = 3; i < args.length && rc == 0; i++) {
+                int colon = args[i].lastIndexOf(':');
+                if (colon <= 0) {
+                    System.err.println("KafkaCheck roundtrip: expected <name>:<partitions>, got " + args[i]);
+                    System.exit(2);
+                }
+                rc = topic(args[1], args[i].substring(0, colon), Integer.parseInt(args[i].substring(colon + 1)));
+            }
+            System.exit(rc);
         } else if (args.length == 4 && args[0].equals("topic")) {
             System.exit(topic(args[1], args[2], Integer.parseInt(args[3])));
         }
-        System.err.println("usage: KafkaCheck roundtrip <bootstrap> <timeout-s> | topic <bootstrap> <name> <partitions>");
+        System.err.println("usage: KafkaCheck roundtrip <bootstrap> <timeout-s> [<name>:<partitions>]... | topic <bootstrap> <name> <partitions>");
         System.exit(2);
     }
 
@@ -58,19 +68,28 @@ public final class KafkaCheck {
 
     private static int topic(String bootstrap, String name, int partitions) throws Exception {
         try (Admin admin = Admin.create(adminProps(bootstrap))) {
+            boolean created = true;
             try {
                 admin.createTopics(List.of(new NewTopic(name, partitions, (short) 1))).all().get(30, TimeUnit.SECONDS);
-                System.out.println("created topic " + name + " with " + partitions + " partition(s)");
             } catch (ExecutionException e) {
                 if (!(e.getCause() instanceof TopicExistsException)) throw e;
-                System.out.println("topic " + name + " already exists");
+                created = false;
             }
-            waitForLeaders(admin, name, System.nanoTime() + TimeUnit.SECONDS.toNanos(30));
+            int actual = waitForLeaders(admin, name, System.nanoTime() + TimeUnit.SECONDS.toNanos(30));
+            if (created) {
+                System.out.println("kafka: created topic " + name + " with " + actual + " partition(s)");
+            } else if (actual == partitions) {
+                System.out.println("kafka: topic " + name + " already exists with " + actual + " partition(s)");
+            } else {
+                System.out.println("kafka: topic " + name + " already exists with " + actual + " partition(s) (not "
+                    + partitions + "; left as it is)");
+            }
         }
         return 0;
     }
 
-    private static void waitForLeaders(Admin admin, String name, long deadline) throws Exception {
+    // Returns the topic's partition count once every partition has a leader.
+    private static int waitForLeaders(Admin admin, String name, long deadline) throws Exception {
         while (true) {
             try {
                 Map<String, TopicDescription> d = admin.describeTopics(List.of(name)).allTopicNames().get(10, TimeUnit.SECONDS);
@@ -78,7 +97,7 @@ public final class KafkaCheck {
                 for (TopicPartitionInfo p : d.get(name).partitions()) {
                     if (p.leader() == null || p.leader().isEmpty()) ready = false;
                 }
-                if (ready) return;
+                if (ready) return d.get(name).partitions().size();
             } catch (ExecutionException e) {
                 if (System.nanoTime() > deadline) throw e;
             }
