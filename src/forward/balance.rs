@@ -96,19 +96,7 @@ mod tests {
 
     use super::*;
 
-    fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
-        (0..n)
-            .map(|i| {
-                let url = format!("http://127.0.0.1:{}", 9000 + i);
-                Arc::new(Endpoint::new(
-                    &url,
-                    &Endpoint::parse_url(&url).unwrap(),
-                    format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-                    std::time::Duration::from_secs(1),
-                ))
-            })
-            .collect()
-    }
+    use crate::forward::endpoint::test_endpoints as endpoints;
 
     fn chosen(p: Pick) -> Arc<Endpoint> {
         match p {

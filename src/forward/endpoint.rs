@@ -99,6 +99,19 @@ impl Endpoint {
     }
 }
 
+/// `n` endpoints at 127.0.0.1:9000.. for unit tests.
+#[cfg(test)]
+pub fn test_endpoints(n: usize) -> Vec<std::sync::Arc<Endpoint>> {
+    (0..n)
+        .map(|i| {
+            let url = format!("http://127.0.0.1:{}", 9000 + i);
+            let addr = format!("127.0.0.1:{}", 9000 + i).parse().expect("a socket address");
+            let parsed = Endpoint::parse_url(&url).expect("a valid URL");
+            std::sync::Arc::new(Endpoint::new(&url, &parsed, addr, std::time::Duration::from_secs(1)))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
