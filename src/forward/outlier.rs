@@ -82,7 +82,6 @@ impl OutlierDetector {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::config::units::{Dur, Percent};
