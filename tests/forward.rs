@@ -1265,7 +1265,8 @@ admin_listen = "127.0.0.1:{admin_port}"
 shutdown_grace = "20s"
 
 [telemetry]
-access_log = false
+access_log = true
+log_format = "json"
 
 [upstreams.slow]
 endpoints = ["{}"]
@@ -1315,5 +1316,24 @@ forward = {{ upstream = "slow" }}
     })
     .await;
     assert_eq!(status.unwrap().code(), Some(0), "{}", stderr());
+
+    // Exactly one structured access-log line for the one request, with what an operator needs.
+    let log = stderr();
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 1, "{log}");
+    let line = &access[0];
+    assert_eq!(line["route"], "all", "{line}");
+    assert_eq!(line["method"], "GET", "{line}");
+    assert_eq!(line["path"], "/slow", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["backend"], "slow", "{line}");
+    assert_eq!(line["request_id"], r.header("x-request-id"), "{line}");
+    let trace_id = line["trace_id"].as_str().unwrap_or_default();
+    assert!(trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+    assert!(line["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{line}");
     std::fs::remove_dir_all(dir).ok();
 }
