@@ -20,6 +20,11 @@
 #   integration/brokers.sh rabbit-start            start it again and wait until AMQP answers
 #   integration/brokers.sh rabbitmqctl ARGS...     rabbitmqctl against the node `up` started (right node name
 #                                                  and Erlang cookie), e.g. `rabbitmqctl close_all_connections x`
+#   integration/brokers.sh kafka-stop              stop the Kafka broker `up` started (SIGTERM, then wait until the
+#                                                  JVM has exited and the port refuses connections); its state stays
+#   integration/brokers.sh kafka-start             start it again with the same state and wait until it answers
+#                                                  (ApiVersions, then a produce/consume round trip, as `up` does).
+#                                                  Both refuse (exit 1) when brokers.sh did not start Kafka itself.
 #   integration/brokers.sh kafka-topic NAME PARTS  create a topic (auto-creation is off) and wait for leaders.
 #                                                  One JVM start (~1-2 s): the Rust tests create their topics
 #                                                  through rdkafka's admin API instead.
@@ -71,6 +76,7 @@ KAFKA_LIBS=$KAFKA_HOME/libs
 KAFKA_STATE=$STATE_DIR/kafka
 KAFKA_LOG=$KAFKA_STATE/kafka.log
 KAFKA_PIDFILE=$KAFKA_STATE/kafka.pid
+KAFKA_STOPPED=$KAFKA_STATE/stopped-by-kafka-stop
 
 AMQP_CLIENT_HOME=$CACHE_DIR/amqp-client-$AMQP_CLIENT_VERSION
 AMQP_CLIENT_LIBS=$AMQP_CLIENT_HOME/libs
@@ -477,10 +483,12 @@ kafka_up() {
         kafka_start
     fi
     kafka_wait
+    rm -f "$KAFKA_STOPPED"
     log "Kafka: up at $KAFKA_BOOTSTRAP, produce/consume round trip OK (log: $KAFKA_LOG)"
 }
 
 kafka_down() {
+    rm -f "$KAFKA_STOPPED"
     if ! pid_alive "$KAFKA_PIDFILE"; then
         rm -f "$KAFKA_PIDFILE"
         kafka_ping && log "Kafka: not started by brokers.sh; leaving it alone"
@@ -496,6 +504,60 @@ kafka_down() {
         wait_until 10 "kafka exit" pid_gone "$pid" || true
     fi
     rm -f "$KAFKA_PIDFILE"
+}
+
+# kafka-stop / kafka-start: only for the broker `up` started. KAFKA_STOPPED marks a broker stopped by kafka-stop,
+# so that kafka-start knows it may start it again (`down` removes the pid file; a stopped broker has none).
+kafka_ours() { pid_alive "$KAFKA_PIDFILE" || [[ -e $KAFKA_STOPPED ]]; }
+kafka_port_closed() { ! port_in_use "$KAFKA_HOST" "$KAFKA_PORT"; }
+
+kafka_stop() {
+    if ! kafka_ours; then
+        if kafka_ping; then
+            die "Kafka at $KAFKA_BOOTSTRAP was not started by brokers.sh; cannot stop it"
+        fi
+        die "no Kafka started by brokers.sh is running (run integration/brokers.sh up)"
+    fi
+    if ! pid_alive "$KAFKA_PIDFILE"; then
+        log "Kafka: already stopped"
+        return 0
+    fi
+    local pid
+    pid=$(cat "$KAFKA_PIDFILE")
+    touch "$KAFKA_STOPPED"
+    log "Kafka: stopping broker (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    if ! wait_until 60 "kafka exit" pid_gone "$pid"; then
+        log "Kafka: still running after 60s; killing"
+        kill -9 "$pid" 2>/dev/null || true
+        wait_until 10 "kafka exit" pid_gone "$pid" || true
+    fi
+    wait_until 10 "kafka port closed" kafka_port_closed || die "$KAFKA_HOST:$KAFKA_PORT still accepts connections"
+    rm -f "$KAFKA_PIDFILE"
+    log "Kafka: stopped; $KAFKA_HOST:$KAFKA_PORT refuses connections"
+}
+
+kafka_restart() {
+    if pid_alive "$KAFKA_PIDFILE"; then
+        if kafka_ping; then
+            rm -f "$KAFKA_STOPPED"
+            log "Kafka: already running (started by brokers.sh)"
+            return 0
+        fi
+        log "Kafka: our broker (pid $(cat "$KAFKA_PIDFILE")) is still starting; waiting"
+    else
+        if [[ ! -e $KAFKA_STOPPED ]]; then
+            if kafka_ping; then
+                die "Kafka at $KAFKA_BOOTSTRAP was not started by brokers.sh; cannot start it"
+            fi
+            die "Kafka was not stopped by kafka-stop; cannot start it (run integration/brokers.sh up)"
+        fi
+        port_in_use "$KAFKA_HOST" "$KAFKA_PORT" && die "$KAFKA_HOST:$KAFKA_PORT is in use by something else"
+        kafka_start
+    fi
+    kafka_wait
+    rm -f "$KAFKA_STOPPED"
+    log "Kafka: up again at $KAFKA_BOOTSTRAP, produce/consume round trip OK (log: $KAFKA_LOG)"
 }
 
 # ---------------------------------------------------------------------------------------------- sample
@@ -627,6 +689,8 @@ main() {
             if [[ -e $RABBIT_MARKER ]]; then rabbit_up; else rabbit_start_app; fi
             ;;
         rabbitmqctl) rabbitmqctl_ "$@" ;;
+        kafka-stop) kafka_stop ;;
+        kafka-start) kafka_restart ;;
         kafka-topic)
             [[ $# -eq 2 ]] || die "usage: brokers.sh kafka-topic NAME PARTITIONS"
             kafka_check topic "$KAFKA_BOOTSTRAP" "$1" "$2"

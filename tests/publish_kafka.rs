@@ -50,6 +50,7 @@ fn receipt(body: &Value, topic: &str) -> (String, i32, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_is_the_body_byte_for_byte_with_its_metadata_where_the_202_says() {
+    let _kafka = KafkaLock::shared().await;
     let (topic, path) = orders_topic(3).await;
     let gw = gateway(vec![orders_route(json!({ "headers": ["X-Tenant", "x-absent"] }))]).await;
     let body = binary_body();
@@ -94,6 +95,7 @@ async fn record_is_the_body_byte_for_byte_with_its_metadata_where_the_202_says()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_key_lands_on_the_same_partition_and_every_receipt_is_exact() {
+    let _kafka = KafkaLock::shared().await;
     let (topic, path) = orders_topic(3).await;
     let gw = gateway(vec![orders_route(json!({}))]).await;
     let keys = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"];
@@ -134,6 +136,7 @@ async fn same_key_lands_on_the_same_partition_and_every_receipt_is_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudevents_binary_mode_attributes_decode_with_the_sdk() {
+    let _kafka = KafkaLock::shared().await;
     let (topic, path) = orders_topic(1).await;
     let gw = gateway(vec![orders_route(json!({
         "format": "cloudevents",
@@ -184,6 +187,7 @@ async fn cloudevents_binary_mode_attributes_decode_with_the_sdk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn structured_cloudevents_pass_unchanged() {
+    let _kafka = KafkaLock::shared().await;
     let (topic, path) = orders_topic(1).await;
     let gw = gateway(vec![orders_route(json!({ "format": "cloudevents" }))]).await;
     let event = json!({
@@ -212,6 +216,7 @@ async fn structured_cloudevents_pass_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_topic_is_502_and_nothing_is_produced() {
+    let _kafka = KafkaLock::shared().await;
     let gw = gateway(vec![orders_route(json!({}))]).await;
     let tenant = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("e2e-orders-{tenant}");
@@ -238,6 +243,7 @@ async fn unknown_topic_is_502_and_nothing_is_produced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_template_value_is_400_naming_it_and_nothing_is_produced() {
+    let _kafka = KafkaLock::shared().await;
     let (topic, path) = orders_topic(1).await;
     let gw = gateway(vec![orders_route(json!({}))]).await;
     let r = gw.post(&path, &[("content-type", "text/plain")], "no key header").await;
@@ -253,6 +259,7 @@ async fn missing_template_value_is_400_naming_it_and_nothing_is_produced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_none_answers_202_unconfirmed_and_the_record_arrives() {
+    let _kafka = KafkaLock::shared().await;
     let (topic, path) = orders_topic(1).await;
     let gw = gateway(vec![orders_route(json!({ "ack": "none" }))]).await;
     let r = gw.post(&path, &[("x-order-id", "o-1"), ("content-type", "text/plain")], "fire and forget").await;
@@ -284,6 +291,7 @@ async fn ack_none_answers_202_unconfirmed_and_the_record_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_publishes_once_and_replays_the_first_answer() {
+    let _kafka = KafkaLock::shared().await;
     let (topic, path) = orders_topic(3).await;
     let gw = gateway(vec![orders_route(json!({}))]).await;
     let headers = [("x-order-id", "o-1"), ("content-type", "text/plain")];
@@ -321,6 +329,7 @@ async fn idempotency_key_publishes_once_and_replays_the_first_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_readiness_report_the_broker() {
+    let _kafka = KafkaLock::shared().await;
     let (topic, path) = orders_topic(1).await;
     let gw = gateway(vec![orders_route(json!({}))]).await;
     eventually("/readyz 200 with Kafka up", async || gw.ready().await == 200).await;
@@ -343,6 +352,7 @@ async fn metrics_and_readiness_report_the_broker() {
 /// not `409 in flight` for the rest of the idempotency window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_is_released_when_the_client_goes_away() {
+    let _kafka = KafkaLock::shared().await;
     use tokio::io::AsyncWriteExt as _;
     // A "broker" that accepts connections and never answers: every publish waits for its metadata lookup.
     let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,7 +1,7 @@
 //! Shared harness for the end-to-end publish tests: a gateway started with `sluice::run` on port 0 in front of the
 //! real brokers (`SLUICE_TEST_KAFKA`, `SLUICE_TEST_AMQP_URL`), a real HTTP client, independent Kafka and RabbitMQ
-//! consumers, an independent CloudEvents decoder (the `cloudevents-sdk` crate), and a lock that keeps the RabbitMQ
-//! outage test from overlapping the other RabbitMQ tests.
+//! consumers, an independent CloudEvents decoder (the `cloudevents-sdk` crate), and locks that keep each broker's
+//! outage test from overlapping the other tests of that broker.
 //!
 //! Brokers that are missing make the tests fail, never skip: start them with `integration/brokers.sh up`.
 
@@ -686,42 +686,59 @@ pub fn decode_cloudevent(
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Keeping the RabbitMQ outage test apart from the other RabbitMQ tests
+// Keeping the outage tests apart from the other tests of their broker
 // ---------------------------------------------------------------------------------------------------------------
+
+/// Takes a lock on the file `name` in the temporary directory, shared or exclusive, waiting for it on a blocking
+/// thread. The lock lasts as long as the returned file is open.
+async fn lock_file(name: &'static str, exclusive: bool) -> File {
+    tokio::task::spawn_blocking(move || {
+        let path = std::env::temp_dir().join(name);
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).expect("lock file");
+        if exclusive {
+            f.lock().expect("exclusive lock");
+        } else {
+            f.lock_shared().expect("shared lock");
+        }
+        f
+    })
+    .await
+    .unwrap()
+}
 
 /// A lock on a file shared by every test process: RabbitMQ tests hold it shared, the outage test (which stops the
 /// broker) holds it exclusively, so the outage never overlaps another RabbitMQ test, whichever runner starts them.
 pub struct RabbitLock(File);
 
 impl RabbitLock {
-    fn path() -> PathBuf {
-        std::env::temp_dir().join("sluice-e2e-rabbitmq.lock")
-    }
-
-    fn open() -> File {
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(Self::path()).expect("lock file")
-    }
+    const FILE: &'static str = "sluice-e2e-rabbitmq.lock";
 
     /// Taken by every test that needs RabbitMQ up.
     pub async fn shared() -> RabbitLock {
-        tokio::task::spawn_blocking(|| {
-            let f = Self::open();
-            f.lock_shared().expect("shared lock");
-            RabbitLock(f)
-        })
-        .await
-        .unwrap()
+        RabbitLock(lock_file(Self::FILE, false).await)
     }
 
     /// Taken by a test that stops or disturbs RabbitMQ.
     pub async fn exclusive() -> RabbitLock {
-        tokio::task::spawn_blocking(|| {
-            let f = Self::open();
-            f.lock().expect("exclusive lock");
-            RabbitLock(f)
-        })
-        .await
-        .unwrap()
+        RabbitLock(lock_file(Self::FILE, true).await)
+    }
+}
+
+/// The same for Kafka (a lock file of its own): the Kafka tests hold it shared, the Kafka outage test (which stops
+/// the broker with `brokers.sh kafka-stop`) exclusively.
+pub struct KafkaLock(File);
+
+impl KafkaLock {
+    const FILE: &'static str = "sluice-e2e-kafka.lock";
+
+    /// Taken by every test that needs Kafka up.
+    pub async fn shared() -> KafkaLock {
+        KafkaLock(lock_file(Self::FILE, false).await)
+    }
+
+    /// Taken by a test that stops or disturbs Kafka.
+    pub async fn exclusive() -> KafkaLock {
+        KafkaLock(lock_file(Self::FILE, true).await)
     }
 }
 
