@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Open N keep-alive HTTP/1.1 connections, send one GET on each, read the response, and keep them open.
+
+    hold_conns.py HOST PORT N [PATH]
+
+Prints "ready OK FAILED" on stdout once every connection has its response (or failed), then holds the
+connections until the process gets SIGTERM/SIGINT. Used by bench/run.sh to read a proxy's RSS
+with 1,000 open client connections.
+"""
+import asyncio
+import signal
+import sys
+
+
+async def one(host, port, path, sem, writers):
+    async with sem:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            if length:
+                await asyncio.wait_for(reader.readexactly(length), 10)
+            ok = head.startswith(b"HTTP/1.1 2")
+            writers.append(writer)
+            return ok
+        except Exception:
+            return False
+
+
+async def main():
+    host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    path = sys.argv[4] if len(sys.argv) > 4 else "/"
+    sem = asyncio.Semaphore(100)  # at most 100 connects in flight (listen backlogs)
+    writers = []
+    results = await asyncio.gather(*(one(host, port, path, sem, writers) for _ in range(n)))
+    ok = sum(results)
+    print(f"ready {ok} {n - ok}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for w in writers:
+        w.close()
+
+
+asyncio.run(main())
