@@ -25,6 +25,14 @@ pub struct Report {
 pub fn validate(config: &Config) -> Report {
     let mut report = Report::default();
     let errors = &mut report.errors;
+    if config.telemetry.otlp_endpoint.is_some() {
+        // Refused rather than ignored: a user who sets it expects traces to arrive somewhere.
+        errors.push(
+            "telemetry.otlp_endpoint: OTLP trace export is not available in this version; remove the key \
+             (W3C trace context is still propagated to upstreams and brokers)"
+                .to_owned(),
+        );
+    }
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
     }
