@@ -19,7 +19,7 @@ use cloudevents::message::{
     BinaryDeserializer, BinarySerializer, Encoding, MessageAttributeValue, MessageDeserializer, StructuredDeserializer,
     StructuredSerializer,
 };
-use http::{HeaderMap, Request};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -110,38 +110,10 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 /// The test client.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// A response as a client sees it, body read completely.
-#[derive(Debug, Clone)]
-pub struct Resp {
-    /// Status code.
-    pub status: u16,
-    /// Headers.
-    pub headers: HeaderMap,
-    /// Body.
-    pub body: Bytes,
-}
-
-impl Resp {
-    /// A header as a string ("" when absent).
-    pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
-    }
-
-    /// The body as text.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The body as JSON.
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-
-    /// True when the gateway marked this answer as a replay of an earlier one.
-    pub fn replayed(&self) -> bool {
-        self.header("idempotent-replayed") == "true"
-    }
-}
+/// Responses as a client sees them: the same type as the forwarding tests' harness.
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::Resp;
 
 /// Asserts a `202 Accepted` with an `application/json` body and returns the body.
 pub fn assert_accepted(r: &Resp) -> Value {

@@ -226,7 +226,7 @@ pub async fn refused_url() -> String {
 // ---------------------------------------------------------------------------------------------------------------
 
 /// A response as a client sees it, body read completely.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Resp {
     /// Status code.
     pub status: u16,
@@ -250,6 +250,11 @@ impl Resp {
     /// The body as JSON.
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// True when the gateway marked this answer as a replay of an earlier one (`idempotent-replayed: true`).
+    pub fn replayed(&self) -> bool {
+        self.header("idempotent-replayed") == "true"
     }
 }
 
