@@ -7,7 +7,7 @@
 //! therefore checks a channel out of the pool, and gives it back only once its confirm has arrived;
 //! concurrency comes from the number of channels ([`MAX_CHANNELS`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -62,8 +62,6 @@ struct Shared {
 
 /// One AMQP connection and its pool of confirm-mode channels.
 struct Session {
-    /// Counts connections, for logs.
-    generation: u64,
     connection: Connection,
     /// Channels in confirm mode with no publish outstanding.
     idle: Mutex<Vec<Channel>>,
@@ -119,6 +117,9 @@ impl AmqpPublisher {
         let session = self.shared.current().ok_or_else(|| {
             PublishError::unavailable(format!("amqp broker {:?} is not connected", self.shared.name), None)
         })?;
+        if session.connection.status().blocked() {
+            return Err(PublishError::unavailable("amqp connection blocked by the broker (resource alarm)", None));
+        }
         let timeout = self.shared.confirm_timeout;
         let permit = tokio::time::timeout(timeout, session.permits.clone().acquire_owned())
             .await
@@ -157,7 +158,7 @@ impl AmqpPublisher {
         }
     }
 
-    /// True while connected, with channels open.
+    /// True while connected, with channels open, and not blocked by a broker resource alarm.
     #[must_use]
     pub fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::SeqCst)
@@ -268,8 +269,9 @@ async fn open_channel(connection: &Connection) -> lapin::Result<Channel> {
 
 /// Connect, keep the session installed while the connection lives, reconnect with backoff.
 async fn supervise(shared: Arc<Shared>, url: String) {
-    let generation = AtomicU64::new(0);
-    let mut backoff = MIN_BACKOFF;
+    // Counts connections, for logs.
+    let mut generation = 0u64;
+    let mut backoff = Backoff::default();
     let mut failures = 0u32;
     while !shared.stopping.load(Ordering::SeqCst) {
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared.name, &url));
@@ -279,16 +281,16 @@ async fn supervise(shared: Arc<Shared>, url: String) {
         };
         match result {
             Ok(Ok((connection, channels))) => {
-                backoff = MIN_BACKOFF;
                 failures = 0;
+                generation += 1;
                 let session = Arc::new(Session {
-                    generation: generation.fetch_add(1, Ordering::Relaxed) + 1,
                     connection,
                     idle: Mutex::new(channels),
                     permits: Arc::new(Semaphore::new(MAX_CHANNELS)),
                 });
-                tracing::info!(broker = %shared.name, generation = session.generation, "amqp connected");
+                tracing::info!(broker = %shared.name, generation, "amqp connected");
                 shared.set_session(Some(session.clone()));
+                let connected_at = tokio::time::Instant::now();
                 let stopped = watch(&shared, &session).await;
                 shared.set_session(None);
                 session.permits.close();
@@ -296,8 +298,11 @@ async fn supervise(shared: Arc<Shared>, url: String) {
                     let _ = session.connection.close(200, "sluice shutdown".into()).await;
                     return;
                 }
-                tracing::warn!(broker = %shared.name, generation = session.generation, "amqp connection lost, reconnecting");
-                continue;
+                tracing::warn!(broker = %shared.name, generation, "amqp connection lost, reconnecting");
+                // A connection that drops right after it was made keeps backing off (no tight loop).
+                if connected_at.elapsed() >= MAX_BACKOFF {
+                    backoff.reset();
+                }
             }
             Ok(Err(e)) => {
                 failures += 1;
@@ -310,14 +315,38 @@ async fn supervise(shared: Arc<Shared>, url: String) {
                 tracing::warn!(broker = %shared.name, failures, "amqp connect timed out");
             }
         }
-        let jitter = Duration::from_millis(u64::from(
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_millis() % 100).unwrap_or(0),
-        ));
         tokio::select! {
-            () = tokio::time::sleep(backoff + jitter) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
             () = shared.stop.notified() => break,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Delays between connection attempts: exponential from [`MIN_BACKOFF`] to [`MAX_BACKOFF`], each
+/// jittered into its upper half so many gateways do not reconnect in lockstep.
+#[derive(Debug)]
+struct Backoff {
+    current: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { current: MIN_BACKOFF }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next attempt; doubles the base for the one after.
+    fn next_delay(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(MAX_BACKOFF);
+        let half = base / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    /// Back to the shortest delay, after a successful connection.
+    fn reset(&mut self) {
+        self.current = MIN_BACKOFF;
     }
 }
 
@@ -348,6 +377,14 @@ async fn watch(shared: &Shared, session: &Session) -> bool {
                     None => return false,
                     Some(lapin::Event::Error(e)) => {
                         tracing::debug!(broker = %shared.name, error = %e, "amqp error event");
+                    }
+                    Some(lapin::Event::ConnectionBlocked(reason)) => {
+                        tracing::warn!(broker = %shared.name, %reason, "amqp connection blocked");
+                        shared.up.store(false, Ordering::SeqCst);
+                    }
+                    Some(lapin::Event::ConnectionUnblocked) => {
+                        tracing::info!(broker = %shared.name, "amqp connection unblocked");
+                        shared.up.store(true, Ordering::SeqCst);
                     }
                     Some(_) => {}
                 }
@@ -408,5 +445,64 @@ fn map_error(e: lapin::Error, during: &str) -> PublishError {
         },
         ErrorKind::SerialisationError(_) => PublishError::rejected(reason, Some(e.into())),
         _ => PublishError::unavailable(reason, Some(e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
+        let mut backoff = Backoff::default();
+        let mut bases = Vec::new();
+        for _ in 0..10 {
+            let base = backoff.current;
+            let delay = backoff.next_delay();
+            assert!(delay >= base / 2 && delay <= base, "{delay:?} outside {base:?}/2..={base:?}");
+            bases.push(base);
+        }
+        assert_eq!(bases[0], MIN_BACKOFF);
+        assert_eq!(bases[1], MIN_BACKOFF * 2);
+        assert_eq!(*bases.last().unwrap(), MAX_BACKOFF);
+        backoff.reset();
+        assert_eq!(backoff.current, MIN_BACKOFF);
+    }
+
+    fn message(headers: Vec<(String, String)>, id: String, content_type: &str) -> Message {
+        Message {
+            id,
+            body: Bytes::from_static(b"x"),
+            content_type: Some(content_type.to_owned()),
+            headers,
+            destination: Destination::Amqp { exchange: "x".into(), routing_key: "k".into(), persistent: true },
+        }
+    }
+
+    #[test]
+    fn properties_carry_id_type_app_mode_and_headers() {
+        let msg = message(vec![("sluice-route".into(), "github".into())], "0190-id".into(), "application/json");
+        let props = properties(&msg, true);
+        assert_eq!(props.message_id().as_ref().unwrap().as_str(), "0190-id");
+        assert_eq!(props.app_id().as_ref().unwrap().as_str(), "sluice");
+        assert_eq!(*props.delivery_mode(), Some(2));
+        assert_eq!(props.content_type().as_ref().unwrap().as_str(), "application/json");
+        assert!(props.timestamp().unwrap() > 1_700_000_000);
+        let headers = props.headers().as_ref().unwrap().inner();
+        assert_eq!(headers.get("sluice-route"), Some(&AMQPValue::LongString("github".into())));
+        assert_eq!(*properties(&msg, false).delivery_mode(), Some(1));
+    }
+
+    #[test]
+    fn oversized_short_strings_do_not_panic() {
+        let long = "a".repeat(300);
+        let msg = message(vec![(long.clone(), "v".into())], long.clone(), &long);
+        let props = properties(&msg, true);
+        assert!(props.message_id().is_none());
+        assert!(props.content_type().is_none());
+        assert!(props.headers().as_ref().unwrap().inner().is_empty());
+        let err = short(&long, "routing key").unwrap_err();
+        assert!(matches!(err, PublishError::Rejected { .. }), "{err:?}");
     }
 }

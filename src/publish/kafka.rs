@@ -179,33 +179,38 @@ impl KafkaPublisher {
         if cache.recently_unknown(topic) {
             return Err(unknown_topic(topic));
         }
-        let _permit =
-            cache.lookups.acquire().await.map_err(|_| PublishError::unavailable("kafka producer closed", None))?;
+        let lookup_timeout = METADATA_TIMEOUT.min(self.inner.delivery_timeout);
+        let _permit = tokio::time::timeout(lookup_timeout, cache.lookups.acquire())
+            .await
+            .map_err(|_| PublishError::unavailable("kafka metadata lookups backed up", None))?
+            .map_err(|_| PublishError::unavailable("kafka producer closed", None))?;
         if cache.is_known(topic) {
             return Ok(());
         }
+        // All topics, not `Some(topic)`: asking for one topic makes librdkafka create (and keep) a
+        // handle for it, which a flood of made-up topic names would pile up.
         let producer = self.inner.producer.clone();
-        let name = topic.to_owned();
-        let timeout = METADATA_TIMEOUT.min(self.inner.delivery_timeout);
-        let metadata = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&name), timeout))
+        let metadata = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, lookup_timeout))
             .await
             .map_err(|e| PublishError::unavailable("kafka metadata lookup panicked", Some(e.into())))?
             .map_err(|e| map_error(e, "topic metadata"))?;
         self.inner.up.store(true, Ordering::Relaxed);
-        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            return Err(unknown_topic(topic));
-        };
-        match found.error().map(RDKafkaErrorCode::from) {
-            None => {
+        let found = metadata.topics().iter().find(|t| t.name() == topic);
+        match found.map(|t| t.error().map(RDKafkaErrorCode::from)) {
+            Some(None) => {
                 cache.remember_known(topic);
                 Ok(())
             }
-            Some(code) if is_unroutable(code) => {
+            None => {
+                cache.remember_unknown(topic);
+                Err(unknown_topic(topic))
+            }
+            Some(Some(code)) if is_unroutable(code) => {
                 cache.remember_unknown(topic);
                 Err(PublishError::unroutable(format!("kafka topic {topic:?}: {code}"), None))
             }
             // Leader elections and the like: the topic exists, let librdkafka wait for it.
-            Some(_) => Ok(()),
+            Some(Some(_)) => Ok(()),
         }
     }
 
@@ -398,5 +403,43 @@ impl ClientContext for SluiceContext {
             self.up.store(false, Ordering::Relaxed);
         }
         tracing::warn!(broker = %self.name, error = %error, "kafka client error: {reason}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_map_to_unroutable_rejected_or_unavailable() {
+        let class = |code| map_error(KafkaError::MessageProduction(code), "test").outcome();
+        assert_eq!(class(RDKafkaErrorCode::UnknownTopicOrPartition), "unroutable");
+        assert_eq!(class(RDKafkaErrorCode::UnknownTopic), "unroutable");
+        assert_eq!(class(RDKafkaErrorCode::UnknownPartition), "unroutable");
+        assert_eq!(class(RDKafkaErrorCode::MessageSizeTooLarge), "rejected");
+        assert_eq!(class(RDKafkaErrorCode::TopicAuthorizationFailed), "rejected");
+        for retryable in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::RequestTimedOut,
+        ] {
+            let err = map_error(KafkaError::MessageProduction(retryable), "test");
+            assert!(err.is_retryable(), "{retryable:?}");
+            assert_eq!(err.status_code(), 503);
+        }
+    }
+
+    #[test]
+    fn user_delivery_timeout_wins() {
+        let default = Duration::from_secs(5);
+        let mut options = BTreeMap::new();
+        assert_eq!(effective_delivery_timeout(&options, default), default);
+        options.insert("delivery.timeout.ms".to_owned(), "7000".to_owned());
+        assert_eq!(effective_delivery_timeout(&options, default), Duration::from_secs(7));
+        options.insert("message.timeout.ms".to_owned(), "9000".to_owned());
+        assert_eq!(effective_delivery_timeout(&options, default), Duration::from_secs(9));
     }
 }

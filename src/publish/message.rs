@@ -1,4 +1,5 @@
-//! What is published: a [`Message`] bound for a [`Destination`], the [`Ack`] mode asked for, and the [`Receipt`] the broker gave back.
+//! What is published ([`Message`] to a [`Destination`]), how it is acknowledged ([`Ack`]), and what
+//! the broker confirmed ([`Receipt`]).
 
 use bytes::Bytes;
 
