@@ -284,7 +284,7 @@ async fn starts_without_a_broker_and_publish_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_url_is_a_config_error() {
-    let err = Publisher::connect_amqp("bad", "http://nope", CONFIRM_TIMEOUT).await.err().expect("not an AMQP URL");
+    let err = Publisher::connect_amqp("bad", "http://nope", CONFIRM_TIMEOUT).await.expect_err("not an AMQP URL");
     assert!(matches!(err, PublishError::Config { .. }), "got {err:?}");
 }
 

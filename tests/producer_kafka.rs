@@ -281,8 +281,7 @@ async fn user_options_are_passed_through() {
     options.insert("no.such.option".to_owned(), "1".to_owned());
     let err = Publisher::connect_kafka("events", &kafka_bootstrap(), DELIVERY_TIMEOUT, &options)
         .await
-        .err()
-        .expect("librdkafka rejects an unknown option");
+        .expect_err("librdkafka rejects an unknown option");
     assert!(matches!(err, PublishError::Config { .. }), "got {err:?}");
 }
 
