@@ -1,8 +1,6 @@
 //! A compiled `publish` route and its request path: read the body, honour `Idempotency-Key`, encode, publish,
 //! and answer `202` with the broker's receipt only once the broker took the message (unless `ack = "none"`).
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -161,6 +159,3 @@ fn receipt_response(status: u16, body: Bytes) -> Response<Body> {
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
 }
-
-/// How long a client should wait before retrying after a broker outage.
-pub const BROKER_RETRY_AFTER: Duration = Duration::from_secs(1);
