@@ -52,17 +52,10 @@ for p in $SLUICE_PORT $SLUICE_ADMIN; do
     case $p in 5672|9092|9093) echo "port $p is reserved for the brokers; pick another PORT_BASE" >&2; exit 2 ;; esac
 done
 
-log() { printf '[bench] %s\n' "$*" >&2; }
+# log, apt_install and the /proc measuring helpers shared with bench/run.sh.
+. "$ROOT/bench/lib/common.sh"
 
 # ---------------------------------------------------------------------------------------------- tools
-SUDO=()
-[ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO=(sudo)
-apt_install() {
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q "$@" >/dev/null 2>&1 || {
-        "${SUDO[@]}" apt-get update -q >/dev/null 2>&1
-        DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q "$@" >/dev/null
-    }
-}
 if ! command -v wrk >/dev/null; then
     log "installing wrk"
     apt_install wrk

@@ -58,18 +58,10 @@ else
     PIN_PROXY=(); PIN_LOAD=()
 fi
 
-log() { printf '[bench] %s\n' "$*" >&2; }
+# log, apt_install and the /proc measuring helpers shared with bench/run.sh.
+. "$ROOT/bench/lib/common.sh"
 
 # ---------------------------------------------------------------------------------------------- tools
-SUDO=()
-[ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO=(sudo)
-apt_install() {
-    # Install without refreshing the package lists first; refresh only when that fails.
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q "$@" >/dev/null 2>&1 || {
-        "${SUDO[@]}" apt-get update -q >/dev/null 2>&1
-        DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q "$@" >/dev/null
-    }
-}
 NGINX=$(command -v nginx || true)
 [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
 if [ -z "$NGINX" ]; then
@@ -216,16 +208,6 @@ EOF
 "$SLUICE_BIN" check "$TMP/sluice-resilience.toml" >/dev/null
 
 # ---------------------------------------------------------------------------------------------- start
-wait_http() {   # $1 = url; waits until it answers 200 with a 1024-byte body
-    local out
-    for _ in $(seq 100); do
-        out=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "$1" 2>/dev/null || true)
-        [ "$out" = "200 1024" ] && return 0
-        sleep 0.1
-    done
-    echo "$1 did not answer 200 with 1024 bytes (last: '$out')" >&2
-    return 1
-}
 
 "${PIN_LOAD[@]}" "$NGINX" -p "$TMP/upstream" -e "$TMP/upstream/error.log" -c "$TMP/upstream/nginx.conf" \
     >"$TMP/upstream/stdout.log" 2>&1 &
@@ -256,18 +238,7 @@ declare -A PROC=([direct]=$UPSTREAM_PID [nginx]=$NGINX_PID [sluice]=$SLUICE_PID 
 declare -A RPS CPU USPR OTHER ERRS
 CLK_TCK=$(getconf CLK_TCK)
 
-cpu_ticks() {   # utime+stime of a process and its children (nginx: master + worker)
-    local total=0 pid f
-    for pid in "$1" $(pgrep -P "$1" || true); do
-        f=$(cut -d' ' -f14,15 "/proc/$pid/stat" 2>/dev/null) || continue
-        total=$((total + ${f% *} + ${f#* }))
-    done
-    echo $total
-}
 
-cpu_busy() {   # busy jiffies of one CPU (all processes), from /proc/stat
-    awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
-}
 
 run_wrk() {   # $1 = name, $2 = seconds; sets LAST_RPS, records requests/s, CPU figures and errors
     local name=$1 secs=$2 out t0 t1 b0 b1 rps reqs errs
