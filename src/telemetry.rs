@@ -1,7 +1,7 @@
 //! Telemetry: the log subscriber, the Prometheus registry with every metric Sluice exports, W3C trace context,
 //! and the access log line.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
@@ -59,11 +59,6 @@ struct BrokerLabel {
     broker: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: &'static str,
-}
-
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 17))
 }
@@ -76,7 +71,6 @@ pub struct Metrics {
     attempts: Family<UpstreamOutcome, Counter>,
     retries: Family<RouteLabel, Counter>,
     ejections: Family<UpstreamLabel, Counter>,
-    reloads: Family<ResultLabel, Counter>,
     publishes: Family<PublishLabels, Counter>,
     publish_durations: Family<BrokerLabel, Histogram, fn() -> Histogram>,
     broker_up: Family<BrokerLabel, Gauge>,
@@ -105,7 +99,6 @@ impl Metrics {
         let attempts = Family::<UpstreamOutcome, Counter>::default();
         let retries = Family::<RouteLabel, Counter>::default();
         let ejections = Family::<UpstreamLabel, Counter>::default();
-        let reloads = Family::<ResultLabel, Counter>::default();
         let in_flight = Gauge::default();
         let publishes = Family::<PublishLabels, Counter>::default();
         let publish_durations =
@@ -123,7 +116,6 @@ impl Metrics {
         registry.register("sluice_upstream_attempts", "Attempts sent upstream, by outcome", attempts.clone());
         registry.register("sluice_retries", "Retries sent, by route", retries.clone());
         registry.register("sluice_ejections", "Endpoints ejected by outlier detection", ejections.clone());
-        registry.register("sluice_config_reloads", "Configuration reloads, by result", reloads.clone());
         registry.register("sluice_requests_in_flight", "Requests being served", in_flight.clone());
         Metrics {
             registry,
@@ -132,7 +124,6 @@ impl Metrics {
             attempts,
             retries,
             ejections,
-            reloads,
             publishes,
             publish_durations,
             broker_up,
@@ -172,6 +163,7 @@ impl Metrics {
             route: route.to_owned(),
             broker: broker.to_owned(),
             family: self.publishes.clone(),
+            by_outcome: PUBLISH_OUTCOMES.iter().map(|_| OnceLock::new()).collect(),
             duration: self.publish_durations.get_or_create(&BrokerLabel { broker: broker.to_owned() }).clone(),
         }
     }
@@ -179,16 +171,6 @@ impl Metrics {
     /// Sets `sluice_broker_up{broker}`.
     pub fn broker_up(&self, broker: &str, up: bool) {
         self.broker_up.get_or_create(&BrokerLabel { broker: broker.to_owned() }).set(i64::from(up));
-    }
-
-    /// Counts a config reload attempt.
-    pub fn reload(&self, ok: bool) {
-        self.reloads.get_or_create(&ResultLabel { result: if ok { "success" } else { "failure" } }).inc();
-    }
-
-    /// Registers more metrics (broker metrics) under the same registry; call before sharing.
-    pub fn registry_mut(&mut self) -> &mut Registry {
-        &mut self.registry
     }
 
     /// The Prometheus text exposition.
@@ -233,16 +215,27 @@ pub struct PublishMetrics {
     route: String,
     broker: String,
     family: Family<PublishLabels, Counter>,
+    /// Handles for the known outcomes, looked up once each (no label allocation on the request path).
+    by_outcome: Box<[OnceLock<Counter>]>,
     /// `sluice_publish_duration_seconds{broker}`.
     pub duration: Histogram,
 }
 
+/// The outcomes a publish can have (`PublishError::outcome` plus the two successes).
+const PUBLISH_OUTCOMES: [&str; 6] = ["confirmed", "unconfirmed", "unavailable", "unroutable", "rejected", "config"];
+
 impl PublishMetrics {
     /// `sluice_publish_total{route,broker,outcome}`.
     pub fn outcome(&self, outcome: &'static str) -> Counter {
-        self.family
-            .get_or_create(&PublishLabels { route: self.route.clone(), broker: self.broker.clone(), outcome })
-            .clone()
+        let create = || {
+            self.family
+                .get_or_create(&PublishLabels { route: self.route.clone(), broker: self.broker.clone(), outcome })
+                .clone()
+        };
+        match PUBLISH_OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => self.by_outcome[i].get_or_init(create).clone(),
+            None => create(),
+        }
     }
 }
 
@@ -336,9 +329,6 @@ fn parse_traceparent(v: &[u8]) -> Option<(u128, u8)> {
     let flags = hex(&v[53..55])?;
     (version != 0xff && trace != 0 && parent != 0 && (version != 0 || v.len() == 55)).then_some((trace, flags as u8))
 }
-
-/// Shared handle to the metrics.
-pub type SharedMetrics = Arc<Metrics>;
 
 #[cfg(test)]
 mod tests {

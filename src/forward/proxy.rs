@@ -165,9 +165,8 @@ pub async fn forward(
 
             // 5. Outcome → outlier ejection and metrics, then the retry decision.
             record(upstream, &endpoint, outcome);
-            let retry = route.retry.is_retriable(outcome)
-                && route.retry.may_retry(outcome, retries, idempotent, body.replayable())
-                && route.retry.withdraw();
+            let retry =
+                route.retry.may_retry(outcome, retries, idempotent, body.replayable()) && route.retry.withdraw();
             if !retry {
                 // 6. The last upstream response is passed through.
                 return match (outcome, response) {
