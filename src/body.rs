@@ -10,7 +10,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::forward::{InFlight, Reusable};
+use crate::upstream::{InFlight, Reusable};
 
 /// Boxed error of a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -19,9 +19,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
 /// A response body sent to the client.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub enum Body {
     /// Nothing.
+    #[default]
     Empty,
     /// Bytes made by the gateway (problem documents, admin answers, publish receipts).
     Full(Option<Bytes>),
@@ -40,6 +41,14 @@ impl Body {
     /// A body holding `bytes`.
     pub fn full(bytes: impl Into<Bytes>) -> Body {
         Body::Full(Some(bytes.into()))
+    }
+
+    /// The bytes of a gateway-made body not yet sent.
+    pub fn bytes(&self) -> Option<&Bytes> {
+        match self {
+            Body::Full(b) => b.as_ref(),
+            _ => None,
+        }
     }
 }
 
@@ -123,6 +132,8 @@ pub enum Prepared {
         slot: Arc<Mutex<Option<SourceHandle>>>,
         /// Size hint (content-length when known).
         hint: SizeHint,
+        /// `server.max_body`, enforced while the body streams.
+        limit: u64,
     },
 }
 
@@ -136,7 +147,7 @@ impl Prepared {
         match self {
             Prepared::Buffered(b) if b.is_empty() => Some(OutBody::Empty),
             Prepared::Buffered(b) => Some(OutBody::Full(Some(b.clone()))),
-            Prepared::Streamed { slot, hint } => {
+            Prepared::Streamed { slot, hint, .. } => {
                 if slot.lock().expect("body slot").is_none() {
                     return None;
                 }
@@ -150,6 +161,14 @@ impl Prepared {
         match self {
             Prepared::Buffered(_) => true,
             Prepared::Streamed { slot, .. } => slot.lock().expect("body slot").is_some(),
+        }
+    }
+
+    /// The size limit a streamed body is held to (`u64::MAX` for a buffered one, which is read already).
+    pub fn limit(&self) -> u64 {
+        match self {
+            Prepared::Buffered(_) => u64::MAX,
+            Prepared::Streamed { limit, .. } => *limit,
         }
     }
 
@@ -190,7 +209,7 @@ pub async fn prepare(body: Incoming, max_body: u64, buffer_all: bool) -> Result<
     }
     if hint.upper().is_some() {
         let slot = Arc::new(Mutex::new(Some(SourceHandle(Source { prefix: None, rest: limited }))));
-        return Ok(Prepared::Streamed { slot, hint });
+        return Ok(Prepared::Streamed { slot, hint, limit: max_body });
     }
     // Unknown length (chunked): read up to the replay limit; a short body becomes replayable.
     let mut prefix = bytes::BytesMut::new();
@@ -205,7 +224,7 @@ pub async fn prepare(body: Incoming, max_body: u64, buffer_all: bool) -> Result<
                 if prefix.len() as u64 > buffer_limit {
                     let source = Source { prefix: Some(prefix.freeze()), rest: limited };
                     let slot = Arc::new(Mutex::new(Some(SourceHandle(source))));
-                    return Ok(Prepared::Streamed { slot, hint: SizeHint::default() });
+                    return Ok(Prepared::Streamed { slot, hint: SizeHint::default(), limit: max_body });
                 }
             }
         }

@@ -1,40 +1,58 @@
-//! Sluice: an edge gateway that forwards HTTP requests to upstreams with service-mesh resilience.
+//! Sluice: an edge gateway that forwards HTTP requests to upstreams with service-mesh resilience, or publishes
+//! them durably to RabbitMQ and Kafka.
 //!
-//! Data flows one way: listener → router → action → problem/response.
+//! Data flows one way, top to bottom: listener → stack → policies → action → upstream call / producer.
 //!
 //! - [`config`]: the `routes.toml` model, loading with environment overrides, and `validate()`.
-//! - [`template`]: `{header.x}`-style templates, parsed once, rendered per request.
-//! - [`router`]: the compiled route table (method, host, path, headers → route + params).
-//! - [`runtime`]: a config compiled for serving (routes, actions, upstream pools), swapped atomically.
-//! - [`server`]: the public listener, dispatch, access log, graceful shutdown.
-//! - [`forward`]: upstream pools, balancing, outlier ejection, retries and budget, fault injection, rate limits.
+//! - [`snapshot`]: a config compiled for serving (routes → stacks, upstreams, brokers), swapped atomically.
+//! - [`reload`]: SIGHUP, file watch and `POST /reload` → validate → compile → swap.
+//! - [`server`]: the public listener, routing each request to its route's stack, graceful shutdown.
+//! - [`stack`]: the per-route layer order, in one place.
+//! - [`layers`]: request id, SERVER span + metrics + access log, panics → 500, body reading.
+//! - [`policy`]: guards (rate limit; verify and auth slots), idempotency.
+//! - [`request`]: facts about the client request shared by every layer and action.
+//! - [`action`]: `forward` | `publish`, and the answer for requests no route takes.
+//! - [`forward`]: HTTP proxying on top of [`upstream`]: headers, rewrite, upgrades, fault injection.
+//! - [`upstream`]: calling an upstream with resilience (pool, balance, outlier, health, retry, timeouts).
+//! - [`publish`]: the `Producer` trait, Kafka and RabbitMQ producers, request → message encoding.
 //! - [`body`]: request and response body types (replayable small bodies, streamed large ones).
-//! - [`publish`]: Kafka and RabbitMQ producers, request → message encoding, idempotency keys.
+//! - [`template`], [`router`]: compiled templates and the route table; pure.
+//! - [`backoff`]: the one exponential backoff with full jitter.
 //! - [`problem`]: the one place where errors become HTTP (`application/problem+json`).
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/routes`.
-//! - [`telemetry`]: logging, metrics registry, trace context.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/routes`, `POST /reload`.
+//! - [`telemetry`]: logging, metrics registry, traces (OTLP).
 #![forbid(unsafe_code)]
 
+pub mod action;
 pub mod admin;
+pub mod backoff;
 pub mod body;
 pub mod config;
 pub mod forward;
+pub mod layers;
+pub mod policy;
 pub mod problem;
 pub mod publish;
+pub mod reload;
+pub mod request;
 pub mod router;
-pub mod runtime;
 pub mod server;
+pub mod snapshot;
+pub mod stack;
 pub mod telemetry;
 pub mod template;
+pub mod upstream;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::runtime::Runtime;
+use crate::reload::Reloader;
 use crate::server::Gateway;
+use crate::snapshot::{Shared, Snapshot};
 use crate::telemetry::Metrics;
 
 /// The sockets Sluice serves on (bound by the caller, so tests can use port 0).
@@ -55,18 +73,55 @@ impl Listeners {
     }
 }
 
+/// Where a running gateway reloads its config from.
+pub struct ReloadSource {
+    /// The config file (watched for changes; read again on `SIGHUP` and `POST /reload`).
+    pub path: PathBuf,
+    /// The `SIGHUP` stream, registered by the caller before start-up so an early SIGHUP cannot kill the process.
+    pub hangup: Option<tokio::signal::unix::Signal>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A broker's settings were refused by its client library.
+    #[error(transparent)]
+    Broker(#[from] publish::PublishError),
+    /// Trace export could not be set up.
+    #[error("{0}")]
+    Telemetry(String),
+}
+
 /// Runs the gateway with a validated `config` until `shutdown` resolves, then stops accepting, drains in-flight
-/// requests for up to `server.shutdown_grace`, and returns.
+/// requests for up to `server.shutdown_grace`, flushes producers and spans, and returns.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), publish::PublishError> {
+) -> Result<(), StartError> {
+    run_with_reload(config, None, listeners, shutdown).await
+}
+
+/// [`run`], reloading the config from `reload` on SIGHUP, file change and `POST /reload`.
+pub async fn run_with_reload(
+    config: Config,
+    reload: Option<ReloadSource>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
+    let (tracer, export) =
+        telemetry::trace::start(&config.telemetry, metrics.spans_dropped.clone()).map_err(StartError::Telemetry)?;
     let grace = config.server.shutdown_grace.0;
-    let runtime = Runtime::build(config, &metrics).await?;
-    let gateway = Arc::new(Gateway::new(runtime, metrics));
-    let admin = admin::router(gateway.clone());
+    let shared = Shared { metrics, tracer };
+    let snapshot = Snapshot::build(config, None, &shared).await?;
+    let gateway = Arc::new(Gateway::new(snapshot, shared));
+    let reloader = reload.map(|source| {
+        let reloader = Arc::new(Reloader::new(source.path, gateway.clone()));
+        reloader.spawn(source.hangup);
+        reloader
+    });
+    let admin = admin::router(gateway.clone(), reloader);
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(async move {
         let serve = axum::serve(listeners.admin, admin).with_graceful_shutdown(async {
@@ -79,8 +134,11 @@ pub async fn run(
     tracing::info!(listen = %listeners.main.local_addr().map(|a| a.to_string()).unwrap_or_default(), "sluice is serving");
     server::serve(listeners.main, gateway.clone(), shutdown, grace).await;
     // Nothing confirmed to a client may be lost: let producers deliver what they still hold.
-    for publisher in gateway.runtime.load().brokers.values() {
-        publisher.flush(grace).await;
+    for broker in gateway.snapshot.load().brokers.values() {
+        broker.publisher.flush(grace).await;
+    }
+    if let Some(export) = &export {
+        export.flush(grace).await;
     }
     let _ = admin_stop.send(());
     let _ = admin_task.await;

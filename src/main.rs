@@ -106,6 +106,14 @@ fn run(path: PathBuf) -> ExitCode {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
+        // SIGHUP reloads; registered before start-up so that an early one cannot kill the process.
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload with POST /reload");
+                None
+            }
+        };
         let listeners = match sluice::Listeners::bind(&loaded.config).await {
             Ok(l) => l,
             Err(e) => {
@@ -113,7 +121,8 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        match sluice::run(loaded.config, listeners, shutdown).await {
+        let reload = sluice::ReloadSource { path, hangup };
+        match sluice::run_with_reload(loaded.config, Some(reload), listeners, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");

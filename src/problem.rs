@@ -7,7 +7,10 @@ use std::time::Duration;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
-use crate::body::Body;
+use crate::body::{Body, ReadBodyError};
+use crate::publish::PublishError;
+use crate::template::Missing;
+use crate::upstream::CallError;
 
 /// Everything the gateway itself may answer with instead of an upstream or broker response.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -66,6 +69,43 @@ pub enum GatewayError {
     /// A bug or a misconfiguration inside the gateway (details are in the logs).
     #[error("internal error")]
     Internal,
+}
+
+impl From<CallError> for GatewayError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Overloaded => GatewayError::Overloaded,
+            CallError::NoHealthyEndpoint => GatewayError::NoHealthyEndpoint,
+            CallError::Unreachable => GatewayError::UpstreamUnreachable,
+            CallError::Timeout => GatewayError::Timeout,
+            CallError::BodyTooLarge { limit } => GatewayError::PayloadTooLarge { limit },
+        }
+    }
+}
+
+impl From<&PublishError> for GatewayError {
+    fn from(e: &PublishError) -> Self {
+        match e {
+            PublishError::Unavailable { .. } => GatewayError::BrokerUnavailable,
+            PublishError::Unroutable { .. } | PublishError::Rejected { .. } => GatewayError::Unroutable,
+            PublishError::Config { .. } => GatewayError::Internal,
+        }
+    }
+}
+
+impl From<ReadBodyError> for GatewayError {
+    fn from(e: ReadBodyError) -> Self {
+        match e {
+            ReadBodyError::TooLarge(limit) => GatewayError::PayloadTooLarge { limit },
+            ReadBodyError::Broken(_) => GatewayError::BodyRead,
+        }
+    }
+}
+
+impl From<Missing> for GatewayError {
+    fn from(m: Missing) -> Self {
+        GatewayError::BadRequest(format!("missing {m}"))
+    }
 }
 
 /// The problem document.

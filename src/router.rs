@@ -33,10 +33,15 @@ pub enum RouteMatch {
         /// Captured path parameters.
         params: Params,
     },
-    /// Some route has this path but none allows the method: 405 with this `Allow` value.
+    /// Some route has this path but none allows the method: 405 with this `Allow` value, unless the first such
+    /// route answers the request itself (a CORS preflight).
     MethodNotAllowed {
         /// Comma-separated allowed methods.
         allow: String,
+        /// The first route whose host, path and headers matched.
+        first: usize,
+        /// Its captured path parameters.
+        params: Params,
     },
     /// No route has this path: 404.
     NotFound,
@@ -297,6 +302,7 @@ impl Router {
     /// Finds the first route that takes the request.
     pub fn route(&self, method: &Method, host: Option<&str>, path: &str, headers: &HeaderMap) -> RouteMatch {
         let mut allow: Vec<&Method> = Vec::new();
+        let mut first: Option<(usize, Params)> = None;
         let mut params = Params::default();
         for (index, m) in self.matchers.iter().enumerate() {
             params.0.clear();
@@ -306,17 +312,21 @@ impl Router {
             if m.allows(method) {
                 return RouteMatch::Found { index, params };
             }
+            if first.is_none() {
+                first = Some((index, params.clone()));
+            }
             for method in m.methods.iter().flatten() {
                 if !allow.contains(&method) {
                     allow.push(method);
                 }
             }
         }
-        if allow.is_empty() {
-            RouteMatch::NotFound
-        } else {
-            let allow = allow.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
-            RouteMatch::MethodNotAllowed { allow }
+        match first {
+            Some((first, params)) if !allow.is_empty() => {
+                let allow = allow.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+                RouteMatch::MethodNotAllowed { allow, first, params }
+            }
+            _ => RouteMatch::NotFound,
         }
     }
 }
@@ -377,7 +387,7 @@ mod tests {
         ]);
         assert_eq!(
             r.route(&Method::GET, None, "/a", &HeaderMap::new()),
-            RouteMatch::MethodNotAllowed { allow: "POST, PUT".into() }
+            RouteMatch::MethodNotAllowed { allow: "POST, PUT".into(), first: 0, params: Params::default() }
         );
         assert_eq!(r.route(&Method::GET, None, "/b", &HeaderMap::new()), RouteMatch::NotFound);
     }

@@ -3,46 +3,50 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::time::Instant;
+use tower::ServiceExt;
 
 use crate::body::Body;
-use crate::forward::{Downstream, forward};
+use crate::layers::catch_panic::panicked;
 use crate::problem::GatewayError;
-use crate::publish::publish;
+use crate::request::Facts;
 use crate::router::RouteMatch;
-use crate::runtime::{Action, Runtime};
-use crate::telemetry::{Metrics, TraceContext};
-use crate::template::RenderContext;
+use crate::snapshot::{Shared, Snapshot};
+use crate::telemetry::Metrics;
 
 /// Shared state of a running gateway.
 pub struct Gateway {
-    /// The active compiled config; requests take a snapshot and keep it until they finish.
-    pub runtime: ArcSwap<Runtime>,
-    /// Metric families.
-    pub metrics: Arc<Metrics>,
+    /// The active compiled config; each request takes the route's stack from it and keeps that until it ends.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// What every snapshot is compiled with (metrics, tracer).
+    pub shared: Shared,
     /// False once shutdown has begun (readiness turns 503).
     pub accepting: AtomicBool,
-    access_log: bool,
 }
 
 impl Gateway {
-    /// A gateway serving `runtime`.
-    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Gateway {
-        let access_log = runtime.config.telemetry.access_log;
-        Gateway { runtime: ArcSwap::from_pointee(runtime), metrics, accepting: AtomicBool::new(true), access_log }
+    /// A gateway serving `snapshot`.
+    pub fn new(snapshot: Snapshot, shared: Shared) -> Gateway {
+        Gateway { snapshot: ArcSwap::from_pointee(snapshot), shared, accepting: AtomicBool::new(true) }
+    }
+
+    /// Metric families.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
     }
 }
 
@@ -91,111 +95,56 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
 }
 
 /// Answers one request; never fails (errors become problem responses).
-pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer_ip: &HeaderValue) -> Response<Body> {
-    let start = Instant::now();
-    let runtime = gw.runtime.load_full();
-    let _in_flight = InFlightGauge::new(&gw.metrics.in_flight);
-    let request_id = request_id(req.headers());
-    let trace = TraceContext::from_headers(req.headers());
-    // Kept for the access log: cheap clones (shared bytes), no copies.
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    let matched = runtime.router.route(req.method(), host_of(&req), req.uri().path(), req.headers());
-    let (route, result) = match matched {
-        RouteMatch::NotFound => (None, Err(GatewayError::NotFound)),
-        RouteMatch::MethodNotAllowed { allow } => (None, Err(GatewayError::MethodNotAllowed { allow })),
-        RouteMatch::Found { index, params } => {
-            let route = &runtime.routes[index];
-            let result = async {
-                if let Some(limiter) = &route.rate_limit {
-                    let key = match &limiter.key {
-                        Some(t) => {
-                            let cx = RenderContext::new(
-                                req.method(),
-                                req.headers(),
-                                &params,
-                                req.uri().query(),
-                                &route.name,
-                            );
-                            t.render(&cx).map_err(|m| GatewayError::BadRequest(format!("missing {m}")))?
-                        }
-                        None => String::new(),
-                    };
-                    limiter.check(&key).map_err(|retry_after| GatewayError::RateLimited { retry_after })?;
-                }
-                let ds = Downstream {
-                    peer_ip,
-                    request_id: &request_id,
-                    trace: &trace,
-                    scheme: "http",
-                    params: &params,
-                    max_body: runtime.config.server.max_body.0,
-                };
-                match &route.action {
-                    // Boxed: the futures are large, and moving them through the layers above costs more.
-                    Action::Forward(f) => Box::pin(forward(f, &route.metrics, req, ds)).await,
-                    Action::Publish(p) => Box::pin(publish(p, &route.name, req, ds)).await,
-                }
+pub async fn handle(gw: &Gateway, mut req: Request<Incoming>, peer_ip: &HeaderValue) -> Response<Body> {
+    sanitize_request_id(&mut req);
+    let (service, facts) = {
+        let snapshot = gw.snapshot.load();
+        let facts = |params| Facts::new(peer_ip.clone(), "http", params);
+        match snapshot.router.route(req.method(), host_of(&req), req.uri().path(), req.headers()) {
+            RouteMatch::Found { index, params } => (snapshot.routes[index].service.clone(), facts(params)),
+            RouteMatch::MethodNotAllowed { first, params, .. }
+                if is_preflight(&req) && snapshot.routes[first].answers_preflight =>
+            {
+                (snapshot.routes[first].service.clone(), facts(params))
             }
-            .await;
-            (Some(route), result)
+            RouteMatch::MethodNotAllowed { allow, .. } => {
+                let mut f = facts(Default::default());
+                f.unmatched = Some(GatewayError::MethodNotAllowed { allow });
+                (snapshot.unmatched.clone(), f)
+            }
+            RouteMatch::NotFound => {
+                let mut f = facts(Default::default());
+                f.unmatched = Some(GatewayError::NotFound);
+                (snapshot.unmatched.clone(), f)
+            }
         }
     };
-    let route_name = route.map(|r| &*r.name);
-    let mut response = match result {
-        Ok(res) => res,
-        Err(e) => {
-            if e.status().is_server_error() {
-                tracing::warn!(route = route_name.unwrap_or(""), request_id = ?request_id, error = %e, "gateway error");
-            }
-            e.into_response(route_name, request_id.to_str().unwrap_or(""))
+    req.extensions_mut().insert(facts);
+    let request_id = req.headers().get(&X_REQUEST_ID).cloned();
+    // The stack catches panics below its observe layer; this catches the rest, so no panic drops a connection.
+    match AssertUnwindSafe(service.oneshot(req)).catch_unwind().await {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        Err(panic) => {
+            let error = panicked::<()>(panic).expect_err("panicked answers an error");
+            let id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+            error.into_response(None, id)
         }
-    };
-    response.headers_mut().entry(&X_REQUEST_ID).or_insert_with(|| request_id.clone());
-    let status = response.status().as_u16();
-    let elapsed = start.elapsed();
-    route.map_or(&runtime.unmatched, |r| &r.metrics).observe(status, elapsed);
-    if gw.access_log {
-        tracing::info!(
-            target: "access",
-            route = route_name.unwrap_or(""),
-            method = %method,
-            path = %uri.path(),
-            status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            backend = route.map_or("", |r| r.action.target()),
-            request_id = request_id.to_str().unwrap_or(""),
-            trace_id = %trace.trace_id_hex(),
-        );
-    }
-    response
-}
-
-/// Counts a request in `sluice_requests_in_flight` until dropped (also when the client goes away mid-request).
-struct InFlightGauge<'a>(&'a prometheus_client::metrics::gauge::Gauge);
-
-impl<'a> InFlightGauge<'a> {
-    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
-        gauge.inc();
-        InFlightGauge(gauge)
     }
 }
 
-impl Drop for InFlightGauge<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+/// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+fn is_preflight(req: &Request<Incoming>) -> bool {
+    req.method() == Method::OPTIONS
+        && req.headers().contains_key(header::ORIGIN)
+        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-/// The client's `x-request-id` when it is sane, else a new UUID.
-fn request_id(headers: &http::HeaderMap) -> HeaderValue {
-    match headers.get(&X_REQUEST_ID) {
-        Some(v) if !v.is_empty() && v.len() <= 200 && v.to_str().is_ok() => v.clone(),
-        _ => {
-            let mut buf = uuid::Uuid::encode_buffer();
-            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-            HeaderValue::from_str(id).expect("a UUID is a header value")
-        }
+/// Drops a client `x-request-id` that is empty, longer than 200 bytes or not visible ASCII (a new one is made).
+fn sanitize_request_id(req: &mut Request<Incoming>) {
+    let sane = |v: &HeaderValue| !v.is_empty() && v.len() <= 200 && v.to_str().is_ok();
+    if req.headers().get(&X_REQUEST_ID).is_some_and(|v| !sane(v)) {
+        req.headers_mut().remove(&X_REQUEST_ID);
     }
 }
 

@@ -91,6 +91,9 @@ pub struct TelemetryConfig {
     /// Service name reported in traces.
     #[serde(default = "default_service_name")]
     pub service_name: String,
+    /// Parent-based sampling ratio of new traces (0.0 to 1.0).
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
     /// One structured line per request (default true; benchmarks turn it off).
     #[serde(default = "default_true")]
     pub access_log: bool,
@@ -112,6 +115,9 @@ fn default_log_format() -> LogFormat {
 fn default_service_name() -> String {
     "sluice".to_owned()
 }
+fn default_sample_ratio() -> f64 {
+    1.0
+}
 fn default_true() -> bool {
     true
 }
@@ -122,6 +128,7 @@ impl Default for TelemetryConfig {
             log_format: default_log_format(),
             otlp_endpoint: None,
             service_name: default_service_name(),
+            sample_ratio: default_sample_ratio(),
             access_log: true,
         }
     }

@@ -8,9 +8,9 @@ use super::load::{names, route_label};
 use super::model::{
     Balance, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RouteConfig, UpstreamConfig,
 };
-use crate::forward::RetryOn;
 use crate::router::Matcher;
 use crate::template::Template;
+use crate::upstream::RetryOn;
 
 /// The outcome of validation: errors refuse the config, warnings are printed.
 #[derive(Debug, Default)]
@@ -25,14 +25,6 @@ pub struct Report {
 pub fn validate(config: &Config) -> Report {
     let mut report = Report::default();
     let errors = &mut report.errors;
-    if config.telemetry.otlp_endpoint.is_some() {
-        // Refused rather than ignored: a user who sets it expects traces to arrive somewhere.
-        errors.push(
-            "telemetry.otlp_endpoint: OTLP trace export is not available in this version; remove the key \
-             (W3C trace context is still propagated to upstreams and brokers)"
-                .to_owned(),
-        );
-    }
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
     }
@@ -71,7 +63,7 @@ fn check_upstream(name: &str, u: &UpstreamConfig, errors: &mut Vec<String>) {
         errors.push(format!("{at}: endpoints must list at least one URL"));
     }
     for e in &u.endpoints {
-        if let Err(why) = crate::forward::Endpoint::parse_url(e) {
+        if let Err(why) = crate::upstream::Endpoint::parse_url(e) {
             errors.push(format!("{at}: endpoints: {e:?} {why}"));
         }
     }

@@ -1,39 +1,34 @@
-//! The synchronous request path of a `forward` route, read top to bottom:
+//! The action of a `forward` route: HTTP proxying on top of `upstream::call`, read top to bottom:
 //!
 //! 1. fault injection (delay, then abort),
-//! 2. the request body is read: buffered up to 64 KiB so it can be replayed, streamed beyond,
-//! 3. the overall `timeout` wraps every attempt,
-//! 4. each attempt: load shedding (`max_concurrent`) → balancer (skipping ejected, unhealthy and already tried
-//!    endpoints) → `per_try_timeout` → the pooled HTTP client,
-//! 5. the outcome feeds outlier ejection and metrics, then the retry policy (class, idempotency, replayability,
-//!    budget, backoff) decides whether to go round again,
-//! 6. the last upstream response is passed through, streamed, with hop-by-hop headers removed; a `101` to an
+//! 2. the hash key for `balance = "hash"` (it may read the body, which the stack has already read),
+//! 3. the path is rewritten and the headers adapted (hop-by-hop removed, `x-forwarded-*`, `x-request-id`),
+//! 4. `upstream::call` sends it with every resilience policy (timeouts, shedding, balancing, retries, ejection),
+//! 5. the upstream's response is passed through, streamed, with hop-by-hop headers removed; a `101` to an
 //!    upgrade request splices the two connections (WebSocket).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body::Body as _;
-use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 
-use super::balance::{Pick, hash_key};
-use super::endpoint::Endpoint;
 use super::fault::Fault;
-use super::retry::{Outcome, RetryPolicy, is_idempotent};
 use super::upgrade;
-use super::upstream::Upstream;
-use crate::body::{Body, ReadBodyError, is_too_large, prepare};
+use crate::body::{Body, Prepared};
 use crate::problem::GatewayError;
-use crate::router::Params;
-use crate::telemetry::{RouteMetrics, TraceContext};
-use crate::template::RenderContext;
+use crate::request::{Facts, facts, render};
+use crate::telemetry::Tracer;
+use crate::upstream::{Answer, Call, RetryPolicy, Upstream, call, hash_key, is_idempotent};
 
 /// A compiled `forward` route.
 #[derive(Debug)]
 pub struct ForwardRoute {
+    /// Route name (for `{route}` in the hash key).
+    pub name: Arc<str>,
     /// Where requests go.
     pub upstream: Arc<Upstream>,
     /// The matched `path_prefix`, replaced by `rewrite_prefix`.
@@ -46,37 +41,19 @@ pub struct ForwardRoute {
     pub retry: RetryPolicy,
     /// Fault injection.
     pub fault: Option<Fault>,
-}
-
-/// Facts about the client side of a request.
-pub struct Downstream<'a> {
-    /// Client IP address, as the value appended to `x-forwarded-for`.
-    pub peer_ip: &'a HeaderValue,
-    /// `x-request-id` sent upstream and echoed.
-    pub request_id: &'a HeaderValue,
-    /// Trace context to continue.
-    pub trace: &'a TraceContext,
-    /// `http` or `https`.
-    pub scheme: &'static str,
-    /// Path parameters (for the hash key template).
-    pub params: &'a Params,
-    /// `server.max_body`.
-    pub max_body: u64,
+    /// Makes the CLIENT spans of the attempts.
+    pub tracer: Tracer,
+    /// `sluice_retries_total{route}`.
+    pub retries: Counter,
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// Forwards one request along the route's stack (see the module doc for the order).
-pub async fn forward(
-    route: &ForwardRoute,
-    metrics: &RouteMetrics,
-    req: Request<Incoming>,
-    ds: Downstream<'_>,
-) -> Result<Response<Body>, GatewayError> {
+/// Forwards one request (see the module doc for the order).
+pub async fn forward(route: &ForwardRoute, mut req: Request<Prepared>) -> Result<Response<Body>, GatewayError> {
     // 1. Fault injection.
     if let Some(fault) = &route.fault {
         let injection = fault.roll();
@@ -87,126 +64,44 @@ pub async fn forward(
             return Err(GatewayError::FaultAbort(status));
         }
     }
-    let mut req = req;
-    let upgrade = upgrade::requested(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
-    let (mut parts, body) = req.into_parts();
-    let upstream = &route.upstream;
-    let hash = match &upstream.hash_key {
-        Some(t) => {
-            let cx = RenderContext::new(&parts.method, &parts.headers, ds.params, parts.uri.query(), "");
-            Some(hash_key(&t.render(&cx).map_err(|m| GatewayError::BadRequest(format!("missing {m}")))?))
-        }
+    // 2. Hash key.
+    let hash = match &route.upstream.hash_key {
+        Some(t) => Some(hash_key(&render(t, &req, &route.name)?)),
         None => None,
     };
-    // 2. Body: replayable when small.
-    let body = prepare(body, ds.max_body, false).await.map_err(|e| match e {
-        ReadBodyError::TooLarge(limit) => GatewayError::PayloadTooLarge { limit },
-        ReadBodyError::Broken(_) => GatewayError::BodyRead,
-    })?;
-    let path = rewrite_path(&parts.uri, route.prefix.as_deref(), route.rewrite.as_deref());
-    let idempotent = is_idempotent(&parts.method, &parts.headers);
-    prepare_headers(&mut parts.headers, &ds);
-    let mut client_upgrade = upgrade.map(|(protocol, on)| {
+    // 3. Path and headers.
+    let upgrade = upgrade::requested(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+    let path = rewrite_path(req.uri(), route.prefix.as_deref(), route.rewrite.as_deref());
+    let idempotent = is_idempotent(req.method(), req.headers());
+    let trace = facts(&req).trace.clone();
+    let (mut parts, body) = req.into_parts();
+    let facts = parts.extensions.get::<Facts>().expect("the server inserts Facts");
+    let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
+    prepare_headers(&mut parts.headers, facts);
+    let client_upgrade = upgrade.map(|(protocol, on)| {
         upgrade::restore(&mut parts.headers, protocol);
         on
     });
-    route.retry.deposit();
-
-    // 3. Overall timeout around every attempt.
-    let attempts = async {
-        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
-        let mut retries = 0;
-        loop {
-            // 4. Shed, balance, send.
-            let mut guard = upstream.admit().ok_or(GatewayError::Overloaded)?;
-            let endpoint = match upstream.pick(&tried, hash) {
-                Pick::Endpoint(e) => e,
-                Pick::AllUnavailable => return Err(GatewayError::NoHealthyEndpoint),
-                Pick::NoEndpoints => return Err(GatewayError::UpstreamUnreachable),
-            };
-            guard.assign(endpoint.clone());
-            let out_body = body.attempt().ok_or(GatewayError::UpstreamUnreachable)?;
-            // HTTP/1.1 connections take the origin form; the HTTP/2 client needs the absolute form.
-            let uri = if upstream.is_h2() {
-                let mut u = http::uri::Parts::default();
-                u.scheme = Some(Scheme::HTTP);
-                u.authority = Some(endpoint.authority.clone());
-                u.path_and_query = Some(path.clone());
-                Uri::from_parts(u).expect("scheme, authority and path make a URI")
-            } else {
-                Uri::from(path.clone())
-            };
-            let mut req = Request::new(out_body);
-            *req.method_mut() = parts.method.clone();
-            *req.uri_mut() = uri;
-            *req.headers_mut() = if retries < route.retry.max_retries {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
-            req.headers_mut().insert(header::HOST, endpoint.host_header.clone());
-            let sent = upstream.send(&endpoint, req);
-            let result = match route.retry.per_try_timeout {
-                Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
-                None => Ok(sent.await),
-            };
-            let (outcome, response) = match result {
-                Ok(Ok(res)) => (Outcome::Status(res.0.status()), Some(res)),
-                Ok(Err(e)) if e.is_connect() => (Outcome::ConnectFailure, None),
-                Ok(Err(e)) if is_too_large(&e) => {
-                    return Err(GatewayError::PayloadTooLarge { limit: ds.max_body });
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "attempt failed");
-                    (Outcome::Reset, None)
-                }
-                Err(()) => (Outcome::Timeout, None),
-            };
-
-            // 5. Outcome → outlier ejection and metrics, then the retry decision.
-            record(upstream, &endpoint, outcome);
-            let retry =
-                route.retry.may_retry(outcome, retries, idempotent, body.replayable()) && route.retry.withdraw();
-            if !retry {
-                // 6. The last upstream response is passed through.
-                return match (outcome, response) {
-                    (_, Some((res, conn))) => Ok(respond(res, conn, guard, ds.request_id, client_upgrade.take())),
-                    (Outcome::Timeout, None) => Err(GatewayError::Timeout),
-                    (_, None) => Err(GatewayError::UpstreamUnreachable),
-                };
-            }
-            drop(response);
-            drop(guard);
-            retries += 1;
-            metrics.retries.inc();
-            tried.push(endpoint);
-            tokio::time::sleep(route.retry.backoff(retries)).await;
-        }
-    };
-    match tokio::time::timeout(route.timeout, attempts).await {
-        Ok(result) => result,
-        Err(_) => Err(GatewayError::Timeout),
-    }
-}
-
-/// Feeds one attempt's outcome to outlier detection and the attempt counters.
-fn record(upstream: &Upstream, endpoint: &Endpoint, outcome: Outcome) {
-    let m = &upstream.metrics;
-    match outcome {
-        Outcome::Status(s) if s.is_server_error() => m.status_5xx.inc(),
-        Outcome::Status(_) => m.success.inc(),
-        Outcome::ConnectFailure => m.connect_failure.inc(),
-        Outcome::Reset => m.reset.inc(),
-        Outcome::Timeout => m.timeout.inc(),
-    };
-    if outcome.is_failure() {
-        if upstream.outlier.on_failure(endpoint, &upstream.endpoints()) {
-            m.ejections.inc();
-            tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.url, "endpoint ejected after consecutive failures");
-        }
-    } else {
-        upstream.outlier.on_success(endpoint);
-    }
+    // 4. The resilient call.
+    let answer = call(
+        &route.upstream,
+        Call {
+            method: parts.method,
+            path,
+            headers: parts.headers,
+            body: &body,
+            idempotent,
+            hash,
+            retry: &route.retry,
+            timeout: route.timeout,
+            trace: &trace,
+            tracer: &route.tracer,
+            retries: &route.retries,
+        },
+    )
+    .await?;
+    // 5. The response, passed through.
+    Ok(respond(answer, request_id, client_upgrade))
 }
 
 /// Replaces the matched prefix with `rewrite_prefix`, keeping the rest of the path and the query.
@@ -259,31 +154,28 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn prepare_headers(headers: &mut HeaderMap, ds: &Downstream<'_>) {
+fn prepare_headers(headers: &mut HeaderMap, facts: &Facts) {
     strip_hop_by_hop(headers);
     let host = headers.remove(header::HOST);
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::try_from(format!("{prior}, {}", ds.peer_ip.to_str().unwrap_or_default())).ok(),
-        None => Some(ds.peer_ip.clone()),
+        Some(prior) => HeaderValue::try_from(format!("{prior}, {}", facts.peer_ip.to_str().unwrap_or_default())).ok(),
+        None => Some(facts.peer_ip.clone()),
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(ds.scheme));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(facts.scheme));
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }
-    headers.insert(X_REQUEST_ID.clone(), ds.request_id.clone());
-    headers.insert(TRACEPARENT.clone(), ds.trace.traceparent());
 }
 
 fn respond(
-    mut res: Response<Incoming>,
-    conn: Option<super::pool::Reusable>,
-    guard: super::upstream::InFlight,
-    request_id: &HeaderValue,
+    answer: Answer,
+    request_id: Option<HeaderValue>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<Body> {
+    let Answer { response: mut res, conn, guard } = answer;
     let guard = match client_upgrade {
         Some(on) => upgrade::splice(on, &mut res, guard),
         None => Some(guard),
@@ -292,7 +184,9 @@ fn respond(
     match guard {
         Some(guard) => {
             strip_hop_by_hop(&mut parts.headers);
-            parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+            if let Some(id) = request_id {
+                parts.headers.insert(X_REQUEST_ID.clone(), id);
+            }
             // An empty body is finished already: the connection can serve the next request now.
             let conn = match conn {
                 Some(c) if inner.is_end_stream() => {
@@ -305,7 +199,9 @@ fn respond(
         }
         // 101: the upgrade headers stay, the connection now belongs to the splice task.
         None => {
-            parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+            if let Some(id) = request_id {
+                parts.headers.insert(X_REQUEST_ID.clone(), id);
+            }
             Response::from_parts(parts, Body::Empty)
         }
     }

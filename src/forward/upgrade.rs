@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::upstream::InFlight;
+use crate::upstream::InFlight;
 
 /// The `Upgrade` protocol a request asks for, when its `Connection` header carries the `upgrade` token.
 pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {

@@ -20,6 +20,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::error::PublishError;
 use super::message::{Ack, Destination, Message, Receipt};
+use crate::backoff::{Attempts, Backoff};
 
 /// Channels opened as soon as a connection is up.
 const INITIAL_CHANNELS: usize = 4;
@@ -271,7 +272,7 @@ async fn open_channel(connection: &Connection) -> lapin::Result<Channel> {
 async fn supervise(shared: Arc<Shared>, url: String) {
     // Counts connections, for logs.
     let mut generation = 0u64;
-    let mut backoff = Backoff::default();
+    let mut backoff = Attempts::new(Backoff::new(MIN_BACKOFF, MAX_BACKOFF));
     let mut failures = 0u32;
     while !shared.stopping.load(Ordering::SeqCst) {
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared.name, &url));
@@ -319,34 +320,6 @@ async fn supervise(shared: Arc<Shared>, url: String) {
             () = tokio::time::sleep(backoff.next_delay()) => {}
             () = shared.stop.notified() => break,
         }
-    }
-}
-
-/// Delays between connection attempts: exponential from [`MIN_BACKOFF`] to [`MAX_BACKOFF`], each
-/// jittered into its upper half so many gateways do not reconnect in lockstep.
-#[derive(Debug)]
-struct Backoff {
-    current: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { current: MIN_BACKOFF }
-    }
-}
-
-impl Backoff {
-    /// The delay before the next attempt; doubles the base for the one after.
-    fn next_delay(&mut self) -> Duration {
-        let base = self.current;
-        self.current = (self.current * 2).min(MAX_BACKOFF);
-        let half = base / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-
-    /// Back to the shortest delay, after a successful connection.
-    fn reset(&mut self) {
-        self.current = MIN_BACKOFF;
     }
 }
 
@@ -452,23 +425,6 @@ fn map_error(e: lapin::Error, during: &str) -> PublishError {
 mod tests {
     use super::*;
     use bytes::Bytes;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
-        let mut backoff = Backoff::default();
-        let mut bases = Vec::new();
-        for _ in 0..10 {
-            let base = backoff.current;
-            let delay = backoff.next_delay();
-            assert!(delay >= base / 2 && delay <= base, "{delay:?} outside {base:?}/2..={base:?}");
-            bases.push(base);
-        }
-        assert_eq!(bases[0], MIN_BACKOFF);
-        assert_eq!(bases[1], MIN_BACKOFF * 2);
-        assert_eq!(*bases.last().unwrap(), MAX_BACKOFF);
-        backoff.reset();
-        assert_eq!(backoff.current, MIN_BACKOFF);
-    }
 
     fn message(headers: Vec<(String, String)>, id: String, content_type: &str) -> Message {
         Message {

@@ -1,11 +1,11 @@
 //! Request → message: the body byte for byte, and the metadata of DESIGN.md §4 (content type, `sluice-id`,
-//! route, request id, trace context, forwarded headers, CloudEvents binary-mode attributes).
+//! route, request id, forwarded headers, CloudEvents binary-mode attributes). The trace context is added by the
+//! publish route once its PRODUCER span exists ([`Message::set_trace`]).
 
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::HeaderName;
-use http::request::Parts;
+use http::{HeaderMap, HeaderName};
 
 use super::message::{Destination, Message};
 use crate::template::{Missing, RenderContext, Template};
@@ -57,17 +57,13 @@ pub struct Envelope<'a> {
     pub route: &'a str,
     /// `x-request-id`.
     pub request_id: &'a str,
-    /// `traceparent` to propagate.
-    pub traceparent: &'a str,
-    /// `tracestate` to propagate.
-    pub tracestate: Option<&'a str>,
 }
 
 impl Encoder {
     /// Builds the message; a template value missing from the request is a [`Missing`].
     pub fn encode(
         &self,
-        parts: &Parts,
+        headers: &HeaderMap,
         cx: &RenderContext<'_>,
         body: Bytes,
         env: &Envelope<'_>,
@@ -84,18 +80,14 @@ impl Encoder {
             },
         };
         let id = Message::new_id();
-        let content_type =
-            parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let request_headers = headers;
         let mut headers = Vec::with_capacity(6 + self.headers.len());
         headers.push(("sluice-id".to_owned(), id.clone()));
         headers.push(("sluice-route".to_owned(), env.route.to_owned()));
         headers.push(("x-request-id".to_owned(), env.request_id.to_owned()));
-        headers.push(("traceparent".to_owned(), env.traceparent.to_owned()));
-        if let Some(ts) = env.tracestate {
-            headers.push(("tracestate".to_owned(), ts.to_owned()));
-        }
         for name in &self.headers {
-            if let Some(v) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
+            if let Some(v) = request_headers.get(name).and_then(|v| v.to_str().ok()) {
                 headers.push((name.as_str().to_owned(), v.to_owned()));
             }
         }
@@ -122,6 +114,7 @@ impl Encoder {
 
 #[cfg(test)]
 mod tests {
+    use http::request::Parts;
     use http::{Method, Request};
 
     use super::*;
@@ -154,8 +147,7 @@ mod tests {
         }
     }
 
-    const ENV: Envelope<'static> =
-        Envelope { route: "order-events", request_id: "rid", traceparent: "00-a-b-01", tracestate: None };
+    const ENV: Envelope<'static> = Envelope { route: "order-events", request_id: "rid" };
 
     #[test]
     fn encodes_body_destination_and_metadata() {
@@ -163,7 +155,7 @@ mod tests {
         let mut params = Params::default();
         params.push("tenant", "acme");
         let cx = RenderContext::new(&p.method, &p.headers, &params, None, "order-events");
-        let m = encoder(false).encode(&p, &cx, Bytes::from_static(b"\xff\x00body"), &ENV).unwrap();
+        let m = encoder(false).encode(&p.headers, &cx, Bytes::from_static(b"\xff\x00body"), &ENV).unwrap();
         assert_eq!(m.body.as_ref(), b"\xff\x00body");
         assert_eq!(
             m.destination,
@@ -173,7 +165,6 @@ mod tests {
         assert_eq!(h["sluice-id"], m.id);
         assert_eq!(h["sluice-route"], "order-events");
         assert_eq!(h["x-tenant"], "acme");
-        assert_eq!(h["traceparent"], "00-a-b-01");
         assert!(!h.contains_key("ce_id"));
         assert_eq!(uuid::Uuid::parse_str(&m.id).unwrap().get_version_num(), 7);
     }
@@ -184,7 +175,7 @@ mod tests {
         let mut params = Params::default();
         params.push("tenant", "acme");
         let cx = RenderContext::new(&p.method, &p.headers, &params, None, "order-events");
-        let m = encoder(true).encode(&p, &cx, Bytes::new(), &ENV).unwrap();
+        let m = encoder(true).encode(&p.headers, &cx, Bytes::new(), &ENV).unwrap();
         let h: std::collections::HashMap<_, _> = m.headers.iter().cloned().collect();
         assert_eq!(h["ce_id"], m.id);
         assert_eq!(h["ce_type"], "order-events");
@@ -193,7 +184,7 @@ mod tests {
         assert!(h["ce_time"].ends_with('Z'));
         let p = parts("application/cloudevents+json; charset=utf-8");
         let cx = RenderContext::new(&p.method, &p.headers, &params, None, "order-events");
-        let m = encoder(true).encode(&p, &cx, Bytes::new(), &ENV).unwrap();
+        let m = encoder(true).encode(&p.headers, &cx, Bytes::new(), &ENV).unwrap();
         assert!(!m.headers.iter().any(|(k, _)| k.starts_with("ce_")));
     }
 
@@ -202,7 +193,7 @@ mod tests {
         let p = parts("text/plain");
         let params = Params::default();
         let cx = RenderContext::new(&p.method, &p.headers, &params, None, "r");
-        let err = encoder(false).encode(&p, &cx, Bytes::new(), &ENV).unwrap_err();
+        let err = encoder(false).encode(&p.headers, &cx, Bytes::new(), &ENV).unwrap_err();
         assert_eq!(err.0, "path parameter tenant");
     }
 }

@@ -98,13 +98,9 @@ impl PublishError {
     }
 
     /// The HTTP status this error becomes: 503 (unavailable, retry later), 502 (unroutable or
-    /// rejected by the broker), 500 (configuration).
+    /// rejected by the broker), 500 (configuration). The mapping itself lives in `problem.rs`.
     #[must_use]
     pub fn status_code(&self) -> u16 {
-        match self {
-            Self::Unavailable { .. } => 503,
-            Self::Unroutable { .. } | Self::Rejected { .. } => 502,
-            Self::Config { .. } => 500,
-        }
+        crate::problem::GatewayError::from(self).status().as_u16()
     }
 }

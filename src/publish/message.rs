@@ -47,6 +47,15 @@ impl Message {
     pub fn new_id() -> String {
         uuid::Uuid::now_v7().to_string()
     }
+
+    /// Adds `traceparent` (and `tracestate`) to the metadata, so that a consumer's span continues the trace.
+    pub fn set_trace(&mut self, traceparent: &str, tracestate: Option<&str>) {
+        self.headers.retain(|(k, _)| k != "traceparent" && k != "tracestate");
+        self.headers.push(("traceparent".to_owned(), traceparent.to_owned()));
+        if let Some(ts) = tracestate {
+            self.headers.push(("tracestate".to_owned(), ts.to_owned()));
+        }
+    }
 }
 
 /// How long the caller waits before answering.

@@ -2,16 +2,15 @@
 //!
 //! - [`message`]: what is published ([`Message`], [`Destination`]), how it is acknowledged ([`Ack`]) and what
 //!   the broker confirmed ([`Receipt`]).
-//! - [`error`]: [`PublishError`], with the HTTP status each kind becomes.
-//! - [`publisher`]: [`Publisher`], the handle per configured broker; [`kafka`] and [`amqp`] implement it.
+//! - [`error`]: [`PublishError`]; `problem.rs` maps it to HTTP.
+//! - [`publisher`]: the [`Producer`] trait and the [`Publisher`] handle per configured broker; [`kafka`] and
+//!   [`amqp`] implement it.
 //! - [`encoder`]: request → message (metadata, CloudEvents).
-//! - [`idempotency`]: `Idempotency-Key` replay and conflict detection.
-//! - [`route`]: a compiled publish route and its request path.
+//! - [`route`]: the action of a publish route.
 
 pub mod amqp;
 pub mod encoder;
 pub mod error;
-pub mod idempotency;
 pub mod kafka;
 pub mod message;
 pub mod publisher;
@@ -19,7 +18,7 @@ pub mod route;
 
 pub use error::PublishError;
 pub use message::{Ack, Destination, Message, Receipt};
-pub use publisher::Publisher;
+pub use publisher::{Producer, Publisher};
 pub use route::{PublishRoute, publish};
 
 impl std::fmt::Debug for Publisher {

@@ -1,6 +1,10 @@
-//! The [`Publisher`] handle the gateway holds per configured broker: one type over Kafka and AMQP.
+//! The [`Producer`] trait every broker client implements, and the [`Publisher`] handle the gateway holds per
+//! configured broker. A spool (or any other wrapper) is a `Producer` around another one.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::amqp::AmqpPublisher;
@@ -8,22 +12,36 @@ use super::error::PublishError;
 use super::kafka::KafkaPublisher;
 use super::message::{Ack, Message, Receipt};
 
-/// A connected (or reconnecting) producer for one configured broker.
+/// A boxed future of a producer.
+pub type ProducerFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A connected (or reconnecting) client of one broker.
+pub trait Producer: Send + Sync + 'static {
+    /// Publishes one message; see [`Publisher::publish`] for what `Ok` promises.
+    fn publish(&self, msg: Message, ack: Ack) -> ProducerFuture<'_, Result<Receipt, PublishError>>;
+    /// True while the broker is reachable.
+    fn is_up(&self) -> bool;
+    /// Waits up to `timeout` for messages still in flight to be confirmed.
+    fn flush(&self, timeout: Duration) -> ProducerFuture<'_, ()>;
+    /// The broker's name from the config.
+    fn name(&self) -> &str;
+    /// `"kafka"` or `"amqp"`.
+    fn kind(&self) -> &'static str;
+}
+
+/// The handle to one configured broker's [`Producer`].
 ///
 /// Cheap to clone; all clones share one connection. Safe to call from many tasks at once: sends are
 /// never serialized behind each other.
 #[derive(Clone)]
-pub struct Publisher {
-    kind: Kind,
-}
-
-#[derive(Clone)]
-enum Kind {
-    Kafka(KafkaPublisher),
-    Amqp(AmqpPublisher),
-}
+pub struct Publisher(Arc<dyn Producer>);
 
 impl Publisher {
+    /// Wraps any producer.
+    pub fn new(producer: impl Producer) -> Publisher {
+        Publisher(Arc::new(producer))
+    }
+
     /// A Kafka producer (`acks=all`, idempotent, `message.timeout.ms = delivery_timeout`, short
     /// `linger.ms`); `options` are passed to librdkafka as-is and win over these defaults.
     ///
@@ -35,8 +53,7 @@ impl Publisher {
         delivery_timeout: Duration,
         options: &BTreeMap<String, String>,
     ) -> Result<Self, PublishError> {
-        let publisher = KafkaPublisher::connect(name, bootstrap, delivery_timeout, options).await?;
-        Ok(Self { kind: Kind::Kafka(publisher) })
+        Ok(Publisher::new(KafkaPublisher::connect(name, bootstrap, delivery_timeout, options).await?))
     }
 
     /// A RabbitMQ publisher: one connection, confirm-mode channels, `mandatory` publishes.
@@ -45,8 +62,7 @@ impl Publisher {
     /// (100ms up to 5s) whenever the connection is lost. Fails only on an invalid URL
     /// ([`PublishError::Config`]).
     pub async fn connect_amqp(name: &str, url: &str, confirm_timeout: Duration) -> Result<Self, PublishError> {
-        let publisher = AmqpPublisher::connect(name, url, confirm_timeout).await?;
-        Ok(Self { kind: Kind::Amqp(publisher) })
+        Ok(Publisher::new(AmqpPublisher::connect(name, url, confirm_timeout).await?))
     }
 
     /// Publish one message.
@@ -58,44 +74,65 @@ impl Publisher {
     /// stored), [`PublishError::Unroutable`] / [`PublishError::Rejected`] (502),
     /// [`PublishError::Config`] (a destination of the other kind).
     pub async fn publish(&self, msg: Message, ack: Ack) -> Result<Receipt, PublishError> {
-        match &self.kind {
-            Kind::Kafka(p) => p.publish(msg, ack).await,
-            Kind::Amqp(p) => p.publish(msg, ack).await,
-        }
+        self.0.publish(msg, ack).await
     }
 
     /// True while the broker is reachable; for `/readyz` and `sluice_broker_up`.
     #[must_use]
     pub fn is_up(&self) -> bool {
-        match &self.kind {
-            Kind::Kafka(p) => p.is_up(),
-            Kind::Amqp(p) => p.is_up(),
-        }
+        self.0.is_up()
     }
 
     /// On shutdown: wait up to `timeout` for messages still in flight to be confirmed.
     pub async fn flush(&self, timeout: Duration) {
-        match &self.kind {
-            Kind::Kafka(p) => p.flush(timeout).await,
-            Kind::Amqp(p) => p.flush(timeout).await,
-        }
+        self.0.flush(timeout).await;
     }
 
     /// The broker's name from the config.
     #[must_use]
     pub fn name(&self) -> &str {
-        match &self.kind {
-            Kind::Kafka(p) => p.name(),
-            Kind::Amqp(p) => p.name(),
-        }
+        self.0.name()
     }
 
     /// `"kafka"` or `"amqp"`.
     #[must_use]
     pub fn kind(&self) -> &'static str {
-        match &self.kind {
-            Kind::Kafka(_) => "kafka",
-            Kind::Amqp(_) => "amqp",
-        }
+        self.0.kind()
+    }
+}
+
+impl Producer for KafkaPublisher {
+    fn publish(&self, msg: Message, ack: Ack) -> ProducerFuture<'_, Result<Receipt, PublishError>> {
+        Box::pin(KafkaPublisher::publish(self, msg, ack))
+    }
+    fn is_up(&self) -> bool {
+        KafkaPublisher::is_up(self)
+    }
+    fn flush(&self, timeout: Duration) -> ProducerFuture<'_, ()> {
+        Box::pin(KafkaPublisher::flush(self, timeout))
+    }
+    fn name(&self) -> &str {
+        KafkaPublisher::name(self)
+    }
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+}
+
+impl Producer for AmqpPublisher {
+    fn publish(&self, msg: Message, ack: Ack) -> ProducerFuture<'_, Result<Receipt, PublishError>> {
+        Box::pin(AmqpPublisher::publish(self, msg, ack))
+    }
+    fn is_up(&self) -> bool {
+        AmqpPublisher::is_up(self)
+    }
+    fn flush(&self, timeout: Duration) -> ProducerFuture<'_, ()> {
+        Box::pin(AmqpPublisher::flush(self, timeout))
+    }
+    fn name(&self) -> &str {
+        AmqpPublisher::name(self)
+    }
+    fn kind(&self) -> &'static str {
+        "amqp"
     }
 }

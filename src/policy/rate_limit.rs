@@ -4,12 +4,17 @@
 //! can pause time, and because keyed buckets need the same template rendering as the rest of the route.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::Request;
 use tokio::time::Instant;
 
+use super::guard::Guard;
+use crate::body::Prepared;
 use crate::config::RateLimitConfig;
+use crate::problem::GatewayError;
+use crate::request::render;
 use crate::template::Template;
 
 /// Most distinct keys remembered; beyond it, buckets that have refilled are forgotten.
@@ -60,6 +65,25 @@ impl RateLimiter {
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second))
         }
+    }
+}
+
+/// A route's rate limit as a [`Guard`]: renders the key (which may read the body), then takes a token.
+#[derive(Debug)]
+pub struct RateLimit {
+    /// The buckets.
+    pub limiter: RateLimiter,
+    /// Route name, for `{route}` in the key.
+    pub route: Arc<str>,
+}
+
+impl Guard for RateLimit {
+    fn check(&self, req: &mut Request<Prepared>) -> Result<(), GatewayError> {
+        let key = match &self.limiter.key {
+            Some(t) => render(t, req, &self.route)?,
+            None => String::new(),
+        };
+        self.limiter.check(&key).map_err(|retry_after| GatewayError::RateLimited { retry_after })
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,10 +16,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balance::{self, Pick};
 use super::endpoint::{Endpoint, EndpointUrl};
+use super::health::health_loop;
 use super::outlier::OutlierDetector;
 use super::pool::{Reusable, SendError};
 use crate::body::OutBody;
-use crate::config::{Balance, HealthCheckConfig, UpstreamConfig};
+use crate::config::{Balance, UpstreamConfig};
 use crate::telemetry::{Metrics, UpstreamMetrics};
 use crate::template::Template;
 
@@ -81,7 +82,15 @@ impl Drop for InFlight {
 impl Upstream {
     /// Builds the upstream, resolves its endpoints once, and starts its resolver and health-check tasks (they
     /// end when the upstream is dropped, e.g. after a config reload).
-    pub async fn start(name: &str, cfg: &UpstreamConfig, metrics: &Metrics) -> Arc<Upstream> {
+    ///
+    /// With `previous` (the upstream of the same name before a reload whose settings changed), endpoints that are
+    /// still configured at the same address keep their state: ejection, health verdict and idle connections.
+    pub async fn start(
+        name: &str,
+        cfg: &UpstreamConfig,
+        metrics: &Metrics,
+        previous: Option<&Upstream>,
+    ) -> Arc<Upstream> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout.0));
@@ -99,13 +108,16 @@ impl Upstream {
             balance: cfg.balance,
             hash_key: cfg.hash_key.as_deref().and_then(|k| Template::parse(k).ok()),
             targets,
-            endpoints: ArcSwap::from_pointee(Vec::new()),
+            endpoints: ArcSwap::from_pointee(match previous {
+                Some(p) if p.connect_timeout == cfg.connect_timeout.0 => p.endpoints().to_vec(),
+                _ => Vec::new(),
+            }),
             h2,
             connect_timeout: cfg.connect_timeout.0,
             in_flight: Arc::new(AtomicUsize::new(0)),
             max_concurrent: cfg.max_concurrent,
             cursor: AtomicUsize::new(0),
-            outlier: OutlierDetector::new(&cfg.outlier),
+            outlier: OutlierDetector::new(&cfg.outlier, previous.map(|p| &p.outlier)),
             metrics: metrics.upstream(name),
         });
         upstream.resolve().await;
@@ -185,27 +197,6 @@ impl Upstream {
         }
         self.endpoints.store(Arc::new(next));
     }
-
-    async fn check(&self, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
-        let uri =
-            Uri::builder().scheme("http").authority(ep.authority.clone()).path_and_query(hc.path.as_str()).build();
-        let Ok(uri) = uri else { return false };
-        let req = Request::get(uri).header(http::header::HOST, ep.host_header.clone()).body(OutBody::Empty);
-        let Ok(req) = req else { return false };
-        match tokio::time::timeout(hc.timeout.0, self.send(ep, req)).await {
-            Ok(Ok((res, conn))) => {
-                let ok = res.status().is_success();
-                // Read the (small) body so the connection can be reused.
-                if http_body_util::BodyExt::collect(res.into_body()).await.is_ok()
-                    && let Some(conn) = conn
-                {
-                    conn.release();
-                }
-                ok
-            }
-            _ => false,
-        }
-    }
 }
 
 async fn resolve_loop(upstream: Weak<Upstream>, every: Duration) {
@@ -213,34 +204,5 @@ async fn resolve_loop(upstream: Weak<Upstream>, every: Duration) {
         tokio::time::sleep(every).await;
         let Some(up) = upstream.upgrade() else { return };
         up.resolve().await;
-    }
-}
-
-async fn health_loop(upstream: Weak<Upstream>, hc: HealthCheckConfig) {
-    loop {
-        let Some(up) = upstream.upgrade() else { return };
-        let endpoints = up.endpoints().clone();
-        let checks = endpoints.iter().map(|ep| async {
-            let ok = up.check(ep, &hc).await;
-            let streak = ep.check_streak.load(Ordering::Relaxed);
-            let streak = match (ok, streak) {
-                (true, s) if s > 0 => s + 1,
-                (true, _) => 1,
-                (false, s) if s < 0 => s - 1,
-                (false, _) => -1,
-            };
-            ep.check_streak.store(streak.clamp(-1000, 1000), Ordering::Relaxed);
-            let healthy = ep.healthy.load(Ordering::Relaxed);
-            if healthy && -streak >= hc.unhealthy_threshold as i32 {
-                tracing::warn!(upstream = %up.name, endpoint = %ep.url, "endpoint failed its health checks");
-                ep.healthy.store(false, Ordering::Relaxed);
-            } else if !healthy && streak >= hc.healthy_threshold as i32 {
-                tracing::info!(upstream = %up.name, endpoint = %ep.url, "endpoint passes its health checks again");
-                ep.healthy.store(true, Ordering::Relaxed);
-            }
-        });
-        futures_util::future::join_all(checks).await;
-        drop(up);
-        tokio::time::sleep(hc.interval.0).await;
     }
 }

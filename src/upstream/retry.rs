@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::{HeaderMap, Method, StatusCode};
 use tower::retry::budget::{Budget, TpsBudget};
 
+use crate::backoff::Backoff;
 use crate::config::RetryConfig;
 
 /// A class of outcomes named in `retry.on`.
@@ -75,8 +76,7 @@ pub struct RetryPolicy {
     /// Timeout of one attempt (until response headers).
     pub per_try_timeout: Option<Duration>,
     on: Vec<RetryOn>,
-    backoff: Duration,
-    max_backoff: Duration,
+    backoff: Backoff,
     budget: TpsBudget,
 }
 
@@ -98,8 +98,7 @@ impl RetryPolicy {
             max_retries: cfg.max_retries,
             per_try_timeout: cfg.per_try_timeout.map(|d| d.0),
             on: cfg.on.iter().filter_map(|s| s.parse().ok()).collect(),
-            backoff: cfg.backoff.0,
-            max_backoff: cfg.max_backoff.0,
+            backoff: Backoff::new(cfg.backoff.0, cfg.max_backoff.0),
             budget: TpsBudget::new(BUDGET_WINDOW, BUDGET_FLOOR_PER_SEC, cfg.budget_percent.fraction() as f32),
         }
     }
@@ -139,11 +138,9 @@ impl RetryPolicy {
         self.budget.withdraw()
     }
 
-    /// Sleep before retry number `retry` (1-based): uniform in [0, min(max_backoff, backoff × 2^(retry-1))].
+    /// Sleep before retry number `retry` (1-based): full jitter below `min(max_backoff, backoff × 2^(retry-1))`.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
-        let ceiling = self.backoff.saturating_mul(factor).min(self.max_backoff);
-        ceiling.mul_f64(fastrand::f64())
+        self.backoff.delay(retry)
     }
 }
 
@@ -204,20 +201,14 @@ mod tests {
     }
 
     #[test]
-    fn backoff_is_jittered_within_bounds() {
+    fn backoff_follows_the_route_settings() {
         let p = RetryPolicy::new(&RetryConfig {
             backoff: Dur::ms(25),
             max_backoff: Dur::ms(100),
             ..RetryConfig::default()
         });
-        for retry in 1..10 {
-            let ceiling = Duration::from_millis((25u64 << (retry - 1)).min(100));
-            for _ in 0..200 {
-                assert!(p.backoff(retry) <= ceiling);
-            }
-        }
-        let spread: std::collections::HashSet<_> = (0..50).map(|_| p.backoff(3)).collect();
-        assert!(spread.len() > 10, "jittered, not fixed");
+        assert_eq!(p.backoff, Backoff::new(Duration::from_millis(25), Duration::from_millis(100)));
+        assert!((1..10).all(|r| p.backoff(r) <= Duration::from_millis(100)));
     }
 
     #[tokio::test(start_paused = true)]

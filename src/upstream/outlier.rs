@@ -19,13 +19,14 @@ pub struct OutlierDetector {
 }
 
 impl OutlierDetector {
-    /// A detector with the upstream's settings; time is tokio's, so tests can pause it.
-    pub fn new(cfg: &OutlierConfig) -> OutlierDetector {
+    /// A detector with the upstream's settings; time is tokio's, so tests can pause it. `previous` (the detector
+    /// before a config reload) lends its clock origin, so that ejection deadlines of kept endpoints stay right.
+    pub fn new(cfg: &OutlierConfig, previous: Option<&OutlierDetector>) -> OutlierDetector {
         OutlierDetector {
             consecutive_failures: cfg.consecutive_failures.max(1),
             ejection_time: cfg.ejection_time.0,
             max_ejected_fraction: cfg.max_ejected_percent.fraction(),
-            origin: Instant::now(),
+            origin: previous.map_or_else(Instant::now, |p| p.origin),
         }
     }
 
@@ -86,14 +87,17 @@ mod tests {
     use super::*;
     use crate::config::units::{Dur, Percent};
 
-    use crate::forward::endpoint::test_endpoints as endpoints;
+    use crate::upstream::endpoint::test_endpoints as endpoints;
 
     fn detector(failures: u32, pct: f64) -> OutlierDetector {
-        OutlierDetector::new(&OutlierConfig {
-            consecutive_failures: failures,
-            ejection_time: Dur::secs(30),
-            max_ejected_percent: Percent(pct),
-        })
+        OutlierDetector::new(
+            &OutlierConfig {
+                consecutive_failures: failures,
+                ejection_time: Dur::secs(30),
+                max_ejected_percent: Percent(pct),
+            },
+            None,
+        )
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,29 +1,15 @@
-//! Telemetry: the log subscriber, the Prometheus registry with every metric Sluice exports, W3C trace context,
-//! and the access log line.
+//! The Prometheus registry with every metric Sluice exports, and the per-route / per-upstream / per-publish handles
+//! looked up once per config load so the request path does no label lookups.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::config::{LogFormat, TelemetryConfig};
-
-/// Installs the global log subscriber (`RUST_LOG` filters, default `info`).
-pub fn init_logging(cfg: &TelemetryConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match cfg.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteCode {
@@ -55,6 +41,11 @@ struct PublishLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BrokerLabel {
     broker: String,
 }
@@ -74,8 +65,12 @@ pub struct Metrics {
     publishes: Family<PublishLabels, Counter>,
     publish_durations: Family<BrokerLabel, Histogram, fn() -> Histogram>,
     broker_up: Family<BrokerLabel, Gauge>,
+    reloads: Family<ResultLabel, Counter>,
+    route_in_flight: Family<RouteLabel, Gauge>,
     /// Requests being served right now.
     pub in_flight: Gauge,
+    /// Finished spans dropped because the export queue was full.
+    pub spans_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,6 +99,19 @@ impl Metrics {
         let publish_durations =
             Family::<BrokerLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
         let broker_up = Family::<BrokerLabel, Gauge>::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        let route_in_flight = Family::<RouteLabel, Gauge>::default();
+        let spans_dropped = Counter::default();
+        // Both results exist from the start, so a dashboard can tell "no reload yet" from "no data".
+        drop(reloads.get_or_create(&ResultLabel { result: "success" }));
+        drop(reloads.get_or_create(&ResultLabel { result: "error" }));
+        registry.register("sluice_config_reloads", "Config reloads, by result (success, error)", reloads.clone());
+        registry.register("sluice_inflight_requests", "Requests being served, by route", route_in_flight.clone());
+        registry.register(
+            "sluice_trace_spans_dropped",
+            "Finished spans dropped because the OTLP export queue was full",
+            spans_dropped.clone(),
+        );
         registry.register("sluice_publish", "Publish attempts, by route, broker and outcome", publishes.clone());
         registry.register(
             "sluice_publish_duration_seconds",
@@ -127,8 +135,16 @@ impl Metrics {
             publishes,
             publish_durations,
             broker_up,
+            reloads,
+            route_in_flight,
             in_flight,
+            spans_dropped,
         }
+    }
+
+    /// Counts one config reload: `result` is `success` or `error`.
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Handles for one route, looked up once per config load.
@@ -140,6 +156,7 @@ impl Metrics {
             by_code: (0..500).map(|_| OnceLock::new()).collect(),
             duration: self.durations.get_or_create(&label).clone(),
             retries: self.retries.get_or_create(&label).clone(),
+            in_flight: self.route_in_flight.get_or_create(&label).clone(),
         }
     }
 
@@ -190,6 +207,8 @@ pub struct RouteMetrics {
     duration: Histogram,
     /// `sluice_retries_total{route}`.
     pub retries: Counter,
+    /// `sluice_inflight_requests{route}`.
+    pub in_flight: Gauge,
 }
 
 impl RouteMetrics {
@@ -256,106 +275,9 @@ pub struct UpstreamMetrics {
     pub ejections: Counter,
 }
 
-/// W3C trace context of one request: the trace continues from the client's `traceparent`, or starts here.
-/// Kept as integers so that a request pays for no string formatting unless a header or log line needs it.
-#[derive(Clone, Debug)]
-pub struct TraceContext {
-    /// Trace id (never 0).
-    pub trace_id: u128,
-    /// This hop's span id (never 0).
-    pub span_id: u64,
-    /// Trace flags.
-    pub flags: u8,
-    /// `tracestate`, passed through.
-    pub tracestate: Option<HeaderValue>,
-}
-
-impl TraceContext {
-    /// Reads `traceparent`/`tracestate` from a request, or starts a new sampled trace.
-    pub fn from_headers(headers: &HeaderMap) -> TraceContext {
-        let span_id = fastrand::u64(1..);
-        match headers.get("traceparent").and_then(|v| parse_traceparent(v.as_bytes())) {
-            Some((trace_id, flags)) => {
-                TraceContext { trace_id, span_id, flags, tracestate: headers.get("tracestate").cloned() }
-            }
-            None => TraceContext { trace_id: fastrand::u128(1..), span_id, flags: 1, tracestate: None },
-        }
-    }
-
-    /// The trace id as 32 lower-case hex digits.
-    pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
-    }
-
-    /// The `traceparent` to send onwards (this hop as the parent).
-    pub fn traceparent(&self) -> HeaderValue {
-        let mut buf = [0u8; 55];
-        buf[..3].copy_from_slice(b"00-");
-        hex_into(&mut buf[3..35], self.trace_id, 32);
-        buf[35] = b'-';
-        hex_into(&mut buf[36..52], u128::from(self.span_id), 16);
-        buf[52] = b'-';
-        hex_into(&mut buf[53..55], u128::from(self.flags), 2);
-        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
-    }
-}
-
-fn hex_into(out: &mut [u8], mut value: u128, digits: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out[i] = HEX[(value & 0xf) as usize];
-        value >>= 4;
-    }
-}
-
-fn parse_traceparent(v: &[u8]) -> Option<(u128, u8)> {
-    // version(2) - trace-id(32) - parent-id(16) - flags(2); future versions may append fields.
-    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' || (v.len() > 55 && v[55] != b'-') {
-        return None;
-    }
-    let hex = |s: &[u8]| -> Option<u128> {
-        s.iter().try_fold(0u128, |acc, b| {
-            let d = match b {
-                b'0'..=b'9' => b - b'0',
-                b'a'..=b'f' => b - b'a' + 10,
-                _ => return None,
-            };
-            Some(acc << 4 | u128::from(d))
-        })
-    };
-    let version = hex(&v[..2])?;
-    let trace = hex(&v[3..35])?;
-    let parent = hex(&v[36..52])?;
-    let flags = hex(&v[53..55])?;
-    (version != 0xff && trace != 0 && parent != 0 && (version != 0 || v.len() == 55)).then_some((trace, flags as u8))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn continues_a_valid_trace_and_starts_one_otherwise() {
-        let mut h = HeaderMap::new();
-        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
-        h.insert("tracestate", "vendor=1".parse().unwrap());
-        let t = TraceContext::from_headers(&h);
-        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(t.span_id, 0x00f067aa0ba902b7);
-        let sent = t.traceparent();
-        let sent = sent.to_str().unwrap();
-        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{sent}");
-        assert!(sent.ends_with("-01") && sent.len() == 55, "{sent}");
-        assert_eq!(t.tracestate.unwrap(), "vendor=1");
-        let bad = HeaderMap::from_iter([(
-            http::header::HeaderName::from_static("traceparent"),
-            HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-        )]);
-        let fresh = TraceContext::from_headers(&bad);
-        assert_eq!(fresh.trace_id_hex().len(), 32);
-        assert_ne!(fresh.trace_id, 0);
-        assert!(fresh.traceparent().to_str().unwrap().starts_with("00-"));
-    }
 
     #[test]
     fn exposes_request_metrics() {

@@ -96,7 +96,7 @@ mod tests {
 
     use super::*;
 
-    use crate::forward::endpoint::test_endpoints as endpoints;
+    use crate::upstream::endpoint::test_endpoints as endpoints;
 
     fn chosen(p: Pick) -> Arc<Endpoint> {
         match p {

@@ -1,13 +1,127 @@
 //! `Idempotency-Key` for publish routes: the first request with a key publishes; repeats within the window get
-//! the first answer again and publish nothing; a repeat while the first is still in flight gets 409. Bounded by
-//! a window and a capacity; time is tokio's so tests can pause it.
+//! the first answer again (with `idempotent-replayed: true`) and publish nothing; a repeat while the first is
+//! still in flight gets 409. A first request that fails, or whose client goes away, releases its key so that a
+//! retry is processed. Bounded by a window and a capacity; time is tokio's so tests can pause it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::body::{Body, Prepared};
+use crate::problem::GatewayError;
+
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// Runs a route's action under its [`IdempotencyStore`].
+#[derive(Clone, Debug)]
+pub struct IdempotencyLayer(Arc<IdempotencyStore>);
+
+impl IdempotencyLayer {
+    /// A layer over `store`.
+    pub fn new(store: Arc<IdempotencyStore>) -> IdempotencyLayer {
+        IdempotencyLayer(store)
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotent<S>;
+
+    fn layer(&self, inner: S) -> Idempotent<S> {
+        Idempotent { store: self.0.clone(), inner }
+    }
+}
+
+/// An action behind an [`IdempotencyStore`].
+#[derive(Clone, Debug)]
+pub struct Idempotent<S> {
+    store: Arc<IdempotencyStore>,
+    inner: S,
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
+
+impl<S> Service<Request<Prepared>> for Idempotent<S>
+where
+    S: Service<Request<Prepared>, Response = Response<Body>, Error = GatewayError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Prepared>) -> ResponseFuture {
+        let key = match req.headers().get(&IDEMPOTENCY_KEY).map(HeaderValue::to_str) {
+            None => return Box::pin(self.inner.call(req)),
+            Some(Ok(key)) => key.to_owned(),
+            Some(Err(_)) => {
+                let e = GatewayError::BadRequest("Idempotency-Key must be text".into());
+                return Box::pin(std::future::ready(Err(e)));
+            }
+        };
+        match self.store.begin(&key) {
+            Begin::InFlight => Box::pin(std::future::ready(Err(GatewayError::IdempotencyConflict))),
+            Begin::Replay(stored) => Box::pin(std::future::ready(Ok(replay(stored)))),
+            Begin::New => {
+                // Released if this future is dropped (client gone) or the action fails.
+                let claim = Claim { store: self.store.clone(), key };
+                let answer = self.inner.call(req);
+                Box::pin(async move {
+                    let response = answer.await?;
+                    if response.status().is_success()
+                        && let Some(body) = response.body().bytes()
+                    {
+                        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+                        claim.complete(Stored { status: response.status().as_u16(), body: body.clone(), content_type });
+                    }
+                    Ok(response)
+                })
+            }
+        }
+    }
+}
+
+fn replay(stored: Stored) -> Response<Body> {
+    let mut res = Response::new(Body::full(stored.body));
+    *res.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    if let Some(ct) = stored.content_type {
+        res.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    res.headers_mut().insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
+    res
+}
+
+/// A key this request started: completed with the answer, or released when dropped unanswered.
+struct Claim {
+    store: Arc<IdempotencyStore>,
+    key: String,
+}
+
+impl Claim {
+    fn complete(self, answer: Stored) {
+        self.store.complete(&self.key, answer);
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // No-op after `complete`: `abort` only removes keys still in flight.
+        self.store.abort(&self.key);
+    }
+}
 
 /// A stored answer.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,6 +130,8 @@ pub struct Stored {
     pub status: u16,
     /// Body of the first answer (JSON).
     pub body: Bytes,
+    /// Its `content-type`.
+    pub content_type: Option<HeaderValue>,
 }
 
 /// What to do with a request carrying a key.
@@ -54,6 +170,11 @@ impl IdempotencyStore {
     /// A store remembering at most `capacity` keys for `window` each.
     pub fn new(window: Duration, capacity: usize) -> IdempotencyStore {
         IdempotencyStore { window, capacity: capacity.max(1), inner: Mutex::new(Inner::default()) }
+    }
+
+    /// `(window, capacity)`, to tell whether a reload changed them.
+    pub fn settings(&self) -> (Duration, usize) {
+        (self.window, self.capacity)
     }
 
     /// Looks `key` up and, when it is new, marks it in flight.
@@ -115,7 +236,7 @@ mod tests {
     use super::*;
 
     fn answer(n: u8) -> Stored {
-        Stored { status: 202, body: Bytes::from(vec![n]) }
+        Stored { status: 202, body: Bytes::from(vec![n]), content_type: None }
     }
 
     #[tokio::test(start_paused = true)]

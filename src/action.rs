@@ -1,0 +1,81 @@
+//! The innermost service of a route's stack: what the route does (`forward` or `publish`), and the answer for
+//! requests no route takes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tower::Service;
+
+use crate::body::{Body, Prepared};
+use crate::forward::{ForwardRoute, forward};
+use crate::problem::GatewayError;
+use crate::publish::{PublishRoute, publish};
+use crate::request::Facts;
+
+/// A route's action.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Synchronous forwarding.
+    Forward(Arc<ForwardRoute>),
+    /// Asynchronous publishing.
+    Publish(Arc<PublishRoute>),
+}
+
+impl Action {
+    /// The upstream or broker the action talks to (for the access log).
+    pub fn target(&self) -> &str {
+        match self {
+            Action::Forward(f) => &f.upstream.name,
+            Action::Publish(p) => &p.broker_name,
+        }
+    }
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
+
+impl Service<Request<Prepared>> for Action {
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Prepared>) -> ResponseFuture {
+        match self {
+            Action::Forward(route) => {
+                let route = route.clone();
+                Box::pin(async move { forward(&route, req).await })
+            }
+            Action::Publish(route) => {
+                let route = route.clone();
+                Box::pin(async move { publish(&route, req).await })
+            }
+        }
+    }
+}
+
+/// Answers a request no route takes with the router's verdict (404, or 405 with `Allow`), without reading its
+/// body.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unmatched;
+
+impl Service<Request<Incoming>> for Unmatched {
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = std::future::Ready<Result<Response<Body>, GatewayError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let verdict = req.extensions().get::<Facts>().and_then(|f| f.unmatched.clone());
+        std::future::ready(Err(verdict.unwrap_or(GatewayError::NotFound)))
+    }
+}

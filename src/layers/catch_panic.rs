@@ -1,0 +1,71 @@
+//! A panic anywhere below this layer becomes `GatewayError::Internal` (a 500 problem+json, counted and logged by
+//! the observe layer above) and the process keeps serving.
+//!
+//! Written here instead of using tower-http's `CatchPanicLayer`: that one boxes every response body into its own
+//! body type, which would cost every request an allocation and dynamic dispatch per frame to guard the rare
+//! panic; this one only wraps the future.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::body::Body;
+use crate::problem::GatewayError;
+
+/// Turns panics into 500s.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CatchPanicLayer;
+
+impl<S> Layer<S> for CatchPanicLayer {
+    type Service = CatchPanic<S>;
+
+    fn layer(&self, inner: S) -> CatchPanic<S> {
+        CatchPanic { inner }
+    }
+}
+
+/// A service whose panics become 500s.
+#[derive(Clone, Debug)]
+pub struct CatchPanic<S> {
+    inner: S,
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
+
+impl<S, B> Service<Request<B>> for CatchPanic<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> ResponseFuture {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            Ok(future) => Box::pin(AssertUnwindSafe(future).catch_unwind().map(|r| r.unwrap_or_else(panicked))),
+            Err(panic) => Box::pin(std::future::ready(panicked(panic))),
+        }
+    }
+}
+
+/// Logs the panic and answers 500.
+pub fn panicked<T>(panic: Box<dyn Any + Send>) -> Result<T, GatewayError> {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    tracing::error!(panic = %message, "request handling panicked; answered 500");
+    Err(GatewayError::Internal)
+}

@@ -1,0 +1,179 @@
+//! What every request leaves behind: a SERVER span (continuing the client's `traceparent`), the in-flight gauges,
+//! `sluice_requests_total` / `sluice_request_duration_seconds`, and one access-log line with the trace and span
+//! ids. Errors from the layers below become `application/problem+json` here, where the route name and the
+//! request id are known.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, header};
+use opentelemetry::KeyValue;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::body::Body;
+use crate::problem::GatewayError;
+use crate::request::Facts;
+use crate::telemetry::{RouteMetrics, Tracer};
+
+/// One route's observation settings and metric handles.
+#[derive(Debug)]
+pub struct Observe {
+    /// Route name; `None` for requests no route takes.
+    pub route: Option<Arc<str>>,
+    /// The route's path pattern (`http.route`).
+    pub http_route: Option<String>,
+    /// The upstream or broker the route talks to (access log).
+    pub backend: String,
+    /// The route's metric handles.
+    pub metrics: RouteMetrics,
+    /// `sluice_requests_in_flight`.
+    pub in_flight: Gauge,
+    /// Makes the SERVER span.
+    pub tracer: Tracer,
+    /// Whether to write the access log line.
+    pub access_log: bool,
+}
+
+/// Observes a route's requests.
+#[derive(Clone, Debug)]
+pub struct ObserveLayer(pub Arc<Observe>);
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observed<S>;
+
+    fn layer(&self, inner: S) -> Observed<S> {
+        Observed { observe: self.0.clone(), inner }
+    }
+}
+
+/// An observed service.
+#[derive(Clone, Debug)]
+pub struct Observed<S> {
+    observe: Arc<Observe>,
+    inner: S,
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl<S, B> Service<Request<B>> for Observed<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> ResponseFuture {
+        let o = self.observe.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let start = Instant::now();
+            let _in_flight = (GaugeGuard::new(&o.in_flight), GaugeGuard::new(&o.metrics.in_flight));
+            let method = req.method().clone();
+            let uri = req.uri().clone();
+            let request_id = req.headers().get("x-request-id").cloned();
+            let mut span = o.tracer.server(
+                req.headers(),
+                || match &o.route {
+                    Some(_) => format!("{} {}", method, o.http_route.as_deref().unwrap_or("")),
+                    None => method.to_string(),
+                },
+                || server_attributes(&o, &req),
+            );
+            if let Some(facts) = req.extensions_mut().get_mut::<Facts>() {
+                facts.trace = span.cx.clone();
+            }
+            let route = o.route.as_deref();
+            let id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+            let response = match inner.oneshot(req).await {
+                Ok(response) => response,
+                Err(e) => {
+                    if e.status().is_server_error() {
+                        tracing::warn!(route = route.unwrap_or(""), request_id = id, error = %e, "gateway error");
+                    }
+                    span.set(|| KeyValue::new("error.type", e.status().as_str().to_owned()));
+                    e.into_response(route, id)
+                }
+            };
+            let status = response.status().as_u16();
+            span.set(|| KeyValue::new("http.response.status_code", i64::from(status)));
+            if status >= 500 {
+                span.error(format!("answered {status}"));
+            }
+            let elapsed = start.elapsed();
+            o.metrics.observe(status, elapsed);
+            if o.access_log {
+                tracing::info!(
+                    target: "access",
+                    route = route.unwrap_or(""),
+                    method = %method,
+                    path = %uri.path(),
+                    status,
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    backend = %o.backend,
+                    request_id = id,
+                    trace_id = %span.cx.trace_id_hex(),
+                    span_id = %span.cx.span_id_hex(),
+                );
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The SERVER span's attributes (HTTP server semantic conventions), built only when the span records.
+fn server_attributes<B>(o: &Observe, req: &Request<B>) -> Vec<KeyValue> {
+    let text = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", req.method().as_str().to_owned()),
+        KeyValue::new("url.path", req.uri().path().to_owned()),
+    ];
+    if let Some(facts) = req.extensions().get::<Facts>() {
+        attributes.push(KeyValue::new("url.scheme", facts.scheme));
+        if let Ok(ip) = facts.peer_ip.to_str() {
+            attributes.push(KeyValue::new("client.address", ip.to_owned()));
+        }
+    }
+    if let Some(host) = text(header::HOST).or_else(|| req.uri().host().map(str::to_owned)) {
+        let host =
+            host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(host.clone(), |(h, _)| h.to_owned());
+        attributes.push(KeyValue::new("server.address", host));
+    }
+    if let Some(agent) = text(header::USER_AGENT) {
+        attributes.push(KeyValue::new("user_agent.original", agent));
+    }
+    if let Some(route) = &o.route {
+        attributes.push(KeyValue::new("sluice.route", route.to_string()));
+    }
+    if let Some(pattern) = &o.http_route {
+        attributes.push(KeyValue::new("http.route", pattern.clone()));
+    }
+    attributes
+}
+
+/// Counts a request in a gauge until dropped (also when the client goes away mid-request).
+struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    fn new(gauge: &Gauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

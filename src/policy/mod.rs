@@ -1,0 +1,14 @@
+//! Route policies, one file a layer; `stack.rs` puts them in their fixed order.
+//!
+//! - [`guard`]: [`Guard`], a check that may answer instead of the action, and its layer. Verify (webhook
+//!   signatures), auth (API keys, JWT) and the rate limit are guards.
+//! - [`rate_limit`]: keyed token buckets.
+//! - [`idempotency`]: `Idempotency-Key` replay and in-flight conflicts (publish routes).
+
+pub mod guard;
+pub mod idempotency;
+pub mod rate_limit;
+
+pub use guard::{Guard, GuardLayer};
+pub use idempotency::{IdempotencyLayer, IdempotencyStore};
+pub use rate_limit::{RateLimit, RateLimiter};

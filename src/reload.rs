@@ -1,0 +1,195 @@
+//! Hot reload. `SIGHUP`, a change of the config file (a debounced watch of its directory, so editors that
+//! replace the file and Kubernetes ConfigMap updates are seen) and `POST /reload` all run the same steps:
+//! load → validate → compile → swap. In-flight requests finish on the snapshot they started with; the next
+//! request, also on a kept-alive connection, gets the new one. An invalid file is rejected with every problem
+//! logged and `sluice_config_reloads_total{result="error"}` counted, and the old config keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::config::Config;
+use crate::server::Gateway;
+use crate::snapshot::Snapshot;
+
+/// How long the file must stay quiet after a change before it is read (editors write in several steps).
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// The result of one reload, as `POST /reload` answers it.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// Whether the new config is now serving.
+    pub reloaded: bool,
+    /// What asked for the reload: `sighup`, `file`, `admin`.
+    pub trigger: &'static str,
+    /// Every problem of a rejected file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// Warnings of an accepted file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Changed settings that only a restart applies (`server.listen`, …).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restart_needed: Vec<String>,
+    /// Routes now serving.
+    pub routes: usize,
+}
+
+/// Reloads one gateway from its config file; one reload at a time.
+pub struct Reloader {
+    path: PathBuf,
+    gateway: Arc<Gateway>,
+    running: Mutex<()>,
+}
+
+impl Reloader {
+    /// A reloader of `gateway` from the file at `path`.
+    pub fn new(path: PathBuf, gateway: Arc<Gateway>) -> Reloader {
+        Reloader { path, gateway, running: Mutex::new(()) }
+    }
+
+    /// Loads, validates, compiles and swaps in the config file.
+    pub async fn reload(&self, trigger: &'static str) -> Outcome {
+        let _one_at_a_time = self.running.lock().await;
+        let metrics = self.gateway.metrics().clone();
+        let current = self.gateway.snapshot.load_full();
+        let mut outcome = Outcome {
+            reloaded: false,
+            trigger,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+            restart_needed: Vec::new(),
+            routes: current.routes.len(),
+        };
+        let path = self.path.clone();
+        let loaded = match tokio::task::spawn_blocking(move || crate::config::load(&path)).await {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(problems)) => {
+                for p in &problems {
+                    tracing::error!(trigger, problem = %p, "config reload rejected");
+                }
+                metrics.reload("error");
+                outcome.problems = problems;
+                return outcome;
+            }
+            Err(e) => {
+                metrics.reload("error");
+                outcome.problems = vec![format!("reading the config failed: {e}")];
+                return outcome;
+            }
+        };
+        outcome.restart_needed = restart_needed(&current.config, &loaded.config);
+        for key in &outcome.restart_needed {
+            tracing::warn!(trigger, key = %key, "config change needs a restart to take effect");
+        }
+        match Snapshot::build(loaded.config, Some(&current), &self.gateway.shared).await {
+            Ok(next) => {
+                outcome.routes = next.routes.len();
+                self.gateway.snapshot.store(Arc::new(next));
+                metrics.reload("success");
+                for w in &loaded.warnings {
+                    tracing::warn!(trigger, warning = %w, "config warning");
+                }
+                tracing::info!(trigger, routes = outcome.routes, "config reloaded");
+                outcome.reloaded = true;
+                outcome.warnings = loaded.warnings;
+            }
+            Err(e) => {
+                tracing::error!(trigger, error = %e, "config reload rejected: a broker could not be set up");
+                metrics.reload("error");
+                outcome.problems = vec![format!("a broker could not be set up: {e}")];
+            }
+        }
+        outcome
+    }
+
+    /// Reloads on every `SIGHUP` received by `hangup` and on every change of the config file, until the
+    /// gateway is dropped. A file watch that cannot be set up is logged; SIGHUP and `POST /reload` still work.
+    pub fn spawn(self: &Arc<Self>, hangup: Option<tokio::signal::unix::Signal>) {
+        if let Some(mut hangup) = hangup {
+            let me = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    let Some(me) = me.upgrade() else { return };
+                    me.reload("sighup").await;
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel(1);
+        match watch(&self.path, tx) {
+            Ok(watcher) => {
+                tokio::spawn(on_file_change(Arc::downgrade(self), rx, watcher));
+            }
+            Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "cannot watch the config file"),
+        }
+    }
+}
+
+/// Settings read once at start-up.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    if old.server.listen != new.server.listen {
+        keys.push("server.listen".to_owned());
+    }
+    if old.server.admin_listen != new.server.admin_listen {
+        keys.push("server.admin_listen".to_owned());
+    }
+    let telemetry = |c: &Config| serde_json::to_value(&c.telemetry).ok();
+    if telemetry(old) != telemetry(new) {
+        keys.push("telemetry".to_owned());
+    }
+    keys
+}
+
+/// Watches the directory of `path` and signals `tx` when an event names the file (or, for a Kubernetes
+/// ConfigMap, its `..data` link).
+fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_owned());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let ours = event.paths.iter().any(|p| {
+            let file = p.file_name();
+            file == name.as_deref() || file.is_some_and(|f| f == "..data")
+        });
+        if ours {
+            // A full channel already holds a pending signal: nothing is lost.
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// Reloads after the file has been quiet for `DEBOUNCE`, and only when its content changed (an editor that
+/// saves the same bytes, or a touch, counts as nothing).
+async fn on_file_change(
+    reloader: std::sync::Weak<Reloader>,
+    mut rx: mpsc::Receiver<()>,
+    _watcher: notify::RecommendedWatcher,
+) {
+    let mut last = None;
+    if let Some(r) = reloader.upgrade() {
+        last = tokio::fs::read(&r.path).await.ok();
+    }
+    while rx.recv().await.is_some() {
+        // Debounce: wait until no event arrived for DEBOUNCE.
+        while tokio::time::timeout(DEBOUNCE, rx.recv()).await.is_ok_and(|e| e.is_some()) {}
+        let Some(r) = reloader.upgrade() else { return };
+        let now = tokio::fs::read(&r.path).await.ok();
+        if now.is_some() && now != last {
+            last = now;
+            r.reload("file").await;
+        }
+    }
+}

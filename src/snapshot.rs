@@ -1,0 +1,251 @@
+//! A config compiled for serving: the router, every route's stack, the upstreams and the broker producers.
+//! Immutable once built; requests read it through an `Arc` without locks, and a reload swaps in a new one.
+//! [`Snapshot::build`] reuses, from the snapshot it replaces, every upstream and broker whose settings did not
+//! change, so their state (ejections, health, idle connections, producer connections) survives a reload.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::action::Action;
+use crate::config::{AckMode, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RetryConfig};
+use crate::forward::{Fault, ForwardRoute};
+use crate::layers::{Observe, ObserveLayer, ReadBodyLayer};
+use crate::policy::{GuardLayer, IdempotencyLayer, IdempotencyStore, RateLimit, RateLimiter};
+use crate::publish::encoder::{CloudEvents, Encoder, Target};
+use crate::publish::{Ack, PublishError, PublishRoute, Publisher};
+use crate::router::{Matcher, Router};
+use crate::stack::{self, Layers, RouteService};
+use crate::telemetry::{Metrics, Tracer};
+use crate::template::Template;
+use crate::upstream::{RetryPolicy, Upstream};
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Route name.
+    pub name: Arc<str>,
+    /// The route's stack.
+    pub service: RouteService,
+    /// Whether the route answers CORS preflights itself (so an `OPTIONS` its methods do not list reaches it).
+    pub answers_preflight: bool,
+    /// The route's remembered `Idempotency-Key`s (kept across reloads that leave the route's window alone).
+    idempotency: Option<Arc<IdempotencyStore>>,
+}
+
+/// A broker's producer and the settings it was made with.
+#[derive(Debug)]
+pub struct Broker {
+    /// The producer.
+    pub publisher: Publisher,
+    settings: serde_json::Value,
+}
+
+/// What a snapshot is compiled with that outlives every snapshot.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// Metric families.
+    pub metrics: Arc<Metrics>,
+    /// Makes spans.
+    pub tracer: Tracer,
+}
+
+/// The compiled config.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The config as loaded (served on /routes).
+    pub config: Arc<Config>,
+    /// Route table.
+    pub router: Router,
+    /// Routes by index.
+    pub routes: Vec<Route>,
+    /// The stack of requests no route takes.
+    pub unmatched: RouteService,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Broker producers by name.
+    pub brokers: BTreeMap<String, Broker>,
+    /// Names of the brokers some route publishes to.
+    used_brokers: Vec<String>,
+}
+
+impl Snapshot {
+    /// Compiles a validated config. Upstreams and brokers whose settings equal those in `previous` are taken
+    /// over as they are; the others are started (a broker that is down does not stop this: its producer keeps
+    /// reconnecting).
+    pub async fn build(config: Config, previous: Option<&Snapshot>, shared: &Shared) -> Result<Snapshot, PublishError> {
+        let metrics = &shared.metrics;
+        let mut upstreams = BTreeMap::new();
+        for (name, cfg) in &config.upstreams {
+            let before = previous.and_then(|p| Some((p.upstreams.get(name)?, p.config.upstreams.get(name)?)));
+            let upstream = match before {
+                Some((up, old)) if same(old, cfg) => up.clone(),
+                Some((up, _)) => Upstream::start(name, cfg, metrics, Some(up)).await,
+                None => Upstream::start(name, cfg, metrics, None).await,
+            };
+            upstreams.insert(name.clone(), upstream);
+        }
+        let mut brokers = BTreeMap::new();
+        for (name, cfg) in &config.brokers {
+            let settings = serde_json::to_value(cfg).unwrap_or_default();
+            let publisher = match previous.and_then(|p| p.brokers.get(name)) {
+                Some(b) if b.settings == settings => b.publisher.clone(),
+                _ => connect(name, cfg).await?,
+            };
+            brokers.insert(name.clone(), Broker { publisher, settings });
+        }
+        let mut matchers = Vec::with_capacity(config.routes.len());
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let mut used_brokers = Vec::new();
+        for r in &config.routes {
+            let matcher = Matcher::compile(&r.matcher).expect("validated match");
+            let name: Arc<str> = Arc::from(r.name.as_str());
+            let route_metrics = metrics.route(&r.name);
+            let rate_limit =
+                r.rate_limit.as_ref().map(|cfg| RateLimit { limiter: RateLimiter::new(cfg), route: name.clone() });
+            let mut needs_body =
+                rate_limit.as_ref().is_some_and(|l| l.limiter.key.as_ref().is_some_and(Template::needs_body));
+            let (action, idempotency) = match (&r.forward, &r.publish) {
+                (Some(forward), _) => {
+                    let upstream = upstreams[&forward.upstream].clone();
+                    needs_body |= upstream.hash_key.as_ref().is_some_and(Template::needs_body);
+                    let route = ForwardRoute {
+                        name: name.clone(),
+                        upstream,
+                        prefix: matcher.prefix().map(str::to_owned),
+                        rewrite: forward.rewrite_prefix.clone(),
+                        timeout: forward.timeout.unwrap_or(config.server.request_timeout).0,
+                        retry: RetryPolicy::new(r.retry.as_ref().unwrap_or(&RetryConfig::default())),
+                        fault: r.fault.as_ref().map(Fault::new),
+                        tracer: shared.tracer.clone(),
+                        retries: route_metrics.retries.clone(),
+                    };
+                    (Action::Forward(Arc::new(route)), None)
+                }
+                (None, Some(publish)) => {
+                    needs_body = true;
+                    used_brokers.push(publish.broker.clone());
+                    let (window, capacity) = (publish.idempotency_window.0, publish.idempotency_capacity);
+                    let store = previous
+                        .and_then(|p| p.routes.iter().find(|old| old.name == name)?.idempotency.clone())
+                        .filter(|s| s.settings() == (window, capacity))
+                        .unwrap_or_else(|| Arc::new(IdempotencyStore::new(window, capacity)));
+                    let route = publish_route(name.clone(), publish, &brokers, &config, shared);
+                    (Action::Publish(Arc::new(route)), Some(store))
+                }
+                (None, None) => unreachable!("validated: a route has an action"),
+            };
+            let observe = Observe {
+                route: Some(name.clone()),
+                http_route: r.matcher.path.clone().or_else(|| r.matcher.path_prefix.clone()),
+                backend: action.target().to_owned(),
+                metrics: route_metrics,
+                in_flight: metrics.in_flight.clone(),
+                tracer: shared.tracer.clone(),
+                access_log: config.telemetry.access_log,
+            };
+            let layers = Layers {
+                observe: ObserveLayer(Arc::new(observe)),
+                read_body: ReadBodyLayer { max_body: config.server.max_body.0, buffer_all: needs_body },
+                verify: None,
+                auth: None,
+                cors: None,
+                rate_limit: rate_limit.map(|l| GuardLayer::new(Arc::new(l))),
+                idempotency: idempotency.clone().map(IdempotencyLayer::new),
+                action,
+            };
+            let answers_preflight = layers.cors.is_some();
+            matchers.push(matcher);
+            routes.push(Route { name, service: stack::route(layers), answers_preflight, idempotency });
+        }
+        let unmatched = stack::unmatched(ObserveLayer(Arc::new(Observe {
+            route: None,
+            http_route: None,
+            backend: String::new(),
+            metrics: metrics.route(""),
+            in_flight: metrics.in_flight.clone(),
+            tracer: shared.tracer.clone(),
+            access_log: config.telemetry.access_log,
+        })));
+        used_brokers.sort();
+        used_brokers.dedup();
+        Ok(Snapshot {
+            router: Router::new(matchers),
+            routes,
+            unmatched,
+            upstreams,
+            brokers,
+            used_brokers,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Brokers used by at least one route, with whether each is connected.
+    pub fn broker_status(&self) -> Vec<(&str, bool)> {
+        self.used_brokers.iter().filter_map(|n| Some((n.as_str(), self.brokers.get(n)?.publisher.is_up()))).collect()
+    }
+}
+
+/// Whether two settings tables are the same (compared as their serialized form: every key counts).
+fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+async fn connect(name: &str, cfg: &BrokerConfig) -> Result<Publisher, PublishError> {
+    match cfg.kind {
+        BrokerKind::Kafka => {
+            let options = cfg
+                .options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                .collect();
+            let bootstrap = cfg.bootstrap.as_deref().unwrap_or_default();
+            Publisher::connect_kafka(name, bootstrap, cfg.delivery_timeout.0, &options).await
+        }
+        BrokerKind::Amqp => {
+            let url = match (&cfg.url, &cfg.url_env) {
+                (Some(u), _) => u.clone(),
+                (None, Some(var)) => std::env::var(var).unwrap_or_default(),
+                (None, None) => String::new(),
+            };
+            Publisher::connect_amqp(name, &url, cfg.confirm_timeout.0).await
+        }
+    }
+}
+
+fn publish_route(
+    name: Arc<str>,
+    p: &PublishConfig,
+    brokers: &BTreeMap<String, Broker>,
+    config: &Config,
+    shared: &Shared,
+) -> PublishRoute {
+    let template = |s: &str| Template::parse(s).expect("validated template");
+    let target = match config.brokers[&p.broker].kind {
+        BrokerKind::Kafka => Target::Kafka {
+            topic: template(p.topic.as_deref().unwrap_or_default()),
+            key: p.key.as_deref().map(template),
+        },
+        BrokerKind::Amqp => Target::Amqp {
+            exchange: p.exchange.clone().unwrap_or_default(),
+            routing_key: template(p.routing_key.as_deref().unwrap_or_default()),
+            persistent: p.persistent,
+        },
+    };
+    let cloudevents = (p.format == PublishFormat::Cloudevents).then(|| CloudEvents {
+        ce_type: template(p.ce_type.as_deref().unwrap_or("{route}")),
+        ce_source: template(p.ce_source.as_deref().unwrap_or("/sluice")),
+    });
+    let headers = p.headers.iter().filter_map(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok());
+    PublishRoute {
+        metrics: shared.metrics.publish(&name, &p.broker),
+        name,
+        broker_name: p.broker.clone(),
+        publisher: brokers[&p.broker].publisher.clone(),
+        encoder: Encoder { target, cloudevents, headers: headers.collect() },
+        ack: match p.ack {
+            AckMode::Confirm => Ack::Confirm,
+            AckMode::None => Ack::None,
+        },
+        tracer: shared.tracer.clone(),
+    }
+}

@@ -1,0 +1,13 @@
+//! Telemetry: logs, metrics and traces.
+//!
+//! - [`logging`]: the log subscriber (JSON or text) and its filter.
+//! - [`metrics`]: the Prometheus registry and the handles the request path uses.
+//! - [`trace`]: W3C trace context and OpenTelemetry spans exported over OTLP.
+
+pub mod logging;
+pub mod metrics;
+pub mod trace;
+
+pub use logging::init_logging;
+pub use metrics::{Metrics, PublishMetrics, RouteMetrics, UpstreamMetrics};
+pub use trace::{Export, Span, TraceContext, Tracer};

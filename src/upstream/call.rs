@@ -1,0 +1,208 @@
+//! One request sent to an upstream with every resilience policy, in this order, read top to bottom:
+//!
+//! 1. the overall `timeout` wraps every attempt;
+//! 2. each attempt: load shedding (`max_concurrent`) → balancer (skipping ejected, unhealthy and already tried
+//!    endpoints) → a CLIENT span whose context goes out as `traceparent` → `per_try_timeout` → the pooled client;
+//! 3. the outcome feeds outlier ejection and the attempt metrics, then the retry policy (class, idempotency,
+//!    replayability, budget) decides whether to go round again after a jittered backoff.
+//!
+//! The last upstream response is returned whatever its status; [`CallError`] says why there is none.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use prometheus_client::metrics::counter::Counter;
+
+use super::balance::Pick;
+use super::endpoint::Endpoint;
+use super::error::CallError;
+use super::group::{InFlight, Upstream};
+use super::pool::Reusable;
+use super::retry::{Outcome, RetryPolicy};
+use crate::body::{Prepared, is_too_large};
+use crate::telemetry::{Span, TraceContext, Tracer};
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// One request to send.
+pub struct Call<'a> {
+    /// Method.
+    pub method: Method,
+    /// Origin-form path and query.
+    pub path: PathAndQuery,
+    /// Headers to send (each attempt sets `Host` and `traceparent`).
+    pub headers: HeaderMap,
+    /// The body; each attempt takes its copy from it.
+    pub body: &'a Prepared,
+    /// Whether the request may be sent again after it may have reached the upstream.
+    pub idempotent: bool,
+    /// Hash of the `hash_key` for `balance = "hash"`.
+    pub hash: Option<u64>,
+    /// Retry classes, budget and backoff.
+    pub retry: &'a RetryPolicy,
+    /// Covers every attempt, until the response headers arrive.
+    pub timeout: Duration,
+    /// Parent of the attempts' CLIENT spans.
+    pub trace: &'a TraceContext,
+    /// Makes the CLIENT spans.
+    pub tracer: &'a Tracer,
+    /// Counts each retry sent (`sluice_retries_total` of the route or subscription).
+    pub retries: &'a Counter,
+}
+
+/// The upstream's response to the last attempt.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status, headers and the streaming body.
+    pub response: Response<Incoming>,
+    /// The HTTP/1.1 connection, to give back to its pool once the body was read to the end.
+    pub conn: Option<Reusable>,
+    /// Keeps the request counted against `max_concurrent` until dropped.
+    pub guard: InFlight,
+}
+
+/// Sends `call` to `upstream` (see the module doc for the order of the policies).
+pub async fn call(upstream: &Upstream, call: Call<'_>) -> Result<Answer, CallError> {
+    call.retry.deposit();
+    match tokio::time::timeout(call.timeout, attempts(upstream, call)).await {
+        Ok(result) => result,
+        Err(_) => Err(CallError::Timeout),
+    }
+}
+
+async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, CallError> {
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    let mut retries = 0;
+    loop {
+        let mut guard = upstream.admit().ok_or(CallError::Overloaded)?;
+        let endpoint = match upstream.pick(&tried, call.hash) {
+            Pick::Endpoint(e) => e,
+            Pick::AllUnavailable => return Err(CallError::NoHealthyEndpoint),
+            Pick::NoEndpoints => return Err(CallError::Unreachable),
+        };
+        guard.assign(endpoint.clone());
+        let body = call.body.attempt().ok_or(CallError::Unreachable)?;
+        let mut span = client_span(&call, upstream, &endpoint, retries);
+        let mut req = Request::new(body);
+        *req.method_mut() = call.method.clone();
+        *req.uri_mut() = uri(upstream, &endpoint, &call.path);
+        // The last possible attempt takes the headers instead of copying them.
+        *req.headers_mut() =
+            if retries < call.retry.max_retries { call.headers.clone() } else { std::mem::take(&mut call.headers) };
+        req.headers_mut().insert(header::HOST, endpoint.host_header.clone());
+        req.headers_mut().insert(TRACEPARENT.clone(), span.cx.traceparent());
+        let sent = upstream.send(&endpoint, req);
+        let result = match call.retry.per_try_timeout {
+            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
+            None => Ok(sent.await),
+        };
+        let (outcome, response) = match result {
+            Ok(Ok(res)) => (Outcome::Status(res.0.status()), Some(res)),
+            Ok(Err(e)) if e.is_connect() => (Outcome::ConnectFailure, None),
+            Ok(Err(e)) if is_too_large(&e) => return Err(CallError::BodyTooLarge { limit: call.body.limit() }),
+            Ok(Err(e)) => {
+                tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "attempt failed");
+                (Outcome::Reset, None)
+            }
+            Err(()) => (Outcome::Timeout, None),
+        };
+        record(upstream, &endpoint, outcome, &mut span);
+        drop(span);
+        let retry =
+            call.retry.may_retry(outcome, retries, call.idempotent, call.body.replayable()) && call.retry.withdraw();
+        if !retry {
+            return match (outcome, response) {
+                (_, Some((response, conn))) => Ok(Answer { response, conn, guard }),
+                (Outcome::Timeout, None) => Err(CallError::Timeout),
+                (_, None) => Err(CallError::Unreachable),
+            };
+        }
+        drop(response);
+        drop(guard);
+        retries += 1;
+        call.retries.inc();
+        tried.push(endpoint);
+        tokio::time::sleep(call.retry.backoff(retries)).await;
+    }
+}
+
+/// HTTP/1.1 connections take the origin form; the HTTP/2 client needs the absolute form.
+fn uri(upstream: &Upstream, endpoint: &Endpoint, path: &PathAndQuery) -> Uri {
+    if !upstream.is_h2() {
+        return Uri::from(path.clone());
+    }
+    let mut u = http::uri::Parts::default();
+    u.scheme = Some(Scheme::HTTP);
+    u.authority = Some(endpoint.authority.clone());
+    u.path_and_query = Some(path.clone());
+    Uri::from_parts(u).expect("scheme, authority and path make a URI")
+}
+
+/// The CLIENT span of one attempt (OpenTelemetry HTTP client conventions).
+fn client_span(call: &Call<'_>, upstream: &Upstream, endpoint: &Endpoint, retries: u32) -> Span {
+    call.tracer.child(
+        call.trace,
+        SpanKind::Client,
+        || call.method.as_str().to_owned(),
+        || {
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", call.method.as_str().to_owned()),
+                KeyValue::new("server.address", endpoint.addr.ip().to_string()),
+                KeyValue::new("server.port", i64::from(endpoint.addr.port())),
+                KeyValue::new("url.path", call.path.path().to_owned()),
+                KeyValue::new("sluice.upstream", upstream.name.clone()),
+            ];
+            if retries > 0 {
+                attributes.push(KeyValue::new("http.request.resend_count", i64::from(retries)));
+            }
+            attributes
+        },
+    )
+}
+
+/// Feeds one attempt's outcome to outlier detection, the attempt counters and the attempt's span.
+fn record(upstream: &Upstream, endpoint: &Endpoint, outcome: Outcome, span: &mut Span) {
+    let m = &upstream.metrics;
+    let label = match outcome {
+        Outcome::Status(s) if s.is_server_error() => {
+            m.status_5xx.inc();
+            "5xx"
+        }
+        Outcome::Status(_) => {
+            m.success.inc();
+            "success"
+        }
+        Outcome::ConnectFailure => {
+            m.connect_failure.inc();
+            "connect_failure"
+        }
+        Outcome::Reset => {
+            m.reset.inc();
+            "reset"
+        }
+        Outcome::Timeout => {
+            m.timeout.inc();
+            "timeout"
+        }
+    };
+    span.set(|| KeyValue::new("sluice.outcome", label));
+    match outcome {
+        Outcome::Status(s) => span.set(|| KeyValue::new("http.response.status_code", i64::from(s.as_u16()))),
+        _ => span.set(|| KeyValue::new("error.type", label)),
+    }
+    if outcome.is_failure() {
+        span.error(label);
+        if upstream.outlier.on_failure(endpoint, &upstream.endpoints()) {
+            m.ejections.inc();
+            tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.url, "endpoint ejected after consecutive failures");
+        }
+    } else {
+        upstream.outlier.on_success(endpoint);
+    }
+}

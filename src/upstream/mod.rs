@@ -1,0 +1,27 @@
+//! Calling an upstream with resilience: endpoints and their pools, balancing, outlier ejection, active health
+//! checks, retries with a budget, timeouts and `max_concurrent`. No server types: the HTTP forwarder and
+//! queue→HTTP subscriptions both use [`call`].
+//!
+//! - [`group`]: [`Upstream`], a named group of endpoints (DNS re-resolution, admission, sending).
+//! - [`call`]: one request sent with every resilience policy, in one readable order.
+//! - [`endpoint`], [`pool`], [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
+//! - [`error`]: [`CallError`], with whether trying again later may help.
+
+mod balance;
+pub mod call;
+mod endpoint;
+pub mod error;
+mod group;
+mod health;
+mod outlier;
+mod pool;
+mod retry;
+
+pub use balance::{Pick, hash_key};
+pub use call::{Answer, Call, call};
+pub use endpoint::{Endpoint, EndpointUrl};
+pub use error::CallError;
+pub use group::{InFlight, Upstream};
+pub use outlier::OutlierDetector;
+pub use pool::{Reusable, SendError};
+pub use retry::{Outcome, RetryOn, RetryPolicy, is_idempotent};
