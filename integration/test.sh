@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Runs every test: starts (or reuses) the real brokers, checks formatting and lints, then runs the unit and
-# end-to-end tests. Works from nothing on a fresh Debian machine with Rust, Java 17 and Maven (see .ci/run for the
-# system packages).
+# Runs every test: starts (or reuses) the real brokers and the OpenTelemetry Collector, checks formatting and lints,
+# then runs the unit and end-to-end tests. Works from nothing on a fresh Debian machine with Rust, Java 17, Maven
+# and Go >= 1.26 (see .ci/run for the system packages).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARGO_TERM_COLOR=never
 export SLUICE_TEST_AMQP_URL=${SLUICE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export SLUICE_TEST_KAFKA=${SLUICE_TEST_KAFKA:-127.0.0.1:9092}
+export SLUICE_TEST_OTLP=${SLUICE_TEST_OTLP:-http://127.0.0.1:4317}
 
 integration/brokers.sh up
+integration/otel.sh up
+SLUICE_TEST_OTLP_SPANS=${SLUICE_TEST_OTLP_SPANS:-$(integration/otel.sh spans-file)}
+export SLUICE_TEST_OTLP_SPANS
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
