@@ -27,6 +27,10 @@ pub struct Config {
     /// reported again).
     #[serde(skip)]
     pub broken_upstreams: std::collections::BTreeSet<String>,
+    /// Route keys that are present but were left out because their value is bad, as (route index, key): their own
+    /// errors are reported, so `validate` does not report them again as missing.
+    #[serde(skip)]
+    pub broken_route_keys: std::collections::BTreeSet<(usize, String)>,
 }
 
 /// `[server]`
@@ -253,25 +257,35 @@ fn default_healthy_threshold() -> u32 {
 }
 
 /// One `[[routes]]` entry.
-#[derive(Clone, Debug, Serialize)]
+///
+/// `name` and `match` are required, yet default here so that a route without them still gets every other check:
+/// `validate` reports an empty name, and a default `match` has neither `path` nor `path_prefix`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Position in the file (for messages, also when earlier routes failed to parse).
+    /// Position in the file (for messages, also when earlier routes failed to parse); set by the loader.
     #[serde(skip)]
     pub index: usize,
     /// Unique name, used in metrics, logs and problem responses.
+    #[serde(default)]
     pub name: String,
     /// What requests this route takes.
-    #[serde(rename = "match")]
+    #[serde(rename = "match", default)]
     pub matcher: MatchConfig,
     /// Synchronous forwarding to an upstream.
+    #[serde(default)]
     pub forward: Option<ForwardConfig>,
     /// Asynchronous publishing to a broker.
+    #[serde(default)]
     pub publish: Option<PublishConfig>,
     /// Retry policy (forward only).
+    #[serde(default)]
     pub retry: Option<RetryConfig>,
     /// Fault injection (forward only).
+    #[serde(default)]
     pub fault: Option<FaultConfig>,
     /// Token-bucket rate limit.
+    #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
 }
 

@@ -99,16 +99,16 @@ forwrd = { upstream = "orders" }
     );
     let all = p.join("\n");
     let expect = [
-        "server: unknown field `max_bdy`",
-        "upstreams.orders: bad duration \"soon\"",
+        "server: unknown key `max_bdy`, expected one of listen, admin_listen, max_body,",
+        "upstreams.orders: connect_timeout: bad duration \"soon\"",
         "routes[0] \"a\": forward.upstream \"ordrs\" is not defined",
         "routes[1] \"a\": name \"a\" is used by an earlier route",
         "routes[1] \"a\": match: set exactly one of path and path_prefix",
-        "routes[2] \"c\": forward: bad duration \"5 fortnights\"",
+        "routes[2] \"c\": forward.timeout: bad duration \"5 fortnights\"",
         "routes[3] \"d\": fault.abort_percent must be between 0 and 100",
         "routes[3] \"d\": rate_limit.key refers to {path.tenant} but match.path has no {tenant} segment",
         "routes[3] \"d\": retry.on: \"sometimes\" is not one of",
-        "routes[4] \"e\": unknown field `forwrd`",
+        "routes[4] \"e\": unknown key `forwrd`, expected one of name, match, forward, publish,",
     ];
     for e in expect {
         assert!(all.contains(e), "missing {e:?} in:\n{all}");
@@ -141,7 +141,7 @@ forward = { upstream = "u" }
         "upstreams.u: balance = \"hash\" needs hash_key",
         "upstreams.u: max_concurrent must be at least 1",
         "upstreams.u.outlier: max_ejected_percent must be between 0 and 100",
-        "upstreams.v: unknown variant `fastest`",
+        "upstreams.v: balance: unknown variant `fastest`",
     ] {
         assert!(p.contains(e), "missing {e:?} in:\n{p}");
     }
@@ -219,7 +219,7 @@ retry = { max_retries = 1 }
         "brokers.rabbit: kind = \"amqp\" needs url or url_env",
         "brokers.rabbit: bootstrap is a kafka key; this broker is amqp",
         "brokers.events: url is an amqp key; this broker is kafka",
-        "brokers.nowhere: unknown variant `mqtt`",
+        "brokers.nowhere: kind: unknown variant `mqtt`",
         "routes[0] \"k\": publish.topic is required for kafka broker \"events\"",
         "routes[0] \"k\": publish.exchange is for amqp brokers",
         "routes[1] \"a\": publish.exchange and publish.routing_key are required for amqp broker \"rabbit\"",

@@ -42,12 +42,19 @@ pub fn validate(config: &Config) -> Report {
     let mut seen = HashSet::new();
     let mut compiled: Vec<(String, Option<Matcher>)> = Vec::new();
     for route in &config.routes {
-        let label = route_label(route.index, Some(&route.name));
-        if !seen.insert(route.name.as_str()) {
+        let label = route_label(route.index, Some(route.name.as_str()).filter(|n| !n.is_empty()));
+        let broken = |key: &str| config.broken_route_keys.contains(&(route.index, key.to_owned()));
+        if route.name.is_empty() {
+            if !broken("name") {
+                errors.push(format!("{label}: name is required (a non-empty string)"));
+            }
+        } else if !seen.insert(route.name.as_str()) {
             errors.push(format!("{label}: name {:?} is used by an earlier route", route.name));
         }
         let matcher = match Matcher::compile(&route.matcher) {
             Ok(m) => Some(m),
+            // A `match` that failed to parse has its own errors; its default would only add confusing ones.
+            Err(_) if broken("match") => None,
             Err(es) => {
                 errors.extend(es.into_iter().map(|e| format!("{label}: {e}")));
                 None
@@ -128,8 +135,10 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
             }
         }
     };
-    let actions = [r.forward.is_some(), r.publish.is_some()].iter().filter(|a| **a).count();
-    if actions != 1 {
+    // Written keys, also those left out because their value is bad (reported already).
+    let written = |key: &str, set: bool| set || config.broken_route_keys.contains(&(r.index, key.to_owned()));
+    let actions = [written("forward", r.forward.is_some()), written("publish", r.publish.is_some())];
+    if actions.iter().filter(|a| **a).count() != 1 {
         errors.push(format!("{label}: needs exactly one action: forward or publish"));
     }
     if let Some(rl) = &r.rate_limit {
@@ -146,7 +155,7 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
     if let Some(p) = &r.publish {
         check_publish(label, p, config, &check_template, errors);
         for (key, set) in [("retry", r.retry.is_some()), ("fault", r.fault.is_some())] {
-            if set {
+            if written(key, set) {
                 errors.push(format!("{label}: {key} applies to forward routes only"));
             }
         }
