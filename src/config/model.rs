@@ -89,7 +89,7 @@ pub struct TelemetryConfig {
     /// `json` (default) or `text`.
     #[serde(default = "default_log_format")]
     pub log_format: LogFormat,
-    /// OTLP/gRPC endpoint for traces; no export when absent.
+    /// OTLP/gRPC endpoint for traces (`http://` or `https://` URL); no export when absent.
     #[serde(default)]
     pub otlp_endpoint: Option<String>,
     /// Service name reported in traces.
@@ -98,6 +98,10 @@ pub struct TelemetryConfig {
     /// One structured line per request (default true; benchmarks turn it off).
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// Parent-based sampling ratio of new traces, 0.0 to 1.0: a request whose `traceparent` carries a sampling
+    /// decision keeps it; a trace that starts here is sampled with this probability.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
 }
 
 /// Log line format.
@@ -119,6 +123,9 @@ fn default_service_name() -> String {
 fn default_true() -> bool {
     true
 }
+fn default_sample_ratio() -> f64 {
+    1.0
+}
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
@@ -127,6 +134,7 @@ impl Default for TelemetryConfig {
             otlp_endpoint: None,
             service_name: default_service_name(),
             access_log: true,
+            sample_ratio: default_sample_ratio(),
         }
     }
 }

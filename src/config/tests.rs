@@ -171,8 +171,6 @@ forward = { upstream = "u" }
 #[test]
 fn unknown_top_level_keys_and_missing_files_are_errors() {
     assert!(problems("[sever]\nlisten = \"x\"\n").join("\n").contains("unknown top-level key `sever`"));
-    let otlp = problems("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\n").join("\n");
-    assert!(otlp.contains("telemetry.otlp_endpoint: OTLP trace export is not available"), "{otlp}");
     let missing = load(std::path::Path::new("/nonexistent/routes.toml")).unwrap_err();
     assert!(missing[0].contains("no such config file"));
 }
@@ -256,4 +254,47 @@ publish = { broker = "events", topic = "t" }
     .join("\n");
     assert!(p.contains("routes[0] \"none\": needs exactly one action: forward or publish"), "{p}");
     assert!(p.contains("routes[1] \"two\": needs exactly one action: forward or publish"), "{p}");
+}
+
+#[test]
+fn telemetry_takes_an_otlp_endpoint_and_a_sample_ratio() {
+    let c = load(&write(
+        "[telemetry]\notlp_endpoint = \"https://collector.example:4317\"\nsample_ratio = 0.25\naccess_log = false\n",
+    ))
+    .unwrap()
+    .config;
+    assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("https://collector.example:4317"));
+    assert_eq!(c.telemetry.sample_ratio, 0.25);
+    assert!(!c.telemetry.access_log);
+    let defaults = load(&write("")).unwrap().config.telemetry;
+    assert_eq!((defaults.otlp_endpoint, defaults.sample_ratio, defaults.access_log), (None, 1.0, true));
+    for ok in ["http://127.0.0.1:4317", "http://localhost:4317", "https://otel.example.com"] {
+        let loaded = load(&write(&format!("[telemetry]\notlp_endpoint = {ok:?}\n")));
+        assert!(loaded.is_ok(), "{ok}: {loaded:?}");
+    }
+}
+
+#[test]
+fn otlp_endpoint_must_be_an_http_url_with_a_host() {
+    for bad in ["127.0.0.1:4317", "grpc://collector:4317", "http://", "http://:4317", "not a url", ""] {
+        let p = problems(&format!("[telemetry]\notlp_endpoint = {bad:?}\n"));
+        let expect = format!("telemetry: otlp_endpoint {bad:?} must be an http:// or https:// URL with a host");
+        assert!(p.len() == 1 && p[0].starts_with(&expect), "{bad:?}: {p:?}");
+    }
+}
+
+#[test]
+fn sample_ratio_must_be_within_zero_and_one() {
+    for ok in ["0", "0.0", "0.5", "1", "1.0"] {
+        let c = load(&write(&format!("[telemetry]\nsample_ratio = {ok}\n"))).unwrap().config;
+        assert_eq!(c.telemetry.sample_ratio, ok.parse::<f64>().unwrap());
+    }
+    for bad in ["-0.1", "1.5", "100"] {
+        let p = problems(&format!("[telemetry]\nsample_ratio = {bad}\n"));
+        let expect =
+            format!("telemetry: sample_ratio must be between 0.0 and 1.0, not {}", bad.parse::<f64>().unwrap());
+        assert_eq!(p, [expect]);
+    }
+    let p = problems("[telemetry]\nsample_ratio = \"half\"\n");
+    assert_eq!(p, ["telemetry: sample_ratio: invalid type: string \"half\", expected f64"]);
 }

@@ -6,7 +6,8 @@ use http::StatusCode;
 
 use super::load::{names, route_label};
 use super::model::{
-    Balance, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RouteConfig, UpstreamConfig,
+    Balance, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RouteConfig, TelemetryConfig,
+    UpstreamConfig,
 };
 use crate::forward::RetryOn;
 use crate::router::Matcher;
@@ -25,14 +26,7 @@ pub struct Report {
 pub fn validate(config: &Config) -> Report {
     let mut report = Report::default();
     let errors = &mut report.errors;
-    if config.telemetry.otlp_endpoint.is_some() {
-        // Refused rather than ignored: a user who sets it expects traces to arrive somewhere.
-        errors.push(
-            "telemetry.otlp_endpoint: OTLP trace export is not available in this version; remove the key \
-             (W3C trace context is still propagated to upstreams and brokers)"
-                .to_owned(),
-        );
-    }
+    check_telemetry(&config.telemetry, errors);
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
     }
@@ -70,6 +64,23 @@ pub fn validate(config: &Config) -> Report {
         }
     }
     report
+}
+
+fn check_telemetry(t: &TelemetryConfig, errors: &mut Vec<String>) {
+    if let Some(endpoint) = &t.otlp_endpoint {
+        let valid = endpoint
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty()));
+        if !valid {
+            errors.push(format!(
+                "telemetry: otlp_endpoint {endpoint:?} must be an http:// or https:// URL with a host, \
+                 e.g. \"http://127.0.0.1:4317\""
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        errors.push(format!("telemetry: sample_ratio must be between 0.0 and 1.0, not {}", t.sample_ratio));
+    }
 }
 
 fn check_upstream(name: &str, u: &UpstreamConfig, errors: &mut Vec<String>) {
