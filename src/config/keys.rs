@@ -34,6 +34,7 @@ pub(super) struct Parsed<T> {
 pub(super) fn parse<T: DeserializeOwned>(value: &Value, at: &str, errors: &mut Vec<String>) -> Parsed<T> {
     let mut removed: BTreeSet<Path> = BTreeSet::new();
     let mut problems: Vec<(Path, String)> = Vec::new();
+    // Ends: every pass that fails either stops or skips one more value of a finite document.
     let built = loop {
         let found = RefCell::new(Vec::new());
         let result = T::deserialize(Keys { value, path: Path::default(), removed: &removed, unknown: &found });
@@ -58,10 +59,11 @@ pub(super) fn parse<T: DeserializeOwned>(value: &Value, at: &str, errors: &mut V
         }
     };
     problems.sort_by(|a, b| a.0.cmp(&b.0));
-    errors.extend(problems.into_iter().map(|(path, msg)| match path.0.is_empty() {
-        true => format!("{at}: {msg}"),
-        false => format!("{at}: {path}: {msg}"),
-    }));
+    errors.extend(
+        problems
+            .into_iter()
+            .map(|(path, msg)| if path.0.is_empty() { format!("{at}: {msg}") } else { format!("{at}: {path}: {msg}") }),
+    );
     let dropped = removed
         .iter()
         .filter_map(|p| match p.0.as_slice() {
