@@ -201,8 +201,9 @@ async fn sample_ratio_zero_records_nothing_and_tells_the_upstream_not_to_sample(
         "routes": [{ "name": "r", "match": { "path_prefix": "/" }, "forward": { "upstream": "svc" } }]
     }))
     .await;
-    let req =
-        http::Request::get(format!("http://{}/x", gw.addr)).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    let req = http::Request::get(format!("http://{}/x", gw.addr))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
     assert_eq!(gw.send(req).await.status, 200);
     let sent = upstream.last().header("traceparent").to_owned();
     assert!(sent.ends_with("-00"), "not sampled: {sent}");

@@ -1,5 +1,6 @@
 //! Configuration: the `routes.toml` model, loading with environment overrides, and validation.
 
+mod keys;
 mod load;
 mod model;
 pub mod units;

@@ -27,6 +27,10 @@ pub struct Config {
     /// reported again).
     #[serde(skip)]
     pub broken_upstreams: std::collections::BTreeSet<String>,
+    /// Route keys that are present but were left out because their value is bad, as (route index, key): their own
+    /// errors are reported, so `validate` does not report them again as missing.
+    #[serde(skip)]
+    pub broken_route_keys: std::collections::BTreeSet<(usize, String)>,
 }
 
 /// `[server]`
@@ -85,18 +89,19 @@ pub struct TelemetryConfig {
     /// `json` (default) or `text`.
     #[serde(default = "default_log_format")]
     pub log_format: LogFormat,
-    /// OTLP/gRPC endpoint for traces; no export when absent.
+    /// OTLP/gRPC endpoint for traces (`http://` or `https://` URL); no export when absent.
     #[serde(default)]
     pub otlp_endpoint: Option<String>,
     /// Service name reported in traces.
     #[serde(default = "default_service_name")]
     pub service_name: String,
-    /// Parent-based sampling ratio of new traces (0.0 to 1.0).
-    #[serde(default = "default_sample_ratio")]
-    pub sample_ratio: f64,
     /// One structured line per request (default true; benchmarks turn it off).
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// Parent-based sampling ratio of new traces, 0.0 to 1.0: a request whose `traceparent` carries a sampling
+    /// decision keeps it; a trace that starts here is sampled with this probability.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
 }
 
 /// Log line format.
@@ -115,11 +120,11 @@ fn default_log_format() -> LogFormat {
 fn default_service_name() -> String {
     "sluice".to_owned()
 }
-fn default_sample_ratio() -> f64 {
-    1.0
-}
 fn default_true() -> bool {
     true
+}
+fn default_sample_ratio() -> f64 {
+    1.0
 }
 
 impl Default for TelemetryConfig {
@@ -128,8 +133,8 @@ impl Default for TelemetryConfig {
             log_format: default_log_format(),
             otlp_endpoint: None,
             service_name: default_service_name(),
-            sample_ratio: default_sample_ratio(),
             access_log: true,
+            sample_ratio: default_sample_ratio(),
         }
     }
 }
@@ -260,25 +265,35 @@ fn default_healthy_threshold() -> u32 {
 }
 
 /// One `[[routes]]` entry.
-#[derive(Clone, Debug, Serialize)]
+///
+/// `name` and `match` are required, yet default here so that a route without them still gets every other check:
+/// `validate` reports an empty name, and a default `match` has neither `path` nor `path_prefix`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Position in the file (for messages, also when earlier routes failed to parse).
+    /// Position in the file (for messages, also when earlier routes failed to parse); set by the loader.
     #[serde(skip)]
     pub index: usize,
     /// Unique name, used in metrics, logs and problem responses.
+    #[serde(default)]
     pub name: String,
     /// What requests this route takes.
-    #[serde(rename = "match")]
+    #[serde(rename = "match", default)]
     pub matcher: MatchConfig,
     /// Synchronous forwarding to an upstream.
+    #[serde(default)]
     pub forward: Option<ForwardConfig>,
     /// Asynchronous publishing to a broker.
+    #[serde(default)]
     pub publish: Option<PublishConfig>,
     /// Retry policy (forward only).
+    #[serde(default)]
     pub retry: Option<RetryConfig>,
     /// Fault injection (forward only).
+    #[serde(default)]
     pub fault: Option<FaultConfig>,
     /// Token-bucket rate limit.
+    #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
 }
 

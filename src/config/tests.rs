@@ -99,16 +99,16 @@ forwrd = { upstream = "orders" }
     );
     let all = p.join("\n");
     let expect = [
-        "server: unknown field `max_bdy`",
-        "upstreams.orders: bad duration \"soon\"",
+        "server: unknown key `max_bdy`, expected one of listen, admin_listen, max_body,",
+        "upstreams.orders: connect_timeout: bad duration \"soon\"",
         "routes[0] \"a\": forward.upstream \"ordrs\" is not defined",
         "routes[1] \"a\": name \"a\" is used by an earlier route",
         "routes[1] \"a\": match: set exactly one of path and path_prefix",
-        "routes[2] \"c\": forward: bad duration \"5 fortnights\"",
+        "routes[2] \"c\": forward.timeout: bad duration \"5 fortnights\"",
         "routes[3] \"d\": fault.abort_percent must be between 0 and 100",
         "routes[3] \"d\": rate_limit.key refers to {path.tenant} but match.path has no {tenant} segment",
         "routes[3] \"d\": retry.on: \"sometimes\" is not one of",
-        "routes[4] \"e\": unknown field `forwrd`",
+        "routes[4] \"e\": unknown key `forwrd`, expected one of name, match, forward, publish,",
     ];
     for e in expect {
         assert!(all.contains(e), "missing {e:?} in:\n{all}");
@@ -141,7 +141,7 @@ forward = { upstream = "u" }
         "upstreams.u: balance = \"hash\" needs hash_key",
         "upstreams.u: max_concurrent must be at least 1",
         "upstreams.u.outlier: max_ejected_percent must be between 0 and 100",
-        "upstreams.v: unknown variant `fastest`",
+        "upstreams.v: balance: unknown variant `fastest`",
     ] {
         assert!(p.contains(e), "missing {e:?} in:\n{p}");
     }
@@ -217,7 +217,7 @@ retry = { max_retries = 1 }
         "brokers.rabbit: kind = \"amqp\" needs url or url_env",
         "brokers.rabbit: bootstrap is a kafka key; this broker is amqp",
         "brokers.events: url is an amqp key; this broker is kafka",
-        "brokers.nowhere: unknown variant `mqtt`",
+        "brokers.nowhere: kind: unknown variant `mqtt`",
         "routes[0] \"k\": publish.topic is required for kafka broker \"events\"",
         "routes[0] \"k\": publish.exchange is for amqp brokers",
         "routes[1] \"a\": publish.exchange and publish.routing_key are required for amqp broker \"rabbit\"",
@@ -254,4 +254,187 @@ publish = { broker = "events", topic = "t" }
     .join("\n");
     assert!(p.contains("routes[0] \"none\": needs exactly one action: forward or publish"), "{p}");
     assert!(p.contains("routes[1] \"two\": needs exactly one action: forward or publish"), "{p}");
+}
+
+/// Loads without validating, for tests that look at what survived a bad key.
+fn parsed(toml: &str) -> (Config, Vec<String>) {
+    from_value(read_value(&write(toml)).unwrap())
+}
+
+#[test]
+fn one_run_reports_bad_keys_inside_sections_and_the_checks_they_used_to_hide() {
+    let toml = r#"
+[server]
+listen = "127.0.0.1:8080"
+max_body = "12XB"
+request_timeout = "3s"
+
+[telemetry]
+log_format = "text"
+sample_ration = 0.5
+
+[upstreams.orders]
+endpoints = ["http://127.0.0.1:9001"]
+
+[[routes]]
+name = "orders-api"
+match = { path_prefix = "/api/orders" }
+forward = { upstream = "ordrs", timout = "1s" }
+
+[[routes]]
+name = "retrying"
+match = { path_prefix = "/r" }
+forward = { upstream = "orders" }
+retry = { max_retries = 3, backoff = "sometime" }
+
+[[routes]]
+name = "orders-api"
+match = { path_prefix = "/later" }
+forward = { upstream = "orders" }
+"#;
+    let p = problems(toml);
+    let expect = [
+        // (a) an unknown key inside `forward`
+        "routes[0] \"orders-api\": forward: unknown key `timout`, expected one of upstream, rewrite_prefix, timeout",
+        // (b) a bad size in [server]
+        "server: max_body: bad size \"12XB\"",
+        // (c) an unknown key in [telemetry]
+        "telemetry: unknown key `sample_ration`, expected one of log_format, otlp_endpoint, service_name, \
+         access_log, sample_ratio",
+        // (d) a bad duration in a route's retry
+        "routes[1] \"retrying\": retry.backoff: bad duration \"sometime\"",
+        // (e) a duplicate route name later in the file
+        "routes[2] \"orders-api\": name \"orders-api\" is used by an earlier route",
+        // (f) an undefined upstream in the same route as (a)
+        "routes[0] \"orders-api\": forward.upstream \"ordrs\" is not defined (upstreams: \"orders\")",
+    ];
+    for e in expect {
+        assert!(p.iter().any(|l| l.starts_with(e)), "missing {e:?} in:\n{}", p.join("\n"));
+    }
+    assert_eq!(p.len(), expect.len(), "one line per problem, nothing else:\n{}", p.join("\n"));
+
+    // The keys that are fine took effect, defaults stand in for the bad ones.
+    let (c, _) = parsed(toml);
+    assert_eq!(c.server.listen.port(), 8080);
+    assert_eq!(c.server.request_timeout.0, std::time::Duration::from_secs(3));
+    assert_eq!(c.server.max_body.0, 1 << 20);
+    assert_eq!(c.telemetry.log_format, LogFormat::Text);
+    let retry = c.routes[1].retry.as_ref().unwrap();
+    assert_eq!((retry.max_retries, retry.backoff.0), (3, std::time::Duration::from_millis(25)));
+    assert_eq!(c.routes.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 1, 2]);
+}
+
+#[test]
+fn a_route_with_an_unknown_retry_key_still_gets_its_name_and_upstream_checked() {
+    let p = problems(
+        r#"
+[upstreams.u]
+endpoints = ["http://127.0.0.1:1"]
+[[routes]]
+name = "r"
+match = { path_prefix = "/a" }
+forward = { upstream = "u" }
+[[routes]]
+name = "r"
+match = { path_prefix = "/b" }
+forward = { upstream = "nowhere" }
+retry = { max_retris = 2 }
+"#,
+    );
+    let all = p.join("\n");
+    for e in [
+        "routes[1] \"r\": retry: unknown key `max_retris`, expected one of max_retries, per_try_timeout, on,",
+        "routes[1] \"r\": name \"r\" is used by an earlier route",
+        "routes[1] \"r\": forward.upstream \"nowhere\" is not defined",
+    ] {
+        assert!(all.contains(e), "missing {e:?} in:\n{all}");
+    }
+    assert_eq!(p.len(), 3, "{all}");
+}
+
+#[test]
+fn bad_values_are_named_by_path_once_even_in_nested_tables_and_lists() {
+    let p = problems(
+        r#"
+[upstreams.u]
+endpoints = ["http://127.0.0.1:1", 5, "http://127.0.0.1:2", true]
+[upstreams.u.outlier]
+ejection_time = "later"
+max_ejected = 10
+[upstreams.v]
+endpoints = 5
+[[routes]]
+name = "no-upstream"
+match = { path = "/x" }
+forward = { timeout = "1s" }
+[[routes]]
+name = "bad-upstream"
+match = 7
+forward = { upstream = 7 }
+[[routes]]
+match = { path = "/z" }
+forward = { upstream = "u" }
+"#,
+    );
+    let all = p.join("\n");
+    let expect = [
+        "upstreams.u: endpoints[1]: invalid type: integer `5`, expected a string",
+        "upstreams.u: endpoints[3]: invalid type: boolean `true`, expected a string",
+        "upstreams.u: outlier: unknown key `max_ejected`, expected one of consecutive_failures, ejection_time, \
+         max_ejected_percent",
+        "upstreams.u: outlier.ejection_time: bad duration \"later\"",
+        "upstreams.v: endpoints: invalid type: integer `5`, expected a sequence",
+        // A required key missing: said once, and the route is not also told it has no action.
+        "routes[0] \"no-upstream\": forward: missing field `upstream`",
+        "routes[1] \"bad-upstream\": forward.upstream: invalid type: integer `7`, expected a string",
+        "routes[1] \"bad-upstream\": match: must be a table, not integer `7`",
+        "routes[2]: name is required (a non-empty string)",
+    ];
+    for e in expect {
+        assert!(p.iter().any(|l| l.starts_with(e)), "missing {e:?} in:\n{all}");
+    }
+    assert_eq!(p.len(), expect.len(), "one line per problem, nothing else:\n{all}");
+}
+
+#[test]
+fn telemetry_takes_an_otlp_endpoint_and_a_sample_ratio() {
+    let c = load(&write(
+        "[telemetry]\notlp_endpoint = \"https://collector.example:4317\"\nsample_ratio = 0.25\naccess_log = false\n",
+    ))
+    .unwrap()
+    .config;
+    assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("https://collector.example:4317"));
+    assert_eq!(c.telemetry.sample_ratio, 0.25);
+    assert!(!c.telemetry.access_log);
+    let defaults = load(&write("")).unwrap().config.telemetry;
+    assert_eq!((defaults.otlp_endpoint, defaults.sample_ratio, defaults.access_log), (None, 1.0, true));
+    for ok in ["http://127.0.0.1:4317", "http://localhost:4317", "https://otel.example.com"] {
+        let loaded = load(&write(&format!("[telemetry]\notlp_endpoint = {ok:?}\n")));
+        assert!(loaded.is_ok(), "{ok}: {loaded:?}");
+    }
+}
+
+#[test]
+fn otlp_endpoint_must_be_an_http_url_with_a_host() {
+    for bad in ["127.0.0.1:4317", "grpc://collector:4317", "http://", "http://:4317", "not a url", ""] {
+        let p = problems(&format!("[telemetry]\notlp_endpoint = {bad:?}\n"));
+        let expect = format!("telemetry: otlp_endpoint {bad:?} must be an http:// or https:// URL with a host");
+        assert!(p.len() == 1 && p[0].starts_with(&expect), "{bad:?}: {p:?}");
+    }
+}
+
+#[test]
+fn sample_ratio_must_be_within_zero_and_one() {
+    for ok in ["0", "0.0", "0.5", "1", "1.0"] {
+        let c = load(&write(&format!("[telemetry]\nsample_ratio = {ok}\n"))).unwrap().config;
+        assert_eq!(c.telemetry.sample_ratio, ok.parse::<f64>().unwrap());
+    }
+    for bad in ["-0.1", "1.5", "100"] {
+        let p = problems(&format!("[telemetry]\nsample_ratio = {bad}\n"));
+        let expect =
+            format!("telemetry: sample_ratio must be between 0.0 and 1.0, not {}", bad.parse::<f64>().unwrap());
+        assert_eq!(p, [expect]);
+    }
+    let p = problems("[telemetry]\nsample_ratio = \"half\"\n");
+    assert_eq!(p, ["telemetry: sample_ratio: invalid type: string \"half\", expected f64"]);
 }

@@ -6,7 +6,8 @@ use http::StatusCode;
 
 use super::load::{names, route_label};
 use super::model::{
-    Balance, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RouteConfig, UpstreamConfig,
+    Balance, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RouteConfig, TelemetryConfig,
+    UpstreamConfig,
 };
 use crate::router::Matcher;
 use crate::template::Template;
@@ -25,6 +26,7 @@ pub struct Report {
 pub fn validate(config: &Config) -> Report {
     let mut report = Report::default();
     let errors = &mut report.errors;
+    check_telemetry(&config.telemetry, errors);
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
     }
@@ -34,12 +36,19 @@ pub fn validate(config: &Config) -> Report {
     let mut seen = HashSet::new();
     let mut compiled: Vec<(String, Option<Matcher>)> = Vec::new();
     for route in &config.routes {
-        let label = route_label(route.index, Some(&route.name));
-        if !seen.insert(route.name.as_str()) {
+        let label = route_label(route.index, Some(route.name.as_str()).filter(|n| !n.is_empty()));
+        let broken = |key: &str| config.broken_route_keys.contains(&(route.index, key.to_owned()));
+        if route.name.is_empty() {
+            if !broken("name") {
+                errors.push(format!("{label}: name is required (a non-empty string)"));
+            }
+        } else if !seen.insert(route.name.as_str()) {
             errors.push(format!("{label}: name {:?} is used by an earlier route", route.name));
         }
         let matcher = match Matcher::compile(&route.matcher) {
             Ok(m) => Some(m),
+            // A `match` that failed to parse has its own errors; its default would only add confusing ones.
+            Err(_) if broken("match") => None,
             Err(es) => {
                 errors.extend(es.into_iter().map(|e| format!("{label}: {e}")));
                 None
@@ -55,6 +64,23 @@ pub fn validate(config: &Config) -> Report {
         }
     }
     report
+}
+
+fn check_telemetry(t: &TelemetryConfig, errors: &mut Vec<String>) {
+    if let Some(endpoint) = &t.otlp_endpoint {
+        let valid = endpoint
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty()));
+        if !valid {
+            errors.push(format!(
+                "telemetry: otlp_endpoint {endpoint:?} must be an http:// or https:// URL with a host, \
+                 e.g. \"http://127.0.0.1:4317\""
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        errors.push(format!("telemetry: sample_ratio must be between 0.0 and 1.0, not {}", t.sample_ratio));
+    }
 }
 
 fn check_upstream(name: &str, u: &UpstreamConfig, errors: &mut Vec<String>) {
@@ -120,8 +146,10 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
             }
         }
     };
-    let actions = [r.forward.is_some(), r.publish.is_some()].iter().filter(|a| **a).count();
-    if actions != 1 {
+    // Written keys, also those left out because their value is bad (reported already).
+    let written = |key: &str, set: bool| set || config.broken_route_keys.contains(&(r.index, key.to_owned()));
+    let actions = [written("forward", r.forward.is_some()), written("publish", r.publish.is_some())];
+    if actions.iter().filter(|a| **a).count() != 1 {
         errors.push(format!("{label}: needs exactly one action: forward or publish"));
     }
     if let Some(rl) = &r.rate_limit {
@@ -138,7 +166,7 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
     if let Some(p) = &r.publish {
         check_publish(label, p, config, &check_template, errors);
         for (key, set) in [("retry", r.retry.is_some()), ("fault", r.fault.is_some())] {
-            if set {
+            if written(key, set) {
                 errors.push(format!("{label}: {key} applies to forward routes only"));
             }
         }
