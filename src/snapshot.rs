@@ -148,7 +148,7 @@ impl Snapshot {
                 read_body: ReadBodyLayer { max_body: config.server.max_body.0, buffer_all: needs_body },
                 verify: None,
                 auth: None,
-                cors: None,
+                cors: r.cors.as_ref().map(|c| crate::policy::cors::layer(c, r.matcher.methods.as_deref())),
                 rate_limit: rate_limit.map(|l| GuardLayer::new(Arc::new(l))),
                 idempotency: idempotency.clone().map(IdempotencyLayer::new),
                 action,

@@ -295,6 +295,32 @@ pub struct RouteConfig {
     /// Token-bucket rate limit.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Cross-origin resource sharing; preflights are answered by the gateway.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+}
+
+/// `cors = { ... }` (tower-http's `CorsLayer`)
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed to call the route (`https://app.example.com`), or `["*"]` for any.
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight allows; the route's `match.methods` when absent, `["*"]` for any.
+    #[serde(default)]
+    pub allow_methods: Option<Vec<String>>,
+    /// Request headers a preflight allows, or `["*"]` for any.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    #[serde(default)]
+    pub max_age: Option<Dur>,
+    /// Allow cookies and `Authorization` (not with a `*` in any list).
+    #[serde(default)]
+    pub allow_credentials: bool,
 }
 
 /// `match = { ... }`

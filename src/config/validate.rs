@@ -6,7 +6,7 @@ use http::StatusCode;
 
 use super::load::{names, route_label};
 use super::model::{
-    Balance, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RouteConfig, TelemetryConfig,
+    Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishConfig, PublishFormat, RouteConfig, TelemetryConfig,
     UpstreamConfig,
 };
 use crate::router::Matcher;
@@ -134,6 +134,41 @@ fn check_upstream(name: &str, u: &UpstreamConfig, errors: &mut Vec<String>) {
     }
 }
 
+fn check_cors(label: &str, c: &CorsConfig, errors: &mut Vec<String>) {
+    let star = |list: &[String]| list.iter().any(|v| v == "*");
+    if c.allow_origins.is_empty() {
+        errors.push(format!("{label}: cors.allow_origins must list at least one origin (or \"*\")"));
+    }
+    for o in c.allow_origins.iter().filter(|o| *o != "*") {
+        let ok = o.parse::<http::Uri>().is_ok_and(|u| u.scheme().is_some() && u.host().is_some() && u.path() == "/");
+        if !ok || o.ends_with('/') {
+            errors
+                .push(format!("{label}: cors.allow_origins: {o:?} is not an origin like \"https://app.example.com\""));
+        }
+    }
+    for m in c.allow_methods.iter().flatten().filter(|m| *m != "*") {
+        if http::Method::from_bytes(m.as_bytes()).is_err() {
+            errors.push(format!("{label}: cors.allow_methods: {m:?} is not a method"));
+        }
+    }
+    for (key, list) in [("allow_headers", &c.allow_headers), ("expose_headers", &c.expose_headers)] {
+        for h in list.iter().filter(|h| *h != "*") {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errors.push(format!("{label}: cors.{key}: {h:?} is not a header name"));
+            }
+        }
+    }
+    let wildcard = star(&c.allow_origins)
+        || c.allow_methods.as_deref().is_some_and(star)
+        || star(&c.allow_headers)
+        || star(&c.expose_headers);
+    if c.allow_credentials && wildcard {
+        errors.push(format!(
+            "{label}: cors.allow_credentials = true cannot be combined with \"*\" (browsers refuse it): list the values"
+        ));
+    }
+}
+
 fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: &Config, errors: &mut Vec<String>) {
     let params: Vec<&str> = matcher.map(|m| m.param_names()).unwrap_or_default();
     let check_template = |key: &str, source: &str, errors: &mut Vec<String>| match Template::parse(source) {
@@ -162,6 +197,9 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
         if let Some(k) = &rl.key {
             check_template("rate_limit.key", k, errors);
         }
+    }
+    if let Some(c) = &r.cors {
+        check_cors(label, c, errors);
     }
     if let Some(p) = &r.publish {
         check_publish(label, p, config, &check_template, errors);

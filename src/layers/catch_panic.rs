@@ -69,3 +69,59 @@ pub fn panicked<T>(panic: Box<dyn Any + Send>) -> Result<T, GatewayError> {
     tracing::error!(panic = %message, "request handling panicked; answered 500");
     Err(GatewayError::Internal)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt;
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    use super::*;
+    use crate::layers::{Observe, ObserveLayer};
+    use crate::telemetry::{Metrics, Tracer};
+
+    fn observed() -> ObserveLayer {
+        let metrics = Metrics::new();
+        ObserveLayer(Arc::new(Observe {
+            route: Some(Arc::from("boom")),
+            http_route: Some("/boom".into()),
+            backend: String::new(),
+            metrics: metrics.route("boom"),
+            in_flight: metrics.in_flight.clone(),
+            tracer: Tracer::default(),
+            access_log: false,
+        }))
+    }
+
+    async fn problem(res: Response<Body>) -> serde_json::Value {
+        assert_eq!(res.status(), 500);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_answering_is_a_500_problem() {
+        let svc = ServiceBuilder::new().layer(observed()).layer(CatchPanicLayer).service(service_fn(
+            |_req: Request<()>| async move {
+                if true {
+                    panic!("boom in a future");
+                }
+                Ok::<Response<Body>, GatewayError>(Response::new(Body::Empty))
+            },
+        ));
+        let req = Request::builder().header("x-request-id", "rid-1").body(()).unwrap();
+        let doc = problem(svc.oneshot(req).await.unwrap()).await;
+        assert_eq!(doc["route"], "boom");
+        assert_eq!(doc["request_id"], "rid-1");
+        assert!(!doc.to_string().contains("boom in a future"), "the panic message stays in the logs: {doc}");
+    }
+
+    #[tokio::test]
+    async fn a_panic_before_the_future_exists_is_a_500_problem_too() {
+        let svc = ServiceBuilder::new().layer(observed()).layer(CatchPanicLayer).service(service_fn(
+            |_req: Request<()>| -> std::future::Ready<Result<Response<Body>, GatewayError>> { panic!("boom in call") },
+        ));
+        problem(svc.oneshot(Request::new(())).await.unwrap()).await;
+    }
+}

@@ -2,9 +2,11 @@
 //!
 //! - [`guard`]: [`Guard`], a check that may answer instead of the action, and its layer. Verify (webhook
 //!   signatures), auth (API keys, JWT) and the rate limit are guards.
+//! - [`cors`]: `cors = {…}` as tower-http's `CorsLayer`.
 //! - [`rate_limit`]: keyed token buckets.
 //! - [`idempotency`]: `Idempotency-Key` replay and in-flight conflicts (publish routes).
 
+pub mod cors;
 pub mod guard;
 pub mod idempotency;
 pub mod rate_limit;
