@@ -4,13 +4,13 @@
 //! RabbitMQ, and the `traceparent` that left the gateway equal to the span that sent it.
 
 mod broker_support;
-mod common;
 mod otel_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use broker_support::common;
 use broker_support::{Amqp, Gateway, RabbitLock, assert_accepted, create_topic, kafka_read_at, random_name};
 use otel_support::{KIND_CLIENT, KIND_PRODUCER, KIND_SERVER, STATUS_ERROR, Span, otlp_endpoint, wait_for_trace};
 use serde_json::{Value, json};
@@ -33,7 +33,7 @@ fn ids(traceparent: &str) -> (String, String) {
     (parts[1].to_owned(), parts[2].to_owned())
 }
 
-fn one<'a>(spans: &'a [Span], kind: i64) -> &'a Span {
+fn one(spans: &[Span], kind: i64) -> &Span {
     let of_kind: Vec<&Span> = spans.iter().filter(|s| s.kind == kind).collect();
     assert_eq!(of_kind.len(), 1, "one span of kind {kind} in {spans:#?}");
     of_kind[0]

@@ -112,7 +112,7 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// Responses as a client sees them: the same type as the forwarding tests' harness.
 #[path = "../common/mod.rs"]
-mod common;
+pub mod common;
 pub use common::Resp;
 
 /// Asserts a `202 Accepted` with an `application/json` body and returns the body.
