@@ -289,4 +289,19 @@ mod tests {
         assert!(text.contains("sluice_request_duration_seconds_count{route=\"orders\"} 1"));
         assert!(text.contains("sluice_upstream_attempts_total{upstream=\"orders\",outcome=\"success\"} 1"));
     }
+
+    #[test]
+    fn exposes_reloads_and_in_flight_requests_per_route() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert!(text.contains("sluice_config_reloads_total{result=\"success\"} 0"), "{text}");
+        assert!(text.contains("sluice_config_reloads_total{result=\"error\"} 0"), "{text}");
+        m.reload("error");
+        let route = m.route("orders");
+        route.in_flight.inc();
+        let text = m.encode();
+        assert!(text.contains("sluice_config_reloads_total{result=\"error\"} 1"), "{text}");
+        assert!(text.contains("sluice_inflight_requests{route=\"orders\"} 1"), "{text}");
+        assert!(text.contains("sluice_trace_spans_dropped_total 0"), "{text}");
+    }
 }
