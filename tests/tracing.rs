@@ -212,3 +212,67 @@ async fn sample_ratio_zero_records_nothing_and_tells_the_upstream_not_to_sample(
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(otel_support::trace_spans(&trace).is_empty(), "an unsampled trace was exported");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_queued_at_sigterm_are_flushed_before_exit() {
+    use std::process::{Command, Stdio};
+    let upstream = common::Upstream::status(200, "ok").await;
+    let port = |l: std::net::TcpListener| l.local_addr().unwrap().port();
+    let listen = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let admin = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let dir = std::env::temp_dir().join(format!("sluice-trace-flush-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("routes.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{listen}"
+admin_listen = "127.0.0.1:{admin}"
+
+[telemetry]
+otlp_endpoint = "{}"
+access_log = false
+
+[upstreams.svc]
+endpoints = ["{}"]
+
+[[routes]]
+name = "r"
+match = {{ path_prefix = "/" }}
+forward = {{ upstream = "svc" }}
+"#,
+            otlp_endpoint(),
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = common::client();
+    broker_support::eventually("the binary answers", async || {
+        let req = http::Request::get(format!("http://127.0.0.1:{admin}/healthz")).body(common::empty()).unwrap();
+        matches!(client.request(req).await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    let (traceparent, trace, _) = client_trace();
+    let req = http::Request::get(format!("http://127.0.0.1:{listen}/x"))
+        .header("traceparent", &traceparent)
+        .body(common::empty())
+        .unwrap();
+    assert_eq!(common::send(&client, req).await.status, 200);
+    // SIGTERM at once: the span is still in the export queue (batches wait up to 200 ms).
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(exit.success(), "exit 0 after SIGTERM: {exit:?}");
+    let spans = wait_for_trace(&trace, 2, Duration::from_secs(10)).await;
+    assert_eq!(spans.len(), 2, "the SERVER and CLIENT spans were flushed before exit: {spans:#?}");
+}

@@ -376,6 +376,40 @@ mod tests {
         assert!(fresh.traceparent().to_str().unwrap().starts_with("00-"));
     }
 
+    fn finished(sampled: bool) -> SpanData {
+        let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+        SpanData {
+            span_context: SpanContext::new(TraceId::from(7u128), SpanId::from(9u64), flags, false, TraceState::NONE),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Server,
+            name: "GET /".into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_full_export_queue_drops_and_counts_instead_of_waiting() {
+        let (queue, mut rx) = mpsc::channel(2);
+        let dropped = Counter::default();
+        let processor = QueueProcessor { queue, dropped: dropped.clone() };
+        for _ in 0..5 {
+            processor.on_end(finished(true));
+        }
+        processor.on_end(finished(false));
+        assert_eq!(dropped.get(), 3, "two fit in the queue, three were dropped, the unsampled one was never queued");
+        assert!(matches!(rx.try_recv(), Ok(Queued::Span(_))));
+        assert!(matches!(rx.try_recv(), Ok(Queued::Span(_))));
+        assert!(rx.try_recv().is_err());
+    }
+
     #[test]
     fn a_tracer_without_export_makes_children_of_the_same_trace() {
         let tracer = Tracer::default();
