@@ -331,9 +331,12 @@ pub async fn idempotent_repeats(gw: &Gateway, route: &str, path: &str, headers: 
 
 /// Runs two requests at once and returns the one answered first, then the other still to be awaited. With one
 /// `Idempotency-Key`, exactly one of the two can claim it; when the claimant cannot finish yet, the first answer is
-/// the other one's.
+/// the other one's. Fails the test when neither is answered for 30 s (a guard against hangs).
 pub async fn first_of<F: Future + Unpin>(a: F, b: F) -> (F::Output, F) {
-    match futures_util::future::select(a, b).await {
+    let either = tokio::time::timeout(Duration::from_secs(30), futures_util::future::select(a, b))
+        .await
+        .expect("neither of two requests sent at once with one Idempotency-Key was answered (no 409?)");
+    match either {
         futures_util::future::Either::Left((out, rest)) | futures_util::future::Either::Right((out, rest)) => {
             (out, rest)
         }
