@@ -7,9 +7,9 @@ mod common;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
@@ -801,6 +801,8 @@ async fn failing_endpoint_is_ejected_and_counted() {
         json!({ "retry": { "max_retries": 0 } }),
     ))
     .await;
+    let ejections = "sluice_ejections_total{upstream=\"svc\"}";
+    assert_eq!(metric(&gw.metrics().await, ejections), Some(0.0), "exposed at zero before any ejection");
     let mut errors = 0;
     for _ in 0..30 {
         let r = gw.get("/").await;
@@ -812,7 +814,7 @@ async fn failing_endpoint_is_ejected_and_counted() {
     assert_eq!(bad.hits(), 2, "ejected after two failures in a row");
     assert_eq!(errors, 2);
     assert_eq!(g1.hits() + g2.hits(), 28);
-    assert_eq!(metric(&gw.metrics().await, "sluice_ejections_total{upstream=\"svc\"}"), Some(1.0));
+    assert_eq!(metric(&gw.metrics().await, ejections), Some(1.0), "one ejection counted");
 }
 
 #[tokio::test]
@@ -1007,14 +1009,33 @@ async fn fault_abort_answers_the_configured_status() {
 }
 
 #[tokio::test]
-async fn fault_delay_still_forwards() {
-    let up = Upstream::named("svc").await;
+async fn fault_delay_holds_each_request_before_forwarding_it() {
+    const DELAY: Duration = Duration::from_millis(300);
+    // When each request reached the upstream: the delay must come before forwarding, not only before answering.
+    let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let log = arrivals.clone();
+    let up = Upstream::start(move |_| {
+        log.lock().unwrap().push(Instant::now());
+        async { reply(200, "svc") }
+    })
+    .await;
     let gw =
-        Gateway::start(single(&[up.url()], json!({}), json!({ "fault": { "delay": "50ms", "delay_percent": 100 } })))
+        Gateway::start(single(&[up.url()], json!({}), json!({ "fault": { "delay": "300ms", "delay_percent": 100 } })))
             .await;
-    let r = gw.get("/").await;
-    assert_eq!((r.status, r.text().as_str()), (200, "svc"));
-    assert_eq!(up.hits(), 1);
+    for i in 0..3 {
+        let sent = Instant::now();
+        let r = gw.get("/").await;
+        let answered = sent.elapsed();
+        assert_eq!((r.status, r.text().as_str()), (200, "svc"), "request {i} is still forwarded after its delay");
+        assert_eq!(up.hits(), i + 1, "request {i} reached the upstream exactly once");
+        // Lower bounds only: the gateway received the request after `sent`, so a delay it honoured makes both hold.
+        let reached = arrivals.lock().unwrap()[i].duration_since(sent);
+        assert!(
+            reached >= DELAY,
+            "request {i} reached the upstream {reached:?} after it was sent: not delayed by {DELAY:?}"
+        );
+        assert!(answered >= DELAY, "request {i} was answered {answered:?} after it was sent: not delayed by {DELAY:?}");
+    }
 }
 
 // =============================================================================================================
@@ -1049,7 +1070,8 @@ async fn admin_serves_health_readiness_metrics_and_routes() {
         "{m}"
     );
     assert_eq!(metric(&m, "sluice_retries_total{route=\"orders-api\"}"), Some(1.0), "{m}");
-    assert!(m.contains("sluice_ejections_total"), "{m}");
+    // Exposed from start-up, and one connect failure (the threshold is five in a row) ejects nothing.
+    assert_eq!(metric(&m, "sluice_ejections_total{upstream=\"svc\"}"), Some(0.0), "{m}");
 
     let routes = gw.admin_get("/routes").await;
     assert_eq!(routes.status, 200);

@@ -4,8 +4,8 @@ mod producer_support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -17,7 +17,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use sluice::publish::{Ack, Destination, Message, PublishError, Publisher, Receipt};
 
-use producer_support::{Proxy, amqp_url, binary_body, eventually, free_port, random_name};
+use producer_support::{Door, Proxy, amqp_url, binary_body, eventually, no_hang, random_name};
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -95,11 +95,8 @@ async fn drain_ids(channel: &Channel, queue: &str) -> Vec<String> {
         .unwrap();
     let mut ids = Vec::with_capacity(count);
     while ids.len() < count {
-        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .expect("queued messages arrive")
-            .expect("consumer open")
-            .expect("delivery");
+        let delivery =
+            no_hang("reading the queued messages", consumer.next()).await.expect("consumer open").expect("delivery");
         ids.push(delivery.properties.message_id().as_ref().unwrap().to_string());
     }
     ids
@@ -268,18 +265,25 @@ async fn ack_none_returns_unconfirmed_and_the_message_arrives() {
     assert_eq!(got[0].0, b"ff");
 }
 
+/// The broker turns every connection away: the publisher still starts, keeps trying, reports down, and a publish
+/// fails at once as unavailable (503). It does not wait for a connection: with a ten-minute confirm timeout, a
+/// publish that waited would hang, and the hang guard fails the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_without_a_broker_and_publish_is_unavailable() {
-    let publisher = Publisher::connect_amqp("down", "amqp://guest:guest@127.0.0.1:1/%2f", CONFIRM_TIMEOUT)
+    let door = Door::closed().await;
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", door.port);
+    let publisher = Publisher::connect_amqp("down", &url, Duration::from_secs(600))
         .await
         .expect("connect_amqp must not fail while the broker is down");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!publisher.is_up());
-    let started = Instant::now();
-    let err = publisher.publish(message("x", "y", true, b"x".to_vec()), Ack::Confirm).await.expect_err("no broker");
+    assert!(eventually(Duration::from_secs(20), || door.attempts() >= 2).await, "the publisher never tried the broker");
+    assert!(!publisher.is_up(), "turned away twice, yet reported up");
+    let result =
+        no_hang("a publish with no broker", publisher.publish(message("x", "y", true, b"x".to_vec()), Ack::Confirm))
+            .await;
+    let err = result.expect_err("no broker");
     assert!(err.is_retryable(), "got {err:?}");
     assert_eq!(err.status_code(), 503);
-    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(eventually(Duration::from_secs(20), || door.attempts() >= 3).await, "the publisher gave up retrying");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,10 +346,13 @@ async fn survives_connections_being_closed_while_publishing() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let saw_down = Arc::new(AtomicBool::new(false));
+    // Publishes confirmed and failed so far, across the workers.
+    let (confirmed, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let workers: Vec<_> = (0..8)
         .map(|_| {
             let (publisher, exchange, stop, saw_down) =
                 (publisher.clone(), exchange.clone(), stop.clone(), saw_down.clone());
+            let (confirmed, failed) = (confirmed.clone(), failed.clone());
             tokio::spawn(async move {
                 let (mut ok, mut unavailable) = (Vec::new(), 0usize);
                 while !stop.load(Ordering::SeqCst) {
@@ -355,10 +362,12 @@ async fn survives_connections_being_closed_while_publishing() {
                         Ok(receipt) => {
                             assert_eq!(receipt, Receipt::Amqp);
                             ok.push(id);
+                            confirmed.fetch_add(1, Ordering::SeqCst);
                         }
                         Err(e) => {
                             assert!(e.is_retryable(), "outage error must be Unavailable: {e:?}");
                             unavailable += 1;
+                            failed.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }
@@ -371,17 +380,30 @@ async fn survives_connections_being_closed_while_publishing() {
         })
         .collect();
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Publishes go through before each close, fail after it, and go through again after the last one.
+    let more_confirmed = async |what: &str| {
+        let before = confirmed.load(Ordering::SeqCst);
+        assert!(
+            eventually(Duration::from_secs(20), || confirmed.load(Ordering::SeqCst) >= before + 20).await,
+            "{what}"
+        );
+    };
     for round in 0..2 {
         // Between rounds the publisher must have reconnected by itself.
         assert!(
             eventually(Duration::from_secs(10), || publisher.is_up()).await,
             "not reconnected before round {round}"
         );
+        more_confirmed(&format!("round {round}: publishes are not confirmed")).await;
+        let failed_before = failed.load(Ordering::SeqCst);
         let closed = close_connections_named(&format!("sluice-{name}")).await;
         assert_eq!(closed, 1, "round {round}: the publisher has one connection");
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(
+            eventually(Duration::from_secs(20), || failed.load(Ordering::SeqCst) > failed_before).await,
+            "round {round}: closing the connection failed no publish"
+        );
     }
+    more_confirmed("publishes are not confirmed again after the last close").await;
     stop.store(true, Ordering::SeqCst);
     let mut ok_ids = Vec::new();
     let mut unavailable = 0;
@@ -421,30 +443,30 @@ async fn connects_late_and_reconnects_after_an_outage() {
         .and_then(|rest| rest.split('/').next())
         .expect("host:port in SLUICE_TEST_AMQP_URL")
         .to_owned();
-    let port = free_port();
+    let door = Door::closed().await;
+    let port = door.port;
     let via_proxy = broker.replace(&broker_addr, &format!("127.0.0.1:{port}"));
-    let publisher = Publisher::connect_amqp("flaky", &via_proxy, Duration::from_secs(2))
+    // A confirm timeout far beyond the hang guard: a publish that waited for the broker to come back would hang.
+    let publisher = Publisher::connect_amqp("flaky", &via_proxy, Duration::from_secs(600))
         .await
         .expect("starts while the broker is unreachable");
     let publish = |body: &'static [u8]| {
         let publisher = publisher.clone();
         let msg = message(&t.exchange, "bound", true, body.to_vec());
-        async move { publisher.publish(msg, Ack::Confirm).await }
+        no_hang("a publish", async move { publisher.publish(msg, Ack::Confirm).await })
     };
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!publisher.is_up());
+    assert!(eventually(Duration::from_secs(20), || door.attempts() >= 2).await, "the publisher never tried the broker");
+    assert!(!publisher.is_up(), "turned away twice, yet reported up");
     assert!(publish(b"down").await.expect_err("down").is_retryable());
 
-    let proxy = Proxy::start(port, broker_addr.clone()).await;
+    door.open_to(broker_addr.clone());
     assert!(eventually(Duration::from_secs(10), || publisher.is_up()).await, "never connected");
     assert_eq!(publish(b"one").await.expect("up"), Receipt::Amqp);
 
-    drop(proxy);
+    drop(door);
     assert!(eventually(Duration::from_secs(10), || !publisher.is_up()).await, "outage not seen");
-    let started = Instant::now();
     assert!(publish(b"during").await.expect_err("down").is_retryable());
-    assert!(started.elapsed() < Duration::from_secs(3));
 
     let _proxy = Proxy::start(port, broker_addr).await;
     assert!(eventually(Duration::from_secs(10), || publisher.is_up()).await, "never reconnected");

@@ -3,7 +3,7 @@
 mod producer_support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -14,7 +14,7 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use sluice::publish::{Ack, Destination, Message, PublishError, Publisher, Receipt};
 
-use producer_support::{binary_body, eventually, kafka_bootstrap, random_name};
+use producer_support::{Door, binary_body, eventually, kafka_bootstrap, no_hang, poll_for, random_name};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -79,10 +79,7 @@ async fn read_at(
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).unwrap();
     consumer.assign(&tpl).unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(15), consumer.recv())
-        .await
-        .expect("record within 15s")
-        .expect("consume");
+    let m = no_hang("reading the record the receipt names", consumer.recv()).await.expect("consume");
     let headers = header_pairs(&m);
     (m.payload().unwrap_or_default().to_vec(), m.key().map(<[u8]>::to_vec), headers, m.partition(), m.offset())
 }
@@ -97,23 +94,29 @@ fn header_pairs(m: &BorrowedMessage<'_>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// Read every record of the topic's partitions from the start until `count` arrived (or 20s passed).
-async fn read_all(topic: &str, partitions: i32, count: usize) -> Vec<(i32, i64, Vec<u8>)> {
-    let consumer = consumer();
+/// Every record now in the topic's `partitions`, as (partition, offset, payload): each partition is read up to its
+/// high watermark, so the count is exact (a confirmed record is below the watermark) and a duplicate would show.
+async fn read_all(topic: &str, partitions: i32) -> Vec<(i32, i64, Vec<u8>)> {
+    let mut total = 0;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
+        let (t, c) = (topic.to_owned(), consumer());
+        let (low, high) = tokio::task::spawn_blocking(move || c.fetch_watermarks(&t, p, Duration::from_secs(15)))
+            .await
+            .unwrap()
+            .expect("watermarks");
+        assert_eq!(low, 0, "nothing was deleted from a fresh topic");
+        total += high;
         tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
     }
-    consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while out.len() < count && Instant::now() < deadline {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-            out.push((m.partition(), m.offset(), m.payload().unwrap_or_default().to_vec()));
-        }
+    if total == 0 {
+        return out;
     }
-    // Anything beyond `count` would be a duplicate: give it a moment to show up.
-    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+    let consumer = consumer();
+    consumer.assign(&tpl).unwrap();
+    while (out.len() as i64) < total {
+        let m = no_hang("reading every record below the watermarks", consumer.recv()).await.expect("consume");
         out.push((m.partition(), m.offset(), m.payload().unwrap_or_default().to_vec()));
     }
     out
@@ -159,9 +162,7 @@ async fn same_key_same_partition_and_concurrent_sends_all_arrive_once() {
             async move { (*key, publisher.publish(msg, Ack::Confirm).await) }
         })
     });
-    let started = Instant::now();
     let results = join_all(sends).await;
-    let elapsed = started.elapsed();
 
     let mut partitions_by_key: BTreeMap<&str, HashSet<i32>> = BTreeMap::new();
     let mut positions = HashSet::new();
@@ -177,33 +178,66 @@ async fn same_key_same_partition_and_concurrent_sends_all_arrive_once() {
     }
     let used: HashSet<i32> = partitions_by_key.values().flatten().copied().collect();
     assert!(used.len() > 1, "6 keys all hashed to one partition: {used:?}");
-    // 300 sends in flight together, not one after another (each would wait for linger + ack).
-    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
 
     let total = keys.len() * per_key;
-    let records = read_all(&topic, 3, total).await;
+    let records = read_all(&topic, 3).await;
     assert_eq!(records.len(), total, "consumer saw each record exactly once");
     let found: HashSet<(i32, i64)> = records.iter().map(|(p, o, _)| (*p, *o)).collect();
     assert_eq!(found, positions, "receipts name where the records are");
 }
 
+/// Sends are in flight together, not one after another: librdkafka sends a partition's records only once
+/// `batch.num.messages` of them are queued (or after `linger.ms`, here ten minutes). So the 100 confirmations below
+/// can only arrive if all 100 sends were waiting at the same time; a publisher that awaited each send before the
+/// next would get no confirmation at all for ten minutes, and the hang guard fails the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_topic_is_unroutable_quickly() {
-    let publisher = publisher().await;
+async fn sends_are_in_flight_together_not_one_after_another() {
+    let topic = create_topic(1).await;
+    let n = 100;
+    let options = BTreeMap::from(
+        [
+            ("batch.num.messages", n.to_string()),
+            ("linger.ms", "600000".into()),
+            ("message.timeout.ms", "900000".into()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let publisher = Publisher::connect_kafka("batched", &kafka_bootstrap(), DELIVERY_TIMEOUT, &options)
+        .await
+        .expect("valid options");
+    let sends = (0..n).map(|i| publisher.publish(message(&topic, None, format!("{i}").into_bytes()), Ack::Confirm));
+    let results = no_hang("100 concurrent sends, confirmed only as one full batch", join_all(sends)).await;
+    let mut offsets: Vec<i64> = results
+        .iter()
+        .map(|r| match r {
+            Ok(Receipt::Kafka { partition: 0, offset }) => *offset,
+            other => panic!("publish failed: {other:?}"),
+        })
+        .collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..n as i64).collect::<Vec<_>>(), "one record each, at the topic's first offsets");
+    assert_eq!(read_all(&topic, 1).await.len(), n);
+}
+
+/// With automatic topic creation off, librdkafka would hold a record for an unknown topic until its delivery
+/// timeout or its topic propagation time (both five minutes here). The publisher looks the topic up first and
+/// fails at once as unroutable (502), also for a repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_topic_is_unroutable_without_waiting_for_the_delivery_timeout() {
+    let options = BTreeMap::from([("topic.metadata.propagation.max.ms".to_owned(), "300000".to_owned())]);
+    let publisher = Publisher::connect_kafka("events", &kafka_bootstrap(), Duration::from_secs(300), &options)
+        .await
+        .expect("connect_kafka");
     let topic = random_name("sluice-missing");
-    for _ in 0..2 {
-        let started = Instant::now();
-        let err = publisher
-            .publish(message(&topic, None, b"x".to_vec()), Ack::Confirm)
-            .await
-            .expect_err("unknown topic must fail");
-        assert!(err.is_unroutable(), "got {err:?}");
+    for attempt in 0..2 {
+        let result = no_hang(
+            "a publish to an unknown topic (a wait for the 5-minute delivery timeout)",
+            publisher.publish(message(&topic, None, b"x".to_vec()), Ack::Confirm),
+        )
+        .await;
+        let err = result.expect_err("unknown topic must fail");
+        assert!(err.is_unroutable(), "attempt {attempt}: got {err:?}");
         assert_eq!(err.status_code(), 502);
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "took {:?} (delivery timeout is {DELIVERY_TIMEOUT:?})",
-            started.elapsed()
-        );
     }
 }
 
@@ -226,13 +260,21 @@ async fn topic_created_after_a_miss_is_published_to() {
         .pop()
         .unwrap()
         .unwrap();
-    // The miss is remembered for at most a second.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let receipt = publisher
-        .publish(message(&topic, None, b"late".to_vec()), Ack::Confirm)
-        .await
-        .expect("publish after the topic exists");
-    assert!(matches!(receipt, Receipt::Kafka { partition: 0, .. }));
+    // The miss is remembered for a short while: until then a publish is still unroutable (and stores nothing).
+    let receipt = poll_for("a publish to the topic created after the miss", async || {
+        match publisher.publish(message(&topic, None, b"late".to_vec()), Ack::Confirm).await {
+            Ok(receipt) => Some(receipt),
+            Err(e) => {
+                assert!(e.is_unroutable(), "while the miss is remembered, publishes are unroutable: {e:?}");
+                None
+            }
+        }
+    })
+    .await;
+    assert_eq!(receipt, Receipt::Kafka { partition: 0, offset: 0 }, "the first record of the new topic");
+    let records = read_all(&topic, 1).await;
+    assert_eq!(records.len(), 1, "the refused publishes stored nothing");
+    assert_eq!(records[0].2, b"late");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,7 +285,7 @@ async fn ack_none_returns_unconfirmed_and_the_record_arrives() {
         publisher.publish(message(&topic, None, b"fire-and-forget".to_vec()), Ack::None).await.expect("publish");
     assert_eq!(receipt, Receipt::Unconfirmed);
     publisher.flush(Duration::from_secs(5)).await;
-    let records = read_all(&topic, 1, 1).await;
+    let records = read_all(&topic, 1).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].2, b"fire-and-forget");
 }
@@ -256,16 +298,21 @@ async fn becomes_up_with_a_reachable_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_without_a_broker_and_publish_is_unavailable() {
-    // Nothing listens on port 1: the producer must still start, report down, and fail with 503.
-    let publisher = Publisher::connect_kafka("down", "127.0.0.1:1", Duration::from_secs(1), &BTreeMap::new())
-        .await
-        .expect("connect_kafka must not fail while the broker is down");
-    assert!(!publisher.is_up());
-    let started = Instant::now();
-    let err = publisher.publish(message("anything", None, b"x".to_vec()), Ack::Confirm).await.expect_err("no broker");
+    // The "broker" turns every connection away: the producer must still start, report down, and fail with 503
+    // (by its 1s delivery timeout, not hang).
+    let door = Door::closed().await;
+    let publisher =
+        Publisher::connect_kafka("down", &format!("127.0.0.1:{}", door.port), Duration::from_secs(1), &BTreeMap::new())
+            .await
+            .expect("connect_kafka must not fail while the broker is down");
+    assert!(eventually(Duration::from_secs(20), || door.attempts() >= 2).await, "the producer never tried the broker");
+    assert!(!publisher.is_up(), "turned away twice, yet reported up");
+    let result =
+        no_hang("a publish with no broker", publisher.publish(message("anything", None, b"x".to_vec()), Ack::Confirm))
+            .await;
+    let err = result.expect_err("no broker");
     assert!(err.is_retryable(), "got {err:?}");
     assert_eq!(err.status_code(), 503);
-    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
     assert!(!publisher.is_up());
 }
 
@@ -302,15 +349,16 @@ async fn oversized_record_is_rejected_not_retryable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_once_the_broker_becomes_reachable() {
     let topic = create_topic(1).await;
-    let port = producer_support::free_port();
-    let publisher = Publisher::connect_kafka("late", &format!("127.0.0.1:{port}"), DELIVERY_TIMEOUT, &BTreeMap::new())
-        .await
-        .expect("starts while the broker is unreachable");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!publisher.is_up());
+    let door = Door::closed().await;
+    let publisher =
+        Publisher::connect_kafka("late", &format!("127.0.0.1:{}", door.port), DELIVERY_TIMEOUT, &BTreeMap::new())
+            .await
+            .expect("starts while the broker is unreachable");
+    assert!(eventually(Duration::from_secs(20), || door.attempts() >= 2).await, "the producer never tried the broker");
+    assert!(!publisher.is_up(), "turned away twice, yet reported up");
 
-    // Bootstrap through the relay; librdkafka then also reaches the advertised listener.
-    let _proxy = producer_support::Proxy::start(port, kafka_bootstrap()).await;
+    // Bootstrap through the door, now relaying; librdkafka then also reaches the advertised listener.
+    door.open_to(kafka_bootstrap());
     assert!(eventually(Duration::from_secs(10), || publisher.is_up()).await, "is_up never turned true");
     let receipt =
         publisher.publish(message(&topic, None, b"late".to_vec()), Ack::Confirm).await.expect("publish once reachable");
@@ -333,5 +381,5 @@ async fn full_local_queue_is_back_pressure_not_failure() {
     let results = join_all(sends).await;
     let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
     assert!(failed.is_empty(), "{} failed, first: {:?}", failed.len(), failed[0]);
-    assert_eq!(read_all(&topic, 1, 100).await.len(), 100);
+    assert_eq!(read_all(&topic, 1).await.len(), 100);
 }

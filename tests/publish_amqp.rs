@@ -322,6 +322,60 @@ async fn idempotency_key_publishes_once_and_replays_the_first_answer() {
     assert!(stored.body.starts_with(b"attempt "), "the stored message is one of the concurrent first requests");
 }
 
+/// A repeat of an `Idempotency-Key` while the first request with it is still in flight is a `409`, forced: a relay
+/// between the gateway and RabbitMQ holds what the broker sends back, so the first publish reaches the queue but its
+/// publisher confirm does not reach the gateway until the test releases it. Of two requests sent at once with one
+/// key, exactly one claims it and waits for its confirm; the other must be the `409`. Once released, the claimant is
+/// answered `202`, a repeat replays that answer, and the queue holds one message: the claimant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_repeated_while_the_first_is_in_flight_is_409_then_replayed() {
+    let t = topology("orders.acme").await;
+    let relay = Relay::start(&amqp_addr()).await;
+    let gw = Gateway::start(json!({
+        "brokers": { "rabbit": { "kind": "amqp", "url": amqp_url_via(relay.addr), "confirm_timeout": "60s" } },
+        "routes": [hooks_route(&t.exchange, json!({}))]
+    }))
+    .await;
+    eventually("the gateway to connect to RabbitMQ through the relay", async || gw.ready().await == 200).await;
+    let key = random_name("in-flight");
+    let send = |body: &'static str| {
+        let (gw, key) = (&gw, &key);
+        Box::pin(async move {
+            let r = gw.post("/hooks/acme", &[("idempotency-key", key), ("content-type", "text/plain")], body).await;
+            (body, r)
+        })
+    };
+
+    relay.hold();
+    let ((loser, conflict), claimant) = first_of(send("one"), send("two")).await;
+    assert_problem(&conflict, 409, "hooks");
+    assert!(!conflict.replayed(), "a 409 is not a replay");
+    // The claimant's message is at the broker; only its confirm is held, so the key is still in flight.
+    eventually("the claimant's message to reach the queue", async || t.amqp.len(&t.queue).await == 1).await;
+    let again = gw.post("/hooks/acme", &[("idempotency-key", &key)], "three").await;
+    assert_problem(&again, 409, "hooks");
+
+    relay.release();
+    let (body, first) = claimant.await;
+    assert_ne!(body, loser);
+    assert!(!first.replayed(), "the claimant's answer is the original");
+    let id = receipt(&assert_accepted(&first), &t.exchange, "orders.acme");
+
+    let repeat = gw.post("/hooks/acme", &[("idempotency-key", &key)], "four").await;
+    assert_eq!(repeat.status, 202, "{}", repeat.text());
+    assert!(repeat.replayed(), "a repeat after the first succeeded carries idempotent-replayed: true");
+    assert_eq!(repeat.body, first.body, "a repeat answers the first receipt again, byte for byte");
+    assert_eq!(repeat.header("content-type"), "application/json");
+
+    let got = t.drain().await;
+    assert_eq!(got.len(), 1, "one key, one message: {:?}", got.iter().map(|m| &m.body).collect::<Vec<_>>());
+    assert_eq!(got[0].message_id().as_deref(), Some(id.as_str()));
+    assert_eq!(got[0].body, body.as_bytes(), "the message is the claimant's body");
+    let m = gw.metrics().await;
+    let outcome = |o| metric(&m, "sluice_publish_total", &[("route", "hooks"), ("broker", "rabbit"), ("outcome", o)]);
+    assert_eq!(outcome("confirmed"), Some(1.0), "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_readiness_report_the_broker() {
     let t = topology("orders.acme").await;
@@ -338,6 +392,6 @@ async fn metrics_and_readiness_report_the_broker() {
         "{m}"
     );
     assert_eq!(metric(&m, "sluice_broker_up", &[("broker", "rabbit")]), Some(1.0), "{m}");
-    assert!(m.contains("sluice_publish_duration_seconds_count{broker=\"rabbit\"} 3"), "{m}");
+    assert_eq!(metric(&m, "sluice_publish_duration_seconds_count", &[("broker", "rabbit")]), Some(3.0), "{m}");
     assert_eq!(t.drain().await.len(), 3);
 }

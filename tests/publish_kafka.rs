@@ -5,6 +5,7 @@
 mod broker_support;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::future::Future;
 
 use broker_support::*;
 use serde_json::{Value, json};
@@ -327,6 +328,94 @@ async fn idempotency_key_publishes_once_and_replays_the_first_answer() {
     assert_eq!(at(p2, o2).header("sluice-id").as_deref(), Some(second_id.as_str()));
 }
 
+/// Two requests sent at once with one `Idempotency-Key`, for `path` on `gw`: returns the `409` (checked to be a
+/// problem of `route`) and the other request, still to be awaited, with the body each sent. Exactly one of the two
+/// can claim the key; the caller makes sure the claimant stays in flight long enough for the other to find it so.
+async fn conflicting_pair<'a>(
+    gw: &'a Gateway,
+    route: &str,
+    path: &'a str,
+    key: &'a str,
+) -> (Resp, impl Future<Output = (&'static str, Resp)> + 'a) {
+    let send = move |body: &'static str| {
+        Box::pin(async move {
+            let r = gw
+                .post(path, &[("idempotency-key", key), ("x-order-id", "o-1"), ("content-type", "text/plain")], body)
+                .await;
+            (body, r)
+        })
+    };
+    let ((_, conflict), claimant) = first_of(send("one"), send("two")).await;
+    assert_problem(&conflict, 409, route);
+    assert!(!conflict.replayed(), "a 409 is not a replay");
+    (conflict, claimant)
+}
+
+/// A repeat of an `Idempotency-Key` while the first request with it is in flight is a `409`, forced on the success
+/// path: with `linger.ms = 3000` librdkafka keeps each record in its local queue for three seconds before sending it,
+/// so the claimant of the key stays in flight while the other request of a simultaneous pair finds the key taken.
+/// The claimant is then answered `202`, a repeat replays that receipt, and the topic holds one record: the claimant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_repeated_while_the_first_is_in_flight_is_409_then_replayed() {
+    let _kafka = KafkaLock::shared().await;
+    let (topic, path) = orders_topic(1).await;
+    let mut broker = kafka_broker();
+    broker["options"] = json!({ "linger.ms": "3000" });
+    let gw = Gateway::start(json!({ "brokers": { "events": broker }, "routes": [orders_route(json!({}))] })).await;
+    let key = random_name("in-flight");
+
+    let (_, claimant) = conflicting_pair(&gw, "orders", &path, &key).await;
+    let (body, first) = claimant.await;
+    assert!(!first.replayed(), "the claimant's answer is the original");
+    let (id, partition, offset) = receipt(&assert_accepted(&first), &topic);
+
+    let repeat = gw.post(&path, &[("idempotency-key", &key), ("x-order-id", "o-1")], "three").await;
+    assert_eq!(repeat.status, 202, "{}", repeat.text());
+    assert!(repeat.replayed(), "a repeat after the first succeeded carries idempotent-replayed: true");
+    assert_eq!(repeat.body, first.body, "a repeat answers the first receipt again, byte for byte");
+    assert_eq!(repeat.header("content-type"), "application/json");
+
+    let records = kafka_read_all(&topic, 1).await;
+    assert_eq!(records.len(), 1, "one key, one record: {records:?}");
+    assert_eq!((records[0].partition, records[0].offset), (partition, offset));
+    assert_eq!(records[0].header("sluice-id").as_deref(), Some(id.as_str()));
+    assert_eq!(records[0].payload, body.as_bytes(), "the record is the claimant's body");
+}
+
+/// The same conflict on the failure path, where only the gateway's bookkeeping is at work: the broker is a listener
+/// that never answers, so the claimant's publish is in flight until the 3s delivery timeout and then fails (`503`);
+/// nothing can have been stored. The failure releases the key: a retry with it is processed afresh (a `503` of its
+/// own, neither a `409` nor a replay of the first failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_of_a_failed_first_request_is_released_for_a_retry() {
+    let blackhole = Blackhole::start().await;
+    let gw = Gateway::start(json!({
+        "brokers": { "events": { "kind": "kafka", "bootstrap": blackhole.addr.to_string(), "delivery_timeout": "3s" } },
+        "routes": [orders_route(json!({}))]
+    }))
+    .await;
+    let key = random_name("in-flight");
+    let path = "/events/acme/orders";
+
+    let (_, claimant) = conflicting_pair(&gw, "orders", path, &key).await;
+    let (_, first) = claimant.await;
+    assert_unavailable(&first, "orders");
+    assert!(!first.replayed());
+
+    let retry = gw.post(path, &[("idempotency-key", &key), ("x-order-id", "o-1")], "retry").await;
+    assert_unavailable(&retry, "orders");
+    assert!(!retry.replayed(), "a failure is not stored for replay");
+
+    let m = gw.metrics().await;
+    let outcome = |o| metric(&m, "sluice_publish_total", &[("route", "orders"), ("broker", "events"), ("outcome", o)]);
+    assert_eq!(
+        outcome("unavailable"),
+        Some(2.0),
+        "the claimant and the retry each tried the broker, the 409 did not: {m}"
+    );
+    assert_eq!(outcome("confirmed").unwrap_or(0.0), 0.0, "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_readiness_report_the_broker() {
     let _kafka = KafkaLock::shared().await;
@@ -344,7 +433,7 @@ async fn metrics_and_readiness_report_the_broker() {
         "{m}"
     );
     assert_eq!(metric(&m, "sluice_broker_up", &[("broker", "events")]), Some(1.0), "{m}");
-    assert!(m.contains("sluice_publish_duration_seconds_count{broker=\"events\"} 3"), "{m}");
+    assert_eq!(metric(&m, "sluice_publish_duration_seconds_count", &[("broker", "events")]), Some(3.0), "{m}");
 }
 
 /// A client that gives up (disconnects) while its request with an `Idempotency-Key` is still being published must be
@@ -355,16 +444,9 @@ async fn idempotency_key_is_released_when_the_client_goes_away() {
     let _kafka = KafkaLock::shared().await;
     use tokio::io::AsyncWriteExt as _;
     // A "broker" that accepts connections and never answers: every publish waits for its metadata lookup.
-    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bootstrap = blackhole.local_addr().unwrap().to_string();
-    let _hold = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((s, _)) = blackhole.accept().await {
-            open.push(s);
-        }
-    });
+    let blackhole = Blackhole::start().await;
     let gw = Gateway::start(json!({
-        "brokers": { "events": { "kind": "kafka", "bootstrap": bootstrap, "delivery_timeout": "2s" } },
+        "brokers": { "events": { "kind": "kafka", "bootstrap": blackhole.addr.to_string(), "delivery_timeout": "2s" } },
         "routes": [publish_route("slow", "/slow", json!({ "broker": "events", "topic": "t" }))]
     }))
     .await;

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +48,31 @@ use tokio::task::JoinHandle;
 /// The AMQP URL of the test RabbitMQ (`SLUICE_TEST_AMQP_URL`).
 pub fn amqp_url() -> String {
     std::env::var("SLUICE_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// The host (and port, when given) of [`amqp_url`], as written there.
+fn amqp_authority() -> String {
+    let url = amqp_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit_once('@').map_or(authority, |(_, host)| host).to_owned()
+}
+
+/// `host:port` of the test RabbitMQ, from [`amqp_url`] (port 5672 when it names none).
+pub fn amqp_addr() -> String {
+    let authority = amqp_authority();
+    if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+        authority
+    } else {
+        format!("{authority}:5672")
+    }
+}
+
+/// [`amqp_url`] with its host and port replaced by `addr` (a [`Relay`] in front of the broker).
+pub fn amqp_url_via(addr: SocketAddr) -> String {
+    let url = amqp_url();
+    let at = url.find(&amqp_authority()).expect("the authority is in the URL");
+    format!("{}{addr}{}", &url[..at], &url[at + amqp_authority().len()..])
 }
 
 /// The bootstrap address of the test Kafka (`SLUICE_TEST_KAFKA`).
@@ -301,6 +327,120 @@ pub async fn idempotent_repeats(gw: &Gateway, route: &str, path: &str, headers: 
         assert_eq!(r.body, original.body, "sequential repeat {i} answers the first body again");
     }
     body
+}
+
+/// Runs two requests at once and returns the one answered first, then the other still to be awaited. With one
+/// `Idempotency-Key`, exactly one of the two can claim it; when the claimant cannot finish yet, the first answer is
+/// the other one's. Fails the test when neither is answered for 30 s (a guard against hangs).
+pub async fn first_of<F: Future + Unpin>(a: F, b: F) -> (F::Output, F) {
+    let either = tokio::time::timeout(Duration::from_secs(30), futures_util::future::select(a, b))
+        .await
+        .expect("neither of two requests sent at once with one Idempotency-Key was answered (no 409?)");
+    match either {
+        futures_util::future::Either::Left((out, rest)) | futures_util::future::Either::Right((out, rest)) => {
+            (out, rest)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Network stand-ins between the gateway and a broker
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A TCP listener on `127.0.0.1:0` that accepts connections and never answers (nor closes them): a "broker" that
+/// keeps every request of its clients waiting until their own timeouts. Nothing sent to it is stored anywhere.
+pub struct Blackhole {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Blackhole {
+    /// Starts listening.
+    pub async fn start() -> Blackhole {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                open.push(s);
+            }
+        });
+        Blackhole { addr, task }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP relay from `127.0.0.1:0` to a real broker whose broker-to-client direction the test can hold. While held,
+/// what the client sends still reaches the broker, but what the broker sends back (AMQP publisher confirms, say)
+/// waits in the relay until [`Relay::release`]: the client's requests stay in flight for as long as the test wants.
+/// Dropping the relay cuts every relayed connection.
+pub struct Relay {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    held: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    /// Starts relaying to `target` (`host:port`).
+    pub async fn start(target: &str) -> Relay {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (held, watch) = tokio::sync::watch::channel(false);
+        let target = target.to_owned();
+        let task = tokio::spawn(async move {
+            // Dropped (aborting every relayed connection) when the accept loop is aborted.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (target, mut watch) = (target.clone(), watch.clone());
+                connections.spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_broker, mut to_broker) = outbound.into_split();
+                    let upstream = async {
+                        let _ = tokio::io::copy(&mut from_client, &mut to_broker).await;
+                        let _ = to_broker.shutdown().await;
+                    };
+                    let downstream = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n @ 1..) = from_broker.read(&mut buf).await {
+                            if watch.wait_for(|held| !*held).await.is_err()
+                                || to_client.write_all(&buf[..n]).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                        let _ = to_client.shutdown().await;
+                    };
+                    tokio::join!(upstream, downstream);
+                });
+            }
+        });
+        Relay { addr, held, task }
+    }
+
+    /// From now on, keep what the broker sends from reaching the client.
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Deliver what was held, and let everything through again.
+    pub fn release(&self) {
+        self.held.send_replace(false);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
