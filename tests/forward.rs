@@ -1356,6 +1356,11 @@ forward = {{ upstream = "slow" }}
     assert_eq!(line["request_id"], r.header("x-request-id"), "{line}");
     let trace_id = line["trace_id"].as_str().unwrap_or_default();
     assert!(trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+    let span_id = line["span_id"].as_str().unwrap_or_default();
+    assert!(span_id.len() == 16 && span_id.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+    let sent = slow.last().header("traceparent").to_owned();
+    assert_eq!(sent.get(3..35), Some(trace_id), "the log line names the trace the upstream joined: {sent}");
+    assert_ne!(sent.get(36..52), Some(span_id), "the upstream's parent is the attempt's span, a child of {span_id}");
     assert!(line["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{line}");
     std::fs::remove_dir_all(dir).ok();
 }
