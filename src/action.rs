@@ -1,8 +1,6 @@
 //! The innermost service of a route's stack: what the route does (`forward` or `publish`), and the answer for
 //! requests no route takes.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -12,7 +10,7 @@ use tower::Service;
 
 use crate::body::{Body, Prepared};
 use crate::forward::{ForwardRoute, forward};
-use crate::problem::GatewayError;
+use crate::problem::{AnswerFuture, GatewayError};
 use crate::publish::{PublishRoute, publish};
 use crate::request::Facts;
 
@@ -35,18 +33,16 @@ impl Action {
     }
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
-
 impl Service<Request<Prepared>> for Action {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = ResponseFuture;
+    type Future = AnswerFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Prepared>) -> ResponseFuture {
+    fn call(&mut self, req: Request<Prepared>) -> AnswerFuture {
         match self {
             Action::Forward(route) => {
                 let route = route.clone();

@@ -2,6 +2,8 @@
 //! `type`, `title`, `status`, `detail`, `route` and `request_id`. Internals (addresses, library messages) never
 //! reach the client; callers log them before converting.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
@@ -11,6 +13,12 @@ use crate::body::{Body, ReadBodyError};
 use crate::publish::PublishError;
 use crate::template::Missing;
 use crate::upstream::CallError;
+
+/// What every layer below the observe layer answers: a response, or an error that layer turns into one.
+pub type Answer = Result<Response<Body>, GatewayError>;
+
+/// A boxed future of an [`Answer`] (the future type of the gateway's own layers).
+pub type AnswerFuture = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
 /// Everything the gateway itself may answer with instead of an upstream or broker response.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -6,9 +6,7 @@
 //! panic; this one only wraps the future.
 
 use std::any::Any;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
@@ -16,7 +14,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::body::Body;
-use crate::problem::GatewayError;
+use crate::problem::{AnswerFuture, GatewayError};
 
 /// Turns panics into 500s.
 #[derive(Clone, Copy, Debug, Default)]
@@ -36,8 +34,6 @@ pub struct CatchPanic<S> {
     inner: S,
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
-
 impl<S, B> Service<Request<B>> for CatchPanic<S>
 where
     S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>,
@@ -45,13 +41,13 @@ where
 {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = ResponseFuture;
+    type Future = AnswerFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> ResponseFuture {
+    fn call(&mut self, req: Request<B>) -> AnswerFuture {
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(future) => Box::pin(AssertUnwindSafe(future).catch_unwind().map(|r| r.unwrap_or_else(panicked))),
             Err(panic) => Box::pin(std::future::ready(panicked(panic))),

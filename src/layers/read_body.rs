@@ -3,8 +3,6 @@
 //! no body streams a large body through (only up to 64 KiB is buffered, for retries); a route that needs it
 //! reads it whole, up to `server.max_body`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -12,7 +10,7 @@ use hyper::body::Incoming;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{Body, Prepared, prepare};
-use crate::problem::GatewayError;
+use crate::problem::{AnswerFuture, GatewayError};
 
 /// Reads the body into a [`Prepared`] one.
 #[derive(Clone, Copy, Debug)]
@@ -38,8 +36,6 @@ pub struct ReadBody<S> {
     inner: S,
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
-
 impl<S> Service<Request<Incoming>> for ReadBody<S>
 where
     S: Service<Request<Prepared>, Response = Response<Body>, Error = GatewayError> + Clone + Send + 'static,
@@ -47,14 +43,14 @@ where
 {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = ResponseFuture;
+    type Future = AnswerFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         // The inner service is made ready once the body has been read.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> ResponseFuture {
+    fn call(&mut self, req: Request<Incoming>) -> AnswerFuture {
         let ReadBodyLayer { max_body, buffer_all } = self.settings;
         let inner = self.inner.clone();
         Box::pin(async move {

@@ -4,8 +4,6 @@
 //! retry is processed. Bounded by a window and a capacity; time is tokio's so tests can pause it.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,7 +15,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::body::{Body, Prepared};
-use crate::problem::GatewayError;
+use crate::problem::{AnswerFuture, GatewayError};
 
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -48,8 +46,6 @@ pub struct Idempotent<S> {
     inner: S,
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
-
 impl<S> Service<Request<Prepared>> for Idempotent<S>
 where
     S: Service<Request<Prepared>, Response = Response<Body>, Error = GatewayError>,
@@ -57,13 +53,13 @@ where
 {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = ResponseFuture;
+    type Future = AnswerFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Prepared>) -> ResponseFuture {
+    fn call(&mut self, req: Request<Prepared>) -> AnswerFuture {
         let key = match req.headers().get(&IDEMPOTENCY_KEY).map(HeaderValue::to_str) {
             None => return Box::pin(self.inner.call(req)),
             Some(Ok(key)) => key.to_owned(),
