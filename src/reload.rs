@@ -42,18 +42,40 @@ pub struct Outcome {
 pub struct Reloader {
     path: PathBuf,
     gateway: Arc<Gateway>,
-    running: Mutex<()>,
+    /// Held for the whole of a reload (one at a time); the file's bytes as the last reload (or start-up) read
+    /// them, so that the file watcher does not load again what `SIGHUP` or `POST /reload` already did.
+    last_read: Mutex<Option<Vec<u8>>>,
 }
 
 impl Reloader {
-    /// A reloader of `gateway` from the file at `path`.
+    /// A reloader of `gateway` from the file at `path` (read once now: the content the gateway started with).
     pub fn new(path: PathBuf, gateway: Arc<Gateway>) -> Reloader {
-        Reloader { path, gateway, running: Mutex::new(()) }
+        let started_with = std::fs::read(&path).ok();
+        Reloader { path, gateway, last_read: Mutex::new(started_with) }
     }
 
     /// Loads, validates, compiles and swaps in the config file.
     pub async fn reload(&self, trigger: &'static str) -> Outcome {
-        let _one_at_a_time = self.running.lock().await;
+        let mut last_read = self.last_read.lock().await;
+        *last_read = tokio::fs::read(&self.path).await.ok();
+        self.apply(trigger).await
+    }
+
+    /// The file watcher's reload: only when the file's content differs from what the last reload, whatever its
+    /// trigger, read (an editor that saves the same bytes, a touch, or an edit already applied by `SIGHUP` count
+    /// as nothing). `None` when there was nothing to do.
+    async fn reload_if_changed(&self) -> Option<Outcome> {
+        let mut last_read = self.last_read.lock().await;
+        let now = tokio::fs::read(&self.path).await.ok();
+        if now.is_none() || now == *last_read {
+            return None;
+        }
+        *last_read = now;
+        Some(self.apply("file").await)
+    }
+
+    /// Load → validate → compile → swap; the caller holds `last_read`.
+    async fn apply(&self, trigger: &'static str) -> Outcome {
         let metrics = self.gateway.metrics().clone();
         let current = self.gateway.snapshot.load_full();
         let mut outcome = Outcome {
@@ -171,25 +193,17 @@ fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recommende
     Ok(watcher)
 }
 
-/// Reloads after the file has been quiet for `DEBOUNCE`, and only when its content changed (an editor that
-/// saves the same bytes, or a touch, counts as nothing).
+/// Reloads after the file has been quiet for `DEBOUNCE`, and only when its content changed since the last
+/// reload read it ([`Reloader::reload_if_changed`]).
 async fn on_file_change(
     reloader: std::sync::Weak<Reloader>,
     mut rx: mpsc::Receiver<()>,
     _watcher: notify::RecommendedWatcher,
 ) {
-    let mut last = None;
-    if let Some(r) = reloader.upgrade() {
-        last = tokio::fs::read(&r.path).await.ok();
-    }
     while rx.recv().await.is_some() {
         // Debounce: wait until no event arrived for DEBOUNCE.
         while tokio::time::timeout(DEBOUNCE, rx.recv()).await.is_ok_and(|e| e.is_some()) {}
         let Some(r) = reloader.upgrade() else { return };
-        let now = tokio::fs::read(&r.path).await.ok();
-        if now.is_some() && now != last {
-            last = now;
-            r.reload("file").await;
-        }
+        r.reload_if_changed().await;
     }
 }
