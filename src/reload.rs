@@ -103,11 +103,12 @@ impl Reloader {
                 return outcome;
             }
         };
-        outcome.restart_needed = restart_needed(&current.config, &loaded.config);
+        let mut config = loaded.config;
+        outcome.restart_needed = keep_startup_settings(&current.config, &mut config);
         for key in &outcome.restart_needed {
             tracing::warn!(trigger, key = %key, "config change needs a restart to take effect");
         }
-        match Snapshot::build(loaded.config, Some(&current), &self.gateway.shared).await {
+        match Snapshot::build(config, Some(&current), &self.gateway.shared).await {
             Ok(next) => {
                 outcome.routes = next.routes.len();
                 self.gateway.snapshot.store(Arc::new(next));
@@ -150,19 +151,29 @@ impl Reloader {
     }
 }
 
-/// Settings read once at start-up.
-fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+/// Settings read once at start-up (listeners, the shutdown grace, logging and trace export): returns the keys
+/// whose value in `new` differs from the one in effect in `running`, and puts the value in effect back into
+/// `new`, so that `/routes` shows what is served and every later reload reports the change again until a
+/// restart. (`telemetry.access_log` is not one of them: each snapshot reads it.)
+fn keep_startup_settings(running: &Config, new: &mut Config) -> Vec<String> {
     let mut keys = Vec::new();
-    if old.server.listen != new.server.listen {
-        keys.push("server.listen".to_owned());
+    macro_rules! keep {
+        ($($table:ident . $key:ident),*) => {$(
+            if new.$table.$key != running.$table.$key {
+                keys.push(concat!(stringify!($table), ".", stringify!($key)).to_owned());
+                new.$table.$key = running.$table.$key.clone();
+            }
+        )*};
     }
-    if old.server.admin_listen != new.server.admin_listen {
-        keys.push("server.admin_listen".to_owned());
-    }
-    let telemetry = |c: &Config| serde_json::to_value(&c.telemetry).ok();
-    if telemetry(old) != telemetry(new) {
-        keys.push("telemetry".to_owned());
-    }
+    keep!(
+        server.listen,
+        server.admin_listen,
+        server.shutdown_grace,
+        telemetry.log_format,
+        telemetry.otlp_endpoint,
+        telemetry.service_name,
+        telemetry.sample_ratio
+    );
     keys
 }
 
@@ -205,5 +216,28 @@ async fn on_file_change(
         while tokio::time::timeout(DEBOUNCE, rx.recv()).await.is_ok_and(|e| e.is_some()) {}
         let Some(r) = reloader.upgrade() else { return };
         r.reload_if_changed().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_settings_are_reported_and_kept_at_the_value_in_effect() {
+        let running = Config::default();
+        let mut new = Config::default();
+        new.server.listen = "127.0.0.1:1".parse().unwrap();
+        new.server.shutdown_grace = crate::config::units::Dur::secs(1);
+        new.server.request_timeout = crate::config::units::Dur::secs(1);
+        new.telemetry.sample_ratio = 0.5;
+        new.telemetry.access_log = false;
+        let keys = keep_startup_settings(&running, &mut new);
+        assert_eq!(keys, ["server.listen", "server.shutdown_grace", "telemetry.sample_ratio"]);
+        assert_eq!(new.server.listen, running.server.listen, "the address served stays in the active config");
+        assert_eq!(new.server.shutdown_grace, running.server.shutdown_grace);
+        assert_eq!(new.telemetry.sample_ratio, running.telemetry.sample_ratio);
+        assert_eq!(new.server.request_timeout, crate::config::units::Dur::secs(1), "reloadable: the new value");
+        assert!(!new.telemetry.access_log, "reloadable: the new value");
     }
 }
