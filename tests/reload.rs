@@ -2,8 +2,9 @@
 //! A valid change serves at once after `POST /reload`, after `SIGHUP` (which must not kill the process) and after
 //! the file is rewritten, replaced by rename or swapped as a Kubernetes ConfigMap does; an invalid file is
 //! rejected with every problem while the old routes keep serving; a request in flight across a swap finishes on
-//! the old config while the next one on the same connection sees the new one; ejections and broker connections
-//! that a reload did not touch survive it; settings only a restart applies are reported as such.
+//! the old config while the next one on the same connection sees the new one; ejections, rate-limit buckets,
+//! remembered `Idempotency-Key`s and broker connections that a reload did not touch survive it; settings only a
+//! restart applies are reported as such.
 
 mod broker_support;
 
@@ -549,6 +550,35 @@ async fn ejected_endpoint_stays_ejected_across_reloads_that_keep_it() {
     assert_eq!(metric(&m, "sluice_ejections_total{upstream=\"svc\"}"), Some(1.0), "ejected once, never again");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_buckets_survive_a_reload_that_leaves_the_limit_alone() {
+    let a = Upstream::named("a").await;
+    // One request, then none for a thousand seconds.
+    let limited = |burst: u32| {
+        format!(
+            "\n[[routes]]\nname = \"limited\"\nmatch = {{ path_prefix = \"/limited\" }}\n\
+             forward = {{ upstream = \"a\" }}\nrate_limit = {{ per_second = 0.001, burst = {burst} }}\n"
+        )
+    };
+    let gw = Sluice::start("rate-limit", &(upstream("a", &[&a], "") + &limited(1))).await;
+    assert_eq!(gw.answer("/limited").await, (200, "a".to_owned()));
+    assert_eq!(gw.get("/limited").await.status, 429, "the bucket is empty");
+
+    // A reload that adds another route: the empty bucket stays empty.
+    gw.write(&gw.config(&(upstream("a", &[&a], "") + &limited(1) + &route("other", "/other", "a"))));
+    assert_eq!(gw.post_reload().await.status, 200);
+    assert_eq!(gw.answer("/other").await, (200, "a".to_owned()));
+    let r = gw.get("/limited").await;
+    assert_eq!(r.status, 429, "a reload does not refill the bucket: {}", r.text());
+
+    // A reload that changes the limit applies the new one at once.
+    gw.write(&gw.config(&(upstream("a", &[&a], "") + &limited(2) + &route("other", "/other", "a"))));
+    assert_eq!(gw.post_reload().await.status, 200);
+    assert_eq!(gw.get("/limited").await.status, 200);
+    assert_eq!(gw.get("/limited").await.status, 200);
+    assert_eq!(gw.get("/limited").await.status, 429);
+}
+
 // =============================================================================================================
 // 5. Settings only a restart applies
 // =============================================================================================================
@@ -656,22 +686,31 @@ async fn broker_connection_is_kept_across_a_reload_that_does_not_change_the_brok
          publish = {{ broker = {broker:?}, exchange = {exchange:?}, routing_key = \"k\" }}\n"
     );
     let gw = Sluice::start("broker", &(brokers("10s") + &publish)).await;
-    let post = async || {
-        let req = Request::post(gw.url("/events")).body(full("event")).unwrap();
-        send(&gw.client, req).await
+    let post = async |idempotency_key: Option<&str>| {
+        let mut req = Request::post(gw.url("/events"));
+        if let Some(key) = idempotency_key {
+            req = req.header("idempotency-key", key);
+        }
+        send(&gw.client, req.body(full("event")).unwrap()).await
     };
     eventually("the producer connects", async || amqp_connections(&connection_name).len() == 1).await;
     let first = amqp_connections(&connection_name);
-    eventually("a publish is accepted", async || post().await.status == 202).await;
+    eventually("a publish is accepted", async || post(None).await.status == 202).await;
+    let key = random_name("key");
+    let original = post(Some(&key)).await;
+    assert_eq!(original.status, 202, "{}", original.text());
 
     // A reload that adds a forward route and leaves the broker alone.
     gw.write(&gw.config(&(brokers("10s") + &upstream("a", &[&a], "") + &publish + &route("one", "/one", "a"))));
     let r = gw.post_reload().await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(gw.answer("/one").await, (200, "a".to_owned()));
-    let r = post().await;
+    let r = post(None).await;
     assert_eq!(r.status, 202, "the kept producer publishes at once: {}", r.text());
     assert_eq!(amqp_connections(&connection_name), first, "the same single connection after the reload");
+    let again = post(Some(&key)).await;
+    assert!(again.replayed(), "the route's remembered Idempotency-Keys survive the reload: {}", again.text());
+    assert_eq!((again.status, &again.body), (202, &original.body));
 
     // A reload that changes the broker: a new connection replaces the old one, which is closed.
     gw.write(&gw.config(&(brokers("11s") + &upstream("a", &[&a], "") + &publish + &route("one", "/one", "a"))));
@@ -682,7 +721,7 @@ async fn broker_connection_is_kept_across_a_reload_that_does_not_change_the_brok
         now.len() == 1 && now != first
     })
     .await;
-    eventually("a publish is accepted on the new connection", async || post().await.status == 202).await;
-    assert!(amqp.len(&queue).await >= 2);
+    eventually("a publish is accepted on the new connection", async || post(None).await.status == 202).await;
+    assert!(amqp.len(&queue).await >= 4, "every 202 is in the queue");
     amqp.delete(&queue, &exchange).await;
 }
