@@ -42,18 +42,40 @@ pub struct Outcome {
 pub struct Reloader {
     path: PathBuf,
     gateway: Arc<Gateway>,
-    running: Mutex<()>,
+    /// Held for the whole of a reload (one at a time); the file's bytes as the last reload (or start-up) read
+    /// them, so that the file watcher does not load again what `SIGHUP` or `POST /reload` already did.
+    last_read: Mutex<Option<Vec<u8>>>,
 }
 
 impl Reloader {
-    /// A reloader of `gateway` from the file at `path`.
+    /// A reloader of `gateway` from the file at `path` (read once now: the content the gateway started with).
     pub fn new(path: PathBuf, gateway: Arc<Gateway>) -> Reloader {
-        Reloader { path, gateway, running: Mutex::new(()) }
+        let started_with = std::fs::read(&path).ok();
+        Reloader { path, gateway, last_read: Mutex::new(started_with) }
     }
 
     /// Loads, validates, compiles and swaps in the config file.
     pub async fn reload(&self, trigger: &'static str) -> Outcome {
-        let _one_at_a_time = self.running.lock().await;
+        let mut last_read = self.last_read.lock().await;
+        *last_read = tokio::fs::read(&self.path).await.ok();
+        self.apply(trigger).await
+    }
+
+    /// The file watcher's reload: only when the file's content differs from what the last reload, whatever its
+    /// trigger, read (an editor that saves the same bytes, a touch, or an edit already applied by `SIGHUP` count
+    /// as nothing). `None` when there was nothing to do.
+    async fn reload_if_changed(&self) -> Option<Outcome> {
+        let mut last_read = self.last_read.lock().await;
+        let now = tokio::fs::read(&self.path).await.ok();
+        if now.is_none() || now == *last_read {
+            return None;
+        }
+        *last_read = now;
+        Some(self.apply("file").await)
+    }
+
+    /// Load → validate → compile → swap; the caller holds `last_read`.
+    async fn apply(&self, trigger: &'static str) -> Outcome {
         let metrics = self.gateway.metrics().clone();
         let current = self.gateway.snapshot.load_full();
         let mut outcome = Outcome {
@@ -81,11 +103,12 @@ impl Reloader {
                 return outcome;
             }
         };
-        outcome.restart_needed = restart_needed(&current.config, &loaded.config);
+        let mut config = loaded.config;
+        outcome.restart_needed = keep_startup_settings(&current.config, &mut config);
         for key in &outcome.restart_needed {
             tracing::warn!(trigger, key = %key, "config change needs a restart to take effect");
         }
-        match Snapshot::build(loaded.config, Some(&current), &self.gateway.shared).await {
+        match Snapshot::build(config, Some(&current), &self.gateway.shared).await {
             Ok(next) => {
                 outcome.routes = next.routes.len();
                 self.gateway.snapshot.store(Arc::new(next));
@@ -128,19 +151,29 @@ impl Reloader {
     }
 }
 
-/// Settings read once at start-up.
-fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+/// Settings read once at start-up (listeners, the shutdown grace, logging and trace export): returns the keys
+/// whose value in `new` differs from the one in effect in `running`, and puts the value in effect back into
+/// `new`, so that `/routes` shows what is served and every later reload reports the change again until a
+/// restart. (`telemetry.access_log` is not one of them: each snapshot reads it.)
+fn keep_startup_settings(running: &Config, new: &mut Config) -> Vec<String> {
     let mut keys = Vec::new();
-    if old.server.listen != new.server.listen {
-        keys.push("server.listen".to_owned());
+    macro_rules! keep {
+        ($($table:ident . $key:ident),*) => {$(
+            if new.$table.$key != running.$table.$key {
+                keys.push(concat!(stringify!($table), ".", stringify!($key)).to_owned());
+                new.$table.$key = running.$table.$key.clone();
+            }
+        )*};
     }
-    if old.server.admin_listen != new.server.admin_listen {
-        keys.push("server.admin_listen".to_owned());
-    }
-    let telemetry = |c: &Config| serde_json::to_value(&c.telemetry).ok();
-    if telemetry(old) != telemetry(new) {
-        keys.push("telemetry".to_owned());
-    }
+    keep!(
+        server.listen,
+        server.admin_listen,
+        server.shutdown_grace,
+        telemetry.log_format,
+        telemetry.otlp_endpoint,
+        telemetry.service_name,
+        telemetry.sample_ratio
+    );
     keys
 }
 
@@ -171,25 +204,40 @@ fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recommende
     Ok(watcher)
 }
 
-/// Reloads after the file has been quiet for `DEBOUNCE`, and only when its content changed (an editor that
-/// saves the same bytes, or a touch, counts as nothing).
+/// Reloads after the file has been quiet for `DEBOUNCE`, and only when its content changed since the last
+/// reload read it ([`Reloader::reload_if_changed`]).
 async fn on_file_change(
     reloader: std::sync::Weak<Reloader>,
     mut rx: mpsc::Receiver<()>,
     _watcher: notify::RecommendedWatcher,
 ) {
-    let mut last = None;
-    if let Some(r) = reloader.upgrade() {
-        last = tokio::fs::read(&r.path).await.ok();
-    }
     while rx.recv().await.is_some() {
         // Debounce: wait until no event arrived for DEBOUNCE.
         while tokio::time::timeout(DEBOUNCE, rx.recv()).await.is_ok_and(|e| e.is_some()) {}
         let Some(r) = reloader.upgrade() else { return };
-        let now = tokio::fs::read(&r.path).await.ok();
-        if now.is_some() && now != last {
-            last = now;
-            r.reload("file").await;
-        }
+        r.reload_if_changed().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_settings_are_reported_and_kept_at_the_value_in_effect() {
+        let running = Config::default();
+        let mut new = Config::default();
+        new.server.listen = "127.0.0.1:1".parse().unwrap();
+        new.server.shutdown_grace = crate::config::units::Dur::secs(1);
+        new.server.request_timeout = crate::config::units::Dur::secs(1);
+        new.telemetry.sample_ratio = 0.5;
+        new.telemetry.access_log = false;
+        let keys = keep_startup_settings(&running, &mut new);
+        assert_eq!(keys, ["server.listen", "server.shutdown_grace", "telemetry.sample_ratio"]);
+        assert_eq!(new.server.listen, running.server.listen, "the address served stays in the active config");
+        assert_eq!(new.server.shutdown_grace, running.server.shutdown_grace);
+        assert_eq!(new.telemetry.sample_ratio, running.telemetry.sample_ratio);
+        assert_eq!(new.server.request_timeout, crate::config::units::Dur::secs(1), "reloadable: the new value");
+        assert!(!new.telemetry.access_log, "reloadable: the new value");
     }
 }

@@ -1,7 +1,8 @@
 //! A config compiled for serving: the router, every route's stack, the upstreams and the broker producers.
 //! Immutable once built; requests read it through an `Arc` without locks, and a reload swaps in a new one.
-//! [`Snapshot::build`] reuses, from the snapshot it replaces, every upstream and broker whose settings did not
-//! change, so their state (ejections, health, idle connections, producer connections) survives a reload.
+//! [`Snapshot::build`] reuses, from the snapshot it replaces, every upstream, broker, idempotency store and rate
+//! limiter whose settings did not change, so their state (ejections, health, idle connections, producer
+//! connections, remembered keys, rate-limit buckets) survives a reload.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,6 +31,9 @@ pub struct Route {
     pub answers_preflight: bool,
     /// The route's remembered `Idempotency-Key`s (kept across reloads that leave the route's window alone).
     idempotency: Option<Arc<IdempotencyStore>>,
+    /// The route's rate-limit buckets (kept across reloads that leave the route's `rate_limit` alone, so that a
+    /// reload does not hand every client a full burst again).
+    rate_limit: Option<Arc<RateLimit>>,
 }
 
 /// A broker's producer and the settings it was made with.
@@ -100,8 +104,17 @@ impl Snapshot {
             let matcher = Matcher::compile(&r.matcher).expect("validated match");
             let name: Arc<str> = Arc::from(r.name.as_str());
             let route_metrics = metrics.route(&r.name);
-            let rate_limit =
-                r.rate_limit.as_ref().map(|cfg| RateLimit { limiter: RateLimiter::new(cfg), route: name.clone() });
+            // The route of the same name in the snapshot this one replaces, with its config.
+            let before = previous.and_then(|p| {
+                let i = p.config.routes.iter().position(|old| old.name == r.name)?;
+                Some((&p.config.routes[i], &p.routes[i]))
+            });
+            let rate_limit = r.rate_limit.as_ref().map(|cfg| {
+                before
+                    .filter(|(old, _)| old.rate_limit.as_ref().is_some_and(|old| same(old, cfg)))
+                    .and_then(|(_, old)| old.rate_limit.clone())
+                    .unwrap_or_else(|| Arc::new(RateLimit { limiter: RateLimiter::new(cfg), route: name.clone() }))
+            });
             let mut needs_body =
                 rate_limit.as_ref().is_some_and(|l| l.limiter.key.as_ref().is_some_and(Template::needs_body));
             let (action, idempotency) = match (&r.forward, &r.publish) {
@@ -125,8 +138,8 @@ impl Snapshot {
                     needs_body = true;
                     used_brokers.push(publish.broker.clone());
                     let (window, capacity) = (publish.idempotency_window.0, publish.idempotency_capacity);
-                    let store = previous
-                        .and_then(|p| p.routes.iter().find(|old| old.name == name)?.idempotency.clone())
+                    let store = before
+                        .and_then(|(_, old)| old.idempotency.clone())
                         .filter(|s| s.settings() == (window, capacity))
                         .unwrap_or_else(|| Arc::new(IdempotencyStore::new(window, capacity)));
                     let route = publish_route(name.clone(), publish, &brokers, &config, shared);
@@ -149,13 +162,13 @@ impl Snapshot {
                 verify: None,
                 auth: None,
                 cors: r.cors.as_ref().map(|c| crate::policy::cors::layer(c, r.matcher.methods.as_deref())),
-                rate_limit: rate_limit.map(|l| GuardLayer::new(Arc::new(l))),
+                rate_limit: rate_limit.clone().map(|l| GuardLayer::new(l)),
                 idempotency: idempotency.clone().map(IdempotencyLayer::new),
                 action,
             };
             let answers_preflight = layers.cors.is_some();
             matchers.push(matcher);
-            routes.push(Route { name, service: stack::route(layers), answers_preflight, idempotency });
+            routes.push(Route { name, service: stack::route(layers), answers_preflight, idempotency, rate_limit });
         }
         let unmatched = stack::unmatched(ObserveLayer(Arc::new(Observe {
             route: None,
