@@ -14,6 +14,9 @@ integration/brokers.sh up
 integration/otel.sh up
 SLUICE_TEST_OTLP_SPANS=${SLUICE_TEST_OTLP_SPANS:-$(integration/otel.sh spans-file)}
 export SLUICE_TEST_OTLP_SPANS
+# Independent Python clients (webhook providers' libraries, PyJWT, pika, confluent-kafka) in a cached venv.
+SLUICE_TEST_PYTHON=${SLUICE_TEST_PYTHON:-$(integration/pyenv.sh)}
+export SLUICE_TEST_PYTHON
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
