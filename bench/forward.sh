@@ -3,6 +3,7 @@
 #
 #   bench/forward.sh            5 interleaved repetitions of 10 s per system (about 3 minutes)
 #   bench/forward.sh --quick    1 repetition of 3 s per system (smoke check)
+#   bench/forward.sh --traced   also sluice-traced (below); combines with --quick
 #
 # Systems under test, all in front of the same upstream (an nginx instance answering `return 200` with a
 # fixed 1 KiB body):
@@ -10,6 +11,15 @@
 #   sluice             target/release/sluice, TOKIO_WORKER_THREADS=1, plain forward route
 #   sluice-resilience  the same with retry (max_retries 2 on connect-failure,5xx) and outlier ejection set
 #                      explicitly (rate limit off)
+#   sluice-base        only when SLUICE_BASE_BIN is set: the same plain route and config as `sluice`, run by that
+#                      (older) binary, e.g. a build from before a change, to compare CPU µs/request
+#   sluice-traced      only with --traced or OTLP_ENDPOINT: the plain route with `[telemetry] otlp_endpoint` and
+#                      `sample_ratio = 1.0`, every span exported over OTLP/gRPC to a real OpenTelemetry Collector:
+#                      by default a private one this script starts (the binary `integration/otel.sh build` prints,
+#                      or OTELCOL_BIN), pinned to CPU $LOAD_CPU, writing spans to a file in the temp dir that is
+#                      truncated before each run and counted after it; with OTLP_ENDPOINT=http://host:port, that
+#                      collector instead (a local one is pinned to CPU $LOAD_CPU for the run, and its affinity
+#                      restored on exit; set OTLP_SPANS to its spans file to have spans counted)
 #
 # CPU placement (2 cores): the proxy under test on CPU $PROXY_CPU (default 0), the upstream and the load
 # generator (wrk, 1 thread) on CPU $LOAD_CPU (default 1). A "direct" run (wrk straight to the upstream, both on
@@ -17,8 +27,8 @@
 # was the bottleneck. The proxy's CPU use during each run (from /proc) is printed too.
 #
 # Environment knobs: REPS, DURATION (seconds), WARMUP (seconds), CONNS (wrk -c), PORT_BASE (default 18000;
-# uses PORT_BASE..PORT_BASE+3 and PORT_BASE+1901..+1902), PROXY_CPU, LOAD_CPU, SLUICE_BIN (skip the build),
-# KEEP_TMP=1 (keep the temp dir with configs and logs).
+# uses PORT_BASE..PORT_BASE+6 and PORT_BASE+1901..+1904), PROXY_CPU, LOAD_CPU, SLUICE_BIN (skip the build),
+# SLUICE_BASE_BIN, OTLP_ENDPOINT, OTLP_SPANS, OTELCOL_BIN, KEEP_TMP=1 (keep the temp dir with configs and logs).
 #
 # Everything binds on 127.0.0.1; everything started here is stopped on exit.
 set -euo pipefail
@@ -30,10 +40,13 @@ CONNS=${CONNS:-64}
 for arg in "$@"; do
     case "$arg" in
         --quick) REPS=1; DURATION=3; WARMUP=1 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-        *) echo "unknown argument: $arg (use --quick)" >&2; exit 2 ;;
+        --traced) TRACED=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+        *) echo "unknown argument: $arg (use --quick, --traced)" >&2; exit 2 ;;
     esac
 done
+[ -n "${OTLP_ENDPOINT:-}" ] && TRACED=1
+TRACED=${TRACED:-0}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PORT_BASE=${PORT_BASE:-18000}
@@ -41,9 +54,18 @@ UPSTREAM_PORT=$PORT_BASE
 NGINX_PORT=$((PORT_BASE + 1))
 SLUICE_PORT=$((PORT_BASE + 2))
 SLUICE_RES_PORT=$((PORT_BASE + 3))
+SLUICE_BASE_PORT=$((PORT_BASE + 4))
+SLUICE_TRACED_PORT=$((PORT_BASE + 5))
+OTEL_PORT=$((PORT_BASE + 6))   # the private collector's OTLP/gRPC receiver
 SLUICE_ADMIN=$((PORT_BASE + 1901))
 SLUICE_RES_ADMIN=$((PORT_BASE + 1902))
-for p in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT $SLUICE_RES_PORT $SLUICE_ADMIN $SLUICE_RES_ADMIN; do
+SLUICE_BASE_ADMIN=$((PORT_BASE + 1903))
+SLUICE_TRACED_ADMIN=$((PORT_BASE + 1904))
+PORTS=($UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT $SLUICE_RES_PORT $SLUICE_ADMIN $SLUICE_RES_ADMIN)
+[ -n "${SLUICE_BASE_BIN:-}" ] && PORTS+=($SLUICE_BASE_PORT $SLUICE_BASE_ADMIN)
+[ "$TRACED" = 1 ] && PORTS+=($SLUICE_TRACED_PORT $SLUICE_TRACED_ADMIN)
+[ "$TRACED" = 1 ] && [ -z "${OTLP_ENDPOINT:-}" ] && PORTS+=($OTEL_PORT)
+for p in "${PORTS[@]}"; do
     case $p in 5672|9092|9093) echo "port $p is reserved for the brokers; pick another PORT_BASE" >&2; exit 2 ;; esac
 done
 
@@ -81,8 +103,15 @@ if [ -z "${SLUICE_BIN:-}" ]; then
     SLUICE_BIN=$ROOT/target/release/sluice
 fi
 [ -x "$SLUICE_BIN" ] || { echo "no sluice binary at $SLUICE_BIN" >&2; exit 1; }
+if [ -n "${SLUICE_BASE_BIN:-}" ]; then
+    [ -x "$SLUICE_BASE_BIN" ] || { echo "no sluice binary at SLUICE_BASE_BIN=$SLUICE_BASE_BIN" >&2; exit 1; }
+fi
+if [ "$TRACED" = 1 ] && [ -z "${OTLP_ENDPOINT:-}" ] && [ -z "${OTELCOL_BIN:-}" ]; then
+    log "finding (or building) the OpenTelemetry Collector: integration/otel.sh build"
+    OTELCOL_BIN=$("$ROOT/integration/otel.sh" build)
+fi
 
-for p in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT $SLUICE_RES_PORT $SLUICE_ADMIN $SLUICE_RES_ADMIN; do
+for p in "${PORTS[@]}"; do
     if ss -ltnH "sport = :$p" | grep -q .; then
         echo "port $p is already in use; set PORT_BASE to a free range" >&2; exit 1
     fi
@@ -94,6 +123,8 @@ chmod 755 "$TMP"
 PIDS=()
 cleanup() {
     local pid
+    # An external collector pinned for the run gets its CPU affinity back.
+    [ -n "${OTEL_AFFINITY:-}" ] && taskset -apc "$OTEL_AFFINITY" "$OTEL_PID" >/dev/null 2>&1 || true
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -107,6 +138,7 @@ trap 'exit 130' INT TERM
 
 # A private copy, so that a concurrent `cargo build` cannot swap the binary during the run.
 cp "$SLUICE_BIN" "$TMP/sluice"; SLUICE_BIN=$TMP/sluice
+if [ -n "${SLUICE_BASE_BIN:-}" ]; then cp "$SLUICE_BASE_BIN" "$TMP/sluice-base"; SLUICE_BASE_BIN=$TMP/sluice-base; fi
 
 # ---------------------------------------------------------------------------------------------- configs
 NGINX_USER=""
@@ -204,8 +236,50 @@ match = { path_prefix = "/" }
 forward = { upstream = "bench" }
 retry = { max_retries = 2, on = ["connect-failure", "5xx"] }
 EOF
+# sluice-base: the plain config on its own ports (it must stay valid for an older binary: no newer keys).
+sed -e "s/:$SLUICE_PORT\"/:$SLUICE_BASE_PORT\"/; s/:$SLUICE_ADMIN\"/:$SLUICE_BASE_ADMIN\"/" "$TMP/sluice.toml" \
+    > "$TMP/sluice-base.toml"
+# sluice-traced: the plain config plus OTLP export of every span.
+OTLP_URL=${OTLP_ENDPOINT:-http://127.0.0.1:$OTEL_PORT}
+sed -e "s/:$SLUICE_PORT\"/:$SLUICE_TRACED_PORT\"/; s/:$SLUICE_ADMIN\"/:$SLUICE_TRACED_ADMIN\"/" \
+    -e "s|^access_log = false\$|access_log = false\notlp_endpoint = \"$OTLP_URL\"\nsample_ratio = 1.0|" \
+    "$TMP/sluice.toml" > "$TMP/sluice-traced.toml"
+grep -q '^sample_ratio = 1.0$' "$TMP/sluice-traced.toml" || { echo "could not write sluice-traced.toml" >&2; exit 1; }
 "$SLUICE_BIN" check "$TMP/sluice.toml" >/dev/null
 "$SLUICE_BIN" check "$TMP/sluice-resilience.toml" >/dev/null
+[ -n "${SLUICE_BASE_BIN:-}" ] && "$SLUICE_BASE_BIN" check "$TMP/sluice-base.toml" >/dev/null
+[ "$TRACED" = 1 ] && "$SLUICE_BIN" check "$TMP/sluice-traced.toml" >/dev/null
+
+# The private collector: OTLP/gRPC in (127.0.0.1 only), every span appended to a JSON lines file (append, so that
+# truncating it between runs is safe), no telemetry server of its own.
+OTEL_SPANS=${OTLP_SPANS:-}
+if [ "$TRACED" = 1 ] && [ -z "${OTLP_ENDPOINT:-}" ]; then
+    mkdir -p "$TMP/otel"
+    OTEL_SPANS=$TMP/otel/spans.jsonl
+    cat > "$TMP/otel/config.yaml" <<EOF
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:$OTEL_PORT
+exporters:
+  file:
+    path: '$OTEL_SPANS'
+    format: json
+    flush_interval: 100ms
+    append: true
+service:
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [file]
+EOF
+fi
 
 # ---------------------------------------------------------------------------------------------- start
 
@@ -220,14 +294,44 @@ PIDS+=($!); SLUICE_PID=$!
 TOKIO_WORKER_THREADS=1 "${PIN_PROXY[@]}" "$SLUICE_BIN" run --config "$TMP/sluice-resilience.toml" \
     >"$TMP/sluice-resilience.log" 2>&1 &
 PIDS+=($!); SLUICE_RES_PID=$!
+if [ -n "${SLUICE_BASE_BIN:-}" ]; then
+    TOKIO_WORKER_THREADS=1 "${PIN_PROXY[@]}" "$SLUICE_BASE_BIN" run --config "$TMP/sluice-base.toml" \
+        >"$TMP/sluice-base.log" 2>&1 &
+    PIDS+=($!); SLUICE_BASE_PID=$!
+fi
+if [ "$TRACED" = 1 ]; then
+    if [ -z "${OTLP_ENDPOINT:-}" ]; then
+        # The collector works on the load side's CPU, never on the proxy's.
+        "${PIN_LOAD[@]}" "$OTELCOL_BIN" --config "file:$TMP/otel/config.yaml" >"$TMP/otel/otelcol.log" 2>&1 &
+        PIDS+=($!); OTEL_PID=$!
+    else
+        # An external collector: pin it (all threads) to the load CPU for the run when its process can be found.
+        otel_port=${OTLP_ENDPOINT##*:}; otel_port=${otel_port%%/*}
+        OTEL_PID=$(ss -ltnpH "sport = :$otel_port" | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2 || true)
+        if [ -n "$OTEL_PID" ] && [ ${#PIN_LOAD[@]} -gt 0 ]; then
+            OTEL_AFFINITY=$(taskset -pc "$OTEL_PID" | awk -F': ' '{print $2}')
+            taskset -apc "$LOAD_CPU" "$OTEL_PID" >/dev/null
+            log "collector at $OTLP_ENDPOINT (pid $OTEL_PID): pinned to CPU $LOAD_CPU for the run (was $OTEL_AFFINITY)"
+        else
+            log "WARNING: could not find the process of the collector at $OTLP_ENDPOINT: not pinned"
+        fi
+    fi
+    for _ in $(seq 100); do ss -ltnH "sport = :${OTLP_URL##*:}" | grep -q . && break; sleep 0.1; done
+    ss -ltnH "sport = :${OTLP_URL##*:}" | grep -q . || { echo "no collector listening at $OTLP_URL" >&2; exit 1; }
+    TOKIO_WORKER_THREADS=1 "${PIN_PROXY[@]}" "$SLUICE_BIN" run --config "$TMP/sluice-traced.toml" \
+        >"$TMP/sluice-traced.log" 2>&1 &
+    PIDS+=($!); SLUICE_TRACED_PID=$!
+fi
 
 wait_http "http://127.0.0.1:$UPSTREAM_PORT/"
 wait_http "http://127.0.0.1:$NGINX_PORT/"
 wait_http "http://127.0.0.1:$SLUICE_PORT/"
 wait_http "http://127.0.0.1:$SLUICE_RES_PORT/"
+[ -n "${SLUICE_BASE_BIN:-}" ] && wait_http "http://127.0.0.1:$SLUICE_BASE_PORT/"
+[ "$TRACED" = 1 ] && wait_http "http://127.0.0.1:$SLUICE_TRACED_PORT/"
 
 # ---------------------------------------------------------------------------------------------- measure
-NAMES=(direct nginx sluice sluice-resilience)
+PROXIES=(nginx sluice sluice-resilience)
 declare -A URL=(
     [direct]="http://127.0.0.1:$UPSTREAM_PORT/"
     [nginx]="http://127.0.0.1:$NGINX_PORT/"
@@ -235,16 +339,53 @@ declare -A URL=(
     [sluice-resilience]="http://127.0.0.1:$SLUICE_RES_PORT/"
 )
 declare -A PROC=([direct]=$UPSTREAM_PID [nginx]=$NGINX_PID [sluice]=$SLUICE_PID [sluice-resilience]=$SLUICE_RES_PID)
+if [ -n "${SLUICE_BASE_BIN:-}" ]; then
+    PROXIES+=(sluice-base); URL[sluice-base]="http://127.0.0.1:$SLUICE_BASE_PORT/"; PROC[sluice-base]=$SLUICE_BASE_PID
+fi
+if [ "$TRACED" = 1 ]; then
+    PROXIES+=(sluice-traced); URL[sluice-traced]="http://127.0.0.1:$SLUICE_TRACED_PORT/"
+    PROC[sluice-traced]=$SLUICE_TRACED_PID
+fi
+NAMES=(direct "${PROXIES[@]}")
 declare -A RPS CPU USPR OTHER ERRS
+SPANS_GOT="" SPANS_DROPPED="" SPANS_REQS=""
 CLK_TCK=$(getconf CLK_TCK)
+
+spans_dropped() {   # sluice-traced's count of spans its export queue dropped
+    curl -s "http://127.0.0.1:$SLUICE_TRACED_ADMIN/metrics" | awk '/^sluice_trace_spans_dropped_total / {print $2}'
+}
+spans_settle() {    # waits until the spans file stops growing (Sluice's export queue and the collector drained)
+    local before after
+    [ -n "$OTEL_SPANS" ] || { sleep 1; return; }
+    after=$(stat -c %s "$OTEL_SPANS" 2>/dev/null || echo 0)
+    for _ in $(seq 60); do
+        sleep 0.5
+        before=$after; after=$(stat -c %s "$OTEL_SPANS" 2>/dev/null || echo 0)
+        [ "$after" = "$before" ] && return 0
+    done
+    return 0
+}
 
 
 
 run_wrk() {   # $1 = name, $2 = seconds; sets LAST_RPS, records requests/s, CPU figures and errors
-    local name=$1 secs=$2 out t0 t1 b0 b1 rps reqs errs
-    t0=$(cpu_ticks "${PROC[$name]}"); b0=$(cpu_busy "$PROXY_CPU")
+    local name=$1 secs=$2 out t0 t1 t2 b0 b1 w0 w1 el rps reqs errs d0 d1 got off=0
+    if [ "$name" = sluice-traced ]; then
+        # Nothing of the warm-up (or of the previous run) still queued; the private collector's file starts empty
+        # (an external collector's file is not ours to truncate: only what is appended after `off` is counted).
+        spans_settle
+        [ -z "${OTLP_ENDPOINT:-}" ] && : > "$OTEL_SPANS"
+        [ -n "$OTEL_SPANS" ] && off=$(stat -c %s "$OTEL_SPANS" 2>/dev/null || echo 0)
+        d0=$(spans_dropped)
+    fi
+    t0=$(cpu_ticks "${PROC[$name]}"); b0=$(cpu_busy "$PROXY_CPU"); w0=$(date +%s%N)
     out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${secs}s" "${URL[$name]}" 2>&1)
-    t1=$(cpu_ticks "${PROC[$name]}"); b1=$(cpu_busy "$PROXY_CPU")
+    t1=$(cpu_ticks "${PROC[$name]}"); b1=$(cpu_busy "$PROXY_CPU"); w1=$(date +%s%N)
+    el=$(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')   # seconds between the readings
+    # sluice-traced: the CPU time per request is read once its export queue has drained, so that exporting the
+    # spans of the run's last requests is counted too (CPU % and other load stay those of the load period).
+    t2=$t1
+    if [ "$name" = sluice-traced ]; then spans_settle; t2=$(cpu_ticks "${PROC[$name]}"); fi
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' <<<"$out")
@@ -252,11 +393,19 @@ run_wrk() {   # $1 = name, $2 = seconds; sets LAST_RPS, records requests/s, CPU 
     RPS[$name]+="$rps "
     # CPU % of the process under test (100 = one full CPU), its CPU time per request in microseconds, and the
     # share of the proxy's CPU that something else (other processes on the machine) used meanwhile.
-    CPU[$name]+="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN {printf "%.0f", 100 * d / hz / s}') "
-    USPR[$name]+="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", 1e6 * d / hz / n}') "
-    OTHER[$name]+="$(awk -v b=$((b1 - b0)) -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$secs" -v own="$name" \
+    CPU[$name]+="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$el" 'BEGIN {printf "%.0f", 100 * d / hz / s}') "
+    USPR[$name]+="$(awk -v d=$((t2 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", 1e6 * d / hz / n}') "
+    OTHER[$name]+="$(awk -v b=$((b1 - b0)) -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$el" -v own="$name" \
         'BEGIN {o = (own == "direct") ? b : b - d; if (o < 0) o = 0; printf "%.0f", 100 * o / hz / s}') "
     ERRS[$name]=$(( ${ERRS[$name]:-0} + errs ))
+    if [ "$name" = sluice-traced ]; then
+        # What reached the collector: spans in its file (SERVER + CLIENT per request, so about 2 per request),
+        # and what Sluice dropped because its export queue was full (a dropped span costs less than an exported one).
+        d1=$(spans_dropped)
+        got=-; [ -n "$OTEL_SPANS" ] && got=$(tail -c +$((off + 1)) "$OTEL_SPANS" | { grep -ao '"spanId"' || true; } | wc -l)
+        SPANS_GOT+="$got "; SPANS_DROPPED+="$(( ${d1:-0} - ${d0:-0} )) "; SPANS_REQS+="$reqs "
+        LAST_SPANS="spans at the collector $got, dropped by Sluice $(( ${d1:-0} - ${d0:-0} )) ($reqs requests)"
+    fi
     LAST_RPS=$rps
 }
 
@@ -273,14 +422,15 @@ done
 # The direct baseline is measured once: it only shows the load side's ceiling.
 run_wrk direct "$DURATION"
 log "       $(printf '%-18s' direct) $(printf '%9.0f' "$LAST_RPS") req/s  upstream CPU $(tail_word "${CPU[direct]}")%  other load on CPU $PROXY_CPU: $(tail_word "${OTHER[direct]}")%"
-PROXIES=(nginx sluice sluice-resilience)
+NP=${#PROXIES[@]}
 for rep in $(seq "$REPS"); do
     # Interleaved, and the order rotates each repetition (A B C, B C A, C A B, ...) so no system always
     # follows the same neighbour.
-    for k in 0 1 2; do
-        name=${PROXIES[$(( (rep - 1 + k) % 3 ))]}
+    for k in $(seq 0 $((NP - 1))); do
+        name=${PROXIES[$(( (rep - 1 + k) % NP ))]}
         run_wrk "$name" "$DURATION"
         log "rep $rep/$REPS  $(printf '%-18s' "$name") $(printf '%9.0f' "$LAST_RPS") req/s  CPU $(tail_word "${CPU[$name]}")%  $(tail_word "${USPR[$name]}") µs/req  other load on CPU $PROXY_CPU: $(tail_word "${OTHER[$name]}")%"
+        [ "$name" = sluice-traced ] && log "                                $LAST_SPANS"
     done
 done
 
@@ -296,7 +446,7 @@ for name in "${NAMES[@]}"; do
     printf '| %s | %.0f | %s | %s | %s | %s | %s |\n' "$label" "${MED[$name]}" "$(minmax <<<"${RPS[$name]}")" \
         "$(median <<<"${CPU[$name]}")" "${MEDUS[$name]}" "$(median <<<"${OTHER[$name]}")" "${ERRS[$name]}"
 done
-busy=$(median <<<"${OTHER[nginx]} ${OTHER[sluice]} ${OTHER[sluice-resilience]}")
+busy=$(for name in "${PROXIES[@]}"; do echo "${OTHER[$name]}"; done | median)
 if awk -v b="$busy" 'BEGIN {exit !(b > 10)}'; then
     echo
     echo "WARNING: other processes used a median ${busy}% of CPU $PROXY_CPU during the runs: requests/s are skewed by"
@@ -311,5 +461,30 @@ awk -v s="${MED[sluice]}" -v n="${MED[nginx]}" -v r="${MED[sluice-resilience]}" 
     printf "CPU-efficiency ratio sluice/nginx (nginx µs/req / sluice µs/req):             %.3f\n", un / us
     printf "CPU-efficiency ratio sluice-resilience/sluice (sluice µs/req / resilience µs/req): %.3f\n", us / ur
 }'
+if [ -n "${SLUICE_BASE_BIN:-}" ]; then
+    awk -v s="${MED[sluice]}" -v b="${MED[sluice-base]}" -v us="${MEDUS[sluice]}" -v ub="${MEDUS[sluice-base]}" 'BEGIN {
+        r = us / ub
+        printf "throughput ratio sluice/sluice-base:       %.3f\n", s / b
+        printf "CPU µs/request ratio sluice/sluice-base:   %.3f   (target 0.98–1.02: %s)\n", r,
+            (r >= 0.98 && r <= 1.02) ? "met" : "NOT met"
+    }'
+fi
+if [ "$TRACED" = 1 ]; then
+    awk -v s="${MED[sluice]}" -v t="${MED[sluice-traced]}" -v us="${MEDUS[sluice]}" -v ut="${MEDUS[sluice-traced]}" 'BEGIN {
+        r = ut / us
+        printf "throughput ratio sluice-traced/sluice:     %.3f\n", t / s
+        printf "CPU µs/request ratio sluice-traced/sluice: %.3f   (target <= 1.10: %s)\n", r, (r <= 1.10) ? "met" : "NOT met"
+    }'
+    read -r got dropped reqs < <(awk -v g="$SPANS_GOT" -v d="$SPANS_DROPPED" -v q="$SPANS_REQS" 'BEGIN {
+        n = split(g, G, " "); split(d, D, " "); split(q, Q, " ")
+        for (i = 1; i <= n; i++) { tg += G[i]; td += D[i]; tq += Q[i] }
+        print (g ~ /-/ ? "-" : tg), td, tq }')
+    echo "sluice-traced: $got spans reached the collector and $dropped were dropped by Sluice's export queue, for" \
+        "$reqs requests ($(awk -v g="$got" -v q="$reqs" 'BEGIN {if (g == "-") print "-"; else printf "%.2f", g / q}')" \
+        "spans per request at the collector; SERVER + CLIENT = 2 expected)"
+    if awk -v d="$dropped" -v q="$reqs" 'BEGIN {exit !(d > 0.01 * 2 * q)}'; then
+        echo "WARNING: more than 1% of the spans were dropped: the traced figure understates the cost of exporting all."
+    fi
+fi
 echo
 echo "($REPS repetitions x ${DURATION}s, wrk -t1 -c$CONNS, keep-alive, 1 KiB responses; $(date -u '+%Y-%m-%d %H:%M UTC'))"
