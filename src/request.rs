@@ -2,13 +2,22 @@
 //! and the context of its SERVER span. The server puts them in the request's extensions before the route's
 //! stack runs; the trace layer fills in the span context.
 
-use http::{HeaderValue, Request};
+use http::{HeaderName, HeaderValue, Request};
 
 use crate::body::Prepared;
 use crate::problem::GatewayError;
 use crate::router::Params;
 use crate::telemetry::TraceContext;
 use crate::template::{Missing, RenderContext, Template};
+
+/// `x-request-id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// W3C `traceparent`.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C `tracestate`.
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// `Idempotency-Key`.
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// What the gateway knows about one request beyond its method, URI, headers and body.
 #[derive(Clone, Debug)]
@@ -39,7 +48,7 @@ pub fn facts<B>(req: &Request<B>) -> &Facts {
 
 /// The `x-request-id` of `req` (set by the request-id layer, so always present past it).
 pub fn request_id<B>(req: &Request<B>) -> &str {
-    req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("")
+    req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 /// Renders `template` against `req`: headers, path parameters, query, and the body when it was buffered.

@@ -23,7 +23,7 @@ use tower::ServiceExt;
 use crate::body::Body;
 use crate::layers::catch_panic::panicked;
 use crate::problem::GatewayError;
-use crate::request::Facts;
+use crate::request::{Facts, X_REQUEST_ID};
 use crate::router::RouteMatch;
 use crate::snapshot::{Shared, Snapshot};
 use crate::telemetry::Metrics;
@@ -49,8 +49,6 @@ impl Gateway {
         &self.shared.metrics
     }
 }
-
-static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// Serves `listener` until `shutdown` resolves, then drains open requests for at most `grace`.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>, grace: Duration) {

@@ -548,10 +548,23 @@ async fn one_refusing_endpoint_of_three_fails_no_request_of_any_method() {
     let urls = [a.url(), refused_url().await, c.url()];
     let gw = Gateway::start(single(&urls, json!({ "balance": "round_robin" }), json!({}))).await;
     let refused = "sluice_upstream_attempts_total{upstream=\"svc\",outcome=\"connect_failure\"}";
-    for _ in 0..15 {
-        let r = gw.send(gw.req("POST", "/orders").body(full("{}")).unwrap()).await;
+    for i in 0..15 {
+        let req = gw.req("POST", "/orders").header("x-client-header", format!("v{i}")).body(full("{}")).unwrap();
+        let r = gw.send(req).await;
         assert_eq!(r.status, 200, "POST: {}", r.text());
     }
+    // A request resent after a connect failure arrives whole: headers and body as the client sent them.
+    let mut seen: Vec<(String, bytes::Bytes)> = a
+        .requests()
+        .into_iter()
+        .chain(c.requests())
+        .map(|s| (s.header("x-client-header").to_owned(), s.body.clone()))
+        .collect();
+    seen.sort();
+    let mut want: Vec<(String, bytes::Bytes)> =
+        (0..15).map(|i| (format!("v{i}"), bytes::Bytes::from_static(b"{}"))).collect();
+    want.sort();
+    assert_eq!(seen, want);
     let after_posts = metric(&gw.metrics().await, refused).unwrap_or(0.0);
     assert!(after_posts >= 1.0, "the refusing endpoint was tried by a POST, and the POST retried");
     for _ in 0..15 {

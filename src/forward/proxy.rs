@@ -20,7 +20,7 @@ use super::fault::Fault;
 use super::upgrade;
 use crate::body::{Body, Prepared};
 use crate::problem::GatewayError;
-use crate::request::{Facts, facts, render};
+use crate::request::{Facts, X_REQUEST_ID, facts, render};
 use crate::telemetry::Tracer;
 use crate::upstream::{Answer, Call, RetryPolicy, Upstream, call, hash_key, is_idempotent};
 
@@ -50,7 +50,6 @@ pub struct ForwardRoute {
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Forwards one request (see the module doc for the order).
 pub async fn forward(route: &ForwardRoute, mut req: Request<Prepared>) -> Result<Response<Body>, GatewayError> {

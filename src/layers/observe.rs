@@ -17,7 +17,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::body::Body;
 use crate::problem::GatewayError;
-use crate::request::Facts;
+use crate::request::{Facts, X_REQUEST_ID};
 use crate::telemetry::{RouteMetrics, Tracer};
 
 /// One route's observation settings and metric handles.
@@ -82,7 +82,7 @@ where
             let _in_flight = (GaugeGuard::new(&o.in_flight), GaugeGuard::new(&o.metrics.in_flight));
             let method = req.method().clone();
             let uri = req.uri().clone();
-            let request_id = req.headers().get("x-request-id").cloned();
+            let request_id = req.headers().get(&X_REQUEST_ID).cloned();
             let mut span = o.tracer.server(
                 req.headers(),
                 || match &o.route {

@@ -16,8 +16,8 @@ use tower::{Layer, Service};
 
 use crate::body::{Body, Prepared};
 use crate::problem::{AnswerFuture, GatewayError};
+use crate::request::IDEMPOTENCY_KEY;
 
-static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Runs a route's action under its [`IdempotencyStore`].

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::TelemetryConfig;
+use crate::request::{TRACEPARENT, TRACESTATE};
 
 /// Finished spans waiting for export; more are dropped (and counted).
 const QUEUE_CAPACITY: usize = 8192;
@@ -56,7 +57,7 @@ impl TraceContext {
         let span_id = fastrand::u64(1..);
         match incoming(headers) {
             Some((trace_id, _, flags)) => {
-                TraceContext { trace_id, span_id, flags, tracestate: headers.get("tracestate").cloned() }
+                TraceContext { trace_id, span_id, flags, tracestate: headers.get(&TRACESTATE).cloned() }
             }
             None => TraceContext { trace_id: fastrand::u128(1..), span_id, flags: 1, tracestate: None },
         }
@@ -159,7 +160,7 @@ impl Tracer {
         let Some(tracer) = &self.sdk else {
             return Span { cx: TraceContext::from_headers(headers), otel: None };
         };
-        let tracestate = headers.get("tracestate").cloned();
+        let tracestate = headers.get(&TRACESTATE).cloned();
         let parent = match incoming(headers) {
             Some((trace_id, span_id, flags)) => {
                 TraceContext { trace_id, span_id, flags, tracestate: tracestate.clone() }.as_parent(true)
@@ -312,7 +313,7 @@ async fn export_loop(exporter: opentelemetry_otlp::SpanExporter, mut rx: mpsc::R
 
 /// `(trace id, parent span id, flags)` of a valid incoming `traceparent`.
 fn incoming(headers: &HeaderMap) -> Option<(u128, u64, u8)> {
-    headers.get("traceparent").and_then(|v| parse_traceparent(v.as_bytes()))
+    headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()))
 }
 
 fn hex_into(out: &mut [u8], mut value: u128, digits: usize) {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
@@ -26,9 +26,8 @@ use super::group::{InFlight, Upstream};
 use super::pool::Reusable;
 use super::retry::{Outcome, RetryPolicy};
 use crate::body::{Prepared, is_too_large};
+use crate::request::TRACEPARENT;
 use crate::telemetry::{Span, TraceContext, Tracer};
-
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// One request to send.
 pub struct Call<'a> {
@@ -79,6 +78,7 @@ pub async fn call(upstream: &Upstream, call: Call<'_>) -> Result<Answer, CallErr
 async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, CallError> {
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     let mut retries = 0;
+    let may_resend = call.retry.may_resend(call.idempotent);
     loop {
         let mut guard = upstream.admit().ok_or(CallError::Overloaded)?;
         let endpoint = match upstream.pick(&tried, call.hash) {
@@ -92,9 +92,10 @@ async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         let mut req = Request::new(body);
         *req.method_mut() = call.method.clone();
         *req.uri_mut() = uri(upstream, &endpoint, &call.path);
-        // The last possible attempt takes the headers instead of copying them.
-        *req.headers_mut() =
-            if retries < call.retry.max_retries { call.headers.clone() } else { std::mem::take(&mut call.headers) };
+        // Headers are copied only for an attempt that may be followed by a resend of a request that was sent;
+        // otherwise they are moved, and a connect failure hands them back (the HTTP/2 client cannot).
+        let copy = retries < call.retry.max_retries && (may_resend || upstream.is_h2());
+        *req.headers_mut() = if copy { call.headers.clone() } else { std::mem::take(&mut call.headers) };
         req.headers_mut().insert(header::HOST, endpoint.host_header.clone());
         req.headers_mut().insert(TRACEPARENT.clone(), span.cx.traceparent());
         let sent = upstream.send(&endpoint, req);
@@ -104,7 +105,12 @@ async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         };
         let (outcome, response) = match result {
             Ok(Ok(res)) => (Outcome::Status(res.0.status()), Some(res)),
-            Ok(Err(e)) if e.is_connect() => (Outcome::ConnectFailure, None),
+            Ok(Err(mut e)) if e.is_connect() => {
+                if let Some(unsent) = e.take_unsent() {
+                    call.headers = unsent.into_parts().0.headers;
+                }
+                (Outcome::ConnectFailure, None)
+            }
             Ok(Err(e)) if is_too_large(&e) => return Err(CallError::BodyTooLarge { limit: call.body.limit() }),
             Ok(Err(e)) => {
                 tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "attempt failed");

@@ -164,7 +164,9 @@ impl Upstream {
             None => endpoint.pool.send(req).await.map(|(res, conn)| (res, Some(conn))),
             Some(client) => match client.request(req).await {
                 Ok(res) => Ok((res, None)),
-                Err(e) if e.is_connect() => Err(SendError::Connect { addr: endpoint.addr, reason: e.to_string() }),
+                Err(e) if e.is_connect() => {
+                    Err(SendError::Connect { addr: endpoint.addr, reason: e.to_string(), unsent: None })
+                }
                 Err(e) => Err(SendError::Failed(e.into())),
             },
         }

@@ -30,6 +30,8 @@ pub enum SendError {
         addr: SocketAddr,
         /// What happened.
         reason: String,
+        /// The request, untouched, when the pool can hand it back (so a retry need not have copied it).
+        unsent: Option<Box<Request<OutBody>>>,
     },
     /// The connection failed after the request may have been sent.
     #[error("request failed: {0}")]
@@ -40,6 +42,14 @@ impl SendError {
     /// Whether nothing was sent (a connect failure).
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect { .. })
+    }
+
+    /// The request of a connect failure, when the pool kept it.
+    pub fn take_unsent(&mut self) -> Option<Request<OutBody>> {
+        match self {
+            SendError::Connect { unsent, .. } => unsent.take().map(|r| *r),
+            SendError::Failed(_) => None,
+        }
     }
 }
 
@@ -95,7 +105,10 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        let mut sender = match self.connect().await {
+            Ok(sender) => sender,
+            Err(reason) => return Err(SendError::Connect { addr: self.addr, reason, unsent: Some(Box::new(req)) }),
+        };
         match sender.send_request(req).await {
             Ok(res) => Ok((res, Reusable { sender, pool: self.clone() })),
             Err(e) => Err(SendError::Failed(e.into())),
@@ -112,15 +125,15 @@ impl Pool {
         None
     }
 
-    async fn connect(&self) -> Result<SendRequest<OutBody>, SendError> {
-        let failed = |reason: String| SendError::Connect { addr: self.addr, reason };
+    /// A new connection, or why none could be made.
+    async fn connect(&self) -> Result<SendRequest<OutBody>, String> {
         let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(failed(e.to_string())),
-            Err(_) => return Err(failed(format!("no answer within {:?}", self.connect_timeout))),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no answer within {:?}", self.connect_timeout)),
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed(e.to_string()))?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");

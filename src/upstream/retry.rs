@@ -9,6 +9,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::backoff::Backoff;
 use crate::config::RetryConfig;
+use crate::request::IDEMPOTENCY_KEY;
 
 /// A class of outcomes named in `retry.on`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +118,13 @@ impl RetryPolicy {
         })
     }
 
+    /// Whether a request that reached the upstream may ever be sent again under this policy (a class other than
+    /// `connect-failure` is listed and the request is idempotent). When not, an attempt need not keep a copy of
+    /// the request: a connect failure hands the unsent request back.
+    pub fn may_resend(&self, idempotent: bool) -> bool {
+        self.max_retries > 0 && idempotent && self.on.iter().any(|on| *on != RetryOn::ConnectFailure)
+    }
+
     /// Whether attempt number `retries + 1` may follow `outcome`, budget aside.
     ///
     /// A request that never left (connect failure) may always be sent again; one that may have reached the
@@ -147,7 +155,7 @@ impl RetryPolicy {
 /// Whether a request may be sent twice: an idempotent method, or an `Idempotency-Key` header.
 pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
-        || headers.contains_key("idempotency-key")
+        || headers.contains_key(&IDEMPOTENCY_KEY)
 }
 
 #[cfg(test)]
