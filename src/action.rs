@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tower::Service;
 
 use crate::body::{Body, Prepared};
@@ -21,6 +20,8 @@ pub enum Action {
     Forward(Arc<ForwardRoute>),
     /// Asynchronous publishing.
     Publish(Arc<PublishRoute>),
+    /// No route takes the request: the router's verdict (404, or 405 with `Allow`) from its facts.
+    Unmatched,
 }
 
 impl Action {
@@ -29,6 +30,7 @@ impl Action {
         match self {
             Action::Forward(f) => &f.upstream.name,
             Action::Publish(p) => &p.broker_name,
+            Action::Unmatched => "",
         }
     }
 }
@@ -52,26 +54,10 @@ impl Service<Request<Prepared>> for Action {
                 let route = route.clone();
                 Box::pin(async move { publish(&route, req).await })
             }
+            Action::Unmatched => {
+                let verdict = req.extensions().get::<Facts>().and_then(|f| f.unmatched.clone());
+                Box::pin(std::future::ready(Err(verdict.unwrap_or(GatewayError::NotFound))))
+            }
         }
-    }
-}
-
-/// Answers a request no route takes with the router's verdict (404, or 405 with `Allow`), without reading its
-/// body.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Unmatched;
-
-impl Service<Request<Incoming>> for Unmatched {
-    type Response = Response<Body>;
-    type Error = GatewayError;
-    type Future = std::future::Ready<Result<Response<Body>, GatewayError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let verdict = req.extensions().get::<Facts>().and_then(|f| f.unmatched.clone());
-        std::future::ready(Err(verdict.unwrap_or(GatewayError::NotFound)))
     }
 }

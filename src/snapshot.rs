@@ -170,15 +170,25 @@ impl Snapshot {
             matchers.push(matcher);
             routes.push(Route { name, service: stack::route(layers), answers_preflight, idempotency, rate_limit });
         }
-        let unmatched = stack::unmatched(ObserveLayer(Arc::new(Observe {
-            route: None,
-            http_route: None,
-            backend: String::new(),
-            metrics: metrics.route(""),
-            in_flight: metrics.in_flight.clone(),
-            tracer: shared.tracer.clone(),
-            access_log: config.telemetry.access_log,
-        })));
+        let unmatched = stack::route(Layers {
+            observe: ObserveLayer(Arc::new(Observe {
+                route: None,
+                http_route: None,
+                backend: String::new(),
+                metrics: metrics.route(""),
+                in_flight: metrics.in_flight.clone(),
+                tracer: shared.tracer.clone(),
+                access_log: config.telemetry.access_log,
+            })),
+            // Nothing reads the body of a request no route takes, and its size does not matter: it gets 404/405.
+            read_body: ReadBodyLayer { max_body: u64::MAX, buffer_all: false },
+            verify: None,
+            auth: None,
+            cors: None,
+            rate_limit: None,
+            idempotency: None,
+            action: Action::Unmatched,
+        });
         used_brokers.sort();
         used_brokers.dedup();
         Ok(Snapshot {

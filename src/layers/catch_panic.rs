@@ -6,15 +6,19 @@
 //! panic; this one only wraps the future.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
+use futures_util::future::CatchUnwind;
 use http::{Request, Response};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::body::Body;
-use crate::problem::{AnswerFuture, GatewayError};
+use crate::problem::{Answer, GatewayError};
 
 /// Turns panics into 500s.
 #[derive(Clone, Copy, Debug, Default)]
@@ -37,20 +41,44 @@ pub struct CatchPanic<S> {
 impl<S, B> Service<Request<B>> for CatchPanic<S>
 where
     S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>,
-    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = AnswerFuture;
+    type Future = CatchPanicFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> AnswerFuture {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
-            Ok(future) => Box::pin(AssertUnwindSafe(future).catch_unwind().map(|r| r.unwrap_or_else(panicked))),
-            Err(panic) => Box::pin(std::future::ready(panicked(panic))),
+            Ok(future) => CatchPanicFuture::Running { inner: AssertUnwindSafe(future).catch_unwind() },
+            Err(panic) => CatchPanicFuture::Panicked { answer: Some(panicked(panic)) },
+        }
+    }
+}
+
+pin_project! {
+    /// The inner answer, or a 500 if producing it panicked.
+    #[project = Projected]
+    pub enum CatchPanicFuture<F> {
+        /// The inner future, watched for panics.
+        Running { #[pin] inner: CatchUnwind<AssertUnwindSafe<F>> },
+        /// The inner service panicked before returning a future.
+        Panicked { answer: Option<Answer> },
+    }
+}
+
+impl<F> Future for CatchPanicFuture<F>
+where
+    F: Future<Output = Answer>,
+{
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        match self.project() {
+            Projected::Running { inner } => inner.poll(cx).map(|r| r.unwrap_or_else(panicked)),
+            Projected::Panicked { answer } => Poll::Ready(answer.take().expect("polled after completion")),
         }
     }
 }

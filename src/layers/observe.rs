@@ -2,23 +2,27 @@
 //! `sluice_requests_total` / `sluice_request_duration_seconds`, and one access-log line with the trace and span
 //! ids. Errors from the layers below become `application/problem+json` here, where the route name and the
 //! request id are known.
+//!
+//! The work before the call is done in `call`, the work after it when the inner future completes: no inner
+//! service is cloned and no future is boxed, since every request of every route passes here.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use http::{Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, Uri, header};
 use opentelemetry::KeyValue;
+use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use crate::body::Body;
 use crate::problem::GatewayError;
 use crate::request::{Facts, X_REQUEST_ID};
-use crate::telemetry::{RouteMetrics, Tracer};
+use crate::telemetry::{RouteMetrics, Span, Tracer};
 
 /// One route's observation settings and metric handles.
 #[derive(Debug)]
@@ -58,77 +62,122 @@ pub struct Observed<S> {
     inner: S,
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
 impl<S, B> Service<Request<B>> for Observed<S>
 where
-    S: Service<Request<B>, Response = Response<Body>, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = ResponseFuture;
+    type Future = ObservedFuture<S::Future>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Errors of the inner service are answers too; its readiness errors cannot happen (every layer below is
+        // always ready), but would be answered as a 500 by the call.
+        let _ = ready!(self.inner.poll_ready(cx));
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<B>) -> ResponseFuture {
-        let o = self.observe.clone();
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let start = Instant::now();
-            let _in_flight = (GaugeGuard::new(&o.in_flight), GaugeGuard::new(&o.metrics.in_flight));
-            let method = req.method().clone();
-            let uri = req.uri().clone();
-            let request_id = req.headers().get(&X_REQUEST_ID).cloned();
-            let mut span = o.tracer.server(
-                req.headers(),
-                || match &o.route {
-                    Some(_) => format!("{} {}", method, o.http_route.as_deref().unwrap_or("")),
-                    None => method.to_string(),
-                },
-                || server_attributes(&o, &req),
-            );
-            if let Some(facts) = req.extensions_mut().get_mut::<Facts>() {
-                facts.trace = span.cx.clone();
-            }
-            let route = o.route.as_deref();
-            let id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-            let response = match inner.oneshot(req).await {
-                Ok(response) => response,
-                Err(e) => {
-                    if e.status().is_server_error() {
-                        tracing::warn!(route = route.unwrap_or(""), request_id = id, error = %e, "gateway error");
-                    }
-                    span.set(|| KeyValue::new("error.type", e.status().as_str().to_owned()));
-                    e.into_response(route, id)
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let o = &self.observe;
+        let start = Instant::now();
+        let gauges = (GaugeGuard::new(&o.in_flight), GaugeGuard::new(&o.metrics.in_flight));
+        let span = o.tracer.server(
+            req.headers(),
+            || match &o.route {
+                Some(_) => format!("{} {}", req.method(), o.http_route.as_deref().unwrap_or("")),
+                None => req.method().to_string(),
+            },
+            || server_attributes(o, &req),
+        );
+        if let Some(facts) = req.extensions_mut().get_mut::<Facts>() {
+            facts.trace = span.cx.clone();
+        }
+        let (method, uri) = if o.access_log { (req.method().clone(), req.uri().clone()) } else { Default::default() };
+        let seen = Seen {
+            observe: o.clone(),
+            start,
+            span,
+            request_id: req.headers().get(&X_REQUEST_ID).cloned(),
+            method,
+            uri,
+            _gauges: gauges,
+        };
+        ObservedFuture { inner: self.inner.call(req), seen: Some(Box::new(seen)) }
+    }
+}
+
+pin_project! {
+    /// The future of an observed request: the inner answer, then the bookkeeping.
+    pub struct ObservedFuture<F> {
+        #[pin]
+        inner: F,
+        seen: Option<Box<Seen>>,
+    }
+}
+
+/// What is known about a request before its answer.
+struct Seen {
+    observe: Arc<Observe>,
+    start: Instant,
+    span: Span,
+    request_id: Option<HeaderValue>,
+    /// Kept for the access log only (empty when it is off).
+    method: Method,
+    uri: Uri,
+    _gauges: (GaugeGuard, GaugeGuard),
+}
+
+impl<F> Future for ObservedFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, GatewayError>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let seen = this.seen.take().expect("an observed future is not polled after it completed");
+        Poll::Ready(Ok(seen.finish(result)))
+    }
+}
+
+impl Seen {
+    fn finish(self: Box<Self>, result: Result<Response<Body>, GatewayError>) -> Response<Body> {
+        let Seen { observe: o, start, mut span, request_id, method, uri, _gauges } = *self;
+        let route = o.route.as_deref();
+        let id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                if e.status().is_server_error() {
+                    tracing::warn!(route = route.unwrap_or(""), request_id = id, error = %e, "gateway error");
                 }
-            };
-            let status = response.status().as_u16();
-            span.set(|| KeyValue::new("http.response.status_code", i64::from(status)));
-            if status >= 500 {
-                span.error(format!("answered {status}"));
+                span.set(|| KeyValue::new("error.type", e.status().as_str().to_owned()));
+                e.into_response(route, id)
             }
-            let elapsed = start.elapsed();
-            o.metrics.observe(status, elapsed);
-            if o.access_log {
-                tracing::info!(
-                    target: "access",
-                    route = route.unwrap_or(""),
-                    method = %method,
-                    path = %uri.path(),
-                    status,
-                    duration_ms = elapsed.as_secs_f64() * 1000.0,
-                    backend = %o.backend,
-                    request_id = id,
-                    trace_id = %span.cx.trace_id_hex(),
-                    span_id = %span.cx.span_id_hex(),
-                );
-            }
-            Ok(response)
-        })
+        };
+        let status = response.status().as_u16();
+        span.set(|| KeyValue::new("http.response.status_code", i64::from(status)));
+        if status >= 500 {
+            span.error(format!("answered {status}"));
+        }
+        let elapsed = start.elapsed();
+        o.metrics.observe(status, elapsed);
+        if o.access_log {
+            tracing::info!(
+                target: "access",
+                route = route.unwrap_or(""),
+                method = %method,
+                path = %uri.path(),
+                status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                backend = %o.backend,
+                request_id = id,
+                trace_id = %span.cx.trace_id_hex(),
+                span_id = %span.cx.span_id_hex(),
+            );
+        }
+        response
     }
 }
 

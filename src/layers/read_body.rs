@@ -2,15 +2,25 @@
 //! rate-limit key, hash key, topic) and the action all see the same bytes. A forward route whose policies need
 //! no body streams a large body through (only up to 64 KiB is buffered, for retries); a route that needs it
 //! reads it whole, up to `server.max_body`.
+//!
+//! A request without a body (most GETs) goes straight on: no future is boxed and the inner service is not
+//! cloned. Every service below this layer is always ready (their state is shared and immutable), so a request
+//! whose body had to be read first is handed to a clone of the inner service without waiting for readiness.
 
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
+use http::request::Parts;
 use http::{Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
-use tower::{Layer, Service, ServiceExt};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 
-use crate::body::{Body, Prepared, prepare};
-use crate::problem::{AnswerFuture, GatewayError};
+use crate::body::{Body, Prepared, ReadBodyError, prepare};
+use crate::problem::{Answer, GatewayError};
 
 /// Reads the body into a [`Prepared`] one.
 #[derive(Clone, Copy, Debug)]
@@ -36,27 +46,65 @@ pub struct ReadBody<S> {
     inner: S,
 }
 
+type Reading = Pin<Box<dyn Future<Output = Result<Prepared, ReadBodyError>> + Send>>;
+
 impl<S> Service<Request<Incoming>> for ReadBody<S>
 where
-    S: Service<Request<Prepared>, Response = Response<Body>, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request<Prepared>, Response = Response<Body>, Error = GatewayError> + Clone,
 {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = AnswerFuture;
+    type Future = ReadBodyFuture<S, S::Future>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        // The inner service is made ready once the body has been read.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> AnswerFuture {
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        if body.is_end_stream() {
+            let req = Request::from_parts(parts, Prepared::Buffered(Bytes::new()));
+            return ReadBodyFuture::Calling { future: self.inner.call(req) };
+        }
         let ReadBodyLayer { max_body, buffer_all } = self.settings;
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let body = prepare(body, max_body, buffer_all).await?;
-            inner.oneshot(Request::from_parts(parts, body)).await
-        })
+        ReadBodyFuture::Reading {
+            body: Box::pin(prepare(body, max_body, buffer_all)),
+            rest: Some((parts, self.inner.clone())),
+        }
+    }
+}
+
+pin_project! {
+    /// Reading the body, then the inner service's answer.
+    #[project = Projected]
+    pub enum ReadBodyFuture<S, F> {
+        /// Waiting for the body; the request's head and the service it goes to.
+        Reading { body: Reading, rest: Option<(Parts, S)> },
+        /// The inner service's answer.
+        Calling { #[pin] future: F },
+    }
+}
+
+impl<S> Future for ReadBodyFuture<S, S::Future>
+where
+    S: Service<Request<Prepared>, Response = Response<Body>, Error = GatewayError>,
+{
+    type Output = Answer;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        loop {
+            match self.as_mut().project() {
+                Projected::Calling { future } => return future.poll(cx),
+                Projected::Reading { body, rest } => {
+                    let prepared = match ready!(body.as_mut().poll(cx)) {
+                        Ok(prepared) => prepared,
+                        Err(e) => return Poll::Ready(Err(e.into())),
+                    };
+                    let (parts, mut inner) = rest.take().expect("polled after completion");
+                    let future = inner.call(Request::from_parts(parts, prepared));
+                    self.set(ReadBodyFuture::Calling { future });
+                }
+            }
+        }
     }
 }

@@ -119,7 +119,8 @@ impl TraceContext {
 pub struct Span {
     /// The context sent onwards while this span is the current one.
     pub cx: TraceContext,
-    otel: Option<opentelemetry_sdk::trace::Span>,
+    /// Boxed: a request that records nothing should not carry (and move) the SDK span's space.
+    otel: Option<Box<opentelemetry_sdk::trace::Span>>,
 }
 
 impl Span {
@@ -172,7 +173,7 @@ impl Tracer {
             .with_kind(SpanKind::Server)
             .with_attributes(attributes())
             .start_with_context(tracer, &parent);
-        Span { cx: TraceContext::of(&span, tracestate), otel: Some(span) }
+        Span { cx: TraceContext::of(&span, tracestate), otel: Some(Box::new(span)) }
     }
 
     /// A child of `parent` (a CLIENT span per upstream attempt, a PRODUCER span per publish).
@@ -191,7 +192,7 @@ impl Tracer {
             .with_kind(kind)
             .with_attributes(attributes())
             .start_with_context(tracer, &parent.as_parent(false));
-        Span { cx: TraceContext::of(&span, parent.tracestate.clone()), otel: Some(span) }
+        Span { cx: TraceContext::of(&span, parent.tracestate.clone()), otel: Some(Box::new(span)) }
     }
 }
 
