@@ -18,12 +18,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
+use tower::Service;
 
 use crate::body::Body;
 use crate::layers::catch_panic::panicked;
 use crate::problem::GatewayError;
-use crate::request::{Facts, X_REQUEST_ID};
+use crate::request::Facts;
 use crate::router::RouteMatch;
 use crate::snapshot::{Shared, Snapshot};
 use crate::telemetry::Metrics;
@@ -94,7 +94,6 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
 
 /// Answers one request; never fails (errors become problem responses).
 pub async fn handle(gw: &Gateway, mut req: Request<Incoming>, peer_ip: &HeaderValue) -> Response<Body> {
-    sanitize_request_id(&mut req);
     let (service, facts) = {
         let snapshot = gw.snapshot.load();
         let facts = |params| Facts::new(peer_ip.clone(), "http", params);
@@ -118,16 +117,13 @@ pub async fn handle(gw: &Gateway, mut req: Request<Incoming>, peer_ip: &HeaderVa
         }
     };
     req.extensions_mut().insert(facts);
-    let request_id = req.headers().get(&X_REQUEST_ID).cloned();
+    // Every layer of a route's stack is always ready (their state is shared and immutable): call it at once.
     // The stack catches panics below its observe layer; this catches the rest, so no panic drops a connection.
-    match AssertUnwindSafe(service.oneshot(req)).catch_unwind().await {
+    let mut service = service;
+    match AssertUnwindSafe(async move { service.call(req).await }).catch_unwind().await {
         Ok(Ok(response)) => response,
         Ok(Err(never)) => match never {},
-        Err(panic) => {
-            let error = panicked::<()>(panic).expect_err("panicked answers an error");
-            let id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-            error.into_response(None, id)
-        }
+        Err(panic) => panicked::<()>(panic).expect_err("panicked answers an error").into_response(None, ""),
     }
 }
 
@@ -136,14 +132,6 @@ fn is_preflight(req: &Request<Incoming>) -> bool {
     req.method() == Method::OPTIONS
         && req.headers().contains_key(header::ORIGIN)
         && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-}
-
-/// Drops a client `x-request-id` that is empty, longer than 200 bytes or not visible ASCII (a new one is made).
-fn sanitize_request_id(req: &mut Request<Incoming>) {
-    let sane = |v: &HeaderValue| !v.is_empty() && v.len() <= 200 && v.to_str().is_ok();
-    if req.headers().get(&X_REQUEST_ID).is_some_and(|v| !sane(v)) {
-        req.headers_mut().remove(&X_REQUEST_ID);
-    }
 }
 
 /// Host without port, from the Host header or (HTTP/2) the URI authority.

@@ -1,19 +1,18 @@
 //! Every route's request path, in one place, one line a layer, outermost first. Built once per config load;
 //! a route pays only for the layers it configures (an absent policy is `Identity`: no code runs for it).
 //!
-//! request id → SERVER span, metrics, access log → (panics → 500) → body read → verify → auth → cors →
+//! request id + SERVER span, metrics, access log → (panics → 500) → body read → verify → auth → cors →
 //! rate limit → idempotency → action (`forward` | `publish`)
 
 use tower::ServiceBuilder;
 use tower::util::Either;
 use tower_http::cors::{Cors, CorsLayer};
-use tower_http::request_id::{PropagateRequestId, PropagateRequestIdLayer, SetRequestId, SetRequestIdLayer};
 
 use crate::action::Action;
 use crate::layers::catch_panic::CatchPanic;
 use crate::layers::observe::Observed;
 use crate::layers::read_body::ReadBody;
-use crate::layers::{CatchPanicLayer, NewRequestId, ObserveLayer, ReadBodyLayer};
+use crate::layers::{CatchPanicLayer, ObserveLayer, ReadBodyLayer};
 use crate::policy::guard::Guarded;
 use crate::policy::idempotency::Idempotent;
 use crate::policy::{GuardLayer, IdempotencyLayer};
@@ -21,7 +20,7 @@ use crate::policy::{GuardLayer, IdempotencyLayer};
 /// A route's compiled stack: the client's request in, the response out (errors are already responses). Every
 /// route has this one type (an absent policy is the `Either` branch without it), so a request clones and calls
 /// it with no boxing and no dynamic dispatch. Spelled out from the innermost layer:
-pub type RouteService = SetRequestId<PropagateRequestId<Observed<CatchPanic<ReadBody<Verified>>>>, NewRequestId>;
+pub type RouteService = Observed<CatchPanic<ReadBody<Verified>>>;
 type Verified = Either<Guarded<Authenticated>, Authenticated>;
 type Authenticated = Either<Guarded<CrossOrigin>, CrossOrigin>;
 type CrossOrigin = Either<Cors<Limited>, Limited>;
@@ -52,9 +51,7 @@ pub struct Layers {
 /// Builds a route's stack.
 pub fn route(l: Layers) -> RouteService {
     ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(NewRequestId)) // x-request-id: the client's, else a new UUID
-        .layer(PropagateRequestIdLayer::x_request_id()) //        echoed on every response
-        .layer(l.observe) //                                       SERVER span, metrics, access log; errors → problem+json
+        .layer(l.observe) //                                       x-request-id, SERVER span, metrics, access log; errors → problem+json
         .layer(CatchPanicLayer) //                                 a panic below is a 500, the process serves on
         .layer(l.read_body) //                                     body read once: verify and templates see the same bytes
         .option_layer(l.verify) //                                 webhook signatures over the raw body

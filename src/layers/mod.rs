@@ -4,14 +4,11 @@
 //!   problem+json here, the one place that knows the route name and the request id.
 //! - [`catch_panic`]: a panic below becomes a 500 instead of a dropped connection.
 //! - [`read_body`]: the request body, read once before any policy.
-//! - [`request_id`]: how a missing `x-request-id` is made.
 
 pub mod catch_panic;
 pub mod observe;
 pub mod read_body;
-pub mod request_id;
 
 pub use catch_panic::CatchPanicLayer;
 pub use observe::{Observe, ObserveLayer};
 pub use read_body::ReadBodyLayer;
-pub use request_id::NewRequestId;

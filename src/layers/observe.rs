@@ -1,7 +1,12 @@
-//! What every request leaves behind: a SERVER span (continuing the client's `traceparent`), the in-flight gauges,
-//! `sluice_requests_total` / `sluice_request_duration_seconds`, and one access-log line with the trace and span
-//! ids. Errors from the layers below become `application/problem+json` here, where the route name and the
-//! request id are known.
+//! What every request gets and leaves behind: its `x-request-id` (the client's when sane, else a new UUID; sent
+//! upstream and echoed on the response), a SERVER span (continuing the client's `traceparent`), the in-flight
+//! gauges, `sluice_requests_total` / `sluice_request_duration_seconds`, and one access-log line with the trace
+//! and span ids. Errors from the layers below become `application/problem+json` here, where the route name and
+//! the request id are known.
+//!
+//! The request id is handled here rather than with tower-http's `SetRequestId`/`PropagateRequestId` pair: that
+//! pair looks the header up three times and stores the id in the request's extensions, which measurably cost
+//! every request (bench/README.md); here it is one lookup, and the value is kept for the log and the response.
 //!
 //! The work before the call is done in `call`, the work after it when the inner future completes: no inner
 //! service is cloned and no future is boxed, since every request of every route passes here.
@@ -12,7 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderValue, Method, Request, Response, Uri, header};
+use http::header::{self, Entry, HeaderMap};
+use http::{HeaderValue, Method, Request, Response, Uri};
 use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
@@ -80,6 +86,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let o = &self.observe;
         let start = Instant::now();
+        let request_id = request_id(req.headers_mut());
         let gauges = (GaugeGuard::new(&o.in_flight), GaugeGuard::new(&o.metrics.in_flight));
         let span = o.tracer.server(
             req.headers(),
@@ -93,15 +100,7 @@ where
             facts.trace = span.cx.clone();
         }
         let (method, uri) = if o.access_log { (req.method().clone(), req.uri().clone()) } else { Default::default() };
-        let seen = Seen {
-            observe: o.clone(),
-            start,
-            span,
-            request_id: req.headers().get(&X_REQUEST_ID).cloned(),
-            method,
-            uri,
-            _gauges: gauges,
-        };
+        let seen = Seen { observe: o.clone(), start, span, request_id, method, uri, _gauges: gauges };
         ObservedFuture { inner: self.inner.call(req), seen: Some(Box::new(seen)) }
     }
 }
@@ -120,7 +119,7 @@ struct Seen {
     observe: Arc<Observe>,
     start: Instant,
     span: Span,
-    request_id: Option<HeaderValue>,
+    request_id: HeaderValue,
     /// Kept for the access log only (empty when it is off).
     method: Method,
     uri: Uri,
@@ -145,8 +144,8 @@ impl Seen {
     fn finish(self: Box<Self>, result: Result<Response<Body>, GatewayError>) -> Response<Body> {
         let Seen { observe: o, start, mut span, request_id, method, uri, _gauges } = *self;
         let route = o.route.as_deref();
-        let id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-        let response = match result {
+        let id = request_id.to_str().unwrap_or("");
+        let mut response = match result {
             Ok(response) => response,
             Err(e) => {
                 if e.status().is_server_error() {
@@ -156,6 +155,7 @@ impl Seen {
                 e.into_response(route, id)
             }
         };
+        response.headers_mut().entry(&X_REQUEST_ID).or_insert_with(|| request_id.clone());
         let status = response.status().as_u16();
         span.set(|| KeyValue::new("http.response.status_code", i64::from(status)));
         if status >= 500 {
@@ -179,6 +179,30 @@ impl Seen {
         }
         response
     }
+}
+
+/// The client's `x-request-id` when it is sane (1 to 200 visible ASCII bytes), else a new UUID put in its place.
+fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    match headers.entry(&X_REQUEST_ID) {
+        Entry::Occupied(e) if sane(e.get()) => e.get().clone(),
+        Entry::Occupied(mut e) => {
+            let id = new_request_id();
+            e.insert(id.clone());
+            id
+        }
+        Entry::Vacant(e) => e.insert(new_request_id()).clone(),
+    }
+}
+
+fn sane(v: &HeaderValue) -> bool {
+    !v.is_empty() && v.len() <= 200 && v.to_str().is_ok()
+}
+
+/// A random UUID (v4), formatted without allocating a `String` first.
+fn new_request_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).expect("a UUID is a header value")
 }
 
 /// The SERVER span's attributes (HTTP server semantic conventions), built only when the span records.
