@@ -32,6 +32,10 @@ use crate::request::request_id;
 /// Default `tolerance` of `stripe` and `standard`.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
+/// Most signatures one header may carry (senders list one per active secret, so a few): each costs an HMAC
+/// finalization, and a client must not make a request cost more than that.
+const MAX_SIGNATURES: usize = 16;
+
 /// Standard base64 that takes signatures and secrets with or without their `=` padding.
 const BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
@@ -271,6 +275,7 @@ fn parse_stripe(value: &str) -> Result<StripeHeader, Failure> {
             "t" => {
                 timestamp = Some(parse_timestamp(val.trim()).ok_or(Failure::Malformed(NAME, "t is not Unix seconds"))?)
             }
+            "v1" if v1 == MAX_SIGNATURES => return Err(Failure::Malformed(NAME, "too many signatures")),
             "v1" => {
                 v1 += 1;
                 signatures.extend(hex::decode(val.trim()).ok());
@@ -292,6 +297,9 @@ fn parse_standard(value: &str) -> Result<Vec<Vec<u8>>, Failure> {
     let mut signatures = Vec::new();
     for entry in value.split_ascii_whitespace() {
         if let Some(("v1", sig)) = entry.split_once(',') {
+            if v1 == MAX_SIGNATURES {
+                return Err(Failure::Malformed("webhook-signature", "too many signatures"));
+            }
             v1 += 1;
             signatures.extend(BASE64.decode(sig).ok());
         }
@@ -435,6 +443,9 @@ mod tests {
         assert_eq!(parse_stripe("v1=00").unwrap_err(), Failure::Malformed("stripe-signature", "no t"));
         assert_eq!(parse_stripe("t=1,v0=00").unwrap_err(), Failure::NoSignature("v1"));
         assert!(matches!(parse_stripe("t=1,t=2,v1=00"), Err(Failure::Malformed(_, "more than one t"))));
+        let many = |n: usize| format!("t=1{}", ",v1=00".repeat(n));
+        assert_eq!(parse_stripe(&many(MAX_SIGNATURES)).unwrap().signatures.len(), MAX_SIGNATURES);
+        assert!(matches!(parse_stripe(&many(MAX_SIGNATURES + 1)), Err(Failure::Malformed(_, "too many signatures"))));
         for bad in ["t=-1,v1=00", "t=1.5,v1=00", "t=,v1=00", "t=abc,v1=00"] {
             assert!(matches!(parse_stripe(bad), Err(Failure::Malformed(..))), "{bad}");
         }
@@ -479,6 +490,9 @@ mod tests {
         assert_eq!(parse_standard(&format!("v1,!!notbase64!! v1,{a}")).unwrap(), vec![vec![1, 2, 3]]);
         assert_eq!(parse_standard("v1,!!notbase64!!").unwrap(), Vec::<Vec<u8>>::new());
         assert_eq!(parse_standard("v1a,abc v2,abc").unwrap_err(), Failure::NoSignature("v1"));
+        let many = |n: usize| format!("v1,{a} ").repeat(n);
+        assert_eq!(parse_standard(&many(MAX_SIGNATURES)).unwrap().len(), MAX_SIGNATURES);
+        assert!(matches!(parse_standard(&many(MAX_SIGNATURES + 1)), Err(Failure::Malformed(_, "too many signatures"))));
         assert_eq!(parse_standard("").unwrap_err(), Failure::NoSignature("v1"));
     }
 
