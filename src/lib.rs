@@ -9,7 +9,7 @@
 //! - [`server`]: the public listener, routing each request to its route's stack, graceful shutdown.
 //! - [`stack`]: the per-route layer order, in one place.
 //! - [`layers`]: request id, SERVER span + metrics + access log, panics → 500, body reading.
-//! - [`policy`]: guards (rate limit; verify and auth slots), idempotency.
+//! - [`policy`]: guards (webhook signatures, rate limit; the auth slot), idempotency.
 //! - [`request`]: facts about the client request shared by every layer and action.
 //! - [`action`]: `forward` | `publish`, and the answer for requests no route takes.
 //! - [`forward`]: HTTP proxying on top of [`upstream`]: headers, rewrite, upgrades, fault injection.

@@ -41,6 +41,9 @@ pub enum GatewayError {
     /// A template needs a value the request does not carry, or the request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// The request's webhook signature could not be verified (the same answer whatever failed; the log says what).
+    #[error("the request's webhook signature could not be verified")]
+    BadSignature,
     /// The route's rate limit is exhausted.
     #[error("rate limit exceeded")]
     RateLimited {
@@ -137,6 +140,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadRequest(_) | GatewayError::BodyRead => StatusCode::BAD_REQUEST,
+            GatewayError::BadSignature => StatusCode::UNAUTHORIZED,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Overloaded | GatewayError::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
@@ -156,6 +160,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => ("urn:sluice:problem:body-too-large", "Request body too large"),
             GatewayError::BadRequest(_) => ("urn:sluice:problem:bad-request", "Bad request"),
             GatewayError::BodyRead => ("urn:sluice:problem:bad-request", "Bad request"),
+            GatewayError::BadSignature => ("urn:sluice:problem:bad-signature", "Invalid webhook signature"),
             GatewayError::RateLimited { .. } => ("urn:sluice:problem:rate-limited", "Rate limit exceeded"),
             GatewayError::Overloaded => ("urn:sluice:problem:overloaded", "Upstream overloaded"),
             GatewayError::NoHealthyEndpoint => ("urn:sluice:problem:no-healthy-endpoint", "No healthy endpoint"),

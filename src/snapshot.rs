@@ -11,7 +11,7 @@ use crate::action::Action;
 use crate::config::{AckMode, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RetryConfig};
 use crate::forward::{Fault, ForwardRoute};
 use crate::layers::{Observe, ObserveLayer, ReadBodyLayer};
-use crate::policy::{GuardLayer, IdempotencyLayer, IdempotencyStore, RateLimit, RateLimiter};
+use crate::policy::{GuardLayer, IdempotencyLayer, IdempotencyStore, RateLimit, RateLimiter, Verify};
 use crate::publish::encoder::{CloudEvents, Encoder, Target};
 use crate::publish::{Ack, PublishError, PublishRoute, Publisher};
 use crate::router::{Matcher, Router};
@@ -115,8 +115,9 @@ impl Snapshot {
                     .and_then(|(_, old)| old.rate_limit.clone())
                     .unwrap_or_else(|| Arc::new(RateLimit { limiter: RateLimiter::new(cfg), route: name.clone() }))
             });
-            let mut needs_body =
-                rate_limit.as_ref().is_some_and(|l| l.limiter.key.as_ref().is_some_and(Template::needs_body));
+            // A signature covers the raw body: it is read whole before the check.
+            let mut needs_body = r.verify.is_some()
+                || rate_limit.as_ref().is_some_and(|l| l.limiter.key.as_ref().is_some_and(Template::needs_body));
             let (action, idempotency) = match (&r.forward, &r.publish) {
                 (Some(forward), _) => {
                     let upstream = upstreams[&forward.upstream].clone();
@@ -159,7 +160,7 @@ impl Snapshot {
             let layers = Layers {
                 observe: ObserveLayer(Arc::new(observe)),
                 read_body: ReadBodyLayer { max_body: config.server.max_body.0, buffer_all: needs_body },
-                verify: None,
+                verify: r.verify.as_ref().map(|v| GuardLayer::new(Arc::new(Verify::new(name.clone(), v)))),
                 auth: None,
                 cors: r.cors.as_ref().map(|c| crate::policy::cors::layer(c, r.matcher.methods.as_deref())),
                 rate_limit: rate_limit.clone().map(|l| GuardLayer::new(l)),

@@ -34,7 +34,7 @@ pub struct Layers {
     pub observe: ObserveLayer,
     /// Body limit and whether the whole body is needed in memory.
     pub read_body: ReadBodyLayer,
-    /// Webhook signature verification (security issue: not configurable yet).
+    /// Webhook signature verification (`verify`) over the raw body.
     pub verify: Option<GuardLayer>,
     /// API keys or JWT (security issue: not configurable yet).
     pub auth: Option<GuardLayer>,

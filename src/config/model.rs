@@ -298,6 +298,73 @@ pub struct RouteConfig {
     /// Cross-origin resource sharing; preflights are answered by the gateway.
     #[serde(default)]
     pub cors: Option<CorsConfig>,
+    /// Inbound webhook signature verification (`401` on mismatch).
+    #[serde(default)]
+    pub verify: Option<VerifyConfig>,
+}
+
+/// `verify = { ... }`: the request must carry a valid webhook signature over its raw body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// Whose signature format: `github`, `stripe`, `standard` (Standard Webhooks / Svix) or `hmac` (generic).
+    pub scheme: VerifyScheme,
+    /// Environment variable holding the secret; a comma-separated list allows rotation (any one matches).
+    pub secret_env: String,
+    /// stripe, standard: how far the signed timestamp may be from now, either way (default `5m`).
+    #[serde(default)]
+    pub tolerance: Option<Dur>,
+    /// hmac: the header carrying the signature (required for hmac).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// hmac: text before the signature in the header (e.g. `sha256=`), stripped before decoding.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// hmac: how the signature is written (default `hex`).
+    #[serde(default)]
+    pub encoding: Option<SignatureEncoding>,
+    /// hmac: the hash of the HMAC (default `sha256`).
+    #[serde(default)]
+    pub algorithm: Option<HmacAlgorithm>,
+}
+
+/// Webhook signature formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyScheme {
+    /// `X-Hub-Signature-256: sha256=<hex>`, HMAC-SHA256 of the body.
+    Github,
+    /// `Stripe-Signature: t=<unix>,v1=<hex>`, HMAC-SHA256 of `{t}.{body}`.
+    Stripe,
+    /// Standard Webhooks (Svix): `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`, HMAC-SHA256
+    /// of `{id}.{timestamp}.{body}` with the base64-decoded `whsec_` secret.
+    Standard,
+    /// Any HMAC of the body in a header of choice.
+    Hmac,
+}
+
+/// How a generic HMAC signature is written in its header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureEncoding {
+    /// Hexadecimal, either case.
+    #[default]
+    Hex,
+    /// Standard base64, padding optional.
+    Base64,
+}
+
+/// The hash function of a generic HMAC.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacAlgorithm {
+    /// HMAC-SHA1 (legacy senders only).
+    Sha1,
+    /// HMAC-SHA256.
+    #[default]
+    Sha256,
+    /// HMAC-SHA512.
+    Sha512,
 }
 
 /// `cors = { ... }` (tower-http's `CorsLayer`)

@@ -438,3 +438,109 @@ fn sample_ratio_must_be_within_zero_and_one() {
     let p = problems("[telemetry]\nsample_ratio = \"half\"\n");
     assert_eq!(p, ["telemetry: sample_ratio: invalid type: string \"half\", expected f64"]);
 }
+
+#[test]
+fn verify_keys_are_checked_per_scheme_and_the_secret_must_be_set() {
+    // PATH is set wherever tests run; this name is set nowhere.
+    let unset = format!("SLUICE_TEST_UNSET_{}", uuid::Uuid::new_v4().simple());
+    let p = problems(&format!(
+        r#"
+[upstreams.u]
+endpoints = ["http://127.0.0.1:9001"]
+
+[[routes]]
+name = "gh"
+match = {{ path = "/gh" }}
+forward = {{ upstream = "u" }}
+verify = {{ scheme = "github", secret_env = "PATH", tolerance = "1m", header = "x-sig", encoding = "hex" }}
+
+[[routes]]
+name = "mac"
+match = {{ path = "/mac" }}
+forward = {{ upstream = "u" }}
+verify = {{ scheme = "hmac", secret_env = "{unset}", algorithm = "md5" }}
+
+[[routes]]
+name = "mac2"
+match = {{ path = "/mac2" }}
+forward = {{ upstream = "u" }}
+verify = {{ scheme = "hmac", secret_env = "PATH", tolerance = "0s" }}
+
+[[routes]]
+name = "mac3"
+match = {{ path = "/mac3" }}
+forward = {{ upstream = "u" }}
+verify = {{ scheme = "hmac", secret_env = "PATH", header = "bad header" }}
+
+[[routes]]
+name = "std"
+match = {{ path = "/std" }}
+forward = {{ upstream = "u" }}
+verify = {{ scheme = "standard", secret_env = "PATH", prefix = "v1," }}
+
+[[routes]]
+name = "nosecret"
+match = {{ path = "/n" }}
+forward = {{ upstream = "u" }}
+verify = {{ scheme = "stripe" }}
+
+[[routes]]
+name = "empty"
+match = {{ path = "/e" }}
+forward = {{ upstream = "u" }}
+verify = {{ scheme = "stripe", secret_env = "", tolerance = "5m" }}
+
+[[routes]]
+name = "typo"
+match = {{ path = "/t" }}
+forward = {{ upstream = "u" }}
+verify = {{ scheme = "gitlab", secret_env = "PATH" }}
+"#
+    ));
+    let has = |needle: &str| assert!(p.iter().any(|e| e.contains(needle)), "no {needle:?} in {p:#?}");
+    has(r#"routes[0] "gh": verify.tolerance applies to scheme "stripe" and "standard" only, not "github""#);
+    has(r#"routes[0] "gh": verify.header applies to scheme "hmac" only"#);
+    has(r#"routes[0] "gh": verify.encoding applies to scheme "hmac" only"#);
+    has(r#"routes[1] "mac": verify.algorithm"#);
+    has(r#"routes[2] "mac2": verify.header is required for scheme = "hmac""#);
+    has(r#"routes[2] "mac2": verify.tolerance applies to scheme "stripe" and "standard" only, not "hmac""#);
+    has(r#"routes[2] "mac2": verify.tolerance must be more than 0"#);
+    has(r#"routes[3] "mac3": verify.header: "bad header" is not a header name"#);
+    // PATH is no whsec_<base64> secret; the message names the variable but not its value.
+    has(r#"routes[4] "std": verify.prefix applies to scheme "hmac" only, not "standard""#);
+    has(r#"routes[4] "std": verify.secret_env "PATH": secret 1 of the list is not whsec_<base64>"#);
+    has(r#"routes[5] "nosecret": verify: missing field `secret_env`"#);
+    has(r#"routes[6] "empty": verify.secret_env must name an environment variable"#);
+    has(r#"routes[7] "typo": verify.scheme: unknown variant `gitlab`"#);
+    let path = std::env::var("PATH").unwrap();
+    assert!(p.iter().all(|e| !e.contains(&path)), "a secret's value is never printed: {p:#?}");
+    // The hmac route with a bad algorithm still gets its unset variable reported.
+    has(&format!(r#"routes[1] "mac": verify.secret_env names "{unset}", which is not set"#));
+}
+
+#[test]
+fn a_verify_route_with_its_secret_set_is_valid() {
+    let loaded = load(&write(
+        r#"
+[upstreams.u]
+endpoints = ["http://127.0.0.1:9001"]
+
+[[routes]]
+name = "mac"
+match = { path = "/mac" }
+forward = { upstream = "u" }
+verify = { scheme = "hmac", secret_env = "PATH", header = "X-Signature", prefix = "sha1=", encoding = "base64", algorithm = "sha1" }
+
+[[routes]]
+name = "stripe"
+match = { path = "/s" }
+forward = { upstream = "u" }
+verify = { scheme = "stripe", secret_env = "PATH", tolerance = "2m" }
+"#,
+    ))
+    .unwrap();
+    let v = loaded.config.routes[0].verify.as_ref().unwrap();
+    assert_eq!(v.algorithm, Some(HmacAlgorithm::Sha1));
+    assert_eq!(v.encoding, Some(SignatureEncoding::Base64));
+    assert_eq!(loaded.config.routes[1].verify.as_ref().unwrap().tolerance.unwrap().0.as_secs(), 120);
+}

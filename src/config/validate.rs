@@ -7,7 +7,7 @@ use http::StatusCode;
 use super::load::{names, route_label};
 use super::model::{
     Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishConfig, PublishFormat, RouteConfig, TelemetryConfig,
-    UpstreamConfig,
+    UpstreamConfig, VerifyConfig, VerifyScheme,
 };
 use crate::router::Matcher;
 use crate::template::Template;
@@ -169,6 +169,46 @@ fn check_cors(label: &str, c: &CorsConfig, errors: &mut Vec<String>) {
     }
 }
 
+fn check_verify(label: &str, v: &VerifyConfig, errors: &mut Vec<String>) {
+    let name = match v.scheme {
+        VerifyScheme::Github => "github",
+        VerifyScheme::Stripe => "stripe",
+        VerifyScheme::Standard => "standard",
+        VerifyScheme::Hmac => "hmac",
+    };
+    let timed = matches!(v.scheme, VerifyScheme::Stripe | VerifyScheme::Standard);
+    let hmac = v.scheme == VerifyScheme::Hmac;
+    for (key, set, applies, to) in [
+        ("tolerance", v.tolerance.is_some(), timed, "\"stripe\" and \"standard\""),
+        ("header", v.header.is_some(), hmac, "\"hmac\""),
+        ("prefix", v.prefix.is_some(), hmac, "\"hmac\""),
+        ("encoding", v.encoding.is_some(), hmac, "\"hmac\""),
+        ("algorithm", v.algorithm.is_some(), hmac, "\"hmac\""),
+    ] {
+        if set && !applies {
+            errors.push(format!("{label}: verify.{key} applies to scheme {to} only, not \"{name}\""));
+        }
+    }
+    if hmac {
+        match &v.header {
+            None => errors.push(format!("{label}: verify.header is required for scheme = \"hmac\"")),
+            Some(h) if http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).is_err() => {
+                errors.push(format!("{label}: verify.header: {h:?} is not a header name"))
+            }
+            Some(_) => {}
+        }
+    }
+    if v.tolerance.is_some_and(|t| t.0.is_zero()) {
+        errors.push(format!("{label}: verify.tolerance must be more than 0"));
+    }
+    if v.secret_env.trim().is_empty() {
+        errors.push(format!("{label}: verify.secret_env must name an environment variable"));
+    } else if let Err(e) = crate::policy::verify::secrets_from_env(v.scheme, &v.secret_env) {
+        // A route must not run without its secret: unset at start or reload refuses the config.
+        errors.push(format!("{label}: verify.{e}"));
+    }
+}
+
 fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: &Config, errors: &mut Vec<String>) {
     let params: Vec<&str> = matcher.map(|m| m.param_names()).unwrap_or_default();
     let check_template = |key: &str, source: &str, errors: &mut Vec<String>| match Template::parse(source) {
@@ -200,6 +240,9 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
     }
     if let Some(c) = &r.cors {
         check_cors(label, c, errors);
+    }
+    if let Some(v) = &r.verify {
+        check_verify(label, v, errors);
     }
     if let Some(p) = &r.publish {
         check_publish(label, p, config, &check_template, errors);

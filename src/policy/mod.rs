@@ -5,12 +5,15 @@
 //! - [`cors`]: `cors = {…}` as tower-http's `CorsLayer`.
 //! - [`rate_limit`]: keyed token buckets.
 //! - [`idempotency`]: `Idempotency-Key` replay and in-flight conflicts (publish routes).
+//! - [`verify`]: inbound webhook signatures (`github`, `stripe`, `standard`, `hmac`) over the raw body.
 
 pub mod cors;
 pub mod guard;
 pub mod idempotency;
 pub mod rate_limit;
+pub mod verify;
 
 pub use guard::{Guard, GuardLayer};
 pub use idempotency::{IdempotencyLayer, IdempotencyStore};
 pub use rate_limit::{RateLimit, RateLimiter};
+pub use verify::Verify;
