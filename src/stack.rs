@@ -30,7 +30,7 @@ pub struct Layers {
     pub read_body: ReadBodyLayer,
     /// Webhook signature verification (security issue: not configurable yet).
     pub verify: Option<GuardLayer>,
-    /// API keys or JWT (security issue: not configurable yet).
+    /// API keys or JWT bearer tokens (`auth`); a verified token's claims go into the request's extensions.
     pub auth: Option<GuardLayer>,
     /// CORS; preflight requests are answered here and go no further.
     pub cors: Option<CorsLayer>,
