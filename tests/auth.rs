@@ -451,6 +451,38 @@ async fn jwt_sub_in_a_rate_limit_key_gives_each_caller_its_own_bucket() {
     assert_eq!(up.hits(), 4);
 }
 
+#[tokio::test]
+async fn jwt_sub_in_a_hash_key_keeps_each_caller_on_one_endpoint() {
+    let (one, two) = (Upstream::named("one").await, Upstream::named("two").await);
+    fixture();
+    let gw = Gateway::start(json!({
+        "upstreams": { "app": { "endpoints": [one.url(), two.url()], "balance": "hash", "hash_key": "{jwt.sub}" } },
+        "routes": [route("hashed", jwt_auth(json!({ "secret_env": HS_ENV }), json!({})), json!({}))]
+    }))
+    .await;
+    // 20 callers: the chance that rendezvous hashing puts all of them on one endpoint is 2 in a million.
+    let subs: Vec<String> = (0..20).map(|i| format!("caller-{i}")).collect();
+    let mut specs: Vec<Value> = subs.iter().map(|s| hs("HS256", claims(json!({ "sub": s })))).collect();
+    let mut anonymous = claims(json!({}));
+    anonymous.as_object_mut().unwrap().remove("sub");
+    specs.push(hs("HS256", anonymous));
+    let tokens = mint(&specs);
+    let mut served = std::collections::BTreeMap::new();
+    for (sub, token) in subs.iter().zip(&tokens) {
+        for _ in 0..2 {
+            let r = bearer(&gw, "/hashed", token).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let by = served.entry(sub.clone()).or_insert_with(|| r.text());
+            assert_eq!(*by, r.text(), "{sub} stays on one endpoint");
+        }
+    }
+    let endpoints: std::collections::BTreeSet<&String> = served.values().collect();
+    assert_eq!(endpoints.len(), 2, "the callers are spread over both endpoints: {served:?}");
+    let r = bearer(&gw, "/hashed", &tokens[20]).await;
+    assert_eq!(assert_problem(&r, 400, Some("hashed"))["detail"], "missing JWT claim sub");
+    assert_eq!(one.hits() + two.hits(), 40);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_tenant_in_a_kafka_topic_sends_each_caller_to_its_own_topic() {
     fixture();
