@@ -84,9 +84,10 @@ pub struct ReloadSource {
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A broker's settings were refused by its client library.
+    /// The config could not be compiled: a broker's settings were refused by its client library, or a route's
+    /// auth keys could not be loaded.
     #[error(transparent)]
-    Broker(#[from] publish::PublishError),
+    Build(#[from] snapshot::BuildError),
     /// Trace export could not be set up.
     #[error("{0}")]
     Telemetry(String),

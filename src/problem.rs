@@ -44,6 +44,23 @@ pub enum GatewayError {
     /// The request's webhook signature could not be verified (the same answer whatever failed; the log says what).
     #[error("the request's webhook signature could not be verified")]
     BadSignature,
+    /// No valid credentials (API key or bearer token): 401 with a `WWW-Authenticate` challenge. The reason never
+    /// quotes the credentials.
+    #[error("{reason}")]
+    Unauthorized {
+        /// Value of the `WWW-Authenticate` header (`Bearer error="invalid_token"`, `ApiKey header="x-api-key"`).
+        challenge: String,
+        /// What was wrong, for the problem's `detail`.
+        reason: String,
+    },
+    /// Valid credentials that do not grant this route (audience, scope): 403.
+    #[error("{reason}")]
+    Forbidden {
+        /// Value of the `WWW-Authenticate` header, if any (`Bearer error="insufficient_scope", scope="…"`).
+        challenge: Option<String>,
+        /// What is missing, for the problem's `detail`.
+        reason: String,
+    },
     /// The route's rate limit is exhausted.
     #[error("rate limit exceeded")]
     RateLimited {
@@ -141,6 +158,8 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadRequest(_) | GatewayError::BodyRead => StatusCode::BAD_REQUEST,
             GatewayError::BadSignature => StatusCode::UNAUTHORIZED,
+            GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Overloaded | GatewayError::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
@@ -161,6 +180,8 @@ impl GatewayError {
             GatewayError::BadRequest(_) => ("urn:sluice:problem:bad-request", "Bad request"),
             GatewayError::BodyRead => ("urn:sluice:problem:bad-request", "Bad request"),
             GatewayError::BadSignature => ("urn:sluice:problem:bad-signature", "Invalid webhook signature"),
+            GatewayError::Unauthorized { .. } => ("urn:sluice:problem:unauthorized", "Unauthorized"),
+            GatewayError::Forbidden { .. } => ("urn:sluice:problem:forbidden", "Forbidden"),
             GatewayError::RateLimited { .. } => ("urn:sluice:problem:rate-limited", "Rate limit exceeded"),
             GatewayError::Overloaded => ("urn:sluice:problem:overloaded", "Upstream overloaded"),
             GatewayError::NoHealthyEndpoint => ("urn:sluice:problem:no-healthy-endpoint", "No healthy endpoint"),
@@ -198,6 +219,14 @@ impl GatewayError {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
+        let challenge = match &self {
+            GatewayError::Unauthorized { challenge, .. } => Some(challenge),
+            GatewayError::Forbidden { challenge, .. } => challenge.as_ref(),
+            _ => None,
+        };
+        if let Some(v) = challenge.and_then(|c| HeaderValue::try_from(c.as_str()).ok()) {
+            h.insert(header::WWW_AUTHENTICATE, v);
+        }
         if let GatewayError::MethodNotAllowed { allow } = &self
             && let Ok(v) = HeaderValue::try_from(allow.as_str())
         {
@@ -227,6 +256,17 @@ mod tests {
         assert_eq!(v["request_id"], "id-1");
         assert_eq!(v["title"], "Rate limit exceeded");
         assert!(v["type"].as_str().unwrap().starts_with("urn:sluice:problem:"));
+    }
+
+    #[test]
+    fn auth_errors_carry_their_challenge() {
+        let res = GatewayError::Unauthorized { challenge: "Bearer".into(), reason: "missing bearer token".into() }
+            .into_response(Some("r"), "x");
+        assert_eq!(res.status(), 401);
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        let res = GatewayError::Forbidden { challenge: None, reason: "wrong audience".into() }.into_response(None, "x");
+        assert_eq!(res.status(), 403);
+        assert!(res.headers().get("www-authenticate").is_none());
     }
 
     #[test]

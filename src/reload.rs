@@ -121,9 +121,9 @@ impl Reloader {
                 outcome.warnings = loaded.warnings;
             }
             Err(e) => {
-                tracing::error!(trigger, error = %e, "config reload rejected: a broker could not be set up");
+                tracing::error!(trigger, error = %e, "config reload rejected: it could not be compiled");
                 metrics.reload("error");
-                outcome.problems = vec![format!("a broker could not be set up: {e}")];
+                outcome.problems = vec![e.to_string()];
             }
         }
         outcome

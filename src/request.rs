@@ -1,6 +1,8 @@
 //! Facts about the client request that every layer and action reads: who sent it, what the router captured,
 //! and the context of its SERVER span. The server puts them in the request's extensions before the route's
-//! stack runs; the trace layer fills in the span context.
+//! stack runs; the trace layer fills in the span context. The auth layer adds the [`Claims`] of a verified JWT.
+
+use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Request};
 
@@ -41,6 +43,11 @@ impl Facts {
     }
 }
 
+/// The claims of the request's verified JWT, put into its extensions by the auth layer (routes with JWT auth
+/// only) and read by every later template (`{jwt.CLAIM}`).
+#[derive(Clone, Debug)]
+pub struct Claims(pub Arc<serde_json::Map<String, serde_json::Value>>);
+
 /// The facts of `req` (the server always inserts them; a test that forgot gets a clear panic, turned into 500).
 pub fn facts<B>(req: &Request<B>) -> &Facts {
     req.extensions().get::<Facts>().expect("the server inserts Facts into every request")
@@ -51,7 +58,8 @@ pub fn request_id<B>(req: &Request<B>) -> &str {
     req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-/// Renders `template` against `req`: headers, path parameters, query, and the body when it was buffered.
+/// Renders `template` against `req`: headers, path parameters, query, the body when it was buffered, and the
+/// verified JWT claims when the route has JWT auth.
 pub fn render(template: &Template, req: &Request<Prepared>, route: &str) -> Result<String, GatewayError> {
     let cx = context(req, route);
     template.render(&cx).map_err(|m: Missing| m.into())
@@ -59,7 +67,10 @@ pub fn render(template: &Template, req: &Request<Prepared>, route: &str) -> Resu
 
 /// The render context of `req` for templates of `route`.
 pub fn context<'a>(req: &'a Request<Prepared>, route: &'a str) -> RenderContext<'a> {
-    let cx = RenderContext::new(req.method(), req.headers(), &facts(req).params, req.uri().query(), route);
+    let mut cx = RenderContext::new(req.method(), req.headers(), &facts(req).params, req.uri().query(), route);
+    if let Some(Claims(claims)) = req.extensions().get::<Claims>() {
+        cx = cx.with_claims(claims);
+    }
     match req.body().bytes() {
         Some(body) if !body.is_empty() => cx.with_body(body),
         _ => cx,

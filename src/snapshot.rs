@@ -11,7 +11,7 @@ use crate::action::Action;
 use crate::config::{AckMode, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RetryConfig};
 use crate::forward::{Fault, ForwardRoute};
 use crate::layers::{Observe, ObserveLayer, ReadBodyLayer};
-use crate::policy::{GuardLayer, IdempotencyLayer, IdempotencyStore, RateLimit, RateLimiter, Verify};
+use crate::policy::{Auth, AuthError, GuardLayer, IdempotencyLayer, IdempotencyStore, RateLimit, RateLimiter, Verify};
 use crate::publish::encoder::{CloudEvents, Encoder, Target};
 use crate::publish::{Ack, PublishError, PublishRoute, Publisher};
 use crate::router::{Matcher, Router};
@@ -19,6 +19,22 @@ use crate::stack::{self, Layers, RouteService};
 use crate::telemetry::{Metrics, Tracer};
 use crate::template::Template;
 use crate::upstream::{RetryPolicy, Upstream};
+
+/// Why a validated config could not be compiled (the running config, if any, keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A broker's settings were refused by its client library.
+    #[error("a broker could not be set up: {0}")]
+    Broker(#[from] PublishError),
+    /// A route's `auth` keys could not be loaded (an unset variable, a JWKS file that is gone or broken).
+    #[error("{route}: {error}")]
+    Auth {
+        /// The route's label (`routes[2] "orders-api"`).
+        route: String,
+        /// What is wrong.
+        error: AuthError,
+    },
+}
 
 /// One compiled route.
 #[derive(Debug)]
@@ -76,7 +92,7 @@ impl Snapshot {
     /// Compiles a validated config. Upstreams and brokers whose settings equal those in `previous` are taken
     /// over as they are; the others are started (a broker that is down does not stop this: its producer keeps
     /// reconnecting).
-    pub async fn build(config: Config, previous: Option<&Snapshot>, shared: &Shared) -> Result<Snapshot, PublishError> {
+    pub async fn build(config: Config, previous: Option<&Snapshot>, shared: &Shared) -> Result<Snapshot, BuildError> {
         let metrics = &shared.metrics;
         let mut upstreams = BTreeMap::new();
         for (name, cfg) in &config.upstreams {
@@ -148,6 +164,13 @@ impl Snapshot {
                 }
                 (None, None) => unreachable!("validated: a route has an action"),
             };
+            // Keys are read now, at every (re)load: a rotated JWKS file takes effect with the next reload.
+            let auth = match &r.auth {
+                Some(cfg) => Some(Auth::compile(cfg, name.clone(), r.cors.is_some()).map_err(|error| {
+                    BuildError::Auth { route: crate::config::route_label(r.index, Some(&r.name)), error }
+                })?),
+                None => None,
+            };
             let observe = Observe {
                 route: Some(name.clone()),
                 http_route: r.matcher.path.clone().or_else(|| r.matcher.path_prefix.clone()),
@@ -161,7 +184,7 @@ impl Snapshot {
                 observe: ObserveLayer(Arc::new(observe)),
                 read_body: ReadBodyLayer { max_body: config.server.max_body.0, buffer_all: needs_body },
                 verify: r.verify.as_ref().map(|v| GuardLayer::new(Arc::new(Verify::new(name.clone(), v)))),
-                auth: None,
+                auth: auth.map(|a| GuardLayer::new(Arc::new(a))),
                 cors: r.cors.as_ref().map(|c| crate::policy::cors::layer(c, r.matcher.methods.as_deref())),
                 rate_limit: rate_limit.clone().map(|l| GuardLayer::new(l)),
                 idempotency: idempotency.clone().map(IdempotencyLayer::new),

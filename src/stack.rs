@@ -36,7 +36,7 @@ pub struct Layers {
     pub read_body: ReadBodyLayer,
     /// Webhook signature verification (`verify`) over the raw body.
     pub verify: Option<GuardLayer>,
-    /// API keys or JWT (security issue: not configurable yet).
+    /// API keys or JWT bearer tokens (`auth`); a verified token's claims go into the request's extensions.
     pub auth: Option<GuardLayer>,
     /// CORS; preflight requests are answered here and go no further.
     pub cors: Option<CorsLayer>,

@@ -21,6 +21,8 @@ enum Part {
     Path(String),
     Query(String),
     Body(String),
+    /// A top-level claim of the request's verified JWT.
+    Jwt(String),
     Method,
     Route,
 }
@@ -32,7 +34,9 @@ pub enum TemplateError {
     #[error("unclosed '{{' in template {0:?}")]
     Unclosed(String),
     /// A placeholder that is not one of the known kinds.
-    #[error("unknown placeholder {{{0}}}: use header.NAME, path.NAME, query.NAME, body./json/pointer, method or route")]
+    #[error(
+        "unknown placeholder {{{0}}}: use header.NAME, path.NAME, query.NAME, body./json/pointer, jwt.CLAIM, method or route"
+    )]
     Unknown(String),
 }
 
@@ -55,6 +59,8 @@ pub struct RenderContext<'a> {
     pub body: Option<&'a [u8]>,
     /// Route name.
     pub route: &'a str,
+    /// The claims of the request's verified JWT (routes with JWT auth).
+    pub claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
     json: OnceLock<Option<serde_json::Value>>,
 }
 
@@ -67,12 +73,18 @@ impl<'a> RenderContext<'a> {
         query: Option<&'a str>,
         route: &'a str,
     ) -> Self {
-        RenderContext { method, headers, params, query, body: None, route, json: OnceLock::new() }
+        RenderContext { method, headers, params, query, body: None, route, claims: None, json: OnceLock::new() }
     }
 
     /// The same context with the raw body available to `{body./pointer}`.
     pub fn with_body(mut self, body: &'a [u8]) -> Self {
         self.body = Some(body);
+        self
+    }
+
+    /// The same context with the verified JWT claims available to `{jwt.CLAIM}`.
+    pub fn with_claims(mut self, claims: &'a serde_json::Map<String, serde_json::Value>) -> Self {
+        self.claims = Some(claims);
         self
     }
 
@@ -123,6 +135,14 @@ impl Template {
         })
     }
 
+    /// Names of the JWT claims the template refers to (`{jwt.CLAIM}`): only routes with JWT auth have them.
+    pub fn jwt_claims(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Jwt(n) => Some(n.as_str()),
+            _ => None,
+        })
+    }
+
     /// Whether rendering needs the request body.
     pub fn needs_body(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Body(_)))
@@ -156,22 +176,28 @@ impl Template {
                     out.push_str(&value);
                 }
                 Part::Body(pointer) => {
-                    let value = cx
-                        .json()
-                        .and_then(|j| j.pointer(pointer))
-                        .ok_or_else(|| Missing(format!("JSON body field {pointer}")))?;
-                    match value {
-                        serde_json::Value::String(s) => out.push_str(s),
-                        serde_json::Value::Null => {
-                            return Err(Missing(format!("JSON body field {pointer}")));
-                        }
-                        other => out.push_str(&other.to_string()),
-                    }
+                    let value = cx.json().and_then(|j| j.pointer(pointer));
+                    push_json(&mut out, value).ok_or_else(|| Missing(format!("JSON body field {pointer}")))?;
+                }
+                Part::Jwt(claim) => {
+                    let value = cx.claims.and_then(|c| c.get(claim));
+                    push_json(&mut out, value).ok_or_else(|| Missing(format!("JWT claim {claim}")))?;
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// Appends a JSON value: a string as it is, a number, boolean, array or object as JSON text. `None` for an absent
+/// value or `null`.
+fn push_json(out: &mut String, value: Option<&serde_json::Value>) -> Option<()> {
+    match value? {
+        serde_json::Value::String(s) => out.push_str(s),
+        serde_json::Value::Null => return None,
+        other => out.push_str(&other.to_string()),
+    }
+    Some(())
 }
 
 impl fmt::Display for Template {
@@ -198,6 +224,7 @@ fn parse_placeholder(p: &str) -> Result<Part, TemplateError> {
         "path" => Ok(Part::Path(name.to_owned())),
         "query" => Ok(Part::Query(name.to_owned())),
         "body" if name.starts_with('/') => Ok(Part::Body(name.to_owned())),
+        "jwt" => Ok(Part::Jwt(name.to_owned())),
         _ => Err(unknown()),
     }
 }
@@ -239,6 +266,23 @@ mod tests {
         assert_eq!(t.render(&cx).unwrap_err().0, "JSON body field /id");
         let t = Template::parse("{query.q}").unwrap();
         assert_eq!(t.render(&cx).unwrap_err().0, "query parameter q");
+    }
+
+    #[test]
+    fn renders_jwt_claims() {
+        let t = Template::parse("{jwt.tenant}.{jwt.n}.{jwt.admin}").unwrap();
+        assert_eq!(t.jwt_claims().collect::<Vec<_>>(), vec!["tenant", "n", "admin"]);
+        let claims = serde_json::json!({"tenant": "acme", "n": 42, "admin": false, "none": null});
+        let claims = claims.as_object().unwrap();
+        let (headers, p) = (HeaderMap::new(), Params::default());
+        let cx = RenderContext::new(&Method::GET, &headers, &p, None, "r").with_claims(claims);
+        assert_eq!(t.render(&cx).unwrap(), "acme.42.false");
+        let missing = Template::parse("{jwt.sub}").unwrap();
+        assert_eq!(missing.render(&cx).unwrap_err().0, "JWT claim sub");
+        assert_eq!(Template::parse("{jwt.none}").unwrap().render(&cx).unwrap_err().0, "JWT claim none");
+        let no_token = RenderContext::new(&Method::GET, &headers, &p, None, "r");
+        assert_eq!(missing.render(&no_token).unwrap_err().0, "JWT claim sub");
+        assert!(matches!(Template::parse("{jwt.}"), Err(TemplateError::Unknown(_))));
     }
 
     #[test]

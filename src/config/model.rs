@@ -301,6 +301,53 @@ pub struct RouteConfig {
     /// Inbound webhook signature verification (`401` on mismatch).
     #[serde(default)]
     pub verify: Option<VerifyConfig>,
+    /// Authentication: API keys or JWT bearer tokens.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// `auth = { ... }`: exactly one of `api_keys_env` and `jwt`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Name of the environment variable holding the accepted API keys, comma-separated (two keys while rotating).
+    #[serde(default)]
+    pub api_keys_env: Option<String>,
+    /// Header that carries the API key (default `x-api-key`; API keys only).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// JWT bearer tokens (`Authorization: Bearer <token>`).
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `auth.jwt = { ... }`: where the verification keys come from (exactly one of `secret_env` and `jwks_file`) and
+/// which claims a token must carry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Name of the environment variable holding the HMAC secret (HS256, HS384, HS512).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// A JWKS file (RS256…, PS256…, ES256, ES384, EdDSA), read at start and at every reload; keys picked by `kid`.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// Required `iss` claim, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required member of the `aud` claim, when set (a token without it gets 403).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_jwt_leeway")]
+    pub leeway: Dur,
+    /// Scopes the token must grant (`scope` space-separated string or `scp` array); 403 when one is missing.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+}
+
+fn default_jwt_leeway() -> Dur {
+    Dur::secs(60)
 }
 
 /// `verify = { ... }`: the request must carry a valid webhook signature over its raw body.

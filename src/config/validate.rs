@@ -6,8 +6,8 @@ use http::StatusCode;
 
 use super::load::{names, route_label};
 use super::model::{
-    Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishConfig, PublishFormat, RouteConfig, TelemetryConfig,
-    UpstreamConfig, VerifyConfig, VerifyScheme,
+    AuthConfig, Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishConfig, PublishFormat, RouteConfig,
+    TelemetryConfig, UpstreamConfig, VerifyConfig, VerifyScheme,
 };
 use crate::router::Matcher;
 use crate::template::Template;
@@ -211,6 +211,9 @@ fn check_verify(label: &str, v: &VerifyConfig, errors: &mut Vec<String>) {
 
 fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: &Config, errors: &mut Vec<String>) {
     let params: Vec<&str> = matcher.map(|m| m.param_names()).unwrap_or_default();
+    // Claims exist only past JWT auth (an `auth` that failed to parse has its own errors).
+    let has_jwt = r.auth.as_ref().is_some_and(|a| a.jwt.is_some())
+        || config.broken_route_keys.contains(&(r.index, "auth".to_owned()));
     let check_template = |key: &str, source: &str, errors: &mut Vec<String>| match Template::parse(source) {
         Err(e) => errors.push(format!("{label}: {key}: {e}")),
         Ok(t) => {
@@ -218,6 +221,9 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
                 if matcher.is_some() && !params.contains(&p) {
                     errors.push(format!("{label}: {key} refers to {{path.{p}}} but match.path has no {{{p}}} segment"));
                 }
+            }
+            if let Some(c) = t.jwt_claims().next().filter(|_| !has_jwt) {
+                errors.push(format!("{label}: {key} refers to {{jwt.{c}}} but the route has no JWT auth (auth.jwt)"));
             }
         }
     };
@@ -243,6 +249,9 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
     }
     if let Some(v) = &r.verify {
         check_verify(label, v, errors);
+    }
+    if let Some(a) = &r.auth {
+        check_auth(label, a, errors);
     }
     if let Some(p) = &r.publish {
         check_publish(label, p, config, &check_template, errors);
@@ -314,6 +323,51 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
         {
             errors.push(format!("{label}: fault.abort_status {s} must be an HTTP status from 200 to 599"));
         }
+    }
+}
+
+fn check_auth(label: &str, a: &AuthConfig, errors: &mut Vec<String>) {
+    let Some(jwt) = (match (&a.api_keys_env, &a.jwt) {
+        (Some(_), None) => None,
+        (None, Some(jwt)) => Some(jwt),
+        _ => {
+            errors.push(format!("{label}: auth needs exactly one of api_keys_env and jwt"));
+            return;
+        }
+    }) else {
+        return check_auth_keys(label, a, errors);
+    };
+    let before = errors.len();
+    if a.header.is_some() {
+        errors.push(format!("{label}: auth.header is for api_keys_env (a JWT comes in Authorization: Bearer)"));
+    }
+    if jwt.secret_env.is_some() == jwt.jwks_file.is_some() {
+        errors.push(format!("{label}: auth.jwt needs exactly one of secret_env and jwks_file"));
+    }
+    for (key, value) in [("issuer", &jwt.issuer), ("audience", &jwt.audience)] {
+        if value.as_deref().is_some_and(str::is_empty) {
+            errors.push(format!("{label}: auth.jwt.{key} must not be empty"));
+        }
+    }
+    // RFC 6749 §3.3 scope-token: also what makes `scope="…"` in WWW-Authenticate safe.
+    let scope_char = |c: char| c == '\x21' || ('\x23'..='\x5b').contains(&c) || ('\x5d'..='\x7e').contains(&c);
+    for s in &jwt.required_scopes {
+        if s.is_empty() || !s.chars().all(scope_char) {
+            errors.push(format!(
+                "{label}: auth.jwt.required_scopes: {s:?} is not a scope (printable ASCII without spaces, '\"' or '\\')"
+            ));
+        }
+    }
+    if errors.len() == before {
+        check_auth_keys(label, a, errors);
+    }
+}
+
+/// Loads the keys the way the gateway does at start and reload: an unset variable or a missing or broken JWKS file
+/// is an error (the route must not run open).
+fn check_auth_keys(label: &str, a: &AuthConfig, errors: &mut Vec<String>) {
+    if let Err(e) = crate::policy::Auth::compile(a, std::sync::Arc::from(""), false) {
+        errors.push(format!("{label}: {e}"));
     }
 }
 
