@@ -6,7 +6,7 @@
 //! - [`config`]: the `routes.toml` model, loading with environment overrides, and `validate()`.
 //! - [`snapshot`]: a config compiled for serving (routes → stacks, upstreams, brokers), swapped atomically.
 //! - [`reload`]: SIGHUP, file watch and `POST /reload` → validate → compile → swap.
-//! - [`server`]: the public listener, routing each request to its route's stack, graceful shutdown.
+//! - [`server`]: the public listener (plain or TLS), routing each request to its route's stack, graceful shutdown.
 //! - [`stack`]: the per-route layer order, in one place.
 //! - [`layers`]: request id, SERVER span + metrics + access log, panics → 500, body reading.
 //! - [`policy`]: guards (rate limit; verify and auth slots), idempotency.
@@ -18,6 +18,7 @@
 //! - [`body`]: request and response body types (replayable small bodies, streamed large ones).
 //! - [`template`], [`router`]: compiled templates and the route table; pure.
 //! - [`backoff`]: the one exponential backoff with full jitter.
+//! - [`tls`]: rustls settings from PEM files: the listener's certificate, the roots upstreams are verified against.
 //! - [`problem`]: the one place where errors become HTTP (`application/problem+json`).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/routes`, `POST /reload`.
 //! - [`telemetry`]: logging, metrics registry, traces (OTLP).
@@ -41,6 +42,7 @@ pub mod snapshot;
 pub mod stack;
 pub mod telemetry;
 pub mod template;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -52,7 +54,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::reload::Reloader;
 use crate::server::Gateway;
-use crate::snapshot::{Shared, Snapshot};
+use crate::snapshot::{BuildError, Shared, Snapshot};
 use crate::telemetry::Metrics;
 
 /// The sockets Sluice serves on (bound by the caller, so tests can use port 0).
@@ -87,9 +89,21 @@ pub enum StartError {
     /// A broker's settings were refused by its client library.
     #[error(transparent)]
     Broker(#[from] publish::PublishError),
+    /// A TLS file is missing, unreadable or wrong.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// Trace export could not be set up.
     #[error("{0}")]
     Telemetry(String),
+}
+
+impl From<BuildError> for StartError {
+    fn from(e: BuildError) -> StartError {
+        match e {
+            BuildError::Broker(e) => StartError::Broker(e),
+            BuildError::Tls(e) => StartError::Tls(e),
+        }
+    }
 }
 
 /// Runs the gateway with a validated `config` until `shutdown` resolves, then stops accepting, drains in-flight

@@ -438,3 +438,32 @@ fn sample_ratio_must_be_within_zero_and_one() {
     let p = problems("[telemetry]\nsample_ratio = \"half\"\n");
     assert_eq!(p, ["telemetry: sample_ratio: invalid type: string \"half\", expected f64"]);
 }
+
+#[test]
+fn tls_keys_are_checked_and_named() {
+    let p = problems(
+        "[server]\ntls = { cert = \"c.pem\", crt = \"x\" }\n\
+         [upstreams.plain]\nendpoints = [\"http://a.internal\"]\ntls_server_name = \"a.internal\"\n\
+         [upstreams.secure]\nendpoints = [\"https://b.internal\"]\ntls_server_name = \"not a name\"\n",
+    );
+    assert_eq!(
+        p,
+        [
+            "server: tls: unknown key `crt`, expected one of cert, key",
+            "server: tls: missing field `key`",
+            "upstreams.plain: tls_server_name is only used with https:// endpoints",
+            "upstreams.secure: tls_server_name \"not a name\" is not a DNS name or IP address",
+        ]
+    );
+}
+
+#[test]
+fn https_endpoints_and_their_tls_keys_are_accepted() {
+    let (c, errors) = parsed(
+        "[upstreams.secure]\nendpoints = [\"https://orders.internal\", \"https://10.0.0.1:8443\"]\n\
+         tls_server_name = \"orders.internal\"\n",
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(validate(&c).errors.is_empty(), "{:?}", validate(&c).errors);
+    assert_eq!(c.upstreams["secure"].tls_server_name.as_deref(), Some("orders.internal"));
+}

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName};
-use http::uri::{PathAndQuery, Scheme};
-use http::{Method, Request, Response, Uri};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
@@ -91,7 +91,7 @@ async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         let mut span = client_span(&call, upstream, &endpoint, retries);
         let mut req = Request::new(body);
         *req.method_mut() = call.method.clone();
-        *req.uri_mut() = uri(upstream, &endpoint, &call.path);
+        *req.uri_mut() = upstream.uri(&endpoint, &call.path);
         // The last possible attempt takes the headers instead of copying them.
         *req.headers_mut() =
             if retries < call.retry.max_retries { call.headers.clone() } else { std::mem::take(&mut call.headers) };
@@ -104,6 +104,11 @@ async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         };
         let (outcome, response) = match result {
             Ok(Ok(res)) => (Outcome::Status(res.0.status()), Some(res)),
+            Ok(Err(e)) if e.is_tls() => {
+                // Nothing was sent; the client gets 502 (or another endpoint's answer). The reason is only logged.
+                tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "upstream TLS handshake failed");
+                (Outcome::ConnectFailure, None)
+            }
             Ok(Err(e)) if e.is_connect() => (Outcome::ConnectFailure, None),
             Ok(Err(e)) if is_too_large(&e) => return Err(CallError::BodyTooLarge { limit: call.body.limit() }),
             Ok(Err(e)) => {
@@ -130,18 +135,6 @@ async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         tried.push(endpoint);
         tokio::time::sleep(call.retry.backoff(retries)).await;
     }
-}
-
-/// HTTP/1.1 connections take the origin form; the HTTP/2 client needs the absolute form.
-fn uri(upstream: &Upstream, endpoint: &Endpoint, path: &PathAndQuery) -> Uri {
-    if !upstream.is_h2() {
-        return Uri::from(path.clone());
-    }
-    let mut u = http::uri::Parts::default();
-    u.scheme = Some(Scheme::HTTP);
-    u.authority = Some(endpoint.authority.clone());
-    u.path_and_query = Some(path.clone());
-    Uri::from_parts(u).expect("scheme, authority and path make a URI")
 }
 
 /// The CLIENT span of one attempt (OpenTelemetry HTTP client conventions).

@@ -1,20 +1,19 @@
-//! Per-endpoint pool of HTTP/1.1 connections, on hyper's low-level client connections.
+//! Per-endpoint pool of HTTP/1.1 connections (plain or TLS, opened by the endpoint's [`Connector`]), on hyper's
+//! low-level client connections.
 //!
 //! Written here instead of using hyper-util's pooled `Client` because the request path of a proxy pays for every
 //! layer: a pool per endpoint needs no pool-key hashing and no shared map, and `try_send_request` hands back a
 //! request that a dead idle connection could not take, so it can go out on a fresh one untouched (bench/README.md
 //! has the measurements). HTTP/2 upstreams still use hyper-util's client, which multiplexes on one connection.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
+use super::connect::{ConnectError, Connector};
 use crate::body::{BoxError, OutBody};
 
 /// Most idle connections kept per endpoint.
@@ -23,14 +22,9 @@ const MAX_IDLE: usize = 512;
 /// Why a request could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// No connection could be made: the request was not sent.
-    #[error("connect to {addr} failed: {reason}")]
-    Connect {
-        /// Endpoint address.
-        addr: SocketAddr,
-        /// What happened.
-        reason: String,
-    },
+    /// No connection could be made (TCP or TLS): the request was not sent.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The connection failed after the request may have been sent.
     #[error("request failed: {0}")]
     Failed(#[source] BoxError),
@@ -39,15 +33,19 @@ pub enum SendError {
 impl SendError {
     /// Whether nothing was sent (a connect failure).
     pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect { .. })
+        matches!(self, SendError::Connect(_))
+    }
+
+    /// Whether the TLS handshake failed (e.g. the endpoint's certificate did not verify).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, SendError::Connect(e) if e.is_tls())
     }
 }
 
 /// Idle HTTP/1.1 connections to one endpoint.
 #[derive(Debug)]
 pub struct Pool {
-    addr: SocketAddr,
-    connect_timeout: Duration,
+    connector: Connector,
     idle: Mutex<Vec<SendRequest<OutBody>>>,
 }
 
@@ -72,9 +70,9 @@ impl Reusable {
 }
 
 impl Pool {
-    /// An empty pool for `addr`.
-    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Arc<Pool> {
-        Arc::new(Pool { addr, connect_timeout, idle: Mutex::new(Vec::new()) })
+    /// An empty pool whose connections `connector` opens.
+    pub fn new(connector: Connector) -> Arc<Pool> {
+        Arc::new(Pool { connector, idle: Mutex::new(Vec::new()) })
     }
 
     /// Sends `req` on an idle connection, or on a new one.
@@ -113,14 +111,10 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<SendRequest<OutBody>, SendError> {
-        let failed = |reason: String| SendError::Connect { addr: self.addr, reason };
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(failed(e.to_string())),
-            Err(_) => return Err(failed(format!("no answer within {:?}", self.connect_timeout))),
-        };
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed(e.to_string()))?;
+        let stream = self.connector.connect().await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::Http { addr: self.connector.addr(), reason: e.to_string() })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
