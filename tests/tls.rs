@@ -2,7 +2,8 @@
 //! HTTP/2 chosen by ALPN (curl and a rustls client) with `x-forwarded-proto: https`, handshakes do not hold up the
 //! accept loop and are cut after a timeout, and a reload serves replaced certificate files to new connections;
 //! `https://` upstreams are verified (a self-signed certificate is refused without `ca_file` with a 502 and a log
-//! line, accepted with it; `tls_server_name` changes the name checked and the SNI sent; `http2 = true` uses ALPN
+//! line, accepted with it, and retried on another endpoint; the system roots are used without `ca_file`; a reload
+//! reads `ca_file` again; `tls_server_name` changes the name checked and the SNI sent; `http2 = true` uses ALPN
 //! `h2`), and `sluice check` names a missing, unreadable or mismatched file.
 
 mod common;
@@ -735,4 +736,73 @@ fn check_names_a_missing_unreadable_or_mismatched_tls_file() {
     writeln!(f, "[upstreams.c]\nendpoints = [\"http://c.internal\"]\nca_file = {:?}", dir.path("ca.pem")).unwrap();
     let p = sluice::config::load(&path).expect_err("ca_file without https endpoints");
     assert!(p.iter().any(|e| e == "upstreams.c: ca_file is only used with https:// endpoints"), "{p:?}");
+}
+
+#[tokio::test]
+async fn without_ca_file_an_upstream_is_verified_against_the_system_roots() {
+    // rustls-native-certs reads SSL_CERT_FILE instead of the system store: the real binary, run with it pointing at
+    // a test CA, trusts that CA as a system root.
+    let dir = Dir::new("system-roots");
+    let ca = Ca::new("Pretend Public CA");
+    let up = TlsUpstream::start(&ca.leaf(&["localhost"], 9)).await;
+    let roots = dir.write("system-roots.pem", &ca.pem);
+    let free_port = async || TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let (port, admin) = (free_port().await, free_port().await);
+    let toml = format!("[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n")
+        + &upstream_and_route("public", &[format!("https://localhost:{}", up.addr.port())], "");
+    let path = dir.write("routes.toml", &toml);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SLUICE") {
+            command.env_remove(k);
+        }
+    }
+    let stderr = std::fs::File::create(dir.path("stderr.log")).unwrap();
+    let child = command
+        .env("SSL_CERT_FILE", &roots)
+        .env_remove("SSL_CERT_DIR")
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let http = client();
+    eventually("sluice serves", async || {
+        let req = Request::get(format!("http://127.0.0.1:{admin}/healthz")).body(empty()).unwrap();
+        matches!(http.request(req).await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    let r = send(&http, Request::get(format!("http://127.0.0.1:{port}/public")).body(empty()).unwrap()).await;
+    let log = std::fs::read_to_string(dir.path("stderr.log")).unwrap_or_default();
+    assert_eq!((r.status, r.text().as_str()), (200, "tls-upstream"), "{log}");
+    assert_eq!(up.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_reload_reads_an_upstream_ca_file_again() {
+    let dir = Dir::new("ca-reload");
+    let (old_ca, new_ca) = (Ca::new("Old CA"), Ca::new("New CA"));
+    let up = TlsUpstream::start(&new_ca.leaf(&["localhost"], 11)).await;
+    let ca_file = dir.write("ca.pem", &old_ca.pem);
+    let url = format!("https://localhost:{}", up.addr.port());
+    let gw = plain_gateway(&dir, &upstream_and_route("rotated", &[url], &format!("ca_file = {ca_file:?}"))).await;
+    assert_problem(&get(&gw, "/rotated").await, 502, Some("rotated"));
+
+    // Same config, new roots in the same file: the reload makes new connections with them.
+    dir.write("ca.pem", &new_ca.pem);
+    let r = gw.post_reload().await;
+    assert_eq!(r.json()["reloaded"], true, "{}", r.text());
+    let r = get(&gw, "/rotated").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "tls-upstream"));
+    gw.stop().await;
 }
