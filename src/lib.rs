@@ -6,7 +6,7 @@
 //! - [`config`]: the `routes.toml` model, loading with environment overrides, and `validate()`.
 //! - [`snapshot`]: a config compiled for serving (routes → stacks, upstreams, brokers), swapped atomically.
 //! - [`reload`]: SIGHUP, file watch and `POST /reload` → validate → compile → swap.
-//! - [`server`]: the public listener, routing each request to its route's stack, graceful shutdown.
+//! - [`server`]: the public listener (plain or TLS), routing each request to its route's stack, graceful shutdown.
 //! - [`stack`]: the per-route layer order, in one place.
 //! - [`layers`]: request id, SERVER span + metrics + access log, panics → 500, body reading.
 //! - [`policy`]: guards (webhook signatures, rate limit; the auth slot), idempotency.
@@ -18,6 +18,7 @@
 //! - [`body`]: request and response body types (replayable small bodies, streamed large ones).
 //! - [`template`], [`router`]: compiled templates and the route table; pure.
 //! - [`backoff`]: the one exponential backoff with full jitter.
+//! - [`tls`]: rustls settings from PEM files: the listener's certificate, the roots upstreams are verified against.
 //! - [`problem`]: the one place where errors become HTTP (`application/problem+json`).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/routes`, `POST /reload`.
 //! - [`telemetry`]: logging, metrics registry, traces (OTLP).
@@ -41,6 +42,7 @@ pub mod snapshot;
 pub mod stack;
 pub mod telemetry;
 pub mod template;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -84,8 +86,8 @@ pub struct ReloadSource {
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The config could not be compiled: a broker's settings were refused by its client library, or a route's
-    /// auth keys could not be loaded.
+    /// The config could not be compiled: a broker's settings were refused by its client library, a route's auth
+    /// keys could not be loaded, or a TLS file is missing or wrong.
     #[error(transparent)]
     Build(#[from] snapshot::BuildError),
     /// Trace export could not be set up.

@@ -151,7 +151,8 @@ impl Reloader {
     }
 }
 
-/// Settings read once at start-up (listeners, the shutdown grace, logging and trace export): returns the keys
+/// Settings read once at start-up (listeners, TLS on or off, the shutdown grace, logging and trace export):
+/// returns the keys
 /// whose value in `new` differs from the one in effect in `running`, and puts the value in effect back into
 /// `new`, so that `/routes` shows what is served and every later reload reports the change again until a
 /// restart. (`telemetry.access_log` is not one of them: each snapshot reads it.)
@@ -174,6 +175,11 @@ fn keep_startup_settings(running: &Config, new: &mut Config) -> Vec<String> {
         telemetry.service_name,
         telemetry.sample_ratio
     );
+    // Whether the listener speaks TLS at all is fixed at start-up; its certificate and key are reloaded.
+    if new.server.tls.is_some() != running.server.tls.is_some() {
+        keys.push("server.tls".to_owned());
+        new.server.tls = running.server.tls.clone();
+    }
     keys
 }
 
@@ -239,5 +245,23 @@ mod tests {
         assert_eq!(new.telemetry.sample_ratio, running.telemetry.sample_ratio);
         assert_eq!(new.server.request_timeout, crate::config::units::Dur::secs(1), "reloadable: the new value");
         assert!(!new.telemetry.access_log, "reloadable: the new value");
+    }
+
+    #[test]
+    fn turning_tls_on_or_off_needs_a_restart_while_other_files_are_taken() {
+        let tls = |cert: &str| Some(crate::config::ServerTlsConfig { cert: cert.into(), key: "key.pem".into() });
+        let mut running = Config::default();
+        running.server.tls = tls("a.pem");
+        let mut new = Config::default();
+        new.server.tls = tls("b.pem");
+        assert!(keep_startup_settings(&running, &mut new).is_empty());
+        assert_eq!(new.server.tls, tls("b.pem"), "other files: reloaded");
+        let mut off = Config::default();
+        assert_eq!(keep_startup_settings(&running, &mut off), ["server.tls"]);
+        assert_eq!(off.server.tls, running.server.tls, "the listener keeps speaking TLS");
+        let mut on = Config::default();
+        on.server.tls = tls("a.pem");
+        assert_eq!(keep_startup_settings(&Config::default(), &mut on), ["server.tls"]);
+        assert_eq!(on.server.tls, None);
     }
 }

@@ -1,5 +1,6 @@
-//! The public listener: accepts connections (HTTP/1.1 and h2c), routes each request, runs the route's action,
-//! turns errors into problem responses, records metrics and the access log, and drains on shutdown.
+//! The public listener: accepts connections (HTTP/1.1 and h2c; or, with `server.tls`, TLS with HTTP/2 or HTTP/1.1
+//! by ALPN), routes each request, runs the route's action, turns errors into problem responses, records metrics and
+//! the access log, and drains on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,7 +18,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
 use crate::body::Body;
@@ -50,10 +52,18 @@ impl Gateway {
     }
 }
 
+/// How long a client may take to complete the TLS handshake before its connection is closed.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `listener` until `shutdown` resolves, then drains open requests for at most `grace`.
+///
+/// The listener speaks TLS when the snapshot it starts with has `server.tls` (a reload changes the certificate,
+/// not whether there is one). Each TLS handshake runs in the connection's own task, so a slow client delays no
+/// other accept, and takes the certificate of the snapshot current when the connection was accepted.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>, grace: Duration) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
+    let tls = gateway.snapshot.load().tls.is_some();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -68,21 +78,29 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gw = gateway.clone();
         // The client address as an `x-forwarded-for` value, made once per connection.
         let peer_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a header value");
-        let service = service_fn(move |req| {
-            let gw = gw.clone();
-            let peer_ip = peer_ip.clone();
-            async move { Ok::<_, Infallible>(handle(&gw, req, &peer_ip).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        if tls {
+            let config = gateway.snapshot.load().tls.clone().expect("a TLS listener's snapshots have server.tls");
+            let (gw, builder, watcher) = (gateway.clone(), builder.clone(), graceful.watcher());
+            tokio::spawn(async move {
+                let Some(stream) = handshake(TlsAcceptor::from(config), stream, peer).await else { return };
+                let service = service(gw, peer_ip, "https");
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        } else {
+            let service = service(gateway.clone(), peer_ip, "http");
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
     }
     gateway.accepting.store(false, Ordering::Relaxed);
     drop(listener);
@@ -92,11 +110,51 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
     }
 }
 
-/// Answers one request; never fails (errors become problem responses).
-pub async fn handle(gw: &Gateway, mut req: Request<Incoming>, peer_ip: &HeaderValue) -> Response<Body> {
+/// The service of one connection from `peer_ip` over `scheme` (`http` or `https`).
+fn service(
+    gw: Arc<Gateway>,
+    peer_ip: HeaderValue,
+    scheme: &'static str,
+) -> impl hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
+    service_fn(move |req| {
+        let gw = gw.clone();
+        let peer_ip = peer_ip.clone();
+        async move { Ok::<_, Infallible>(handle(&gw, req, &peer_ip, scheme).await) }
+    })
+}
+
+/// The server side of a TLS handshake, within [`TLS_HANDSHAKE_TIMEOUT`]; `None` (logged) when it failed.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, timeout = ?TLS_HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Answers one request received over `scheme` (`http` or `https`); never fails (errors become problem responses).
+pub async fn handle(
+    gw: &Gateway,
+    mut req: Request<Incoming>,
+    peer_ip: &HeaderValue,
+    scheme: &'static str,
+) -> Response<Body> {
     let (service, facts) = {
         let snapshot = gw.snapshot.load();
-        let facts = |params| Facts::new(peer_ip.clone(), "http", params);
+        let facts = |params| Facts::new(peer_ip.clone(), scheme, params);
         match snapshot.router.route(req.method(), host_of(&req), req.uri().path(), req.headers()) {
             RouteMatch::Found { index, params } => (snapshot.routes[index].service.clone(), facts(params)),
             RouteMatch::MethodNotAllowed { first, params, .. }

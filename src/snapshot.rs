@@ -2,7 +2,8 @@
 //! Immutable once built; requests read it through an `Arc` without locks, and a reload swaps in a new one.
 //! [`Snapshot::build`] reuses, from the snapshot it replaces, every upstream, broker, idempotency store and rate
 //! limiter whose settings did not change, so their state (ejections, health, idle connections, producer
-//! connections, remembered keys, rate-limit buckets) survives a reload.
+//! connections, remembered keys, rate-limit buckets) survives a reload. TLS files (the listener's certificate and
+//! key, upstreams' `ca_file`) are read again by every build, so a reload picks up replaced files.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::router::{Matcher, Router};
 use crate::stack::{self, Layers, RouteService};
 use crate::telemetry::{Metrics, Tracer};
 use crate::template::Template;
+use crate::tls::TlsError;
 use crate::upstream::{RetryPolicy, Upstream};
 
 /// Why a validated config could not be compiled (the running config, if any, keeps serving).
@@ -34,6 +36,9 @@ pub enum BuildError {
         /// What is wrong.
         error: AuthError,
     },
+    /// A TLS file is missing, unreadable or wrong.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// One compiled route.
@@ -86,6 +91,9 @@ pub struct Snapshot {
     pub brokers: BTreeMap<String, Broker>,
     /// Names of the brokers some route publishes to.
     used_brokers: Vec<String>,
+    /// `server.tls`: the listener's rustls settings, with the certificate and key read by this build (each new
+    /// connection takes them from the current snapshot).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Snapshot {
@@ -94,13 +102,15 @@ impl Snapshot {
     /// reconnecting).
     pub async fn build(config: Config, previous: Option<&Snapshot>, shared: &Shared) -> Result<Snapshot, BuildError> {
         let metrics = &shared.metrics;
+        let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let mut upstreams = BTreeMap::new();
         for (name, cfg) in &config.upstreams {
             let before = previous.and_then(|p| Some((p.upstreams.get(name)?, p.config.upstreams.get(name)?)));
+            let client_tls = crate::tls::upstream(name, cfg)?;
             let upstream = match before {
-                Some((up, old)) if same(old, cfg) => up.clone(),
-                Some((up, _)) => Upstream::start(name, cfg, metrics, Some(up)).await,
-                None => Upstream::start(name, cfg, metrics, None).await,
+                Some((up, old)) if same(old, cfg) && up.same_tls(&client_tls) => up.clone(),
+                Some((up, _)) => Upstream::start(name, cfg, client_tls, metrics, Some(up)).await,
+                None => Upstream::start(name, cfg, client_tls, metrics, None).await,
             };
             upstreams.insert(name.clone(), upstream);
         }
@@ -222,6 +232,7 @@ impl Snapshot {
             upstreams,
             brokers,
             used_brokers,
+            tls,
             config: Arc::new(config),
         })
     }

@@ -21,12 +21,14 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// Reads, parses and validates the file at `path`; `Err` lists every problem found.
+/// Reads, parses and validates the file at `path`, and checks the TLS files it names (they exist and parse);
+/// `Err` lists every problem found.
 pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
     let value = read_value(path).map_err(|e| vec![e])?;
     let (config, mut errors) = from_value(value);
     let report = validate(&config);
     errors.extend(report.errors);
+    errors.extend(crate::tls::check_files(&config));
     if errors.is_empty() { Ok(Loaded { config, warnings: report.warnings }) } else { Err(errors) }
 }
 

@@ -52,6 +52,19 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
+    /// HTTPS on the public listener (HTTP/2 chosen by ALPN); plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `server.tls = { cert = "...", key = "..." }`: PEM files, read again on every reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// Certificate chain (PEM), the server's own certificate first.
+    pub cert: std::path::PathBuf,
+    /// Its private key (PEM: PKCS#8, RSA or EC).
+    pub key: std::path::PathBuf,
 }
 
 fn default_listen() -> SocketAddr {
@@ -78,6 +91,7 @@ impl Default for ServerConfig {
             max_body: default_max_body(),
             request_timeout: default_request_timeout(),
             shutdown_grace: default_shutdown_grace(),
+            tls: None,
         }
     }
 }
@@ -160,9 +174,16 @@ pub struct UpstreamConfig {
     /// In-flight requests beyond this are shed with 503.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent: usize,
-    /// Speak HTTP/2 (h2c) to the endpoints.
+    /// Speak HTTP/2 to the endpoints (h2c; ALPN `h2` over TLS).
     #[serde(default)]
     pub http2: bool,
+    /// `https://` endpoints: trust the roots in this PEM file instead of the system's.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `https://` endpoints: the name sent as SNI and required in their certificate, when it differs from the
+    /// endpoint's host.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
     /// Passive ejection of failing endpoints.
     #[serde(default)]
     pub outlier: OutlierConfig,

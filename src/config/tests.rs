@@ -661,3 +661,32 @@ rate_limit = {{ per_second = 1, key = "{{jwt.sub}}" }}
     let p = problems(&toml);
     assert!(p.iter().any(|e| e.contains("the kid is used by an earlier key")), "{p:#?}");
 }
+
+#[test]
+fn tls_keys_are_checked_and_named() {
+    let p = problems(
+        "[server]\ntls = { cert = \"c.pem\", crt = \"x\" }\n\
+         [upstreams.plain]\nendpoints = [\"http://a.internal\"]\ntls_server_name = \"a.internal\"\n\
+         [upstreams.secure]\nendpoints = [\"https://b.internal\"]\ntls_server_name = \"not a name\"\n",
+    );
+    assert_eq!(
+        p,
+        [
+            "server: tls: unknown key `crt`, expected one of cert, key",
+            "server: tls: missing field `key`",
+            "upstreams.plain: tls_server_name is only used with https:// endpoints",
+            "upstreams.secure: tls_server_name \"not a name\" is not a DNS name or IP address",
+        ]
+    );
+}
+
+#[test]
+fn https_endpoints_and_their_tls_keys_are_accepted() {
+    let (c, errors) = parsed(
+        "[upstreams.secure]\nendpoints = [\"https://orders.internal\", \"https://10.0.0.1:8443\"]\n\
+         tls_server_name = \"orders.internal\"\n",
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(validate(&c).errors.is_empty(), "{:?}", validate(&c).errors);
+    assert_eq!(c.upstreams["secure"].tls_server_name.as_deref(), Some("orders.internal"));
+}

@@ -103,6 +103,17 @@ fn check_upstream(name: &str, u: &UpstreamConfig, errors: &mut Vec<String>) {
         (_, Some(_)) => errors.push(format!("{at}: hash_key is only used with balance = \"hash\"")),
         (_, None) => {}
     }
+    let https = u.endpoints.iter().any(|e| e.starts_with("https://"));
+    for (key, set) in [("ca_file", u.ca_file.is_some()), ("tls_server_name", u.tls_server_name.is_some())] {
+        if set && !https {
+            errors.push(format!("{at}: {key} is only used with https:// endpoints"));
+        }
+    }
+    if let Some(name) = &u.tls_server_name
+        && let Err(why) = crate::tls::server_name(Some(name), "")
+    {
+        errors.push(format!("{at}: tls_server_name {why}"));
+    }
     if u.max_concurrent == 0 {
         errors.push(format!("{at}: max_concurrent must be at least 1"));
     }

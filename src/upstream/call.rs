@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap};
-use http::uri::{PathAndQuery, Scheme};
-use http::{Method, Request, Response, Uri};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
@@ -91,7 +91,7 @@ async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         let mut span = client_span(&call, upstream, &endpoint, retries);
         let mut req = Request::new(body);
         *req.method_mut() = call.method.clone();
-        *req.uri_mut() = uri(upstream, &endpoint, &call.path);
+        *req.uri_mut() = upstream.uri(&endpoint, &call.path);
         // Headers are copied only for an attempt that may be followed by a resend of a request that was sent;
         // otherwise they are moved, and a connect failure hands them back (the HTTP/2 client cannot).
         let copy = retries < call.retry.max_retries && (may_resend || upstream.is_h2());
@@ -106,6 +106,10 @@ async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         let (outcome, response) = match result {
             Ok(Ok(res)) => (Outcome::Status(res.0.status()), Some(res)),
             Ok(Err(mut e)) if e.is_connect() => {
+                if e.is_tls() {
+                    // Nothing was sent; the client gets 502 (or another endpoint's answer). Only the log says why.
+                    tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "upstream TLS handshake failed");
+                }
                 if let Some(unsent) = e.take_unsent() {
                     call.headers = unsent.into_parts().0.headers;
                 }
@@ -136,18 +140,6 @@ async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         tried.push(endpoint);
         tokio::time::sleep(call.retry.backoff(retries)).await;
     }
-}
-
-/// HTTP/1.1 connections take the origin form; the HTTP/2 client needs the absolute form.
-fn uri(upstream: &Upstream, endpoint: &Endpoint, path: &PathAndQuery) -> Uri {
-    if !upstream.is_h2() {
-        return Uri::from(path.clone());
-    }
-    let mut u = http::uri::Parts::default();
-    u.scheme = Some(Scheme::HTTP);
-    u.authority = Some(endpoint.authority.clone());
-    u.path_and_query = Some(path.clone());
-    Uri::from_parts(u).expect("scheme, authority and path make a URI")
 }
 
 /// The CLIENT span of one attempt (OpenTelemetry HTTP client conventions).

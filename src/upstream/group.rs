@@ -1,4 +1,4 @@
-//! An upstream: its endpoints (re-resolved from DNS), its HTTP client and connection pool, load shedding,
+//! An upstream: its endpoints (re-resolved from DNS) with their connections (plain or TLS), load shedding,
 //! outlier ejection and optional active health checks.
 
 use std::collections::HashMap;
@@ -8,13 +8,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balance::{self, Pick};
+use super::connect::{ConnectError, Transport};
 use super::endpoint::{Endpoint, EndpointUrl};
 use super::health::health_loop;
 use super::outlier::OutlierDetector;
@@ -23,6 +22,7 @@ use crate::body::OutBody;
 use crate::config::{Balance, UpstreamConfig};
 use crate::telemetry::{Metrics, UpstreamMetrics};
 use crate::template::Template;
+use crate::tls::UpstreamTls;
 
 /// A named group of endpoints and everything needed to send to them.
 pub struct Upstream {
@@ -33,9 +33,8 @@ pub struct Upstream {
     pub hash_key: Option<Template>,
     targets: Vec<(String, EndpointUrl)>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
-    /// HTTP/2 upstreams: one multiplexing client; HTTP/1.1 upstreams use each endpoint's pool.
-    h2: Option<Client<HttpConnector, OutBody>>,
-    connect_timeout: Duration,
+    /// How endpoints are connected to (timeout, HTTP/2, TLS); each endpoint holds its own connections.
+    transport: Transport,
     in_flight: Arc<AtomicUsize>,
     max_concurrent: usize,
     cursor: AtomicUsize,
@@ -83,24 +82,24 @@ impl Upstream {
     /// Builds the upstream, resolves its endpoints once, and starts its resolver and health-check tasks (they
     /// end when the upstream is dropped, e.g. after a config reload).
     ///
+    /// `tls` verifies its `https://` endpoints ([`crate::tls::upstream`] makes it from the config).
+    ///
     /// With `previous` (the upstream of the same name before a reload whose settings changed), endpoints that are
-    /// still configured at the same address keep their state: ejection, health verdict and idle connections.
+    /// still configured at the same address keep their state: ejection, health verdict and idle connections (when
+    /// they are still connected to the same way).
     pub async fn start(
         name: &str,
         cfg: &UpstreamConfig,
+        tls: Option<UpstreamTls>,
         metrics: &Metrics,
         previous: Option<&Upstream>,
     ) -> Arc<Upstream> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.connect_timeout.0));
-        let h2 = cfg.http2.then(|| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .http2_only(true)
-                .build(connector)
-        });
+        let transport = Transport {
+            connect_timeout: cfg.connect_timeout.0,
+            http2: cfg.http2,
+            tls,
+            tls_server_name: cfg.tls_server_name.clone(),
+        };
         let targets =
             cfg.endpoints.iter().filter_map(|u| Endpoint::parse_url(u).ok().map(|p| (u.clone(), p))).collect();
         let upstream = Arc::new(Upstream {
@@ -109,11 +108,10 @@ impl Upstream {
             hash_key: cfg.hash_key.as_deref().and_then(|k| Template::parse(k).ok()),
             targets,
             endpoints: ArcSwap::from_pointee(match previous {
-                Some(p) if p.connect_timeout == cfg.connect_timeout.0 => p.endpoints().to_vec(),
+                Some(p) if p.transport.same_as(&transport) => p.endpoints().to_vec(),
                 _ => Vec::new(),
             }),
-            h2,
-            connect_timeout: cfg.connect_timeout.0,
+            transport,
             in_flight: Arc::new(AtomicUsize::new(0)),
             max_concurrent: cfg.max_concurrent,
             cursor: AtomicUsize::new(0),
@@ -132,7 +130,26 @@ impl Upstream {
 
     /// Whether the endpoints speak HTTP/2.
     pub fn is_h2(&self) -> bool {
-        self.h2.is_some()
+        self.transport.http2
+    }
+
+    /// Whether the snapshot being built may keep this upstream as it is: its settings did not change (the caller
+    /// compares the config) and `tls` (just read again) verifies the same way.
+    pub fn same_tls(&self, tls: &Option<UpstreamTls>) -> bool {
+        super::connect::same_tls(&self.transport.tls, tls)
+    }
+
+    /// The URI of a request for `path` to `endpoint`: HTTP/1.1 connections take the origin form; the HTTP/2
+    /// client needs the absolute form (its scheme becomes `:scheme`).
+    pub fn uri(&self, endpoint: &Endpoint, path: &PathAndQuery) -> Uri {
+        if !self.is_h2() {
+            return Uri::from(path.clone());
+        }
+        let mut u = http::uri::Parts::default();
+        u.scheme = Some(if endpoint.scheme == Scheme::HTTPS { Scheme::HTTPS } else { Scheme::HTTP });
+        u.authority = Some(endpoint.authority.clone());
+        u.path_and_query = Some(path.clone());
+        Uri::from_parts(u).expect("scheme, authority and path make a URI")
     }
 
     /// The current endpoints.
@@ -152,21 +169,22 @@ impl Upstream {
         balance::pick(self.balance, &self.endpoints(), self.outlier.now_ms(), tried, hash, &self.cursor)
     }
 
-    /// Sends one request (its URI already points at an endpoint).
-    /// Sends one request to `endpoint` (its URI already points at it). The `Reusable` goes back to the
+    /// Sends one request to `endpoint` (its URI made by [`Upstream::uri`]). The `Reusable` goes back to the
     /// endpoint's pool once the response body has been read.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
         req: Request<OutBody>,
     ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
-        match &self.h2 {
+        match &endpoint.h2 {
             None => endpoint.pool.send(req).await.map(|(res, conn)| (res, Some(conn))),
             Some(client) => match client.request(req).await {
                 Ok(res) => Ok((res, None)),
-                Err(e) if e.is_connect() => {
-                    Err(SendError::Connect { addr: endpoint.addr, reason: e.to_string(), unsent: None })
-                }
+                Err(e) if e.is_connect() => Err(SendError::Connect {
+                    error: ConnectError::find(&e)
+                        .unwrap_or_else(|| ConnectError::Http { addr: endpoint.addr, reason: e.to_string() }),
+                    unsent: None,
+                }),
                 Err(e) => Err(SendError::Failed(e.into())),
             },
         }
@@ -193,7 +211,12 @@ impl Upstream {
             for addr in addrs {
                 match by_key.remove(&(url.as_str(), addr)) {
                     Some(existing) => next.push(existing.clone()),
-                    None => next.push(Arc::new(Endpoint::new(url, target, addr, self.connect_timeout))),
+                    None => match Endpoint::new(url, target, addr, &self.transport) {
+                        Some(endpoint) => next.push(Arc::new(endpoint)),
+                        None => {
+                            tracing::error!(upstream = %self.name, endpoint = %url, "https endpoint without TLS settings")
+                        }
+                    },
                 }
             }
         }

@@ -4,7 +4,8 @@
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
 
-use http::{Request, Uri};
+use http::Request;
+use http::uri::PathAndQuery;
 
 use super::endpoint::Endpoint;
 use super::group::Upstream;
@@ -43,9 +44,8 @@ pub async fn health_loop(upstream: Weak<Upstream>, hc: HealthCheckConfig) {
 
 /// One check: a 2xx within `timeout` is a pass.
 async fn check(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
-    let uri = Uri::builder().scheme("http").authority(ep.authority.clone()).path_and_query(hc.path.as_str()).build();
-    let Ok(uri) = uri else { return false };
-    let req = Request::get(uri).header(http::header::HOST, ep.host_header.clone()).body(OutBody::Empty);
+    let Ok(path) = PathAndQuery::try_from(hc.path.as_str()) else { return false };
+    let req = Request::get(up.uri(ep, &path)).header(http::header::HOST, ep.host_header.clone()).body(OutBody::Empty);
     let Ok(req) = req else { return false };
     match tokio::time::timeout(hc.timeout.0, up.send(ep, req)).await {
         Ok(Ok((res, conn))) => {

@@ -4,11 +4,12 @@
 //!
 //! - [`group`]: [`Upstream`], a named group of endpoints (DNS re-resolution, admission, sending).
 //! - [`call`]: one request sent with every resilience policy, in one readable order.
-//! - [`endpoint`], [`pool`], [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
+//! - [`endpoint`], [`connect`] (plain or TLS), [`pool`], [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
 //! - [`error`]: [`CallError`], with whether trying again later may help.
 
 mod balance;
 pub mod call;
+mod connect;
 mod endpoint;
 pub mod error;
 mod group;
@@ -19,6 +20,7 @@ mod retry;
 
 pub use balance::{Pick, hash_key};
 pub use call::{Answer, Call, call};
+pub use connect::ConnectError;
 pub use endpoint::{Endpoint, EndpointUrl};
 pub use error::CallError;
 pub use group::{InFlight, Upstream};

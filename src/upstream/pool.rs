@@ -1,20 +1,19 @@
-//! Per-endpoint pool of HTTP/1.1 connections, on hyper's low-level client connections.
+//! Per-endpoint pool of HTTP/1.1 connections (plain or TLS, opened by the endpoint's [`Connector`]), on hyper's
+//! low-level client connections.
 //!
 //! Written here instead of using hyper-util's pooled `Client` because the request path of a proxy pays for every
 //! layer: a pool per endpoint needs no pool-key hashing and no shared map, and `try_send_request` hands back a
 //! request that a dead idle connection could not take, so it can go out on a fresh one untouched (bench/README.md
 //! has the measurements). HTTP/2 upstreams still use hyper-util's client, which multiplexes on one connection.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
+use super::connect::{ConnectError, Connector};
 use crate::body::{BoxError, OutBody};
 
 /// Most idle connections kept per endpoint.
@@ -23,13 +22,12 @@ const MAX_IDLE: usize = 512;
 /// Why a request could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// No connection could be made: the request was not sent.
-    #[error("connect to {addr} failed: {reason}")]
+    /// No connection could be made (TCP or TLS): the request was not sent.
+    #[error("{error}")]
     Connect {
-        /// Endpoint address.
-        addr: SocketAddr,
-        /// What happened.
-        reason: String,
+        /// What failed.
+        #[source]
+        error: ConnectError,
         /// The request, untouched, when the pool can hand it back (so a retry need not have copied it).
         unsent: Option<Box<Request<OutBody>>>,
     },
@@ -51,13 +49,17 @@ impl SendError {
             SendError::Failed(_) => None,
         }
     }
+
+    /// Whether the TLS handshake failed (e.g. the endpoint's certificate did not verify).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, SendError::Connect { error, .. } if error.is_tls())
+    }
 }
 
 /// Idle HTTP/1.1 connections to one endpoint.
 #[derive(Debug)]
 pub struct Pool {
-    addr: SocketAddr,
-    connect_timeout: Duration,
+    connector: Connector,
     idle: Mutex<Vec<SendRequest<OutBody>>>,
 }
 
@@ -82,9 +84,9 @@ impl Reusable {
 }
 
 impl Pool {
-    /// An empty pool for `addr`.
-    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Arc<Pool> {
-        Arc::new(Pool { addr, connect_timeout, idle: Mutex::new(Vec::new()) })
+    /// An empty pool whose connections `connector` opens.
+    pub fn new(connector: Connector) -> Arc<Pool> {
+        Arc::new(Pool { connector, idle: Mutex::new(Vec::new()) })
     }
 
     /// Sends `req` on an idle connection, or on a new one.
@@ -107,7 +109,7 @@ impl Pool {
         }
         let mut sender = match self.connect().await {
             Ok(sender) => sender,
-            Err(reason) => return Err(SendError::Connect { addr: self.addr, reason, unsent: Some(Box::new(req)) }),
+            Err(error) => return Err(SendError::Connect { error, unsent: Some(Box::new(req)) }),
         };
         match sender.send_request(req).await {
             Ok(res) => Ok((res, Reusable { sender, pool: self.clone() })),
@@ -126,14 +128,11 @@ impl Pool {
     }
 
     /// A new connection, or why none could be made.
-    async fn connect(&self) -> Result<SendRequest<OutBody>, String> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err(format!("no answer within {:?}", self.connect_timeout)),
-        };
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    async fn connect(&self) -> Result<SendRequest<OutBody>, ConnectError> {
+        let stream = self.connector.connect().await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::Http { addr: self.connector.addr(), reason: e.to_string() })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
