@@ -87,7 +87,6 @@ where
         let o = &self.observe;
         let start = Instant::now();
         let request_id = request_id(req.headers_mut());
-        let gauges = (GaugeGuard::new(&o.in_flight), GaugeGuard::new(&o.metrics.in_flight));
         let span = o.tracer.server(
             req.headers(),
             || match &o.route {
@@ -100,7 +99,7 @@ where
             facts.trace = span.cx.clone();
         }
         let (method, uri) = if o.access_log { (req.method().clone(), req.uri().clone()) } else { Default::default() };
-        let seen = Seen { observe: o.clone(), start, span, request_id, method, uri, _gauges: gauges };
+        let seen = Seen { observe: InFlight::new(o), start, span, request_id, method, uri };
         ObservedFuture { inner: self.inner.call(req), seen: Some(Box::new(seen)) }
     }
 }
@@ -110,20 +109,20 @@ pin_project! {
     pub struct ObservedFuture<F> {
         #[pin]
         inner: F,
+        // Boxed: the answer's future is moved into the connection's slot; a small one moves cheaply.
         seen: Option<Box<Seen>>,
     }
 }
 
 /// What is known about a request before its answer.
 struct Seen {
-    observe: Arc<Observe>,
+    observe: InFlight,
     start: Instant,
     span: Span,
     request_id: HeaderValue,
     /// Kept for the access log only (empty when it is off).
     method: Method,
     uri: Uri,
-    _gauges: (GaugeGuard, GaugeGuard),
 }
 
 impl<F> Future for ObservedFuture<F>
@@ -142,7 +141,8 @@ where
 
 impl Seen {
     fn finish(self: Box<Self>, result: Result<Response<Body>, GatewayError>) -> Response<Body> {
-        let Seen { observe: o, start, mut span, request_id, method, uri, _gauges } = *self;
+        let Seen { observe: in_flight, start, mut span, request_id, method, uri } = *self;
+        let o = &in_flight.0;
         let route = o.route.as_deref();
         let id = request_id.to_str().unwrap_or("");
         let mut response = match result {
@@ -235,18 +235,21 @@ fn server_attributes<B>(o: &Observe, req: &Request<B>) -> Vec<KeyValue> {
     attributes
 }
 
-/// Counts a request in a gauge until dropped (also when the client goes away mid-request).
-struct GaugeGuard(Gauge);
+/// Counts a request in the in-flight gauges (all routes, and its route) until dropped, also when the client goes
+/// away mid-request.
+struct InFlight(Arc<Observe>);
 
-impl GaugeGuard {
-    fn new(gauge: &Gauge) -> GaugeGuard {
-        gauge.inc();
-        GaugeGuard(gauge.clone())
+impl InFlight {
+    fn new(observe: &Arc<Observe>) -> InFlight {
+        observe.in_flight.inc();
+        observe.metrics.in_flight.inc();
+        InFlight(observe.clone())
     }
 }
 
-impl Drop for GaugeGuard {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.in_flight.dec();
+        self.0.metrics.in_flight.dec();
     }
 }
