@@ -18,7 +18,6 @@ use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
 /// A config with one upstream `svc` (endpoints `urls`, plus the keys in `upstream`) and one catch-all route `r`
 /// forwarding to it (plus the keys in `route`, which replace the defaults key by key).
@@ -34,21 +33,6 @@ fn merge(into: &mut Value, from: Value) {
     if let (Value::Object(into), Value::Object(from)) = (into, from) {
         into.extend(from);
     }
-}
-
-/// An upstream that holds every request until the test adds permits to the returned gate.
-async fn gated(name: &'static str) -> (Upstream, Arc<Semaphore>) {
-    let gate = Arc::new(Semaphore::new(0));
-    let g = gate.clone();
-    let up = Upstream::start(move |_| {
-        let g = g.clone();
-        async move {
-            g.acquire().await.expect("gate open").forget();
-            reply(200, name)
-        }
-    })
-    .await;
-    (up, gate)
 }
 
 /// An upstream that answers only after a minute (longer than any test waits).

@@ -10,7 +10,6 @@ mod broker_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use broker_support::common::*;
@@ -19,7 +18,6 @@ use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
 // =============================================================================================================
 // The binary
@@ -227,21 +225,6 @@ where
     let (parts, body) = res.into_parts();
     let body = body.collect().await.expect("the response body arrives").to_bytes();
     Resp { status: parts.status.as_u16(), headers: parts.headers, body }
-}
-
-/// An upstream that holds every request until the test adds permits to the returned gate.
-async fn gated(name: &'static str) -> (Upstream, Arc<Semaphore>) {
-    let gate = Arc::new(Semaphore::new(0));
-    let g = gate.clone();
-    let up = Upstream::start(move |_| {
-        let g = g.clone();
-        async move {
-            g.acquire().await.expect("gate open").forget();
-            reply(200, name)
-        }
-    })
-    .await;
-    (up, gate)
 }
 
 /// Lets the file watcher act on the last write (its debounce is 300 ms), so that a redundant reload it might make

@@ -213,6 +213,21 @@ impl Upstream {
     }
 }
 
+/// An upstream that holds every request until the test adds permits to the returned gate.
+pub async fn gated(name: &'static str) -> (Upstream, Arc<tokio::sync::Semaphore>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let up = Upstream::start(move |_| {
+        let g = g.clone();
+        async move {
+            g.acquire().await.expect("gate open").forget();
+            reply(200, name)
+        }
+    })
+    .await;
+    (up, gate)
+}
+
 /// The URL of a port on which nothing listens (connections are refused).
 pub async fn refused_url() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
