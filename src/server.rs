@@ -11,16 +11,18 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use crate::body::Body;
+use crate::connection::{self, Limits, Slot, Tracked, Watch, Watched};
 use crate::layers::catch_panic::panicked;
 use crate::problem::GatewayError;
 use crate::request::Facts;
@@ -53,11 +55,36 @@ impl Gateway {
 static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// Serves `listener` until `shutdown` resolves, then drains open requests for at most `grace`.
+///
+/// At most `server.max_connections` connections are open at once (read at start-up): at the limit the listener
+/// stops accepting, so new connections wait in the kernel's backlog until one closes. Each connection is held to
+/// the header-read and idle timeouts and the request-head limit of the config in effect when it was accepted.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>, grace: Duration) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let metrics = gateway.metrics().clone();
+    let max_connections = gateway.snapshot.load().config.server.max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut http = Http::new(gateway.snapshot.load().config.server.max_header_bytes.0);
+    let mut last_warned: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                metrics.connection_limit_reached.inc();
+                if last_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    last_warned = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        max_connections,
+                        "server.max_connections reached: new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -70,21 +97,35 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let (limits, builder) = {
+            let snapshot = gateway.snapshot.load();
+            let server = &snapshot.config.server;
+            let limits =
+                Limits { header_read_timeout: server.header_read_timeout.0, idle_timeout: server.idle_timeout.0 };
+            (limits, http.builder(server.max_header_bytes.0))
+        };
+        let watch = Watch::new(Slot::new(permit, metrics.open_connections.clone()));
         let gw = gateway.clone();
         // The client address as an `x-forwarded-for` value, made once per connection.
         let peer_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a header value");
-        let service = service_fn(move |req| {
+        let conn_watch = watch.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
             let gw = gw.clone();
             let peer_ip = peer_ip.clone();
-            async move { Ok::<_, Infallible>(handle(&gw, req, &peer_ip).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let watch = conn_watch.clone();
+            let finished = watch.request(req.version());
+            async move {
+                let response = handle(&gw, req, &peer_ip).await;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    watch.upgraded();
+                }
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, finished)))
             }
         });
+        let io = TokioIo::new(Watched::new(stream, watch.clone()));
+        let conn = graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+        let timeouts = metrics.connection_timeouts.clone();
+        tokio::spawn(async move { connection::drive(conn, watch, limits, &timeouts).await });
     }
     gateway.accepting.store(false, Ordering::Relaxed);
     drop(listener);
@@ -93,6 +134,38 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown grace elapsed with requests still open"),
     }
 }
+
+/// hyper's connection builder for the `server.max_header_bytes` in effect, made again when a reload changes it.
+struct Http {
+    max_header_bytes: u64,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Http {
+    fn new(max_header_bytes: u64) -> Http {
+        Http { max_header_bytes, builder: Http::make(max_header_bytes) }
+    }
+
+    fn builder(&mut self, max_header_bytes: u64) -> &auto::Builder<TokioExecutor> {
+        if max_header_bytes != self.max_header_bytes {
+            *self = Http::new(max_header_bytes);
+        }
+        &self.builder
+    }
+
+    fn make(max_header_bytes: u64) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // HTTP/1: the read buffer is the request-head limit (a head that does not fit is answered 431 and the
+        // connection closed), so an unfinished head never holds more than this. Timeouts are `connection`'s.
+        let limit = usize::try_from(max_header_bytes).unwrap_or(usize::MAX).max(MIN_BUF);
+        builder.http1().max_buf_size(limit).header_read_timeout(None);
+        builder.http2().max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        builder
+    }
+}
+
+/// hyper's smallest `max_buf_size` (validation keeps `server.max_header_bytes` at or above it).
+const MIN_BUF: usize = 8 * 1024;
 
 /// Answers one request; never fails (errors become problem responses).
 pub async fn handle(gw: &Gateway, mut req: Request<Incoming>, peer_ip: &HeaderValue) -> Response<Body> {
