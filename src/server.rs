@@ -26,7 +26,7 @@ use crate::connection::{self, Limits, Slot, Tracked, Watch, Watched};
 use crate::layers::catch_panic::panicked;
 use crate::problem::GatewayError;
 use crate::request::Facts;
-use crate::router::RouteMatch;
+use crate::router::{RouteMatch, remove_dot_segments};
 use crate::snapshot::{Shared, Snapshot};
 use crate::telemetry::Metrics;
 
@@ -170,6 +170,7 @@ const MIN_BUF: usize = 8 * 1024;
 /// Answers one request; never fails (errors become problem responses).
 pub async fn handle(gw: &Gateway, mut req: Request<Incoming>, peer_ip: &HeaderValue) -> Response<Body> {
     sanitize_request_id(&mut req);
+    normalize_path(&mut req);
     let (service, facts) = {
         let snapshot = gw.snapshot.load();
         let facts = |params| Facts::new(peer_ip.clone(), "http", params);
@@ -203,6 +204,25 @@ pub async fn handle(gw: &Gateway, mut req: Request<Incoming>, peer_ip: &HeaderVa
             let id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
             error.into_response(None, id)
         }
+    }
+}
+
+/// Removes dot segments from the path before routing, so that what routes and `rewrite_prefix` see is what an
+/// upstream would resolve (`/pub/../admin` is `/admin`).
+fn normalize_path(req: &mut Request<Incoming>) {
+    let uri = req.uri();
+    let std::borrow::Cow::Owned(path) = remove_dot_segments(uri.path()) else { return };
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    match path_and_query.parse() {
+        Ok(pq) => parts.path_and_query = Some(pq),
+        Err(_) => return,
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
     }
 }
 
