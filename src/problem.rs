@@ -41,6 +41,15 @@ pub enum GatewayError {
     /// A template needs a value the request does not carry, or the request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// The request target is longer than the HTTP parser accepts.
+    #[error("the request URI is too long")]
+    UriTooLong,
+    /// The request line and headers are larger than `server.max_header_bytes`.
+    #[error("the request line and headers are larger than {limit} bytes")]
+    HeadersTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// The route's rate limit is exhausted.
     #[error("rate limit exceeded")]
     RateLimited {
@@ -140,6 +149,8 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadRequest(_) | GatewayError::BodyRead => StatusCode::BAD_REQUEST,
+            GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Overloaded | GatewayError::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
@@ -160,6 +171,10 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => ("urn:sluice:problem:body-too-large", "Request body too large"),
             GatewayError::BadRequest(_) => ("urn:sluice:problem:bad-request", "Bad request"),
             GatewayError::BodyRead => ("urn:sluice:problem:bad-request", "Bad request"),
+            GatewayError::UriTooLong => ("urn:sluice:problem:uri-too-long", "URI too long"),
+            GatewayError::HeadersTooLarge { .. } => {
+                ("urn:sluice:problem:headers-too-large", "Request headers too large")
+            }
             GatewayError::RateLimited { .. } => ("urn:sluice:problem:rate-limited", "Rate limit exceeded"),
             GatewayError::Overloaded => ("urn:sluice:problem:overloaded", "Upstream overloaded"),
             GatewayError::NoHealthyEndpoint => ("urn:sluice:problem:no-healthy-endpoint", "No healthy endpoint"),
