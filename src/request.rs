@@ -15,6 +15,8 @@ use crate::template::{Missing, RenderContext, Template};
 pub struct Facts {
     /// The client's IP address, as the value appended to `x-forwarded-for`.
     pub peer_ip: HeaderValue,
+    /// `{client_ip}`: the peer's address, or the client a trusted proxy names (`server.trusted_proxies`).
+    pub client_ip: String,
     /// `http` or `https`.
     pub scheme: &'static str,
     /// Path parameters captured by the route.
@@ -28,7 +30,8 @@ pub struct Facts {
 impl Facts {
     /// Facts for a request from `peer_ip`, over `scheme`, with the route's `params`.
     pub fn new(peer_ip: HeaderValue, scheme: &'static str, params: Params) -> Facts {
-        Facts { peer_ip, scheme, params, trace: TraceContext::default(), unmatched: None }
+        let client_ip = peer_ip.to_str().unwrap_or_default().to_owned();
+        Facts { peer_ip, client_ip, scheme, params, trace: TraceContext::default(), unmatched: None }
     }
 }
 
@@ -50,7 +53,9 @@ pub fn render(template: &Template, req: &Request<Prepared>, route: &str) -> Resu
 
 /// The render context of `req` for templates of `route`.
 pub fn context<'a>(req: &'a Request<Prepared>, route: &'a str) -> RenderContext<'a> {
-    let cx = RenderContext::new(req.method(), req.headers(), &facts(req).params, req.uri().query(), route);
+    let facts = facts(req);
+    let cx = RenderContext::new(req.method(), req.headers(), &facts.params, req.uri().query(), route)
+        .with_client_ip(&facts.client_ip);
     match req.body().bytes() {
         Some(body) if !body.is_empty() => cx.with_body(body),
         _ => cx,

@@ -70,6 +70,8 @@ pub struct Snapshot {
     pub brokers: BTreeMap<String, Broker>,
     /// Names of the brokers some route publishes to.
     used_brokers: Vec<String>,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Snapshot {
@@ -187,7 +189,10 @@ impl Snapshot {
         })));
         used_brokers.sort();
         used_brokers.dedup();
+        let trusted_proxies =
+            config.server.trusted_proxies.iter().filter_map(|p| crate::forwarded::parse_proxy(p)).collect();
         Ok(Snapshot {
+            trusted_proxies,
             router: Router::new(matchers),
             routes,
             unmatched,

@@ -23,6 +23,7 @@ enum Part {
     Body(String),
     Method,
     Route,
+    ClientIp,
 }
 
 /// Why a template string could not be parsed.
@@ -32,7 +33,9 @@ pub enum TemplateError {
     #[error("unclosed '{{' in template {0:?}")]
     Unclosed(String),
     /// A placeholder that is not one of the known kinds.
-    #[error("unknown placeholder {{{0}}}: use header.NAME, path.NAME, query.NAME, body./json/pointer, method or route")]
+    #[error(
+        "unknown placeholder {{{0}}}: use header.NAME, path.NAME, query.NAME, body./json/pointer, method, route or client_ip"
+    )]
     Unknown(String),
 }
 
@@ -55,6 +58,8 @@ pub struct RenderContext<'a> {
     pub body: Option<&'a [u8]>,
     /// Route name.
     pub route: &'a str,
+    /// The client's address (`{client_ip}`).
+    pub client_ip: Option<&'a str>,
     json: OnceLock<Option<serde_json::Value>>,
 }
 
@@ -67,7 +72,13 @@ impl<'a> RenderContext<'a> {
         query: Option<&'a str>,
         route: &'a str,
     ) -> Self {
-        RenderContext { method, headers, params, query, body: None, route, json: OnceLock::new() }
+        RenderContext { method, headers, params, query, body: None, route, client_ip: None, json: OnceLock::new() }
+    }
+
+    /// The same context with the client's address available to `{client_ip}`.
+    pub fn with_client_ip(mut self, client_ip: &'a str) -> Self {
+        self.client_ip = Some(client_ip);
+        self
     }
 
     /// The same context with the raw body available to `{body./pointer}`.
@@ -136,6 +147,7 @@ impl Template {
                 Part::Literal(s) => out.push_str(s),
                 Part::Method => out.push_str(cx.method.as_str()),
                 Part::Route => out.push_str(cx.route),
+                Part::ClientIp => out.push_str(cx.client_ip.ok_or_else(|| Missing("client address".to_owned()))?),
                 Part::Header(name) => {
                     let value = cx
                         .headers
@@ -185,6 +197,7 @@ fn parse_placeholder(p: &str) -> Result<Part, TemplateError> {
     match p {
         "method" => return Ok(Part::Method),
         "route" => return Ok(Part::Route),
+        "client_ip" => return Ok(Part::ClientIp),
         _ => {}
     }
     let (kind, name) = p.split_once('.').ok_or_else(unknown)?;
@@ -239,6 +252,15 @@ mod tests {
         assert_eq!(t.render(&cx).unwrap_err().0, "JSON body field /id");
         let t = Template::parse("{query.q}").unwrap();
         assert_eq!(t.render(&cx).unwrap_err().0, "query parameter q");
+    }
+
+    #[test]
+    fn client_ip_renders_the_clients_address() {
+        let (headers, p) = (HeaderMap::new(), Params::default());
+        let t = Template::parse("ip:{client_ip}").unwrap();
+        let cx = RenderContext::new(&Method::GET, &headers, &p, None, "r");
+        assert_eq!(t.render(&cx).unwrap_err().0, "client address");
+        assert_eq!(t.render(&cx.with_client_ip("192.0.2.7")).unwrap(), "ip:192.0.2.7");
     }
 
     #[test]
