@@ -21,6 +21,7 @@
 //! - [`template`], [`router`]: compiled templates and the route table; pure.
 //! - [`backoff`]: the one exponential backoff with full jitter.
 //! - [`problem`]: the one place where errors become HTTP (`application/problem+json`).
+//! - [`redact`]: secrets masked in everything Sluice shows (`/routes`, `sluice check`).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/routes`, `POST /reload`.
 //! - [`telemetry`]: logging, metrics registry, traces (OTLP).
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod layers;
 pub mod policy;
 pub mod problem;
 pub mod publish;
+pub mod redact;
 pub mod reload;
 pub mod request;
 pub mod router;
