@@ -16,7 +16,7 @@ pub struct Facts {
     /// The client's IP address, as the value appended to `x-forwarded-for`.
     pub peer_ip: HeaderValue,
     /// `{client_ip}`: the peer's address, or the client a trusted proxy names (`server.trusted_proxies`).
-    pub client_ip: String,
+    pub client_ip: HeaderValue,
     /// `http` or `https`.
     pub scheme: &'static str,
     /// Path parameters captured by the route.
@@ -30,7 +30,7 @@ pub struct Facts {
 impl Facts {
     /// Facts for a request from `peer_ip`, over `scheme`, with the route's `params`.
     pub fn new(peer_ip: HeaderValue, scheme: &'static str, params: Params) -> Facts {
-        let client_ip = peer_ip.to_str().unwrap_or_default().to_owned();
+        let client_ip = peer_ip.clone();
         Facts { peer_ip, client_ip, scheme, params, trace: TraceContext::default(), unmatched: None }
     }
 }
@@ -55,7 +55,7 @@ pub fn render(template: &Template, req: &Request<Prepared>, route: &str) -> Resu
 pub fn context<'a>(req: &'a Request<Prepared>, route: &'a str) -> RenderContext<'a> {
     let facts = facts(req);
     let cx = RenderContext::new(req.method(), req.headers(), &facts.params, req.uri().query(), route)
-        .with_client_ip(&facts.client_ip);
+        .with_client_ip(facts.client_ip.to_str().unwrap_or_default());
     match req.body().bytes() {
         Some(body) if !body.is_empty() => cx.with_body(body),
         _ => cx,
