@@ -46,14 +46,9 @@ impl Service<Request<Prepared>> for Action {
 
     fn call(&mut self, req: Request<Prepared>) -> AnswerFuture {
         match self {
-            Action::Forward(route) => {
-                let route = route.clone();
-                Box::pin(async move { forward(&route, req).await })
-            }
-            Action::Publish(route) => {
-                let route = route.clone();
-                Box::pin(async move { publish(&route, req).await })
-            }
+            // The action's own future, boxed as it is: no wrapping block, whose larger future would be moved again.
+            Action::Forward(route) => Box::pin(forward(route.clone(), req)),
+            Action::Publish(route) => Box::pin(publish(route.clone(), req)),
             Action::Unmatched => {
                 let verdict = req.extensions().get::<Facts>().and_then(|f| f.unmatched.clone());
                 Box::pin(std::future::ready(Err(verdict.unwrap_or(GatewayError::NotFound))))

@@ -4,17 +4,14 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -23,11 +20,12 @@ use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
 use crate::body::Body;
-use crate::layers::catch_panic::panicked;
+use crate::layers::catch_panic::{CatchPanicFuture, guard};
 use crate::problem::GatewayError;
 use crate::request::Facts;
 use crate::router::RouteMatch;
 use crate::snapshot::{Shared, Snapshot};
+use crate::stack::RouteService;
 use crate::telemetry::Metrics;
 
 /// Shared state of a running gateway.
@@ -111,19 +109,29 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
 }
 
 /// The service of one connection from `peer_ip` over `scheme` (`http` or `https`).
-fn service(
+fn service(gw: Arc<Gateway>, peer_ip: HeaderValue, scheme: &'static str) -> Connection {
+    Connection { gw, peer_ip, scheme }
+}
+
+/// One connection's requests: each is routed and its route's stack called at once, so the future hyper keeps for
+/// a request is the stack's own (no wrapping `async` block whose larger future would be moved again).
+#[derive(Clone)]
+struct Connection {
     gw: Arc<Gateway>,
     peer_ip: HeaderValue,
     scheme: &'static str,
-) -> impl hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send>
-+ Clone
-+ Send
-+ 'static {
-    service_fn(move |req| {
-        let gw = gw.clone();
-        let peer_ip = peer_ip.clone();
-        async move { Ok::<_, Infallible>(handle(&gw, req, &peer_ip, scheme).await) }
-    })
+}
+
+impl hyper::service::Service<Request<Incoming>> for Connection {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = CatchPanicFuture<<RouteService as Service<Request<Incoming>>>::Future>;
+
+    /// Answers one request; never fails (errors become problem responses). The stack catches panics below its
+    /// observe layer; this catches the rest, so no panic drops a connection.
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        guard(|| handle(&self.gw, req, &self.peer_ip, self.scheme))
+    }
 }
 
 /// The server side of a TLS handshake, within [`TLS_HANDSHAKE_TIMEOUT`]; `None` (logged) when it failed.
@@ -145,14 +153,14 @@ async fn handshake(
     }
 }
 
-/// Answers one request received over `scheme` (`http` or `https`); never fails (errors become problem responses).
-pub async fn handle(
+/// Routes one request received over `scheme` (`http` or `https`) and calls its route's stack.
+fn handle(
     gw: &Gateway,
     mut req: Request<Incoming>,
     peer_ip: &HeaderValue,
     scheme: &'static str,
-) -> Response<Body> {
-    let (service, facts) = {
+) -> <RouteService as Service<Request<Incoming>>>::Future {
+    let (mut service, facts) = {
         let snapshot = gw.snapshot.load();
         let facts = |params| Facts::new(peer_ip.clone(), scheme, params);
         match snapshot.router.route(req.method(), host_of(&req), req.uri().path(), req.headers()) {
@@ -176,13 +184,7 @@ pub async fn handle(
     };
     req.extensions_mut().insert(facts);
     // Every layer of a route's stack is always ready (their state is shared and immutable): call it at once.
-    // The stack catches panics below its observe layer; this catches the rest, so no panic drops a connection.
-    let mut service = service;
-    match AssertUnwindSafe(async move { service.call(req).await }).catch_unwind().await {
-        Ok(Ok(response)) => response,
-        Ok(Err(never)) => match never {},
-        Err(panic) => panicked::<()>(panic).expect_err("panicked answers an error").into_response(None, ""),
-    }
+    service.call(req)
 }
 
 /// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.

@@ -52,7 +52,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Forwards one request (see the module doc for the order).
-pub async fn forward(route: &ForwardRoute, mut req: Request<Prepared>) -> Result<Response<Body>, GatewayError> {
+pub async fn forward(route: Arc<ForwardRoute>, mut req: Request<Prepared>) -> Result<Response<Body>, GatewayError> {
     // 1. Fault injection.
     if let Some(fault) = &route.fault {
         let injection = fault.roll();

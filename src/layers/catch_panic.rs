@@ -6,6 +6,7 @@
 //! panic; this one only wraps the future.
 
 use std::any::Any;
+use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -51,33 +52,61 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
-            Ok(future) => CatchPanicFuture::Running { inner: AssertUnwindSafe(future).catch_unwind() },
-            Err(panic) => CatchPanicFuture::Panicked { answer: Some(panicked(panic)) },
-        }
+        guard(|| self.inner.call(req))
+    }
+}
+
+/// Runs `make` and then the future it returns; a panic in either becomes the output's [`FromPanic`] answer.
+pub fn guard<F>(make: impl FnOnce() -> F) -> CatchPanicFuture<F>
+where
+    F: Future<Output: FromPanic>,
+{
+    match std::panic::catch_unwind(AssertUnwindSafe(make)) {
+        Ok(future) => CatchPanicFuture::Running { inner: AssertUnwindSafe(future).catch_unwind() },
+        Err(panic) => CatchPanicFuture::Panicked { answer: Some(FromPanic::from_panic(panic)) },
+    }
+}
+
+/// What a panic becomes: an [`Answer`] is `GatewayError::Internal`; a finished response is a 500 problem+json
+/// (for the server's last-resort guard above the observe layer, where no route or request id is known).
+pub trait FromPanic {
+    /// The 500 for `panic` (logged).
+    fn from_panic(panic: Box<dyn Any + Send>) -> Self;
+}
+
+impl FromPanic for Answer {
+    fn from_panic(panic: Box<dyn Any + Send>) -> Answer {
+        panicked(panic)
+    }
+}
+
+impl FromPanic for Result<Response<Body>, Infallible> {
+    fn from_panic(panic: Box<dyn Any + Send>) -> Self {
+        let Err(e) = panicked::<Infallible>(panic);
+        Ok(e.into_response(None, ""))
     }
 }
 
 pin_project! {
     /// The inner answer, or a 500 if producing it panicked.
     #[project = Projected]
-    pub enum CatchPanicFuture<F> {
+    pub enum CatchPanicFuture<F: Future> {
         /// The inner future, watched for panics.
         Running { #[pin] inner: CatchUnwind<AssertUnwindSafe<F>> },
         /// The inner service panicked before returning a future.
-        Panicked { answer: Option<Answer> },
+        Panicked { answer: Option<F::Output> },
     }
 }
 
 impl<F> Future for CatchPanicFuture<F>
 where
-    F: Future<Output = Answer>,
+    F: Future<Output: FromPanic>,
 {
-    type Output = Answer;
+    type Output = F::Output;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         match self.project() {
-            Projected::Running { inner } => inner.poll(cx).map(|r| r.unwrap_or_else(panicked)),
+            Projected::Running { inner } => inner.poll(cx).map(|r| r.unwrap_or_else(FromPanic::from_panic)),
             Projected::Panicked { answer } => Poll::Ready(answer.take().expect("polled after completion")),
         }
     }

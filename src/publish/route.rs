@@ -1,6 +1,8 @@
 //! The action of a `publish` route: request → message (templates, metadata, CloudEvents) → a PRODUCER span whose
 //! context rides in the message → the broker's confirm → `202 Accepted` with the receipt.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -37,11 +39,11 @@ pub struct PublishRoute {
 }
 
 /// Publishes one request and answers with its receipt.
-pub async fn publish(route: &PublishRoute, req: Request<Prepared>) -> Result<Response<Body>, GatewayError> {
+pub async fn publish(route: Arc<PublishRoute>, req: Request<Prepared>) -> Result<Response<Body>, GatewayError> {
     let body = req.body().bytes().cloned().unwrap_or_default();
     let env = Envelope { route: &route.name, request_id: request_id(&req) };
     let mut message = route.encoder.encode(req.headers(), &context(&req, &route.name), body, &env)?;
-    let mut span = producer_span(&route.tracer, &facts(&req).trace, route, &message);
+    let mut span = producer_span(&route.tracer, &facts(&req).trace, &route, &message);
     let traceparent = span.cx.traceparent();
     let tracestate = span.cx.tracestate.as_ref().and_then(|v| v.to_str().ok());
     message.set_trace(traceparent.to_str().unwrap_or_default(), tracestate);
@@ -66,7 +68,7 @@ pub async fn publish(route: &PublishRoute, req: Request<Prepared>) -> Result<Res
     }
     drop(span);
     route.metrics.outcome(if receipt == Receipt::Unconfirmed { "unconfirmed" } else { "confirmed" }).inc();
-    Ok(accepted(receipt_body(route, &id, destination, receipt)))
+    Ok(accepted(receipt_body(&route, &id, destination, receipt)))
 }
 
 /// The PRODUCER span of one publish (OpenTelemetry messaging conventions).

@@ -107,6 +107,13 @@ impl Pool {
                 },
             }
         }
+        // Boxed: opening a connection (TCP, maybe TLS) is the rare path, and its large future would otherwise make
+        // every request's future larger, which is moved at each level of the request path.
+        Box::pin(self.send_on_new(req)).await
+    }
+
+    /// Sends `req` on a new connection.
+    async fn send_on_new(self: &Arc<Self>, req: Request<OutBody>) -> Result<(Response<Incoming>, Reusable), SendError> {
         let mut sender = match self.connect().await {
             Ok(sender) => sender,
             Err(error) => return Err(SendError::Connect { error, unsent: Some(Box::new(req)) }),
