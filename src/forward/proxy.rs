@@ -20,7 +20,7 @@ use super::fault::Fault;
 use super::upgrade;
 use crate::body::{Body, Prepared};
 use crate::problem::GatewayError;
-use crate::request::{Facts, X_REQUEST_ID, facts, render};
+use crate::request::{Facts, facts, render};
 use crate::telemetry::Tracer;
 use crate::upstream::{Answer, Call, RetryPolicy, Upstream, call, hash_key, is_idempotent};
 
@@ -75,7 +75,6 @@ pub async fn forward(route: Arc<ForwardRoute>, mut req: Request<Prepared>) -> Re
     let trace = facts(&req).trace.clone();
     let (mut parts, body) = req.into_parts();
     let facts = parts.extensions.get::<Facts>().expect("the server inserts Facts");
-    let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
     prepare_headers(&mut parts.headers, facts);
     let client_upgrade = upgrade.map(|(protocol, on)| {
         upgrade::restore(&mut parts.headers, protocol);
@@ -100,7 +99,7 @@ pub async fn forward(route: Arc<ForwardRoute>, mut req: Request<Prepared>) -> Re
     )
     .await?;
     // 5. The response, passed through.
-    Ok(respond(answer, request_id, client_upgrade))
+    Ok(respond(answer, client_upgrade))
 }
 
 /// Replaces the matched prefix with `rewrite_prefix`, keeping the rest of the path and the query.
@@ -137,6 +136,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass comparing names is much cheaper than a hashed lookup per name.
+    if !headers.keys().any(|name| is_hop_by_hop(name.as_str())) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -151,6 +154,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
     }
+}
+
+/// Whether a header named `name` may be hop-by-hop: one of [`HOP_BY_HOP`] or `te`.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+    )
 }
 
 fn prepare_headers(headers: &mut HeaderMap, facts: &Facts) {
@@ -169,11 +188,8 @@ fn prepare_headers(headers: &mut HeaderMap, facts: &Facts) {
     }
 }
 
-fn respond(
-    answer: Answer,
-    request_id: Option<HeaderValue>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Response<Body> {
+/// The upstream's response as the client's (the observe layer sets `x-request-id` on it).
+fn respond(answer: Answer, client_upgrade: Option<hyper::upgrade::OnUpgrade>) -> Response<Body> {
     let Answer { response: mut res, conn, guard } = answer;
     let guard = match client_upgrade {
         Some(on) => upgrade::splice(on, &mut res, guard),
@@ -183,9 +199,6 @@ fn respond(
     match guard {
         Some(guard) => {
             strip_hop_by_hop(&mut parts.headers);
-            if let Some(id) = request_id {
-                parts.headers.insert(X_REQUEST_ID.clone(), id);
-            }
             // An empty body is finished already: the connection can serve the next request now.
             let conn = match conn {
                 Some(c) if inner.is_end_stream() => {
@@ -197,12 +210,7 @@ fn respond(
             Response::from_parts(parts, Body::Upstream { inner, guard, conn })
         }
         // 101: the upgrade headers stay, the connection now belongs to the splice task.
-        None => {
-            if let Some(id) = request_id {
-                parts.headers.insert(X_REQUEST_ID.clone(), id);
-            }
-            Response::from_parts(parts, Body::Empty)
-        }
+        None => Response::from_parts(parts, Body::Empty),
     }
 }
 

@@ -155,7 +155,7 @@ impl Seen {
                 e.into_response(route, id)
             }
         };
-        response.headers_mut().entry(&X_REQUEST_ID).or_insert_with(|| request_id.clone());
+        response.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
         let status = response.status().as_u16();
         span.set(|| KeyValue::new("http.response.status_code", i64::from(status)));
         if status >= 500 {

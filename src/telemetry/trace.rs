@@ -77,11 +77,11 @@ impl TraceContext {
     pub fn traceparent(&self) -> HeaderValue {
         let mut buf = [0u8; 55];
         buf[..3].copy_from_slice(b"00-");
-        hex_into(&mut buf[3..35], self.trace_id, 32);
+        hex_into(&mut buf[3..35], &self.trace_id.to_be_bytes());
         buf[35] = b'-';
-        hex_into(&mut buf[36..52], u128::from(self.span_id), 16);
+        hex_into(&mut buf[36..52], &self.span_id.to_be_bytes());
         buf[52] = b'-';
-        hex_into(&mut buf[53..55], u128::from(self.flags), 2);
+        hex_into(&mut buf[53..55], &[self.flags]);
         HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
     }
 
@@ -317,11 +317,12 @@ fn incoming(headers: &HeaderMap) -> Option<(u128, u64, u8)> {
     headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()))
 }
 
-fn hex_into(out: &mut [u8], mut value: u128, digits: usize) {
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out[i] = HEX[(value & 0xf) as usize];
-        value >>= 4;
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
