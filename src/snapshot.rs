@@ -183,7 +183,7 @@ impl Snapshot {
             };
             let observe = Observe {
                 route: Some(name.clone()),
-                http_route: r.matcher.path.clone().or_else(|| r.matcher.path_prefix.clone()),
+                http_route: r.matcher.path.as_deref().or(r.matcher.path_prefix.as_deref()).map(Arc::from),
                 backend: action.target().to_owned(),
                 metrics: route_metrics,
                 in_flight: metrics.in_flight.clone(),

@@ -154,6 +154,17 @@ pub fn upstream(name: &str, cfg: &UpstreamConfig) -> Result<Option<UpstreamTls>,
     Ok(Some(UpstreamTls { config: Arc::new(config), ca_pem }))
 }
 
+/// TLS for an `https://` OTLP collector (`telemetry.otlp_endpoint`): the system's roots, ALPN `h2` (gRPC).
+pub fn collector() -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Settings { key: "telemetry.otlp_endpoint".to_owned(), reason: e.to_string() })?
+        .with_root_certificates(system_roots())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The system's trusted roots (`rustls-native-certs`: `/etc/ssl/certs` on Debian, `SSL_CERT_FILE` / `SSL_CERT_DIR`
 /// when set), read once per process.
 fn system_roots() -> Arc<RootCertStore> {

@@ -28,7 +28,7 @@ use tower::{Layer, Service};
 use crate::body::Body;
 use crate::problem::GatewayError;
 use crate::request::{Facts, X_REQUEST_ID};
-use crate::telemetry::{RouteMetrics, Span, Tracer};
+use crate::telemetry::{RouteMetrics, Span, Tracer, method_value};
 
 /// One route's observation settings and metric handles.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ pub struct Observe {
     /// Route name; `None` for requests no route takes.
     pub route: Option<Arc<str>>,
     /// The route's path pattern (`http.route`).
-    pub http_route: Option<String>,
+    pub http_route: Option<Arc<str>>,
     /// The upstream or broker the route talks to (access log).
     pub backend: String,
     /// The route's metric handles.
@@ -90,8 +90,8 @@ where
         let span = o.tracer.server(
             req.headers(),
             || match &o.route {
-                Some(_) => format!("{} {}", req.method(), o.http_route.as_deref().unwrap_or("")),
-                None => req.method().to_string(),
+                Some(_) => format!("{} {}", req.method(), o.http_route.as_deref().unwrap_or("")).into(),
+                None => req.method().to_string().into(),
             },
             || server_attributes(o, &req),
         );
@@ -205,29 +205,28 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(id).expect("a UUID is a header value")
 }
 
-/// The SERVER span's attributes (HTTP server semantic conventions), built only when the span records.
+/// The SERVER span's attributes (HTTP server semantic conventions), built only when the span records. Values the
+/// route or the method already hold are shared, not copied.
 fn server_attributes<B>(o: &Observe, req: &Request<B>) -> Vec<KeyValue> {
-    let text = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let mut attributes = vec![
-        KeyValue::new("http.request.method", req.method().as_str().to_owned()),
-        KeyValue::new("url.path", req.uri().path().to_owned()),
-    ];
+    let text = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let mut attributes = Vec::with_capacity(9);
+    attributes.push(KeyValue::new("http.request.method", method_value(req.method())));
+    attributes.push(KeyValue::new("url.path", req.uri().path().to_owned()));
     if let Some(facts) = req.extensions().get::<Facts>() {
         attributes.push(KeyValue::new("url.scheme", facts.scheme));
         if let Ok(ip) = facts.peer_ip.to_str() {
             attributes.push(KeyValue::new("client.address", ip.to_owned()));
         }
     }
-    if let Some(host) = text(header::HOST).or_else(|| req.uri().host().map(str::to_owned)) {
-        let host =
-            host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(host.clone(), |(h, _)| h.to_owned());
-        attributes.push(KeyValue::new("server.address", host));
+    if let Some(host) = text(header::HOST).or_else(|| req.uri().host()) {
+        let host = host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(host, |(h, _)| h);
+        attributes.push(KeyValue::new("server.address", host.to_owned()));
     }
     if let Some(agent) = text(header::USER_AGENT) {
-        attributes.push(KeyValue::new("user_agent.original", agent));
+        attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
     }
     if let Some(route) = &o.route {
-        attributes.push(KeyValue::new("sluice.route", route.to_string()));
+        attributes.push(KeyValue::new("sluice.route", route.clone()));
     }
     if let Some(pattern) = &o.http_route {
         attributes.push(KeyValue::new("http.route", pattern.clone()));

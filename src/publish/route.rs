@@ -81,7 +81,7 @@ fn producer_span(tracer: &Tracer, parent: &TraceContext, route: &PublishRoute, m
     tracer.child(
         parent,
         SpanKind::Producer,
-        || format!("send {name}"),
+        || format!("send {name}").into(),
         || {
             let mut attributes = vec![
                 KeyValue::new("messaging.system", system),

@@ -2,12 +2,14 @@
 //!
 //! - [`logging`]: the log subscriber (JSON or text) and its filter.
 //! - [`metrics`]: the Prometheus registry and the handles the request path uses.
-//! - [`trace`]: W3C trace context and OpenTelemetry spans exported over OTLP.
+//! - [`trace`]: W3C trace context and OpenTelemetry spans, queued for export.
+//! - `otlp`: the spans encoded as OTLP protobuf and sent over gRPC.
 
 pub mod logging;
 pub mod metrics;
+mod otlp;
 pub mod trace;
 
 pub use logging::init_logging;
 pub use metrics::{Metrics, PublishMetrics, RouteMetrics, UpstreamMetrics};
-pub use trace::{Export, Span, TraceContext, Tracer};
+pub use trace::{Export, Span, TraceContext, Tracer, method_name, method_value};

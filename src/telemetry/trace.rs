@@ -9,22 +9,24 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
     TracerProvider as _,
 };
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanProcessor};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::otlp::OtlpExporter;
 use crate::config::TelemetryConfig;
 use crate::request::{TRACEPARENT, TRACESTATE};
 
@@ -155,7 +157,7 @@ impl Tracer {
     pub fn server(
         &self,
         headers: &HeaderMap,
-        name: impl FnOnce() -> String,
+        name: impl FnOnce() -> Cow<'static, str>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Span {
         let Some(tracer) = &self.sdk else {
@@ -181,7 +183,7 @@ impl Tracer {
         &self,
         parent: &TraceContext,
         kind: SpanKind,
-        name: impl FnOnce() -> String,
+        name: impl FnOnce() -> Cow<'static, str>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Span {
         let Some(tracer) = &self.sdk else {
@@ -196,10 +198,31 @@ impl Tracer {
     }
 }
 
+/// A method's name: the standard methods are static strings (no copy per span).
+pub fn method_name(method: &Method) -> Cow<'static, str> {
+    match *method {
+        Method::GET => "GET".into(),
+        Method::POST => "POST".into(),
+        Method::PUT => "PUT".into(),
+        Method::DELETE => "DELETE".into(),
+        Method::HEAD => "HEAD".into(),
+        Method::OPTIONS => "OPTIONS".into(),
+        Method::PATCH => "PATCH".into(),
+        Method::CONNECT => "CONNECT".into(),
+        Method::TRACE => "TRACE".into(),
+        _ => method.as_str().to_owned().into(),
+    }
+}
+
+/// A method as an attribute value (see [`method_name`]).
+pub fn method_value(method: &Method) -> Value {
+    Value::from(method_name(method))
+}
+
 /// The running OTLP export: flushes what is queued on shutdown.
 #[derive(Debug)]
 pub struct Export {
-    queue: mpsc::Sender<Queued>,
+    flushes: mpsc::Sender<oneshot::Sender<()>>,
     _provider: SdkTracerProvider,
 }
 
@@ -208,7 +231,7 @@ impl Export {
     pub async fn flush(&self, timeout: Duration) {
         let (done, wait) = oneshot::channel();
         let flushed = tokio::time::timeout(timeout, async {
-            if self.queue.send(Queued::Flush(done)).await.is_ok() {
+            if self.flushes.send(done).await.is_ok() {
                 let _ = wait.await;
             }
         });
@@ -224,37 +247,47 @@ pub fn start(cfg: &TelemetryConfig, dropped: Counter) -> Result<(Tracer, Option<
     let Some(endpoint) = &cfg.otlp_endpoint else {
         return Ok((Tracer::default(), None));
     };
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint.clone())
-        .with_timeout(EXPORT_TIMEOUT)
-        .build()
-        .map_err(|e| format!("telemetry.otlp_endpoint {endpoint:?}: {e}"))?;
     let resource = Resource::builder().with_service_name(cfg.service_name.clone()).build();
-    exporter.set_resource(&resource);
-    let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-    tokio::spawn(export_loop(exporter, rx));
+    let exporter = OtlpExporter::new(endpoint, &resource, EXPORT_TIMEOUT)?;
+    let queue = Arc::new(Queue::new(QUEUE_CAPACITY, dropped));
+    let (flushes, flush_requests) = mpsc::channel(4);
+    tokio::spawn(export_loop(exporter, queue.clone(), flush_requests));
     let provider = SdkTracerProvider::builder()
-        .with_span_processor(QueueProcessor { queue: queue.clone(), dropped })
+        .with_span_processor(QueueProcessor(queue))
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sample_ratio))))
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("sluice");
     tracing::info!(endpoint = %endpoint, sample_ratio = cfg.sample_ratio, "exporting traces over OTLP/gRPC");
-    Ok((Tracer { sdk: Some(tracer) }, Some(Export { queue, _provider: provider })))
+    Ok((Tracer { sdk: Some(tracer) }, Some(Export { flushes, _provider: provider })))
 }
 
-enum Queued {
-    Span(Box<SpanData>),
-    Flush(oneshot::Sender<()>),
+/// Finished spans waiting for export. A plain vector under a lock: a request's thread pushes a span and, once a
+/// batch is full, wakes the export task — cheaper than a channel send (and a box) per span.
+#[derive(Debug)]
+struct Queue {
+    spans: Mutex<Vec<SpanData>>,
+    /// Most spans waiting; more are dropped.
+    capacity: usize,
+    /// Notified when a full batch is waiting.
+    full: Notify,
+    /// `sluice_trace_spans_dropped_total`.
+    dropped: Counter,
+}
+
+impl Queue {
+    fn new(capacity: usize, dropped: Counter) -> Queue {
+        Queue { spans: Mutex::new(Vec::with_capacity(MAX_BATCH)), capacity, full: Notify::new(), dropped }
+    }
+
+    fn has_full_batch(&self) -> bool {
+        self.spans.lock().expect("span queue lock").len() >= MAX_BATCH
+    }
 }
 
 /// Hands finished spans to the export task without ever waiting.
 #[derive(Debug)]
-struct QueueProcessor {
-    queue: mpsc::Sender<Queued>,
-    dropped: Counter,
-}
+struct QueueProcessor(Arc<Queue>);
 
 impl SpanProcessor for QueueProcessor {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
@@ -263,8 +296,16 @@ impl SpanProcessor for QueueProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        if self.queue.try_send(Queued::Span(Box::new(span))).is_err() {
-            self.dropped.inc();
+        let queue = &self.0;
+        let mut spans = queue.spans.lock().expect("span queue lock");
+        if spans.len() >= queue.capacity {
+            drop(spans);
+            queue.dropped.inc();
+            return;
+        }
+        spans.push(span);
+        if spans.len() == MAX_BATCH {
+            queue.full.notify_one();
         }
     }
 
@@ -278,28 +319,47 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
-/// Collects spans into batches (up to `MAX_BATCH`, or what arrived within `BATCH_DELAY`) and exports them one
-/// batch at a time. Failures are logged at most once a minute: an absent collector must not flood the log.
-async fn export_loop(exporter: opentelemetry_otlp::SpanExporter, mut rx: mpsc::Receiver<Queued>) {
+/// Sends what is queued when a batch is full, every `BATCH_DELAY`, and on a flush request; one batch (at most
+/// `MAX_BATCH` spans) at a time, encoded into one reused buffer. Failures are logged at most once a minute: an
+/// absent collector must not flood the log.
+async fn export_loop(
+    mut exporter: OtlpExporter,
+    queue: Arc<Queue>,
+    mut flush_requests: mpsc::Receiver<oneshot::Sender<()>>,
+) {
     let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_BATCH);
+    let mut frame: Vec<u8> = Vec::new();
     let mut last_warning: Option<Instant> = None;
-    while let Some(first) = rx.recv().await {
-        let mut flush = None;
-        match first {
-            Queued::Span(s) => batch.push(*s),
-            Queued::Flush(done) => flush = Some(done),
-        }
-        let deadline = Instant::now() + BATCH_DELAY;
-        while flush.is_none() && batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(Queued::Span(s))) => batch.push(*s),
-                Ok(Some(Queued::Flush(done))) => flush = Some(done),
-                Ok(None) | Err(_) => break,
+    loop {
+        let flush = tokio::select! {
+            () = queue.full.notified() => None,
+            () = tokio::time::sleep(BATCH_DELAY) => None,
+            request = flush_requests.recv() => match request {
+                Some(done) => Some(done),
+                None => return,
+            },
+        };
+        // Everything queued when the timer fired or a flush was asked for; otherwise only full batches, so that a
+        // busy gateway sends few large requests (a request's own cost is paid once per batch).
+        let mut take_all = true;
+        while std::mem::replace(&mut take_all, flush.is_some()) || queue.has_full_batch() {
+            {
+                let mut spans = queue.spans.lock().expect("span queue lock");
+                if spans.len() <= MAX_BATCH {
+                    std::mem::swap(&mut *spans, &mut batch);
+                } else {
+                    batch.extend(spans.drain(..MAX_BATCH));
+                }
             }
-        }
-        if !batch.is_empty() {
+            if batch.is_empty() {
+                break;
+            }
+            exporter.encode(&batch, &mut frame);
             let count = batch.len();
-            if let Err(e) = exporter.export(std::mem::take(&mut batch)).await
+            batch.clear();
+            let capacity = frame.capacity();
+            let sent = Bytes::from(std::mem::replace(&mut frame, Vec::with_capacity(capacity)));
+            if let Err(e) = exporter.send(sent).await
                 && last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
             {
                 last_warning = Some(Instant::now());
@@ -400,17 +460,15 @@ mod tests {
 
     #[test]
     fn a_full_export_queue_drops_and_counts_instead_of_waiting() {
-        let (queue, mut rx) = mpsc::channel(2);
         let dropped = Counter::default();
-        let processor = QueueProcessor { queue, dropped: dropped.clone() };
+        let queue = Arc::new(Queue::new(2, dropped.clone()));
+        let processor = QueueProcessor(queue.clone());
         for _ in 0..5 {
             processor.on_end(finished(true));
         }
         processor.on_end(finished(false));
         assert_eq!(dropped.get(), 3, "two fit in the queue, three were dropped, the unsampled one was never queued");
-        assert!(matches!(rx.try_recv(), Ok(Queued::Span(_))));
-        assert!(matches!(rx.try_recv(), Ok(Queued::Span(_))));
-        assert!(rx.try_recv().is_err());
+        assert_eq!(queue.spans.lock().unwrap().len(), 2);
     }
 
     #[test]

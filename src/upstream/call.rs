@@ -27,7 +27,7 @@ use super::pool::Reusable;
 use super::retry::{Outcome, RetryPolicy};
 use crate::body::{Prepared, is_too_large};
 use crate::request::TRACEPARENT;
-use crate::telemetry::{Span, TraceContext, Tracer};
+use crate::telemetry::{Span, TraceContext, Tracer, method_name, method_value};
 
 /// One request to send.
 pub struct Call<'a> {
@@ -147,15 +147,16 @@ fn client_span(call: &Call<'_>, upstream: &Upstream, endpoint: &Endpoint, retrie
     call.tracer.child(
         call.trace,
         SpanKind::Client,
-        || call.method.as_str().to_owned(),
+        || method_name(&call.method),
         || {
-            let mut attributes = vec![
-                KeyValue::new("http.request.method", call.method.as_str().to_owned()),
-                KeyValue::new("server.address", endpoint.addr.ip().to_string()),
+            let mut attributes = Vec::with_capacity(8);
+            attributes.extend([
+                KeyValue::new("http.request.method", method_value(&call.method)),
+                KeyValue::new("server.address", endpoint.ip.clone()),
                 KeyValue::new("server.port", i64::from(endpoint.addr.port())),
                 KeyValue::new("url.path", call.path.path().to_owned()),
-                KeyValue::new("sluice.upstream", upstream.name.clone()),
-            ];
+                KeyValue::new("sluice.upstream", upstream.label.clone()),
+            ]);
             if retries > 0 {
                 attributes.push(KeyValue::new("http.request.resend_count", i64::from(retries)));
             }

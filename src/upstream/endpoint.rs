@@ -33,6 +33,8 @@ pub struct Endpoint {
     pub scheme: Scheme,
     /// Address connected to.
     pub addr: SocketAddr,
+    /// Its IP address as text (the `server.address` of CLIENT spans, shared rather than formatted per request).
+    pub ip: std::sync::Arc<str>,
     /// `ip:port`, the authority of the request URI handed to the HTTP client.
     pub authority: Authority,
     /// Value of the Host header sent upstream (`host[:port]` as configured).
@@ -100,6 +102,7 @@ impl Endpoint {
             url: url.to_owned(),
             scheme: parsed.scheme.clone(),
             addr,
+            ip: addr.ip().to_string().into(),
             authority,
             host_header: HeaderValue::try_from(host_header).expect("validated host"),
             outstanding: AtomicUsize::new(0),

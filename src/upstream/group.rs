@@ -28,6 +28,8 @@ use crate::tls::UpstreamTls;
 pub struct Upstream {
     /// Name from `[upstreams.NAME]`.
     pub name: String,
+    /// The name as a span attribute value (shared, not copied per request).
+    pub label: Arc<str>,
     balance: Balance,
     /// Template for `balance = "hash"`.
     pub hash_key: Option<Template>,
@@ -104,6 +106,7 @@ impl Upstream {
             cfg.endpoints.iter().filter_map(|u| Endpoint::parse_url(u).ok().map(|p| (u.clone(), p))).collect();
         let upstream = Arc::new(Upstream {
             name: name.to_owned(),
+            label: Arc::from(name),
             balance: cfg.balance,
             hash_key: cfg.hash_key.as_deref().and_then(|k| Template::parse(k).ok()),
             targets,

@@ -20,7 +20,7 @@ mod retry;
 
 pub use balance::{Pick, hash_key};
 pub use call::{Answer, Call, call};
-pub use connect::ConnectError;
+pub use connect::{ConnectError, Connector};
 pub use endpoint::{Endpoint, EndpointUrl};
 pub use error::CallError;
 pub use group::{InFlight, Upstream};
