@@ -7,6 +7,7 @@
 //! - [`snapshot`]: a config compiled for serving (routes → stacks, upstreams, brokers), swapped atomically.
 //! - [`reload`]: SIGHUP, file watch and `POST /reload` → validate → compile → swap.
 //! - [`server`]: the public listener (plain or TLS), routing each request to its route's stack, graceful shutdown.
+//! - [`connection`]: one client connection's limits (header-read and idle timeouts, its `max_connections` slot).
 //! - [`stack`]: the per-route layer order, in one place.
 //! - [`layers`]: request id, SERVER span + metrics + access log, panics → 500, body reading.
 //! - [`policy`]: guards (webhook signatures, rate limit; the auth slot), idempotency.
@@ -29,6 +30,7 @@ pub mod admin;
 pub mod backoff;
 pub mod body;
 pub mod config;
+pub mod connection;
 pub mod forward;
 pub mod layers;
 pub mod policy;

@@ -12,23 +12,27 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
 use crate::body::Body;
+use crate::connection::{self, Limits, Slot, Tracked, Watch, Watched};
 use crate::layers::catch_panic::panicked;
 use crate::problem::GatewayError;
 use crate::request::Facts;
 use crate::router::RouteMatch;
 use crate::snapshot::{Shared, Snapshot};
 use crate::telemetry::Metrics;
+use crate::telemetry::metrics::ConnectionTimeouts;
 
 /// Shared state of a running gateway.
 pub struct Gateway {
@@ -57,15 +61,44 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown` resolves, then drains open requests for at most `grace`.
 ///
+/// At most `server.max_connections` connections are open at once (read at start-up): a connection takes its slot
+/// before it is accepted, so at the limit the listener stops accepting and new connections wait in the kernel's
+/// backlog until one closes. Each connection is held to the header-read and idle timeouts and the request-head
+/// limit of the config in effect when it was accepted.
+///
 /// The listener speaks TLS when the snapshot it starts with has `server.tls` (a reload changes the certificate,
 /// not whether there is one). Each TLS handshake runs in the connection's own task, so a slow client delays no
-/// other accept, and takes the certificate of the snapshot current when the connection was accepted.
+/// other accept, within its own [`TLS_HANDSHAKE_TIMEOUT`]; the header-read timeout starts once it is done. It takes
+/// the certificate of the snapshot current when the connection was accepted.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>, grace: Duration) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let tls = gateway.snapshot.load().tls.is_some();
+    let metrics = gateway.metrics().clone();
+    let (max_connections, max_header_bytes, tls) = {
+        let snapshot = gateway.snapshot.load();
+        (snapshot.config.server.max_connections, snapshot.config.server.max_header_bytes.0, snapshot.tls.is_some())
+    };
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut http = Http::new(max_header_bytes);
+    let mut last_warned: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                metrics.connection_limit_reached.inc();
+                if last_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    last_warned = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        max_connections,
+                        "server.max_connections reached: new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -78,29 +111,31 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        // The client address as an `x-forwarded-for` value, made once per connection.
-        let peer_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a header value");
-        if tls {
-            let config = gateway.snapshot.load().tls.clone().expect("a TLS listener's snapshots have server.tls");
-            let (gw, builder, watcher) = (gateway.clone(), builder.clone(), graceful.watcher());
-            tokio::spawn(async move {
-                let Some(stream) = handshake(TlsAcceptor::from(config), stream, peer).await else { return };
-                let service = service(gw, peer_ip, "https");
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            });
-        } else {
-            let service = service(gateway.clone(), peer_ip, "http");
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            });
-        }
+        let (accepted, acceptor) = {
+            let snapshot = gateway.snapshot.load();
+            let server = &snapshot.config.server;
+            let limits =
+                Limits { header_read_timeout: server.header_read_timeout.0, idle_timeout: server.idle_timeout.0 };
+            let acceptor = tls
+                .then(|| TlsAcceptor::from(snapshot.tls.clone().expect("a TLS listener's snapshots have server.tls")));
+            let accepted = Accepted {
+                gw: gateway.clone(),
+                peer_ip: HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a header value"),
+                slot: Slot::new(permit, metrics.open_connections.clone()),
+                limits,
+                builder: http.builder(server.max_header_bytes.0),
+                watcher: graceful.watcher(),
+                timeouts: metrics.connection_timeouts.clone(),
+            };
+            (accepted, acceptor)
+        };
+        match acceptor {
+            None => tokio::spawn(accepted.serve(stream, "http")),
+            Some(acceptor) => tokio::spawn(async move {
+                let Some(stream) = handshake(acceptor, stream, peer).await else { return };
+                accepted.serve(stream, "https").await;
+            }),
+        };
     }
     gateway.accepting.store(false, Ordering::Relaxed);
     drop(listener);
@@ -110,19 +145,90 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
     }
 }
 
-/// The service of one connection from `peer_ip` over `scheme` (`http` or `https`).
+/// hyper's connection builder for the `server.max_header_bytes` in effect, made again when a reload changes it.
+struct Http {
+    max_header_bytes: u64,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl Http {
+    fn new(max_header_bytes: u64) -> Http {
+        Http { max_header_bytes, builder: Arc::new(Http::make(max_header_bytes)) }
+    }
+
+    fn builder(&mut self, max_header_bytes: u64) -> Arc<auto::Builder<TokioExecutor>> {
+        if max_header_bytes != self.max_header_bytes {
+            *self = Http::new(max_header_bytes);
+        }
+        self.builder.clone()
+    }
+
+    fn make(max_header_bytes: u64) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // HTTP/1: the read buffer is the request-head limit (a head that does not fit is answered 431 and the
+        // connection closed), so an unfinished head never holds more than this. Timeouts are `connection`'s.
+        let limit = usize::try_from(max_header_bytes).unwrap_or(usize::MAX).max(MIN_BUF);
+        builder.http1().max_buf_size(limit).header_read_timeout(None);
+        builder.http2().max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        builder
+    }
+}
+
+/// hyper's smallest `max_buf_size` (validation keeps `server.max_header_bytes` at or above it).
+const MIN_BUF: usize = 8 * 1024;
+
+/// One accepted connection, from before its TLS handshake (if any): what its task needs to serve it.
+struct Accepted {
+    gw: Arc<Gateway>,
+    /// The client address as an `x-forwarded-for` value, made once per connection.
+    peer_ip: HeaderValue,
+    /// One of the `server.max_connections` slots, taken before the accept and held until the connection is gone.
+    slot: Slot,
+    limits: Limits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Graceful shutdown waits for this connection.
+    watcher: Watcher,
+    timeouts: ConnectionTimeouts,
+}
+
+impl Accepted {
+    /// Serves HTTP over `io` (the TCP stream, or the TLS stream once its handshake is done) received over `scheme`
+    /// (`http` or `https`), held to the connection's limits from now on.
+    async fn serve<I>(self, io: I, scheme: &'static str)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let watch = Watch::new(self.slot);
+        let service = service(self.gw, self.peer_ip, scheme, watch.clone());
+        let io = TokioIo::new(Watched::new(io, watch.clone()));
+        let conn = self.watcher.watch(self.builder.serve_connection_with_upgrades(io, service));
+        connection::drive(conn, watch, self.limits, &self.timeouts).await;
+    }
+}
+
+/// The service of one connection from `peer_ip` over `scheme` (`http` or `https`), reporting its requests to
+/// `watch`.
 fn service(
     gw: Arc<Gateway>,
     peer_ip: HeaderValue,
     scheme: &'static str,
-) -> impl hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send>
+    watch: Arc<Watch>,
+) -> impl hyper::service::Service<Request<Incoming>, Response = Response<Tracked<Body>>, Error = Infallible, Future: Send>
 + Clone
 + Send
 + 'static {
-    service_fn(move |req| {
+    service_fn(move |req: Request<Incoming>| {
         let gw = gw.clone();
         let peer_ip = peer_ip.clone();
-        async move { Ok::<_, Infallible>(handle(&gw, req, &peer_ip, scheme).await) }
+        let watch = watch.clone();
+        let finished = watch.request(req.version());
+        async move {
+            let response = handle(&gw, req, &peer_ip, scheme).await;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                watch.upgraded();
+            }
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, finished)))
+        }
     })
 }
 

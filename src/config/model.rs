@@ -55,6 +55,20 @@ pub struct ServerConfig {
     /// HTTPS on the public listener (HTTP/2 chosen by ALPN); plain HTTP when absent.
     #[serde(default)]
     pub tls: Option<ServerTlsConfig>,
+    /// Time a client has to send a request's headers, from its first byte (from the connection's start for the
+    /// first request); a slower connection is closed (slowloris).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// A kept-alive connection with no request in flight for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Most client connections open at once; beyond it new connections wait in the listen backlog until one
+    /// closes (read at start-up).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) read from a client; a larger one is answered 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: Size,
 }
 
 /// `server.tls = { cert = "...", key = "..." }`: PEM files, read again on every reload.
@@ -82,6 +96,18 @@ fn default_request_timeout() -> Dur {
 fn default_shutdown_grace() -> Dur {
     Dur::secs(30)
 }
+fn default_header_read_timeout() -> Dur {
+    Dur::secs(10)
+}
+fn default_idle_timeout() -> Dur {
+    Dur::secs(60)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_header_bytes() -> Size {
+    Size::kib(64)
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -92,6 +118,10 @@ impl Default for ServerConfig {
             request_timeout: default_request_timeout(),
             shutdown_grace: default_shutdown_grace(),
             tls: None,
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
 }

@@ -7,7 +7,7 @@ use http::StatusCode;
 use super::load::{names, route_label};
 use super::model::{
     AuthConfig, Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishConfig, PublishFormat, RouteConfig,
-    TelemetryConfig, UpstreamConfig, VerifyConfig, VerifyScheme,
+    ServerConfig, TelemetryConfig, UpstreamConfig, VerifyConfig, VerifyScheme,
 };
 use crate::router::Matcher;
 use crate::template::Template;
@@ -26,6 +26,7 @@ pub struct Report {
 pub fn validate(config: &Config) -> Report {
     let mut report = Report::default();
     let errors = &mut report.errors;
+    check_server(&config.server, errors);
     check_telemetry(&config.telemetry, errors);
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
@@ -64,6 +65,26 @@ pub fn validate(config: &Config) -> Report {
         }
     }
     report
+}
+
+/// hyper's smallest read buffer: a request head limit below it cannot be enforced.
+const MIN_HEADER_BYTES: u64 = 8 * 1024;
+
+fn check_server(s: &ServerConfig, errors: &mut Vec<String>) {
+    for (key, d) in [("header_read_timeout", s.header_read_timeout), ("idle_timeout", s.idle_timeout)] {
+        if d.0.is_zero() {
+            errors.push(format!("server: {key} must be more than 0"));
+        }
+    }
+    if s.max_connections == 0 {
+        errors.push("server: max_connections must be at least 1".to_owned());
+    }
+    if s.max_header_bytes.0 < MIN_HEADER_BYTES {
+        errors.push(format!("server: max_header_bytes must be at least 8KiB, not {} bytes", s.max_header_bytes.0));
+    }
+    if s.max_header_bytes.0 > u64::from(u32::MAX) {
+        errors.push("server: max_header_bytes must be less than 4GiB".to_owned());
+    }
 }
 
 fn check_telemetry(t: &TelemetryConfig, errors: &mut Vec<String>) {

@@ -50,6 +50,11 @@ struct BrokerLabel {
     broker: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabel {
+    timeout: &'static str,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 17))
 }
@@ -71,6 +76,23 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Finished spans dropped because the export queue was full.
     pub spans_dropped: Counter,
+    /// Client connections open now (`sluice_open_connections`).
+    pub open_connections: Gauge,
+    /// Times the listener stopped accepting because `server.max_connections` were open
+    /// (`sluice_connection_limit_reached_total`).
+    pub connection_limit_reached: Counter,
+    /// Connections closed by the gateway for taking too long: `header` (`server.header_read_timeout`) or `idle`
+    /// (`server.idle_timeout`).
+    pub connection_timeouts: ConnectionTimeouts,
+}
+
+/// `sluice_connection_timeouts_total{timeout}` handles.
+#[derive(Clone, Debug)]
+pub struct ConnectionTimeouts {
+    /// `timeout="header"`: the request headers did not arrive in time.
+    pub header: Counter,
+    /// `timeout="idle"`: a kept-alive connection carried no request for `server.idle_timeout`.
+    pub idle: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -102,6 +124,13 @@ impl Metrics {
         let reloads = Family::<ResultLabel, Counter>::default();
         let route_in_flight = Family::<RouteLabel, Gauge>::default();
         let spans_dropped = Counter::default();
+        let open_connections = Gauge::default();
+        let connection_limit_reached = Counter::default();
+        let timeouts = Family::<TimeoutLabel, Counter>::default();
+        // One statement each: a handle's read guard must be gone before the next entry is created.
+        let header = timeouts.get_or_create(&TimeoutLabel { timeout: "header" }).clone();
+        let idle = timeouts.get_or_create(&TimeoutLabel { timeout: "idle" }).clone();
+        let connection_timeouts = ConnectionTimeouts { header, idle };
         // Both results exist from the start, so a dashboard can tell "no reload yet" from "no data".
         drop(reloads.get_or_create(&ResultLabel { result: "success" }));
         drop(reloads.get_or_create(&ResultLabel { result: "error" }));
@@ -125,6 +154,17 @@ impl Metrics {
         registry.register("sluice_retries", "Retries sent, by route", retries.clone());
         registry.register("sluice_ejections", "Endpoints ejected by outlier detection", ejections.clone());
         registry.register("sluice_requests_in_flight", "Requests being served", in_flight.clone());
+        registry.register("sluice_open_connections", "Client connections open now", open_connections.clone());
+        registry.register(
+            "sluice_connection_limit_reached",
+            "Times the listener stopped accepting because server.max_connections connections were open",
+            connection_limit_reached.clone(),
+        );
+        registry.register(
+            "sluice_connection_timeouts",
+            "Client connections closed for taking too long: header (server.header_read_timeout), idle (server.idle_timeout)",
+            timeouts,
+        );
         Metrics {
             registry,
             requests,
@@ -139,6 +179,9 @@ impl Metrics {
             route_in_flight,
             in_flight,
             spans_dropped,
+            open_connections,
+            connection_limit_reached,
+            connection_timeouts,
         }
     }
 

@@ -1,0 +1,359 @@
+//! One client connection's limits: it holds one of `server.max_connections` slots while it is open, it is closed
+//! when a request's headers take longer than `server.header_read_timeout` (slowloris) or when it carries no request
+//! for `server.idle_timeout`. (`server.max_header_bytes` is hyper's read-buffer limit, set in `server.rs`.)
+//!
+//! hyper's own `header_read_timeout` is not used: it also runs between the requests of a kept-alive connection, so
+//! it would close idle connections after the header timeout instead of `idle_timeout`. Instead a [`Watch`] tracks
+//! what the connection is doing — waiting for a request's headers, serving requests, idle, or upgraded — from three
+//! signals: bytes read ([`Watched`], the I/O wrapper), a request handed to the gateway ([`Watch::request`]), and
+//! its response sent completely ([`Tracked`], the response-body wrapper). [`drive`] runs the connection and closes
+//! it when the deadline of its current phase passes.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Version;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use crate::telemetry::metrics::ConnectionTimeouts;
+
+/// The timeouts of one connection (taken from the config in effect when it was accepted).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `server.header_read_timeout`.
+    pub header_read_timeout: Duration,
+    /// `server.idle_timeout`.
+    pub idle_timeout: Duration,
+}
+
+/// Waiting for a request's headers: the connection is new, or bytes of the next request have arrived.
+const HEAD: u8 = 0;
+/// No request in flight and no byte of the next one yet.
+const IDLE: u8 = 1;
+/// Serving at least one request.
+const BUSY: u8 = 2;
+/// Switched protocols (WebSocket): no longer HTTP, no timeouts from here.
+const UPGRADED: u8 = 3;
+
+/// One of the `server.max_connections` slots, held until the connection (also an upgraded one) is gone.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Slot {
+    /// A slot counted in `open` (`sluice_open_connections`).
+    pub fn new(permit: OwnedSemaphorePermit, open: Gauge) -> Slot {
+        open.inc();
+        Slot { _permit: permit, open }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// What one connection is doing; shared by its I/O, its requests, their response bodies and [`drive`].
+#[derive(Debug)]
+pub struct Watch {
+    start: Instant,
+    /// Requests handed to the gateway whose response has not been sent completely.
+    in_flight: AtomicUsize,
+    /// `HEAD`, `IDLE`, `BUSY` or `UPGRADED`. A hint: `in_flight` decides whether the connection is busy.
+    phase: AtomicU8,
+    /// When the current phase began, in milliseconds since `start`.
+    since_ms: AtomicU64,
+    /// HTTP/2: frames between requests (pings, window updates) do not start a header timeout.
+    h2: AtomicBool,
+    /// Wakes [`drive`] when the phase changes.
+    changed: Notify,
+    /// Released when the last reference (the I/O, for an upgraded connection) is gone.
+    _slot: Slot,
+}
+
+impl Watch {
+    /// A new connection: waiting for its first request's headers.
+    pub fn new(slot: Slot) -> Arc<Watch> {
+        Arc::new(Watch {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            phase: AtomicU8::new(HEAD),
+            since_ms: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            changed: Notify::new(),
+            _slot: slot,
+        })
+    }
+
+    /// A request's headers arrived and it goes to the gateway; the connection is busy until the returned
+    /// [`Finished`] (moved into the response body) is dropped.
+    pub fn request(self: &Arc<Self>, version: Version) -> Finished {
+        if version == Version::HTTP_2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _ = self.phase.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |p| (p != UPGRADED).then_some(BUSY));
+        Finished(self.clone())
+    }
+
+    /// The connection switched protocols (`101`): its bytes are no longer HTTP requests.
+    pub fn upgraded(&self) {
+        self.phase.store(UPGRADED, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Bytes arrived: on an idle HTTP/1 connection they begin the next request, whose headers must now arrive
+    /// within the header timeout.
+    fn on_read(&self) {
+        if self.phase.load(Ordering::Relaxed) != IDLE || self.h2.load(Ordering::Relaxed) {
+            return;
+        }
+        self.since_ms.store(self.now_ms(), Ordering::Release);
+        if self.phase.compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.changed.notify_one();
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When the connection is to be closed unless something happens first, and why; `None` while it serves a
+    /// request or after an upgrade.
+    fn deadline(&self, limits: &Limits) -> Option<(Instant, Timeout)> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let (limit, why) = match self.phase.load(Ordering::Acquire) {
+            HEAD => (limits.header_read_timeout, Timeout::Header),
+            IDLE => (limits.idle_timeout, Timeout::Idle),
+            // BUSY with nothing in flight: the last response is being finished; its `Finished` notifies.
+            _ => return None,
+        };
+        let since = self.start + Duration::from_millis(self.since_ms.load(Ordering::Acquire));
+        Some((since + limit, why))
+    }
+}
+
+/// Why a connection was closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timeout {
+    Header,
+    Idle,
+}
+
+/// Marks its request finished when dropped (the response body was sent, or abandoned).
+#[derive(Debug)]
+pub struct Finished(Arc<Watch>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let w = &self.0;
+        if w.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            w.since_ms.store(w.now_ms(), Ordering::Release);
+            let _ = w.phase.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Relaxed);
+            w.changed.notify_one();
+        }
+    }
+}
+
+pin_project! {
+    /// A response body that marks its request finished when it is dropped.
+    pub struct Tracked<B> {
+        #[pin]
+        inner: B,
+        finished: Finished,
+    }
+}
+
+impl<B> Tracked<B> {
+    /// `inner`, finishing `finished` when dropped.
+    pub fn new(inner: B, finished: Finished) -> Tracked<B> {
+        Tracked { inner, finished }
+    }
+}
+
+impl<B: HttpBody<Data = Bytes>> HttpBody for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client connection's I/O, reporting reads to its [`Watch`].
+#[derive(Debug)]
+pub struct Watched<T> {
+    io: T,
+    watch: Arc<Watch>,
+}
+
+impl<T> Watched<T> {
+    /// `io` reporting to `watch`.
+    pub fn new(io: T, watch: Arc<Watch>) -> Watched<T> {
+        Watched { io, watch }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.watch.on_read();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Runs the connection `conn` until it ends, or closes it (drops it, which closes the socket) when the deadline
+/// of its current phase passes: `limits.header_read_timeout` while a request's headers are awaited,
+/// `limits.idle_timeout` while nothing is in flight.
+pub async fn drive<E: std::fmt::Display>(
+    conn: impl Future<Output = Result<(), E>>,
+    watch: Arc<Watch>,
+    limits: Limits,
+    timeouts: &ConnectionTimeouts,
+) {
+    tokio::pin!(conn);
+    loop {
+        let changed = watch.changed.notified();
+        let deadline = watch.deadline(&limits);
+        let sleep = async {
+            match deadline {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ended = &mut conn => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = changed => {}
+            () = sleep => {
+                // Still the same deadline (nothing happened meanwhile)? Then the connection took too long.
+                if let Some((at, why)) = watch.deadline(&limits)
+                    && at <= Instant::now()
+                {
+                    match why {
+                        Timeout::Header => {
+                            timeouts.header.inc();
+                            tracing::debug!(timeout = ?limits.header_read_timeout, "request headers too slow: connection closed");
+                        }
+                        Timeout::Idle => {
+                            timeouts.idle.inc();
+                            tracing::debug!(timeout = ?limits.idle_timeout, "idle connection closed");
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch() -> Arc<Watch> {
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        Watch::new(Slot::new(permit, Gauge::default()))
+    }
+
+    const LIMITS: Limits =
+        Limits { header_read_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60) };
+
+    #[tokio::test(start_paused = true)]
+    async fn phases_set_the_deadline() {
+        let w = watch();
+        let t0 = Instant::now();
+        assert_eq!(w.deadline(&LIMITS), Some((t0 + Duration::from_secs(10), Timeout::Header)), "new: header timeout");
+        let finished = w.request(Version::HTTP_11);
+        assert_eq!(w.deadline(&LIMITS), None, "serving: no deadline");
+        tokio::time::advance(Duration::from_secs(100)).await;
+        drop(finished);
+        let idle_from = Instant::now();
+        assert_eq!(w.deadline(&LIMITS), Some((idle_from + Duration::from_secs(60), Timeout::Idle)));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        w.on_read();
+        let head_from = Instant::now();
+        assert_eq!(w.deadline(&LIMITS), Some((head_from + Duration::from_secs(10), Timeout::Header)), "next request");
+        let finished = w.request(Version::HTTP_11);
+        w.upgraded();
+        drop(finished);
+        assert_eq!(w.deadline(&LIMITS), None, "upgraded: no deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_frames_between_requests_keep_the_idle_deadline() {
+        let w = watch();
+        drop(w.request(Version::HTTP_2));
+        let idle_from = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        w.on_read();
+        assert_eq!(w.deadline(&LIMITS), Some((idle_from + Duration::from_secs(60), Timeout::Idle)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_requests_keep_the_connection_busy_until_the_last_ends() {
+        let w = watch();
+        let (a, b) = (w.request(Version::HTTP_2), w.request(Version::HTTP_2));
+        drop(a);
+        assert_eq!(w.deadline(&LIMITS), None);
+        drop(b);
+        assert!(matches!(w.deadline(&LIMITS), Some((_, Timeout::Idle))));
+    }
+}

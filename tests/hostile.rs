@@ -1,0 +1,434 @@
+//! Hostile clients, end to end: slow and fat request heads, idle and surplus connections, malformed requests,
+//! tricky hosts and paths, forged client addresses, unbounded keys, client-chosen broker names and secrets in the
+//! config. Each limit is set by config and shown here, through `sluice::run` on port 0 or through the real binary
+//! (where memory is measured: `/proc/PID/status` of the gateway process alone). Clients are raw TCP sockets where
+//! the bytes on the wire matter, otherwise hyper's client.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use http::Request;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+// =============================================================================================================
+// Harness
+// =============================================================================================================
+
+/// One catch-all route `r` forwarding to `url`, with `server` as the `[server]` table.
+fn forward_all(url: &str, server: Value) -> Value {
+    json!({
+        "server": server,
+        "upstreams": { "svc": { "endpoints": [url] } },
+        "routes": [{ "name": "r", "match": { "path_prefix": "/" }, "forward": { "upstream": "svc" } }],
+    })
+}
+
+/// A response read off a raw socket.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads one response (head, then a `content-length` body) from `stream`; `None` if the connection closes first.
+async fn read_response(stream: &mut TcpStream) -> Option<RawResponse> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let mut response = RawResponse { status, head, body: buf[end..].to_vec() };
+    let length: usize = response.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    while response.body.len() < length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => response.body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(response)
+}
+
+/// Sends `raw` on a new connection to `addr` and reads the answer.
+async fn raw(addr: std::net::SocketAddr, raw: &[u8]) -> RawResponse {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    read_response(&mut stream).await.expect("an answer before the connection closes")
+}
+
+/// Whether the peer has closed `stream` (EOF or reset), waiting at most `wait`; data read meanwhile is dropped.
+async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// A port nothing listens on right now.
+async fn free_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The gateway binary: `SLUICE_TEST_BIN` when set (a copy of this checkout's build, for machines where several
+/// checkouts share one target directory), else the one cargo built for this test.
+fn sluice_bin() -> PathBuf {
+    std::env::var_os("SLUICE_TEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sluice")), PathBuf::from)
+}
+
+/// The real `sluice` binary, run with a config file on free ports; killed when dropped.
+struct Binary {
+    dir: PathBuf,
+    port: u16,
+    admin_port: u16,
+    child: Child,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Binary {
+    /// Starts `sluice run` with `[server]` (listeners on free ports, then the TOML lines `server`) and `rest`.
+    async fn start(test: &str, server: &str, rest: &str) -> Binary {
+        Binary::start_with_env(test, server, rest, &[]).await
+    }
+
+    /// [`Binary::start`] with extra environment variables.
+    async fn start_with_env(test: &str, server: &str, rest: &str, env: &[(&str, &str)]) -> Binary {
+        for _ in 0..5 {
+            let dir = std::env::temp_dir().join(format!("sluice-hostile-{test}-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let (port, admin_port) = (free_port().await, free_port().await);
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{server}\n\
+                 [telemetry]\naccess_log = false\n{rest}"
+            );
+            let path = dir.join("routes.toml");
+            std::fs::write(&path, text).unwrap();
+            let mut command = Command::new(sluice_bin());
+            command.env_remove("SLUICE_CONFIG").env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null());
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("SLUICE__") {
+                    command.env_remove(k);
+                }
+            }
+            command.envs(env.iter().copied());
+            let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
+            let child = command.arg("run").arg("--config").arg(&path).stderr(stderr).spawn().unwrap();
+            let mut binary = Binary { dir, port, admin_port, child };
+            loop {
+                if let Some(status) = binary.child.try_wait().unwrap() {
+                    let log = binary.stderr();
+                    assert!(log.contains("cannot bind"), "sluice exited ({status}) at start-up:\n{log}");
+                    break;
+                }
+                let req = Request::get(binary.admin_url("/healthz")).body(empty()).unwrap();
+                if matches!(client().request(req).await, Ok(r) if r.status() == 200) {
+                    return binary;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("no free ports for sluice after 5 tries");
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Resident memory of the gateway process, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// The Prometheus exposition.
+    async fn metrics(&self) -> String {
+        let r = send(&client(), Request::get(self.admin_url("/metrics")).body(empty()).unwrap()).await;
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
+    /// `GET path` on a fresh connection.
+    async fn get(&self, path: &str) -> Resp {
+        send(&client(), Request::get(self.url(path)).body(empty()).unwrap()).await
+    }
+}
+
+/// A series' value, 0 when absent.
+fn value(metrics: &str, series: &str) -> f64 {
+    metric(metrics, series).unwrap_or(0.0)
+}
+
+// =============================================================================================================
+// 1. Connections: header-read and idle timeouts, max_connections, max_header_bytes
+// =============================================================================================================
+
+/// Opens a connection that sends a request head a byte at a time (every 100 ms) and never finishes it. Resolves
+/// to how long the connection lived once the gateway closed it (`None` if it answered something instead).
+async fn slowloris(addr: std::net::SocketAddr) -> Option<Duration> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let opened = Instant::now();
+    stream.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\nx-slow: ").await.ok()?;
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return Some(opened.elapsed()),
+            Ok(Ok(_)) => return None,
+            Err(_) => {
+                if stream.write_all(b"a").await.is_err() {
+                    return Some(opened.elapsed());
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_after_the_header_timeout_while_requests_flow() {
+    let up = Upstream::named("up").await;
+    let gw = Binary::start(
+        "slowloris",
+        "header_read_timeout = \"2s\"\nidle_timeout = \"60s\"",
+        &format!("[upstreams.svc]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\nmatch = {{ path_prefix = \"/\" }}\nforward = {{ upstream = \"svc\" }}\n", up.url()),
+    )
+    .await;
+    let before = gw.rss_kib();
+    let mut slow = JoinSet::new();
+    for _ in 0..200 {
+        slow.spawn(slowloris(gw.addr()));
+    }
+    // While they trickle, normal requests are served.
+    for _ in 0..20 {
+        let r = gw.get("/normal").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "up"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut lived = Vec::new();
+    while let Some(outcome) = slow.join_next().await {
+        lived.push(outcome.unwrap().expect("the gateway closes a slow connection without answering it"));
+    }
+    let shortest = lived.iter().min().unwrap();
+    assert!(*shortest >= Duration::from_millis(1900), "cut by the header timeout (2s), not earlier: {shortest:?}");
+    let metrics = gw.metrics().await;
+    assert_eq!(value(&metrics, "sluice_connection_timeouts_total{timeout=\"header\"}"), 200.0, "{metrics}");
+    let growth = gw.rss_kib().saturating_sub(before);
+    println!("RSS before {before} KiB, growth {growth} KiB after 200 slowloris connections");
+    assert!(growth < 32 * 1024, "200 slow connections grew RSS by {growth} KiB");
+    assert_eq!(up.hits(), 20, "no slow request reached the upstream");
+}
+
+/// Opens a connection that sends `bytes` of an unfinished request head (one long header), as fast as the gateway
+/// reads it. Resolves when it has sent them all or the gateway stopped reading, with the stream.
+async fn fat_head(addr: std::net::SocketAddr, bytes: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut head = b"GET /fat HTTP/1.1\r\nhost: a\r\nx-fat: ".to_vec();
+    head.resize(bytes, b'a');
+    let _ = stream.write_all(&head).await;
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fat_unfinished_heads_hold_at_most_max_header_bytes_and_are_cut() {
+    let up = Upstream::named("up").await;
+    let gw = Binary::start(
+        "fat-heads",
+        "header_read_timeout = \"10s\"\nmax_header_bytes = \"16KiB\"",
+        &format!("[upstreams.svc]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\nmatch = {{ path_prefix = \"/\" }}\nforward = {{ upstream = \"svc\" }}\n", up.url()),
+    )
+    .await;
+    assert_eq!(gw.get("/warm").await.status, 200);
+    let before = gw.rss_kib();
+    // 1,000 clients each send 200 KB of a head and stop, keeping the connection open. Without a limit the gateway
+    // would hold all of it (about 200 MB) until the header timeout; it reads 16 KiB of each, answers 431, closes.
+    let mut fat = JoinSet::new();
+    for _ in 0..1000 {
+        fat.spawn(fat_head(gw.addr(), 200_000));
+    }
+    let mut streams = Vec::new();
+    while let Some(stream) = fat.join_next().await {
+        streams.push(stream.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fat_rss = gw.rss_kib();
+    let mut answered_431 = 0;
+    for stream in &mut streams {
+        if let Some(r) = read_response(stream).await {
+            assert_eq!(r.status, 431, "{}", r.head);
+            answered_431 += 1;
+        }
+    }
+    drop(streams);
+    // 1,000 heads of 15 KiB, under the limit, stay parked until the header timeout cuts them.
+    let mut parked = JoinSet::new();
+    for _ in 0..1000 {
+        parked.spawn(fat_head(gw.addr(), 15 * 1024));
+    }
+    let mut streams = Vec::new();
+    while let Some(stream) = parked.join_next().await {
+        streams.push(stream.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let parked_rss = gw.rss_kib();
+    let r = gw.get("/during").await;
+    assert_eq!(r.status, 200, "normal requests are served meanwhile");
+    for stream in &mut streams {
+        assert!(closed_within(stream, Duration::from_secs(30)).await, "a parked head is cut by the header timeout");
+    }
+    println!(
+        "RSS before {before} KiB; 1,000 x 200 KB heads: {fat_rss} KiB ({answered_431} answered 431); \
+         1,000 parked 15 KiB heads: {parked_rss} KiB"
+    );
+    let fat_growth = fat_rss.saturating_sub(before);
+    assert!(fat_growth < 64 * 1024, "1,000 fat heads grew RSS by {fat_growth} KiB");
+    let parked_growth = parked_rss.saturating_sub(before);
+    assert!(parked_growth < 100 * 1024, "1,000 parked heads grew RSS by {parked_growth} KiB");
+    assert!(answered_431 > 0, "oversized heads are answered 431");
+    let metrics = gw.metrics().await;
+    assert!(value(&metrics, "sluice_connection_timeouts_total{timeout=\"header\"}") >= 1000.0, "{metrics}");
+    assert_eq!(up.hits(), 2, "only the normal requests reached the upstream");
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_431_and_a_head_under_the_limit_is_served() {
+    let up = Upstream::named("up").await;
+    let gw = Gateway::start(forward_all(&up.url(), json!({ "max_header_bytes": "16KiB" }))).await;
+    let big = "a".repeat(17 * 1024);
+    let r = raw(gw.addr, format!("GET /x HTTP/1.1\r\nhost: a\r\nx-big: {big}\r\n\r\n").as_bytes()).await;
+    assert_eq!(r.status, 431, "{}", r.head);
+    let fits = "a".repeat(12 * 1024);
+    let r = raw(gw.addr, format!("GET /x HTTP/1.1\r\nhost: a\r\nx-big: {fits}\r\n\r\n").as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(up.last().header("x-big").len(), 12 * 1024);
+}
+
+/// Sends one request on `stream` and reads its answer.
+async fn request_on(stream: &mut TcpStream, path: &str) -> RawResponse {
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n").as_bytes()).await.unwrap();
+    read_response(stream).await.expect("an answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed_after_idle_timeout_not_the_header_timeout() {
+    let up = Upstream::named("up").await;
+    let gw =
+        Gateway::start(forward_all(&up.url(), json!({ "header_read_timeout": "500ms", "idle_timeout": "3s" }))).await;
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        assert_eq!(request_on(&mut stream, "/a").await.status, 200);
+        idle.push((stream, Instant::now()));
+    }
+    // Longer than the header timeout, shorter than the idle timeout: a kept-alive connection still serves.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (first, _) = &mut idle[0];
+    assert_eq!(request_on(first, "/b").await.status, 200, "idle for 1.2s: still open (idle_timeout is 3s)");
+    idle[0].1 = Instant::now();
+    for (stream, since) in &mut idle {
+        assert!(closed_within(stream, Duration::from_secs(30)).await, "an idle connection is closed");
+        assert!(since.elapsed() >= Duration::from_millis(2900), "not before idle_timeout: {:?}", since.elapsed());
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(value(&metrics, "sluice_connection_timeouts_total{timeout=\"idle\"}"), 60.0, "{metrics}");
+    assert_eq!(value(&metrics, "sluice_connection_timeouts_total{timeout=\"header\"}"), 0.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_takes_longer_than_both_timeouts_is_not_cut() {
+    let up = Upstream::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        reply(200, "slow")
+    })
+    .await;
+    let gw = Gateway::start(forward_all(&up.url(), json!({ "header_read_timeout": "300ms", "idle_timeout": "500ms" })))
+        .await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let r = request_on(&mut stream, "/slow").await;
+    assert_eq!(r.status, 200, "a request being served is not subject to the connection timeouts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_new_connections_in_the_backlog_until_one_closes() {
+    let up = Upstream::named("up").await;
+    let gw = Gateway::start(forward_all(
+        &up.url(),
+        json!({ "max_connections": 3, "header_read_timeout": "60s", "idle_timeout": "60s" }),
+    ))
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        assert_eq!(request_on(&mut stream, "/a").await.status, 200);
+        open.push(stream);
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(value(&metrics, "sluice_open_connections"), 3.0, "{metrics}");
+    // A fourth connection is made (the kernel's backlog) but not served while three are open.
+    let mut fourth = TcpStream::connect(gw.addr).await.unwrap();
+    fourth.write_all(b"GET /fourth HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    let waiting = tokio::time::timeout(Duration::from_millis(700), read_response(&mut fourth)).await;
+    assert!(waiting.is_err(), "the fourth connection waits: {waiting:?}");
+    let metrics = gw.metrics().await;
+    assert!(value(&metrics, "sluice_connection_limit_reached_total") >= 1.0, "{metrics}");
+    assert_eq!(value(&metrics, "sluice_open_connections"), 3.0, "{metrics}");
+    assert_eq!(up.hits(), 3);
+    // One closes: the fourth is accepted and served.
+    drop(open.pop());
+    let r = read_response(&mut fourth).await.expect("served once a slot is free");
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().uri.path(), "/fourth");
+    eventually("three connections open again", async || value(&gw.metrics().await, "sluice_open_connections") == 3.0)
+        .await;
+}
