@@ -88,6 +88,9 @@ pub enum GatewayError {
     /// A request with the same `Idempotency-Key` is still being processed.
     #[error("a request with this Idempotency-Key is still in flight")]
     IdempotencyConflict,
+    /// Every slot of the route's `Idempotency-Key` store holds a request still in flight.
+    #[error("too many requests with an Idempotency-Key are in flight; retry later")]
+    IdempotencyFull,
     /// The broker did not take the message (down, nack, confirm or delivery timeout): nothing was stored.
     #[error("the broker did not accept the message; nothing was stored, retry later")]
     BrokerUnavailable,
@@ -166,6 +169,7 @@ impl GatewayError {
             GatewayError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::FaultAbort(s) => *s,
             GatewayError::IdempotencyConflict => StatusCode::CONFLICT,
+            GatewayError::IdempotencyFull => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Unroutable => StatusCode::BAD_GATEWAY,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -189,6 +193,7 @@ impl GatewayError {
             GatewayError::Timeout => ("urn:sluice:problem:timeout", "Upstream timeout"),
             GatewayError::FaultAbort(_) => ("urn:sluice:problem:fault-injected", "Fault injected"),
             GatewayError::IdempotencyConflict => ("urn:sluice:problem:idempotency-conflict", "Request in flight"),
+            GatewayError::IdempotencyFull => ("urn:sluice:problem:idempotency-full", "Too many keys in flight"),
             GatewayError::BrokerUnavailable => ("urn:sluice:problem:broker-unavailable", "Broker unavailable"),
             GatewayError::Unroutable => ("urn:sluice:problem:unroutable", "Message unroutable"),
             GatewayError::Internal => ("urn:sluice:problem:internal", "Internal error"),
@@ -198,9 +203,10 @@ impl GatewayError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::RateLimited { retry_after } => Some(*retry_after),
-            GatewayError::Overloaded | GatewayError::NoHealthyEndpoint | GatewayError::BrokerUnavailable => {
-                Some(Duration::from_secs(1))
-            }
+            GatewayError::Overloaded
+            | GatewayError::NoHealthyEndpoint
+            | GatewayError::BrokerUnavailable
+            | GatewayError::IdempotencyFull => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -139,7 +139,10 @@ impl Snapshot {
                 before
                     .filter(|(old, _)| old.rate_limit.as_ref().is_some_and(|old| same(old, cfg)))
                     .and_then(|(_, old)| old.rate_limit.clone())
-                    .unwrap_or_else(|| Arc::new(RateLimit { limiter: RateLimiter::new(cfg), route: name.clone() }))
+                    .unwrap_or_else(|| {
+                        let limiter = RateLimiter::new(cfg, metrics.rate_limit_keys(&r.name));
+                        Arc::new(RateLimit { limiter, route: name.clone() })
+                    })
             });
             // A signature covers the raw body: it is read whole before the check.
             let mut needs_body = r.verify.is_some()
@@ -168,7 +171,10 @@ impl Snapshot {
                     let store = before
                         .and_then(|(_, old)| old.idempotency.clone())
                         .filter(|s| s.settings() == (window, capacity))
-                        .unwrap_or_else(|| Arc::new(IdempotencyStore::new(window, capacity)));
+                        .unwrap_or_else(|| {
+                            let keys = metrics.idempotency_keys(&r.name);
+                            Arc::new(IdempotencyStore::new(window, capacity, keys))
+                        });
                     let route = publish_route(name.clone(), publish, &brokers, &config, shared);
                     (Action::Publish(Arc::new(route)), Some(store))
                 }

@@ -4,13 +4,14 @@
 //! (where memory is measured: `/proc/PID/status` of the gateway process alone). Clients are raw TCP sockets where
 //! the bytes on the wire matter, otherwise hyper's client.
 
-mod common;
+mod broker_support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use broker_support::common::*;
+use broker_support::{Amqp, RabbitLock, random_name};
 use http::Request;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -431,4 +432,158 @@ async fn max_connections_holds_new_connections_in_the_backlog_until_one_closes()
     assert_eq!(up.last().uri.path(), "/fourth");
     eventually("three connections open again", async || value(&gw.metrics().await, "sluice_open_connections") == 3.0)
         .await;
+}
+
+// =============================================================================================================
+// 5. Memory bounded whatever the client sends: Idempotency-Keys, rate-limit keys
+// =============================================================================================================
+
+/// A publish route `p` on `POST /p` to an AMQP broker that cannot be reached: every publish fails with 503.
+async fn publish_to_a_dead_broker(publish_extra: Value) -> Value {
+    let dead = refused_url().await.replace("http://", "amqp://guest:guest@");
+    let mut publish = json!({ "broker": "dead", "exchange": "x", "routing_key": "k" });
+    if let (Value::Object(p), Value::Object(extra)) = (&mut publish, publish_extra) {
+        p.extend(extra);
+    }
+    json!({
+        "brokers": { "dead": { "kind": "amqp", "url": format!("{dead}/%2f") } },
+        "routes": [{ "name": "p", "match": { "path": "/p", "methods": ["POST"] }, "publish": publish }],
+    })
+}
+
+/// `POST path` with an `Idempotency-Key`.
+async fn post_with_key(
+    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+    url: String,
+    key: &str,
+) -> Resp {
+    let req = Request::post(url).header("idempotency-key", key).body(full("{}")).unwrap();
+    send(client, req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_over_255_bytes_are_400_and_keys_of_failed_requests_are_forgotten() {
+    let gw = Gateway::start(publish_to_a_dead_broker(json!({})).await).await;
+    let r = post_with_key(&gw.client, gw.url("/p"), &"k".repeat(256)).await;
+    let problem = assert_problem(&r, 400, Some("p"));
+    assert!(problem["detail"].as_str().unwrap().contains("Idempotency-Key"), "{problem}");
+    for i in 0..500 {
+        let r = post_with_key(&gw.client, gw.url("/p"), &format!("{i:0>255}")).await;
+        assert_problem(&r, 503, Some("p"));
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(value(&metrics, "sluice_idempotency_keys{route=\"p\"}"), 0.0, "{metrics}");
+    // A failed request's key can be used again at once (nothing of it is left in the store).
+    let r = post_with_key(&gw.client, gw.url("/p"), &format!("{:0>255}", 0)).await;
+    assert_problem(&r, 503, Some("p"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_failing_requests_with_long_idempotency_keys_leave_memory_flat() {
+    let dead = refused_url().await.replace("http://", "amqp://guest:guest@");
+    let gw = Binary::start(
+        "idempotency-rss",
+        "",
+        &format!(
+            "[brokers.dead]\nkind = \"amqp\"\nurl = \"{dead}/%2f\"\n[[routes]]\nname = \"p\"\n\
+             match = {{ path = \"/p\", methods = [\"POST\"] }}\n\
+             publish = {{ broker = \"dead\", exchange = \"x\", routing_key = \"k\" }}\n"
+        ),
+    )
+    .await;
+    let c = client();
+    let run = async |keys: std::ops::Range<usize>, len: usize, expect: u16| {
+        let mut set = JoinSet::new();
+        for chunk in keys.collect::<Vec<_>>().chunks(100) {
+            for i in chunk {
+                let (c, url, key) = (c.clone(), gw.url("/p"), format!("{i:0>len$}"));
+                set.spawn(async move { post_with_key(&c, url, &key).await.status });
+            }
+            while let Some(status) = set.join_next().await {
+                assert_eq!(status.unwrap(), expect);
+            }
+        }
+    };
+    run(0..500, 255, 503).await;
+    let before = gw.rss_kib();
+    // 3,000 failing requests with the longest key allowed, then 3,000 with 32 KiB keys (refused: 400).
+    run(1000..4000, 255, 503).await;
+    run(10_000..13_000, 32 * 1024, 400).await;
+    let after = gw.rss_kib();
+    let metrics = gw.metrics().await;
+    println!("RSS before {before} KiB, after 6,000 failing keyed requests {after} KiB");
+    assert_eq!(value(&metrics, "sluice_idempotency_keys{route=\"p\"}"), 0.0, "{metrics}");
+    let growth = after.saturating_sub(before);
+    // Kept, the 32 KiB keys alone would hold about 100 MB.
+    assert!(growth < 16 * 1024, "RSS grew by {growth} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_capacity_bounds_the_keys_remembered() {
+    let _lock = RabbitLock::shared().await;
+    let amqp = Amqp::connect().await;
+    let (exchange, queue) = (random_name("hostile-x"), random_name("hostile-q"));
+    amqp.exchange(&exchange, false).await;
+    amqp.queue(&queue, &exchange, "k", false).await;
+    let route = broker_support::publish_route(
+        "p",
+        "/p",
+        json!({ "broker": "rabbit", "exchange": exchange, "routing_key": "k", "idempotency_capacity": 10 }),
+    );
+    let gw = Gateway::start(json!({
+        "brokers": { "rabbit": { "kind": "amqp", "url": broker_support::amqp_url() } },
+        "routes": [route],
+    }))
+    .await;
+    eventually("the broker is connected", async || gw.admin_get("/readyz").await.status == 200).await;
+    for i in 0..40 {
+        let r = post_with_key(&gw.client, gw.url("/p"), &format!("key-{i}")).await;
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(value(&metrics, "sluice_idempotency_keys{route=\"p\"}"), 10.0, "{metrics}");
+    let r = post_with_key(&gw.client, gw.url("/p"), "key-39").await;
+    assert!(r.status == 202 && r.replayed(), "a recent key is replayed");
+    let r = post_with_key(&gw.client, gw.url("/p"), "key-0").await;
+    assert!(r.status == 202 && !r.replayed(), "the oldest key was forgotten: published again");
+    assert_eq!(amqp.len(&queue).await, 41);
+    amqp.delete(&queue, &exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_buckets_stay_within_max_keys_and_a_busy_client_stays_limited() {
+    let up = Upstream::named("up").await;
+    let gw = Gateway::start(json!({
+        "upstreams": { "svc": { "endpoints": [up.url()] } },
+        "routes": [{
+            "name": "r", "match": { "path_prefix": "/" }, "forward": { "upstream": "svc" },
+            "rate_limit": { "per_second": 0.001, "burst": 1, "key": "{header.x-client}", "max_keys": 300 },
+        }],
+    }))
+    .await;
+    let busy = async || gw.call("GET", "/", &[("x-client", "busy")]).await.status;
+    assert_eq!(busy().await, 200);
+    assert_eq!(busy().await, 429);
+    let mut set = JoinSet::new();
+    for round in 0..10 {
+        for i in 0..300 {
+            // Long keys: only their hash is kept.
+            let key = format!("{round}-{i:0>2000}");
+            let req = gw.req("GET", "/").header("x-client", key).body(empty()).unwrap();
+            let c = gw.client.clone();
+            set.spawn(async move { send(&c, req).await.status });
+            if set.len() >= 16 {
+                assert_eq!(set.join_next().await.unwrap().unwrap(), 200, "a new client has a full bucket");
+            }
+            // A client that keeps coming keeps its bucket however many others come and go.
+            if i % 100 == 99 {
+                assert_eq!(busy().await, 429, "round {round}: the busy client is still limited");
+            }
+        }
+        while let Some(status) = set.join_next().await {
+            assert_eq!(status.unwrap(), 200);
+        }
+        let keys = value(&gw.metrics().await, "sluice_rate_limit_keys{route=\"r\"}");
+        assert!(keys > 0.0 && keys <= 300.0, "round {round}: {keys} buckets");
+    }
 }

@@ -606,6 +606,13 @@ pub struct RateLimitConfig {
     /// Template: one bucket per distinct value; one bucket per route when absent.
     #[serde(default)]
     pub key: Option<String>,
+    /// Most buckets (distinct keys) remembered; the least recently used are forgotten beyond it.
+    #[serde(default = "default_rate_limit_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_rate_limit_max_keys() -> usize {
+    100_000
 }
 
 /// `[brokers.NAME]`

@@ -275,6 +275,9 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
         if let Some(k) = &rl.key {
             check_template("rate_limit.key", k, errors);
         }
+        if rl.max_keys == 0 {
+            errors.push(format!("{label}: rate_limit.max_keys must be at least 1"));
+        }
     }
     if let Some(c) = &r.cors {
         check_cors(label, c, errors);

@@ -72,6 +72,8 @@ pub struct Metrics {
     broker_up: Family<BrokerLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
     route_in_flight: Family<RouteLabel, Gauge>,
+    idempotency_keys: Family<RouteLabel, Gauge>,
+    rate_limit_keys: Family<RouteLabel, Gauge>,
     /// Requests being served right now.
     pub in_flight: Gauge,
     /// Finished spans dropped because the export queue was full.
@@ -123,6 +125,8 @@ impl Metrics {
         let broker_up = Family::<BrokerLabel, Gauge>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let route_in_flight = Family::<RouteLabel, Gauge>::default();
+        let idempotency_keys = Family::<RouteLabel, Gauge>::default();
+        let rate_limit_keys = Family::<RouteLabel, Gauge>::default();
         let spans_dropped = Counter::default();
         let open_connections = Gauge::default();
         let connection_limit_reached = Counter::default();
@@ -154,6 +158,12 @@ impl Metrics {
         registry.register("sluice_retries", "Retries sent, by route", retries.clone());
         registry.register("sluice_ejections", "Endpoints ejected by outlier detection", ejections.clone());
         registry.register("sluice_requests_in_flight", "Requests being served", in_flight.clone());
+        registry.register(
+            "sluice_idempotency_keys",
+            "Idempotency-Keys remembered (in flight or answered), by route",
+            idempotency_keys.clone(),
+        );
+        registry.register("sluice_rate_limit_keys", "Rate-limit buckets held, by route", rate_limit_keys.clone());
         registry.register("sluice_open_connections", "Client connections open now", open_connections.clone());
         registry.register(
             "sluice_connection_limit_reached",
@@ -177,6 +187,8 @@ impl Metrics {
             broker_up,
             reloads,
             route_in_flight,
+            idempotency_keys,
+            rate_limit_keys,
             in_flight,
             spans_dropped,
             open_connections,
@@ -201,6 +213,16 @@ impl Metrics {
             retries: self.retries.get_or_create(&label).clone(),
             in_flight: self.route_in_flight.get_or_create(&label).clone(),
         }
+    }
+
+    /// `sluice_idempotency_keys{route}`.
+    pub fn idempotency_keys(&self, route: &str) -> Gauge {
+        self.idempotency_keys.get_or_create(&RouteLabel { route: route.to_owned() }).clone()
+    }
+
+    /// `sluice_rate_limit_keys{route}`.
+    pub fn rate_limit_keys(&self, route: &str) -> Gauge {
+        self.rate_limit_keys.get_or_create(&RouteLabel { route: route.to_owned() }).clone()
     }
 
     /// Handles for one upstream.
