@@ -29,7 +29,7 @@ use crate::connection::{self, Limits, Slot, Tracked, Watch, Watched};
 use crate::layers::catch_panic::panicked;
 use crate::problem::GatewayError;
 use crate::request::Facts;
-use crate::router::RouteMatch;
+use crate::router::{RouteMatch, remove_dot_segments};
 use crate::snapshot::{Shared, Snapshot};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::ConnectionTimeouts;
@@ -258,6 +258,7 @@ pub async fn handle(
     peer_ip: &HeaderValue,
     scheme: &'static str,
 ) -> Response<Body> {
+    normalize_path(&mut req);
     let (service, facts) = {
         let snapshot = gw.snapshot.load();
         let facts = |params| Facts::new(peer_ip.clone(), scheme, params);
@@ -288,6 +289,25 @@ pub async fn handle(
         Ok(Ok(response)) => response,
         Ok(Err(never)) => match never {},
         Err(panic) => panicked::<()>(panic).expect_err("panicked answers an error").into_response(None, ""),
+    }
+}
+
+/// Removes dot segments from the path before routing, so that what routes and `rewrite_prefix` see is what an
+/// upstream would resolve (`/pub/../admin` is `/admin`).
+fn normalize_path(req: &mut Request<Incoming>) {
+    let uri = req.uri();
+    let std::borrow::Cow::Owned(path) = remove_dot_segments(uri.path()) else { return };
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    match path_and_query.parse() {
+        Ok(pq) => parts.path_and_query = Some(pq),
+        Err(_) => return,
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
     }
 }
 

@@ -587,3 +587,65 @@ async fn rate_limit_buckets_stay_within_max_keys_and_a_busy_client_stays_limited
         assert!(keys > 0.0 && keys <= 300.0, "round {round}: {keys} buckets");
     }
 }
+
+// =============================================================================================================
+// 3. Paths: dot segments, encoded slashes
+// =============================================================================================================
+
+#[tokio::test]
+async fn dot_segments_cannot_escape_a_routes_prefix() {
+    let public = Upstream::named("public").await;
+    let admin = Upstream::named("admin").await;
+    let gw = Gateway::start(json!({
+        "upstreams": { "public": { "endpoints": [public.url()] }, "admin": { "endpoints": [admin.url()] } },
+        "routes": [
+            { "name": "pub", "match": { "path_prefix": "/pub" },
+              "forward": { "upstream": "public", "rewrite_prefix": "/public" } },
+            { "name": "admin", "match": { "path_prefix": "/admin", "headers": { "x-admin-token": "s3cret" } },
+              "forward": { "upstream": "admin" } },
+        ],
+    }))
+    .await;
+    for path in ["/pub/../admin/users", "/pub/%2e%2e/admin/users", "/pub/x/.%2E/../admin/users"] {
+        let r = gw.get(path).await;
+        assert_problem(&r, 404, None);
+        let r = raw(gw.addr, format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n").as_bytes()).await;
+        assert_eq!(r.status, 404, "{path} (raw): {}", r.head);
+    }
+    assert_eq!((public.hits(), admin.hits()), (0, 0), "nothing reached an upstream");
+    // Within the prefix, the path is resolved before rewrite_prefix; an encoded slash is not a separator.
+    assert_eq!(gw.get("/pub/a/../b?q=1").await.text(), "public");
+    assert_eq!(public.last().uri.to_string(), "/public/b?q=1");
+    assert_eq!(gw.get("/pub/./c/.").await.text(), "public");
+    assert_eq!(public.last().uri.path(), "/public/c/");
+    assert_eq!(gw.get("/pub/..%2Fadmin").await.text(), "public");
+    assert_eq!(public.last().uri.path(), "/public/..%2Fadmin");
+    assert_eq!(admin.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoded_slash_in_a_path_parameter_stays_encoded_in_the_routing_key() {
+    let _lock = RabbitLock::shared().await;
+    let amqp = Amqp::connect().await;
+    let (exchange, queue) = (random_name("hostile-x"), random_name("hostile-q"));
+    amqp.exchange(&exchange, false).await;
+    amqp.queue(&queue, &exchange, "rk.a%2Fb", false).await;
+    let route = broker_support::publish_route(
+        "p",
+        "/t/{x}",
+        json!({ "broker": "rabbit", "exchange": exchange, "routing_key": "rk.{path.x}" }),
+    );
+    let gw = Gateway::start(json!({
+        "brokers": { "rabbit": { "kind": "amqp", "url": broker_support::amqp_url() } },
+        "routes": [route],
+    }))
+    .await;
+    eventually("the broker is connected", async || gw.admin_get("/readyz").await.status == 200).await;
+    let r = gw.send(gw.req("POST", "/t/a%2Fb").body(full("m")).unwrap()).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["routing_key"], "rk.a%2Fb");
+    let got = amqp.drain(&queue).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].routing_key, "rk.a%2Fb");
+    amqp.delete(&queue, &exchange).await;
+}
