@@ -8,6 +8,11 @@
 //! signals: bytes read ([`Watched`], the I/O wrapper), a request handed to the gateway ([`Watch::request`]), and
 //! its response sent completely ([`Tracked`], the response-body wrapper). [`drive`] runs the connection and closes
 //! it when the deadline of its current phase passes.
+//!
+//! hyper answers a request it cannot parse (400, 414, 431) by itself, with an empty body, before the gateway sees
+//! it. [`Watched`] recognises that answer on its way out — written while a request head is awaited, none in
+//! flight, in hyper's exact shape — and sends the gateway's `application/problem+json` for it instead, so every
+//! gateway-made error looks the same to clients.
 
 use std::future::Future;
 use std::io;
@@ -26,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
+use crate::problem::GatewayError;
 use crate::telemetry::metrics::ConnectionTimeouts;
 
 /// The timeouts of one connection (taken from the config in effect when it was accepted).
@@ -204,17 +210,55 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for Tracked<B> {
     }
 }
 
-/// A client connection's I/O, reporting reads to its [`Watch`].
+/// A client connection's I/O, reporting reads to its [`Watch`] and replacing hyper's bare parse-error answers.
 #[derive(Debug)]
 pub struct Watched<T> {
     io: T,
     watch: Arc<Watch>,
+    /// `server.max_header_bytes`, for the 431 answer's detail.
+    max_header_bytes: u64,
+    /// A problem answer being written in place of hyper's, and the length of hyper's to report once it is out.
+    rewrite: Option<Rewrite>,
+}
+
+#[derive(Debug)]
+struct Rewrite {
+    bytes: Vec<u8>,
+    written: usize,
+    replaces: usize,
 }
 
 impl<T> Watched<T> {
     /// `io` reporting to `watch`.
-    pub fn new(io: T, watch: Arc<Watch>) -> Watched<T> {
-        Watched { io, watch }
+    pub fn new(io: T, watch: Arc<Watch>, max_header_bytes: u64) -> Watched<T> {
+        Watched { io, watch, max_header_bytes, rewrite: None }
+    }
+
+    /// Whether bytes written now can only be hyper's answer to a request it could not parse: HTTP/1, a head
+    /// awaited, no request in flight.
+    fn awaiting_head(&self) -> bool {
+        let w = &self.watch;
+        w.phase.load(Ordering::Acquire) == HEAD
+            && w.in_flight.load(Ordering::Acquire) == 0
+            && !w.h2.load(Ordering::Relaxed)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Watched<T> {
+    /// Writes the pending rewrite; `Ready(Ok(n))` reports hyper's `n` bytes as written once all of it is out.
+    fn poll_rewrite(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(rw) = &mut self.rewrite else { return Poll::Ready(Ok(0)) };
+        while rw.written < rw.bytes.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &rw.bytes[rw.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => rw.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let replaces = rw.replaces;
+        self.rewrite = None;
+        Poll::Ready(Ok(replaces))
     }
 }
 
@@ -231,6 +275,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.rewrite.is_none()
+            && self.awaiting_head()
+            && let Some(bytes) = problem_for_parse_error(buf, self.max_header_bytes)
+        {
+            self.rewrite = Some(Rewrite { bytes, written: 0, replaces: buf.len() });
+        }
+        if self.rewrite.is_some() {
+            return self.poll_rewrite(cx);
+        }
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -239,6 +292,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.rewrite.is_none() && self.awaiting_head() {
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            if total <= MAX_PARSE_ERROR_ANSWER {
+                let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+                if let Some(bytes) = problem_for_parse_error(&joined, self.max_header_bytes) {
+                    self.rewrite = Some(Rewrite { bytes, written: 0, replaces: total });
+                }
+            }
+        }
+        if self.rewrite.is_some() {
+            return self.poll_rewrite(cx);
+        }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -253,6 +318,55 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
+}
+
+/// hyper's parse-error answers are shorter than this.
+const MAX_PARSE_ERROR_ANSWER: usize = 256;
+
+/// When `written` is hyper's own answer to an unparsable request (`HTTP/1.1 400 Bad Request`, 414 or 431, with
+/// `connection: close`, `content-length: 0` and nothing else but `date`), the gateway's problem answer for it.
+fn problem_for_parse_error(written: &[u8], max_header_bytes: u64) -> Option<Vec<u8>> {
+    if written.len() > MAX_PARSE_ERROR_ANSWER {
+        return None;
+    }
+    let text = std::str::from_utf8(written).ok()?;
+    let (status_line, rest) = text.split_once("\r\n")?;
+    let headers = rest.strip_suffix("\r\n\r\n")?;
+    let mut date = None;
+    let (mut close, mut empty) = (false, false);
+    for line in headers.split("\r\n") {
+        match line.split_once(": ")? {
+            ("connection", "close") => close = true,
+            ("content-length", "0") => empty = true,
+            ("date", d) => date = Some(d),
+            _ => return None,
+        }
+    }
+    if !(close && empty) {
+        return None;
+    }
+    let error = match status_line {
+        "HTTP/1.1 400 Bad Request" => GatewayError::BadRequest("the request is not valid HTTP/1.1".to_owned()),
+        "HTTP/1.1 414 URI Too Long" => GatewayError::UriTooLong,
+        "HTTP/1.1 431 Request Header Fields Too Large" => GatewayError::HeadersTooLarge { limit: max_header_bytes },
+        _ => return None,
+    };
+    tracing::debug!(status = %error.status(), "unparsable request answered");
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let response = error.into_response(None, &request_id);
+    let body = response.body().bytes().cloned().unwrap_or_default();
+    let mut out = format!("{status_line}\r\n");
+    for (name, value) in response.headers() {
+        out.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or_default()));
+    }
+    out.push_str(&format!("content-length: {}\r\nx-request-id: {request_id}\r\nconnection: close\r\n", body.len()));
+    if let Some(date) = date {
+        out.push_str(&format!("date: {date}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&body);
+    Some(bytes)
 }
 
 /// Runs the connection `conn` until it ends, or closes it (drops it, which closes the socket) when the deadline
@@ -335,6 +449,26 @@ mod tests {
         w.upgraded();
         drop(finished);
         assert_eq!(w.deadline(&LIMITS), None, "upgraded: no deadline");
+    }
+
+    #[test]
+    fn hypers_parse_error_answers_become_problems() {
+        let hyper = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\
+                      date: Mon, 30 Nov 2026 03:07:40 GMT\r\n\r\n";
+        let answer = String::from_utf8(problem_for_parse_error(hyper, 16384).unwrap()).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{head}");
+        assert!(head.contains("\r\ncontent-type: application/problem+json\r\n"), "{head}");
+        assert!(head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())), "{head}");
+        assert!(head.contains("\r\nconnection: close\r\n") && head.contains("\r\ndate: Mon, 30 Nov"), "{head}");
+        let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(problem["status"], 431);
+        assert!(problem["detail"].as_str().unwrap().contains("16384"));
+        // Anything else passes untouched, e.g. a response body that merely looks like an answer.
+        assert!(problem_for_parse_error(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n", 1).is_none());
+        assert!(
+            problem_for_parse_error(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", 1).is_none()
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -61,6 +61,15 @@ pub enum GatewayError {
         /// What is missing, for the problem's `detail`.
         reason: String,
     },
+    /// The request target is longer than the HTTP parser accepts.
+    #[error("the request URI is too long")]
+    UriTooLong,
+    /// The request line and headers are larger than `server.max_header_bytes`.
+    #[error("the request line and headers are larger than {limit} bytes")]
+    HeadersTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// The route's rate limit is exhausted.
     #[error("rate limit exceeded")]
     RateLimited {
@@ -163,6 +172,8 @@ impl GatewayError {
             GatewayError::BadSignature => StatusCode::UNAUTHORIZED,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Overloaded | GatewayError::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
@@ -186,6 +197,10 @@ impl GatewayError {
             GatewayError::BadSignature => ("urn:sluice:problem:bad-signature", "Invalid webhook signature"),
             GatewayError::Unauthorized { .. } => ("urn:sluice:problem:unauthorized", "Unauthorized"),
             GatewayError::Forbidden { .. } => ("urn:sluice:problem:forbidden", "Forbidden"),
+            GatewayError::UriTooLong => ("urn:sluice:problem:uri-too-long", "URI too long"),
+            GatewayError::HeadersTooLarge { .. } => {
+                ("urn:sluice:problem:headers-too-large", "Request headers too large")
+            }
             GatewayError::RateLimited { .. } => ("urn:sluice:problem:rate-limited", "Rate limit exceeded"),
             GatewayError::Overloaded => ("urn:sluice:problem:overloaded", "Upstream overloaded"),
             GatewayError::NoHealthyEndpoint => ("urn:sluice:problem:no-healthy-endpoint", "No healthy endpoint"),

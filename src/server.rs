@@ -123,6 +123,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
                 peer_ip: HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a header value"),
                 slot: Slot::new(permit, metrics.open_connections.clone()),
                 limits,
+                max_header_bytes: server.max_header_bytes.0,
                 builder: http.builder(server.max_header_bytes.0),
                 watcher: graceful.watcher(),
                 timeouts: metrics.connection_timeouts.clone(),
@@ -185,6 +186,8 @@ struct Accepted {
     /// One of the `server.max_connections` slots, taken before the accept and held until the connection is gone.
     slot: Slot,
     limits: Limits,
+    /// `server.max_header_bytes`, for the detail of a 431 answer.
+    max_header_bytes: u64,
     builder: Arc<auto::Builder<TokioExecutor>>,
     /// Graceful shutdown waits for this connection.
     watcher: Watcher,
@@ -200,7 +203,7 @@ impl Accepted {
     {
         let watch = Watch::new(self.slot);
         let service = service(self.gw, self.peer_ip, scheme, watch.clone());
-        let io = TokioIo::new(Watched::new(io, watch.clone()));
+        let io = TokioIo::new(Watched::new(io, watch.clone(), self.max_header_bytes));
         let conn = self.watcher.watch(self.builder.serve_connection_with_upgrades(io, service));
         connection::drive(conn, watch, self.limits, &self.timeouts).await;
     }
@@ -259,10 +262,15 @@ pub async fn handle(
     scheme: &'static str,
 ) -> Response<Body> {
     normalize_path(&mut req);
+    let bad_host = check_host(&mut req).err();
     let (service, facts) = {
         let snapshot = gw.snapshot.load();
         let facts = |params| Facts::new(peer_ip.clone(), scheme, params);
-        match snapshot.router.route(req.method(), host_of(&req), req.uri().path(), req.headers()) {
+        let found = match &bad_host {
+            Some(_) => RouteMatch::NotFound,
+            None => snapshot.router.route(req.method(), host_of(&req), req.uri().path(), req.headers()),
+        };
+        match found {
             RouteMatch::Found { index, params } => (snapshot.routes[index].service.clone(), facts(params)),
             RouteMatch::MethodNotAllowed { first, params, .. }
                 if is_preflight(&req) && snapshot.routes[first].answers_preflight =>
@@ -276,7 +284,7 @@ pub async fn handle(
             }
             RouteMatch::NotFound => {
                 let mut f = facts(Default::default());
-                f.unmatched = Some(GatewayError::NotFound);
+                f.unmatched = Some(bad_host.unwrap_or(GatewayError::NotFound));
                 (snapshot.unmatched.clone(), f)
             }
         }
@@ -318,14 +326,45 @@ fn is_preflight(req: &Request<Incoming>) -> bool {
         && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-/// Host without port, from the Host header or (HTTP/2) the URI authority.
-fn host_of(req: &Request<Incoming>) -> Option<&str> {
-    let raw = match req.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
-        Some(h) => h,
-        None => req.uri().authority()?.as_str(),
-    };
-    if raw.starts_with('[') {
-        return raw.split_once(']').map(|(h, _)| &h[1..]);
+/// The `Host` rules of RFC 9112 §3.2: an HTTP/1.1 request needs exactly one valid `Host`; an absolute-form target
+/// (`GET http://api.example.com/x`) names the host itself, and its authority replaces any `Host` sent with it.
+fn check_host(req: &mut Request<Incoming>) -> Result<(), GatewayError> {
+    let bad = |why: &str| Err(GatewayError::BadRequest(why.to_owned()));
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return bad("more than one Host header");
     }
-    Some(raw.rsplit_once(':').map_or(raw, |(h, _)| h))
+    let is_http1 = matches!(req.version(), http::Version::HTTP_10 | http::Version::HTTP_11);
+    if let Some(host) = first {
+        let valid = host.to_str().ok().and_then(|h| h.parse::<http::uri::Authority>().ok());
+        if !valid.is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty()) {
+            return bad("the Host header is not a valid host[:port]");
+        }
+    } else if req.version() == http::Version::HTTP_11 {
+        return bad("an HTTP/1.1 request needs a Host header");
+    }
+    if is_http1 && let Some(authority) = req.uri().authority() {
+        let host = HeaderValue::try_from(authority.as_str().rsplit('@').next().unwrap_or_default());
+        match host {
+            Ok(host) => drop(req.headers_mut().insert(header::HOST, host)),
+            Err(_) => return bad("the request target's host is not valid"),
+        }
+    }
+    Ok(())
+}
+
+/// The host a request is for, without port or trailing dot: the URI's authority (HTTP/2 `:authority`, an
+/// absolute-form target), else the `Host` header.
+fn host_of(req: &Request<Incoming>) -> Option<&str> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str().rsplit('@').next().unwrap_or_default(),
+        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok())?,
+    };
+    let host = if raw.starts_with('[') {
+        raw.split_once(']').map(|(h, _)| &h[1..])?
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    Some(host.strip_suffix('.').unwrap_or(host))
 }

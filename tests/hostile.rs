@@ -47,6 +47,20 @@ impl RawResponse {
             k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
         })
     }
+
+    /// Asserts a gateway-made problem answer with `status` and returns the document.
+    fn problem(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{}", self.head);
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{}", self.head);
+        let v: Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.head, String::from_utf8_lossy(&self.body)));
+        assert_eq!(v["status"], status, "{v}");
+        for key in ["type", "title", "detail", "request_id"] {
+            assert!(v[key].as_str().is_some_and(|s| !s.is_empty()), "problem lacks `{key}`: {v}");
+        }
+        assert_eq!(Some(v["request_id"].as_str().unwrap()), self.header("x-request-id"), "{}", self.head);
+        v
+    }
 }
 
 /// Reads one response (head, then a `content-length` body) from `stream`; `None` if the connection closes first.
@@ -648,4 +662,76 @@ async fn an_encoded_slash_in_a_path_parameter_stays_encoded_in_the_routing_key()
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].routing_key, "rk.a%2Fb");
     amqp.delete(&queue, &exchange).await;
+}
+
+// =============================================================================================================
+// 2. Malformed requests: parser errors as problems, Host rules
+// =============================================================================================================
+
+#[tokio::test]
+async fn requests_the_parser_refuses_are_answered_with_problem_json() {
+    let up = Upstream::named("up").await;
+    let gw = Gateway::start(forward_all(&up.url(), json!({ "max_header_bytes": "128KiB" }))).await;
+    for (what, request) in [
+        ("garbage request line", b"GARBAGE\r\n\r\n".to_vec()),
+        ("obs-fold header", b"GET / HTTP/1.1\r\nhost: a\r\nx-folded: a\r\n b\r\n\r\n".to_vec()),
+        ("bad header name", b"GET / HTTP/1.1\r\nhost: a\r\nbad header: x\r\n\r\n".to_vec()),
+        ("unknown version", b"GET / HTTP/7.1\r\nhost: a\r\n\r\n".to_vec()),
+    ] {
+        let r = raw(gw.addr, &request).await;
+        let v = r.problem(400);
+        assert_eq!(r.header("connection"), Some("close"), "{what}");
+        assert!(!v["detail"].as_str().unwrap().to_lowercase().contains("hyper"), "{what}: no internals: {v}");
+    }
+    let long_uri = format!("GET /{} HTTP/1.1\r\nhost: a\r\n\r\n", "u".repeat(70_000));
+    raw(gw.addr, long_uri.as_bytes()).await.problem(414);
+    let big = format!("GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n", "b".repeat(140_000));
+    let v = raw(gw.addr, big.as_bytes()).await.problem(431);
+    assert!(v["detail"].as_str().unwrap().contains(&(128 * 1024).to_string()), "the limit is named: {v}");
+    assert_eq!(up.hits(), 0);
+    // A good request on the same gateway is served as usual.
+    assert_eq!(raw(gw.addr, b"GET /ok HTTP/1.1\r\nhost: a\r\n\r\n").await.status, 200);
+}
+
+#[tokio::test]
+async fn host_is_required_once_and_valid_for_http_1_1() {
+    let up = Upstream::named("up").await;
+    let gw = Gateway::start(forward_all(&up.url(), json!({}))).await;
+    for (what, request) in [
+        ("no Host", "GET / HTTP/1.1\r\n\r\n"),
+        ("two Hosts", "GET / HTTP/1.1\r\nhost: a.example.com\r\nhost: b.example.com\r\n\r\n"),
+        ("invalid Host", "GET / HTTP/1.1\r\nhost: a b\r\n\r\n"),
+        ("userinfo in Host", "GET / HTTP/1.1\r\nhost: user@a.example.com\r\n\r\n"),
+    ] {
+        let v = raw(gw.addr, request.as_bytes()).await.problem(400);
+        assert!(v["detail"].as_str().unwrap().contains("Host"), "{what}: {v}");
+    }
+    assert_eq!(up.hits(), 0);
+    let r = raw(gw.addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status, 200, "HTTP/1.0 needs no Host: {}", r.head);
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_names_the_host_and_a_trailing_dot_is_ignored() {
+    let api = Upstream::named("api").await;
+    let other = Upstream::named("other").await;
+    let gw = Gateway::start(json!({
+        "upstreams": { "api": { "endpoints": [api.url()] }, "other": { "endpoints": [other.url()] } },
+        "routes": [
+            { "name": "api", "match": { "path_prefix": "/", "host": "api.example.com" }, "forward": { "upstream": "api" } },
+            { "name": "other", "match": { "path_prefix": "/" }, "forward": { "upstream": "other" } },
+        ],
+    }))
+    .await;
+    let absolute = b"GET http://api.example.com/x HTTP/1.1\r\nhost: evil.example.com\r\n\r\n";
+    let r = raw(gw.addr, absolute).await;
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).into_owned()), (200, "api".to_owned()));
+    assert_eq!(api.last().uri.path(), "/x");
+    assert_eq!(api.last().header("x-forwarded-host"), "api.example.com", "the target's authority replaces Host");
+    let r = raw(gw.addr, b"GET http://evil.example.com/x HTTP/1.1\r\nhost: api.example.com\r\n\r\n").await;
+    assert_eq!(String::from_utf8_lossy(&r.body), "other", "Host is ignored when the target names the host");
+    for host in ["api.example.com.", "API.example.com.:8080"] {
+        let r = raw(gw.addr, format!("GET /y HTTP/1.1\r\nhost: {host}\r\n\r\n").as_bytes()).await;
+        assert_eq!(String::from_utf8_lossy(&r.body), "api", "{host}");
+    }
 }
