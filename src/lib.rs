@@ -12,6 +12,7 @@
 //! - [`layers`]: request id, SERVER span + metrics + access log, panics → 500, body reading.
 //! - [`policy`]: guards (webhook signatures, rate limit; the auth slot), idempotency.
 //! - [`request`]: facts about the client request shared by every layer and action.
+//! - [`forwarded`]: the client's address: the peer, or what a trusted proxy's `X-Forwarded-For` names.
 //! - [`action`]: `forward` | `publish`, and the answer for requests no route takes.
 //! - [`forward`]: HTTP proxying on top of [`upstream`]: headers, rewrite, upgrades, fault injection.
 //! - [`upstream`]: calling an upstream with resilience (pool, balance, outlier, health, retry, timeouts).
@@ -32,6 +33,7 @@ pub mod body;
 pub mod config;
 pub mod connection;
 pub mod forward;
+pub mod forwarded;
 pub mod layers;
 pub mod policy;
 pub mod problem;

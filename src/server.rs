@@ -265,7 +265,14 @@ pub async fn handle(
     let bad_host = check_host(&mut req).err();
     let (service, facts) = {
         let snapshot = gw.snapshot.load();
-        let facts = |params| Facts::new(peer_ip.clone(), scheme, params);
+        let client_ip = client_ip(peer_ip, req.headers(), &snapshot.trusted_proxies);
+        let facts = |params| {
+            let mut facts = Facts::new(peer_ip.clone(), scheme, params);
+            if let Some(ip) = &client_ip {
+                facts.client_ip = ip.to_string();
+            }
+            facts
+        };
         let found = match &bad_host {
             Some(_) => RouteMatch::NotFound,
             None => snapshot.router.route(req.method(), host_of(&req), req.uri().path(), req.headers()),
@@ -324,6 +331,15 @@ fn is_preflight(req: &Request<Incoming>) -> bool {
     req.method() == Method::OPTIONS
         && req.headers().contains_key(header::ORIGIN)
         && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// The client a trusted proxy names, when the peer is one (`None`: the client is the peer).
+fn client_ip(peer_ip: &HeaderValue, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+    if trusted.is_empty() {
+        return None;
+    }
+    let peer = peer_ip.to_str().ok()?.parse().ok()?;
+    Some(crate::forwarded::client_ip(peer, headers, trusted))
 }
 
 /// The `Host` rules of RFC 9112 §3.2: an HTTP/1.1 request needs exactly one valid `Host`; an absolute-form target

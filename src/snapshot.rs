@@ -94,6 +94,8 @@ pub struct Snapshot {
     /// `server.tls`: the listener's rustls settings, with the certificate and key read by this build (each new
     /// connection takes them from the current snapshot).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Snapshot {
@@ -231,7 +233,10 @@ impl Snapshot {
         });
         used_brokers.sort();
         used_brokers.dedup();
+        let trusted_proxies =
+            config.server.trusted_proxies.iter().filter_map(|p| crate::forwarded::parse_proxy(p)).collect();
         Ok(Snapshot {
+            trusted_proxies,
             router: Router::new(matchers),
             routes,
             unmatched,

@@ -735,3 +735,64 @@ async fn an_absolute_form_target_names_the_host_and_a_trailing_dot_is_ignored() 
         assert_eq!(String::from_utf8_lossy(&r.body), "api", "{host}");
     }
 }
+
+// =============================================================================================================
+// 4. Client addresses: trusted proxies, {client_ip}, X-Forwarded-For
+// =============================================================================================================
+
+/// A catch-all forward route limited to `burst` requests per `{client_ip}` (no refill during the test).
+async fn per_client_limit(up: &Upstream, burst: u32, trusted: &[&str]) -> Gateway {
+    Gateway::start(json!({
+        "server": { "trusted_proxies": trusted },
+        "upstreams": { "svc": { "endpoints": [up.url()] } },
+        "routes": [{
+            "name": "r", "match": { "path_prefix": "/" }, "forward": { "upstream": "svc" },
+            "rate_limit": { "per_second": 0.001, "burst": burst, "key": "{client_ip}" },
+        }],
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn a_per_client_limit_cannot_be_bypassed_with_forged_forwarding_headers_from_an_untrusted_peer() {
+    let up = Upstream::named("up").await;
+    let gw = per_client_limit(&up, 3, &[]).await;
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let xff = format!("198.51.100.{i}");
+        let fwd = format!("for=203.0.113.{i}");
+        statuses.push(gw.call("GET", "/", &[("x-forwarded-for", &xff), ("forwarded", &fwd)]).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429, 429, 429, 429, 429], "one bucket: the peer's");
+    // The upstream still gets the client's chain, with the peer appended.
+    assert_eq!(up.last().header("x-forwarded-for"), "198.51.100.2, 127.0.0.1");
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_forwarding_headers_name_the_client() {
+    let up = Upstream::named("up").await;
+    let gw = per_client_limit(&up, 1, &["127.0.0.1/32", "10.0.0.0/8"]).await;
+    let get = async |headers: &[(&str, &str)]| gw.call("GET", "/", headers).await.status;
+    for i in 0..5 {
+        let xff = format!("198.51.100.{i}");
+        assert_eq!(get(&[("x-forwarded-for", &xff)]).await, 200, "each client has its own bucket");
+    }
+    assert_eq!(get(&[("x-forwarded-for", "198.51.100.1")]).await, 429, "198.51.100.1 used its burst");
+    // The right-most address that is not a trusted proxy: prepending addresses does not change it.
+    assert_eq!(get(&[("x-forwarded-for", "192.0.2.1, 203.0.113.9, 10.1.1.1")]).await, 200);
+    assert_eq!(get(&[("x-forwarded-for", "192.0.2.2, 203.0.113.9")]).await, 429, "still 203.0.113.9");
+    assert_eq!(get(&[("forwarded", "for=\"[2001:db8::1]:4711\";proto=https")]).await, 200);
+    assert_eq!(get(&[("x-forwarded-for", "2001:db8::1")]).await, 429, "Forwarded named the same client");
+    assert_eq!(get(&[]).await, 200, "no header: the proxy itself is the client");
+    assert_eq!(get(&[]).await, 429);
+}
+
+#[tokio::test]
+async fn every_x_forwarded_for_line_is_kept_when_appending() {
+    let up = Upstream::named("up").await;
+    let gw = Gateway::start(forward_all(&up.url(), json!({}))).await;
+    let r = gw.call("GET", "/", &[("x-forwarded-for", "192.0.2.1"), ("x-forwarded-for", "192.0.2.2, 192.0.2.3")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header("x-forwarded-for"), "192.0.2.1, 192.0.2.2, 192.0.2.3, 127.0.0.1");
+    assert_eq!(up.last().headers.get_all("x-forwarded-for").iter().count(), 1);
+}

@@ -69,6 +69,9 @@ pub struct ServerConfig {
     /// Largest request head (request line and headers) read from a client; a larger one is answered 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: Size,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` / `Forwarded` is believed when deciding `{client_ip}`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `server.tls = { cert = "...", key = "..." }`: PEM files, read again on every reload.
@@ -122,6 +125,7 @@ impl Default for ServerConfig {
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
             max_header_bytes: default_max_header_bytes(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

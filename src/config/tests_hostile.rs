@@ -32,3 +32,11 @@ fn connection_limits_have_defaults_and_are_checked() {
         assert!(p.iter().any(|l| l.starts_with("server: ") && l.contains(key)), "{key} not reported: {p:#?}");
     }
 }
+
+#[test]
+fn trusted_proxies_must_be_cidrs_or_addresses() {
+    let loaded = check("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\", \"::1\", \"fd00::/8\"]\n").unwrap();
+    assert_eq!(loaded.config.server.trusted_proxies.len(), 4);
+    let p = problems("[server]\ntrusted_proxies = [\"10.0.0.0/33\", \"proxy.internal\"]\n");
+    assert_eq!(p.iter().filter(|l| l.starts_with("server: trusted_proxies:")).count(), 2, "{p:#?}");
+}

@@ -85,6 +85,13 @@ fn check_server(s: &ServerConfig, errors: &mut Vec<String>) {
     if s.max_header_bytes.0 > u64::from(u32::MAX) {
         errors.push("server: max_header_bytes must be less than 4GiB".to_owned());
     }
+    for p in &s.trusted_proxies {
+        if crate::forwarded::parse_proxy(p).is_none() {
+            errors.push(format!(
+                "server: trusted_proxies: {p:?} is not a CIDR or an IP address (e.g. \"10.0.0.0/8\", \"127.0.0.1\")"
+            ));
+        }
+    }
 }
 
 fn check_telemetry(t: &TelemetryConfig, errors: &mut Vec<String>) {
