@@ -13,6 +13,7 @@ use crate::config::{AckMode, BrokerConfig, BrokerKind, Config, PublishConfig, Pu
 use crate::forward::{Fault, ForwardRoute};
 use crate::layers::{Observe, ObserveLayer, ReadBodyLayer};
 use crate::policy::{Auth, AuthError, GuardLayer, IdempotencyLayer, IdempotencyStore, RateLimit, RateLimiter, Verify};
+use crate::publish::destination::NameRules;
 use crate::publish::encoder::{CloudEvents, Encoder, Target};
 use crate::publish::{Ack, PublishError, PublishRoute, Publisher};
 use crate::router::{Matcher, Router};
@@ -305,12 +306,17 @@ fn publish_route(
         ce_source: template(p.ce_source.as_deref().unwrap_or("/sluice")),
     });
     let headers = p.headers.iter().filter_map(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok());
+    let allowed = match config.brokers[&p.broker].kind {
+        BrokerKind::Kafka => p.allowed_topics.clone(),
+        BrokerKind::Amqp => p.allowed_routing_keys.clone(),
+    };
     PublishRoute {
         metrics: shared.metrics.publish(&name, &p.broker),
         name,
         broker_name: p.broker.clone(),
         publisher: brokers[&p.broker].publisher.clone(),
         encoder: Encoder { target, cloudevents, headers: headers.collect() },
+        names: NameRules { allowed },
         ack: match p.ack {
             AckMode::Confirm => Ack::Confirm,
             AckMode::None => Ack::None,

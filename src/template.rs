@@ -162,6 +162,37 @@ impl Template {
         })
     }
 
+    /// The whole template when it has no placeholder.
+    pub fn as_literal(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [] => Some(""),
+            [Part::Literal(s)] => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The literal pieces of the template.
+    pub fn literals(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Literal(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The placeholders whose value a client chooses freely (header, path, query, body), as written.
+    pub fn client_inputs(&self) -> Vec<String> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Header(name) => Some(format!("{{header.{name}}}")),
+                Part::Path(name) => Some(format!("{{path.{name}}}")),
+                Part::Query(name) => Some(format!("{{query.{name}}}")),
+                Part::Body(pointer) => Some(format!("{{body.{pointer}}}")),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether rendering needs the request body.
     pub fn needs_body(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Body(_)))

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use broker_support::common::*;
-use broker_support::{Amqp, RabbitLock, random_name};
+use broker_support::{Amqp, KafkaLock, RabbitLock, random_name};
 use http::Request;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -795,4 +795,142 @@ async fn every_x_forwarded_for_line_is_kept_when_appending() {
     assert_eq!(r.status, 200);
     assert_eq!(up.last().header("x-forwarded-for"), "192.0.2.1, 192.0.2.2, 192.0.2.3, 127.0.0.1");
     assert_eq!(up.last().headers.get_all("x-forwarded-for").iter().count(), 1);
+}
+
+// =============================================================================================================
+// 6. Broker names rendered from client input
+// =============================================================================================================
+
+/// `POST path` with `headers` and a small body.
+async fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut b = gw.req("POST", path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    gw.send(b.body(full("{}")).unwrap()).await
+}
+
+/// Publishes attempted on `route` (any outcome).
+fn publishes(metrics: &str, route: &str) -> f64 {
+    let prefix = format!("sluice_publish_total{{route=\"{route}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_topics_rendered_from_client_input_are_checked_before_publishing() {
+    let _lock = KafkaLock::shared().await;
+    let allowed = broker_support::create_topic("hostile-allowed", 1).await;
+    let route = |name: &str, path: &str, publish: Value| broker_support::publish_route(name, path, publish);
+    let gw = Gateway::start(json!({
+        "brokers": { "events": { "kind": "kafka", "bootstrap": broker_support::kafka_bootstrap() } },
+        "routes": [
+            route("listed", "/listed", json!({ "broker": "events", "topic": "{header.x-topic}", "allowed_topics": [allowed] })),
+            route("open", "/open", json!({ "broker": "events", "topic": "{header.x-topic}" })),
+            route("prefixed", "/rt/{x}", json!({ "broker": "events", "topic": "rt-{path.x}" })),
+        ],
+    }))
+    .await;
+    let r = post(&gw, "/listed", &[("x-topic", &allowed)]).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = assert_problem(&post(&gw, "/listed", &[("x-topic", "other-app.payments")]).await, 400, Some("listed"));
+    assert!(v["detail"].as_str().unwrap().contains("allowed_topics"), "{v}");
+    for topic in ["__consumer_offsets", "..", ".", "a b", "a;b"] {
+        let v = assert_problem(&post(&gw, "/open", &[("x-topic", topic)]).await, 400, Some("open"));
+        assert!(v["detail"].as_str().unwrap().starts_with("publish.topic "), "{topic}: {v}");
+    }
+    let long = format!("/rt/{}", "t".repeat(250));
+    for path in ["/rt/a%2Fb", "/rt/a%00b", long.as_str()] {
+        let v = assert_problem(&post(&gw, path, &[]).await, 400, Some("prefixed"));
+        assert!(v["detail"].as_str().unwrap().starts_with("publish.topic "), "{path}: {v}");
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(publishes(&metrics, "listed"), 1.0, "only the allowed topic was published to:\n{metrics}");
+    assert_eq!(publishes(&metrics, "open") + publishes(&metrics, "prefixed"), 0.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_routing_keys_rendered_from_client_input_are_checked_before_publishing() {
+    let _lock = RabbitLock::shared().await;
+    let amqp = Amqp::connect().await;
+    let (exchange, github, billing) =
+        (random_name("hostile-x"), random_name("hostile-gh"), random_name("hostile-bill"));
+    amqp.exchange(&exchange, false).await;
+    amqp.queue(&github, &exchange, "github.push", false).await;
+    amqp.queue(&billing, &exchange, "billing.charge", false).await;
+    let route = |name: &str, path: &str, extra: Value| {
+        let mut publish = json!({ "broker": "rabbit", "exchange": exchange, "routing_key": "{header.x-key}" });
+        if let (Value::Object(p), Value::Object(e)) = (&mut publish, extra) {
+            p.extend(e);
+        }
+        broker_support::publish_route(name, path, publish)
+    };
+    let gw = Gateway::start(json!({
+        "brokers": { "rabbit": { "kind": "amqp", "url": broker_support::amqp_url() } },
+        "routes": [
+            route("listed", "/listed", json!({ "allowed_routing_keys": ["github.*"] })),
+            route("open", "/open", json!({})),
+        ],
+    }))
+    .await;
+    eventually("the broker is connected", async || gw.admin_get("/readyz").await.status == 200).await;
+    assert_eq!(post(&gw, "/listed", &[("x-key", "github.push")]).await.status, 202);
+    let v = assert_problem(&post(&gw, "/listed", &[("x-key", "billing.charge")]).await, 400, Some("listed"));
+    assert!(v["detail"].as_str().unwrap().contains("allowed_routing_keys"), "{v}");
+    let v = assert_problem(&post(&gw, "/open", &[("x-key", &"k".repeat(256))]).await, 400, Some("open"));
+    assert!(v["detail"].as_str().unwrap().contains("publish.routing_key"), "{v}");
+    assert_eq!((amqp.len(&github).await, amqp.len(&billing).await), (1, 0), "only the allowed key was published");
+    let metrics = gw.metrics().await;
+    assert_eq!(publishes(&metrics, "open"), 0.0, "{metrics}");
+    amqp.delete(&github, &exchange).await;
+    amqp.delete(&billing, "").await;
+}
+
+/// Runs `sluice check` on `toml`; returns (exit code, stdout).
+fn sluice_check(test: &str, toml: &str) -> (Option<i32>, String) {
+    let dir = std::env::temp_dir().join(format!("sluice-hostile-{test}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = Command::new(sluice_bin()).arg("check").arg(&path).env_remove("SLUICE_CONFIG").output().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn sluice_check_refuses_impossible_broker_names_and_warns_about_client_chosen_ones() {
+    let brokers = "[brokers.events]\nkind = \"kafka\"\nbootstrap = \"127.0.0.1:9092\"\n\
+                   [brokers.rabbit]\nkind = \"amqp\"\nurl = \"amqp://127.0.0.1:5672/%2f\"\n";
+    let route = |name: &str, publish: &str| {
+        format!("[[routes]]\nname = \"{name}\"\nmatch = {{ path = \"/{name}/{{x}}\" }}\npublish = {publish}\n")
+    };
+    let bad = format!(
+        "[server]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n{brokers}{}{}{}",
+        route("slash", r#"{ broker = "events", topic = "orders/acme" }"#),
+        route("internal", r#"{ broker = "events", topic = "__{path.x}" }"#),
+        route("long-key", &format!(r#"{{ broker = "rabbit", exchange = "x", routing_key = "{}" }}"#, "k".repeat(256))),
+    );
+    let (code, out) = sluice_check("names-bad", &bad);
+    assert_eq!(code, Some(1), "{out}");
+    for want in [
+        "server: admin_listen 127.0.0.1:9000 takes the same address as listen",
+        "routes[0] \"slash\": publish.topic \"orders/acme\" is not a valid topic",
+        "routes[1] \"internal\": publish.topic \"__{path.x}\"",
+        "routes[2] \"long-key\": publish.routing_key",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(want)), "no line starting {want:?}:\n{out}");
+    }
+    let open = format!(
+        "{brokers}{}{}",
+        route("open", r#"{ broker = "events", topic = "rt-{path.x}" }"#),
+        route("listed", r#"{ broker = "events", topic = "rt-{path.x}", allowed_topics = ["rt-public.*"] }"#),
+    );
+    let (code, out) = sluice_check("names-open", &open);
+    assert_eq!(code, Some(0), "{out}");
+    let warning = "warning: routes[0] \"open\": publish.topic \"rt-{path.x}\" is rendered from client input ({path.x})";
+    assert!(out.lines().any(|l| l.starts_with(warning) && l.contains("publish.allowed_topics")), "{out}");
+    assert!(!out.contains("routes[1]"), "an allow-list silences the warning:\n{out}");
 }

@@ -701,6 +701,12 @@ pub struct PublishConfig {
     /// Most keys remembered per route.
     #[serde(default = "default_idempotency_capacity")]
     pub idempotency_capacity: usize,
+    /// kafka: globs (`*` = any characters) a rendered topic must match; any valid topic when empty.
+    #[serde(default)]
+    pub allowed_topics: Vec<String>,
+    /// amqp: globs a rendered routing key must match; any routing key when empty.
+    #[serde(default)]
+    pub allowed_routing_keys: Vec<String>,
 }
 
 fn default_idempotency_window() -> Dur {

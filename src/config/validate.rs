@@ -56,6 +56,7 @@ pub fn validate(config: &Config) -> Report {
             }
         };
         check_route(&label, route, matcher.as_ref(), config, errors);
+        check_destination(&label, route, config, errors, &mut report.warnings);
         compiled.push((label, matcher));
     }
     for (i, (label, later)) in compiled.iter().enumerate() {
@@ -71,6 +72,13 @@ pub fn validate(config: &Config) -> Report {
 const MIN_HEADER_BYTES: u64 = 8 * 1024;
 
 fn check_server(s: &ServerConfig, errors: &mut Vec<String>) {
+    let (main, admin) = (s.listen, s.admin_listen);
+    let same_ip = main.ip() == admin.ip() || main.ip().is_unspecified() || admin.ip().is_unspecified();
+    if main.port() != 0 && main.port() == admin.port() && same_ip {
+        errors.push(format!(
+            "server: admin_listen {admin} takes the same address as listen {main}; give the admin listener a port of its own"
+        ));
+    }
     for (key, d) in [("header_read_timeout", s.header_read_timeout), ("idle_timeout", s.idle_timeout)] {
         if d.0.is_zero() {
             errors.push(format!("server: {key} must be more than 0"));
@@ -410,6 +418,88 @@ fn check_auth(label: &str, a: &AuthConfig, errors: &mut Vec<String>) {
 fn check_auth_keys(label: &str, a: &AuthConfig, errors: &mut Vec<String>) {
     if let Err(e) = crate::policy::Auth::compile(a, std::sync::Arc::from(""), false) {
         errors.push(format!("{label}: {e}"));
+    }
+}
+
+/// The topic or routing key a publish route renders: a literal name must be valid (and allowed), literal text in a
+/// template must be able to appear in a name, allow-list patterns must be able to match; a name a client chooses
+/// without an allow-list is a warning.
+fn check_destination(
+    label: &str,
+    r: &RouteConfig,
+    config: &Config,
+    errors: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    use crate::publish::destination::{MAX_ROUTING_KEY_LEN, MAX_TOPIC_LEN, glob_matches, is_topic_byte, topic_problem};
+    let Some(p) = &r.publish else { return };
+    let Some(kind) = config.brokers.get(&p.broker).map(|b| b.kind) else { return };
+    let (key, source, list_key, list, noun) = match kind {
+        BrokerKind::Kafka => ("topic", &p.topic, "allowed_topics", &p.allowed_topics, "topic"),
+        BrokerKind::Amqp => {
+            ("routing_key", &p.routing_key, "allowed_routing_keys", &p.allowed_routing_keys, "routing key")
+        }
+    };
+    let (other_key, other, other_kind, this_kind) = match kind {
+        BrokerKind::Kafka => ("allowed_routing_keys", &p.allowed_routing_keys, "amqp", "kafka"),
+        BrokerKind::Amqp => ("allowed_topics", &p.allowed_topics, "kafka", "amqp"),
+    };
+    if !other.is_empty() {
+        errors.push(format!(
+            "{label}: publish.{other_key} is for {other_kind} brokers; {:?} is {this_kind} (use publish.{list_key})",
+            p.broker
+        ));
+    }
+    for pattern in list {
+        let never = match kind {
+            BrokerKind::Kafka => pattern.is_empty() || !pattern.bytes().all(|b| is_topic_byte(b) || b == b'*'),
+            BrokerKind::Amqp => pattern.len() > MAX_ROUTING_KEY_LEN,
+        };
+        if never {
+            errors.push(format!("{label}: publish.{list_key}: {pattern:?} can never match a {noun}"));
+        }
+    }
+    let Some(template) = source.as_deref().and_then(|s| Template::parse(s).ok()) else { return };
+    let source = template.source();
+    if let Some(name) = template.as_literal() {
+        let problem = match kind {
+            BrokerKind::Kafka if !name.is_empty() => topic_problem(name),
+            BrokerKind::Amqp if name.len() > MAX_ROUTING_KEY_LEN => Some("it is longer than 255 bytes"),
+            _ => None,
+        };
+        if let Some(why) = problem {
+            errors.push(format!("{label}: publish.{key} {name:?} is not a valid {noun}: {why}"));
+        } else if !list.is_empty() && !list.iter().any(|p| glob_matches(p, name)) {
+            errors.push(format!("{label}: publish.{key} {name:?} matches none of publish.{list_key}"));
+        }
+        return;
+    }
+    let literal_len: usize = template.literals().map(str::len).sum();
+    match kind {
+        BrokerKind::Kafka => {
+            if let Some(bad) = template.literals().find(|l| !l.bytes().all(is_topic_byte)) {
+                errors.push(format!(
+                    "{label}: publish.topic {source:?}: its text {bad:?} can never be part of a Kafka topic \
+                     (only letters, digits, '.', '_' and '-')"
+                ));
+            } else if source.starts_with("__") {
+                errors.push(format!("{label}: publish.topic {source:?} names Kafka's internal topics (\"__\")"));
+            } else if literal_len > MAX_TOPIC_LEN {
+                errors.push(format!("{label}: publish.topic {source:?} is longer than 249 characters"));
+            }
+        }
+        BrokerKind::Amqp if literal_len > MAX_ROUTING_KEY_LEN => {
+            errors.push(format!("{label}: publish.routing_key {source:?} is longer than 255 bytes"));
+        }
+        BrokerKind::Amqp => {}
+    }
+    let inputs = template.client_inputs();
+    if !inputs.is_empty() && list.is_empty() {
+        warnings.push(format!(
+            "{label}: publish.{key} {source:?} is rendered from client input ({}): a client can publish to any {noun} \
+             it can name this way; list the allowed ones in publish.{list_key} (globs, e.g. \"orders.*\")",
+            inputs.join(", ")
+        ));
     }
 }
 
