@@ -22,6 +22,7 @@
 //! - [`backoff`]: the one exponential backoff with full jitter.
 //! - [`tls`]: rustls settings from PEM files: the listener's certificate, the roots upstreams are verified against.
 //! - [`problem`]: the one place where errors become HTTP (`application/problem+json`).
+//! - [`redact`]: secrets masked in everything Sluice shows (`/routes`, `sluice check`).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/routes`, `POST /reload`.
 //! - [`telemetry`]: logging, metrics registry, traces (OTLP).
 #![forbid(unsafe_code)]
@@ -38,6 +39,7 @@ pub mod layers;
 pub mod policy;
 pub mod problem;
 pub mod publish;
+pub mod redact;
 pub mod reload;
 pub mod request;
 pub mod router;

@@ -263,10 +263,12 @@ fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
 async fn connect(name: &str, cfg: &BrokerConfig) -> Result<Publisher, PublishError> {
     match cfg.kind {
         BrokerKind::Kafka => {
+            let from_env = cfg.options_env.iter().map(|(k, var)| (k.clone(), std::env::var(var).unwrap_or_default()));
             let options = cfg
                 .options
                 .iter()
                 .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                .chain(from_env)
                 .collect();
             let bootstrap = cfg.bootstrap.as_deref().unwrap_or_default();
             Publisher::connect_kafka(name, bootstrap, cfg.delivery_timeout.0, &options).await

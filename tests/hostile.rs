@@ -222,6 +222,18 @@ impl Binary {
     }
 }
 
+/// A child process, killed when dropped (a failed assertion leaves nothing running).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A series' value, 0 when absent.
 fn value(metrics: &str, series: &str) -> f64 {
     metric(metrics, series).unwrap_or(0.0)
@@ -933,4 +945,133 @@ fn sluice_check_refuses_impossible_broker_names_and_warns_about_client_chosen_on
     let warning = "warning: routes[0] \"open\": publish.topic \"rt-{path.x}\" is rendered from client input ({path.x})";
     assert!(out.lines().any(|l| l.starts_with(warning) && l.contains("publish.allowed_topics")), "{out}");
     assert!(!out.contains("routes[1]"), "an allow-list silences the warning:\n{out}");
+}
+
+// =============================================================================================================
+// 7. Secrets stay secret
+// =============================================================================================================
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_masks_every_secret_in_urls_and_broker_options() {
+    let up = Upstream::named("up").await;
+    let refused = refused_url().await.trim_start_matches("http://").to_owned();
+    let rest = format!(
+        r#"otlp_endpoint = "http://otel:otel-secret-7@{refused}"
+
+[upstreams.u]
+endpoints = ["{up}"]
+
+[brokers.rabbit]
+kind = "amqp"
+url = "amqp://guest:p@ss:w0rd-secret-5@{refused}/%2f"
+
+[brokers.events]
+kind = "kafka"
+bootstrap = "{refused}"
+[brokers.events.options]
+"sasl.password" = "kafka-secret-1"
+"compression.type" = "lz4"
+
+[brokers.events2]
+kind = "kafka"
+bootstrap = "{refused}"
+[brokers.events2.options_env]
+"sasl.password" = "HOSTILE_KAFKA_SECRET"
+
+[[routes]]
+name = "r"
+match = {{ path_prefix = "/" }}
+forward = {{ upstream = "u" }}
+"#,
+        up = up.url()
+    );
+    let gw = Binary::start_with_env("routes-secrets", "", &rest, &[("HOSTILE_KAFKA_SECRET", "kafka-secret-4")]).await;
+    let r = send(&client(), Request::get(gw.admin_url("/routes")).body(empty()).unwrap()).await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    for secret in [
+        "otel-secret-7",
+        "p@ss",
+        "w0rd-secret-5",
+        "kafka-secret-1",
+        "kafka-secret-2",
+        "kafka-secret-3",
+        "kafka-secret-4",
+    ] {
+        assert!(!text.contains(secret), "/routes shows {secret}: {text}");
+    }
+    let doc = r.json();
+    assert_eq!(doc["brokers"]["rabbit"]["url"], format!("amqp://guest:***@{refused}/%2f"));
+    assert_eq!(doc["telemetry"]["otlp_endpoint"], format!("http://otel:***@{refused}"));
+    let options = &doc["brokers"]["events"]["options"];
+    assert_eq!(options["sasl.password"], "***");
+    assert_eq!(options["compression.type"], "lz4", "other options are shown");
+    assert_eq!(doc["brokers"]["events2"]["options_env"]["sasl.password"], "HOSTILE_KAFKA_SECRET");
+    assert_eq!(gw.get("/x").await.status, 200, "the gateway serves with these settings");
+    let log = gw.stderr();
+    for secret in ["otel-secret-7", "w0rd-secret-5", "kafka-secret-1", "kafka-secret-4"] {
+        assert!(!log.contains(secret), "the log shows {secret}:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_option_the_kafka_client_refuses_is_reported_without_its_value() {
+    let dir = std::env::temp_dir().join(format!("sluice-hostile-refused-option-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("routes.toml");
+    let (port, admin) = (free_port().await, free_port().await);
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             [brokers.events]\nkind = \"kafka\"\nbootstrap = \"127.0.0.1:9\"\n\
+             [brokers.events.options]\n\"ssl.key.password\" = \"kafka-secret-2\"\n\"sasl.password\" = \"bad value\"\n"
+        ),
+    )
+    .unwrap();
+    // This build's librdkafka has no OpenSSL, so it refuses `ssl.key.password`, repeating the value in its message.
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let child = Command::new(sluice_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_remove("SLUICE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    let mut status = None;
+    eventually("sluice refuses to start", async || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    })
+    .await;
+    let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(status.unwrap().code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ssl.key.password"), "the refused property is named: {stderr}");
+    assert!(!stderr.contains("kafka-secret-2"), "{stderr}");
+}
+
+#[test]
+fn sluice_check_refuses_credentials_in_upstream_urls_without_showing_them() {
+    let (code, out) = sluice_check(
+        "upstream-userinfo",
+        "[upstreams.u]\nendpoints = [\"http://admin:hunter2@127.0.0.1:9000\"]\n\
+         [brokers.events]\nkind = \"kafka\"\nbootstrap = \"127.0.0.1:9092\"\n\
+         [brokers.events.options_env]\n\"sasl.password\" = \"HOSTILE_UNSET_VARIABLE\"\n\
+         [[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/\" }\nforward = { upstream = \"u\" }\n",
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("upstreams.u: endpoints: \"http://admin:***@127.0.0.1:9000\" holds credentials")),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("brokers.events.options_env: \"sasl.password\" names \"HOSTILE_UNSET_VARIABLE\"")),
+        "{out}"
+    );
 }

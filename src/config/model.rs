@@ -643,6 +643,10 @@ pub struct BrokerConfig {
     /// kafka: librdkafka properties passed as-is (they win over Sluice's).
     #[serde(default)]
     pub options: BTreeMap<String, serde_json::Value>,
+    /// kafka: librdkafka properties whose values are read from environment variables (property → variable), for
+    /// secrets such as `sasl.password`.
+    #[serde(default)]
+    pub options_env: BTreeMap<String, String>,
 }
 
 fn default_broker_timeout() -> Dur {

@@ -109,8 +109,9 @@ fn check_telemetry(t: &TelemetryConfig, errors: &mut Vec<String>) {
             .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty()));
         if !valid {
             errors.push(format!(
-                "telemetry: otlp_endpoint {endpoint:?} must be an http:// or https:// URL with a host, \
-                 e.g. \"http://127.0.0.1:4317\""
+                "telemetry: otlp_endpoint {:?} must be an http:// or https:// URL with a host, \
+                 e.g. \"http://127.0.0.1:4317\"",
+                crate::redact::url(endpoint)
             ));
         }
     }
@@ -125,8 +126,14 @@ fn check_upstream(name: &str, u: &UpstreamConfig, errors: &mut Vec<String>) {
         errors.push(format!("{at}: endpoints must list at least one URL"));
     }
     for e in &u.endpoints {
-        if let Err(why) = crate::upstream::Endpoint::parse_url(e) {
-            errors.push(format!("{at}: endpoints: {e:?} {why}"));
+        let shown = crate::redact::url(e);
+        if shown != *e {
+            errors.push(format!(
+                "{at}: endpoints: {shown:?} holds credentials (user:password@), which Sluice does not send to \
+                 upstreams and would show in logs; remove them from the URL"
+            ));
+        } else if let Err(why) = crate::upstream::Endpoint::parse_url(e) {
+            errors.push(format!("{at}: endpoints: {shown:?} {why}"));
         }
     }
     match (&u.balance, &u.hash_key) {
@@ -521,7 +528,11 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
                 }
                 _ => {}
             }
-            for (key, set) in [("bootstrap", b.bootstrap.is_some()), ("options", !b.options.is_empty())] {
+            for (key, set) in [
+                ("bootstrap", b.bootstrap.is_some()),
+                ("options", !b.options.is_empty()),
+                ("options_env", !b.options_env.is_empty()),
+            ] {
                 if set {
                     errors.push(format!("{at}: {key} is a kafka key; this broker is amqp"));
                 }
@@ -539,6 +550,14 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
             for (key, value) in &b.options {
                 if value.is_object() || value.is_array() || value.is_null() {
                     errors.push(format!("{at}.options: {key:?} must be a string, number or boolean"));
+                }
+            }
+            for (key, var) in &b.options_env {
+                if b.options.contains_key(key) {
+                    errors.push(format!("{at}: {key:?} is set in both options and options_env; keep one"));
+                }
+                if std::env::var_os(var).is_none() {
+                    errors.push(format!("{at}.options_env: {key:?} names {var:?}, which is not set"));
                 }
             }
         }

@@ -229,7 +229,7 @@ pub fn start(cfg: &TelemetryConfig, dropped: Counter) -> Result<(Tracer, Option<
         .with_endpoint(endpoint.clone())
         .with_timeout(EXPORT_TIMEOUT)
         .build()
-        .map_err(|e| format!("telemetry.otlp_endpoint {endpoint:?}: {e}"))?;
+        .map_err(|e| format!("telemetry.otlp_endpoint {:?}: {e}", crate::redact::url(endpoint)))?;
     let resource = Resource::builder().with_service_name(cfg.service_name.clone()).build();
     exporter.set_resource(&resource);
     let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -240,7 +240,8 @@ pub fn start(cfg: &TelemetryConfig, dropped: Counter) -> Result<(Tracer, Option<
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("sluice");
-    tracing::info!(endpoint = %endpoint, sample_ratio = cfg.sample_ratio, "exporting traces over OTLP/gRPC");
+    let shown = crate::redact::url(endpoint);
+    tracing::info!(endpoint = %shown, sample_ratio = cfg.sample_ratio, "exporting traces over OTLP/gRPC");
     Ok((Tracer { sdk: Some(tracer) }, Some(Export { queue, _provider: provider })))
 }
 
