@@ -1075,3 +1075,141 @@ fn sluice_check_refuses_credentials_in_upstream_urls_without_showing_them() {
         "{out}"
     );
 }
+
+// =============================================================================================================
+// 8. Request smuggling
+// =============================================================================================================
+
+/// An upstream that is a bare TCP socket: it records every byte it receives and answers each request head with
+/// `200 ok` (skipping a `content-length` or chunked body), so what the gateway sent is seen exactly as sent.
+struct RawUpstream {
+    addr: std::net::SocketAddr,
+    received: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawUpstream {
+    async fn start() -> RawUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received: std::sync::Arc<std::sync::Mutex<Vec<u8>>> = Default::default();
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                let log = log.clone();
+                conns.spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut chunk = [0u8; 16384];
+                    loop {
+                        let n = match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        log.lock().unwrap().extend_from_slice(&chunk[..n]);
+                        pending.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = RawUpstream::complete_request(&pending) {
+                            pending.drain(..end);
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        RawUpstream { addr, received, task }
+    }
+
+    /// The length of the first complete request in `buf` (head, then its body by `content-length` or chunks).
+    fn complete_request(buf: &[u8]) -> Option<usize> {
+        let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        if head.contains("\r\ntransfer-encoding: chunked") {
+            let end = buf[head_end..].windows(5).position(|w| w == b"0\r\n\r\n")? + 5;
+            return Some(head_end + end);
+        }
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+            .unwrap_or(0);
+        (buf.len() >= head_end + length).then_some(head_end + length)
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn received(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn request_smuggling_attempts_are_refused_before_anything_reaches_the_upstream() {
+    let up = RawUpstream::start().await;
+    let gw = Gateway::start(forward_all(&up.url(), json!({}))).await;
+    let post = "POST /p HTTP/1.1\r\nhost: a\r\n";
+    let smuggled = "GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n";
+    let cases = [
+        ("two different Content-Lengths", format!("{post}content-length: 4\r\ncontent-length: 5\r\n\r\nabcde")),
+        ("a Content-Length list", format!("{post}content-length: 4, 5\r\n\r\nabcde")),
+        ("a negative Content-Length", format!("{post}content-length: -1\r\n\r\n{smuggled}")),
+        ("a signed Content-Length", format!("{post}content-length: +4\r\n\r\nabcd")),
+        (
+            "obs-fold hiding Transfer-Encoding",
+            format!("{post}transfer-encoding:\r\n chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        ("space before the colon", format!("{post}transfer-encoding : chunked\r\n\r\n0\r\n\r\n{smuggled}")),
+        ("a final coding other than chunked", format!("{post}transfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n")),
+        ("an unknown coding", format!("{post}transfer-encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}")),
+        ("Transfer-Encoding in HTTP/1.0", "POST /p HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_owned()),
+        ("a chunk size that is not hex", format!("{post}transfer-encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n")),
+        (
+            "an overflowing chunk size",
+            format!("{post}transfer-encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n"),
+        ),
+        ("a chunk longer than its size", format!("{post}transfer-encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n")),
+        ("chunks ended by bare LF", format!("{post}transfer-encoding: chunked\r\n\r\n3\nabc\n0\n\n")),
+    ];
+    for (what, request) in &cases {
+        let r = raw(gw.addr, request.as_bytes()).await;
+        r.problem(400);
+        assert_eq!(up.received(), "", "{what}: nothing reaches the upstream");
+    }
+    // The same connection layout with a valid request does reach it (the harness can see what is sent).
+    let r = raw(gw.addr, format!("{post}content-length: 4\r\n\r\nabcd").as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(up.received().starts_with("POST /p HTTP/1.1\r\n"), "{}", up.received());
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_read_as_chunked_and_the_connection_closed() {
+    // RFC 9112 §6.1: Transfer-Encoding wins, Content-Length is dropped, and the connection is closed after the
+    // answer, so the bytes after the chunked body are never read as a request.
+    let up = RawUpstream::start().await;
+    let gw = Gateway::start(forward_all(&up.url(), json!({}))).await;
+    for head in [
+        "POST /p HTTP/1.1\r\nhost: a\r\ncontent-length: 30\r\ntransfer-encoding: chunked\r\n\r\n",
+        "POST /p HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\ncontent-length: 30\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let attack = format!("{head}0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n");
+        stream.write_all(attack.as_bytes()).await.unwrap();
+        let r = read_response(&mut stream).await.expect("an answer to the first request");
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert!(closed_within(&mut stream, Duration::from_secs(20)).await, "the connection is closed after it");
+    }
+    let sent = up.received();
+    assert_eq!(sent.matches("POST /p HTTP/1.1").count(), 2, "{sent}");
+    assert!(!sent.contains("smuggled"), "the bytes after the body never reach the upstream: {sent}");
+    assert!(!sent.to_ascii_lowercase().contains("content-length: 30"), "{sent}");
+}
