@@ -27,7 +27,7 @@ pub struct Facts {
     /// The client's IP address, as the value appended to `x-forwarded-for`.
     pub peer_ip: HeaderValue,
     /// `{client_ip}`: the peer's address, or the client a trusted proxy names (`server.trusted_proxies`).
-    pub client_ip: String,
+    pub client_ip: HeaderValue,
     /// `http` or `https`.
     pub scheme: &'static str,
     /// Path parameters captured by the route.
@@ -41,7 +41,7 @@ pub struct Facts {
 impl Facts {
     /// Facts for a request from `peer_ip`, over `scheme`, with the route's `params`.
     pub fn new(peer_ip: HeaderValue, scheme: &'static str, params: Params) -> Facts {
-        let client_ip = peer_ip.to_str().unwrap_or_default().to_owned();
+        let client_ip = peer_ip.clone();
         Facts { peer_ip, client_ip, scheme, params, trace: TraceContext::default(), unmatched: None }
     }
 }
@@ -72,7 +72,7 @@ pub fn render(template: &Template, req: &Request<Prepared>, route: &str) -> Resu
 pub fn context<'a>(req: &'a Request<Prepared>, route: &'a str) -> RenderContext<'a> {
     let facts = facts(req);
     let mut cx = RenderContext::new(req.method(), req.headers(), &facts.params, req.uri().query(), route)
-        .with_client_ip(&facts.client_ip);
+        .with_client_ip(facts.client_ip.to_str().unwrap_or_default());
     if let Some(Claims(claims)) = req.extensions().get::<Claims>() {
         cx = cx.with_claims(claims);
     }

@@ -269,7 +269,7 @@ pub async fn handle(
         let facts = |params| {
             let mut facts = Facts::new(peer_ip.clone(), scheme, params);
             if let Some(ip) = &client_ip {
-                facts.client_ip = ip.to_string();
+                facts.client_ip = ip.clone();
             }
             facts
         };
@@ -334,12 +334,12 @@ fn is_preflight(req: &Request<Incoming>) -> bool {
 }
 
 /// The client a trusted proxy names, when the peer is one (`None`: the client is the peer).
-fn client_ip(peer_ip: &HeaderValue, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+fn client_ip(peer_ip: &HeaderValue, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> Option<HeaderValue> {
     if trusted.is_empty() {
         return None;
     }
     let peer = peer_ip.to_str().ok()?.parse().ok()?;
-    Some(crate::forwarded::client_ip(peer, headers, trusted))
+    HeaderValue::try_from(crate::forwarded::client_ip(peer, headers, trusted).to_string()).ok()
 }
 
 /// The `Host` rules of RFC 9112 §3.2: an HTTP/1.1 request needs exactly one valid `Host`; an absolute-form target
@@ -353,8 +353,7 @@ fn check_host(req: &mut Request<Incoming>) -> Result<(), GatewayError> {
     }
     let is_http1 = matches!(req.version(), http::Version::HTTP_10 | http::Version::HTTP_11);
     if let Some(host) = first {
-        let valid = host.to_str().ok().and_then(|h| h.parse::<http::uri::Authority>().ok());
-        if !valid.is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty()) {
+        if !host.to_str().is_ok_and(valid_host) {
             return bad("the Host header is not a valid host[:port]");
         }
     } else if req.version() == http::Version::HTTP_11 {
@@ -370,6 +369,32 @@ fn check_host(req: &mut Request<Incoming>) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// `host[:port]` as RFC 9110 §7.2 allows it in `Host`: a registered name or IPv4 address (unreserved and
+/// sub-delims characters, percent escapes), or an IPv6 literal in brackets, then an optional numeric port.
+fn valid_host(value: &str) -> bool {
+    let (host, port) = match value.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port))
+                if !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') =>
+            {
+                (None, port)
+            }
+            _ => return false,
+        },
+        None => match value.rfind(':') {
+            Some(colon) => (Some(&value[..colon]), &value[colon..]),
+            None => (Some(value), ""),
+        },
+    };
+    let port_ok = match port.strip_prefix(':') {
+        Some(digits) => digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()),
+        None => port.is_empty(),
+    };
+    let reg_name =
+        |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    port_ok && host.is_none_or(reg_name)
+}
+
 /// The host a request is for, without port or trailing dot: the URI's authority (HTTP/2 `:authority`, an
 /// absolute-form target), else the `Host` header.
 fn host_of(req: &Request<Incoming>) -> Option<&str> {
@@ -383,4 +408,19 @@ fn host_of(req: &Request<Incoming>) -> Option<&str> {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
     Some(host.strip_suffix('.').unwrap_or(host))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_values() {
+        for ok in
+            ["a.example.com", "a.example.com:8080", "127.0.0.1:80", "[::1]:8080", "[2001:db8::1]", "x_y-z.~", "h:"]
+        {
+            assert!(super::valid_host(ok), "{ok}");
+        }
+        for bad in ["", "a b", "user@a.example.com", "a/b", "a:80:80", "[::1", "[]:80", "a:8o", ":80", "a:123456"] {
+            assert!(!super::valid_host(bad), "{bad}");
+        }
+    }
 }
