@@ -234,6 +234,21 @@ impl Drop for Killed {
     }
 }
 
+/// Fails clearly when this process may not open `sockets` more files (the tests that hold a thousand connections
+/// open need about twice that; `integration/test.sh` lifts the soft limit to the hard one).
+fn need_open_files(sockets: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(
+        soft >= sockets,
+        "this test needs {sockets} open files, the limit is {soft}: run `ulimit -n {sockets}` first"
+    );
+}
+
 /// A series' value, 0 when absent.
 fn value(metrics: &str, series: &str) -> f64 {
     metric(metrics, series).unwrap_or(0.0)
@@ -309,6 +324,7 @@ async fn fat_head(addr: std::net::SocketAddr, bytes: usize) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fat_unfinished_heads_hold_at_most_max_header_bytes_and_are_cut() {
+    need_open_files(2500);
     let up = Upstream::named("up").await;
     let gw = Binary::start(
         "fat-heads",
