@@ -116,6 +116,16 @@ impl Watch {
         Finished(self.clone())
     }
 
+    /// The client opened with the HTTP/2 preface: no request head is awaited; until its first stream the
+    /// connection is idle (HTTP/2 clients often connect ahead of their first request).
+    fn http2_preface(&self) {
+        self.h2.store(true, Ordering::Relaxed);
+        self.since_ms.store(self.now_ms(), Ordering::Release);
+        if self.phase.compare_exchange(HEAD, IDLE, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.changed.notify_one();
+        }
+    }
+
     /// The connection switched protocols (`101`): its bytes are no longer HTTP requests.
     pub fn upgraded(&self) {
         self.phase.store(UPGRADED, Ordering::Release);
@@ -219,7 +229,12 @@ pub struct Watched<T> {
     max_header_bytes: u64,
     /// A problem answer being written in place of hyper's, and the length of hyper's to report once it is out.
     rewrite: Option<Rewrite>,
+    /// Bytes of the HTTP/2 preface matched so far by the first bytes read; `None` once decided.
+    preface: Option<usize>,
 }
+
+/// The start of the HTTP/2 connection preface (RFC 9113 §3.4), enough to tell it from an HTTP/1 request line.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 #[derive(Debug)]
 struct Rewrite {
@@ -231,7 +246,7 @@ struct Rewrite {
 impl<T> Watched<T> {
     /// `io` reporting to `watch`.
     pub fn new(io: T, watch: Arc<Watch>, max_header_bytes: u64) -> Watched<T> {
-        Watched { io, watch, max_header_bytes, rewrite: None }
+        Watched { io, watch, max_header_bytes, rewrite: None, preface: Some(0) }
     }
 
     /// Whether bytes written now can only be hyper's answer to a request it could not parse: HTTP/1, a head
@@ -267,6 +282,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            if let Some(matched) = self.preface {
+                let read = &buf.filled()[before..];
+                let n = read.len().min(H2_PREFACE.len() - matched);
+                self.preface = if read[..n] != H2_PREFACE[matched..matched + n] {
+                    None
+                } else if matched + n == H2_PREFACE.len() {
+                    self.watch.http2_preface();
+                    None
+                } else {
+                    Some(matched + n)
+                };
+            }
             self.watch.on_read();
         }
         polled
@@ -469,6 +496,15 @@ mod tests {
         assert!(
             problem_for_parse_error(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", 1).is_none()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_preface_ends_the_wait_for_a_request_head() {
+        let w = watch();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        w.http2_preface();
+        let from = Instant::now();
+        assert_eq!(w.deadline(&LIMITS), Some((from + Duration::from_secs(60), Timeout::Idle)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1229,3 +1229,33 @@ async fn content_length_with_transfer_encoding_is_read_as_chunked_and_the_connec
     assert!(!sent.contains("smuggled"), "the bytes after the body never reach the upstream: {sent}");
     assert!(!sent.to_ascii_lowercase().contains("content-length: 30"), "{sent}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_are_served_across_pauses_and_closed_when_idle() {
+    let up = Upstream::named("up").await;
+    let gw =
+        Gateway::start(forward_all(&up.url(), json!({ "header_read_timeout": "400ms", "idle_timeout": "1500ms" })))
+            .await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(conn);
+    for i in 0..3 {
+        // Pauses longer than the header timeout: between HTTP/2 requests only the idle timeout counts.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let req = Request::get(gw.url(&format!("/h2/{i}"))).body(empty()).unwrap();
+        let res = sender.send_request(req).await.expect("served over the same HTTP/2 connection");
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.version(), http::Version::HTTP_2);
+    }
+    let idle_from = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(30), driver).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection is closed by the gateway");
+    assert!(idle_from.elapsed() >= Duration::from_millis(1400), "not before idle_timeout: {:?}", idle_from.elapsed());
+    let metrics = gw.metrics().await;
+    assert_eq!(value(&metrics, "sluice_connection_timeouts_total{timeout=\"idle\"}"), 1.0, "{metrics}");
+}
