@@ -18,6 +18,9 @@ export SLUICE_TEST_OTLP_SPANS
 SLUICE_TEST_PYTHON=${SLUICE_TEST_PYTHON:-$(integration/pyenv.sh)}
 export SLUICE_TEST_PYTHON
 
+# tests/hostile.rs holds a thousand client connections open at once (and the gateway as many): lift the soft limit.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked

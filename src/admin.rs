@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text), `/routes` (the active config) and
-//! `POST /reload`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text), `/routes` (the active config, every
+//! secret masked) and `POST /reload`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -72,33 +72,6 @@ async fn metrics(State(Admin { gateway: gw, .. }): State<Admin>) -> impl IntoRes
 async fn routes(State(Admin { gateway: gw, .. }): State<Admin>) -> impl IntoResponse {
     let runtime = gw.snapshot.load();
     let mut doc = serde_json::to_value(&*runtime.config).unwrap_or_default();
-    if let Some(brokers) = doc.get_mut("brokers").and_then(|b| b.as_object_mut()) {
-        for broker in brokers.values_mut() {
-            if let Some(url) = broker.get_mut("url") {
-                *url = json!(redact_url(url.as_str().unwrap_or_default()));
-            }
-        }
-    }
+    crate::redact::config(&mut doc);
     Json(doc)
-}
-
-/// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redacts_passwords_in_urls() {
-        assert_eq!(super::redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
-        assert_eq!(super::redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
-    }
 }

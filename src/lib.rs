@@ -7,10 +7,12 @@
 //! - [`snapshot`]: a config compiled for serving (routes → stacks, upstreams, brokers), swapped atomically.
 //! - [`reload`]: SIGHUP, file watch and `POST /reload` → validate → compile → swap.
 //! - [`server`]: the public listener (plain or TLS), routing each request to its route's stack, graceful shutdown.
+//! - [`connection`]: one client connection's limits (header-read and idle timeouts, its `max_connections` slot).
 //! - [`stack`]: the per-route layer order, in one place.
 //! - [`layers`]: request id, SERVER span + metrics + access log, panics → 500, body reading.
 //! - [`policy`]: guards (webhook signatures, rate limit; the auth slot), idempotency.
 //! - [`request`]: facts about the client request shared by every layer and action.
+//! - [`forwarded`]: the client's address: the peer, or what a trusted proxy's `X-Forwarded-For` names.
 //! - [`action`]: `forward` | `publish`, and the answer for requests no route takes.
 //! - [`forward`]: HTTP proxying on top of [`upstream`]: headers, rewrite, upgrades, fault injection.
 //! - [`upstream`]: calling an upstream with resilience (pool, balance, outlier, health, retry, timeouts).
@@ -20,6 +22,7 @@
 //! - [`backoff`]: the one exponential backoff with full jitter.
 //! - [`tls`]: rustls settings from PEM files: the listener's certificate, the roots upstreams are verified against.
 //! - [`problem`]: the one place where errors become HTTP (`application/problem+json`).
+//! - [`redact`]: secrets masked in everything Sluice shows (`/routes`, `sluice check`).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/routes`, `POST /reload`.
 //! - [`telemetry`]: logging, metrics registry, traces (OTLP).
 #![forbid(unsafe_code)]
@@ -29,11 +32,14 @@ pub mod admin;
 pub mod backoff;
 pub mod body;
 pub mod config;
+pub mod connection;
 pub mod forward;
+pub mod forwarded;
 pub mod layers;
 pub mod policy;
 pub mod problem;
 pub mod publish;
+pub mod redact;
 pub mod reload;
 pub mod request;
 pub mod router;

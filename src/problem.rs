@@ -61,6 +61,15 @@ pub enum GatewayError {
         /// What is missing, for the problem's `detail`.
         reason: String,
     },
+    /// The request target is longer than the HTTP parser accepts.
+    #[error("the request URI is too long")]
+    UriTooLong,
+    /// The request line and headers are larger than `server.max_header_bytes`.
+    #[error("the request line and headers are larger than {limit} bytes")]
+    HeadersTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// The route's rate limit is exhausted.
     #[error("rate limit exceeded")]
     RateLimited {
@@ -88,6 +97,9 @@ pub enum GatewayError {
     /// A request with the same `Idempotency-Key` is still being processed.
     #[error("a request with this Idempotency-Key is still in flight")]
     IdempotencyConflict,
+    /// Every slot of the route's `Idempotency-Key` store holds a request still in flight.
+    #[error("too many requests with an Idempotency-Key are in flight; retry later")]
+    IdempotencyFull,
     /// The broker did not take the message (down, nack, confirm or delivery timeout): nothing was stored.
     #[error("the broker did not accept the message; nothing was stored, retry later")]
     BrokerUnavailable,
@@ -160,12 +172,15 @@ impl GatewayError {
             GatewayError::BadSignature => StatusCode::UNAUTHORIZED,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Overloaded | GatewayError::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             GatewayError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::FaultAbort(s) => *s,
             GatewayError::IdempotencyConflict => StatusCode::CONFLICT,
+            GatewayError::IdempotencyFull => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Unroutable => StatusCode::BAD_GATEWAY,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -182,6 +197,10 @@ impl GatewayError {
             GatewayError::BadSignature => ("urn:sluice:problem:bad-signature", "Invalid webhook signature"),
             GatewayError::Unauthorized { .. } => ("urn:sluice:problem:unauthorized", "Unauthorized"),
             GatewayError::Forbidden { .. } => ("urn:sluice:problem:forbidden", "Forbidden"),
+            GatewayError::UriTooLong => ("urn:sluice:problem:uri-too-long", "URI too long"),
+            GatewayError::HeadersTooLarge { .. } => {
+                ("urn:sluice:problem:headers-too-large", "Request headers too large")
+            }
             GatewayError::RateLimited { .. } => ("urn:sluice:problem:rate-limited", "Rate limit exceeded"),
             GatewayError::Overloaded => ("urn:sluice:problem:overloaded", "Upstream overloaded"),
             GatewayError::NoHealthyEndpoint => ("urn:sluice:problem:no-healthy-endpoint", "No healthy endpoint"),
@@ -189,6 +208,7 @@ impl GatewayError {
             GatewayError::Timeout => ("urn:sluice:problem:timeout", "Upstream timeout"),
             GatewayError::FaultAbort(_) => ("urn:sluice:problem:fault-injected", "Fault injected"),
             GatewayError::IdempotencyConflict => ("urn:sluice:problem:idempotency-conflict", "Request in flight"),
+            GatewayError::IdempotencyFull => ("urn:sluice:problem:idempotency-full", "Too many keys in flight"),
             GatewayError::BrokerUnavailable => ("urn:sluice:problem:broker-unavailable", "Broker unavailable"),
             GatewayError::Unroutable => ("urn:sluice:problem:unroutable", "Message unroutable"),
             GatewayError::Internal => ("urn:sluice:problem:internal", "Internal error"),
@@ -198,9 +218,10 @@ impl GatewayError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::RateLimited { retry_after } => Some(*retry_after),
-            GatewayError::Overloaded | GatewayError::NoHealthyEndpoint | GatewayError::BrokerUnavailable => {
-                Some(Duration::from_secs(1))
-            }
+            GatewayError::Overloaded
+            | GatewayError::NoHealthyEndpoint
+            | GatewayError::BrokerUnavailable
+            | GatewayError::IdempotencyFull => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

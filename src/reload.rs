@@ -170,6 +170,7 @@ fn keep_startup_settings(running: &Config, new: &mut Config) -> Vec<String> {
         server.listen,
         server.admin_listen,
         server.shutdown_grace,
+        server.max_connections,
         telemetry.log_format,
         telemetry.otlp_endpoint,
         telemetry.service_name,

@@ -26,6 +26,8 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 pub struct Facts {
     /// The client's IP address, as the value appended to `x-forwarded-for`.
     pub peer_ip: HeaderValue,
+    /// `{client_ip}`: the peer's address, or the client a trusted proxy names (`server.trusted_proxies`).
+    pub client_ip: HeaderValue,
     /// `http` or `https`.
     pub scheme: &'static str,
     /// Path parameters captured by the route.
@@ -39,7 +41,8 @@ pub struct Facts {
 impl Facts {
     /// Facts for a request from `peer_ip`, over `scheme`, with the route's `params`.
     pub fn new(peer_ip: HeaderValue, scheme: &'static str, params: Params) -> Facts {
-        Facts { peer_ip, scheme, params, trace: TraceContext::default(), unmatched: None }
+        let client_ip = peer_ip.clone();
+        Facts { peer_ip, client_ip, scheme, params, trace: TraceContext::default(), unmatched: None }
     }
 }
 
@@ -67,7 +70,9 @@ pub fn render(template: &Template, req: &Request<Prepared>, route: &str) -> Resu
 
 /// The render context of `req` for templates of `route`.
 pub fn context<'a>(req: &'a Request<Prepared>, route: &'a str) -> RenderContext<'a> {
-    let mut cx = RenderContext::new(req.method(), req.headers(), &facts(req).params, req.uri().query(), route);
+    let facts = facts(req);
+    let mut cx = RenderContext::new(req.method(), req.headers(), &facts.params, req.uri().query(), route)
+        .with_client_ip(facts.client_ip.to_str().unwrap_or_default());
     if let Some(Claims(claims)) = req.extensions().get::<Claims>() {
         cx = cx.with_claims(claims);
     }

@@ -1,5 +1,6 @@
 //! The compiled route table: (method, host, path, headers) → route index and path parameters. Pure.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -279,12 +280,53 @@ fn match_exact(segs: &[Segment], path: &str, params: &mut Params) -> bool {
                 if part.is_empty() {
                     return false;
                 }
-                let value = percent_decode_str(part).decode_utf8_lossy();
-                params.0.push((name.clone(), value.into_owned()));
+                // `%2F` stays encoded: a captured value never holds a path separator (it may become a broker name).
+                let value = percent_decode_str(part).decode_utf8_lossy().replace('/', "%2F");
+                params.0.push((name.clone(), value));
             }
         }
     }
     parts.next().is_none()
+}
+
+/// `path` with its dot segments removed (RFC 3986 §5.2.4), `.` and `..` also when written percent-encoded
+/// (`%2e%2e`): what the router and `rewrite_prefix` see, so `/pub/../admin` is `/admin` and cannot stay under
+/// `/pub`. `%2F` is not a separator and is left alone. A path not starting with `/` is returned as it is.
+pub fn remove_dot_segments(path: &str) -> Cow<'_, str> {
+    if !path.starts_with('/') || !path.split('/').any(|s| dots(s) > 0) {
+        return Cow::Borrowed(path);
+    }
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match dots(seg) {
+            0 => out.push(seg),
+            n => {
+                if n == 2 {
+                    out.pop();
+                }
+                // `/a/.` and `/a/b/..` end in a directory: `/a/`.
+                if last {
+                    out.push("");
+                }
+            }
+        }
+    }
+    Cow::Owned(format!("/{}", out.join("/")))
+}
+
+/// 1 for a `.` segment, 2 for `..`, 0 for any other (`%2e` counts as a dot).
+fn dots(segment: &str) -> usize {
+    let b = segment.as_bytes();
+    let dot = |s: &[u8]| s == b"." || s.eq_ignore_ascii_case(b"%2e");
+    match b.len() {
+        1 | 3 if dot(b) => 1,
+        2 if dot(&b[..1]) && dot(&b[1..]) => 2,
+        4 if (dot(&b[..1]) && dot(&b[1..])) || (dot(&b[..3]) && dot(&b[3..])) => 2,
+        6 if dot(&b[..3]) && dot(&b[3..]) => 2,
+        _ => 0,
+    }
 }
 
 /// All routes' matchers, in file order.
@@ -377,6 +419,37 @@ mod tests {
         assert_eq!(found(&r, Method::GET, "/events/acme/orders"), Some(1));
         assert_eq!(found(&r, Method::POST, "/events/acme/orders/x"), Some(1));
         assert_eq!(found(&r, Method::POST, "/events//orders"), Some(1));
+    }
+
+    #[test]
+    fn dot_segments_are_removed_also_when_percent_encoded() {
+        for (raw, clean) in [
+            ("/pub/../admin", "/admin"),
+            ("/pub/%2e%2e/admin", "/admin"),
+            ("/pub/%2E./admin", "/admin"),
+            ("/pub/.%2e/admin", "/admin"),
+            ("/a/./b/../c", "/a/c"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("/a/..b/c", "/a/..b/c"),
+            ("/a/%2e%2e%2fb", "/a/%2e%2e%2fb"),
+            ("/a/...", "/a/..."),
+            ("/plain/path", "/plain/path"),
+            ("*", "*"),
+        ] {
+            assert_eq!(remove_dot_segments(raw), clean, "{raw}");
+        }
+        assert!(matches!(remove_dot_segments("/a/b"), Cow::Borrowed(_)), "clean paths are not copied");
+    }
+
+    #[test]
+    fn an_encoded_slash_in_a_path_parameter_stays_encoded() {
+        let r = Router::new(vec![matcher(Some("/t/{x}"), None, None)]);
+        match r.route(&Method::GET, None, "/t/a%2Fb%20c", &HeaderMap::new()) {
+            RouteMatch::Found { params, .. } => assert_eq!(params.get("x"), Some("a%2Fb c")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

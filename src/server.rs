@@ -4,29 +4,36 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
 use crate::body::Body;
+use crate::connection::{self, Finished, Limits, Slot, Tracked, Watch, Watched};
 use crate::layers::catch_panic::{CatchPanicFuture, guard};
 use crate::problem::GatewayError;
 use crate::request::Facts;
-use crate::router::RouteMatch;
+use crate::router::{RouteMatch, remove_dot_segments};
 use crate::snapshot::{Shared, Snapshot};
 use crate::stack::RouteService;
 use crate::telemetry::Metrics;
+use crate::telemetry::metrics::ConnectionTimeouts;
 
 /// Shared state of a running gateway.
 pub struct Gateway {
@@ -55,15 +62,44 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown` resolves, then drains open requests for at most `grace`.
 ///
+/// At most `server.max_connections` connections are open at once (read at start-up): a connection takes its slot
+/// before it is accepted, so at the limit the listener stops accepting and new connections wait in the kernel's
+/// backlog until one closes. Each connection is held to the header-read and idle timeouts and the request-head
+/// limit of the config in effect when it was accepted.
+///
 /// The listener speaks TLS when the snapshot it starts with has `server.tls` (a reload changes the certificate,
 /// not whether there is one). Each TLS handshake runs in the connection's own task, so a slow client delays no
-/// other accept, and takes the certificate of the snapshot current when the connection was accepted.
+/// other accept, within its own [`TLS_HANDSHAKE_TIMEOUT`]; the header-read timeout starts once it is done. It takes
+/// the certificate of the snapshot current when the connection was accepted.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>, grace: Duration) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let tls = gateway.snapshot.load().tls.is_some();
+    let metrics = gateway.metrics().clone();
+    let (max_connections, max_header_bytes, tls) = {
+        let snapshot = gateway.snapshot.load();
+        (snapshot.config.server.max_connections, snapshot.config.server.max_header_bytes.0, snapshot.tls.is_some())
+    };
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut http = Http::new(max_header_bytes);
+    let mut last_warned: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                metrics.connection_limit_reached.inc();
+                if last_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    last_warned = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        max_connections,
+                        "server.max_connections reached: new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -76,29 +112,32 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        // The client address as an `x-forwarded-for` value, made once per connection.
-        let peer_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a header value");
-        if tls {
-            let config = gateway.snapshot.load().tls.clone().expect("a TLS listener's snapshots have server.tls");
-            let (gw, builder, watcher) = (gateway.clone(), builder.clone(), graceful.watcher());
-            tokio::spawn(async move {
-                let Some(stream) = handshake(TlsAcceptor::from(config), stream, peer).await else { return };
-                let service = service(gw, peer_ip, "https");
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            });
-        } else {
-            let service = service(gateway.clone(), peer_ip, "http");
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            });
-        }
+        let (accepted, acceptor) = {
+            let snapshot = gateway.snapshot.load();
+            let server = &snapshot.config.server;
+            let limits =
+                Limits { header_read_timeout: server.header_read_timeout.0, idle_timeout: server.idle_timeout.0 };
+            let acceptor = tls
+                .then(|| TlsAcceptor::from(snapshot.tls.clone().expect("a TLS listener's snapshots have server.tls")));
+            let accepted = Accepted {
+                gw: gateway.clone(),
+                peer_ip: HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a header value"),
+                slot: Slot::new(permit, metrics.open_connections.clone()),
+                limits,
+                max_header_bytes: server.max_header_bytes.0,
+                builder: http.builder(server.max_header_bytes.0),
+                watcher: graceful.watcher(),
+                timeouts: metrics.connection_timeouts.clone(),
+            };
+            (accepted, acceptor)
+        };
+        match acceptor {
+            None => tokio::spawn(accepted.serve(stream, "http")),
+            Some(acceptor) => tokio::spawn(async move {
+                let Some(stream) = handshake(acceptor, stream, peer).await else { return };
+                accepted.serve(stream, "https").await;
+            }),
+        };
     }
     gateway.accepting.store(false, Ordering::Relaxed);
     drop(listener);
@@ -108,9 +147,73 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
     }
 }
 
-/// The service of one connection from `peer_ip` over `scheme` (`http` or `https`).
-fn service(gw: Arc<Gateway>, peer_ip: HeaderValue, scheme: &'static str) -> Connection {
-    Connection { gw, peer_ip, scheme }
+/// hyper's connection builder for the `server.max_header_bytes` in effect, made again when a reload changes it.
+struct Http {
+    max_header_bytes: u64,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl Http {
+    fn new(max_header_bytes: u64) -> Http {
+        Http { max_header_bytes, builder: Arc::new(Http::make(max_header_bytes)) }
+    }
+
+    fn builder(&mut self, max_header_bytes: u64) -> Arc<auto::Builder<TokioExecutor>> {
+        if max_header_bytes != self.max_header_bytes {
+            *self = Http::new(max_header_bytes);
+        }
+        self.builder.clone()
+    }
+
+    fn make(max_header_bytes: u64) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // HTTP/1: the read buffer is the request-head limit (a head that does not fit is answered 431 and the
+        // connection closed), so an unfinished head never holds more than this. Timeouts are `connection`'s.
+        let limit = usize::try_from(max_header_bytes).unwrap_or(usize::MAX).max(MIN_BUF);
+        builder.http1().max_buf_size(limit).header_read_timeout(None);
+        builder.http2().max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        builder
+    }
+}
+
+/// hyper's smallest `max_buf_size` (validation keeps `server.max_header_bytes` at or above it).
+const MIN_BUF: usize = 8 * 1024;
+
+/// One accepted connection, from before its TLS handshake (if any): what its task needs to serve it.
+struct Accepted {
+    gw: Arc<Gateway>,
+    /// The client address as an `x-forwarded-for` value, made once per connection.
+    peer_ip: HeaderValue,
+    /// One of the `server.max_connections` slots, taken before the accept and held until the connection is gone.
+    slot: Slot,
+    limits: Limits,
+    /// `server.max_header_bytes`, for the detail of a 431 answer.
+    max_header_bytes: u64,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Graceful shutdown waits for this connection.
+    watcher: Watcher,
+    timeouts: ConnectionTimeouts,
+}
+
+impl Accepted {
+    /// Serves HTTP over `io` (the TCP stream, or the TLS stream once its handshake is done) received over `scheme`
+    /// (`http` or `https`), held to the connection's limits from now on.
+    async fn serve<I>(self, io: I, scheme: &'static str)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let watch = Watch::new(self.slot);
+        let service = service(self.gw, self.peer_ip, scheme, watch.clone());
+        let io = TokioIo::new(Watched::new(io, watch.clone(), self.max_header_bytes));
+        let conn = self.watcher.watch(self.builder.serve_connection_with_upgrades(io, service));
+        connection::drive(conn, watch, self.limits, &self.timeouts).await;
+    }
+}
+
+/// The service of one connection from `peer_ip` over `scheme` (`http` or `https`), reporting its requests to
+/// `watch`.
+fn service(gw: Arc<Gateway>, peer_ip: HeaderValue, scheme: &'static str, watch: Arc<Watch>) -> Connection {
+    Connection { gw, peer_ip, scheme, watch }
 }
 
 /// One connection's requests: each is routed and its route's stack called at once, so the future hyper keeps for
@@ -120,17 +223,44 @@ struct Connection {
     gw: Arc<Gateway>,
     peer_ip: HeaderValue,
     scheme: &'static str,
+    watch: Arc<Watch>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Connection {
-    type Response = Response<Body>;
+    type Response = Response<Tracked<Body>>;
     type Error = Infallible;
-    type Future = CatchPanicFuture<<RouteService as Service<Request<Incoming>>>::Future>;
+    type Future = Answering;
 
     /// Answers one request; never fails (errors become problem responses). The stack catches panics below its
     /// observe layer; this catches the rest, so no panic drops a connection.
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        guard(|| handle(&self.gw, req, &self.peer_ip, self.scheme))
+    fn call(&self, req: Request<Incoming>) -> Answering {
+        let finished = Some(self.watch.request(req.version()));
+        let answer = guard(|| handle(&self.gw, req, &self.peer_ip, self.scheme));
+        Answering { answer, finished, watch: self.watch.clone() }
+    }
+}
+
+pin_project! {
+    /// A request's answer; its body tells the connection's watch when it has been sent (or dropped).
+    struct Answering {
+        #[pin]
+        answer: CatchPanicFuture<<RouteService as Service<Request<Incoming>>>::Future>,
+        finished: Option<Finished>,
+        watch: Arc<Watch>,
+    }
+}
+
+impl Future for Answering {
+    type Output = Result<Response<Tracked<Body>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = ready!(this.answer.poll(cx));
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            this.watch.upgraded();
+        }
+        let finished = this.finished.take().expect("an answer is not polled after it completed");
+        Poll::Ready(Ok(response.map(|body| Tracked::new(body, finished))))
     }
 }
 
@@ -160,10 +290,23 @@ fn handle(
     peer_ip: &HeaderValue,
     scheme: &'static str,
 ) -> <RouteService as Service<Request<Incoming>>>::Future {
+    normalize_path(&mut req);
+    let bad_host = check_host(&mut req).err();
     let (mut service, facts) = {
         let snapshot = gw.snapshot.load();
-        let facts = |params| Facts::new(peer_ip.clone(), scheme, params);
-        match snapshot.router.route(req.method(), host_of(&req), req.uri().path(), req.headers()) {
+        let client_ip = client_ip(peer_ip, req.headers(), &snapshot.trusted_proxies);
+        let facts = |params| {
+            let mut facts = Facts::new(peer_ip.clone(), scheme, params);
+            if let Some(ip) = &client_ip {
+                facts.client_ip = ip.clone();
+            }
+            facts
+        };
+        let found = match &bad_host {
+            Some(_) => RouteMatch::NotFound,
+            None => snapshot.router.route(req.method(), host_of(&req), req.uri().path(), req.headers()),
+        };
+        match found {
             RouteMatch::Found { index, params } => (snapshot.routes[index].service.clone(), facts(params)),
             RouteMatch::MethodNotAllowed { first, params, .. }
                 if is_preflight(&req) && snapshot.routes[first].answers_preflight =>
@@ -177,7 +320,7 @@ fn handle(
             }
             RouteMatch::NotFound => {
                 let mut f = facts(Default::default());
-                f.unmatched = Some(GatewayError::NotFound);
+                f.unmatched = Some(bad_host.unwrap_or(GatewayError::NotFound));
                 (snapshot.unmatched.clone(), f)
             }
         }
@@ -187,6 +330,25 @@ fn handle(
     service.call(req)
 }
 
+/// Removes dot segments from the path before routing, so that what routes and `rewrite_prefix` see is what an
+/// upstream would resolve (`/pub/../admin` is `/admin`).
+fn normalize_path(req: &mut Request<Incoming>) {
+    let uri = req.uri();
+    let std::borrow::Cow::Owned(path) = remove_dot_segments(uri.path()) else { return };
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    match path_and_query.parse() {
+        Ok(pq) => parts.path_and_query = Some(pq),
+        Err(_) => return,
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
 /// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
 fn is_preflight(req: &Request<Incoming>) -> bool {
     req.method() == Method::OPTIONS
@@ -194,14 +356,94 @@ fn is_preflight(req: &Request<Incoming>) -> bool {
         && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-/// Host without port, from the Host header or (HTTP/2) the URI authority.
-fn host_of(req: &Request<Incoming>) -> Option<&str> {
-    let raw = match req.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
-        Some(h) => h,
-        None => req.uri().authority()?.as_str(),
-    };
-    if raw.starts_with('[') {
-        return raw.split_once(']').map(|(h, _)| &h[1..]);
+/// The client a trusted proxy names, when the peer is one (`None`: the client is the peer).
+fn client_ip(peer_ip: &HeaderValue, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> Option<HeaderValue> {
+    if trusted.is_empty() {
+        return None;
     }
-    Some(raw.rsplit_once(':').map_or(raw, |(h, _)| h))
+    let peer = peer_ip.to_str().ok()?.parse().ok()?;
+    HeaderValue::try_from(crate::forwarded::client_ip(peer, headers, trusted).to_string()).ok()
+}
+
+/// The `Host` rules of RFC 9112 §3.2: an HTTP/1.1 request needs exactly one valid `Host`; an absolute-form target
+/// (`GET http://api.example.com/x`) names the host itself, and its authority replaces any `Host` sent with it.
+fn check_host(req: &mut Request<Incoming>) -> Result<(), GatewayError> {
+    let bad = |why: &str| Err(GatewayError::BadRequest(why.to_owned()));
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return bad("more than one Host header");
+    }
+    let is_http1 = matches!(req.version(), http::Version::HTTP_10 | http::Version::HTTP_11);
+    if let Some(host) = first {
+        if !host.to_str().is_ok_and(valid_host) {
+            return bad("the Host header is not a valid host[:port]");
+        }
+    } else if req.version() == http::Version::HTTP_11 {
+        return bad("an HTTP/1.1 request needs a Host header");
+    }
+    if is_http1 && let Some(authority) = req.uri().authority() {
+        let host = HeaderValue::try_from(authority.as_str().rsplit('@').next().unwrap_or_default());
+        match host {
+            Ok(host) => drop(req.headers_mut().insert(header::HOST, host)),
+            Err(_) => return bad("the request target's host is not valid"),
+        }
+    }
+    Ok(())
+}
+
+/// `host[:port]` as RFC 9110 §7.2 allows it in `Host`: a registered name or IPv4 address (unreserved and
+/// sub-delims characters, percent escapes), or an IPv6 literal in brackets, then an optional numeric port.
+fn valid_host(value: &str) -> bool {
+    let (host, port) = match value.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port))
+                if !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') =>
+            {
+                (None, port)
+            }
+            _ => return false,
+        },
+        None => match value.rfind(':') {
+            Some(colon) => (Some(&value[..colon]), &value[colon..]),
+            None => (Some(value), ""),
+        },
+    };
+    let port_ok = match port.strip_prefix(':') {
+        Some(digits) => digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()),
+        None => port.is_empty(),
+    };
+    let reg_name =
+        |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    port_ok && host.is_none_or(reg_name)
+}
+
+/// The host a request is for, without port or trailing dot: the URI's authority (HTTP/2 `:authority`, an
+/// absolute-form target), else the `Host` header.
+fn host_of(req: &Request<Incoming>) -> Option<&str> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str().rsplit('@').next().unwrap_or_default(),
+        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok())?,
+    };
+    let host = if raw.starts_with('[') {
+        raw.split_once(']').map(|(h, _)| &h[1..])?
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    Some(host.strip_suffix('.').unwrap_or(host))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_values() {
+        for ok in
+            ["a.example.com", "a.example.com:8080", "127.0.0.1:80", "[::1]:8080", "[2001:db8::1]", "x_y-z.~", "h:"]
+        {
+            assert!(super::valid_host(ok), "{ok}");
+        }
+        for bad in ["", "a b", "user@a.example.com", "a/b", "a:80:80", "[::1", "[]:80", "a:8o", ":80", "a:123456"] {
+            assert!(!super::valid_host(bad), "{bad}");
+        }
+    }
 }

@@ -13,6 +13,7 @@ use crate::config::{AckMode, BrokerConfig, BrokerKind, Config, PublishConfig, Pu
 use crate::forward::{Fault, ForwardRoute};
 use crate::layers::{Observe, ObserveLayer, ReadBodyLayer};
 use crate::policy::{Auth, AuthError, GuardLayer, IdempotencyLayer, IdempotencyStore, RateLimit, RateLimiter, Verify};
+use crate::publish::destination::NameRules;
 use crate::publish::encoder::{CloudEvents, Encoder, Target};
 use crate::publish::{Ack, PublishError, PublishRoute, Publisher};
 use crate::router::{Matcher, Router};
@@ -94,6 +95,8 @@ pub struct Snapshot {
     /// `server.tls`: the listener's rustls settings, with the certificate and key read by this build (each new
     /// connection takes them from the current snapshot).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Snapshot {
@@ -139,7 +142,10 @@ impl Snapshot {
                 before
                     .filter(|(old, _)| old.rate_limit.as_ref().is_some_and(|old| same(old, cfg)))
                     .and_then(|(_, old)| old.rate_limit.clone())
-                    .unwrap_or_else(|| Arc::new(RateLimit { limiter: RateLimiter::new(cfg), route: name.clone() }))
+                    .unwrap_or_else(|| {
+                        let limiter = RateLimiter::new(cfg, metrics.rate_limit_keys(&r.name));
+                        Arc::new(RateLimit { limiter, route: name.clone() })
+                    })
             });
             // A signature covers the raw body: it is read whole before the check.
             let mut needs_body = r.verify.is_some()
@@ -168,7 +174,10 @@ impl Snapshot {
                     let store = before
                         .and_then(|(_, old)| old.idempotency.clone())
                         .filter(|s| s.settings() == (window, capacity))
-                        .unwrap_or_else(|| Arc::new(IdempotencyStore::new(window, capacity)));
+                        .unwrap_or_else(|| {
+                            let keys = metrics.idempotency_keys(&r.name);
+                            Arc::new(IdempotencyStore::new(window, capacity, keys))
+                        });
                     let route = publish_route(name.clone(), publish, &brokers, &config, shared);
                     (Action::Publish(Arc::new(route)), Some(store))
                 }
@@ -225,7 +234,10 @@ impl Snapshot {
         });
         used_brokers.sort();
         used_brokers.dedup();
+        let trusted_proxies =
+            config.server.trusted_proxies.iter().filter_map(|p| crate::forwarded::parse_proxy(p)).collect();
         Ok(Snapshot {
+            trusted_proxies,
             router: Router::new(matchers),
             routes,
             unmatched,
@@ -251,10 +263,12 @@ fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
 async fn connect(name: &str, cfg: &BrokerConfig) -> Result<Publisher, PublishError> {
     match cfg.kind {
         BrokerKind::Kafka => {
+            let from_env = cfg.options_env.iter().map(|(k, var)| (k.clone(), std::env::var(var).unwrap_or_default()));
             let options = cfg
                 .options
                 .iter()
                 .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                .chain(from_env)
                 .collect();
             let bootstrap = cfg.bootstrap.as_deref().unwrap_or_default();
             Publisher::connect_kafka(name, bootstrap, cfg.delivery_timeout.0, &options).await
@@ -294,12 +308,17 @@ fn publish_route(
         ce_source: template(p.ce_source.as_deref().unwrap_or("/sluice")),
     });
     let headers = p.headers.iter().filter_map(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok());
+    let allowed = match config.brokers[&p.broker].kind {
+        BrokerKind::Kafka => p.allowed_topics.clone(),
+        BrokerKind::Amqp => p.allowed_routing_keys.clone(),
+    };
     PublishRoute {
         metrics: shared.metrics.publish(&name, &p.broker),
         name,
         broker_name: p.broker.clone(),
         publisher: brokers[&p.broker].publisher.clone(),
         encoder: Encoder { target, cloudevents, headers: headers.collect() },
+        names: NameRules { allowed },
         ack: match p.ack {
             AckMode::Confirm => Ack::Confirm,
             AckMode::None => Ack::None,

@@ -25,6 +25,7 @@ enum Part {
     Jwt(String),
     Method,
     Route,
+    ClientIp,
 }
 
 /// Why a template string could not be parsed.
@@ -35,7 +36,7 @@ pub enum TemplateError {
     Unclosed(String),
     /// A placeholder that is not one of the known kinds.
     #[error(
-        "unknown placeholder {{{0}}}: use header.NAME, path.NAME, query.NAME, body./json/pointer, jwt.CLAIM, method or route"
+        "unknown placeholder {{{0}}}: use header.NAME, path.NAME, query.NAME, body./json/pointer, jwt.CLAIM, method, route or client_ip"
     )]
     Unknown(String),
 }
@@ -61,6 +62,8 @@ pub struct RenderContext<'a> {
     pub route: &'a str,
     /// The claims of the request's verified JWT (routes with JWT auth).
     pub claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// The client's address (`{client_ip}`).
+    pub client_ip: Option<&'a str>,
     json: OnceLock<Option<serde_json::Value>>,
 }
 
@@ -73,7 +76,23 @@ impl<'a> RenderContext<'a> {
         query: Option<&'a str>,
         route: &'a str,
     ) -> Self {
-        RenderContext { method, headers, params, query, body: None, route, claims: None, json: OnceLock::new() }
+        RenderContext {
+            method,
+            headers,
+            params,
+            query,
+            body: None,
+            route,
+            claims: None,
+            client_ip: None,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The same context with the client's address available to `{client_ip}`.
+    pub fn with_client_ip(mut self, client_ip: &'a str) -> Self {
+        self.client_ip = Some(client_ip);
+        self
     }
 
     /// The same context with the raw body available to `{body./pointer}`.
@@ -143,6 +162,37 @@ impl Template {
         })
     }
 
+    /// The whole template when it has no placeholder.
+    pub fn as_literal(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [] => Some(""),
+            [Part::Literal(s)] => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The literal pieces of the template.
+    pub fn literals(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Literal(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The placeholders whose value a client chooses freely (header, path, query, body), as written.
+    pub fn client_inputs(&self) -> Vec<String> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Header(name) => Some(format!("{{header.{name}}}")),
+                Part::Path(name) => Some(format!("{{path.{name}}}")),
+                Part::Query(name) => Some(format!("{{query.{name}}}")),
+                Part::Body(pointer) => Some(format!("{{body.{pointer}}}")),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether rendering needs the request body.
     pub fn needs_body(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Body(_)))
@@ -156,6 +206,7 @@ impl Template {
                 Part::Literal(s) => out.push_str(s),
                 Part::Method => out.push_str(cx.method.as_str()),
                 Part::Route => out.push_str(cx.route),
+                Part::ClientIp => out.push_str(cx.client_ip.ok_or_else(|| Missing("client address".to_owned()))?),
                 Part::Header(name) => {
                     let value = cx
                         .headers
@@ -211,6 +262,7 @@ fn parse_placeholder(p: &str) -> Result<Part, TemplateError> {
     match p {
         "method" => return Ok(Part::Method),
         "route" => return Ok(Part::Route),
+        "client_ip" => return Ok(Part::ClientIp),
         _ => {}
     }
     let (kind, name) = p.split_once('.').ok_or_else(unknown)?;
@@ -283,6 +335,15 @@ mod tests {
         let no_token = RenderContext::new(&Method::GET, &headers, &p, None, "r");
         assert_eq!(missing.render(&no_token).unwrap_err().0, "JWT claim sub");
         assert!(matches!(Template::parse("{jwt.}"), Err(TemplateError::Unknown(_))));
+    }
+
+    #[test]
+    fn client_ip_renders_the_clients_address() {
+        let (headers, p) = (HeaderMap::new(), Params::default());
+        let t = Template::parse("ip:{client_ip}").unwrap();
+        let cx = RenderContext::new(&Method::GET, &headers, &p, None, "r");
+        assert_eq!(t.render(&cx).unwrap_err().0, "client address");
+        assert_eq!(t.render(&cx.with_client_ip("192.0.2.7")).unwrap(), "ip:192.0.2.7");
     }
 
     #[test]

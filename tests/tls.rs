@@ -1,6 +1,8 @@
 //! TLS end to end, with certificates made at test time (rcgen): the gateway's HTTPS listener answers HTTP/1.1 and
 //! HTTP/2 chosen by ALPN (curl and a rustls client) with `x-forwarded-proto: https`, handshakes do not hold up the
-//! accept loop and are cut after a timeout, and a reload serves replaced certificate files to new connections;
+//! accept loop and are cut after a timeout, a connection holds its `max_connections` slot from before its handshake
+//! and the header timeout starts after it, hyper's parse errors become problem documents over TLS too, and a reload
+//! serves replaced certificate files to new connections;
 //! `https://` upstreams are verified (a self-signed certificate is refused without `ca_file` with a 502 and a log
 //! line, accepted with it, and retried on another endpoint; the system roots are used without `ca_file`; a reload
 //! reads `ca_file` again; `tls_server_name` changes the name checked and the SNI sent; `http2 = true` uses ALPN
@@ -25,7 +27,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -238,6 +240,12 @@ impl FileGateway {
         FileGateway { addr, admin: admin_addr, stop: Some(stop), done: Some(done) }
     }
 
+    /// One series of the admin listener's `/metrics` (0 when absent).
+    async fn metric(&self, series: &str) -> f64 {
+        let req = Request::get(format!("http://{}/metrics", self.admin)).body(empty()).unwrap();
+        metric(&send(&client(), req).await.text(), series).unwrap_or(0.0)
+    }
+
     async fn post_reload(&self) -> Resp {
         let req = Request::post(format!("http://{}/reload", self.admin)).body(empty()).unwrap();
         send(&client(), req).await
@@ -251,9 +259,14 @@ impl FileGateway {
 
 /// `[server]` of a gateway with `server.tls` from the files `cert.pem` and `key.pem` in `dir`.
 fn tls_server(dir: &Dir) -> String {
+    tls_server_with(dir, "")
+}
+
+/// [`tls_server`] with the extra `[server]` keys `keys` (TOML lines).
+fn tls_server_with(dir: &Dir, keys: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\
-         tls = {{ cert = {:?}, key = {:?} }}\n[telemetry]\naccess_log = false\n",
+         tls = {{ cert = {:?}, key = {:?} }}\n{keys}\n[telemetry]\naccess_log = false\n",
         dir.path("cert.pem"),
         dir.path("key.pem"),
     )
@@ -329,6 +342,53 @@ async fn https_get(
 }
 
 const TLS13_AND_12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// A TLS client connection over `tcp` to `localhost`, trusting `ca_pem`, ALPN `http/1.1`: for raw HTTP/1.1 bytes.
+async fn tls_connect(tcp: TcpStream, ca_pem: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(TLS13_AND_12)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake")
+}
+
+/// The status, head and (`content-length`) body of one HTTP/1.1 response read off `stream`; `None` when the
+/// connection ends first.
+async fn read_raw_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<(u16, String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[end..].to_vec();
+    while body.len() < length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some((status, head, body))
+}
 
 /// curl's HTTP version (`1.1`, `2`), status and body for `https://localhost:{port}{path}`, trusting `ca`.
 async fn curl(port: u16, ca: &Path, version_flag: &str, path: &str) -> (String, u16, String) {
@@ -468,6 +528,89 @@ async fn a_stalled_tls_handshake_holds_up_no_other_connection_and_is_cut_after_t
     // The gateway gives up on it after the handshake timeout and closes it.
     let closed = tokio::time::timeout(sluice::server::TLS_HANDSHAKE_TIMEOUT * 6, stalled.read(&mut buf)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the stalled handshake is cut: {closed:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn over_tls_the_header_timeout_starts_after_the_handshake_and_parse_errors_are_problems() {
+    let dir = Dir::new("limits");
+    let ca = Ca::new("Sluice Test CA");
+    let leaf = ca.leaf(&["localhost"], 8);
+    dir.write("cert.pem", &leaf.cert_pem);
+    dir.write("key.pem", &leaf.key_pem);
+    let up = Upstream::named("orders").await;
+    let server = tls_server_with(&dir, "header_read_timeout = \"1s\"\nmax_header_bytes = \"16KiB\"");
+    let gw = FileGateway::start(&dir, &(server + &upstream_and_route("orders", &[up.url()], ""))).await;
+
+    // A client that waits longer than header_read_timeout before its handshake (within the handshake's own
+    // timeout) is still served: the header timeout starts once the handshake is done.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut tls = tls_connect(tcp, &ca.pem).await;
+    tls.write_all(b"GET /orders/late HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+    let (status, head, _) = read_raw_response(&mut tls).await.expect("an answer");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(up.last().uri.path(), "/orders/late");
+
+    // A head sent too slowly after the handshake is cut by header_read_timeout, long before the handshake timeout.
+    let mut slow = tls_connect(TcpStream::connect(gw.addr).await.unwrap(), &ca.pem).await;
+    slow.write_all(b"GET /orders/slow HTTP/1.1\r\nhost: lo").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(sluice::server::TLS_HANDSHAKE_TIMEOUT, slow.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the slow head is cut: {closed:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900), "not before the header timeout");
+    assert!(gw.metric("sluice_connection_timeouts_total{timeout=\"header\"}").await >= 1.0);
+
+    // hyper's bare 431 for a head over max_header_bytes becomes a problem document over TLS too.
+    let mut fat = tls_connect(TcpStream::connect(gw.addr).await.unwrap(), &ca.pem).await;
+    let head = format!("GET /orders/fat HTTP/1.1\r\nhost: localhost\r\nx-fat: {}\r\n\r\n", "a".repeat(20 * 1024));
+    fat.write_all(head.as_bytes()).await.unwrap();
+    let (status, head, body) = read_raw_response(&mut fat).await.expect("an answer");
+    assert_eq!(status, 431, "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/problem+json"), "{head}");
+    let problem: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["status"], 431, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("16384"), "{problem}");
+    assert_eq!(up.hits(), 1, "neither the slow nor the fat request reached the upstream");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn over_tls_a_connection_holds_its_max_connections_slot_from_before_its_handshake() {
+    let dir = Dir::new("slots");
+    let ca = Ca::new("Sluice Test CA");
+    let leaf = ca.leaf(&["localhost"], 9);
+    dir.write("cert.pem", &leaf.cert_pem);
+    dir.write("key.pem", &leaf.key_pem);
+    let up = Upstream::named("orders").await;
+    let server = tls_server_with(&dir, "max_connections = 1");
+    let gw = FileGateway::start(&dir, &(server + &upstream_and_route("orders", &[up.url()], ""))).await;
+
+    // A client that never says hello takes the only slot.
+    let stalled = TcpStream::connect(gw.addr).await.unwrap();
+    let mut at_limit = false;
+    for _ in 0..500 {
+        at_limit = gw.metric("sluice_open_connections").await == 1.0
+            && gw.metric("sluice_connection_limit_reached_total").await >= 1.0;
+        if at_limit {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(at_limit, "the connection in its handshake holds the one slot");
+    // So another client's handshake waits in the backlog ...
+    let (addr, ca_pem) = (gw.addr, ca.pem.clone());
+    let mut next = tokio::spawn(async move {
+        https_get(addr, "localhost", &ca_pem, &[b"h2"], TLS13_AND_12, "/orders/next").await.status
+    });
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(700), &mut next).await;
+    assert!(waiting.is_err(), "the second client waits for a slot: {waiting:?}");
+    assert_eq!(up.hits(), 0);
+    // ... until the first goes away.
+    drop(stalled);
+    assert_eq!(next.await.unwrap(), 200);
+    assert_eq!(up.last().uri.path(), "/orders/next");
     gw.stop().await;
 }
 

@@ -34,3 +34,5 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hostile;

@@ -55,6 +55,23 @@ pub struct ServerConfig {
     /// HTTPS on the public listener (HTTP/2 chosen by ALPN); plain HTTP when absent.
     #[serde(default)]
     pub tls: Option<ServerTlsConfig>,
+    /// Time a client has to send a request's headers, from its first byte (from the connection's start for the
+    /// first request); a slower connection is closed (slowloris).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// A kept-alive connection with no request in flight for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Most client connections open at once; beyond it new connections wait in the listen backlog until one
+    /// closes (read at start-up).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) read from a client; a larger one is answered 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: Size,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` / `Forwarded` is believed when deciding `{client_ip}`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `server.tls = { cert = "...", key = "..." }`: PEM files, read again on every reload.
@@ -82,6 +99,18 @@ fn default_request_timeout() -> Dur {
 fn default_shutdown_grace() -> Dur {
     Dur::secs(30)
 }
+fn default_header_read_timeout() -> Dur {
+    Dur::secs(10)
+}
+fn default_idle_timeout() -> Dur {
+    Dur::secs(60)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_header_bytes() -> Size {
+    Size::kib(64)
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -92,6 +121,11 @@ impl Default for ServerConfig {
             request_timeout: default_request_timeout(),
             shutdown_grace: default_shutdown_grace(),
             tls: None,
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_header_bytes: default_max_header_bytes(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -576,6 +610,13 @@ pub struct RateLimitConfig {
     /// Template: one bucket per distinct value; one bucket per route when absent.
     #[serde(default)]
     pub key: Option<String>,
+    /// Most buckets (distinct keys) remembered; the least recently used are forgotten beyond it.
+    #[serde(default = "default_rate_limit_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_rate_limit_max_keys() -> usize {
+    100_000
 }
 
 /// `[brokers.NAME]`
@@ -602,6 +643,10 @@ pub struct BrokerConfig {
     /// kafka: librdkafka properties passed as-is (they win over Sluice's).
     #[serde(default)]
     pub options: BTreeMap<String, serde_json::Value>,
+    /// kafka: librdkafka properties whose values are read from environment variables (property → variable), for
+    /// secrets such as `sasl.password`.
+    #[serde(default)]
+    pub options_env: BTreeMap<String, String>,
 }
 
 fn default_broker_timeout() -> Dur {
@@ -660,6 +705,12 @@ pub struct PublishConfig {
     /// Most keys remembered per route.
     #[serde(default = "default_idempotency_capacity")]
     pub idempotency_capacity: usize,
+    /// kafka: globs (`*` = any characters) a rendered topic must match; any valid topic when empty.
+    #[serde(default)]
+    pub allowed_topics: Vec<String>,
+    /// amqp: globs a rendered routing key must match; any routing key when empty.
+    #[serde(default)]
+    pub allowed_routing_keys: Vec<String>,
 }
 
 fn default_idempotency_window() -> Dur {

@@ -7,7 +7,7 @@ use http::StatusCode;
 use super::load::{names, route_label};
 use super::model::{
     AuthConfig, Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishConfig, PublishFormat, RouteConfig,
-    TelemetryConfig, UpstreamConfig, VerifyConfig, VerifyScheme,
+    ServerConfig, TelemetryConfig, UpstreamConfig, VerifyConfig, VerifyScheme,
 };
 use crate::router::Matcher;
 use crate::template::Template;
@@ -26,6 +26,7 @@ pub struct Report {
 pub fn validate(config: &Config) -> Report {
     let mut report = Report::default();
     let errors = &mut report.errors;
+    check_server(&config.server, errors);
     check_telemetry(&config.telemetry, errors);
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
@@ -55,6 +56,7 @@ pub fn validate(config: &Config) -> Report {
             }
         };
         check_route(&label, route, matcher.as_ref(), config, errors);
+        check_destination(&label, route, config, errors, &mut report.warnings);
         compiled.push((label, matcher));
     }
     for (i, (label, later)) in compiled.iter().enumerate() {
@@ -66,6 +68,40 @@ pub fn validate(config: &Config) -> Report {
     report
 }
 
+/// hyper's smallest read buffer: a request head limit below it cannot be enforced.
+const MIN_HEADER_BYTES: u64 = 8 * 1024;
+
+fn check_server(s: &ServerConfig, errors: &mut Vec<String>) {
+    let (main, admin) = (s.listen, s.admin_listen);
+    let same_ip = main.ip() == admin.ip() || main.ip().is_unspecified() || admin.ip().is_unspecified();
+    if main.port() != 0 && main.port() == admin.port() && same_ip {
+        errors.push(format!(
+            "server: admin_listen {admin} takes the same address as listen {main}; give the admin listener a port of its own"
+        ));
+    }
+    for (key, d) in [("header_read_timeout", s.header_read_timeout), ("idle_timeout", s.idle_timeout)] {
+        if d.0.is_zero() {
+            errors.push(format!("server: {key} must be more than 0"));
+        }
+    }
+    if s.max_connections == 0 {
+        errors.push("server: max_connections must be at least 1".to_owned());
+    }
+    if s.max_header_bytes.0 < MIN_HEADER_BYTES {
+        errors.push(format!("server: max_header_bytes must be at least 8KiB, not {} bytes", s.max_header_bytes.0));
+    }
+    if s.max_header_bytes.0 > u64::from(u32::MAX) {
+        errors.push("server: max_header_bytes must be less than 4GiB".to_owned());
+    }
+    for p in &s.trusted_proxies {
+        if crate::forwarded::parse_proxy(p).is_none() {
+            errors.push(format!(
+                "server: trusted_proxies: {p:?} is not a CIDR or an IP address (e.g. \"10.0.0.0/8\", \"127.0.0.1\")"
+            ));
+        }
+    }
+}
+
 fn check_telemetry(t: &TelemetryConfig, errors: &mut Vec<String>) {
     if let Some(endpoint) = &t.otlp_endpoint {
         let valid = endpoint
@@ -73,8 +109,9 @@ fn check_telemetry(t: &TelemetryConfig, errors: &mut Vec<String>) {
             .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty()));
         if !valid {
             errors.push(format!(
-                "telemetry: otlp_endpoint {endpoint:?} must be an http:// or https:// URL with a host, \
-                 e.g. \"http://127.0.0.1:4317\""
+                "telemetry: otlp_endpoint {:?} must be an http:// or https:// URL with a host, \
+                 e.g. \"http://127.0.0.1:4317\"",
+                crate::redact::url(endpoint)
             ));
         }
     }
@@ -89,8 +126,14 @@ fn check_upstream(name: &str, u: &UpstreamConfig, errors: &mut Vec<String>) {
         errors.push(format!("{at}: endpoints must list at least one URL"));
     }
     for e in &u.endpoints {
-        if let Err(why) = crate::upstream::Endpoint::parse_url(e) {
-            errors.push(format!("{at}: endpoints: {e:?} {why}"));
+        let shown = crate::redact::url(e);
+        if shown != *e {
+            errors.push(format!(
+                "{at}: endpoints: {shown:?} holds credentials (user:password@), which Sluice does not send to \
+                 upstreams and would show in logs; remove them from the URL"
+            ));
+        } else if let Err(why) = crate::upstream::Endpoint::parse_url(e) {
+            errors.push(format!("{at}: endpoints: {shown:?} {why}"));
         }
     }
     match (&u.balance, &u.hash_key) {
@@ -254,6 +297,9 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
         if let Some(k) = &rl.key {
             check_template("rate_limit.key", k, errors);
         }
+        if rl.max_keys == 0 {
+            errors.push(format!("{label}: rate_limit.max_keys must be at least 1"));
+        }
     }
     if let Some(c) = &r.cors {
         check_cors(label, c, errors);
@@ -382,6 +428,88 @@ fn check_auth_keys(label: &str, a: &AuthConfig, errors: &mut Vec<String>) {
     }
 }
 
+/// The topic or routing key a publish route renders: a literal name must be valid (and allowed), literal text in a
+/// template must be able to appear in a name, allow-list patterns must be able to match; a name a client chooses
+/// without an allow-list is a warning.
+fn check_destination(
+    label: &str,
+    r: &RouteConfig,
+    config: &Config,
+    errors: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    use crate::publish::destination::{MAX_ROUTING_KEY_LEN, MAX_TOPIC_LEN, glob_matches, is_topic_byte, topic_problem};
+    let Some(p) = &r.publish else { return };
+    let Some(kind) = config.brokers.get(&p.broker).map(|b| b.kind) else { return };
+    let (key, source, list_key, list, noun) = match kind {
+        BrokerKind::Kafka => ("topic", &p.topic, "allowed_topics", &p.allowed_topics, "topic"),
+        BrokerKind::Amqp => {
+            ("routing_key", &p.routing_key, "allowed_routing_keys", &p.allowed_routing_keys, "routing key")
+        }
+    };
+    let (other_key, other, other_kind, this_kind) = match kind {
+        BrokerKind::Kafka => ("allowed_routing_keys", &p.allowed_routing_keys, "amqp", "kafka"),
+        BrokerKind::Amqp => ("allowed_topics", &p.allowed_topics, "kafka", "amqp"),
+    };
+    if !other.is_empty() {
+        errors.push(format!(
+            "{label}: publish.{other_key} is for {other_kind} brokers; {:?} is {this_kind} (use publish.{list_key})",
+            p.broker
+        ));
+    }
+    for pattern in list {
+        let never = match kind {
+            BrokerKind::Kafka => pattern.is_empty() || !pattern.bytes().all(|b| is_topic_byte(b) || b == b'*'),
+            BrokerKind::Amqp => pattern.len() > MAX_ROUTING_KEY_LEN,
+        };
+        if never {
+            errors.push(format!("{label}: publish.{list_key}: {pattern:?} can never match a {noun}"));
+        }
+    }
+    let Some(template) = source.as_deref().and_then(|s| Template::parse(s).ok()) else { return };
+    let source = template.source();
+    if let Some(name) = template.as_literal() {
+        let problem = match kind {
+            BrokerKind::Kafka if !name.is_empty() => topic_problem(name),
+            BrokerKind::Amqp if name.len() > MAX_ROUTING_KEY_LEN => Some("it is longer than 255 bytes"),
+            _ => None,
+        };
+        if let Some(why) = problem {
+            errors.push(format!("{label}: publish.{key} {name:?} is not a valid {noun}: {why}"));
+        } else if !list.is_empty() && !list.iter().any(|p| glob_matches(p, name)) {
+            errors.push(format!("{label}: publish.{key} {name:?} matches none of publish.{list_key}"));
+        }
+        return;
+    }
+    let literal_len: usize = template.literals().map(str::len).sum();
+    match kind {
+        BrokerKind::Kafka => {
+            if let Some(bad) = template.literals().find(|l| !l.bytes().all(is_topic_byte)) {
+                errors.push(format!(
+                    "{label}: publish.topic {source:?}: its text {bad:?} can never be part of a Kafka topic \
+                     (only letters, digits, '.', '_' and '-')"
+                ));
+            } else if source.starts_with("__") {
+                errors.push(format!("{label}: publish.topic {source:?} names Kafka's internal topics (\"__\")"));
+            } else if literal_len > MAX_TOPIC_LEN {
+                errors.push(format!("{label}: publish.topic {source:?} is longer than 249 characters"));
+            }
+        }
+        BrokerKind::Amqp if literal_len > MAX_ROUTING_KEY_LEN => {
+            errors.push(format!("{label}: publish.routing_key {source:?} is longer than 255 bytes"));
+        }
+        BrokerKind::Amqp => {}
+    }
+    let inputs = template.client_inputs();
+    if !inputs.is_empty() && list.is_empty() {
+        warnings.push(format!(
+            "{label}: publish.{key} {source:?} is rendered from client input ({}): a client can publish to any {noun} \
+             it can name this way; list the allowed ones in publish.{list_key} (globs, e.g. \"orders.*\")",
+            inputs.join(", ")
+        ));
+    }
+}
+
 fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
     let at = format!("brokers.{name}");
     match b.kind {
@@ -400,7 +528,11 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
                 }
                 _ => {}
             }
-            for (key, set) in [("bootstrap", b.bootstrap.is_some()), ("options", !b.options.is_empty())] {
+            for (key, set) in [
+                ("bootstrap", b.bootstrap.is_some()),
+                ("options", !b.options.is_empty()),
+                ("options_env", !b.options_env.is_empty()),
+            ] {
                 if set {
                     errors.push(format!("{at}: {key} is a kafka key; this broker is amqp"));
                 }
@@ -418,6 +550,14 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
             for (key, value) in &b.options {
                 if value.is_object() || value.is_array() || value.is_null() {
                     errors.push(format!("{at}.options: {key:?} must be a string, number or boolean"));
+                }
+            }
+            for (key, var) in &b.options_env {
+                if b.options.contains_key(key) {
+                    errors.push(format!("{at}: {key:?} is set in both options and options_env; keep one"));
+                }
+                if std::env::var_os(var).is_none() {
+                    errors.push(format!("{at}.options_env: {key:?} names {var:?}, which is not set"));
                 }
             }
         }

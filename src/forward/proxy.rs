@@ -175,9 +175,13 @@ fn is_hop_by_hop(name: &str) -> bool {
 fn prepare_headers(headers: &mut HeaderMap, facts: &Facts) {
     strip_hop_by_hop(headers);
     let host = headers.remove(header::HOST);
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::try_from(format!("{prior}, {}", facts.peer_ip.to_str().unwrap_or_default())).ok(),
-        None => Some(facts.peer_ip.clone()),
+    // Every line the client sent is kept (joined), then the peer is appended.
+    let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+    let xff = match prior.as_slice() {
+        [] => Some(facts.peer_ip.clone()),
+        lines => {
+            HeaderValue::try_from(format!("{}, {}", lines.join(", "), facts.peer_ip.to_str().unwrap_or_default())).ok()
+        }
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);

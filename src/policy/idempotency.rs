@@ -2,8 +2,12 @@
 //! the first answer again (with `idempotent-replayed: true`) and publish nothing; a repeat while the first is
 //! still in flight gets 409. A first request that fails, or whose client goes away, releases its key so that a
 //! retry is processed. Bounded by a window and a capacity; time is tokio's so tests can pause it.
+//!
+//! Memory is bounded whatever clients send: a key is at most [`MAX_KEY_LEN`] bytes (longer: 400), a failed
+//! request's key leaves the store at once, and `capacity` bounds every entry, those in flight included (when every
+//! slot holds a request still in flight, a new key is answered 503). Completed keys are evicted oldest first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -11,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -19,6 +24,9 @@ use crate::problem::{AnswerFuture, GatewayError};
 use crate::request::IDEMPOTENCY_KEY;
 
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// Longest `Idempotency-Key` accepted, in bytes (the IETF draft's keys are UUIDs; Stripe allows 255).
+pub const MAX_KEY_LEN: usize = 255;
 
 /// Runs a route's action under its [`IdempotencyStore`].
 #[derive(Clone, Debug)]
@@ -62,7 +70,11 @@ where
     fn call(&mut self, req: Request<Prepared>) -> AnswerFuture {
         let key = match req.headers().get(&IDEMPOTENCY_KEY).map(HeaderValue::to_str) {
             None => return Box::pin(self.inner.call(req)),
-            Some(Ok(key)) => key.to_owned(),
+            Some(Ok(key)) if key.len() <= MAX_KEY_LEN => key.to_owned(),
+            Some(Ok(_)) => {
+                let e = GatewayError::BadRequest(format!("Idempotency-Key must be at most {MAX_KEY_LEN} bytes"));
+                return Box::pin(std::future::ready(Err(e)));
+            }
             Some(Err(_)) => {
                 let e = GatewayError::BadRequest("Idempotency-Key must be text".into());
                 return Box::pin(std::future::ready(Err(e)));
@@ -70,6 +82,7 @@ where
         };
         match self.store.begin(&key) {
             Begin::InFlight => Box::pin(std::future::ready(Err(GatewayError::IdempotencyConflict))),
+            Begin::Full => Box::pin(std::future::ready(Err(GatewayError::IdempotencyFull))),
             Begin::Replay(stored) => Box::pin(std::future::ready(Ok(replay(stored)))),
             Begin::New => {
                 // Released if this future is dropped (client gone) or the action fails.
@@ -139,19 +152,27 @@ pub enum Begin {
     Replay(Stored),
     /// The first request with this key has not been answered yet.
     InFlight,
+    /// Every slot of the store holds a request still in flight: nothing can be remembered now.
+    Full,
 }
 
 #[derive(Debug)]
-struct Entry {
-    started: Instant,
-    answer: Option<(Instant, Stored)>,
+enum Entry {
+    /// The first request with the key is being processed.
+    InFlight,
+    /// Its answer, with when it was given.
+    Done { at: Instant, answer: Stored },
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    entries: HashMap<String, Entry>,
-    /// Keys in the order they were started, with the start time (stale records are skipped).
-    order: VecDeque<(String, Instant)>,
+    /// Every remembered key, in flight or answered.
+    entries: HashMap<Arc<str>, Entry>,
+    /// Answered keys, oldest answer first (the order of eviction). In-flight keys are not in it, so a key
+    /// released by a failed request leaves nothing behind.
+    completed: BTreeMap<u64, Arc<str>>,
+    /// Numbers the answers, in time order.
+    next_seq: u64,
 }
 
 /// One route's remembered keys.
@@ -160,12 +181,15 @@ pub struct IdempotencyStore {
     window: Duration,
     capacity: usize,
     inner: Mutex<Inner>,
+    /// `sluice_idempotency_keys{route}`: entries held now.
+    keys: Gauge,
 }
 
 impl IdempotencyStore {
-    /// A store remembering at most `capacity` keys for `window` each.
-    pub fn new(window: Duration, capacity: usize) -> IdempotencyStore {
-        IdempotencyStore { window, capacity: capacity.max(1), inner: Mutex::new(Inner::default()) }
+    /// A store remembering at most `capacity` keys for `window` each, reporting its size in `keys`.
+    pub fn new(window: Duration, capacity: usize, keys: Gauge) -> IdempotencyStore {
+        keys.set(0);
+        IdempotencyStore { window, capacity: capacity.max(1), inner: Mutex::new(Inner::default()), keys }
     }
 
     /// `(window, capacity)`, to tell whether a reload changed them.
@@ -177,53 +201,65 @@ impl IdempotencyStore {
     pub fn begin(&self, key: &str) -> Begin {
         let now = Instant::now();
         let mut inner = self.inner.lock().expect("idempotency lock");
-        self.evict(&mut inner, now);
+        self.expire(&mut inner, now);
         match inner.entries.get(key) {
-            Some(Entry { answer: None, .. }) => return Begin::InFlight,
-            Some(Entry { answer: Some((at, answer)), .. }) if now.duration_since(*at) < self.window => {
-                return Begin::Replay(answer.clone());
-            }
-            _ => {}
+            Some(Entry::InFlight) => return Begin::InFlight,
+            Some(Entry::Done { answer, .. }) => return Begin::Replay(answer.clone()),
+            None => {}
         }
-        inner.entries.insert(key.to_owned(), Entry { started: now, answer: None });
-        inner.order.push_back((key.to_owned(), now));
+        // Make room: the oldest answers go first; keys in flight cannot be dropped.
+        while inner.entries.len() >= self.capacity {
+            let Some((_, oldest)) = inner.completed.pop_first() else {
+                return Begin::Full;
+            };
+            inner.entries.remove(&oldest);
+        }
+        inner.entries.insert(Arc::from(key), Entry::InFlight);
+        self.keys.set(inner.entries.len() as i64);
         Begin::New
     }
 
     /// Records the answer to the first request with `key`.
     pub fn complete(&self, key: &str, answer: Stored) {
         let mut inner = self.inner.lock().expect("idempotency lock");
-        if let Some(e) = inner.entries.get_mut(key) {
-            e.answer = Some((Instant::now(), answer));
+        let Some((key, entry)) = inner.entries.get_key_value(key) else { return };
+        if !matches!(entry, Entry::InFlight) {
+            return;
         }
+        let key = key.clone();
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.completed.insert(seq, key.clone());
+        inner.entries.insert(key, Entry::Done { at: Instant::now(), answer });
     }
 
     /// Forgets `key` (the first request failed: nothing was published, the client may try again).
     pub fn abort(&self, key: &str) {
         let mut inner = self.inner.lock().expect("idempotency lock");
-        if inner.entries.get(key).is_some_and(|e| e.answer.is_none()) {
+        if matches!(inner.entries.get(key), Some(Entry::InFlight)) {
             inner.entries.remove(key);
+            self.keys.set(inner.entries.len() as i64);
         }
     }
 
-    /// Drops keys older than the window, then the oldest ones while over capacity. A key still in flight is
-    /// kept (capacity may be exceeded by requests in flight only).
-    fn evict(&self, inner: &mut Inner, now: Instant) {
-        while let Some((key, started)) = inner.order.front() {
-            let expired = now.duration_since(*started) >= self.window;
-            if !expired && inner.entries.len() < self.capacity {
-                break;
+    /// Drops the answers older than the window.
+    fn expire(&self, inner: &mut Inner, now: Instant) {
+        while let Some((_, key)) = inner.completed.first_key_value() {
+            match inner.entries.get(key) {
+                Some(Entry::Done { at, .. }) if now.duration_since(*at) < self.window => break,
+                _ => {}
             }
-            let entry = inner.entries.get(key).filter(|e| e.started == *started);
-            let current = entry.is_some();
-            if entry.is_some_and(|e| e.answer.is_none()) && !expired {
-                break;
-            }
-            let (key, _) = inner.order.pop_front().expect("front exists");
-            if current {
-                inner.entries.remove(&key);
-            }
+            let (_, key) = inner.completed.pop_first().expect("first exists");
+            inner.entries.remove(&key);
         }
+        self.keys.set(inner.entries.len() as i64);
+    }
+
+    /// Entries held, and answers in the eviction order (each answered entry appears there exactly once).
+    #[cfg(test)]
+    fn sizes(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap();
+        (inner.entries.len(), inner.completed.len())
     }
 }
 
@@ -235,9 +271,13 @@ mod tests {
         Stored { status: 202, body: Bytes::from(vec![n]), content_type: None }
     }
 
+    fn store(window_secs: u64, capacity: usize) -> IdempotencyStore {
+        IdempotencyStore::new(Duration::from_secs(window_secs), capacity, Gauge::default())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn replays_within_the_window_and_forgets_after() {
-        let s = IdempotencyStore::new(Duration::from_secs(60), 10);
+        let s = store(60, 10);
         assert_eq!(s.begin("k"), Begin::New);
         assert_eq!(s.begin("k"), Begin::InFlight);
         s.complete("k", answer(1));
@@ -248,7 +288,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_first_request_can_be_retried_with_the_same_key() {
-        let s = IdempotencyStore::new(Duration::from_secs(60), 10);
+        let s = store(60, 10);
         assert_eq!(s.begin("k"), Begin::New);
         s.abort("k");
         assert_eq!(s.begin("k"), Begin::New);
@@ -256,7 +296,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn capacity_bounds_the_keys_remembered() {
-        let s = IdempotencyStore::new(Duration::from_secs(60), 3);
+        let s = store(60, 3);
         for k in ["a", "b", "c", "d"] {
             assert_eq!(s.begin(k), Begin::New);
             s.complete(k, answer(0));
@@ -264,6 +304,50 @@ mod tests {
         }
         assert_eq!(s.begin("a"), Begin::New, "oldest key was evicted");
         assert_eq!(s.begin("d"), Begin::Replay(answer(0)));
-        assert!(s.inner.lock().unwrap().entries.len() <= 3);
+        assert!(s.sizes().0 <= 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_requests_leave_nothing_behind() {
+        let s = store(60, 100);
+        for i in 0..10_000 {
+            let key = format!("{i:0>200}");
+            assert_eq!(s.begin(&key), Begin::New);
+            s.abort(&key);
+        }
+        assert_eq!(s.sizes(), (0, 0), "no entry and no eviction record survives a failed request");
+        assert_eq!(s.keys.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn capacity_bounds_keys_in_flight_too() {
+        let s = store(60, 3);
+        for k in ["a", "b", "c"] {
+            assert_eq!(s.begin(k), Begin::New);
+        }
+        assert_eq!(s.begin("d"), Begin::Full, "three requests in flight fill a store of three");
+        s.complete("a", answer(1));
+        assert_eq!(s.begin("d"), Begin::New, "an answered key makes room");
+        assert_eq!(s.begin("e"), Begin::Full);
+        s.complete("b", answer(2));
+        assert_eq!(s.begin("a"), Begin::New, "a was evicted for d, b makes room for it");
+        assert_eq!(s.sizes(), (3, 0));
+        assert_eq!(s.keys.get(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_slow_request_does_not_stop_eviction_behind_it() {
+        let s = store(60, 10);
+        assert_eq!(s.begin("slow"), Begin::New);
+        for i in 0..1000 {
+            let key = i.to_string();
+            assert_eq!(s.begin(&key), Begin::New);
+            s.complete(&key, answer(0));
+        }
+        assert_eq!(s.sizes(), (10, 9), "capacity holds with an old key still in flight");
+        assert_eq!(s.begin("slow"), Begin::InFlight);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(s.begin("999"), Begin::New, "answers expire after the window");
+        assert_eq!(s.sizes(), (2, 0), "only the two in flight remain");
     }
 }

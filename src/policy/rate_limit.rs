@@ -2,12 +2,21 @@
 //!
 //! Written here rather than taken from `governor` because the buckets must run on tokio's clock, so that tests
 //! can pause time, and because keyed buckets need the same template rendering as the rest of the route.
+//!
+//! Memory is bounded whatever keys clients send: a key is kept as a 64-bit hash (keyed per process, so clients
+//! cannot aim collisions), and at most `max_keys` buckets are kept. The buckets are spread over shards (one lock
+//! each); a shard keeps two generations of at most half its share each: a bucket in use is found in the current
+//! generation or moved there from the previous one, and when the current one is full the previous one is dropped
+//! whole and the current one becomes the previous. Every request costs O(1); the buckets dropped are those not used
+//! for a whole generation (a client coming back after that starts with a full bucket again).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Request;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
 use super::guard::Guard;
@@ -17,13 +26,22 @@ use crate::problem::GatewayError;
 use crate::request::render;
 use crate::template::Template;
 
-/// Most distinct keys remembered; beyond it, buckets that have refilled are forgotten.
-const MAX_KEYS: usize = 100_000;
+/// Most shards (locks) of one limiter.
+const MAX_SHARDS: usize = 16;
+/// Fewest buckets a shard is made for (small limits get fewer shards, so that the bound stays exact).
+const MIN_SHARD_KEYS: usize = 1024;
 
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
     tokens: f64,
     updated: Instant,
+}
+
+/// A share of the buckets, in two generations.
+#[derive(Debug, Default)]
+struct Shard {
+    current: HashMap<u64, Bucket>,
+    previous: HashMap<u64, Bucket>,
 }
 
 /// A route's limiter.
@@ -33,29 +51,52 @@ pub struct RateLimiter {
     burst: f64,
     /// Renders the bucket key; one shared bucket when absent.
     pub key: Option<Template>,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    /// Most buckets in one generation of one shard.
+    generation: usize,
+    /// `sluice_rate_limit_keys{route}`: buckets held now.
+    keys: Gauge,
 }
 
 impl RateLimiter {
-    /// Compiles `rate_limit = {…}` (validated).
-    pub fn new(cfg: &RateLimitConfig) -> RateLimiter {
+    /// Compiles `rate_limit = {…}` (validated), reporting the number of buckets in `keys`.
+    pub fn new(cfg: &RateLimitConfig, keys: Gauge) -> RateLimiter {
+        let max_keys = cfg.max_keys.max(2);
+        let shards = (max_keys / MIN_SHARD_KEYS).clamp(1, MAX_SHARDS);
+        keys.set(0);
         RateLimiter {
             per_second: cfg.per_second,
             burst: cfg.burst.unwrap_or(cfg.per_second).max(1.0),
             key: cfg.key.as_deref().and_then(|k| Template::parse(k).ok()),
-            buckets: Mutex::new(HashMap::new()),
+            hasher: RandomState::new(),
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            generation: (max_keys / shards / 2).max(1),
+            keys,
         }
     }
 
     /// Takes a token from `key`'s bucket; `Err(wait)` says when one will be there.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("rate limiter lock");
-        if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
-            let (rate, burst) = (self.per_second, self.burst);
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst);
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shards[(hash % self.shards.len() as u64) as usize].lock().expect("rate limiter lock");
+        let shard = &mut *shard;
+        if !shard.current.contains_key(&hash) {
+            let bucket = match shard.previous.remove(&hash) {
+                Some(b) => b,
+                None => {
+                    self.keys.inc();
+                    Bucket { tokens: self.burst, updated: now }
+                }
+            };
+            if shard.current.len() >= self.generation {
+                self.keys.dec_by(shard.previous.len() as i64);
+                shard.previous = std::mem::take(&mut shard.current);
+            }
+            shard.current.insert(hash, bucket);
         }
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket { tokens: self.burst, updated: now });
+        let bucket = shard.current.get_mut(&hash).expect("inserted above");
         let elapsed = now.duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
         bucket.updated = now;
@@ -65,6 +106,22 @@ impl RateLimiter {
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second))
         }
+    }
+
+    /// Buckets held now.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().expect("rate limiter lock");
+                s.current.len() + s.previous.len()
+            })
+            .sum()
+    }
+
+    /// Whether no bucket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -92,7 +149,10 @@ mod tests {
     use super::*;
 
     fn limiter(per_second: f64, burst: f64) -> RateLimiter {
-        RateLimiter::new(&RateLimitConfig { per_second, burst: Some(burst), key: None })
+        RateLimiter::new(
+            &RateLimitConfig { per_second, burst: Some(burst), key: None, max_keys: 100_000 },
+            Gauge::default(),
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -117,5 +177,40 @@ mod tests {
         assert!(l.check("alice").is_ok());
         assert!(l.check("alice").is_err());
         assert!(l.check("bob").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_hundred_thousand_keys_stay_within_max_keys() {
+        for max_keys in [100_000, 5_000, 10] {
+            let keys = Gauge::default();
+            let l = RateLimiter::new(
+                &RateLimitConfig { per_second: 1.0, burst: Some(1.0), key: None, max_keys },
+                keys.clone(),
+            );
+            for i in 0..200_000u32 {
+                // Long keys cost nothing more: only their hash is kept.
+                let key = format!("{i:0>300}");
+                assert!(l.check(&key).is_ok(), "a new key starts with a full bucket");
+                if i % 1000 == 0 {
+                    assert!(l.len() <= max_keys, "{} buckets at key {i}", l.len());
+                }
+            }
+            assert!(l.len() <= max_keys, "{} buckets for max_keys {max_keys}", l.len());
+            assert_eq!(keys.get(), l.len() as i64, "the gauge follows the buckets held");
+            assert!(l.len() >= max_keys / 2, "recent keys are kept: {} of {max_keys}", l.len());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_key_keeps_its_bucket_while_others_churn() {
+        let l = RateLimiter::new(
+            &RateLimitConfig { per_second: 1.0, burst: Some(1.0), key: None, max_keys: 100 },
+            Gauge::default(),
+        );
+        assert!(l.check("busy").is_ok());
+        for i in 0..10_000 {
+            assert!(l.check(&i.to_string()).is_ok());
+            assert!(l.check("busy").is_err(), "the busy client stays limited while {i} other keys pass");
+        }
     }
 }

@@ -81,9 +81,14 @@ impl KafkaPublisher {
         }
         let up = Arc::new(AtomicBool::new(false));
         let context = SluiceContext { name: name.to_owned(), up: up.clone() };
-        let producer: FutureProducer<SluiceContext> = config
-            .create_with_context(context)
-            .map_err(|e| PublishError::config(format!("kafka broker {name:?}: {e}"), Some(e.into())))?;
+        let producer: FutureProducer<SluiceContext> = config.create_with_context(context).map_err(|e| {
+            // librdkafka's message repeats the value it refused: mask secret ones (and drop the source).
+            let mut message = e.to_string();
+            for (_, value) in options.iter().filter(|(k, v)| crate::redact::is_secret_option(k) && !v.is_empty()) {
+                message = message.replace(value.as_str(), crate::redact::MASK);
+            }
+            PublishError::config(format!("kafka broker {name:?}: {message}"), None)
+        })?;
         let publisher = Self {
             inner: Arc::new(Inner {
                 name: name.to_owned(),

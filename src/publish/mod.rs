@@ -6,9 +6,11 @@
 //! - [`publisher`]: the [`Producer`] trait and the [`Publisher`] handle per configured broker; [`kafka`] and
 //!   [`amqp`] implement it.
 //! - [`encoder`]: request → message (metadata, CloudEvents).
+//! - [`destination`]: checks of the rendered topic or routing key (Kafka's rules, length, allow-lists).
 //! - [`route`]: the action of a publish route.
 
 pub mod amqp;
+pub mod destination;
 pub mod encoder;
 pub mod error;
 pub mod kafka;

@@ -11,6 +11,7 @@ use opentelemetry::trace::SpanKind;
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::destination::NameRules;
 use super::encoder::{Encoder, Envelope};
 use super::message::{Ack, Destination, Message, Receipt};
 use super::publisher::Publisher;
@@ -30,6 +31,8 @@ pub struct PublishRoute {
     pub publisher: Publisher,
     /// Request → message.
     pub encoder: Encoder,
+    /// What the rendered topic or routing key must look like.
+    pub names: NameRules,
     /// `confirm` or `none`.
     pub ack: Ack,
     /// Makes the PRODUCER span.
@@ -43,6 +46,7 @@ pub async fn publish(route: Arc<PublishRoute>, req: Request<Prepared>) -> Result
     let body = req.body().bytes().cloned().unwrap_or_default();
     let env = Envelope { route: &route.name, request_id: request_id(&req) };
     let mut message = route.encoder.encode(req.headers(), &context(&req, &route.name), body, &env)?;
+    route.names.check(&message.destination)?;
     let mut span = producer_span(&route.tracer, &facts(&req).trace, &route, &message);
     let traceparent = span.cx.traceparent();
     let tracestate = span.cx.tracestate.as_ref().and_then(|v| v.to_str().ok());

@@ -50,6 +50,11 @@ struct BrokerLabel {
     broker: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabel {
+    timeout: &'static str,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 17))
 }
@@ -67,10 +72,29 @@ pub struct Metrics {
     broker_up: Family<BrokerLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
     route_in_flight: Family<RouteLabel, Gauge>,
+    idempotency_keys: Family<RouteLabel, Gauge>,
+    rate_limit_keys: Family<RouteLabel, Gauge>,
     /// Requests being served right now.
     pub in_flight: Gauge,
     /// Finished spans dropped because the export queue was full.
     pub spans_dropped: Counter,
+    /// Client connections open now (`sluice_open_connections`).
+    pub open_connections: Gauge,
+    /// Times the listener stopped accepting because `server.max_connections` were open
+    /// (`sluice_connection_limit_reached_total`).
+    pub connection_limit_reached: Counter,
+    /// Connections closed by the gateway for taking too long: `header` (`server.header_read_timeout`) or `idle`
+    /// (`server.idle_timeout`).
+    pub connection_timeouts: ConnectionTimeouts,
+}
+
+/// `sluice_connection_timeouts_total{timeout}` handles.
+#[derive(Clone, Debug)]
+pub struct ConnectionTimeouts {
+    /// `timeout="header"`: the request headers did not arrive in time.
+    pub header: Counter,
+    /// `timeout="idle"`: a kept-alive connection carried no request for `server.idle_timeout`.
+    pub idle: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -101,7 +125,16 @@ impl Metrics {
         let broker_up = Family::<BrokerLabel, Gauge>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let route_in_flight = Family::<RouteLabel, Gauge>::default();
+        let idempotency_keys = Family::<RouteLabel, Gauge>::default();
+        let rate_limit_keys = Family::<RouteLabel, Gauge>::default();
         let spans_dropped = Counter::default();
+        let open_connections = Gauge::default();
+        let connection_limit_reached = Counter::default();
+        let timeouts = Family::<TimeoutLabel, Counter>::default();
+        // One statement each: a handle's read guard must be gone before the next entry is created.
+        let header = timeouts.get_or_create(&TimeoutLabel { timeout: "header" }).clone();
+        let idle = timeouts.get_or_create(&TimeoutLabel { timeout: "idle" }).clone();
+        let connection_timeouts = ConnectionTimeouts { header, idle };
         // Both results exist from the start, so a dashboard can tell "no reload yet" from "no data".
         drop(reloads.get_or_create(&ResultLabel { result: "success" }));
         drop(reloads.get_or_create(&ResultLabel { result: "error" }));
@@ -125,6 +158,23 @@ impl Metrics {
         registry.register("sluice_retries", "Retries sent, by route", retries.clone());
         registry.register("sluice_ejections", "Endpoints ejected by outlier detection", ejections.clone());
         registry.register("sluice_requests_in_flight", "Requests being served", in_flight.clone());
+        registry.register(
+            "sluice_idempotency_keys",
+            "Idempotency-Keys remembered (in flight or answered), by route",
+            idempotency_keys.clone(),
+        );
+        registry.register("sluice_rate_limit_keys", "Rate-limit buckets held, by route", rate_limit_keys.clone());
+        registry.register("sluice_open_connections", "Client connections open now", open_connections.clone());
+        registry.register(
+            "sluice_connection_limit_reached",
+            "Times the listener stopped accepting because server.max_connections connections were open",
+            connection_limit_reached.clone(),
+        );
+        registry.register(
+            "sluice_connection_timeouts",
+            "Client connections closed for taking too long: header (server.header_read_timeout), idle (server.idle_timeout)",
+            timeouts,
+        );
         Metrics {
             registry,
             requests,
@@ -137,8 +187,13 @@ impl Metrics {
             broker_up,
             reloads,
             route_in_flight,
+            idempotency_keys,
+            rate_limit_keys,
             in_flight,
             spans_dropped,
+            open_connections,
+            connection_limit_reached,
+            connection_timeouts,
         }
     }
 
@@ -158,6 +213,16 @@ impl Metrics {
             retries: self.retries.get_or_create(&label).clone(),
             in_flight: self.route_in_flight.get_or_create(&label).clone(),
         }
+    }
+
+    /// `sluice_idempotency_keys{route}`.
+    pub fn idempotency_keys(&self, route: &str) -> Gauge {
+        self.idempotency_keys.get_or_create(&RouteLabel { route: route.to_owned() }).clone()
+    }
+
+    /// `sluice_rate_limit_keys{route}`.
+    pub fn rate_limit_keys(&self, route: &str) -> Gauge {
+        self.rate_limit_keys.get_or_create(&RouteLabel { route: route.to_owned() }).clone()
     }
 
     /// Handles for one upstream.

@@ -50,15 +50,16 @@ impl OtlpExporter {
     /// An exporter to `endpoint` (`http://host:port` or `https://host:port`); `timeout` covers connecting and
     /// each export call.
     pub fn new(endpoint: &str, resource: &Resource, timeout: Duration) -> Result<Self, String> {
-        let target = Endpoint::parse_url(endpoint).map_err(|e| format!("telemetry.otlp_endpoint {endpoint:?} {e}"))?;
+        let shown = crate::redact::url(endpoint);
+        let target = Endpoint::parse_url(endpoint).map_err(|e| format!("telemetry.otlp_endpoint {shown:?} {e}"))?;
         let uri: Uri = format!("{}://{}:{}{EXPORT_PATH}", target.scheme, authority_host(&target.host), target.port)
             .parse()
-            .map_err(|e| format!("telemetry.otlp_endpoint {endpoint:?}: {e}"))?;
+            .map_err(|e| format!("telemetry.otlp_endpoint {shown:?}: {e}"))?;
         let tls = match target.scheme == Scheme::HTTPS {
             true => {
                 let config = crate::tls::collector().map_err(|e| e.to_string())?;
                 let name = crate::tls::server_name(None, &target.host)
-                    .map_err(|e| format!("telemetry.otlp_endpoint {endpoint:?}: {e}"))?;
+                    .map_err(|e| format!("telemetry.otlp_endpoint {shown:?}: {e}"))?;
                 Some((config, name))
             }
             false => None,
@@ -69,7 +70,7 @@ impl OtlpExporter {
                 attribute(w, 1, key.as_str(), value);
             }
         });
-        Ok(OtlpExporter { endpoint: endpoint.to_owned(), target, uri, tls, client: None, resource: w.buf, timeout })
+        Ok(OtlpExporter { endpoint: shown, target, uri, tls, client: None, resource: w.buf, timeout })
     }
 
     /// The client, resolving the collector's host first when there is none.

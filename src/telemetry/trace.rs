@@ -258,7 +258,8 @@ pub fn start(cfg: &TelemetryConfig, dropped: Counter) -> Result<(Tracer, Option<
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("sluice");
-    tracing::info!(endpoint = %endpoint, sample_ratio = cfg.sample_ratio, "exporting traces over OTLP/gRPC");
+    let shown = crate::redact::url(endpoint);
+    tracing::info!(endpoint = %shown, sample_ratio = cfg.sample_ratio, "exporting traces over OTLP/gRPC");
     Ok((Tracer { sdk: Some(tracer) }, Some(Export { flushes, _provider: provider })))
 }
 
