@@ -28,7 +28,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::problem::GatewayError;
@@ -85,8 +85,6 @@ pub struct Watch {
     since_ms: AtomicU64,
     /// HTTP/2: frames between requests (pings, window updates) do not start a header timeout.
     h2: AtomicBool,
-    /// Wakes [`drive`] when the phase changes.
-    changed: Notify,
     /// Released when the last reference (the I/O, for an upgraded connection) is gone.
     _slot: Slot,
 }
@@ -100,7 +98,6 @@ impl Watch {
             phase: AtomicU8::new(HEAD),
             since_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
-            changed: Notify::new(),
             _slot: slot,
         })
     }
@@ -121,15 +118,12 @@ impl Watch {
     fn http2_preface(&self) {
         self.h2.store(true, Ordering::Relaxed);
         self.since_ms.store(self.now_ms(), Ordering::Release);
-        if self.phase.compare_exchange(HEAD, IDLE, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-            self.changed.notify_one();
-        }
+        let _ = self.phase.compare_exchange(HEAD, IDLE, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// The connection switched protocols (`101`): its bytes are no longer HTTP requests.
     pub fn upgraded(&self) {
         self.phase.store(UPGRADED, Ordering::Release);
-        self.changed.notify_one();
     }
 
     /// Bytes arrived: on an idle HTTP/1 connection they begin the next request, whose headers must now arrive
@@ -139,9 +133,7 @@ impl Watch {
             return;
         }
         self.since_ms.store(self.now_ms(), Ordering::Release);
-        if self.phase.compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-            self.changed.notify_one();
-        }
+        let _ = self.phase.compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -157,7 +149,7 @@ impl Watch {
         let (limit, why) = match self.phase.load(Ordering::Acquire) {
             HEAD => (limits.header_read_timeout, Timeout::Header),
             IDLE => (limits.idle_timeout, Timeout::Idle),
-            // BUSY with nothing in flight: the last response is being finished; its `Finished` notifies.
+            // BUSY with nothing in flight: the last response is being finished (its `Finished` sets IDLE).
             _ => return None,
         };
         let since = self.start + Duration::from_millis(self.since_ms.load(Ordering::Acquire));
@@ -182,7 +174,6 @@ impl Drop for Finished {
         if w.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             w.since_ms.store(w.now_ms(), Ordering::Release);
             let _ = w.phase.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Relaxed);
-            w.changed.notify_one();
         }
     }
 }
@@ -399,47 +390,71 @@ fn problem_for_parse_error(written: &[u8], max_header_bytes: u64) -> Option<Vec<
 /// Runs the connection `conn` until it ends, or closes it (drops it, which closes the socket) when the deadline
 /// of its current phase passes: `limits.header_read_timeout` while a request's headers are awaited,
 /// `limits.idle_timeout` while nothing is in flight.
+///
+/// The deadline is checked lazily, so that no request pays for waking this task or re-arming a timer: a phase
+/// change only stores the phase and its start. Every deadline lies at least `period` (the shorter timeout) after
+/// the change that set it, so a check every `period`, re-armed to a nearer deadline when there is one, still
+/// closes each connection at its deadline.
 pub async fn drive<E: std::fmt::Display>(
     conn: impl Future<Output = Result<(), E>>,
     watch: Arc<Watch>,
     limits: Limits,
     timeouts: &ConnectionTimeouts,
 ) {
-    tokio::pin!(conn);
-    loop {
-        let changed = watch.changed.notified();
-        let deadline = watch.deadline(&limits);
-        let sleep = async {
-            match deadline {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+    let period = limits.header_read_timeout.min(limits.idle_timeout).max(Duration::from_millis(1));
+    let first = watch.deadline(&limits).map_or(Instant::now() + period, |(at, _)| at);
+    let driving = Driving { conn, check: tokio::time::sleep_until(first), armed: false, watch, limits, period };
+    match driving.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Err(Timeout::Header) => {
+            timeouts.header.inc();
+            tracing::debug!(timeout = ?limits.header_read_timeout, "request headers too slow: connection closed");
+        }
+        Err(Timeout::Idle) => {
+            timeouts.idle.inc();
+            tracing::debug!(timeout = ?limits.idle_timeout, "idle connection closed");
+        }
+    }
+}
+
+pin_project! {
+    /// A connection and its deadline check: the connection's outcome, or the timeout that ended it.
+    struct Driving<C> {
+        #[pin]
+        conn: C,
+        #[pin]
+        check: tokio::time::Sleep,
+        // Whether `check` holds this task's waker for its current deadline: until it elapses, a wake-up of the
+        // connection need not poll it.
+        armed: bool,
+        watch: Arc<Watch>,
+        limits: Limits,
+        period: Duration,
+    }
+}
+
+impl<C: Future> Future for Driving<C> {
+    type Output = Result<C::Output, Timeout>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(ended) = this.conn.poll(cx) {
+            return Poll::Ready(Ok(ended));
+        }
+        if *this.armed && !this.check.is_elapsed() {
+            return Poll::Pending;
+        }
+        loop {
+            if this.check.as_mut().poll(cx).is_pending() {
+                *this.armed = true;
+                return Poll::Pending;
             }
-        };
-        tokio::select! {
-            ended = &mut conn => {
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            () = changed => {}
-            () = sleep => {
-                // Still the same deadline (nothing happened meanwhile)? Then the connection took too long.
-                if let Some((at, why)) = watch.deadline(&limits)
-                    && at <= Instant::now()
-                {
-                    match why {
-                        Timeout::Header => {
-                            timeouts.header.inc();
-                            tracing::debug!(timeout = ?limits.header_read_timeout, "request headers too slow: connection closed");
-                        }
-                        Timeout::Idle => {
-                            timeouts.idle.inc();
-                            tracing::debug!(timeout = ?limits.idle_timeout, "idle connection closed");
-                        }
-                    }
-                    return;
-                }
+            let now = Instant::now();
+            match this.watch.deadline(this.limits) {
+                Some((at, why)) if at <= now => return Poll::Ready(Err(why)),
+                Some((at, _)) => this.check.as_mut().reset(at.min(now + *this.period)),
+                None => this.check.as_mut().reset(now + *this.period),
             }
         }
     }

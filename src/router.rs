@@ -293,7 +293,9 @@ fn match_exact(segs: &[Segment], path: &str, params: &mut Params) -> bool {
 /// (`%2e%2e`): what the router and `rewrite_prefix` see, so `/pub/../admin` is `/admin` and cannot stay under
 /// `/pub`. `%2F` is not a separator and is left alone. A path not starting with `/` is returned as it is.
 pub fn remove_dot_segments(path: &str) -> Cow<'_, str> {
-    if !path.starts_with('/') || !path.split('/').any(|s| dots(s) > 0) {
+    // Most paths hold neither a dot nor a percent escape: one byte scan answers for them.
+    let maybe_dots = path.bytes().any(|b| b == b'.' || b == b'%');
+    if !maybe_dots || !path.starts_with('/') || !path.split('/').any(|s| dots(s) > 0) {
         return Cow::Borrowed(path);
     }
     let segments: Vec<&str> = path.split('/').skip(1).collect();

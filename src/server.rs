@@ -404,7 +404,7 @@ fn valid_host(value: &str) -> bool {
             }
             _ => return false,
         },
-        None => match value.rfind(':') {
+        None => match last_colon(value) {
             Some(colon) => (Some(&value[..colon]), &value[colon..]),
             None => (Some(value), ""),
         },
@@ -418,6 +418,11 @@ fn valid_host(value: &str) -> bool {
     port_ok && host.is_none_or(reg_name)
 }
 
+/// Where the last `:` of `s` is (a byte search: cheaper than a `char` pattern on every request).
+fn last_colon(s: &str) -> Option<usize> {
+    s.as_bytes().iter().rposition(|&b| b == b':')
+}
+
 /// The host a request is for, without port or trailing dot: the URI's authority (HTTP/2 `:authority`, an
 /// absolute-form target), else the `Host` header.
 fn host_of(req: &Request<Incoming>) -> Option<&str> {
@@ -428,7 +433,7 @@ fn host_of(req: &Request<Incoming>) -> Option<&str> {
     let host = if raw.starts_with('[') {
         raw.split_once(']').map(|(h, _)| &h[1..])?
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+        last_colon(raw).map_or(raw, |at| &raw[..at])
     };
     Some(host.strip_suffix('.').unwrap_or(host))
 }

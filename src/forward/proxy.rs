@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body::Body as _;
@@ -176,15 +176,17 @@ fn prepare_headers(headers: &mut HeaderMap, facts: &Facts) {
     strip_hop_by_hop(headers);
     let host = headers.remove(header::HOST);
     // Every line the client sent is kept (joined), then the peer is appended.
-    let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
-    let xff = match prior.as_slice() {
-        [] => Some(facts.peer_ip.clone()),
-        lines => {
-            HeaderValue::try_from(format!("{}, {}", lines.join(", "), facts.peer_ip.to_str().unwrap_or_default())).ok()
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(facts.peer_ip.clone());
         }
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        Entry::Occupied(mut e) => {
+            let prior: Vec<&str> = e.iter().filter_map(|v| v.to_str().ok()).collect();
+            let joined = format!("{}, {}", prior.join(", "), facts.peer_ip.to_str().unwrap_or_default());
+            if let Ok(v) = HeaderValue::try_from(joined) {
+                e.insert(v);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(facts.scheme));
     if let Some(h) = host {
