@@ -87,10 +87,47 @@ impl OtlpExporter {
         Ok(self.client.as_ref().expect("made above"))
     }
 
-    /// Encodes `spans` into `buf` (cleared first) as one gRPC message: the 5-byte frame header, then an
-    /// `ExportTraceServiceRequest` with one `ResourceSpans` and a `ScopeSpans` per run of spans of the same scope.
-    pub fn encode(&self, spans: &[SpanData], buf: &mut Vec<u8>) {
+    /// Encodes `spans` into `buf` (cleared first) as one gRPC message — the 5-byte frame header, then an
+    /// `ExportTraceServiceRequest` with one `ResourceSpans` — and returns where in `buf` the message starts.
+    ///
+    /// The lengths of the enclosing messages are only known once the spans are written, and a length comes before
+    /// its message: rather than moving the whole batch to make room for them, the spans are written after enough
+    /// room for the headers, which are then written backwards in front of them. Each span's own length gets two
+    /// bytes up front (spans are 128 bytes to 16 KiB); only a span outside that range is moved.
+    pub fn encode(&self, spans: &[SpanData], buf: &mut Vec<u8>) -> usize {
         buf.clear();
+        let Some(first) = spans.first() else { return 0 };
+        let scope = &first.instrumentation_scope;
+        if spans.iter().any(|s| &s.instrumentation_scope != scope) {
+            return self.encode_scopes(spans, buf);
+        }
+        let mut head = Writer::default();
+        head.message(1, |w| scope_message(w, scope));
+        let room = 5 + 11 + self.resource.len() + 11 + head.buf.len();
+        buf.resize(room, 0);
+        let mut w = Writer { buf: std::mem::take(buf) };
+        for span in spans {
+            w.message_reserving(2, 2, |w| encode_span(w, span));
+        }
+        w.string(3, scope.schema_url().unwrap_or(""));
+        *buf = w.buf;
+        // Backwards from the first span: the scope, the ScopeSpans header, the resource, the ResourceSpans
+        // header, the gRPC frame header.
+        let mut at = room;
+        let scope_spans = head.buf.len() + (buf.len() - room);
+        at = put(buf, at, &head.buf);
+        at = put(buf, at, &length_prefixed(2, scope_spans));
+        at = put(buf, at, &self.resource);
+        let resource_spans = buf.len() - at;
+        at = put(buf, at, &length_prefixed(1, resource_spans));
+        let message = u32::try_from(buf.len() - at).unwrap_or(u32::MAX);
+        at = put(buf, at, &message.to_be_bytes());
+        put(buf, at, &[0])
+    }
+
+    /// [`encode`](Self::encode) for a batch of several instrumentation scopes (a `ScopeSpans` per run of spans
+    /// of the same scope); Sluice's own spans all have one.
+    fn encode_scopes(&self, spans: &[SpanData], buf: &mut Vec<u8>) -> usize {
         buf.extend_from_slice(&[0; 5]);
         let mut w = Writer { buf: std::mem::take(buf) };
         w.message(1, |w| {
@@ -100,15 +137,9 @@ impl OtlpExporter {
                 let scope = &first.instrumentation_scope;
                 let run = rest.iter().take_while(|s| &s.instrumentation_scope == scope).count();
                 w.message(2, |w| {
-                    w.message(1, |w| {
-                        w.string(1, scope.name());
-                        w.string(2, scope.version().unwrap_or(""));
-                        for kv in scope.attributes() {
-                            attribute(w, 3, kv.key.as_str(), &kv.value);
-                        }
-                    });
+                    w.message(1, |w| scope_message(w, scope));
                     for span in &rest[..run] {
-                        w.message(2, |w| encode_span(w, span));
+                        w.message_reserving(2, 2, |w| encode_span(w, span));
                     }
                     w.string(3, scope.schema_url().unwrap_or(""));
                 });
@@ -118,6 +149,7 @@ impl OtlpExporter {
         *buf = w.buf;
         let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
         buf[1..5].copy_from_slice(&len.to_be_bytes());
+        0
     }
 
     /// Sends one encoded batch (from [`encode`](Self::encode)) and waits for the collector's answer.
@@ -167,6 +199,30 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<(u32, String)> {
     let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
     let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     Some((code, message))
+}
+
+/// `common.v1.InstrumentationScope`'s fields.
+fn scope_message(w: &mut Writer, scope: &opentelemetry::InstrumentationScope) {
+    w.string(1, scope.name());
+    w.string(2, scope.version().unwrap_or(""));
+    for kv in scope.attributes() {
+        attribute(w, 3, kv.key.as_str(), &kv.value);
+    }
+}
+
+/// The key of length-delimited field `field` (< 16) and `len` as a varint.
+fn length_prefixed(field: u32, len: usize) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.key(field, 2);
+    w.varint(len as u64);
+    w.buf
+}
+
+/// Writes `bytes` to end at `end` in `buf` and returns where they start.
+fn put(buf: &mut [u8], end: usize, bytes: &[u8]) -> usize {
+    let start = end - bytes.len();
+    buf[start..end].copy_from_slice(bytes);
+    start
 }
 
 /// `opentelemetry.proto.trace.v1.Span`.
@@ -252,29 +308,85 @@ fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// An attribute: a `common.v1.KeyValue` (`key` = 1, `value` = 2, an `AnyValue`) as field `field`. Strings and
-/// numbers — nearly every attribute — have lengths known up front and are written in one go.
+/// An attribute: a `common.v1.KeyValue` (`key` = 1, `value` = 2, an `AnyValue`) as field `field` (< 16). Strings
+/// and numbers — nearly every attribute — have lengths known up front: their tags and lengths are gathered on the
+/// stack and the attribute is appended in four copies.
 fn attribute(w: &mut Writer, field: u32, key: &str, value: &Value) {
-    let (member, len) = match value {
-        Value::String(s) => (1, len_delimited(s.as_str().len())),
-        Value::I64(i) => (3, varint_len(*i as u64)),
-        Value::Bool(_) => (2, 1),
-        Value::F64(_) => (4, 8),
+    let k = key.as_bytes();
+    let mut any = Scratch::default();
+    let val: &[u8] = match value {
+        Value::String(s) => {
+            let v = s.as_str().as_bytes();
+            any.byte(0x0a);
+            any.varint(v.len() as u64);
+            v
+        }
+        // int64 as a varint of its two's complement.
+        Value::I64(i) => {
+            any.byte(0x18);
+            any.varint(*i as u64);
+            &[]
+        }
+        Value::Bool(b) => {
+            any.byte(0x10);
+            any.byte(u8::from(*b));
+            &[]
+        }
+        Value::F64(f) => {
+            any.byte(0x21);
+            f.to_bits().to_le_bytes().into_iter().for_each(|b| any.byte(b));
+            &[]
+        }
         _ => return w.message(field, |w| key_value(w, key, value)),
     };
-    let any = 1 + len;
-    w.buf.reserve(8 + key.len() + any);
-    w.key(field, 2);
-    w.varint((1 + len_delimited(key.len()) + 1 + len_delimited(any)) as u64);
-    w.bytes(1, key.as_bytes());
-    w.key(2, 2);
-    w.varint(any as u64);
-    match value {
-        Value::String(s) => w.bytes(member, s.as_str().as_bytes()),
-        Value::I64(i) => w.varint_field(member, *i as u64),
-        Value::Bool(b) => w.varint_field(member, u64::from(*b)),
-        Value::F64(f) => w.fixed64(member, f.to_bits()),
-        _ => unreachable!("matched above"),
+    let any_len = any.len + val.len();
+    let mut head = Scratch::default();
+    head.byte((field << 3 | 2) as u8);
+    head.varint((1 + len_delimited(k.len()) + 1 + len_delimited(any_len)) as u64);
+    head.byte(0x0a);
+    head.varint(k.len() as u64);
+    let mut mid = Scratch::default();
+    mid.byte(0x12);
+    mid.varint(any_len as u64);
+    mid.append(&any);
+    let buf = &mut w.buf;
+    buf.reserve(head.len + k.len() + mid.len + val.len());
+    buf.extend_from_slice(head.bytes());
+    buf.extend_from_slice(k);
+    buf.extend_from_slice(mid.bytes());
+    buf.extend_from_slice(val);
+}
+
+/// A few bytes of tags and lengths built on the stack (at most 32).
+#[derive(Default)]
+struct Scratch {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Scratch {
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    #[inline(always)]
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    fn append(&mut self, other: &Scratch) {
+        self.buf[self.len..self.len + other.len].copy_from_slice(other.bytes());
+        self.len += other.len;
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -385,29 +497,29 @@ impl Writer {
     }
 
     fn message(&mut self, field: u32, body: impl FnOnce(&mut Writer)) {
+        self.message_reserving(field, 1, body);
+    }
+
+    /// A nested message whose length is expected to take `slot` bytes: that much room is left for it, and the
+    /// message is moved only when its length needs more or fewer.
+    fn message_reserving(&mut self, field: u32, slot: usize, body: impl FnOnce(&mut Writer)) {
         self.key(field, 2);
         let at = self.buf.len();
-        self.buf.push(0);
+        self.buf.resize(at + slot, 0);
         body(self);
-        let len = self.buf.len() - at - 1;
-        if len < 0x80 {
-            self.buf[at] = len as u8;
-            return;
-        }
-        let mut prefix = [0u8; 10];
-        let mut n = 0;
-        let mut v = len as u64;
-        while v >= 0x80 {
-            prefix[n] = (v as u8) | 0x80;
-            v >>= 7;
-            n += 1;
-        }
-        prefix[n] = v as u8;
-        n += 1;
         let end = self.buf.len();
-        self.buf.resize(end + n - 1, 0);
-        self.buf.copy_within(at + 1..end, at + n);
-        self.buf[at..at + n].copy_from_slice(&prefix[..n]);
+        let len = end - at - slot;
+        let mut prefix = Scratch::default();
+        prefix.varint(len as u64);
+        let n = prefix.len;
+        if n != slot {
+            if n > slot {
+                self.buf.resize(end + n - slot, 0);
+            }
+            self.buf.copy_within(at + slot..end, at + n);
+            self.buf.truncate(end + n - slot);
+        }
+        self.buf[at..at + n].copy_from_slice(prefix.bytes());
     }
 }
 
@@ -447,6 +559,48 @@ mod tests {
             assert_eq!(direct.buf, nested.buf, "{value:?}");
         }
         assert_eq!((varint_len(0), varint_len(127), varint_len(128), varint_len(u64::MAX)), (1, 1, 2, 10));
+    }
+
+    fn span(name: &'static str, attributes: Vec<opentelemetry::KeyValue>) -> SpanData {
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(7u128),
+                SpanId::from(9u64),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::from(3u64),
+            parent_span_is_remote: true,
+            span_kind: SpanKind::Client,
+            name: name.into(),
+            start_time: UNIX_EPOCH + Duration::from_secs(1),
+            end_time: UNIX_EPOCH + Duration::from_secs(2),
+            attributes,
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::error("boom"),
+            instrumentation_scope: opentelemetry::InstrumentationScope::builder("sluice").build(),
+        }
+    }
+
+    #[test]
+    fn a_batch_written_backwards_equals_the_nested_encoding() {
+        let resource = Resource::builder().with_service_name("svc").build();
+        let exporter = OtlpExporter::new("http://127.0.0.1:4317", &resource, Duration::from_secs(1)).unwrap();
+        let long = "p".repeat(20_000);
+        let spans = vec![
+            span("small", vec![]),
+            span("GET /", vec![opentelemetry::KeyValue::new("url.path", "/x".repeat(100))]),
+            span("huge", vec![opentelemetry::KeyValue::new("url.path", long)]),
+        ];
+        let (mut fast, mut nested) = (Vec::new(), Vec::new());
+        let start = exporter.encode(&spans, &mut fast);
+        assert_eq!(exporter.encode_scopes(&spans, &mut nested), 0);
+        assert_eq!(&fast[start..], &nested[..]);
+        assert_eq!(u32::from_be_bytes(nested[1..5].try_into().unwrap()) as usize, nested.len() - 5);
     }
 
     #[test]

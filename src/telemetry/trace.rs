@@ -280,10 +280,6 @@ impl Queue {
     fn new(capacity: usize, dropped: Counter) -> Queue {
         Queue { spans: Mutex::new(Vec::with_capacity(MAX_BATCH)), capacity, full: Notify::new(), dropped }
     }
-
-    fn has_full_batch(&self) -> bool {
-        self.spans.lock().expect("span queue lock").len() >= MAX_BATCH
-    }
 }
 
 /// Hands finished spans to the export task without ever waiting.
@@ -340,33 +336,22 @@ async fn export_loop(
                 None => return,
             },
         };
-        // Everything queued when the timer fired or a flush was asked for; otherwise only full batches, so that a
-        // busy gateway sends few large requests (a request's own cost is paid once per batch).
-        let mut take_all = true;
-        while std::mem::replace(&mut take_all, flush.is_some()) || queue.has_full_batch() {
-            {
-                let mut spans = queue.spans.lock().expect("span queue lock");
-                if spans.len() <= MAX_BATCH {
-                    std::mem::swap(&mut *spans, &mut batch);
-                } else {
-                    batch.extend(spans.drain(..MAX_BATCH));
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
-            exporter.encode(&batch, &mut frame);
-            let count = batch.len();
-            batch.clear();
+        // Everything queued, sent in batches of at most `MAX_BATCH`: the queue's vector is swapped for the empty
+        // one of the previous round, so no span is moved twice.
+        std::mem::swap(&mut *queue.spans.lock().expect("span queue lock"), &mut batch);
+        for chunk in batch.chunks(MAX_BATCH) {
+            let start = exporter.encode(chunk, &mut frame);
             let capacity = frame.capacity();
-            let sent = Bytes::from(std::mem::replace(&mut frame, Vec::with_capacity(capacity)));
+            let sent = Bytes::from(std::mem::replace(&mut frame, Vec::with_capacity(capacity))).slice(start..);
             if let Err(e) = exporter.send(sent).await
                 && last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
             {
                 last_warning = Some(Instant::now());
-                tracing::warn!(error = %e, spans = count, "trace export failed (repeats are not logged for a minute)");
+                let spans = chunk.len();
+                tracing::warn!(error = %e, spans, "trace export failed (repeats are not logged for a minute)");
             }
         }
+        batch.clear();
         if let Some(done) = flush {
             let _ = done.send(());
         }
