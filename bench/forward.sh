@@ -16,8 +16,8 @@
 #   sluice-traced      only with --traced or OTLP_ENDPOINT: the plain route with `[telemetry] otlp_endpoint` and
 #                      `sample_ratio = 1.0`, every span exported over OTLP/gRPC to a real OpenTelemetry Collector:
 #                      by default a private one this script starts (the binary `integration/otel.sh build` prints,
-#                      or OTELCOL_BIN), pinned to CPU $LOAD_CPU, writing spans to a file in the temp dir that is
-#                      truncated before each run and counted after it; with OTLP_ENDPOINT=http://host:port, that
+#                      or OTELCOL_BIN), pinned to CPU $LOAD_CPU, that decodes every span, counts it in its own
+#                      metrics (read before and after each run) and writes nothing; with OTLP_ENDPOINT=http://host:port, that
 #                      collector instead (a local one is pinned to CPU $LOAD_CPU for the run, and its affinity
 #                      restored on exit; set OTLP_SPANS to its spans file to have spans counted)
 #
@@ -27,7 +27,7 @@
 # was the bottleneck. The proxy's CPU use during each run (from /proc) is printed too.
 #
 # Environment knobs: REPS, DURATION (seconds), WARMUP (seconds), CONNS (wrk -c), PORT_BASE (default 18000;
-# uses PORT_BASE..PORT_BASE+6 and PORT_BASE+1901..+1904), PROXY_CPU, LOAD_CPU, SLUICE_BIN (skip the build),
+# uses PORT_BASE..PORT_BASE+7 and PORT_BASE+1901..+1904), PROXY_CPU, LOAD_CPU, SLUICE_BIN (skip the build),
 # SLUICE_BASE_BIN, OTLP_ENDPOINT, OTLP_SPANS, OTELCOL_BIN, KEEP_TMP=1 (keep the temp dir with configs and logs).
 #
 # Everything binds on 127.0.0.1; everything started here is stopped on exit.
