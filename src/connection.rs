@@ -403,7 +403,11 @@ pub async fn drive<E: std::fmt::Display>(
 ) {
     let period = limits.header_read_timeout.min(limits.idle_timeout).max(Duration::from_millis(1));
     let first = watch.deadline(&limits).map_or(Instant::now() + period, |(at, _)| at);
-    let driving = Driving { conn, check: tokio::time::sleep_until(first), armed: false, watch, limits, period };
+    // The connection is dropped (its socket closed) when this function returns, after the timeout was counted: a
+    // client that sees the close also sees it in the metrics.
+    tokio::pin!(conn);
+    let driving =
+        Driving { conn: conn.as_mut(), check: tokio::time::sleep_until(first), armed: false, watch, limits, period };
     match driving.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
