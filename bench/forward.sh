@@ -17,7 +17,7 @@
 #                      `sample_ratio = 1.0`, every span exported over OTLP/gRPC to a real OpenTelemetry Collector:
 #                      by default a private one this script starts (the binary `integration/otel.sh build` prints,
 #                      or OTELCOL_BIN), pinned to CPU $LOAD_CPU, that decodes every span, counts it in its own
-#                      metrics (read before and after each run) and writes nothing; with OTLP_ENDPOINT=http://host:port, that
+#                      metrics (read before and after each run) and discards it; with OTLP_ENDPOINT=http://host:port, that
 #                      collector instead (a local one is pinned to CPU $LOAD_CPU for the run, and its affinity
 #                      restored on exit; set OTLP_SPANS to its spans file to have spans counted)
 #
@@ -256,9 +256,10 @@ grep -q '^sample_ratio = 1.0$' "$TMP/sluice-traced.toml" || { echo "could not wr
 OTEL_SPANS=${OTLP_SPANS:-}
 PRIVATE_OTEL=0
 if [ "$TRACED" = 1 ] && [ -z "${OTLP_ENDPOINT:-}" ]; then
-    # The private collector decodes every span (OTLP/gRPC in) and counts it in its own metrics, but writes nothing
-    # anywhere: marshalling ~90k spans/s to JSON lines took so much of the load CPU that the load generator, not
-    # Sluice, set the traced run's pace (Sluice then idled ~25% of the time, which inflates its µs/request).
+    # The private collector decodes every span (OTLP/gRPC in) and counts it in its own metrics, then discards it
+    # (the nop exporter): marshalling ~90k spans/s to JSON lines took so much of the load CPU that the load
+    # generator, not Sluice, set the traced run's pace (Sluice then idled ~25% of the time, which inflates its
+    # µs/request).
     PRIVATE_OTEL=1
     mkdir -p "$TMP/otel"
     cat > "$TMP/otel/config.yaml" <<EOF
@@ -268,9 +269,7 @@ receivers:
       grpc:
         endpoint: 127.0.0.1:$OTEL_PORT
 exporters:
-  file:
-    path: /dev/null
-    format: proto
+  nop:
 service:
   telemetry:
     metrics:
@@ -286,7 +285,7 @@ service:
   pipelines:
     traces:
       receivers: [otlp]
-      exporters: [file]
+      exporters: [nop]
 EOF
 fi
 
