@@ -556,8 +556,10 @@ async fn thousands_of_failing_requests_with_long_idempotency_keys_leave_memory_f
     println!("RSS before {before} KiB, after 6,000 failing keyed requests {after} KiB");
     assert_eq!(value(&metrics, "sluice_idempotency_keys{route=\"p\"}"), 0.0, "{metrics}");
     let growth = after.saturating_sub(before);
-    // Kept, the 32 KiB keys alone would hold about 100 MB.
-    assert!(growth < 16 * 1024, "RSS grew by {growth} KiB");
+    // Kept, the 32 KiB keys alone would hold about 100 MB. What the allocator keeps of the concurrent requests'
+    // 32 KiB heads varies from run to run (2.2 to 16.6 MiB seen), so the bound is well above that and well below
+    // what kept keys would take.
+    assert!(growth < 40 * 1024, "RSS grew by {growth} KiB");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
