@@ -5,14 +5,15 @@
 //! the bytes on the wire matter, otherwise hyper's client.
 
 mod broker_support;
+mod process_support;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use broker_support::common::*;
 use broker_support::{Amqp, KafkaLock, RabbitLock, random_name};
 use http::Request;
+use process_support::{Launched, free_port, read_http1_response, sluice_bin};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -65,28 +66,8 @@ impl RawResponse {
 
 /// Reads one response (head, then a `content-length` body) from `stream`; `None` if the connection closes first.
 async fn read_response(stream: &mut TcpStream) -> Option<RawResponse> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let mut response = RawResponse { status, head, body: buf[end..].to_vec() };
-    let length: usize = response.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    while response.body.len() < length {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => response.body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    Some(response)
+    let (status, head, body) = read_http1_response(stream).await?;
+    Some(RawResponse { status, head, body })
 }
 
 /// Sends `raw` on a new connection to `addr` and reads the answer.
@@ -109,35 +90,20 @@ async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
     }
 }
 
-/// A port nothing listens on right now.
-async fn free_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// The gateway binary: `SLUICE_TEST_BIN` when set (a copy of this checkout's build, for machines where several
-/// checkouts share one target directory), else the one cargo built for this test.
-fn sluice_bin() -> PathBuf {
-    std::env::var_os("SLUICE_TEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sluice")), PathBuf::from)
-}
-
 /// The real `sluice` binary, run with a config file on free ports; killed when dropped.
-struct Binary {
-    dir: PathBuf,
-    port: u16,
-    admin_port: u16,
-    child: Child,
+struct Binary(Launched);
+
+impl std::ops::Deref for Binary {
+    type Target = Launched;
+
+    fn deref(&self) -> &Launched {
+        &self.0
+    }
 }
 
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+impl std::ops::DerefMut for Binary {
+    fn deref_mut(&mut self) -> &mut Launched {
+        &mut self.0
     }
 }
 
@@ -149,57 +115,18 @@ impl Binary {
 
     /// [`Binary::start`] with extra environment variables.
     async fn start_with_env(test: &str, server: &str, rest: &str, env: &[(&str, &str)]) -> Binary {
-        for _ in 0..5 {
-            let dir = std::env::temp_dir().join(format!("sluice-hostile-{test}-{}", uuid::Uuid::new_v4().simple()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let (port, admin_port) = (free_port().await, free_port().await);
-            let text = format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{server}\n\
-                 [telemetry]\naccess_log = false\n{rest}"
-            );
-            let path = dir.join("routes.toml");
-            std::fs::write(&path, text).unwrap();
-            let mut command = Command::new(sluice_bin());
-            command.env_remove("SLUICE_CONFIG").env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null());
-            for (k, _) in std::env::vars_os() {
-                if k.to_string_lossy().starts_with("SLUICE__") {
-                    command.env_remove(k);
-                }
-            }
-            command.envs(env.iter().copied());
-            let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
-            let child = command.arg("run").arg("--config").arg(&path).stderr(stderr).spawn().unwrap();
-            let mut binary = Binary { dir, port, admin_port, child };
-            loop {
-                if let Some(status) = binary.child.try_wait().unwrap() {
-                    let log = binary.stderr();
-                    assert!(log.contains("cannot bind"), "sluice exited ({status}) at start-up:\n{log}");
-                    break;
-                }
-                let req = Request::get(binary.admin_url("/healthz")).body(empty()).unwrap();
-                if matches!(client().request(req).await, Ok(r) if r.status() == 200) {
-                    return binary;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        panic!("no free ports for sluice after 5 tries");
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn admin_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.admin_port)
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+        Binary(
+            Launched::start(&format!("hostile-{test}"), env, |dir, port, admin_port| {
+                let text = format!(
+                    "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{server}\n\
+                     [telemetry]\naccess_log = false\n{rest}"
+                );
+                let path = dir.join("routes.toml");
+                std::fs::write(&path, text).unwrap();
+                path
+            })
+            .await,
+        )
     }
 
     /// Resident memory of the gateway process, in KiB.

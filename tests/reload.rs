@@ -7,9 +7,10 @@
 //! restart applies are reported as such.
 
 mod broker_support;
+mod process_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use broker_support::common::*;
@@ -17,6 +18,7 @@ use broker_support::{Amqp, RabbitLock, amqp_url, brokers_sh, random_name};
 use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
+use process_support::{Launched, free_port};
 use serde_json::Value;
 
 // =============================================================================================================
@@ -53,32 +55,23 @@ fn route(name: &str, prefix: &str, upstream: &str) -> String {
     )
 }
 
-/// A port nothing listens on right now.
-async fn free_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// A running `sluice run --config FILE`, killed when dropped.
 struct Sluice {
-    dir: PathBuf,
-    /// The config file as given on the command line.
-    path: PathBuf,
-    port: u16,
-    admin_port: u16,
-    child: Child,
+    proc: Launched,
     client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
 }
 
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+impl std::ops::Deref for Sluice {
+    type Target = Launched;
+
+    fn deref(&self) -> &Launched {
+        &self.proc
+    }
+}
+
+impl std::ops::DerefMut for Sluice {
+    fn deref_mut(&mut self) -> &mut Launched {
+        &mut self.proc
     }
 }
 
@@ -94,46 +87,11 @@ impl Sluice {
     }
 
     /// Starts the binary on two free ports with the config file that `files` writes into the fresh directory
-    /// (given the ports) and returns the path of. Ports taken by someone else in the meantime: tried again.
+    /// (given the ports) and returns the path of.
     async fn launch(test: &str, files: impl Fn(&Path, u16, u16) -> PathBuf) -> Sluice {
-        for _ in 0..5 {
-            let dir = std::env::temp_dir().join(format!("sluice-reload-{test}-{}", uuid::Uuid::new_v4().simple()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let (port, admin_port) = (free_port().await, free_port().await);
-            let path = files(&dir, port, admin_port);
-            let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-            command.env_remove("SLUICE_CONFIG").env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null());
-            for (k, _) in std::env::vars_os() {
-                if k.to_string_lossy().starts_with("SLUICE__") {
-                    command.env_remove(k);
-                }
-            }
-            let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
-            let child = command.arg("run").arg("--config").arg(&path).stderr(stderr).spawn().unwrap();
-            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-            let mut sluice = Sluice { dir, path, port, admin_port, child, client };
-            loop {
-                if let Some(status) = sluice.child.try_wait().unwrap() {
-                    let log = sluice.stderr();
-                    assert!(log.contains("cannot bind"), "sluice exited ({status}) at start-up:\n{log}");
-                    break;
-                }
-                let req = Request::get(sluice.admin_url("/healthz")).body(empty()).unwrap();
-                if matches!(sluice.client.request(req).await, Ok(r) if r.status() == 200) {
-                    return sluice;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        panic!("no free ports for sluice after 5 tries");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn admin_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.admin_port)
+        let proc = Launched::start(&format!("reload-{test}"), &[], files).await;
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        Sluice { proc, client }
     }
 
     /// The file body for `rest` after this gateway's `[server]`/`[telemetry]`.
@@ -186,10 +144,6 @@ impl Sluice {
         assert_eq!(r.status, 200, "/metrics");
         let series = format!("sluice_config_reloads_total{{result=\"{result}\"}}");
         metric(&r.text(), &series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{}", r.text()))
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
 
     /// Every JSON log line.

@@ -9,6 +9,7 @@
 //! `h2`), and `sluice check` names a missing, unreadable or mismatched file.
 
 mod common;
+mod process_support;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use process_support::read_http1_response;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -359,37 +361,6 @@ async fn tls_connect(tcp: TcpStream, ca_pem: &str) -> tokio_rustls::client::TlsS
     tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake")
 }
 
-/// The status, head and (`content-length`) body of one HTTP/1.1 response read off `stream`; `None` when the
-/// connection ends first.
-async fn read_raw_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<(u16, String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[end..].to_vec();
-    while body.len() < length {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    Some((status, head, body))
-}
-
 /// curl's HTTP version (`1.1`, `2`), status and body for `https://localhost:{port}{path}`, trusting `ca`.
 async fn curl(port: u16, ca: &Path, version_flag: &str, path: &str) -> (String, u16, String) {
     let out = tokio::process::Command::new("curl")
@@ -548,7 +519,7 @@ async fn over_tls_the_header_timeout_starts_after_the_handshake_and_parse_errors
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let mut tls = tls_connect(tcp, &ca.pem).await;
     tls.write_all(b"GET /orders/late HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
-    let (status, head, _) = read_raw_response(&mut tls).await.expect("an answer");
+    let (status, head, _) = read_http1_response(&mut tls).await.expect("an answer");
     assert_eq!(status, 200, "{head}");
     assert_eq!(up.last().uri.path(), "/orders/late");
 
@@ -566,7 +537,7 @@ async fn over_tls_the_header_timeout_starts_after_the_handshake_and_parse_errors
     let mut fat = tls_connect(TcpStream::connect(gw.addr).await.unwrap(), &ca.pem).await;
     let head = format!("GET /orders/fat HTTP/1.1\r\nhost: localhost\r\nx-fat: {}\r\n\r\n", "a".repeat(20 * 1024));
     fat.write_all(head.as_bytes()).await.unwrap();
-    let (status, head, body) = read_raw_response(&mut fat).await.expect("an answer");
+    let (status, head, body) = read_http1_response(&mut fat).await.expect("an answer");
     assert_eq!(status, 431, "{head}");
     assert!(head.to_ascii_lowercase().contains("content-type: application/problem+json"), "{head}");
     let problem: Value = serde_json::from_slice(&body).unwrap();
