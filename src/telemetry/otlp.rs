@@ -26,7 +26,7 @@ use opentelemetry_sdk::trace::SpanData;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
-use crate::upstream::{Connector, Endpoint, EndpointUrl};
+use crate::upstream::{Connector, EndpointUrl};
 
 /// The gRPC method of the OTLP trace service.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -51,11 +51,24 @@ impl OtlpExporter {
     /// each export call.
     pub fn new(endpoint: &str, resource: &Resource, timeout: Duration) -> Result<Self, String> {
         let shown = crate::redact::url(endpoint);
-        let target = Endpoint::parse_url(endpoint).map_err(|e| format!("telemetry.otlp_endpoint {shown:?} {e}"))?;
+        let bad = |why: &str| format!("telemetry.otlp_endpoint {shown:?}: {why}");
+        let given: Uri = endpoint.parse().map_err(|_| bad("is not a URL"))?;
+        let https = match given.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad("must start with http:// or https://")),
+        };
+        let host = given.host().filter(|h| !h.is_empty()).ok_or_else(|| bad("has no host"))?;
+        // A path, if any, is not used: the OTLP/gRPC method's path is fixed.
+        let target = EndpointUrl {
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            port: given.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        };
         let uri: Uri = format!("{}://{}:{}{EXPORT_PATH}", target.scheme, authority_host(&target.host), target.port)
             .parse()
-            .map_err(|e| format!("telemetry.otlp_endpoint {shown:?}: {e}"))?;
-        let tls = match target.scheme == Scheme::HTTPS {
+            .map_err(|_| bad("is not a URL"))?;
+        let tls = match https {
             true => {
                 let config = crate::tls::collector().map_err(|e| e.to_string())?;
                 let name = crate::tls::server_name(None, &target.host)
@@ -584,6 +597,18 @@ mod tests {
             status: Status::error("boom"),
             instrumentation_scope: opentelemetry::InstrumentationScope::builder("sluice").build(),
         }
+    }
+
+    #[test]
+    fn endpoints_are_http_or_https_urls_whose_path_is_not_used() {
+        let resource = Resource::builder().build();
+        let timeout = Duration::from_secs(1);
+        let e = OtlpExporter::new("http://otel:pw@collector.internal:4317/ignored", &resource, timeout).unwrap();
+        assert_eq!(e.uri.to_string(), format!("http://collector.internal:4317{EXPORT_PATH}"));
+        assert!(!e.endpoint.contains("pw"), "{}", e.endpoint);
+        let e = OtlpExporter::new("https://[::1]", &resource, timeout).unwrap();
+        assert_eq!((e.target.port, e.tls.is_some()), (443, true));
+        assert!(OtlpExporter::new("ftp://collector", &resource, timeout).unwrap_err().contains("http://"));
     }
 
     #[test]
