@@ -3,8 +3,8 @@
 //! `telemetry.otlp_endpoint` is set. Without an endpoint nothing is recorded: ids are made and propagated only.
 //!
 //! Export runs off the request path: a finished span is handed to a bounded queue (a full queue drops it and
-//! counts `sluice_trace_spans_dropped_total`), and one task sends batches to the collector. A collector that is
-//! down slows no request. The queue is written here rather than using the SDK's `BatchSpanProcessor` because
+//! counts `sluice_trace_spans_dropped_total`), and one task encodes and sends batches to the collector (`otlp`).
+//! A collector that is down slows no request. The queue is written here rather than using the SDK's `BatchSpanProcessor` because
 //! that processor does not expose how many spans it dropped, and it runs a thread of its own outside tokio.
 
 use std::borrow::Cow;
