@@ -24,3 +24,9 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+
+# Fuzzing is a long suite, off by default: SLUICE_FUZZ_SECONDS=N runs every target of fuzz/ for N seconds after
+# the tests (fuzz/run.sh installs the nightly toolchain and cargo-fuzz when missing).
+if [ "${SLUICE_FUZZ_SECONDS:-0}" -gt 0 ]; then
+    fuzz/run.sh "$SLUICE_FUZZ_SECONDS"
+fi

@@ -25,6 +25,15 @@ pub fn read_value(path: &Path) -> Result<Value, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Parses `routes.toml` text without environment overrides (the fuzz targets' way in; `read_value` reads files).
+pub fn read_str(toml: &str) -> Result<Value, String> {
+    config::Config::builder()
+        .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<Value>())
+        .map_err(|e| e.to_string())
+}
+
 /// Deserializes the whole tree, collecting every unknown key and bad value instead of stopping at the first: each
 /// table is parsed key by key ([`keys::parse`]), and what is fine in it still takes effect so `validate` can check it.
 pub fn from_value(root: Value) -> (Config, Vec<String>) {
