@@ -145,23 +145,24 @@ pub fn upstream(name: &str, cfg: &UpstreamConfig) -> Result<Option<UpstreamTls>,
         }
         None => (system_roots(), None),
     };
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Settings { key: format!("upstreams.{name}"), reason: e.to_string() })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![if cfg.http2 { H2.to_vec() } else { HTTP11.to_vec() }];
-    Ok(Some(UpstreamTls { config: Arc::new(config), ca_pem }))
+    let alpn = if cfg.http2 { H2 } else { HTTP11 };
+    let config = client_config(&format!("upstreams.{name}"), roots, alpn)?;
+    Ok(Some(UpstreamTls { config, ca_pem }))
 }
 
 /// TLS for an `https://` OTLP collector (`telemetry.otlp_endpoint`): the system's roots, ALPN `h2` (gRPC).
 pub fn collector() -> Result<Arc<ClientConfig>, TlsError> {
+    client_config("telemetry.otlp_endpoint", system_roots(), H2)
+}
+
+/// A client config trusting `roots` and offering `alpn`; `key` names the setting in an error.
+fn client_config(key: &str, roots: Arc<RootCertStore>, alpn: &[u8]) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Settings { key: "telemetry.otlp_endpoint".to_owned(), reason: e.to_string() })?
-        .with_root_certificates(system_roots())
+        .map_err(|e| TlsError::Settings { key: key.to_owned(), reason: e.to_string() })?
+        .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![H2.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

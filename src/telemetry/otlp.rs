@@ -26,7 +26,7 @@ use opentelemetry_sdk::trace::SpanData;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
-use crate::upstream::{Connector, EndpointUrl};
+use crate::upstream::{Connector, EndpointUrl, authority_host};
 
 /// The gRPC method of the OTLP trace service.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -200,11 +200,6 @@ impl OtlpExporter {
         }
         result
     }
-}
-
-/// A host as the authority of a URI (IPv6 literals in brackets).
-fn authority_host(host: &str) -> String {
-    if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
 }
 
 /// `grpc-status` and `grpc-message` of a header map, when it has a status.

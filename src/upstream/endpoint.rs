@@ -24,6 +24,11 @@ pub struct EndpointUrl {
     pub port: u16,
 }
 
+/// A host as written in a URI's authority or a Host header: IPv6 literals in brackets.
+pub fn authority_host(host: &str) -> String {
+    if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
+}
+
 /// A resolved endpoint and its state.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -78,7 +83,7 @@ impl Endpoint {
     /// endpoint of a transport without TLS settings (the snapshot always makes them; see `tls::upstream`).
     pub fn new(url: &str, parsed: &EndpointUrl, addr: SocketAddr, transport: &Transport) -> Option<Endpoint> {
         let authority = Authority::try_from(addr.to_string()).expect("a socket address is an authority");
-        let host = if parsed.host.contains(':') { format!("[{}]", parsed.host) } else { parsed.host.clone() };
+        let host = authority_host(&parsed.host);
         let https = parsed.scheme == Scheme::HTTPS;
         let default_port = if https { 443 } else { 80 };
         let host_header = if parsed.port == default_port { host } else { format!("{host}:{}", parsed.port) };

@@ -21,7 +21,7 @@ mod retry;
 pub use balance::{Pick, hash_key};
 pub use call::{Answer, Call, call};
 pub use connect::{ConnectError, Connector};
-pub use endpoint::{Endpoint, EndpointUrl};
+pub use endpoint::{Endpoint, EndpointUrl, authority_host};
 pub use error::CallError;
 pub use group::{InFlight, Upstream};
 pub use outlier::OutlierDetector;
