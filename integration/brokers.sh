@@ -7,6 +7,7 @@
 #                                    publishes to (as `sample` does). Idempotent.
 #   integration/brokers.sh down      stop what `up` started (nothing else); leaves nothing running
 #   integration/brokers.sh status    print whether each broker is reachable; exit 0 if both are, 1 otherwise
+#   integration/brokers.sh ca-file   print the path of the CA certificate that signed the brokers' TLS listeners
 #   integration/brokers.sh clean     down, then delete the brokers' state (data, logs); the download cache stays
 #   integration/brokers.sh sample    create the broker objects the sample routes.toml needs, keeping any that exist:
 #                                    Kafka topic orders.acme (3 partitions; route order-events) and a durable
@@ -36,6 +37,14 @@
 # Kafka: Apache Kafka (KRaft, one node acting as broker and controller) from its Maven Central artifacts
 # (integration/kafka/pom.xml), run with the machine's Java 17, heap 512 MiB.
 #
+# TLS listeners (for the tests of amqps:// and Kafka SSL / SASL_SSL), beside the plain ones, on 127.0.0.1 only, with
+# a server certificate for 127.0.0.1 and localhost signed by a CA made here with openssl (`ca-file` prints its path):
+#   RabbitMQ  amqps on $SLUICE_TEST_AMQPS_PORT (5671)
+#   Kafka     SSL on $SLUICE_TEST_KAFKA_SSL_PORT (9094); SASL_SSL on $SLUICE_TEST_KAFKA_SASL_SSL_PORT (9095) with
+#             PLAIN user sluice / sluice-plain-secret and SCRAM-SHA-512 user sluice-scram / sluice-scram-secret
+#             (test accounts, nothing else)
+# A broker that brokers.sh started earlier without these listeners is restarted by `up` to get them.
+#
 # Environment:
 #   SLUICE_TEST_AMQP_URL   default amqp://guest:guest@127.0.0.1:5672/%2f
 #   SLUICE_TEST_KAFKA      default 127.0.0.1:9092 (bootstrap host:port)
@@ -45,6 +54,7 @@
 #   SLUICE_KAFKA_CONTROLLER_PORT   default 9093
 #   SLUICE_AMQP_CLIENT_VERSION     RabbitMQ Java client for `sample`, default 5.37.1
 #   SLUICE_BROKERS_TIMEOUT seconds to wait for each broker to answer, default 120
+#   SLUICE_TEST_AMQPS_PORT, SLUICE_TEST_KAFKA_SSL_PORT, SLUICE_TEST_KAFKA_SASL_SSL_PORT   the TLS listeners' ports
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -57,6 +67,13 @@ KAFKA_VERSION=${SLUICE_KAFKA_VERSION:-4.4.0}
 KAFKA_CONTROLLER_PORT=${SLUICE_KAFKA_CONTROLLER_PORT:-9093}
 TIMEOUT=${SLUICE_BROKERS_TIMEOUT:-120}
 AMQP_CLIENT_VERSION=${SLUICE_AMQP_CLIENT_VERSION:-5.37.1}
+AMQPS_PORT=${SLUICE_TEST_AMQPS_PORT:-5671}
+KAFKA_SSL_PORT=${SLUICE_TEST_KAFKA_SSL_PORT:-9094}
+KAFKA_SASL_SSL_PORT=${SLUICE_TEST_KAFKA_SASL_SSL_PORT:-9095}
+KAFKA_PLAIN_USER=sluice
+KAFKA_PLAIN_PASSWORD=sluice-plain-secret
+KAFKA_SCRAM_USER=sluice-scram
+KAFKA_SCRAM_PASSWORD=sluice-scram-secret
 
 # What the sample routes.toml publishes to (`sample`, run by `up`).
 SAMPLE_TOPIC=orders.acme
@@ -77,6 +94,8 @@ KAFKA_STATE=$STATE_DIR/kafka
 KAFKA_LOG=$KAFKA_STATE/kafka.log
 KAFKA_PIDFILE=$KAFKA_STATE/kafka.pid
 KAFKA_STOPPED=$KAFKA_STATE/stopped-by-kafka-stop
+
+TLS_DIR=$STATE_DIR/tls
 
 AMQP_CLIENT_HOME=$CACHE_DIR/amqp-client-$AMQP_CLIENT_VERSION
 AMQP_CLIENT_LIBS=$AMQP_CLIENT_HOME/libs
@@ -140,6 +159,34 @@ wait_until() { # wait_until SECONDS DESCRIPTION COMMAND...
         sleep 0.25
     done
     return 1
+}
+
+# ---------------------------------------------------------------------------------------------- tls
+# A CA and a server certificate (P-256, SAN 127.0.0.1 and localhost) for both brokers' TLS listeners, made once.
+# The key is unencrypted PKCS#8, which both RabbitMQ and Kafka's PEM keystore read.
+tls_material() {
+    [[ -s $TLS_DIR/server-bundle.pem ]] && return 0
+    command -v openssl >/dev/null || die "openssl is needed to make the brokers' test certificates"
+    local tmp=$TLS_DIR.tmp
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    (
+        cd "$tmp"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+            -subj "/CN=Sluice test brokers CA" -keyout ca.key -out ca.pem \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
+            -keyout server.key -out server.csr
+        printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+            "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+            -extfile server.ext -out server.pem
+        cat server.key server.pem >server-bundle.pem
+        chmod 600 ca.key server.key server-bundle.pem
+    ) >"$tmp.log" 2>&1 || { cat "$tmp.log" >&2; die "openssl could not make the brokers' test certificates"; }
+    rm -rf "$TLS_DIR" "$tmp.log"
+    mv "$tmp" "$TLS_DIR"
+    log "made the brokers' test CA and server certificate in $TLS_DIR"
 }
 
 # ---------------------------------------------------------------------------------------------- rabbitmq
@@ -214,6 +261,12 @@ rabbit_start_node() {
     echo '[].' >"$RABBIT_STATE/enabled_plugins"
     cat >"$RABBIT_STATE/rabbitmq.conf" <<EOF
 listeners.tcp.1 = $AMQP_HOST:$AMQP_PORT
+listeners.ssl.1 = $AMQP_HOST:$AMQPS_PORT
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/server.pem
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 loopback_users.guest = true
 log.file.level = info
 log.console = false
@@ -253,6 +306,11 @@ rabbit_wait() {
 }
 
 rabbit_up() {
+    if amqp_ping && pid_alive "$RABBIT_PIDFILE" && [[ -e $RABBIT_MARKER ]] && ! port_in_use "$AMQP_HOST" "$AMQPS_PORT"; then
+        log "RabbitMQ: our node has no TLS listener on $AMQP_HOST:$AMQPS_PORT (started by an older brokers.sh); restarting it"
+        rabbit_down
+        wait_until 30 "amqp closed" amqp_gone || die "RabbitMQ still answers on $AMQP_HOST:$AMQP_PORT after stopping it"
+    fi
     if amqp_ping; then
         if pid_alive "$RABBIT_PIDFILE" && [[ -e $RABBIT_MARKER ]]; then
             log "RabbitMQ: already running (started by brokers.sh) at $AMQP_HOST:$AMQP_PORT"
@@ -270,6 +328,7 @@ rabbit_up() {
     is_local_host "$AMQP_HOST" || die "no AMQP broker reachable at $AMQP_HOST:$AMQP_PORT (only a local one can be started)"
     port_in_use "$AMQP_HOST" "$AMQP_PORT" && die "$AMQP_HOST:$AMQP_PORT is in use but does not answer AMQP"
     rabbit_install
+    tls_material
     rabbit_start_node
     rabbit_wait
     log "RabbitMQ: up at $AMQP_HOST:$AMQP_PORT (log: $RABBIT_LOG)"
@@ -372,11 +431,17 @@ kafka_write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
+listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/server-bundle.pem
+ssl.client.auth=none
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_PLAIN_USER="$KAFKA_PLAIN_PASSWORD";
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 log.dirs=$KAFKA_STATE/data
 num.partitions=1
 default.replication.factor=1
@@ -456,7 +521,8 @@ kafka_wait() {
     done
     kafka_ping || { kafka_tail_log; die "Kafka did not answer on $KAFKA_HOST:$KAFKA_PORT within ${TIMEOUT}s"; }
     # The round trip's JVM also creates the sample topic (saves `sample` a JVM start of its own).
-    if ! kafka_check roundtrip "$KAFKA_BOOTSTRAP" "$TIMEOUT" "$SAMPLE_TOPIC:$SAMPLE_TOPIC_PARTITIONS"; then
+    if ! kafka_check roundtrip "$KAFKA_BOOTSTRAP" "$TIMEOUT" "$SAMPLE_TOPIC:$SAMPLE_TOPIC_PARTITIONS" \
+        "scram=$KAFKA_SCRAM_USER:$KAFKA_SCRAM_PASSWORD"; then
         kafka_tail_log
         die "Kafka produce/consume round trip (or creating topic $SAMPLE_TOPIC) failed on $KAFKA_BOOTSTRAP"
     fi
@@ -464,6 +530,10 @@ kafka_wait() {
 }
 
 kafka_up() {
+    if kafka_ping && pid_alive "$KAFKA_PIDFILE" && ! port_in_use 127.0.0.1 "$KAFKA_SASL_SSL_PORT"; then
+        log "Kafka: our broker has no TLS listeners on 127.0.0.1:$KAFKA_SSL_PORT/$KAFKA_SASL_SSL_PORT (started by an older brokers.sh); restarting it"
+        kafka_down
+    fi
     if kafka_ping; then
         if pid_alive "$KAFKA_PIDFILE"; then
             log "Kafka: already running (started by brokers.sh) at $KAFKA_BOOTSTRAP"
@@ -480,6 +550,7 @@ kafka_up() {
         port_in_use 127.0.0.1 "$KAFKA_CONTROLLER_PORT" &&
             die "127.0.0.1:$KAFKA_CONTROLLER_PORT (Kafka controller) is in use; set SLUICE_KAFKA_CONTROLLER_PORT"
         kafka_fetch
+        tls_material
         kafka_start
     fi
     kafka_wait
@@ -640,12 +711,14 @@ cmd_status() {
     local rc=0
     if amqp_ping; then
         echo "rabbitmq: up at $AMQP_HOST:$AMQP_PORT$([[ -e $RABBIT_MARKER ]] && pid_alive "$RABBIT_PIDFILE" && echo " (started by brokers.sh, log $RABBIT_LOG)")"
+        port_in_use "$AMQP_HOST" "$AMQPS_PORT" && echo "rabbitmq: amqps on $AMQP_HOST:$AMQPS_PORT"
     else
         echo "rabbitmq: DOWN at $AMQP_HOST:$AMQP_PORT$(pid_alive "$RABBIT_PIDFILE" && echo " (node running, application stopped?)")"
         rc=1
     fi
     if kafka_ping; then
         echo "kafka: up at $KAFKA_BOOTSTRAP$(pid_alive "$KAFKA_PIDFILE" && echo " (started by brokers.sh, log $KAFKA_LOG)")"
+        port_in_use 127.0.0.1 "$KAFKA_SASL_SSL_PORT" && echo "kafka: SSL on 127.0.0.1:$KAFKA_SSL_PORT, SASL_SSL on 127.0.0.1:$KAFKA_SASL_SSL_PORT"
     else
         echo "kafka: DOWN at $KAFKA_BOOTSTRAP"
         rc=1
@@ -675,6 +748,10 @@ main() {
             rabbit_down
             ;;
         status) cmd_status ;;
+        ca-file)
+            [[ -s $TLS_DIR/ca.pem ]] || die "no test CA yet in $TLS_DIR (run integration/brokers.sh up)"
+            echo "$TLS_DIR/ca.pem"
+            ;;
         clean)
             kafka_down
             rabbit_down

@@ -11,6 +11,9 @@ export SLUICE_TEST_KAFKA=${SLUICE_TEST_KAFKA:-127.0.0.1:9092}
 export SLUICE_TEST_OTLP=${SLUICE_TEST_OTLP:-http://127.0.0.1:4317}
 
 integration/brokers.sh up
+# The brokers' TLS listeners (amqps, Kafka SSL and SASL_SSL) are signed by a CA brokers.sh made: tests/broker_tls.rs.
+SLUICE_TEST_BROKER_CA=${SLUICE_TEST_BROKER_CA:-$(integration/brokers.sh ca-file)}
+export SLUICE_TEST_BROKER_CA
 integration/otel.sh up
 SLUICE_TEST_OTLP_SPANS=${SLUICE_TEST_OTLP_SPANS:-$(integration/otel.sh spans-file)}
 export SLUICE_TEST_OTLP_SPANS

@@ -264,11 +264,14 @@ async fn connect(name: &str, cfg: &BrokerConfig) -> Result<Publisher, PublishErr
     match cfg.kind {
         BrokerKind::Kafka => {
             let from_env = cfg.options_env.iter().map(|(k, var)| (k.clone(), std::env::var(var).unwrap_or_default()));
+            // `ca_file` is librdkafka's `ssl.ca.location` (validation refuses both).
+            let ca = cfg.ca_file.iter().map(|path| ("ssl.ca.location".to_owned(), path.display().to_string()));
             let options = cfg
                 .options
                 .iter()
                 .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
                 .chain(from_env)
+                .chain(ca)
                 .collect();
             let bootstrap = cfg.bootstrap.as_deref().unwrap_or_default();
             Publisher::connect_kafka(name, bootstrap, cfg.delivery_timeout.0, &options).await
@@ -279,7 +282,7 @@ async fn connect(name: &str, cfg: &BrokerConfig) -> Result<Publisher, PublishErr
                 (None, Some(var)) => std::env::var(var).unwrap_or_default(),
                 (None, None) => String::new(),
             };
-            Publisher::connect_amqp(name, &url, cfg.confirm_timeout.0).await
+            Publisher::connect_amqp(name, &url, cfg.confirm_timeout.0, cfg.ca_file.clone()).await
         }
     }
 }

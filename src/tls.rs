@@ -1,7 +1,8 @@
 //! TLS material read from files, with rustls and its `ring` provider: the public listener's certificate and key
-//! (`server.tls`; TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`), and what an upstream's `https://` endpoints are
-//! verified against (its `ca_file`, else the system's roots). Read at every (re)load: a snapshot holds what was read,
-//! so replacing the files and reloading takes effect for new connections. Every error names the file.
+//! (`server.tls`; TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`), what an upstream's `https://` endpoints are verified
+//! against (its `ca_file`, else the system's roots), and a broker's `ca_file`. Read at every (re)load: a snapshot
+//! holds what was read, so replacing the files and reloading takes effect for new connections. Every error names
+//! the file.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -131,16 +132,7 @@ pub fn upstream(name: &str, cfg: &UpstreamConfig) -> Result<Option<UpstreamTls>,
     }
     let (roots, ca_pem) = match &cfg.ca_file {
         Some(path) => {
-            let key = format!("upstreams.{name}.ca_file");
-            let pem = read(&key, path)?;
-            let mut roots = RootCertStore::empty();
-            for cert in certificates(&key, path, &pem)? {
-                roots.add(cert).map_err(|e| TlsError::Pem {
-                    key: key.clone(),
-                    path: path.clone(),
-                    problem: format!("holds a certificate that cannot be a root: {e}"),
-                })?;
-            }
+            let (roots, pem) = roots_from_file(&format!("upstreams.{name}.ca_file"), path)?;
             (Arc::new(roots), Some(pem))
         }
         None => (system_roots(), None),
@@ -148,6 +140,29 @@ pub fn upstream(name: &str, cfg: &UpstreamConfig) -> Result<Option<UpstreamTls>,
     let alpn = if cfg.http2 { H2 } else { HTTP11 };
     let config = client_config(&format!("upstreams.{name}"), roots, alpn)?;
     Ok(Some(UpstreamTls { config, ca_pem }))
+}
+
+/// The PEM text of broker `name`'s `ca_file`, checked to hold certificates usable as roots. lapin takes the roots
+/// as PEM text (added to the system's); librdkafka reads the file itself (`ssl.ca.location`), so for Kafka this is
+/// only the check.
+pub fn broker_ca(name: &str, path: &Path) -> Result<String, TlsError> {
+    let key = format!("brokers.{name}.ca_file");
+    let (_, pem) = roots_from_file(&key, path)?;
+    String::from_utf8(pem).map_err(|_| TlsError::Pem { key, path: path.to_owned(), problem: "is not text".to_owned() })
+}
+
+/// The certificates of a `ca_file` as roots, and the file's bytes; `key` names the setting in an error.
+fn roots_from_file(key: &str, path: &Path) -> Result<(RootCertStore, Vec<u8>), TlsError> {
+    let pem = read(key, path)?;
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(key, path, &pem)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            key: key.to_owned(),
+            path: path.to_owned(),
+            problem: format!("holds a certificate that cannot be a root: {e}"),
+        })?;
+    }
+    Ok((roots, pem))
 }
 
 /// TLS for an `https://` OTLP collector (`telemetry.otlp_endpoint`): the system's roots, ALPN `h2` (gRPC).
@@ -207,6 +222,13 @@ pub fn check_files(config: &Config) -> Vec<String> {
     }
     for (name, upstream) in &config.upstreams {
         if let Err(e) = self::upstream(name, upstream) {
+            errors.push(e.to_string());
+        }
+    }
+    for (name, broker) in &config.brokers {
+        if let Some(path) = &broker.ca_file
+            && let Err(e) = broker_ca(name, path)
+        {
             errors.push(e.to_string());
         }
     }

@@ -970,11 +970,12 @@ async fn a_secret_option_the_kafka_client_refuses_is_reported_without_its_value(
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
              [brokers.events]\nkind = \"kafka\"\nbootstrap = \"127.0.0.1:9\"\n\
-             [brokers.events.options]\n\"ssl.key.password\" = \"kafka-secret-2\"\n\"sasl.password\" = \"bad value\"\n"
+             [brokers.events.options]\n\"sasl.oauthbearer.client.secret\" = \"kafka-secret-2\"\n\"sasl.password\" = \"bad value\"\n"
         ),
     )
     .unwrap();
-    // This build's librdkafka has no OpenSSL, so it refuses `ssl.key.password`, repeating the value in its message.
+    // This build's librdkafka has no libcurl (OIDC), so it refuses `sasl.oauthbearer.client.secret`, repeating the
+    // value in its message.
     let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
     let child = Command::new(sluice_bin())
         .args(["run", "--config"])
@@ -994,7 +995,7 @@ async fn a_secret_option_the_kafka_client_refuses_is_reported_without_its_value(
     let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(status.unwrap().code(), Some(1), "{stderr}");
-    assert!(stderr.contains("ssl.key.password"), "the refused property is named: {stderr}");
+    assert!(stderr.contains("sasl.oauthbearer.client.secret"), "the refused property is named: {stderr}");
     assert!(!stderr.contains("kafka-secret-2"), "{stderr}");
 }
 

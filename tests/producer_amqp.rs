@@ -107,7 +107,7 @@ async fn publisher() -> Publisher {
 }
 
 async fn named_publisher(name: &str) -> Publisher {
-    let publisher = Publisher::connect_amqp(name, &amqp_url(), CONFIRM_TIMEOUT).await.expect("connect_amqp");
+    let publisher = Publisher::connect_amqp(name, &amqp_url(), CONFIRM_TIMEOUT, None).await.expect("connect_amqp");
     assert!(eventually(Duration::from_secs(10), || publisher.is_up()).await, "publisher did not connect");
     publisher
 }
@@ -272,7 +272,7 @@ async fn ack_none_returns_unconfirmed_and_the_message_arrives() {
 async fn starts_without_a_broker_and_publish_is_unavailable() {
     let door = Door::closed().await;
     let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", door.port);
-    let publisher = Publisher::connect_amqp("down", &url, Duration::from_secs(600))
+    let publisher = Publisher::connect_amqp("down", &url, Duration::from_secs(600), None)
         .await
         .expect("connect_amqp must not fail while the broker is down");
     assert!(eventually(Duration::from_secs(20), || door.attempts() >= 2).await, "the publisher never tried the broker");
@@ -288,7 +288,7 @@ async fn starts_without_a_broker_and_publish_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_url_is_a_config_error() {
-    let err = Publisher::connect_amqp("bad", "http://nope", CONFIRM_TIMEOUT).await.expect_err("not an AMQP URL");
+    let err = Publisher::connect_amqp("bad", "http://nope", CONFIRM_TIMEOUT, None).await.expect_err("not an AMQP URL");
     assert!(matches!(err, PublishError::Config { .. }), "got {err:?}");
 }
 
@@ -447,7 +447,7 @@ async fn connects_late_and_reconnects_after_an_outage() {
     let port = door.port;
     let via_proxy = broker.replace(&broker_addr, &format!("127.0.0.1:{port}"));
     // A confirm timeout far beyond the hang guard: a publish that waited for the broker to come back would hang.
-    let publisher = Publisher::connect_amqp("flaky", &via_proxy, Duration::from_secs(600))
+    let publisher = Publisher::connect_amqp("flaky", &via_proxy, Duration::from_secs(600), None)
         .await
         .expect("starts while the broker is unreachable");
     let publish = |body: &'static [u8]| {

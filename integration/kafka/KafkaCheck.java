@@ -2,10 +2,11 @@
 // (kafka-clients is among the broker's runtime dependencies). One JVM does what would otherwise take
 // kafka-topics + console producer + console consumer (three JVM starts, plus the heavy kafka-tools deps).
 //
-//   KafkaCheck roundtrip <bootstrap> <timeout-seconds> [<name>:<partitions>]...
+//   KafkaCheck roundtrip <bootstrap> <timeout-seconds> [<name>:<partitions> | scram=<user>:<password>]...
 //       retries until a throw-away topic can be created, a record produced (acks=all) and read back,
 //       then deletes the topic; exit 0 on success, 1 on timeout. Then creates the listed topics like
-//       `topic` does, in the same JVM (`brokers.sh up` provisions the sample config's topic this way).
+//       `topic` does, in the same JVM (`brokers.sh up` provisions the sample config's topic this way), and
+//       upserts the listed SCRAM-SHA-512 users (the SASL_SSL listener's SCRAM accounts).
 //   KafkaCheck topic <bootstrap> <name> <partitions>
 //       creates a topic (replication factor 1; an existing topic with that name is accepted) and waits
 //       until every partition has a leader, so a producer can use it at once.
@@ -24,7 +25,10 @@ import java.util.concurrent.TimeUnit;
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.clients.admin.NewTopic;
+import org.apache.kafka.clients.admin.ScramCredentialInfo;
+import org.apache.kafka.clients.admin.ScramMechanism;
 import org.apache.kafka.clients.admin.TopicDescription;
+import org.apache.kafka.clients.admin.UserScramCredentialUpsertion;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
@@ -42,6 +46,11 @@ public final class KafkaCheck {
         if (args.length >= 3 && args[0].equals("roundtrip")) {
             int rc = roundtrip(args[1], Long.parseLong(args[2]));
             for (int i = 3; i < args.length && rc == 0; i++) {
+                if (args[i].startsWith("scram=")) {
+                    String[] userPassword = args[i].substring(6).split(":", 2);
+                    rc = scram(args[1], userPassword[0], userPassword[1]);
+                    continue;
+                }
                 int colon = args[i].lastIndexOf(':');
                 if (colon <= 0) {
                     System.err.println("KafkaCheck roundtrip: expected <name>:<partitions>, got " + args[i]);
@@ -53,7 +62,7 @@ public final class KafkaCheck {
         } else if (args.length == 4 && args[0].equals("topic")) {
             System.exit(topic(args[1], args[2], Integer.parseInt(args[3])));
         }
-        System.err.println("usage: KafkaCheck roundtrip <bootstrap> <timeout-s> [<name>:<partitions>]... | topic <bootstrap> <name> <partitions>");
+        System.err.println("usage: KafkaCheck roundtrip <bootstrap> <timeout-s> [<name>:<partitions> | scram=<user>:<password>]... | topic <bootstrap> <name> <partitions>");
         System.exit(2);
     }
 
@@ -84,6 +93,17 @@ public final class KafkaCheck {
                 System.out.println("kafka: topic " + name + " already exists with " + actual + " partition(s) (not "
                     + partitions + "; left as it is)");
             }
+        }
+        return 0;
+    }
+
+    // Creates or updates a SCRAM-SHA-512 credential (KRaft keeps it in the cluster metadata).
+    private static int scram(String bootstrap, String user, String password) throws Exception {
+        try (Admin admin = Admin.create(adminProps(bootstrap))) {
+            ScramCredentialInfo info = new ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096);
+            admin.alterUserScramCredentials(List.of(new UserScramCredentialUpsertion(user, info, password)))
+                .all().get(30, TimeUnit.SECONDS);
+            System.out.println("kafka: SCRAM-SHA-512 credential for " + user + " set");
         }
         return 0;
     }

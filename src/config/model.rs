@@ -631,6 +631,10 @@ pub struct BrokerConfig {
     /// amqp: name of the environment variable holding the URL.
     #[serde(default)]
     pub url_env: Option<String>,
+    /// The roots a TLS connection to the broker is verified against: for `amqps://`, these and the system's; for
+    /// Kafka's `security.protocol` SSL / SASL_SSL, librdkafka's `ssl.ca.location`. PEM.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// amqp: how long to wait for a publisher confirm.
     #[serde(default = "default_broker_timeout")]
     pub confirm_timeout: Dur,

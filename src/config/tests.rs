@@ -233,6 +233,44 @@ retry = { max_retries = 1 }
 }
 
 #[test]
+fn broker_tls_problems_are_named() {
+    let p = problems(
+        r#"
+[brokers.plain]
+kind = "amqp"
+url = "amqp://127.0.0.1:5672/%2f"
+ca_file = "ca.pem"
+
+[brokers.gone]
+kind = "amqp"
+url = "amqps://127.0.0.1:5671/%2f"
+ca_file = "/nonexistent/ca.pem"
+
+[brokers.twice]
+kind = "kafka"
+bootstrap = "127.0.0.1:9094"
+ca_file = "/nonexistent/kafka-ca.pem"
+options = { "security.protocol" = "SSL", "ssl.ca.location" = "/etc/ssl/ca.pem" }
+
+[brokers.web]
+kind = "amqp"
+url = "https://127.0.0.1"
+"#,
+    )
+    .join("\n");
+    for e in [
+        "brokers.plain: ca_file is for amqps:// (TLS) URLs; this broker's URL is amqp://",
+        "brokers.gone.ca_file \"/nonexistent/ca.pem\" cannot be read",
+        "brokers.twice: ca_file and the option \"ssl.ca.location\" say the same; keep one",
+        "brokers.twice.ca_file \"/nonexistent/kafka-ca.pem\" cannot be read",
+        "brokers.web: url must start with amqp:// or amqps://",
+    ] {
+        assert!(p.contains(e), "missing {e:?} in:\n{p}");
+    }
+    assert!(!p.contains("brokers.gone:"), "amqps:// itself is accepted:\n{p}");
+}
+
+#[test]
 fn a_route_needs_exactly_one_action() {
     let p = problems(
         r#"

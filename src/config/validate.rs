@@ -517,16 +517,17 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
             match (&b.url, &b.url_env) {
                 (Some(_), Some(_)) => errors.push(format!("{at}: set url or url_env, not both")),
                 (None, None) => errors.push(format!("{at}: kind = \"amqp\" needs url or url_env")),
-                (Some(u), None) if u.starts_with("amqps://") => errors.push(format!(
-                    "{at}: amqps:// is not supported by this build (TLS to RabbitMQ is not compiled in); use amqp://"
-                )),
-                (Some(u), None) if !u.starts_with("amqp://") => {
-                    errors.push(format!("{at}: url must start with amqp://"))
+                (Some(u), None) if !u.starts_with("amqp://") && !u.starts_with("amqps://") => {
+                    errors.push(format!("{at}: url must start with amqp:// or amqps://"))
                 }
                 (None, Some(var)) if std::env::var_os(var).is_none() => {
                     errors.push(format!("{at}: url_env names {var:?}, which is not set"))
                 }
                 _ => {}
+            }
+            let url = b.url.clone().or_else(|| std::env::var(b.url_env.as_deref()?).ok());
+            if b.ca_file.is_some() && url.is_some_and(|u| !u.starts_with("amqps://")) {
+                errors.push(format!("{at}: ca_file is for amqps:// (TLS) URLs; this broker's URL is amqp://"));
             }
             for (key, set) in [
                 ("bootstrap", b.bootstrap.is_some()),
@@ -546,6 +547,11 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
                 if set {
                     errors.push(format!("{at}: {key} is an amqp key; this broker is kafka"));
                 }
+            }
+            if b.ca_file.is_some()
+                && (b.options.contains_key("ssl.ca.location") || b.options_env.contains_key("ssl.ca.location"))
+            {
+                errors.push(format!("{at}: ca_file and the option \"ssl.ca.location\" say the same; keep one"));
             }
             for (key, value) in &b.options {
                 if value.is_object() || value.is_array() || value.is_null() {

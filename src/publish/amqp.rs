@@ -7,6 +7,7 @@
 //! therefore checks a channel out of the pool, and gives it back only once its confirm has arrived;
 //! concurrency comes from the number of channels ([`MAX_CHANNELS`]).
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -82,8 +84,14 @@ impl Drop for DropGuard {
 impl AmqpPublisher {
     /// Start the publisher. Connecting happens in a background task that retries with backoff
     /// (100ms doubling to 5s), so this succeeds while RabbitMQ is down; it fails only on an invalid
-    /// URL. Must be called within a tokio runtime.
-    pub async fn connect(name: &str, url: &str, confirm_timeout: Duration) -> Result<Self, PublishError> {
+    /// URL. Must be called within a tokio runtime. An `amqps://` URL verifies RabbitMQ's certificate against the
+    /// system's roots and those in `ca_file` (read again at every connection attempt).
+    pub async fn connect(
+        name: &str,
+        url: &str,
+        confirm_timeout: Duration,
+        ca_file: Option<PathBuf>,
+    ) -> Result<Self, PublishError> {
         url.parse::<lapin::uri::AMQPUri>()
             .map_err(|e| PublishError::config(format!("amqp broker {name:?}: invalid url: {e}"), None))?;
         let shared = Arc::new(Shared {
@@ -95,7 +103,7 @@ impl AmqpPublisher {
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
         });
-        tokio::spawn(supervise(shared.clone(), url.to_owned()));
+        tokio::spawn(supervise(shared.clone(), url.to_owned(), ca_file));
         Ok(Self { _guard: Arc::new(DropGuard(shared.clone())), shared })
     }
 
@@ -269,13 +277,13 @@ async fn open_channel(connection: &Connection) -> lapin::Result<Channel> {
 }
 
 /// Connect, keep the session installed while the connection lives, reconnect with backoff.
-async fn supervise(shared: Arc<Shared>, url: String) {
+async fn supervise(shared: Arc<Shared>, url: String, ca_file: Option<PathBuf>) {
     // Counts connections, for logs.
     let mut generation = 0u64;
     let mut backoff = Attempts::new(Backoff::new(MIN_BACKOFF, MAX_BACKOFF));
     let mut failures = 0u32;
     while !shared.stopping.load(Ordering::SeqCst) {
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared.name, &url));
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared.name, &url, ca_file.as_deref()));
         let result = tokio::select! {
             r = attempt => r,
             () = shared.stop.notified() => break,
@@ -323,9 +331,14 @@ async fn supervise(shared: Arc<Shared>, url: String) {
     }
 }
 
-async fn connect(name: &str, url: &str) -> lapin::Result<(Connection, Vec<Channel>)> {
+async fn connect(name: &str, url: &str, ca_file: Option<&Path>) -> lapin::Result<(Connection, Vec<Channel>)> {
     let properties = ConnectionProperties::default().with_connection_name(LongString::from(format!("sluice-{name}")));
-    let connection = Connection::connect(url, properties).await?;
+    let cert_chain = match ca_file {
+        Some(path) => Some(crate::tls::broker_ca(name, path).map_err(std::io::Error::other)?),
+        None => None,
+    };
+    let tls = OwnedTLSConfig { identity: None, cert_chain };
+    let connection = Connection::connect_with_config(url, properties, tls, lapin::runtime::default_runtime()?).await?;
     let mut channels = Vec::with_capacity(INITIAL_CHANNELS);
     for _ in 0..INITIAL_CHANNELS {
         channels.push(open_channel(&connection).await?);

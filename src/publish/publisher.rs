@@ -61,8 +61,13 @@ impl Publisher {
     /// Succeeds while the broker is down: a background task connects, and reconnects with backoff
     /// (100ms up to 5s) whenever the connection is lost. Fails only on an invalid URL
     /// ([`PublishError::Config`]).
-    pub async fn connect_amqp(name: &str, url: &str, confirm_timeout: Duration) -> Result<Self, PublishError> {
-        Ok(Publisher::new(AmqpPublisher::connect(name, url, confirm_timeout).await?))
+    pub async fn connect_amqp(
+        name: &str,
+        url: &str,
+        confirm_timeout: Duration,
+        ca_file: Option<std::path::PathBuf>,
+    ) -> Result<Self, PublishError> {
+        Ok(Publisher::new(AmqpPublisher::connect(name, url, confirm_timeout, ca_file).await?))
     }
 
     /// Publish one message.
