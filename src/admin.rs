@@ -1,11 +1,12 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text), `/routes` (the active config, every
 //! secret masked) and `POST /reload`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -42,24 +43,40 @@ async fn reload(State(admin): State<Admin>) -> Response {
     (status, Json(outcome)).into_response()
 }
 
-async fn readyz(State(Admin { gateway: gw, .. }): State<Admin>) -> impl IntoResponse {
-    let mut not_ready = Vec::new();
-    if !gw.accepting.load(Ordering::Relaxed) {
-        not_ready.push("shutting down".to_owned());
+/// Ready while the gateway can serve its routes: a config is loaded (always, once running) and it is not shutting
+/// down. A broker that is down does not make the gateway unready, since its routes answer 503 while the others keep
+/// serving; `?verbose` lists each broker and each publish route's state.
+async fn readyz(State(Admin { gateway: gw, .. }): State<Admin>, RawQuery(query): RawQuery) -> impl IntoResponse {
+    let draining = gw.draining.load(Ordering::Relaxed);
+    let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let mut body = json!({ "ready": !draining });
+    if draining {
+        body["not_ready"] = json!(["shutting down"]);
     }
-    let runtime = gw.snapshot.load();
-    let mut brokers = serde_json::Map::new();
-    for (broker, up) in runtime.broker_status() {
-        brokers.insert(broker.to_owned(), json!(if up { "up" } else { "down" }));
-        if !up {
-            not_ready.push(format!("broker {broker} is not connected"));
-        }
+    let verbose = query.is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    if verbose {
+        let runtime = gw.snapshot.load();
+        let up: BTreeMap<&str, bool> = runtime.broker_status().into_iter().collect();
+        body["brokers"] = up.iter().map(|(name, up)| (name.to_string(), json!(state(*up)))).collect();
+        body["routes"] = runtime
+            .config
+            .routes
+            .iter()
+            .map(|route| {
+                let broker = route.publish.as_ref().map(|p| p.broker.as_str());
+                let state = match broker.and_then(|b| up.get(b)) {
+                    Some(false) => format!("broker {} down: answering 503", broker.unwrap_or_default()),
+                    _ => "serving".to_owned(),
+                };
+                (route.name.clone(), json!(state))
+            })
+            .collect();
     }
-    if not_ready.is_empty() {
-        (StatusCode::OK, Json(json!({ "ready": true, "brokers": brokers })))
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "not_ready": not_ready, "brokers": brokers })))
-    }
+    (status, Json(body))
+}
+
+fn state(up: bool) -> &'static str {
+    if up { "up" } else { "down" }
 }
 
 async fn metrics(State(Admin { gateway: gw, .. }): State<Admin>) -> impl IntoResponse {

@@ -101,8 +101,9 @@ pub enum StartError {
     Telemetry(String),
 }
 
-/// Runs the gateway with a validated `config` until `shutdown` resolves, then stops accepting, drains in-flight
-/// requests for up to `server.shutdown_grace`, flushes producers and spans, and returns.
+/// Runs the gateway with a validated `config` until `shutdown` resolves, then reports not ready, keeps accepting
+/// for `server.drain_delay`, stops accepting, drains in-flight requests for up to `server.shutdown_grace`, flushes
+/// producers and spans (together, for up to `shutdown_grace` more), and returns.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -142,13 +143,16 @@ pub async fn run_with_reload(
     });
     tracing::info!(listen = %listeners.main.local_addr().map(|a| a.to_string()).unwrap_or_default(), "sluice is serving");
     server::serve(listeners.main, gateway.clone(), shutdown, grace).await;
-    // Nothing confirmed to a client may be lost: let producers deliver what they still hold.
-    for broker in gateway.snapshot.load().brokers.values() {
-        broker.publisher.flush(grace).await;
-    }
-    if let Some(export) = &export {
-        export.flush(grace).await;
-    }
+    // Nothing confirmed to a client may be lost: let producers deliver what they still hold, and the exporter send
+    // the last spans, all at once within one more `shutdown_grace`.
+    let snapshot = gateway.snapshot.load();
+    let producers = futures_util::future::join_all(snapshot.brokers.values().map(|b| b.publisher.flush(grace)));
+    let spans = async {
+        if let Some(export) = &export {
+            export.flush(grace).await;
+        }
+    };
+    tokio::join!(producers, spans);
     let _ = admin_stop.send(());
     let _ = admin_task.await;
     tracing::info!("sluice stopped");

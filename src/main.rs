@@ -1,4 +1,5 @@
-//! The `sluice` command line: `sluice [run] [--config PATH]`, `sluice check [PATH]`, `sluice --version`.
+//! The `sluice` command line: `sluice [run] [-c|--config PATH]`, `sluice check [--strict] [--print] [PATH]`,
+//! `sluice --version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Cli {
     /// Config file (else $SLUICE_CONFIG, else ./routes.toml).
-    #[arg(long, global = true)]
+    #[arg(short = 'c', long, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -27,10 +28,17 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default).
     Run,
-    /// Validate a config file, print every problem, and exit 1 if there is any.
+    /// Validate a config file, print every problem, and exit 1 if there is any. An environment variable a `*_env`
+    /// key names that is not set is a warning (an error with --strict).
     Check {
         /// Config file to check.
         path: Option<PathBuf>,
+        /// Unset `*_env` variables are errors, as `sluice run` treats them.
+        #[arg(long)]
+        strict: bool,
+        /// Print the effective config (file, environment overrides and defaults) as JSON, secrets masked.
+        #[arg(long)]
+        print: bool,
     },
 }
 
@@ -43,26 +51,38 @@ fn config_path(explicit: Option<PathBuf>) -> PathBuf {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { path }) => check(config_path(path.or(cli.config))),
+        Some(Command::Check { path, strict, print }) => check(config_path(path.or(cli.config)), strict, print),
         Some(Command::Run) | None => run(config_path(cli.config)),
     }
 }
 
-fn check(path: PathBuf) -> ExitCode {
-    match sluice::config::load(&path) {
-        Ok(loaded) => {
-            for w in &loaded.warnings {
-                println!("warning: {w}");
+fn check(path: PathBuf, strict: bool, print: bool) -> ExitCode {
+    let checked = sluice::config::check(&path, strict);
+    // With --print, stdout is the JSON alone.
+    let say = |line: &str| if print { eprintln!("{line}") } else { println!("{line}") };
+    for w in &checked.warnings {
+        say(&format!("warning: {w}"));
+    }
+    match checked.config {
+        Some(c) if checked.errors.is_empty() => {
+            if print {
+                let mut doc = serde_json::to_value(&c).unwrap_or_default();
+                sluice::redact::config(&mut doc);
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             }
-            let c = &loaded.config;
-            println!("ok: {} routes, {} upstreams, {} brokers", c.routes.len(), c.upstreams.len(), c.brokers.len());
+            say(&format!(
+                "ok: {} routes, {} upstreams, {} brokers",
+                c.routes.len(),
+                c.upstreams.len(),
+                c.brokers.len()
+            ));
             ExitCode::SUCCESS
         }
-        Err(problems) => {
-            for p in &problems {
-                println!("{p}");
+        _ => {
+            for p in &checked.errors {
+                say(p);
             }
-            eprintln!("{}: {} problem(s)", path.display(), problems.len());
+            eprintln!("{}: {} problem(s)", path.display(), checked.errors.len());
             ExitCode::from(1)
         }
     }

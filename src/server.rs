@@ -41,14 +41,14 @@ pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
     /// What every snapshot is compiled with (metrics, tracer).
     pub shared: Shared,
-    /// False once shutdown has begun (readiness turns 503).
-    pub accepting: AtomicBool,
+    /// True once shutdown has begun: `/readyz` turns 503 (the listener stays open for `server.drain_delay`).
+    pub draining: AtomicBool,
 }
 
 impl Gateway {
     /// A gateway serving `snapshot`.
     pub fn new(snapshot: Snapshot, shared: Shared) -> Gateway {
-        Gateway { snapshot: ArcSwap::from_pointee(snapshot), shared, accepting: AtomicBool::new(true) }
+        Gateway { snapshot: ArcSwap::from_pointee(snapshot), shared, draining: AtomicBool::new(false) }
     }
 
     /// Metric families.
@@ -81,6 +81,17 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut http = Http::new(max_header_bytes);
     let mut last_warned: Option<tokio::time::Instant> = None;
+    // On the signal, report not ready at once but keep serving new connections for `server.drain_delay`, so load
+    // balancers take the instance out before its listener closes.
+    let shutdown = async {
+        shutdown.await;
+        gateway.draining.store(true, Ordering::Relaxed);
+        let delay = gateway.snapshot.load().config.server.drain_delay.0;
+        if !delay.is_zero() {
+            tracing::info!(?delay, "shutting down: not ready, still accepting for server.drain_delay");
+            tokio::time::sleep(delay).await;
+        }
+    };
     tokio::pin!(shutdown);
     loop {
         let permit = match slots.clone().try_acquire_owned() {
@@ -139,7 +150,6 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
             }),
         };
     }
-    gateway.accepting.store(false, Ordering::Relaxed);
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),

@@ -613,7 +613,8 @@ async fn the_jwks_file_is_read_again_at_every_reload_and_a_broken_one_is_refused
     assert_eq!(up.hits(), 4);
 }
 
-/// Runs `sluice check PATH` (the real binary) with `env` set; returns (exit code, stdout).
+/// Runs `sluice check --strict PATH` (the real binary: unset variables are errors) with `env` set; returns (exit
+/// code, stdout).
 fn sluice_check(path: &Path, env: &[(&str, &str)]) -> (i32, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
     command.env_remove(HS_ENV).env_remove(KEYS_ENV);
@@ -623,7 +624,7 @@ fn sluice_check(path: &Path, env: &[(&str, &str)]) -> (i32, String) {
         }
     }
     command.envs(env.iter().copied());
-    let out = command.arg("check").arg(path).output().expect("run sluice check");
+    let out = command.args(["check", "--strict"]).arg(path).output().expect("run sluice check");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

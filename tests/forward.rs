@@ -1078,6 +1078,41 @@ async fn admin_serves_health_readiness_metrics_and_routes() {
     assert_eq!(v["upstreams"]["svc"]["endpoints"][1], ok.url());
 }
 
+#[tokio::test]
+async fn a_broker_that_is_down_keeps_the_gateway_ready_and_its_forward_routes_in_service() {
+    let ok = Upstream::named("ok").await;
+    // Nothing listens there: the broker stays down (its producer keeps reconnecting in the background).
+    let nowhere = refused_url().await.replace("http://", "amqp://guest:guest@");
+    let gw = Gateway::start(json!({
+        "upstreams": { "svc": { "endpoints": [ok.url()] } },
+        "brokers": { "rabbit": { "kind": "amqp", "url": format!("{nowhere}/%2f") } },
+        "routes": [
+            { "name": "api", "match": { "path_prefix": "/api" }, "forward": { "upstream": "svc" } },
+            { "name": "events", "match": { "path": "/events" },
+              "publish": { "broker": "rabbit", "exchange": "x", "routing_key": "k" } }
+        ]
+    }))
+    .await;
+
+    let ready = gw.admin_get("/readyz").await;
+    assert_eq!((ready.status, ready.json()), (200, json!({ "ready": true })));
+    let verbose = gw.admin_get("/readyz?verbose").await;
+    assert_eq!(verbose.status, 200);
+    assert_eq!(
+        verbose.json(),
+        json!({
+            "ready": true,
+            "brokers": { "rabbit": "down" },
+            "routes": { "api": "serving", "events": "broker rabbit down: answering 503" }
+        })
+    );
+    assert_eq!(gw.get("/api/x").await.status, 200, "forward routes keep serving");
+    let published = gw.send(gw.req("POST", "/events").body(full("e")).unwrap()).await;
+    assert_problem(&published, 503, Some("events"));
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "sluice_broker_up{broker=\"rabbit\"}"), Some(0.0), "{m}");
+}
+
 // =============================================================================================================
 // 10. Graceful shutdown
 // =============================================================================================================
@@ -1099,6 +1134,31 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
     gate.add_permits(1);
     let r = in_flight.await.unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "slow"));
+    tokio::time::timeout(Duration::from_secs(20), gw.done.take().unwrap())
+        .await
+        .expect("run returns once drained")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_with_a_drain_delay_reports_not_ready_but_keeps_serving_new_connections_first() {
+    let ok = Upstream::named("ok").await;
+    let mut tree = single(&[ok.url()], json!({}), json!({}));
+    tree["server"] = json!({ "drain_delay": "5s" });
+    let mut gw = Gateway::start(tree).await;
+    gw.trigger_shutdown();
+    eventually("readiness reports the shutdown", async || gw.admin_get("/readyz").await.status == 503).await;
+    let body = gw.admin_get("/readyz").await.json();
+    assert_eq!(body, json!({ "ready": false, "not_ready": ["shutting down"] }));
+    // Not ready, yet a new client (a fresh connection) is still served during the delay.
+    let fresh = client();
+    let r = send(&fresh, gw.req("GET", "/late").body(empty()).unwrap()).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    let addr = gw.addr;
+    eventually("new connections are refused after the delay", async || {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
     tokio::time::timeout(Duration::from_secs(20), gw.done.take().unwrap())
         .await
         .expect("run returns once drained")

@@ -506,7 +506,7 @@ async fn idempotency_capacity_bounds_the_keys_remembered() {
         "routes": [route],
     }))
     .await;
-    eventually("the broker is connected", async || gw.admin_get("/readyz").await.status == 200).await;
+    eventually("the broker is connected", async || gw.brokers_up().await).await;
     for i in 0..40 {
         let r = post_with_key(&gw.client, gw.url("/p"), &format!("key-{i}")).await;
         assert_eq!(r.status, 202, "{}", r.text());
@@ -611,7 +611,7 @@ async fn an_encoded_slash_in_a_path_parameter_stays_encoded_in_the_routing_key()
         "routes": [route],
     }))
     .await;
-    eventually("the broker is connected", async || gw.admin_get("/readyz").await.status == 200).await;
+    eventually("the broker is connected", async || gw.brokers_up().await).await;
     let r = gw.send(gw.req("POST", "/t/a%2Fb").body(full("m")).unwrap()).await;
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(r.json()["routing_key"], "rk.a%2Fb");
@@ -833,7 +833,7 @@ async fn amqp_routing_keys_rendered_from_client_input_are_checked_before_publish
         ],
     }))
     .await;
-    eventually("the broker is connected", async || gw.admin_get("/readyz").await.status == 200).await;
+    eventually("the broker is connected", async || gw.brokers_up().await).await;
     assert_eq!(post(&gw, "/listed", &[("x-key", "github.push")]).await.status, 202);
     let v = assert_problem(&post(&gw, "/listed", &[("x-key", "billing.charge")]).await, 400, Some("listed"));
     assert!(v["detail"].as_str().unwrap().contains("allowed_routing_keys"), "{v}");
@@ -1016,8 +1016,8 @@ fn sluice_check_refuses_credentials_in_upstream_urls_without_showing_them() {
     );
     assert!(!out.contains("hunter2"), "{out}");
     assert!(
-        out.lines()
-            .any(|l| l.starts_with("brokers.events.options_env: \"sasl.password\" names \"HOSTILE_UNSET_VARIABLE\"")),
+        out.lines().any(|l| l
+            .starts_with("warning: brokers.events.options_env: \"sasl.password\" names \"HOSTILE_UNSET_VARIABLE\"")),
         "{out}"
     );
 }

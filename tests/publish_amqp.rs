@@ -54,7 +54,7 @@ async fn gateway(routes: Vec<Value>) -> Gateway {
     }))
     .await;
     // The producer connects in the background; a publish before that is (correctly) a 503.
-    eventually("the gateway to connect to RabbitMQ (/readyz 200)", async || gw.ready().await == 200).await;
+    eventually("the gateway to connect to RabbitMQ (/readyz 200)", async || gw.brokers_up().await).await;
     gw
 }
 
@@ -336,7 +336,7 @@ async fn idempotency_key_repeated_while_the_first_is_in_flight_is_409_then_repla
         "routes": [hooks_route(&t.exchange, json!({}))]
     }))
     .await;
-    eventually("the gateway to connect to RabbitMQ through the relay", async || gw.ready().await == 200).await;
+    eventually("the gateway to connect to RabbitMQ through the relay", async || gw.brokers_up().await).await;
     let key = random_name("in-flight");
     let send = |body: &'static str| {
         let (gw, key) = (&gw, &key);

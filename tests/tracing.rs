@@ -151,7 +151,7 @@ async fn an_amqp_publish_has_a_producer_span_whose_context_rides_in_the_message(
     }))
     .await;
     // The producer connects in the background; a publish before that is (correctly) a 503.
-    broker_support::eventually("RabbitMQ connected (/readyz 200)", async || gw.ready().await == 200).await;
+    broker_support::eventually("RabbitMQ connected (/readyz 200)", async || gw.brokers_up().await).await;
     let (traceparent, trace, _) = client_trace();
     let r = gw.post("/hooks", &[("traceparent", &traceparent), ("tracestate", "vendor=1")], "hello").await;
     let receipt = assert_accepted(&r);

@@ -231,7 +231,7 @@ fn kafka() -> Value {
 /// A gateway with both brokers and `routes`, ready (RabbitMQ connected).
 async fn gateway(routes: Vec<Value>) -> Gateway {
     let gw = Gateway::start(json!({ "brokers": { "rabbit": rabbit(), "events": kafka() }, "routes": routes })).await;
-    eventually("the gateway to connect to its brokers (/readyz 200)", async || gw.ready().await == 200).await;
+    eventually("the gateway to connect to its brokers (/readyz 200)", async || gw.brokers_up().await).await;
     gw
 }
 
@@ -599,7 +599,7 @@ async fn free_port() -> u16 {
 }
 
 #[tokio::test]
-async fn an_unset_secret_variable_fails_check_and_start() {
+async fn an_unset_secret_variable_fails_strict_check_and_start() {
     let var = format!("SLUICE_E2E_UNSET_{}", uuid::Uuid::new_v4().simple());
     let dir = temp_dir("unset");
     let path = dir.join("routes.toml");
@@ -607,8 +607,9 @@ async fn an_unset_secret_variable_fails_check_and_start() {
     let path = path.to_str().unwrap();
     let want = format!(r#"routes[0] "hooks": verify.secret_env names "{var}", which is not set"#);
 
-    let out = sluice(&["check", path], &[]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "sluice check exits 1");
+    // `sluice check` only warns (tests/cli.rs); `--strict` treats it as `run` does.
+    let out = sluice(&["check", "--strict", path], &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "sluice check --strict exits 1");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.lines().any(|l| l == want), "check names the route and the variable:\n{stdout}");
 

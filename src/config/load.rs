@@ -12,14 +12,33 @@ use super::model::{Config, RouteConfig};
 /// Top-level tables that `routes.toml` may contain.
 const TOP_LEVEL: &[&str] = &["server", "telemetry", "upstreams", "brokers", "routes"];
 
-/// Reads the file at `path` and applies environment overrides (`SLUICE__SERVER__LISTEN=…`).
+/// The list keys an environment override may set, as comma-separated values (`SLUICE__SERVER__TRUSTED_PROXIES=
+/// 10.0.0.0/8,192.168.0.0/16`, `SLUICE__UPSTREAMS__ORDERS__ENDPOINTS=http://a:80,http://b:80`): the last segment of
+/// the variable's name.
+const LIST_KEYS: [&str; 2] = ["TRUSTED_PROXIES", "ENDPOINTS"];
+
+/// Reads the file at `path` and applies environment overrides (`SLUICE__SERVER__LISTEN=…`; lists comma-separated,
+/// see [`LIST_KEYS`]).
 pub fn read_value(path: &Path) -> Result<Value, String> {
     if !path.is_file() {
         return Err(format!("{}: no such config file", path.display()));
     }
+    let mut env = config::Environment::with_prefix("SLUICE").separator("__").try_parsing(true);
+    // The config crate splits only the keys named here once a separator is set (every value, if none is named).
+    let lists: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with("SLUICE__") && LIST_KEYS.iter().any(|k| name.ends_with(&format!("__{k}"))))
+        .map(|name| name["SLUICE__".len()..].replace("__", ".").to_lowercase())
+        .collect();
+    if !lists.is_empty() {
+        env = env.list_separator(",");
+        for key in &lists {
+            env = env.with_list_parse_key(key);
+        }
+    }
     config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
-        .add_source(config::Environment::with_prefix("SLUICE").separator("__").try_parsing(true))
+        .add_source(env)
         .build()
         .and_then(|c| c.try_deserialize::<Value>())
         .map_err(|e| format!("{}: {e}", path.display()))

@@ -52,6 +52,10 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
+    /// After SIGTERM, how long the gateway keeps accepting and serving while `/readyz` already says not ready, so
+    /// that load balancers stop sending before the listener closes (Kubernetes: a few seconds). 0: close at once.
+    #[serde(default)]
+    pub drain_delay: Dur,
     /// HTTPS on the public listener (HTTP/2 chosen by ALPN); plain HTTP when absent.
     #[serde(default)]
     pub tls: Option<ServerTlsConfig>,
@@ -120,6 +124,7 @@ impl Default for ServerConfig {
             max_body: default_max_body(),
             request_timeout: default_request_timeout(),
             shutdown_grace: default_shutdown_grace(),
+            drain_delay: Dur::default(),
             tls: None,
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use http::StatusCode;
 
+use super::UNSET_VARIABLE;
 use super::load::{names, route_label};
 use super::model::{
     AuthConfig, Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishConfig, PublishFormat, RouteConfig,
@@ -521,7 +522,7 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
                     errors.push(format!("{at}: url must start with amqp:// or amqps://"))
                 }
                 (None, Some(var)) if std::env::var_os(var).is_none() => {
-                    errors.push(format!("{at}: url_env names {var:?}, which is not set"))
+                    errors.push(format!("{at}: url_env names {var:?}, {UNSET_VARIABLE}"))
                 }
                 _ => {}
             }
@@ -563,7 +564,7 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
                     errors.push(format!("{at}: {key:?} is set in both options and options_env; keep one"));
                 }
                 if std::env::var_os(var).is_none() {
-                    errors.push(format!("{at}.options_env: {key:?} names {var:?}, which is not set"));
+                    errors.push(format!("{at}.options_env: {key:?} names {var:?}, {UNSET_VARIABLE}"));
                 }
             }
         }

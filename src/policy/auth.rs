@@ -439,7 +439,9 @@ fn jwk_algorithms(jwk: &Jwk) -> Result<Vec<Algorithm>, String> {
 fn env(var: &str, key: &str) -> Result<String, AuthError> {
     match std::env::var(var) {
         Ok(v) => Ok(v),
-        Err(std::env::VarError::NotPresent) => Err(AuthError(format!("{key} names {var:?}, which is not set"))),
+        Err(std::env::VarError::NotPresent) => {
+            Err(AuthError(format!("{key} names {var:?}, {}", crate::config::UNSET_VARIABLE)))
+        }
         Err(std::env::VarError::NotUnicode(_)) => Err(AuthError(format!("{key}: {var:?} is not UTF-8"))),
     }
 }

@@ -314,7 +314,7 @@ fn parse_standard(value: &str) -> Result<Vec<Vec<u8>>, Failure> {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
     /// The variable is not set (or not UTF-8).
-    #[error("secret_env names {0:?}, which is not set")]
+    #[error("secret_env names {0:?}, {unset}", unset = crate::config::UNSET_VARIABLE)]
     Unset(String),
     /// The variable holds no secret (empty, or only commas and spaces).
     #[error("secret_env {0:?} is empty")]

@@ -248,6 +248,22 @@ impl Gateway {
     pub async fn ready(&self) -> u16 {
         self.admin_get("/readyz").await.status
     }
+
+    /// Whether every broker a route uses is connected (`/readyz?verbose`).
+    pub async fn brokers_up(&self) -> bool {
+        common::all_brokers_up(&self.admin_get("/readyz?verbose").await.json())
+    }
+
+    /// `/readyz?verbose` says broker `name` is down and the routes publishing to it answer 503, while the gateway
+    /// stays ready (its other routes keep serving).
+    pub async fn assert_broker_down_but_ready(&self, name: &str) {
+        let r = self.admin_get("/readyz?verbose").await;
+        let body = r.json();
+        assert_eq!(r.status, 200, "a broker outage does not make the gateway unready: {body}");
+        assert_eq!(body["brokers"][name], "down", "{body}");
+        let routes = body["routes"].as_object().unwrap_or_else(|| panic!("routes: {body}"));
+        assert!(routes.values().any(|s| s.as_str().is_some_and(|s| s.contains(name))), "{body}");
+    }
 }
 
 /// The value of the series `name` whose labels are exactly `labels` (in any order), in a Prometheus exposition.

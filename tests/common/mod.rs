@@ -394,12 +394,22 @@ impl Gateway {
         r.text()
     }
 
+    /// Whether every broker a route uses is connected (`/readyz?verbose`).
+    pub async fn brokers_up(&self) -> bool {
+        all_brokers_up(&self.admin_get("/readyz?verbose").await.json())
+    }
+
     /// Begins graceful shutdown (`run` stops accepting and drains).
     pub fn trigger_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
     }
+}
+
+/// Whether a `/readyz?verbose` body says every broker is `up`.
+pub fn all_brokers_up(readyz: &Value) -> bool {
+    readyz["brokers"].as_object().is_some_and(|b| b.values().all(|state| state == "up"))
 }
 
 /// The value of one series (`name{labels}` exactly as exposed) in a Prometheus text exposition.
