@@ -26,6 +26,10 @@
 #   integration/brokers.sh kafka-start             start it again with the same state and wait until it answers
 #                                                  (ApiVersions, then a produce/consume round trip, as `up` does).
 #                                                  Both refuse (exit 1) when brokers.sh did not start Kafka itself.
+#   integration/brokers.sh kafka-tail TOPIC [N]     print the last N (default 10) records of a topic, oldest first:
+#                                                  partition@offset, key, headers, value (reads, commits nothing)
+#   integration/brokers.sh rabbit-get QUEUE [N]    take up to N (default 10) messages off a queue and print each:
+#                                                  routing key, message id, content type, headers, body
 #   integration/brokers.sh kafka-topic NAME PARTS  create a topic (auto-creation is off) and wait for leaders.
 #                                                  One JVM start (~1-2 s): the Rust tests create their topics
 #                                                  through rdkafka's admin API instead.
@@ -768,6 +772,15 @@ main() {
         rabbitmqctl) rabbitmqctl_ "$@" ;;
         kafka-stop) kafka_stop ;;
         kafka-start) kafka_restart ;;
+        kafka-tail)
+            [[ $# -ge 1 && $# -le 2 ]] || die "usage: brokers.sh kafka-tail TOPIC [N]"
+            kafka_check tail "$KAFKA_BOOTSTRAP" "$1" "${2:-10}"
+            ;;
+        rabbit-get)
+            [[ $# -ge 1 && $# -le 2 ]] || die "usage: brokers.sh rabbit-get QUEUE [N]"
+            amqp_client_fetch
+            amqp_setup get "$AMQP_URL" "$1" "${2:-10}"
+            ;;
         kafka-topic)
             [[ $# -eq 2 ]] || die "usage: brokers.sh kafka-topic NAME PARTITIONS"
             kafka_check topic "$KAFKA_BOOTSTRAP" "$1" "$2"

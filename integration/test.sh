@@ -27,6 +27,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+# The README's "First five minutes", command by command, against the real brokers (the binary cargo test built).
+integration/walkthrough.sh
 
 # Fuzzing is a long suite, off by default: SLUICE_FUZZ_SECONDS=N runs every target of fuzz/ for N seconds after
 # the tests (fuzz/run.sh installs the nightly toolchain and cargo-fuzz when missing).

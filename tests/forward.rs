@@ -310,6 +310,44 @@ async fn forward_reuses_upstream_connections() {
     assert!(conns <= 5, "20 sequential requests opened {conns} upstream connections");
 }
 
+#[tokio::test]
+async fn an_http_1_0_upstream_does_not_downgrade_the_clients_http_1_1_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that speaks HTTP/1.0 (like Python's http.server): one answer per connection, then it closes.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", upstream.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).await.unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            });
+        }
+    });
+    let gw = Gateway::start(single(&[url], json!({}), json!({}))).await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for i in 0..2 {
+        client.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with(b"ok") {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "request {i}: the gateway closed the client's connection: {}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "request {i}: {text}");
+    }
+}
+
 // =============================================================================================================
 // 3. Streaming and body limits
 // =============================================================================================================

@@ -6,6 +6,10 @@
 //       which must exist (e.g. amq.topic). queue.declare and queue.bind are idempotent in AMQP 0-9-1, so running it
 //       again changes nothing; a queue that exists with other properties (say, not durable) is reported and left
 //       alone (exit 1). Retries the connection until the timeout; exit 0 on success.
+//   AmqpSetup get <amqp-url> <queue> <n>
+//       takes up to n messages off the queue (basic.get, acknowledged) and prints each on a line: routing key,
+//       message id, content type, headers and body.
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
@@ -15,10 +19,14 @@ import com.rabbitmq.client.AuthenticationFailureException;
 import com.rabbitmq.client.Channel;
 import com.rabbitmq.client.Connection;
 import com.rabbitmq.client.ConnectionFactory;
+import com.rabbitmq.client.GetResponse;
 import com.rabbitmq.client.ShutdownSignalException;
 
 public final class AmqpSetup {
     public static void main(String[] args) throws Exception {
+        if (args.length == 4 && args[0].equals("get")) {
+            System.exit(get(args[1], args[2], Integer.parseInt(args[3])));
+        }
         if (args.length < 5 || (args.length - 2) % 3 != 0) {
             System.err.println("usage: AmqpSetup <amqp-url> <timeout-s> <queue> <exchange> <binding-key> [...]");
             System.exit(2);
@@ -45,6 +53,25 @@ public final class AmqpSetup {
             }
         }
         System.exit(rc);
+    }
+
+    private static int get(String url, String queue, int n) throws Exception {
+        ConnectionFactory f = new ConnectionFactory();
+        f.setUri(url);
+        f.setAutomaticRecoveryEnabled(false);
+        try (Connection conn = f.newConnection("sluice-brokers-sh-get"); Channel ch = conn.createChannel()) {
+            int taken = 0;
+            for (; taken < n; taken++) {
+                GetResponse r = ch.basicGet(queue, true);
+                if (r == null) break;
+                AMQP.BasicProperties p = r.getProps();
+                System.out.println("routing_key=" + r.getEnvelope().getRoutingKey() + " message_id=" + p.getMessageId()
+                    + " content_type=" + p.getContentType() + " headers=" + p.getHeaders() + " body="
+                    + new String(r.getBody(), StandardCharsets.UTF_8));
+            }
+            if (taken == 0) System.out.println("amqp: queue " + queue + " is empty");
+        }
+        return 0;
     }
 
     private static Connection connect(ConnectionFactory f, long deadline) throws Exception {

@@ -7,13 +7,19 @@
 //       then deletes the topic; exit 0 on success, 1 on timeout. Then creates the listed topics like
 //       `topic` does, in the same JVM (`brokers.sh up` provisions the sample config's topic this way), and
 //       upserts the listed SCRAM-SHA-512 users (the SASL_SSL listener's SCRAM accounts).
+//   KafkaCheck tail <bootstrap> <topic> <n>
+//       prints the last n records of the topic (over all its partitions, oldest first): partition, offset, key,
+//       headers and value, one record a line. Reads without a consumer group; exit 1 when the topic is unknown.
 //   KafkaCheck topic <bootstrap> <name> <partitions>
 //       creates a topic (replication factor 1; an existing topic with that name is accepted) and waits
 //       until every partition has a leader, so a producer can use it at once.
 //
 // The Rust integration tests create their own topics through rdkafka's admin API; `brokers.sh kafka-topic`
 // (this class's `topic` command) is for scripts and manual use.
+import java.nio.charset.StandardCharsets;
 import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Comparator;
 import java.util.Collections;
 import java.util.List;
 import java.util.Map;
@@ -37,6 +43,7 @@ import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.TopicPartitionInfo;
+import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.errors.TopicExistsException;
 import org.apache.kafka.common.serialization.StringDeserializer;
 import org.apache.kafka.common.serialization.StringSerializer;
@@ -59,10 +66,12 @@ public final class KafkaCheck {
                 rc = topic(args[1], args[i].substring(0, colon), Integer.parseInt(args[i].substring(colon + 1)));
             }
             System.exit(rc);
+        } else if (args.length == 4 && args[0].equals("tail")) {
+            System.exit(tail(args[1], args[2], Integer.parseInt(args[3])));
         } else if (args.length == 4 && args[0].equals("topic")) {
             System.exit(topic(args[1], args[2], Integer.parseInt(args[3])));
         }
-        System.err.println("usage: KafkaCheck roundtrip <bootstrap> <timeout-s> [<name>:<partitions> | scram=<user>:<password>]... | topic <bootstrap> <name> <partitions>");
+        System.err.println("usage: KafkaCheck roundtrip <bootstrap> <timeout-s> [<name>:<partitions> | scram=<user>:<password>]... | tail <bootstrap> <topic> <n> | topic <bootstrap> <name> <partitions>");
         System.exit(2);
     }
 
@@ -93,6 +102,50 @@ public final class KafkaCheck {
                 System.out.println("kafka: topic " + name + " already exists with " + actual + " partition(s) (not "
                     + partitions + "; left as it is)");
             }
+        }
+        return 0;
+    }
+
+    private static int tail(String bootstrap, String topic, int n) throws Exception {
+        Properties cp = new Properties();
+        cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        cp.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
+        try (KafkaConsumer<String, String> consumer =
+                 new KafkaConsumer<>(cp, new StringDeserializer(), new StringDeserializer())) {
+            List<TopicPartition> parts = new ArrayList<>();
+            var infos = consumer.partitionsFor(topic, Duration.ofSeconds(10));
+            if (infos == null || infos.isEmpty()) {
+                System.err.println("kafka: no topic " + topic);
+                return 1;
+            }
+            for (var info : infos) parts.add(new TopicPartition(topic, info.partition()));
+            Map<TopicPartition, Long> ends = consumer.endOffsets(parts, Duration.ofSeconds(10));
+            Map<TopicPartition, Long> begins = consumer.beginningOffsets(parts, Duration.ofSeconds(10));
+            consumer.assign(parts);
+            long wanted = 0;
+            for (TopicPartition tp : parts) {
+                long from = Math.max(begins.get(tp), ends.get(tp) - n);
+                consumer.seek(tp, from);
+                wanted += ends.get(tp) - from;
+            }
+            List<ConsumerRecord<String, String>> got = new ArrayList<>();
+            long until = System.nanoTime() + TimeUnit.SECONDS.toNanos(15);
+            while (got.size() < wanted && System.nanoTime() < until) {
+                for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(200))) {
+                    if (r.offset() < ends.get(new TopicPartition(r.topic(), r.partition()))) got.add(r);
+                }
+            }
+            got.sort(Comparator.comparingLong(ConsumerRecord::timestamp));
+            for (ConsumerRecord<String, String> r : got.subList(Math.max(0, got.size() - n), got.size())) {
+                StringBuilder h = new StringBuilder();
+                for (Header header : r.headers()) {
+                    if (h.length() > 0) h.append(", ");
+                    h.append(header.key()).append('=').append(new String(header.value(), StandardCharsets.UTF_8));
+                }
+                System.out.println(r.topic() + "/" + r.partition() + "@" + r.offset() + " key=" + r.key() + " headers={" + h
+                    + "} value=" + r.value());
+            }
+            if (got.isEmpty()) System.out.println("kafka: " + topic + " holds no record");
         }
         return 0;
     }

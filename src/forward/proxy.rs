@@ -202,6 +202,9 @@ fn respond(answer: Answer, client_upgrade: Option<hyper::upgrade::OnUpgrade>) ->
         None => Some(guard),
     };
     let (mut parts, inner) = res.into_parts();
+    // The client talks to the gateway, not to the upstream: an HTTP/1.0 upstream's answer must not turn the client's
+    // HTTP/1.1 connection into a 1.0 one (status line, and no keep-alive).
+    parts.version = http::Version::HTTP_11;
     match guard {
         Some(guard) => {
             strip_hop_by_hop(&mut parts.headers);
