@@ -1,5 +1,5 @@
-//! The innermost service of a route's stack: what the route does (`forward` or `publish`), and the answer for
-//! requests no route takes.
+//! The innermost service of a route's stack: what the route does (`forward`, `publish` or `request_reply`), and the
+//! answer for requests no route takes.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -8,6 +8,7 @@ use http::{Request, Response};
 use tower::Service;
 
 use crate::body::{Body, Prepared};
+use crate::bridge::{RequestReplyRoute, request_reply};
 use crate::forward::{ForwardRoute, forward};
 use crate::problem::{AnswerFuture, GatewayError};
 use crate::publish::{PublishRoute, publish};
@@ -20,6 +21,8 @@ pub enum Action {
     Forward(Arc<ForwardRoute>),
     /// Asynchronous publishing.
     Publish(Arc<PublishRoute>),
+    /// Request-reply over a broker.
+    RequestReply(Arc<RequestReplyRoute>),
     /// No route takes the request: the router's verdict (404, or 405 with `Allow`) from its facts.
     Unmatched,
 }
@@ -30,6 +33,7 @@ impl Action {
         match self {
             Action::Forward(f) => &f.upstream.name,
             Action::Publish(p) => &p.broker_name,
+            Action::RequestReply(r) => &r.broker_name,
             Action::Unmatched => "",
         }
     }
@@ -49,6 +53,7 @@ impl Service<Request<Prepared>> for Action {
             // The action's own future, boxed as it is: no wrapping block, whose larger future would be moved again.
             Action::Forward(route) => Box::pin(forward(route.clone(), req)),
             Action::Publish(route) => Box::pin(publish(route.clone(), req)),
+            Action::RequestReply(route) => Box::pin(request_reply(route.clone(), req)),
             Action::Unmatched => {
                 let verdict = req.extensions().get::<Facts>().and_then(|f| f.unmatched.clone());
                 Box::pin(std::future::ready(Err(verdict.unwrap_or(GatewayError::NotFound))))

@@ -63,7 +63,11 @@ async fn readyz(State(Admin { gateway: gw, .. }): State<Admin>, RawQuery(query):
             .routes
             .iter()
             .map(|route| {
-                let broker = route.publish.as_ref().map(|p| p.broker.as_str());
+                let broker = route
+                    .publish
+                    .as_ref()
+                    .map(|p| p.broker.as_str())
+                    .or(route.request_reply.as_ref().map(|r| r.broker.as_str()));
                 let state = match broker.and_then(|b| up.get(b)) {
                     Some(false) => format!("broker {} down: answering 503", broker.unwrap_or_default()),
                     _ => "serving".to_owned(),

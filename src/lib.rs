@@ -31,6 +31,7 @@ pub mod action;
 pub mod admin;
 pub mod backoff;
 pub mod body;
+pub mod bridge;
 pub mod config;
 pub mod connection;
 pub mod forward;

@@ -106,6 +106,15 @@ pub enum GatewayError {
     /// The broker cannot deliver the message where the route sends it (unroutable, unknown topic, rejected).
     #[error("the broker cannot deliver the message to its destination")]
     Unroutable,
+    /// A request-reply route's request was sent, but no reply came within its `timeout`.
+    #[error("no reply arrived in time")]
+    NoReply,
+    /// The reply of a request-reply route cannot be an HTTP answer (e.g. its `sluice-status` is not a status code).
+    #[error("the reply cannot be answered: {0}")]
+    InvalidReply(&'static str),
+    /// A request-reply route already has `max_pending` requests waiting for replies.
+    #[error("too many requests are waiting for replies; retry later")]
+    TooManyPending,
     /// A bug or a misconfiguration inside the gateway (details are in the logs).
     #[error("internal error")]
     Internal,
@@ -183,6 +192,9 @@ impl GatewayError {
             GatewayError::IdempotencyFull => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Unroutable => StatusCode::BAD_GATEWAY,
+            GatewayError::NoReply => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::InvalidReply(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::TooManyPending => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -211,6 +223,9 @@ impl GatewayError {
             GatewayError::IdempotencyFull => ("urn:sluice:problem:idempotency-full", "Too many keys in flight"),
             GatewayError::BrokerUnavailable => ("urn:sluice:problem:broker-unavailable", "Broker unavailable"),
             GatewayError::Unroutable => ("urn:sluice:problem:unroutable", "Message unroutable"),
+            GatewayError::NoReply => ("urn:sluice:problem:no-reply", "No reply in time"),
+            GatewayError::InvalidReply(_) => ("urn:sluice:problem:invalid-reply", "Invalid reply"),
+            GatewayError::TooManyPending => ("urn:sluice:problem:too-many-pending", "Too many requests waiting"),
             GatewayError::Internal => ("urn:sluice:problem:internal", "Internal error"),
         }
     }
@@ -221,7 +236,8 @@ impl GatewayError {
             GatewayError::Overloaded
             | GatewayError::NoHealthyEndpoint
             | GatewayError::BrokerUnavailable
-            | GatewayError::IdempotencyFull => Some(Duration::from_secs(1)),
+            | GatewayError::IdempotencyFull
+            | GatewayError::TooManyPending => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::action::Action;
-use crate::config::{AckMode, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RetryConfig};
+use crate::bridge::RequestReplyRoute;
+use crate::config::{
+    AckMode, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RequestReplyConfig, RetryConfig,
+};
 use crate::forward::{Fault, ForwardRoute};
 use crate::layers::{Observe, ObserveLayer, ReadBodyLayer};
 use crate::policy::{Auth, AuthError, GuardLayer, IdempotencyLayer, IdempotencyStore, RateLimit, RateLimiter, Verify};
@@ -150,8 +153,8 @@ impl Snapshot {
             // A signature covers the raw body: it is read whole before the check.
             let mut needs_body = r.verify.is_some()
                 || rate_limit.as_ref().is_some_and(|l| l.limiter.key.as_ref().is_some_and(Template::needs_body));
-            let (action, idempotency) = match (&r.forward, &r.publish) {
-                (Some(forward), _) => {
+            let (action, idempotency) = match (&r.forward, &r.publish, &r.request_reply) {
+                (Some(forward), _, _) => {
                     let upstream = upstreams[&forward.upstream].clone();
                     needs_body |= upstream.hash_key.as_ref().is_some_and(Template::needs_body);
                     let route = ForwardRoute {
@@ -167,7 +170,7 @@ impl Snapshot {
                     };
                     (Action::Forward(Arc::new(route)), None)
                 }
-                (None, Some(publish)) => {
+                (None, Some(publish), _) => {
                     needs_body = true;
                     used_brokers.push(publish.broker.clone());
                     let (window, capacity) = (publish.idempotency_window.0, publish.idempotency_capacity);
@@ -181,7 +184,13 @@ impl Snapshot {
                     let route = publish_route(name.clone(), publish, &brokers, &config, shared);
                     (Action::Publish(Arc::new(route)), Some(store))
                 }
-                (None, None) => unreachable!("validated: a route has an action"),
+                (None, None, Some(rr)) => {
+                    needs_body = true;
+                    used_brokers.push(rr.broker.clone());
+                    let route = request_reply_route(name.clone(), rr, &brokers, &config, shared);
+                    (Action::RequestReply(Arc::new(route)), None)
+                }
+                (None, None, None) => unreachable!("validated: a route has an action"),
             };
             // Keys are read now, at every (re)load: a rotated JWKS file takes effect with the next reload.
             let auth = match &r.auth {
@@ -284,6 +293,39 @@ async fn connect(name: &str, cfg: &BrokerConfig) -> Result<Publisher, PublishErr
             };
             Publisher::connect_amqp(name, &url, cfg.confirm_timeout.0, cfg.ca_file.clone()).await
         }
+    }
+}
+
+fn request_reply_route(
+    name: Arc<str>,
+    rr: &RequestReplyConfig,
+    brokers: &BTreeMap<String, Broker>,
+    config: &Config,
+    shared: &Shared,
+) -> RequestReplyRoute {
+    let template = |s: &str| Template::parse(s).expect("validated template");
+    // Validation admits amqp brokers only (request-reply over Kafka is not built yet).
+    let target = Target::Amqp {
+        exchange: rr.exchange.clone().unwrap_or_default(),
+        routing_key: template(rr.routing_key.as_deref().unwrap_or_default()),
+        persistent: false,
+    };
+    let header = |h: &String| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok();
+    let publisher = brokers[&rr.broker].publisher.clone();
+    if let Some(replies) = publisher.replies() {
+        replies.count_late_in(shared.metrics.late_replies(&rr.broker));
+    }
+    RequestReplyRoute {
+        metrics: shared.metrics.request_reply(&name),
+        name,
+        broker_name: rr.broker.clone(),
+        publisher,
+        encoder: Encoder { target, cloudevents: None, headers: rr.headers.iter().filter_map(header).collect() },
+        names: NameRules { allowed: Vec::new() },
+        timeout: rr.timeout.unwrap_or(config.server.request_timeout).0,
+        reply_headers: rr.reply_headers.iter().filter_map(header).collect(),
+        pending: Arc::new(tokio::sync::Semaphore::new(rr.max_pending)),
+        tracer: shared.tracer.clone(),
     }
 }
 

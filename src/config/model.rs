@@ -346,6 +346,9 @@ pub struct RouteConfig {
     /// Asynchronous publishing to a broker.
     #[serde(default)]
     pub publish: Option<PublishConfig>,
+    /// Request-reply over a broker: publish the request, answer with the reply.
+    #[serde(default)]
+    pub request_reply: Option<RequestReplyConfig>,
     /// Retry policy (forward only).
     #[serde(default)]
     pub retry: Option<RetryConfig>,
@@ -670,6 +673,45 @@ pub enum BrokerKind {
     Amqp,
     /// Apache Kafka.
     Kafka,
+}
+
+/// `request_reply = { ... }`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestReplyConfig {
+    /// Name of a `[brokers.NAME]` table.
+    pub broker: String,
+    /// amqp: exchange (`""`, the default, is the default exchange: the routing key names the queue).
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// amqp: routing key template.
+    #[serde(default)]
+    pub routing_key: Option<String>,
+    /// kafka: request topic template (request-reply over Kafka is not built yet).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// kafka: record key template.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// kafka: the topic replies come back on.
+    #[serde(default)]
+    pub reply_topic: Option<String>,
+    /// Longest wait for the reply, from the request's arrival; `server.request_timeout` when absent.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Reply headers copied onto the HTTP answer.
+    #[serde(default)]
+    pub reply_headers: Vec<String>,
+    /// Most requests of this route waiting for replies at once; beyond it, `503` with `Retry-After`.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// Request headers copied into the request message's metadata.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+fn default_max_pending() -> usize {
+    10_000
 }
 
 /// `publish = { ... }`

@@ -233,6 +233,53 @@ retry = { max_retries = 1 }
 }
 
 #[test]
+fn request_reply_problems_are_named() {
+    let p = problems(
+        r#"
+[brokers.rabbit]
+kind = "amqp"
+url = "amqp://127.0.0.1:5672/%2f"
+
+[brokers.events]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+
+[[routes]]
+name = "no-key"
+match = { path = "/a" }
+request_reply = { broker = "rabbit", topic = "t", timeout = "0s", max_pending = 0, reply_headers = ["bad header"] }
+retry = { max_retries = 1 }
+
+[[routes]]
+name = "kafka"
+match = { path = "/k" }
+request_reply = { broker = "events", topic = "quotes", reply_topic = "quotes.replies" }
+
+[[routes]]
+name = "two"
+match = { path = "/t/{id}" }
+request_reply = { broker = "nope", routing_key = "q.{path.other}" }
+forward = { upstream = "u" }
+"#,
+    )
+    .join("\n");
+    for e in [
+        "routes[0] \"no-key\": request_reply.routing_key is required for amqp broker \"rabbit\"",
+        "routes[0] \"no-key\": request_reply.topic is for kafka brokers; \"rabbit\" is amqp",
+        "routes[0] \"no-key\": request_reply.timeout must be more than 0",
+        "routes[0] \"no-key\": request_reply.max_pending must be at least 1",
+        "routes[0] \"no-key\": request_reply.reply_headers: \"bad header\" is not a header name",
+        "routes[0] \"no-key\": retry applies to forward routes only",
+        "routes[1] \"kafka\": request_reply over Kafka (topic, reply_topic) is not built yet",
+        "routes[2] \"two\": needs exactly one action: forward, publish or request_reply",
+        "routes[2] \"two\": request_reply.broker \"nope\" is not defined",
+        "routes[2] \"two\": request_reply.routing_key refers to {path.other} but match.path has no {other} segment",
+    ] {
+        assert!(p.contains(e), "missing {e:?} in:\n{p}");
+    }
+}
+
+#[test]
 fn broker_tls_problems_are_named() {
     let p = problems(
         r#"
@@ -290,8 +337,8 @@ publish = { broker = "events", topic = "t" }
 "#,
     )
     .join("\n");
-    assert!(p.contains("routes[0] \"none\": needs exactly one action: forward or publish"), "{p}");
-    assert!(p.contains("routes[1] \"two\": needs exactly one action: forward or publish"), "{p}");
+    assert!(p.contains("routes[0] \"none\": needs exactly one action: forward, publish or request_reply"), "{p}");
+    assert!(p.contains("routes[1] \"two\": needs exactly one action: forward, publish or request_reply"), "{p}");
 }
 
 /// Loads without validating, for tests that look at what survived a bad key.

@@ -7,8 +7,8 @@ use http::StatusCode;
 use super::UNSET_VARIABLE;
 use super::load::{names, route_label};
 use super::model::{
-    AuthConfig, Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishConfig, PublishFormat, RouteConfig,
-    ServerConfig, TelemetryConfig, UpstreamConfig, VerifyConfig, VerifyScheme,
+    AuthConfig, Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishConfig, PublishFormat,
+    RequestReplyConfig, RouteConfig, ServerConfig, TelemetryConfig, UpstreamConfig, VerifyConfig, VerifyScheme,
 };
 use crate::router::Matcher;
 use crate::template::Template;
@@ -284,9 +284,13 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
     };
     // Written keys, also those left out because their value is bad (reported already).
     let written = |key: &str, set: bool| set || config.broken_route_keys.contains(&(r.index, key.to_owned()));
-    let actions = [written("forward", r.forward.is_some()), written("publish", r.publish.is_some())];
+    let actions = [
+        written("forward", r.forward.is_some()),
+        written("publish", r.publish.is_some()),
+        written("request_reply", r.request_reply.is_some()),
+    ];
     if actions.iter().filter(|a| **a).count() != 1 {
-        errors.push(format!("{label}: needs exactly one action: forward or publish"));
+        errors.push(format!("{label}: needs exactly one action: forward, publish or request_reply"));
     }
     if let Some(rl) = &r.rate_limit {
         if !(rl.per_second > 0.0 && rl.per_second.is_finite()) {
@@ -311,8 +315,13 @@ fn check_route(label: &str, r: &RouteConfig, matcher: Option<&Matcher>, config: 
     if let Some(a) = &r.auth {
         check_auth(label, a, errors);
     }
-    if let Some(p) = &r.publish {
-        check_publish(label, p, config, &check_template, errors);
+    if let Some(rr) = &r.request_reply {
+        check_request_reply(label, rr, config, &check_template, errors);
+    }
+    if r.publish.is_some() || r.request_reply.is_some() {
+        if let Some(p) = &r.publish {
+            check_publish(label, p, config, &check_template, errors);
+        }
         for (key, set) in [("retry", r.retry.is_some()), ("fault", r.fault.is_some())] {
             if written(key, set) {
                 errors.push(format!("{label}: {key} applies to forward routes only"));
@@ -576,6 +585,73 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
     }
 }
 
+/// The kind of broker `name` that `{action}.broker` names; `None` (and an error unless the broker's own table was
+/// broken) when there is no such broker.
+fn broker_kind(label: &str, action: &str, name: &str, config: &Config, errors: &mut Vec<String>) -> Option<BrokerKind> {
+    match config.brokers.get(name) {
+        Some(b) => Some(b.kind),
+        None if config.broken_brokers.contains(name) => None,
+        None => {
+            let known = if config.brokers.is_empty() {
+                "no brokers are defined".to_owned()
+            } else {
+                format!("brokers: {}", names(&config.brokers))
+            };
+            errors.push(format!("{label}: {action}.broker {name:?} is not defined ({known})"));
+            None
+        }
+    }
+}
+
+fn check_request_reply(
+    label: &str,
+    rr: &RequestReplyConfig,
+    config: &Config,
+    check_template: &dyn Fn(&str, &str, &mut Vec<String>),
+    errors: &mut Vec<String>,
+) {
+    match broker_kind(label, "request_reply", &rr.broker, config, errors) {
+        Some(BrokerKind::Kafka) => errors.push(format!(
+            "{label}: request_reply over Kafka (topic, reply_topic) is not built yet; broker {:?} is kafka",
+            rr.broker
+        )),
+        Some(BrokerKind::Amqp) => {
+            if rr.routing_key.is_none() {
+                errors.push(format!("{label}: request_reply.routing_key is required for amqp broker {:?}", rr.broker));
+            }
+            for (key, set) in
+                [("topic", rr.topic.is_some()), ("key", rr.key.is_some()), ("reply_topic", rr.reply_topic.is_some())]
+            {
+                if set {
+                    errors.push(format!("{label}: request_reply.{key} is for kafka brokers; {:?} is amqp", rr.broker));
+                }
+            }
+        }
+        None => {}
+    }
+    for (key, t) in [("routing_key", &rr.routing_key), ("topic", &rr.topic), ("key", &rr.key)] {
+        if let Some(t) = t {
+            check_template(&format!("request_reply.{key}"), t, errors);
+        }
+    }
+    if rr.routing_key.as_deref().is_some_and(|k| k.len() > crate::publish::destination::MAX_ROUTING_KEY_LEN) {
+        errors.push(format!("{label}: request_reply.routing_key is longer than an AMQP routing key can be"));
+    }
+    if rr.timeout.is_some_and(|t| t.0.is_zero()) {
+        errors.push(format!("{label}: request_reply.timeout must be more than 0"));
+    }
+    if rr.max_pending == 0 {
+        errors.push(format!("{label}: request_reply.max_pending must be at least 1"));
+    }
+    for (key, list) in [("headers", &rr.headers), ("reply_headers", &rr.reply_headers)] {
+        for h in list {
+            if http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).is_err() {
+                errors.push(format!("{label}: request_reply.{key}: {h:?} is not a header name"));
+            }
+        }
+    }
+}
+
 fn check_publish(
     label: &str,
     p: &PublishConfig,
@@ -583,20 +659,7 @@ fn check_publish(
     check_template: &dyn Fn(&str, &str, &mut Vec<String>),
     errors: &mut Vec<String>,
 ) {
-    let kind = match config.brokers.get(&p.broker) {
-        Some(b) => Some(b.kind),
-        None if config.broken_brokers.contains(&p.broker) => None,
-        None => {
-            let known = if config.brokers.is_empty() {
-                "no brokers are defined".to_owned()
-            } else {
-                format!("brokers: {}", names(&config.brokers))
-            };
-            errors.push(format!("{label}: publish.broker {:?} is not defined ({known})", p.broker));
-            None
-        }
-    };
-    match kind {
+    match broker_kind(label, "publish", &p.broker, config, errors) {
         Some(BrokerKind::Kafka) => {
             if p.topic.is_none() {
                 errors.push(format!("{label}: publish.topic is required for kafka broker {:?}", p.broker));

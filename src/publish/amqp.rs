@@ -6,14 +6,20 @@
 //! channel a returned message could be reported on (and hidden from) the wrong publish. A publish
 //! therefore checks a channel out of the pool, and gives it back only once its confirm has arrived;
 //! concurrency comes from the number of channels ([`MAX_CHANNELS`]).
+//!
+//! Request-reply uses RabbitMQ's direct reply-to: a request is published, with `reply_to = amq.rabbitmq.reply-to`
+//! and its `sluice-id` as `correlation_id`, on a channel that consumes `amq.rabbitmq.reply-to` itself (RabbitMQ sends
+//! the reply back on that channel), from a second pool of such channels ([`REPLY_CHANNELS`]), one publish at a time
+//! as above. Their consumers hand each reply to [`Replies`] by correlation id.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -22,8 +28,14 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::error::PublishError;
 use super::message::{Ack, Destination, Message, Receipt};
+use super::reply::{Replies, Reply, Waiter};
 use crate::backoff::{Attempts, Backoff};
 
+/// Most reply channels per connection (requests of request-reply routes being published at once; many more may be
+/// waiting for their replies).
+pub const REPLY_CHANNELS: usize = 16;
+/// The pseudo-queue of direct reply-to.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// Channels opened as soon as a connection is up.
 const INITIAL_CHANNELS: usize = 4;
 /// Most channels per connection, i.e. most publishes in flight at once per broker.
@@ -58,18 +70,30 @@ struct Shared {
     up: AtomicBool,
     /// Wakes the supervisor to check the connection after a publish saw an error.
     check: Notify,
+    /// Requests waiting for their replies.
+    replies: Arc<Replies>,
     /// Set when the last publisher handle is dropped.
     stopping: AtomicBool,
     stop: Notify,
 }
 
-/// One AMQP connection and its pool of confirm-mode channels.
+/// One AMQP connection and its pools of confirm-mode channels.
 struct Session {
     connection: Connection,
+    /// For publishes.
+    publishes: Pool,
+    /// For requests: each channel also consumes its replies.
+    requests: Pool,
+}
+
+/// Channels of one kind.
+struct Pool {
     /// Channels in confirm mode with no publish outstanding.
     idle: Mutex<Vec<Channel>>,
     /// One permit per channel that may be open: a publish holds one until its confirm arrives.
     permits: Arc<Semaphore>,
+    /// Whether its channels consume direct reply-to (the request pool).
+    replies: bool,
 }
 
 struct DropGuard(Arc<Shared>);
@@ -100,6 +124,7 @@ impl AmqpPublisher {
             session: RwLock::new(None),
             up: AtomicBool::new(false),
             check: Notify::new(),
+            replies: Arc::new(Replies::default()),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
         });
@@ -113,6 +138,24 @@ impl AmqpPublisher {
     /// `Ack::None`: Ok once lapin has the message (at-most-once); the confirm is awaited in the
     /// background and a failure is only logged.
     pub async fn publish(&self, msg: Message, ack: Ack) -> Result<Receipt, PublishError> {
+        self.send(msg, ack, false).await
+    }
+
+    /// Publishes a request (confirmed, `mandatory`) whose reply comes back by direct reply-to, and returns what waits
+    /// for the reply. The caller decides how long to wait.
+    pub async fn request(&self, msg: Message) -> Result<Waiter, PublishError> {
+        let waiter = self.shared.replies.wait(&msg.id);
+        self.send(msg, Ack::Confirm, true).await?;
+        Ok(waiter)
+    }
+
+    /// The requests of this broker waiting for replies.
+    #[must_use]
+    pub fn replies(&self) -> &Arc<Replies> {
+        &self.shared.replies
+    }
+
+    async fn send(&self, msg: Message, ack: Ack, request: bool) -> Result<Receipt, PublishError> {
         let Destination::Amqp { exchange, routing_key, persistent } = &msg.destination else {
             return Err(PublishError::config(
                 format!("amqp broker {:?} got a Kafka destination", self.shared.name),
@@ -121,7 +164,11 @@ impl AmqpPublisher {
         };
         let exchange = short(exchange, "exchange")?;
         let routing_key = short(routing_key, "routing key")?;
-        let properties = properties(&msg, *persistent);
+        let mut properties = properties(&msg, *persistent);
+        if request {
+            let id = ShortString::try_new(msg.id.as_str()).map_err(|_| PublishError::rejected("id too long", None))?;
+            properties = properties.with_correlation_id(id).with_reply_to(ShortString::from(DIRECT_REPLY_TO));
+        }
 
         let session = self.shared.current().ok_or_else(|| {
             PublishError::unavailable(format!("amqp broker {:?} is not connected", self.shared.name), None)
@@ -130,11 +177,12 @@ impl AmqpPublisher {
             return Err(PublishError::unavailable("amqp connection blocked by the broker (resource alarm)", None));
         }
         let timeout = self.shared.confirm_timeout;
-        let permit = tokio::time::timeout(timeout, session.permits.clone().acquire_owned())
+        let pool = if request { &session.requests } else { &session.publishes };
+        let permit = tokio::time::timeout(timeout, pool.permits.clone().acquire_owned())
             .await
             .map_err(|_| PublishError::unavailable("no free amqp channel in time", None))?
             .map_err(|_| PublishError::unavailable("amqp connection is closing", None))?;
-        let channel = session.checkout(timeout).await.inspect_err(|_| {
+        let channel = pool.checkout(&session.connection, &self.shared.replies, timeout).await.inspect_err(|_| {
             self.shared.check.notify_one();
         })?;
 
@@ -151,14 +199,14 @@ impl AmqpPublisher {
         match ack {
             Ack::Confirm => {
                 let outcome = tokio::time::timeout(timeout, confirm).await;
-                self.shared.settle(&session, channel, permit, outcome, &msg.id)
+                self.shared.settle(pool, channel, permit, outcome, &msg.id)
             }
             Ack::None => {
                 let shared = self.shared.clone();
                 let id = msg.id;
                 tokio::spawn(async move {
                     let outcome = tokio::time::timeout(timeout, confirm).await;
-                    if let Err(e) = shared.settle(&session, channel, permit, outcome, &id) {
+                    if let Err(e) = shared.settle(&session.publishes, channel, permit, outcome, &id) {
                         tracing::warn!(broker = %shared.name, sluice_id = %id, error = %e, "unconfirmed amqp publish failed");
                     }
                 });
@@ -178,8 +226,12 @@ impl AmqpPublisher {
         let Some(session) = self.shared.current() else {
             return;
         };
-        let all = u32::try_from(MAX_CHANNELS).unwrap_or(u32::MAX);
-        if tokio::time::timeout(timeout, session.permits.acquire_many(all)).await.is_err() {
+        let (all, requests) = (MAX_CHANNELS as u32, REPLY_CHANNELS as u32);
+        let confirmed = async {
+            let _ = session.publishes.permits.acquire_many(all).await;
+            let _ = session.requests.permits.acquire_many(requests).await;
+        };
+        if tokio::time::timeout(timeout, confirmed).await.is_err() {
             tracing::warn!(broker = %self.shared.name, "amqp flush incomplete: confirms still pending");
         }
     }
@@ -205,7 +257,7 @@ impl Shared {
     /// healthy and has nothing outstanding; otherwise it is dropped (closed).
     fn settle(
         &self,
-        session: &Session,
+        pool: &Pool,
         channel: Channel,
         permit: OwnedSemaphorePermit,
         outcome: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
@@ -213,11 +265,11 @@ impl Shared {
     ) -> Result<Receipt, PublishError> {
         let result = match outcome {
             Ok(Ok(Confirmation::Ack(None))) => {
-                session.checkin(channel);
+                pool.checkin(channel);
                 Ok(Receipt::Amqp)
             }
             Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-                session.checkin(channel);
+                pool.checkin(channel);
                 let returned_id = returned.delivery.properties.message_id().clone();
                 if returned_id.as_ref().is_some_and(|r| r.as_str() != id) {
                     tracing::error!(broker = %self.name, sluice_id = id, returned_id = ?returned_id, "amqp return matched to another message");
@@ -228,7 +280,7 @@ impl Shared {
                 ))
             }
             Ok(Ok(Confirmation::Nack(_))) => {
-                session.checkin(channel);
+                pool.checkin(channel);
                 Err(PublishError::unavailable("amqp broker nacked the message", None))
             }
             Ok(Ok(Confirmation::NotRequested)) => {
@@ -246,9 +298,18 @@ impl Shared {
     }
 }
 
-impl Session {
-    /// An idle channel, or a new one in confirm mode.
-    async fn checkout(&self, timeout: Duration) -> Result<Channel, PublishError> {
+impl Pool {
+    fn new(channels: Vec<Channel>, size: usize, replies: bool) -> Pool {
+        Pool { idle: Mutex::new(channels), permits: Arc::new(Semaphore::new(size)), replies }
+    }
+
+    /// An idle channel, or a new one in confirm mode (consuming direct reply-to into `replies` for requests).
+    async fn checkout(
+        &self,
+        connection: &Connection,
+        replies: &Arc<Replies>,
+        timeout: Duration,
+    ) -> Result<Channel, PublishError> {
         loop {
             let channel = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match channel {
@@ -257,7 +318,14 @@ impl Session {
                 None => break,
             }
         }
-        tokio::time::timeout(timeout, open_channel(&self.connection))
+        let open = async {
+            let channel = open_channel(connection).await?;
+            if self.replies {
+                consume_replies(&channel, replies.clone()).await?;
+            }
+            Ok(channel)
+        };
+        tokio::time::timeout(timeout, open)
             .await
             .map_err(|_| PublishError::unavailable("opening an amqp channel timed out", None))?
             .map_err(|e| map_error(e, "open channel"))
@@ -274,6 +342,46 @@ async fn open_channel(connection: &Connection) -> lapin::Result<Channel> {
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(channel)
+}
+
+/// Consumes direct reply-to on `channel` (before anything is published there, as RabbitMQ requires) and hands each
+/// reply to `replies` by its correlation id, until the channel closes.
+async fn consume_replies(channel: &Channel, replies: Arc<Replies>) -> lapin::Result<()> {
+    let options = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
+    let mut consumer =
+        channel.basic_consume(DIRECT_REPLY_TO.into(), ShortString::from(""), options, FieldTable::default()).await?;
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let p = &delivery.properties;
+            let headers = p.headers().as_ref().map(|h| {
+                h.inner().iter().filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), text(v)?))).collect()
+            });
+            let reply = Reply {
+                body: Bytes::from(delivery.data),
+                content_type: p.content_type().as_ref().map(|c| c.as_str().to_owned()),
+                headers: headers.unwrap_or_default(),
+            };
+            replies.deliver(p.correlation_id().as_ref().map(|c| c.as_str()), reply);
+        }
+    });
+    Ok(())
+}
+
+/// A header value as text (strings and numbers; other kinds are left out).
+fn text(v: &AMQPValue) -> Option<String> {
+    Some(match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        _ => return None,
+    })
 }
 
 /// Connect, keep the session installed while the connection lives, reconnect with backoff.
@@ -294,15 +402,19 @@ async fn supervise(shared: Arc<Shared>, url: String, ca_file: Option<PathBuf>) {
                 generation += 1;
                 let session = Arc::new(Session {
                     connection,
-                    idle: Mutex::new(channels),
-                    permits: Arc::new(Semaphore::new(MAX_CHANNELS)),
+                    publishes: Pool::new(channels, MAX_CHANNELS, false),
+                    requests: Pool::new(Vec::new(), REPLY_CHANNELS, true),
                 });
                 tracing::info!(broker = %shared.name, generation, "amqp connected");
                 shared.set_session(Some(session.clone()));
                 let connected_at = tokio::time::Instant::now();
                 let stopped = watch(&shared, &session).await;
                 shared.set_session(None);
-                session.permits.close();
+                // Direct reply-to answers on the channel that sent the request: with the connection gone, no
+                // waiting request can get its reply any more (each gets a 503 now rather than a 504 later).
+                shared.replies.abandon_all();
+                session.publishes.permits.close();
+                session.requests.permits.close();
                 if stopped {
                     let _ = session.connection.close(200, "sluice shutdown".into()).await;
                     return;

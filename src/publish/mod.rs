@@ -16,6 +16,7 @@ pub mod error;
 pub mod kafka;
 pub mod message;
 pub mod publisher;
+pub mod reply;
 pub mod route;
 
 pub use error::PublishError;

@@ -11,6 +11,7 @@ use super::amqp::AmqpPublisher;
 use super::error::PublishError;
 use super::kafka::KafkaPublisher;
 use super::message::{Ack, Message, Receipt};
+use super::reply::{Replies, Waiter};
 
 /// A boxed future of a producer.
 pub type ProducerFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -27,6 +28,17 @@ pub trait Producer: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// `"kafka"` or `"amqp"`.
     fn kind(&self) -> &'static str;
+    /// Sends a request whose reply comes back through the broker; see [`Publisher::request`]. Brokers without
+    /// request-reply refuse it.
+    fn request(&self, msg: Message) -> ProducerFuture<'_, Result<Waiter, PublishError>> {
+        let _ = msg;
+        let why = format!("{} broker {:?} does not do request-reply", self.kind(), self.name());
+        Box::pin(std::future::ready(Err(PublishError::config(why, None))))
+    }
+    /// The requests waiting for replies, for brokers that do request-reply.
+    fn replies(&self) -> Option<&Arc<Replies>> {
+        None
+    }
 }
 
 /// The handle to one configured broker's [`Producer`].
@@ -80,6 +92,18 @@ impl Publisher {
     /// [`PublishError::Config`] (a destination of the other kind).
     pub async fn publish(&self, msg: Message, ack: Ack) -> Result<Receipt, PublishError> {
         self.0.publish(msg, ack).await
+    }
+
+    /// Sends a request (confirmed, like [`Ack::Confirm`]) with a correlation id (its `sluice-id`) and a reply
+    /// address, and returns what waits for the reply: the caller chooses how long. Errors as for `publish`.
+    pub async fn request(&self, msg: Message) -> Result<Waiter, PublishError> {
+        self.0.request(msg).await
+    }
+
+    /// The requests waiting for replies (`None` for brokers without request-reply).
+    #[must_use]
+    pub fn replies(&self) -> Option<&Arc<Replies>> {
+        self.0.replies()
     }
 
     /// True while the broker is reachable; for `/readyz` and `sluice_broker_up`.
@@ -139,5 +163,11 @@ impl Producer for AmqpPublisher {
     }
     fn kind(&self) -> &'static str {
         "amqp"
+    }
+    fn request(&self, msg: Message) -> ProducerFuture<'_, Result<Waiter, PublishError>> {
+        Box::pin(AmqpPublisher::request(self, msg))
+    }
+    fn replies(&self) -> Option<&Arc<Replies>> {
+        Some(AmqpPublisher::replies(self))
     }
 }

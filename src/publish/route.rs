@@ -47,7 +47,7 @@ pub async fn publish(route: Arc<PublishRoute>, req: Request<Prepared>) -> Result
     let env = Envelope { route: &route.name, request_id: request_id(&req) };
     let mut message = route.encoder.encode(req.headers(), &context(&req, &route.name), body, &env)?;
     route.names.check(&message.destination)?;
-    let mut span = producer_span(&route.tracer, &facts(&req).trace, &route, &message);
+    let mut span = producer_span(&route.tracer, &facts(&req).trace, &route.broker_name, &message);
     let traceparent = span.cx.traceparent();
     let tracestate = span.cx.tracestate.as_ref().and_then(|v| v.to_str().ok());
     message.set_trace(traceparent.to_str().unwrap_or_default(), tracestate);
@@ -75,8 +75,8 @@ pub async fn publish(route: Arc<PublishRoute>, req: Request<Prepared>) -> Result
     Ok(accepted(receipt_body(&route, &id, destination, receipt)))
 }
 
-/// The PRODUCER span of one publish (OpenTelemetry messaging conventions).
-fn producer_span(tracer: &Tracer, parent: &TraceContext, route: &PublishRoute, message: &Message) -> Span {
+/// The PRODUCER span of one publish (OpenTelemetry messaging conventions), also of a request-reply's request.
+pub fn producer_span(tracer: &Tracer, parent: &TraceContext, broker: &str, message: &Message) -> Span {
     let (system, name) = match &message.destination {
         Destination::Kafka { topic, .. } => ("kafka", topic.as_str()),
         Destination::Amqp { exchange, routing_key, .. } if exchange.is_empty() => ("rabbitmq", routing_key.as_str()),
@@ -94,7 +94,7 @@ fn producer_span(tracer: &Tracer, parent: &TraceContext, route: &PublishRoute, m
                 KeyValue::new("messaging.destination.name", name.to_owned()),
                 KeyValue::new("messaging.message.id", message.id.clone()),
                 KeyValue::new("messaging.message.body.size", message.body.len() as i64),
-                KeyValue::new("sluice.broker", route.broker_name.clone()),
+                KeyValue::new("sluice.broker", broker.to_owned()),
             ];
             if let Destination::Amqp { routing_key, .. } = &message.destination {
                 attributes.push(KeyValue::new("messaging.rabbitmq.destination.routing_key", routing_key.clone()));

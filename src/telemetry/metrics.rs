@@ -41,6 +41,12 @@ struct PublishLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteOutcome {
+    route: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -68,6 +74,10 @@ pub struct Metrics {
     retries: Family<RouteLabel, Counter>,
     ejections: Family<UpstreamLabel, Counter>,
     publishes: Family<PublishLabels, Counter>,
+    request_replies: Family<RouteOutcome, Counter>,
+    request_reply_durations: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    request_reply_pending: Family<RouteLabel, Gauge>,
+    late_replies: Family<BrokerLabel, Counter>,
     publish_durations: Family<BrokerLabel, Histogram, fn() -> Histogram>,
     broker_up: Family<BrokerLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
@@ -123,6 +133,11 @@ impl Metrics {
         let publish_durations =
             Family::<BrokerLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
         let broker_up = Family::<BrokerLabel, Gauge>::default();
+        let request_replies = Family::<RouteOutcome, Counter>::default();
+        let request_reply_durations =
+            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
+        let request_reply_pending = Family::<RouteLabel, Gauge>::default();
+        let late_replies = Family::<BrokerLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let route_in_flight = Family::<RouteLabel, Gauge>::default();
         let idempotency_keys = Family::<RouteLabel, Gauge>::default();
@@ -152,6 +167,27 @@ impl Metrics {
             publish_durations.clone(),
         );
         registry.register("sluice_broker_up", "1 while the broker is connected", broker_up.clone());
+        registry.register(
+            "sluice_request_reply",
+            "Request-reply requests, by route and outcome (replied, no_reply, invalid_reply, too_many_pending, \
+             unavailable, unroutable, rejected)",
+            request_replies.clone(),
+        );
+        registry.register(
+            "sluice_request_reply_duration_seconds",
+            "Time from sending a request until its reply arrived",
+            request_reply_durations.clone(),
+        );
+        registry.register(
+            "sluice_request_reply_pending",
+            "Requests waiting for their replies",
+            request_reply_pending.clone(),
+        );
+        registry.register(
+            "sluice_request_reply_late",
+            "Replies that arrived after their request stopped waiting (dropped)",
+            late_replies.clone(),
+        );
         registry.register("sluice_requests", "Requests answered, by route and status", requests.clone());
         registry.register("sluice_request_duration_seconds", "Time to answer a request", durations.clone());
         registry.register("sluice_upstream_attempts", "Attempts sent upstream, by outcome", attempts.clone());
@@ -183,6 +219,10 @@ impl Metrics {
             retries,
             ejections,
             publishes,
+            request_replies,
+            request_reply_durations,
+            request_reply_pending,
+            late_replies,
             publish_durations,
             broker_up,
             reloads,
@@ -248,6 +288,22 @@ impl Metrics {
             by_outcome: PUBLISH_OUTCOMES.iter().map(|_| OnceLock::new()).collect(),
             duration: self.publish_durations.get_or_create(&BrokerLabel { broker: broker.to_owned() }).clone(),
         }
+    }
+
+    /// Handles for one request-reply route.
+    pub fn request_reply(&self, route: &str) -> RequestReplyMetrics {
+        let label = RouteLabel { route: route.to_owned() };
+        RequestReplyMetrics {
+            route: route.to_owned(),
+            family: self.request_replies.clone(),
+            duration: self.request_reply_durations.get_or_create(&label).clone(),
+            pending: self.request_reply_pending.get_or_create(&label).clone(),
+        }
+    }
+
+    /// `sluice_request_reply_late_total{broker}`.
+    pub fn late_replies(&self, broker: &str) -> Counter {
+        self.late_replies.get_or_create(&BrokerLabel { broker: broker.to_owned() }).clone()
     }
 
     /// Sets `sluice_broker_up{broker}`.
@@ -320,6 +376,24 @@ impl PublishMetrics {
             Some(i) => self.by_outcome[i].get_or_init(create).clone(),
             None => create(),
         }
+    }
+}
+
+/// A request-reply route's metric handles.
+#[derive(Debug)]
+pub struct RequestReplyMetrics {
+    route: String,
+    family: Family<RouteOutcome, Counter>,
+    /// `sluice_request_reply_duration_seconds{route}`.
+    pub duration: Histogram,
+    /// `sluice_request_reply_pending{route}`.
+    pub pending: Gauge,
+}
+
+impl RequestReplyMetrics {
+    /// `sluice_request_reply_total{route,outcome}`.
+    pub fn outcome(&self, outcome: &'static str) -> Counter {
+        self.family.get_or_create(&RouteOutcome { route: self.route.clone(), outcome }).clone()
     }
 }
 
