@@ -68,8 +68,14 @@ async fn readyz(State(Admin { gateway: gw, .. }): State<Admin>, RawQuery(query):
                     .as_ref()
                     .map(|p| p.broker.as_str())
                     .or(route.request_reply.as_ref().map(|r| r.broker.as_str()));
-                let state = match broker.and_then(|b| up.get(b)) {
-                    Some(false) => format!("broker {} down: answering 503", broker.unwrap_or_default()),
+                let reply_topic = route.request_reply.as_ref().and_then(|r| r.reply_topic.as_deref());
+                let listening =
+                    |b: &str, topic: &str| runtime.brokers.get(b).is_none_or(|b| b.publisher.listening(topic));
+                let state = match (broker, broker.and_then(|b| up.get(b)), reply_topic) {
+                    (Some(b), Some(false), _) => format!("broker {b} down: answering 503"),
+                    (Some(b), _, Some(topic)) if !listening(b, topic) => {
+                        format!("not consuming reply topic {topic} yet: answering 503")
+                    }
                     _ => "serving".to_owned(),
                 };
                 (route.name.clone(), json!(state))

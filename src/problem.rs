@@ -106,6 +106,9 @@ pub enum GatewayError {
     /// The broker cannot deliver the message where the route sends it (unroutable, unknown topic, rejected).
     #[error("the broker cannot deliver the message to its destination")]
     Unroutable,
+    /// The publish route's destination has more than `max_backlog` messages waiting: nothing was published.
+    #[error("the destination's backlog is above its bound; nothing was published, retry later")]
+    Backlogged,
     /// A request-reply route's request was sent, but no reply came within its `timeout`.
     #[error("no reply arrived in time")]
     NoReply,
@@ -193,6 +196,7 @@ impl GatewayError {
             GatewayError::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Unroutable => StatusCode::BAD_GATEWAY,
             GatewayError::NoReply => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Backlogged => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::InvalidReply(_) => StatusCode::BAD_GATEWAY,
             GatewayError::TooManyPending => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -224,6 +228,7 @@ impl GatewayError {
             GatewayError::BrokerUnavailable => ("urn:sluice:problem:broker-unavailable", "Broker unavailable"),
             GatewayError::Unroutable => ("urn:sluice:problem:unroutable", "Message unroutable"),
             GatewayError::NoReply => ("urn:sluice:problem:no-reply", "No reply in time"),
+            GatewayError::Backlogged => ("urn:sluice:problem:backlogged", "Destination backlogged"),
             GatewayError::InvalidReply(_) => ("urn:sluice:problem:invalid-reply", "Invalid reply"),
             GatewayError::TooManyPending => ("urn:sluice:problem:too-many-pending", "Too many requests waiting"),
             GatewayError::Internal => ("urn:sluice:problem:internal", "Internal error"),
@@ -237,7 +242,8 @@ impl GatewayError {
             | GatewayError::NoHealthyEndpoint
             | GatewayError::BrokerUnavailable
             | GatewayError::IdempotencyFull
-            | GatewayError::TooManyPending => Some(Duration::from_secs(1)),
+            | GatewayError::TooManyPending
+            | GatewayError::Backlogged => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -16,6 +16,7 @@ use crate::config::{
 use crate::forward::{Fault, ForwardRoute};
 use crate::layers::{Observe, ObserveLayer, ReadBodyLayer};
 use crate::policy::{Auth, AuthError, GuardLayer, IdempotencyLayer, IdempotencyStore, RateLimit, RateLimiter, Verify};
+use crate::publish::backlog::{Backlog, BacklogSource};
 use crate::publish::destination::NameRules;
 use crate::publish::encoder::{CloudEvents, Encoder, Target};
 use crate::publish::{Ack, PublishError, PublishRoute, Publisher};
@@ -304,14 +305,23 @@ fn request_reply_route(
     shared: &Shared,
 ) -> RequestReplyRoute {
     let template = |s: &str| Template::parse(s).expect("validated template");
-    // Validation admits amqp brokers only (request-reply over Kafka is not built yet).
-    let target = Target::Amqp {
-        exchange: rr.exchange.clone().unwrap_or_default(),
-        routing_key: template(rr.routing_key.as_deref().unwrap_or_default()),
-        persistent: false,
+    let target = match config.brokers[&rr.broker].kind {
+        BrokerKind::Kafka => Target::Kafka {
+            topic: template(rr.topic.as_deref().unwrap_or_default()),
+            key: rr.key.as_deref().map(template),
+        },
+        BrokerKind::Amqp => Target::Amqp {
+            exchange: rr.exchange.clone().unwrap_or_default(),
+            routing_key: template(rr.routing_key.as_deref().unwrap_or_default()),
+            persistent: false,
+        },
     };
     let header = |h: &String| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok();
     let publisher = brokers[&rr.broker].publisher.clone();
+    let reply_topic = rr.reply_topic.clone().unwrap_or_default();
+    if !reply_topic.is_empty() {
+        publisher.listen(&reply_topic);
+    }
     if let Some(replies) = publisher.replies() {
         replies.count_late_in(shared.metrics.late_replies(&rr.broker));
     }
@@ -322,6 +332,7 @@ fn request_reply_route(
         publisher,
         encoder: Encoder { target, cloudevents: None, headers: rr.headers.iter().filter_map(header).collect() },
         names: NameRules { allowed: Vec::new() },
+        reply_topic,
         timeout: rr.timeout.unwrap_or(config.server.request_timeout).0,
         reply_headers: rr.reply_headers.iter().filter_map(header).collect(),
         pending: Arc::new(tokio::sync::Semaphore::new(rr.max_pending)),
@@ -357,11 +368,24 @@ fn publish_route(
         BrokerKind::Kafka => p.allowed_topics.clone(),
         BrokerKind::Amqp => p.allowed_routing_keys.clone(),
     };
+    let publisher = brokers[&p.broker].publisher.clone();
+    let source = match (&p.backlog_queue, &p.backlog_group) {
+        (Some(queue), _) => Some(BacklogSource::Queue(queue.clone())),
+        (None, Some(group)) => {
+            Some(BacklogSource::Group { group: group.clone(), topic: p.topic.clone().unwrap_or_default() })
+        }
+        (None, None) => None,
+    };
+    let backlog = p
+        .max_backlog
+        .zip(source)
+        .map(|(max, source)| Backlog::start(&name, publisher.clone(), source, max, shared.metrics.backlog(&name)));
     PublishRoute {
+        backlog,
         metrics: shared.metrics.publish(&name, &p.broker),
         name,
         broker_name: p.broker.clone(),
-        publisher: brokers[&p.broker].publisher.clone(),
+        publisher,
         encoder: Encoder { target, cloudevents, headers: headers.collect() },
         names: NameRules { allowed },
         ack: match p.ack {

@@ -212,3 +212,94 @@ async fn max_pending_bounds_the_waiting_requests_and_a_gone_client_frees_its_pla
         Some(1.0)
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------- Kafka
+
+/// The confluent-kafka responder on `topic`; killed when dropped.
+async fn kafka_responder(topic: &str) -> Responder {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bridge_support/kafka_responder.py");
+    let mut child = Command::new(python())
+        .arg(script)
+        .args([kafka_bootstrap(), topic.to_owned()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the Kafka responder");
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(line.trim(), "ready", "the Kafka responder did not start");
+    Responder { child, queue: topic.to_owned() }
+}
+
+/// A gateway with Kafka broker `events` and route `rpc` sending to `topic`, replies on `reply_topic`; returns once
+/// the reply topic is consumed (`/readyz?verbose` says the route serves).
+async fn kafka_gateway(topic: &str, reply_topic: &str, extra: Value) -> Gateway {
+    let mut rr = json!({
+        "broker": "events", "topic": topic, "key": "{header.x-id}", "reply_topic": reply_topic, "timeout": "10s",
+        "headers": ["x-want-status"], "reply_headers": ["x-quote-id"]
+    });
+    if let (Value::Object(r), Value::Object(e)) = (&mut rr, extra) {
+        r.extend(e);
+    }
+    let gw = Gateway::start(json!({
+        "brokers": { "events": { "kind": "kafka", "bootstrap": kafka_bootstrap() } },
+        "routes": [{ "name": "rpc", "match": { "path": "/rpc", "methods": ["POST"] }, "request_reply": rr }]
+    }))
+    .await;
+    eventually("the gateway to consume its reply topic", async || {
+        gw.admin_get("/readyz?verbose").await.json()["routes"]["rpc"] == "serving"
+    })
+    .await;
+    gw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_requests_each_get_their_own_reply_from_the_reply_topic() {
+    let _kafka = KafkaLock::shared().await;
+    let (topic, reply_topic) = (create_topic("rr-req", 3).await, create_topic("rr-rep", 2).await);
+    let _responder = kafka_responder(&topic).await;
+    let gw = std::sync::Arc::new(kafka_gateway(&topic, &reply_topic, json!({})).await);
+    let calls = (0..100).map(|i| {
+        let gw = gw.clone();
+        let body = format!("k{i}");
+        tokio::spawn(async move {
+            (i, gw.post("/rpc", &[("x-id", &format!("id-{i}")), ("content-type", "text/plain")], body).await)
+        })
+    });
+    for call in calls {
+        let (i, r) = call.await.unwrap();
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.text(), format!("reply:k{i}"), "request {i} got another request's reply");
+        assert_eq!(r.header("content-type"), "text/plain");
+        assert!(r.header("x-quote-id").starts_with("q-"));
+    }
+    let r = gw.post("/rpc", &[("x-id", "s"), ("x-want-status", "202")], "status").await;
+    assert_eq!((r.status, r.text().as_str()), (202, "reply:status"));
+    // Every request went to the request topic with the headers a responder needs.
+    let records = kafka_read_all(&topic, 3).await;
+    assert_eq!(records.len(), 101);
+    for record in &records {
+        assert_eq!(record.header("sluice-reply-to").as_deref(), Some(reply_topic.as_str()));
+        assert_eq!(record.header("sluice-correlation-id"), record.header("sluice-id"));
+    }
+}
+
+#[tokio::test]
+async fn kafka_without_a_responder_is_a_504_and_an_unknown_topic_a_502() {
+    let _kafka = KafkaLock::shared().await;
+    let (topic, reply_topic) = (create_topic("rr-silent", 1).await, create_topic("rr-silent-rep", 1).await);
+    let gw = kafka_gateway(&topic, &reply_topic, json!({ "timeout": "500ms" })).await;
+    let r = gw.post("/rpc", &[("x-id", "1")], "anyone?").await;
+    assert_problem(&r, 504, "rpc");
+
+    let gw = kafka_gateway(&random_name("rr-no-such-topic"), &reply_topic, json!({ "timeout": "60s" })).await;
+    let started = std::time::Instant::now();
+    let r = gw.post("/rpc", &[("x-id", "1")], "x").await;
+    assert_problem(&r, 502, "rpc");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "answered without waiting for the timeout");
+}

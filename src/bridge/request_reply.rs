@@ -41,6 +41,8 @@ pub struct RequestReplyRoute {
     pub encoder: Encoder,
     /// What the rendered routing key must look like.
     pub names: NameRules,
+    /// Kafka: the topic replies come back on (`""` for AMQP, whose replies use direct reply-to).
+    pub reply_topic: String,
     /// Longest wait for the reply, from the start of the action.
     pub timeout: Duration,
     /// Reply headers copied onto the answer.
@@ -74,7 +76,7 @@ pub async fn request_reply(
     let tracestate = span.cx.tracestate.as_ref().and_then(|v| v.to_str().ok());
     message.set_trace(traceparent.to_str().unwrap_or_default(), tracestate);
     let start = Instant::now();
-    let mut waiter = match route.publisher.request(message).await {
+    let mut waiter = match route.publisher.request(message, &route.reply_topic).await {
         Ok(waiter) => waiter,
         Err(e) => {
             route.metrics.outcome(e.outcome()).inc();

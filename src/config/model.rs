@@ -762,6 +762,15 @@ pub struct PublishConfig {
     /// amqp: globs a rendered routing key must match; any routing key when empty.
     #[serde(default)]
     pub allowed_routing_keys: Vec<String>,
+    /// Lag-aware admission: `503` (nothing published) while the backlog is above this many messages.
+    #[serde(default)]
+    pub max_backlog: Option<u64>,
+    /// amqp: the queue whose ready messages are the backlog.
+    #[serde(default)]
+    pub backlog_queue: Option<String>,
+    /// kafka: the consumer group whose lag on the route's topic is the backlog.
+    #[serde(default)]
+    pub backlog_group: Option<String>,
 }
 
 fn default_idempotency_window() -> Dur {

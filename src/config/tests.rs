@@ -253,7 +253,17 @@ retry = { max_retries = 1 }
 [[routes]]
 name = "kafka"
 match = { path = "/k" }
-request_reply = { broker = "events", topic = "quotes", reply_topic = "quotes.replies" }
+request_reply = { broker = "events", topic = "quotes", exchange = "x" }
+
+[[routes]]
+name = "kafka-bad-reply"
+match = { path = "/k2" }
+request_reply = { broker = "events", topic = "quotes", reply_topic = "__replies" }
+
+[[routes]]
+name = "kafka-good"
+match = { path = "/k3" }
+request_reply = { broker = "events", topic = "quotes", key = "{header.x-id}", reply_topic = "quotes.replies" }
 
 [[routes]]
 name = "two"
@@ -270,13 +280,61 @@ forward = { upstream = "u" }
         "routes[0] \"no-key\": request_reply.max_pending must be at least 1",
         "routes[0] \"no-key\": request_reply.reply_headers: \"bad header\" is not a header name",
         "routes[0] \"no-key\": retry applies to forward routes only",
-        "routes[1] \"kafka\": request_reply over Kafka (topic, reply_topic) is not built yet",
-        "routes[2] \"two\": needs exactly one action: forward, publish or request_reply",
-        "routes[2] \"two\": request_reply.broker \"nope\" is not defined",
-        "routes[2] \"two\": request_reply.routing_key refers to {path.other} but match.path has no {other} segment",
+        "routes[1] \"kafka\": request_reply.reply_topic is required for kafka broker \"events\"",
+        "routes[1] \"kafka\": request_reply.exchange is for amqp brokers; \"events\" is kafka",
+        "routes[2] \"kafka-bad-reply\": request_reply.reply_topic is not a valid Kafka topic",
+        "routes[4] \"two\": needs exactly one action: forward, publish or request_reply",
+        "routes[4] \"two\": request_reply.broker \"nope\" is not defined",
+        "routes[4] \"two\": request_reply.routing_key refers to {path.other} but match.path has no {other} segment",
     ] {
         assert!(p.contains(e), "missing {e:?} in:\n{p}");
     }
+    assert!(!p.contains("kafka-good"), "a complete Kafka request_reply is fine:\n{p}");
+}
+
+#[test]
+fn backlog_problems_are_named() {
+    let p = problems(
+        r#"
+[brokers.rabbit]
+kind = "amqp"
+url = "amqp://127.0.0.1:5672/%2f"
+
+[brokers.events]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+
+[[routes]]
+name = "no-queue"
+match = { path = "/a" }
+publish = { broker = "rabbit", exchange = "", routing_key = "q", max_backlog = 10, backlog_group = "g" }
+
+[[routes]]
+name = "dynamic"
+match = { path = "/k/{t}" }
+publish = { broker = "events", topic = "orders.{path.t}", max_backlog = 10, backlog_group = "g" }
+
+[[routes]]
+name = "unbounded"
+match = { path = "/u" }
+publish = { broker = "events", topic = "orders", backlog_group = "g" }
+
+[[routes]]
+name = "fine"
+match = { path = "/f" }
+publish = { broker = "events", topic = "orders", max_backlog = 10, backlog_group = "g" }
+"#,
+    )
+    .join("\n");
+    for e in [
+        "routes[0] \"no-queue\": publish.max_backlog needs publish.backlog_queue (the queue to watch)",
+        "routes[0] \"no-queue\": publish.backlog_group is for kafka brokers; use backlog_queue",
+        "routes[1] \"dynamic\": publish.backlog_group needs a literal publish.topic",
+        "routes[2] \"unbounded\": publish.backlog_group is only read with publish.max_backlog",
+    ] {
+        assert!(p.contains(e), "missing {e:?} in:\n{p}");
+    }
+    assert!(!p.contains("\"fine\""), "{p}");
 }
 
 #[test]

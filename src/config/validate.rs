@@ -611,10 +611,21 @@ fn check_request_reply(
     errors: &mut Vec<String>,
 ) {
     match broker_kind(label, "request_reply", &rr.broker, config, errors) {
-        Some(BrokerKind::Kafka) => errors.push(format!(
-            "{label}: request_reply over Kafka (topic, reply_topic) is not built yet; broker {:?} is kafka",
-            rr.broker
-        )),
+        Some(BrokerKind::Kafka) => {
+            for (key, set) in [("topic", rr.topic.is_some()), ("reply_topic", rr.reply_topic.is_some())] {
+                if !set {
+                    errors.push(format!("{label}: request_reply.{key} is required for kafka broker {:?}", rr.broker));
+                }
+            }
+            if let Some(why) = rr.reply_topic.as_deref().and_then(crate::publish::destination::topic_problem) {
+                errors.push(format!("{label}: request_reply.reply_topic is not a valid Kafka topic: {why}"));
+            }
+            for (key, set) in [("exchange", rr.exchange.is_some()), ("routing_key", rr.routing_key.is_some())] {
+                if set {
+                    errors.push(format!("{label}: request_reply.{key} is for amqp brokers; {:?} is kafka", rr.broker));
+                }
+            }
+        }
         Some(BrokerKind::Amqp) => {
             if rr.routing_key.is_none() {
                 errors.push(format!("{label}: request_reply.routing_key is required for amqp broker {:?}", rr.broker));
@@ -659,7 +670,8 @@ fn check_publish(
     check_template: &dyn Fn(&str, &str, &mut Vec<String>),
     errors: &mut Vec<String>,
 ) {
-    match broker_kind(label, "publish", &p.broker, config, errors) {
+    let kind = broker_kind(label, "publish", &p.broker, config, errors);
+    match kind {
         Some(BrokerKind::Kafka) => {
             if p.topic.is_none() {
                 errors.push(format!("{label}: publish.topic is required for kafka broker {:?}", p.broker));
@@ -715,5 +727,40 @@ fn check_publish(
     }
     if p.idempotency_window.0.is_zero() {
         errors.push(format!("{label}: publish.idempotency_window must be more than 0"));
+    }
+    check_backlog(label, p, kind, errors);
+}
+
+/// `max_backlog` needs its source: `backlog_queue` (amqp) or `backlog_group` on a literal topic (kafka).
+fn check_backlog(label: &str, p: &PublishConfig, kind: Option<BrokerKind>, errors: &mut Vec<String>) {
+    let (queue, group) = (p.backlog_queue.is_some(), p.backlog_group.is_some());
+    if p.max_backlog.is_none() {
+        for (key, set) in [("backlog_queue", queue), ("backlog_group", group)] {
+            if set {
+                errors.push(format!("{label}: publish.{key} is only read with publish.max_backlog"));
+            }
+        }
+        return;
+    }
+    match kind {
+        Some(BrokerKind::Amqp) if !queue => {
+            errors.push(format!("{label}: publish.max_backlog needs publish.backlog_queue (the queue to watch)"))
+        }
+        Some(BrokerKind::Kafka) if !group => {
+            errors.push(format!("{label}: publish.max_backlog needs publish.backlog_group (the consumer group)"))
+        }
+        Some(BrokerKind::Kafka) if p.topic.as_deref().is_some_and(|t| t.contains('{')) => errors.push(format!(
+            "{label}: publish.backlog_group needs a literal publish.topic (the lag is measured on one topic)"
+        )),
+        _ => {}
+    }
+    match kind {
+        Some(BrokerKind::Amqp) if group => {
+            errors.push(format!("{label}: publish.backlog_group is for kafka brokers; use backlog_queue"))
+        }
+        Some(BrokerKind::Kafka) if queue => {
+            errors.push(format!("{label}: publish.backlog_queue is for amqp brokers; use backlog_group"))
+        }
+        _ => {}
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -147,6 +147,17 @@ impl AmqpPublisher {
         let waiter = self.shared.replies.wait(&msg.id);
         self.send(msg, Ack::Confirm, true).await?;
         Ok(waiter)
+    }
+
+    /// The messages ready in `queue` (a passive declare on a channel of its own, closed after).
+    pub async fn queue_depth(&self, queue: &str) -> Result<u64, PublishError> {
+        let session = self.shared.current().ok_or_else(|| PublishError::unavailable("amqp not connected", None))?;
+        let channel = session.connection.create_channel().await.map_err(|e| map_error(e, "open channel"))?;
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let name = short(queue, "queue name")?;
+        let declared = channel.queue_declare(name, options, FieldTable::default()).await;
+        let _ = channel.close(200, "sluice backlog sample".into()).await;
+        Ok(u64::from(declared.map_err(|e| map_error(e, "passive queue.declare"))?.message_count()))
     }
 
     /// The requests of this broker waiting for replies.

@@ -5,18 +5,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::error::PublishError;
+use super::kafka_replies::{CORRELATION_HEADER, REPLY_TO_HEADER, ReplyListener};
 use super::message::{Ack, Destination, Message, Receipt};
+use super::reply::{Replies, Waiter};
+
+/// librdkafka properties of producers only, left out of the reply consumers' settings.
+const PRODUCER_ONLY: [&str; 8] = [
+    "acks",
+    "enable.idempotence",
+    "compression.type",
+    "compression.codec",
+    "linger.ms",
+    "batch.size",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+];
 
 /// How long a send waits for room when librdkafka's local queue is full (back-pressure) before the
 /// publish fails as unavailable. Capped by the delivery timeout.
@@ -47,6 +62,14 @@ struct Inner {
     /// The effective `message.timeout.ms` (after user options).
     delivery_timeout: Duration,
     topics: TopicCache,
+    /// Settings for the reply consumers: the broker's address and the user's options (security included).
+    consumer_config: ClientConfig,
+    /// Requests waiting for their replies.
+    replies: Arc<Replies>,
+    /// One consumer per reply topic.
+    listeners: Mutex<HashMap<String, Arc<ReplyListener>>>,
+    /// One offsets reader per consumer group whose lag a route bounds.
+    lag_probes: Mutex<HashMap<String, Arc<BaseConsumer>>>,
 }
 
 impl KafkaPublisher {
@@ -58,6 +81,14 @@ impl KafkaPublisher {
         delivery_timeout: Duration,
         options: &BTreeMap<String, String>,
     ) -> Result<Self, PublishError> {
+        let mut consumer_config = ClientConfig::new();
+        consumer_config
+            .set("bootstrap.servers", bootstrap)
+            .set("client.id", format!("sluice-{name}-replies"))
+            // Assigned partitions only: the group is never joined and nothing is committed.
+            .set("group.id", format!("sluice-replies-{}", uuid::Uuid::new_v4().simple()))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10");
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", bootstrap)
@@ -78,6 +109,9 @@ impl KafkaPublisher {
             if key != "delivery.timeout.ms" {
                 config.set(key, value);
             }
+            if !PRODUCER_ONLY.contains(&key.as_str()) {
+                consumer_config.set(key, value);
+            }
         }
         let up = Arc::new(AtomicBool::new(false));
         let context = SluiceContext { name: name.to_owned(), up: up.clone() };
@@ -96,6 +130,10 @@ impl KafkaPublisher {
                 up,
                 delivery_timeout,
                 topics: TopicCache::default(),
+                consumer_config,
+                replies: Arc::new(Replies::default()),
+                listeners: Mutex::new(HashMap::new()),
+                lag_probes: Mutex::new(HashMap::new()),
             }),
         };
         // Learn early whether the broker answers, so readiness does not wait for the first stats.
@@ -153,6 +191,89 @@ impl KafkaPublisher {
             }
             Ack::Confirm => self.inner.await_delivery(delivery).await,
         }
+    }
+
+    /// Starts (once) the consumer of `reply_topic` that request-reply routes sending there wait on.
+    pub fn listen(&self, reply_topic: &str) {
+        let mut listeners = self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        if !listeners.contains_key(reply_topic) {
+            let listener = ReplyListener::start(
+                &self.inner.name,
+                reply_topic,
+                self.inner.consumer_config.clone(),
+                self.inner.replies.clone(),
+            );
+            listeners.insert(reply_topic.to_owned(), Arc::new(listener));
+        }
+    }
+
+    /// Sends a request (confirmed) with the headers `sluice-correlation-id` (its `sluice-id`) and `sluice-reply-to`
+    /// (`reply_topic`), and returns what waits for the reply; see [`crate::publish::Publisher::request`]. `503` until
+    /// the reply topic's consumer is in place ([`Self::listen`]).
+    pub async fn request(&self, mut msg: Message, reply_topic: &str) -> Result<Waiter, PublishError> {
+        if !self.listening(reply_topic) {
+            return Err(PublishError::unavailable(format!("not consuming the reply topic {reply_topic:?} yet"), None));
+        }
+        msg.headers.push((CORRELATION_HEADER.to_owned(), msg.id.clone()));
+        msg.headers.push((REPLY_TO_HEADER.to_owned(), reply_topic.to_owned()));
+        let waiter = self.inner.replies.wait(&msg.id);
+        self.publish(msg, Ack::Confirm).await?;
+        Ok(waiter)
+    }
+
+    /// The requests of this broker waiting for replies.
+    #[must_use]
+    pub fn replies(&self) -> &Arc<Replies> {
+        &self.inner.replies
+    }
+
+    /// The records of `topic` consumer group `group` has not committed: per partition, the high watermark minus the
+    /// group's committed offset (minus the low watermark where it committed none). One consumer per group, made on
+    /// the first sample and kept (it never joins the group, only reads its offsets).
+    pub async fn group_lag(&self, group: &str, topic: &str) -> Result<u64, PublishError> {
+        let consumer = {
+            let mut probes = self.inner.lag_probes.lock().unwrap_or_else(|e| e.into_inner());
+            match probes.get(group) {
+                Some(c) => c.clone(),
+                None => {
+                    let mut config = self.inner.consumer_config.clone();
+                    config.set("group.id", group);
+                    let c: Arc<BaseConsumer> = Arc::new(config.create().map_err(|e| map_error(e, "lag consumer"))?);
+                    probes.insert(group.to_owned(), c.clone());
+                    c
+                }
+            }
+        };
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<u64, KafkaError> {
+            let metadata = consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
+            let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition(&topic, i32::try_from(p).unwrap_or(i32::MAX));
+            }
+            let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
+            let mut lag = 0u64;
+            for element in committed.elements() {
+                let (low, high) = consumer.fetch_watermarks(&topic, element.partition(), METADATA_TIMEOUT)?;
+                let from = match element.offset() {
+                    Offset::Offset(o) => o,
+                    _ => low,
+                };
+                lag += u64::try_from(high - from).unwrap_or(0);
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(|e| PublishError::unavailable("kafka lag sample panicked", Some(e.into())))?
+        .map_err(|e| map_error(e, "consumer group lag"))
+    }
+
+    /// Whether the consumer of `reply_topic` is in place.
+    #[must_use]
+    pub fn listening(&self, reply_topic: &str) -> bool {
+        let listeners = self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners.get(reply_topic).is_some_and(|l| l.is_ready())
     }
 
     /// Hand the record to librdkafka. A full local queue is back-pressure: retry for a short while,

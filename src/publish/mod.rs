@@ -10,10 +10,12 @@
 //! - [`route`]: the action of a publish route.
 
 pub mod amqp;
+pub mod backlog;
 pub mod destination;
 pub mod encoder;
 pub mod error;
 pub mod kafka;
+pub mod kafka_replies;
 pub mod message;
 pub mod publisher;
 pub mod reply;

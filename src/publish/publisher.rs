@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::amqp::AmqpPublisher;
+use super::backlog::BacklogSource;
 use super::error::PublishError;
 use super::kafka::KafkaPublisher;
 use super::message::{Ack, Message, Receipt};
@@ -28,16 +29,30 @@ pub trait Producer: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// `"kafka"` or `"amqp"`.
     fn kind(&self) -> &'static str;
-    /// Sends a request whose reply comes back through the broker; see [`Publisher::request`]. Brokers without
-    /// request-reply refuse it.
-    fn request(&self, msg: Message) -> ProducerFuture<'_, Result<Waiter, PublishError>> {
-        let _ = msg;
+    /// Sends a request whose reply comes back through the broker (on `reply_topic` for Kafka); see
+    /// [`Publisher::request`]. Brokers without request-reply refuse it.
+    fn request<'a>(&'a self, msg: Message, reply_topic: &'a str) -> ProducerFuture<'a, Result<Waiter, PublishError>> {
+        let _ = (msg, reply_topic);
         let why = format!("{} broker {:?} does not do request-reply", self.kind(), self.name());
         Box::pin(std::future::ready(Err(PublishError::config(why, None))))
     }
     /// The requests waiting for replies, for brokers that do request-reply.
     fn replies(&self) -> Option<&Arc<Replies>> {
         None
+    }
+    /// Starts consuming the replies that come back on `reply_topic` (Kafka; a no-op elsewhere).
+    fn listen(&self, reply_topic: &str) {
+        let _ = reply_topic;
+    }
+    /// Measures a route's backlog (`publish.max_backlog`); brokers that cannot measure `source` refuse.
+    fn backlog<'a>(&'a self, source: &'a BacklogSource) -> ProducerFuture<'a, Result<u64, PublishError>> {
+        let why = format!("{} broker {:?} cannot measure {source:?}", self.kind(), self.name());
+        Box::pin(std::future::ready(Err(PublishError::config(why, None))))
+    }
+    /// Whether replies on `reply_topic` are being consumed (always, where replies need no topic).
+    fn listening(&self, reply_topic: &str) -> bool {
+        let _ = reply_topic;
+        true
     }
 }
 
@@ -96,8 +111,25 @@ impl Publisher {
 
     /// Sends a request (confirmed, like [`Ack::Confirm`]) with a correlation id (its `sluice-id`) and a reply
     /// address, and returns what waits for the reply: the caller chooses how long. Errors as for `publish`.
-    pub async fn request(&self, msg: Message) -> Result<Waiter, PublishError> {
-        self.0.request(msg).await
+    /// `reply_topic`: where a Kafka responder sends the reply (AMQP replies use direct reply-to; it is ignored).
+    pub async fn request(&self, msg: Message, reply_topic: &str) -> Result<Waiter, PublishError> {
+        self.0.request(msg, reply_topic).await
+    }
+
+    /// Starts consuming replies on `reply_topic` (Kafka request-reply routes; nothing for AMQP).
+    pub fn listen(&self, reply_topic: &str) {
+        self.0.listen(reply_topic);
+    }
+
+    /// The backlog of `source` now: a RabbitMQ queue's ready messages, or a Kafka group's lag on a topic.
+    pub async fn backlog(&self, source: &BacklogSource) -> Result<u64, PublishError> {
+        self.0.backlog(source).await
+    }
+
+    /// Whether replies on `reply_topic` are consumed yet (for `/readyz?verbose`).
+    #[must_use]
+    pub fn listening(&self, reply_topic: &str) -> bool {
+        self.0.listening(reply_topic)
     }
 
     /// The requests waiting for replies (`None` for brokers without request-reply).
@@ -146,6 +178,26 @@ impl Producer for KafkaPublisher {
     fn kind(&self) -> &'static str {
         "kafka"
     }
+    fn request<'a>(&'a self, msg: Message, reply_topic: &'a str) -> ProducerFuture<'a, Result<Waiter, PublishError>> {
+        Box::pin(KafkaPublisher::request(self, msg, reply_topic))
+    }
+    fn replies(&self) -> Option<&Arc<Replies>> {
+        Some(KafkaPublisher::replies(self))
+    }
+    fn listen(&self, reply_topic: &str) {
+        KafkaPublisher::listen(self, reply_topic);
+    }
+    fn listening(&self, reply_topic: &str) -> bool {
+        KafkaPublisher::listening(self, reply_topic)
+    }
+    fn backlog<'a>(&'a self, source: &'a BacklogSource) -> ProducerFuture<'a, Result<u64, PublishError>> {
+        match source {
+            BacklogSource::Group { group, topic } => Box::pin(KafkaPublisher::group_lag(self, group, topic)),
+            BacklogSource::Queue(_) => {
+                Box::pin(std::future::ready(Err(PublishError::config("a kafka broker has no queues", None))))
+            }
+        }
+    }
 }
 
 impl Producer for AmqpPublisher {
@@ -164,8 +216,16 @@ impl Producer for AmqpPublisher {
     fn kind(&self) -> &'static str {
         "amqp"
     }
-    fn request(&self, msg: Message) -> ProducerFuture<'_, Result<Waiter, PublishError>> {
+    fn request<'a>(&'a self, msg: Message, _reply_topic: &'a str) -> ProducerFuture<'a, Result<Waiter, PublishError>> {
         Box::pin(AmqpPublisher::request(self, msg))
+    }
+    fn backlog<'a>(&'a self, source: &'a BacklogSource) -> ProducerFuture<'a, Result<u64, PublishError>> {
+        match source {
+            BacklogSource::Queue(queue) => Box::pin(AmqpPublisher::queue_depth(self, queue)),
+            BacklogSource::Group { .. } => {
+                Box::pin(std::future::ready(Err(PublishError::config("an amqp broker has no consumer groups", None))))
+            }
+        }
     }
     fn replies(&self) -> Option<&Arc<Replies>> {
         Some(AmqpPublisher::replies(self))

@@ -11,6 +11,7 @@ use opentelemetry::trace::SpanKind;
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::backlog::Backlog;
 use super::destination::NameRules;
 use super::encoder::{Encoder, Envelope};
 use super::message::{Ack, Destination, Message, Receipt};
@@ -39,10 +40,16 @@ pub struct PublishRoute {
     pub tracer: Tracer,
     /// Metric handles.
     pub metrics: PublishMetrics,
+    /// `max_backlog`: the destination's sampled backlog and its bound.
+    pub backlog: Option<Backlog>,
 }
 
 /// Publishes one request and answers with its receipt.
 pub async fn publish(route: Arc<PublishRoute>, req: Request<Prepared>) -> Result<Response<Body>, GatewayError> {
+    if route.backlog.as_ref().is_some_and(Backlog::over) {
+        route.metrics.outcome("backlogged").inc();
+        return Err(GatewayError::Backlogged);
+    }
     let body = req.body().bytes().cloned().unwrap_or_default();
     let env = Envelope { route: &route.name, request_id: request_id(&req) };
     let mut message = route.encoder.encode(req.headers(), &context(&req, &route.name), body, &env)?;

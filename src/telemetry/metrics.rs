@@ -78,6 +78,7 @@ pub struct Metrics {
     request_reply_durations: Family<RouteLabel, Histogram, fn() -> Histogram>,
     request_reply_pending: Family<RouteLabel, Gauge>,
     late_replies: Family<BrokerLabel, Counter>,
+    backlogs: Family<RouteLabel, Gauge>,
     publish_durations: Family<BrokerLabel, Histogram, fn() -> Histogram>,
     broker_up: Family<BrokerLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
@@ -138,6 +139,7 @@ impl Metrics {
             Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
         let request_reply_pending = Family::<RouteLabel, Gauge>::default();
         let late_replies = Family::<BrokerLabel, Counter>::default();
+        let backlogs = Family::<RouteLabel, Gauge>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let route_in_flight = Family::<RouteLabel, Gauge>::default();
         let idempotency_keys = Family::<RouteLabel, Gauge>::default();
@@ -184,6 +186,11 @@ impl Metrics {
             request_reply_pending.clone(),
         );
         registry.register(
+            "sluice_publish_backlog",
+            "The destination's backlog last sampled for a route with max_backlog",
+            backlogs.clone(),
+        );
+        registry.register(
             "sluice_request_reply_late",
             "Replies that arrived after their request stopped waiting (dropped)",
             late_replies.clone(),
@@ -223,6 +230,7 @@ impl Metrics {
             request_reply_durations,
             request_reply_pending,
             late_replies,
+            backlogs,
             publish_durations,
             broker_up,
             reloads,
@@ -301,6 +309,11 @@ impl Metrics {
         }
     }
 
+    /// `sluice_publish_backlog{route}`.
+    pub fn backlog(&self, route: &str) -> Gauge {
+        self.backlogs.get_or_create(&RouteLabel { route: route.to_owned() }).clone()
+    }
+
     /// `sluice_request_reply_late_total{broker}`.
     pub fn late_replies(&self, broker: &str) -> Counter {
         self.late_replies.get_or_create(&BrokerLabel { broker: broker.to_owned() }).clone()
@@ -362,7 +375,8 @@ pub struct PublishMetrics {
 }
 
 /// The outcomes a publish can have (`PublishError::outcome` plus the two successes).
-const PUBLISH_OUTCOMES: [&str; 6] = ["confirmed", "unconfirmed", "unavailable", "unroutable", "rejected", "config"];
+const PUBLISH_OUTCOMES: [&str; 7] =
+    ["confirmed", "unconfirmed", "unavailable", "unroutable", "rejected", "config", "backlogged"];
 
 impl PublishMetrics {
     /// `sluice_publish_total{route,broker,outcome}`.
