@@ -81,6 +81,11 @@ async fn readyz(State(Admin { gateway: gw, .. }): State<Admin>, RawQuery(query):
                 (route.name.clone(), json!(state))
             })
             .collect();
+        body["subscriptions"] = runtime
+            .subscriptions
+            .iter()
+            .map(|(name, s)| (name.clone(), json!(if s.is_consuming() { "consuming" } else { "connecting" })))
+            .collect();
     }
     (status, Json(body))
 }

@@ -147,13 +147,15 @@ pub async fn run_with_reload(
     // Nothing confirmed to a client may be lost: let producers deliver what they still hold, and the exporter send
     // the last spans, all at once within one more `shutdown_grace`.
     let snapshot = gateway.snapshot.load();
+    // Subscriptions' deliveries in flight finish (their dead letters are confirmed inside them), within the grace.
+    let subscriptions = futures_util::future::join_all(snapshot.subscriptions.values().map(|s| s.stop(grace)));
     let producers = futures_util::future::join_all(snapshot.brokers.values().map(|b| b.publisher.flush(grace)));
     let spans = async {
         if let Some(export) = &export {
             export.flush(grace).await;
         }
     };
-    tokio::join!(producers, spans);
+    tokio::join!(subscriptions, producers, spans);
     let _ = admin_stop.send(());
     let _ = admin_task.await;
     tracing::info!("sluice stopped");

@@ -86,6 +86,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
     let shutdown = async {
         shutdown.await;
         gateway.draining.store(true, Ordering::Relaxed);
+        // Subscriptions stop taking messages now; their deliveries in flight finish while requests drain.
+        for subscription in gateway.snapshot.load().subscriptions.values() {
+            subscription.signal_stop();
+        }
         let delay = gateway.snapshot.load().config.server.drain_delay.0;
         if !delay.is_zero() {
             tracing::info!(?delay, "shutting down: not ready, still accepting for server.drain_delay");

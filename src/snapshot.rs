@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::action::Action;
-use crate::bridge::RequestReplyRoute;
+use crate::bridge::{DeadLetter, RequestReplyRoute, Subscription, Wiring};
 use crate::config::{
     AckMode, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RequestReplyConfig, RetryConfig,
 };
@@ -19,7 +19,7 @@ use crate::policy::{Auth, AuthError, GuardLayer, IdempotencyLayer, IdempotencySt
 use crate::publish::backlog::{Backlog, BacklogSource};
 use crate::publish::destination::NameRules;
 use crate::publish::encoder::{CloudEvents, Encoder, Target};
-use crate::publish::{Ack, PublishError, PublishRoute, Publisher};
+use crate::publish::{Ack, Destination, PublishError, PublishRoute, Publisher};
 use crate::router::{Matcher, Router};
 use crate::stack::{self, Layers, RouteService};
 use crate::telemetry::{Metrics, Tracer};
@@ -96,6 +96,8 @@ pub struct Snapshot {
     pub brokers: BTreeMap<String, Broker>,
     /// Names of the brokers some route publishes to.
     used_brokers: Vec<String>,
+    /// Running subscriptions by name (kept across reloads that leave them, their upstream and broker alone).
+    pub subscriptions: BTreeMap<String, Arc<Subscription>>,
     /// `server.tls`: the listener's rustls settings, with the certificate and key read by this build (each new
     /// connection takes them from the current snapshot).
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -242,6 +244,43 @@ impl Snapshot {
             idempotency: None,
             action: Action::Unmatched,
         });
+        let mut subscriptions = BTreeMap::new();
+        for cfg in &config.subscriptions {
+            let upstream = upstreams[&cfg.to.upstream].clone();
+            let source = brokers[&cfg.from.broker].publisher.clone();
+            used_brokers.push(cfg.from.broker.clone());
+            let kept = previous.and_then(|p| p.subscriptions.get(&cfg.name)).filter(|old| {
+                same(&old.config, cfg) && Arc::ptr_eq(&old.upstream, &upstream) && old.source.same(&source)
+            });
+            let subscription = match kept {
+                Some(old) => old.clone(),
+                None => {
+                    let dead_letter = cfg.dead_letter.as_ref().map(|dl| {
+                        let broker = dl.broker.as_deref().unwrap_or(&cfg.from.broker);
+                        let destination = match config.brokers[broker].kind {
+                            BrokerKind::Kafka => {
+                                Destination::Kafka { topic: dl.topic.clone().unwrap_or_default(), key: None }
+                            }
+                            BrokerKind::Amqp => Destination::Amqp {
+                                exchange: dl.exchange.clone().unwrap_or_default(),
+                                routing_key: dl.routing_key.clone().unwrap_or_default(),
+                                persistent: true,
+                            },
+                        };
+                        DeadLetter { publisher: brokers[broker].publisher.clone(), destination }
+                    });
+                    let wiring = Wiring {
+                        source,
+                        upstream,
+                        dead_letter,
+                        tracer: shared.tracer.clone(),
+                        metrics: metrics.subscription(&cfg.name),
+                    };
+                    Arc::new(Subscription::start(cfg.clone(), wiring))
+                }
+            };
+            subscriptions.insert(cfg.name.clone(), subscription);
+        }
         used_brokers.sort();
         used_brokers.dedup();
         let trusted_proxies =
@@ -254,6 +293,7 @@ impl Snapshot {
             upstreams,
             brokers,
             used_brokers,
+            subscriptions,
             tls,
             config: Arc::new(config),
         })

@@ -1141,7 +1141,8 @@ async fn a_broker_that_is_down_keeps_the_gateway_ready_and_its_forward_routes_in
         json!({
             "ready": true,
             "brokers": { "rabbit": "down" },
-            "routes": { "api": "serving", "events": "broker rabbit down: answering 503" }
+            "routes": { "api": "serving", "events": "broker rabbit down: answering 503" },
+            "subscriptions": {}
         })
     );
     assert_eq!(gw.get("/api/x").await.status, 200, "forward routes keep serving");

@@ -1,6 +1,8 @@
-//! Bridges between HTTP and the brokers that are more than a publish: request-reply over a queue (sync over async).
-//! Queue → HTTP subscriptions will live here too.
+//! Bridges between HTTP and the brokers that are more than a publish: request-reply over a queue (sync over async),
+//! and queue → HTTP subscriptions.
 
 pub mod request_reply;
+pub mod subscribe;
 
 pub use request_reply::{RequestReplyRoute, request_reply};
+pub use subscribe::{DeadLetter, Subscription, Wiring};

@@ -7,10 +7,10 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::keys;
-use super::model::{Config, RouteConfig};
+use super::model::{Config, RouteConfig, SubscriptionConfig};
 
 /// Top-level tables that `routes.toml` may contain.
-const TOP_LEVEL: &[&str] = &["server", "telemetry", "upstreams", "brokers", "routes"];
+const TOP_LEVEL: &[&str] = &["server", "telemetry", "upstreams", "brokers", "routes", "subscriptions"];
 
 /// The list keys an environment override may set, as comma-separated values (`SLUICE__SERVER__TRUSTED_PROXIES=
 /// 10.0.0.0/8,192.168.0.0/16`, `SLUICE__UPSTREAMS__ORDERS__ENDPOINTS=http://a:80,http://b:80`): the last segment of
@@ -101,7 +101,27 @@ pub fn from_value(root: Value) -> (Config, Vec<String>) {
         }
         Some(_) => errors.push("routes: must be an array of tables ([[routes]])".to_owned()),
     }
+    match map.get("subscriptions") {
+        None => {}
+        Some(Value::Array(subscriptions)) => {
+            for (index, v) in subscriptions.iter().enumerate() {
+                let label = subscription_label(index, v.get("name").and_then(Value::as_str));
+                if let Some(s) = keys::parse::<SubscriptionConfig>(v, &label, &mut errors).value {
+                    config.subscriptions.push(s);
+                }
+            }
+        }
+        Some(_) => errors.push("subscriptions: must be an array of tables ([[subscriptions]])".to_owned()),
+    }
     (config, errors)
+}
+
+/// Label of a subscription in messages: `subscriptions[0] "deliver-orders"`.
+pub fn subscription_label(index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("subscriptions[{index}] {n:?}"),
+        None => format!("subscriptions[{index}]"),
+    }
 }
 
 /// Label of a route in messages: `routes[2] "orders-api"`.

@@ -8,7 +8,7 @@ mod validate;
 
 use std::path::Path;
 
-pub use load::{from_value, read_str, read_value, route_label};
+pub use load::{from_value, read_str, read_value, route_label, subscription_label};
 pub use model::*;
 pub use validate::{Report, validate};
 

@@ -20,6 +20,8 @@ pub struct Config {
     pub brokers: BTreeMap<String, BrokerConfig>,
     /// Routes in file order; the first match wins.
     pub routes: Vec<RouteConfig>,
+    /// Queue → HTTP deliveries.
+    pub subscriptions: Vec<SubscriptionConfig>,
     /// Brokers that are present but failed to parse.
     #[serde(skip)]
     pub broken_brokers: std::collections::BTreeSet<String>,
@@ -673,6 +675,124 @@ pub enum BrokerKind {
     Amqp,
     /// Apache Kafka.
     Kafka,
+}
+
+/// `[[subscriptions]]`: consume a queue (or topic) and deliver each message to an upstream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// Unique name (metrics, logs).
+    pub name: String,
+    /// Where messages come from.
+    pub from: SubscriptionSource,
+    /// Where each message is delivered.
+    pub to: SubscriptionTarget,
+    /// Redelivery of failed deliveries.
+    #[serde(default)]
+    pub retry: SubscriptionRetry,
+    /// Where a message goes when it cannot be delivered; without it, a message is never dropped.
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterConfig>,
+    /// Deliveries in flight at once (AMQP prefetch).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_concurrency() -> usize {
+    16
+}
+
+/// `from = { ... }`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSource {
+    /// Name of a `[brokers.NAME]` table.
+    pub broker: String,
+    /// amqp: the queue to consume.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// kafka: the topic (not built yet).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// kafka: the consumer group (not built yet).
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// `to = { ... }`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionTarget {
+    /// Name of an `[upstreams.NAME]` table.
+    pub upstream: String,
+    /// Path (and query) each message is sent to.
+    pub path: String,
+    /// Method.
+    #[serde(default = "default_delivery_method")]
+    pub method: String,
+    /// One delivery attempt's timeout, until the response headers.
+    #[serde(default = "default_delivery_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_delivery_method() -> String {
+    "POST".to_owned()
+}
+fn default_delivery_timeout() -> Dur {
+    Dur::secs(5)
+}
+
+/// A subscription's `retry = { ... }`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionRetry {
+    /// Redeliveries after the first attempt before the message is dead-lettered.
+    #[serde(default = "default_delivery_retries")]
+    pub max_retries: u32,
+    /// Base of the exponential backoff (full jitter).
+    #[serde(default = "default_delivery_backoff")]
+    pub backoff: Dur,
+    /// Cap of the backoff (and of an honoured `Retry-After`).
+    #[serde(default = "default_delivery_max_backoff")]
+    pub max_backoff: Dur,
+}
+
+impl Default for SubscriptionRetry {
+    fn default() -> Self {
+        SubscriptionRetry {
+            max_retries: default_delivery_retries(),
+            backoff: default_delivery_backoff(),
+            max_backoff: default_delivery_max_backoff(),
+        }
+    }
+}
+
+fn default_delivery_retries() -> u32 {
+    5
+}
+fn default_delivery_backoff() -> Dur {
+    Dur::ms(100)
+}
+fn default_delivery_max_backoff() -> Dur {
+    Dur::secs(10)
+}
+
+/// `dead_letter = { ... }`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Name of a `[brokers.NAME]` table; the subscription's own broker when absent.
+    #[serde(default)]
+    pub broker: Option<String>,
+    /// amqp: exchange (`""`: the default exchange).
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// amqp: routing key.
+    #[serde(default)]
+    pub routing_key: Option<String>,
+    /// kafka: topic.
+    #[serde(default)]
+    pub topic: Option<String>,
 }
 
 /// `request_reply = { ... }`

@@ -293,6 +293,62 @@ forward = { upstream = "u" }
 }
 
 #[test]
+fn subscription_problems_are_named() {
+    let p = problems(
+        r#"
+[upstreams.app]
+endpoints = ["http://127.0.0.1:9001"]
+
+[brokers.rabbit]
+kind = "amqp"
+url = "amqp://127.0.0.1:5672/%2f"
+
+[brokers.events]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+
+[[subscriptions]]
+name = "a"
+from = { broker = "rabbit", topic = "t" }
+to = { upstream = "nope", path = "internal", method = "NOT A METHOD" }
+retry = { backoff = "1s", max_backoff = "10ms" }
+dead_letter = { exchange = "dlx" }
+concurrency = 0
+
+[[subscriptions]]
+name = "a"
+from = { broker = "events", topic = "orders", queue = "q" }
+to = { upstream = "app", path = "/x" }
+dead_letter = { broker = "events", topic = "__bad" }
+
+[[subscriptions]]
+name = "fine"
+from = { broker = "rabbit", queue = "orders" }
+to = { upstream = "app", path = "/x" }
+dead_letter = { broker = "events", topic = "orders.dlq" }
+"#,
+    )
+    .join("\n");
+    for e in [
+        "subscriptions[0] \"a\": from.queue is required for amqp broker \"rabbit\"",
+        "subscriptions[0] \"a\": from.topic is for kafka brokers; \"rabbit\" is amqp",
+        "subscriptions[0] \"a\": to.upstream \"nope\" is not defined",
+        "subscriptions[0] \"a\": to.path must be a path starting with /",
+        "subscriptions[0] \"a\": to.method \"NOT A METHOD\" is not an HTTP method",
+        "subscriptions[0] \"a\": retry.backoff must be more than 0 and at most retry.max_backoff",
+        "subscriptions[0] \"a\": concurrency must be from 1 to 65535",
+        "subscriptions[0] \"a\": dead_letter.routing_key is required for amqp broker \"rabbit\"",
+        "subscriptions[1] \"a\": name \"a\" is used by an earlier subscription",
+        "subscriptions[1] \"a\": from.group is required for kafka broker \"events\"",
+        "subscriptions[1] \"a\": from.queue is for amqp brokers; \"events\" is kafka",
+        "subscriptions[1] \"a\": dead_letter.topic is not a valid Kafka topic",
+    ] {
+        assert!(p.contains(e), "missing {e:?} in:\n{p}");
+    }
+    assert!(!p.contains("\"fine\""), "{p}");
+}
+
+#[test]
 fn backlog_problems_are_named() {
     let p = problems(
         r#"

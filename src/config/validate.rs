@@ -8,7 +8,8 @@ use super::UNSET_VARIABLE;
 use super::load::{names, route_label};
 use super::model::{
     AuthConfig, Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishConfig, PublishFormat,
-    RequestReplyConfig, RouteConfig, ServerConfig, TelemetryConfig, UpstreamConfig, VerifyConfig, VerifyScheme,
+    RequestReplyConfig, RouteConfig, ServerConfig, SubscriptionConfig, TelemetryConfig, UpstreamConfig, VerifyConfig,
+    VerifyScheme,
 };
 use crate::router::Matcher;
 use crate::template::Template;
@@ -59,6 +60,16 @@ pub fn validate(config: &Config) -> Report {
         check_route(&label, route, matcher.as_ref(), config, errors);
         check_destination(&label, route, config, errors, &mut report.warnings);
         compiled.push((label, matcher));
+    }
+    let mut names = HashSet::new();
+    for (index, s) in config.subscriptions.iter().enumerate() {
+        let label = super::load::subscription_label(index, Some(s.name.as_str()).filter(|n| !n.is_empty()));
+        if s.name.is_empty() {
+            errors.push(format!("{label}: name is required (a non-empty string)"));
+        } else if !names.insert(s.name.as_str()) {
+            errors.push(format!("{label}: name {:?} is used by an earlier subscription", s.name));
+        }
+        check_subscription(&label, s, config, errors);
     }
     for (i, (label, later)) in compiled.iter().enumerate() {
         let Some(later) = later else { continue };
@@ -600,6 +611,78 @@ fn broker_kind(label: &str, action: &str, name: &str, config: &Config, errors: &
             errors.push(format!("{label}: {action}.broker {name:?} is not defined ({known})"));
             None
         }
+    }
+}
+
+fn check_subscription(label: &str, s: &SubscriptionConfig, config: &Config, errors: &mut Vec<String>) {
+    match broker_kind(label, "from", &s.from.broker, config, errors) {
+        Some(BrokerKind::Kafka) => {
+            for (key, set) in [("topic", s.from.topic.is_some()), ("group", s.from.group.is_some())] {
+                if !set {
+                    errors.push(format!("{label}: from.{key} is required for kafka broker {:?}", s.from.broker));
+                }
+            }
+            if let Some(why) = s.from.topic.as_deref().and_then(crate::publish::destination::topic_problem) {
+                errors.push(format!("{label}: from.topic is not a valid Kafka topic: {why}"));
+            }
+            if s.from.queue.is_some() {
+                errors.push(format!("{label}: from.queue is for amqp brokers; {:?} is kafka", s.from.broker));
+            }
+        }
+        Some(BrokerKind::Amqp) => {
+            if s.from.queue.as_deref().is_none_or(str::is_empty) {
+                errors.push(format!("{label}: from.queue is required for amqp broker {:?}", s.from.broker));
+            }
+            for (key, set) in [("topic", s.from.topic.is_some()), ("group", s.from.group.is_some())] {
+                if set {
+                    errors.push(format!("{label}: from.{key} is for kafka brokers; {:?} is amqp", s.from.broker));
+                }
+            }
+        }
+        None => {}
+    }
+    if !config.upstreams.contains_key(&s.to.upstream) && !config.broken_upstreams.contains(&s.to.upstream) {
+        errors.push(format!("{label}: to.upstream {:?} is not defined", s.to.upstream));
+    }
+    if !s.to.path.starts_with('/') || s.to.path.parse::<http::uri::PathAndQuery>().is_err() {
+        errors.push(format!("{label}: to.path must be a path starting with /"));
+    }
+    if s.to.method.parse::<http::Method>().is_err() {
+        errors.push(format!("{label}: to.method {:?} is not an HTTP method", s.to.method));
+    }
+    if s.to.timeout.0.is_zero() {
+        errors.push(format!("{label}: to.timeout must be more than 0"));
+    }
+    if s.retry.backoff.0.is_zero() || s.retry.max_backoff < s.retry.backoff {
+        errors.push(format!("{label}: retry.backoff must be more than 0 and at most retry.max_backoff"));
+    }
+    if !(1..=usize::from(u16::MAX)).contains(&s.concurrency) {
+        errors.push(format!("{label}: concurrency must be from 1 to 65535"));
+    }
+    let Some(dl) = &s.dead_letter else { return };
+    let broker = dl.broker.as_deref().unwrap_or(&s.from.broker);
+    match broker_kind(label, "dead_letter", broker, config, errors) {
+        Some(BrokerKind::Amqp) => {
+            if dl.routing_key.is_none() {
+                errors.push(format!("{label}: dead_letter.routing_key is required for amqp broker {broker:?}"));
+            }
+            if dl.topic.is_some() {
+                errors.push(format!("{label}: dead_letter.topic is for kafka brokers; {broker:?} is amqp"));
+            }
+        }
+        Some(BrokerKind::Kafka) => {
+            match dl.topic.as_deref().map(crate::publish::destination::topic_problem) {
+                None => errors.push(format!("{label}: dead_letter.topic is required for kafka broker {broker:?}")),
+                Some(Some(why)) => errors.push(format!("{label}: dead_letter.topic is not a valid Kafka topic: {why}")),
+                Some(None) => {}
+            }
+            for (key, set) in [("exchange", dl.exchange.is_some()), ("routing_key", dl.routing_key.is_some())] {
+                if set {
+                    errors.push(format!("{label}: dead_letter.{key} is for amqp brokers; {broker:?} is kafka"));
+                }
+            }
+        }
+        None => {}
     }
 }
 

@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -147,6 +149,29 @@ impl AmqpPublisher {
         let waiter = self.shared.replies.wait(&msg.id);
         self.send(msg, Ack::Confirm, true).await?;
         Ok(waiter)
+    }
+
+    /// Consumes `queue` on a channel of its own with `prefetch` unacknowledged messages at most (manual acks), for a
+    /// subscription. Fails while disconnected, or when the queue does not exist.
+    pub async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<(Channel, lapin::Consumer), PublishError> {
+        let session = self.shared.current().ok_or_else(|| PublishError::unavailable("amqp not connected", None))?;
+        let channel = session.connection.create_channel().await.map_err(|e| map_error(e, "open channel"))?;
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(|e| map_error(e, "basic.qos"))?;
+        let consumer = channel
+            .basic_consume(
+                short(queue, "queue name")?,
+                short(tag, "consumer tag")?,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| map_error(e, "basic.consume"))?;
+        Ok((channel, consumer))
     }
 
     /// The messages ready in `queue` (a passive declare on a channel of its own, closed after).
@@ -365,7 +390,7 @@ async fn consume_replies(channel: &Channel, replies: Arc<Replies>) -> lapin::Res
         while let Some(Ok(delivery)) = consumer.next().await {
             let p = &delivery.properties;
             let headers = p.headers().as_ref().map(|h| {
-                h.inner().iter().filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), text(v)?))).collect()
+                h.inner().iter().filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), header_text(v)?))).collect()
             });
             let reply = Reply {
                 body: Bytes::from(delivery.data),
@@ -379,7 +404,7 @@ async fn consume_replies(channel: &Channel, replies: Arc<Replies>) -> lapin::Res
 }
 
 /// A header value as text (strings and numbers; other kinds are left out).
-fn text(v: &AMQPValue) -> Option<String> {
+pub fn header_text(v: &AMQPValue) -> Option<String> {
     Some(match v {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::ShortString(s) => s.as_str().to_owned(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -267,6 +267,23 @@ impl KafkaPublisher {
         .await
         .map_err(|e| PublishError::unavailable("kafka lag sample panicked", Some(e.into())))?
         .map_err(|e| map_error(e, "consumer group lag"))
+    }
+
+    /// A consumer of `topic` in consumer group `group` for a subscription: the broker's client settings, offsets stored
+    /// by the caller once a message is done (`store_offset`) and committed automatically and on rebalances, reading
+    /// from the earliest record when the group has no offset yet.
+    pub fn subscriber(&self, group: &str, topic: &str) -> Result<StreamConsumer, PublishError> {
+        let mut config = self.inner.consumer_config.clone();
+        config
+            .set("group.id", group)
+            .set("client.id", format!("sluice-{}-{group}", self.inner.name))
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        let consumer: StreamConsumer = config.create().map_err(|e| map_error(e, "subscription consumer"))?;
+        consumer.subscribe(&[topic]).map_err(|e| map_error(e, "subscribe"))?;
+        Ok(consumer)
     }
 
     /// Whether the consumer of `reply_topic` is in place.

@@ -49,6 +49,14 @@ pub trait Producer: Send + Sync + 'static {
         let why = format!("{} broker {:?} cannot measure {source:?}", self.kind(), self.name());
         Box::pin(std::future::ready(Err(PublishError::config(why, None))))
     }
+    /// The RabbitMQ client underneath, for consuming (subscriptions).
+    fn as_amqp(&self) -> Option<&AmqpPublisher> {
+        None
+    }
+    /// The Kafka client underneath, for consuming (subscriptions).
+    fn as_kafka(&self) -> Option<&KafkaPublisher> {
+        None
+    }
     /// Whether replies on `reply_topic` are being consumed (always, where replies need no topic).
     fn listening(&self, reply_topic: &str) -> bool {
         let _ = reply_topic;
@@ -126,6 +134,24 @@ impl Publisher {
         self.0.backlog(source).await
     }
 
+    /// Whether `self` and `other` are the same producer (the same connection).
+    #[must_use]
+    pub fn same(&self, other: &Publisher) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The RabbitMQ client underneath, when the broker is RabbitMQ (subscriptions consume through it).
+    #[must_use]
+    pub fn as_amqp(&self) -> Option<&AmqpPublisher> {
+        self.0.as_amqp()
+    }
+
+    /// The Kafka client underneath, when the broker is Kafka (subscriptions consume through it).
+    #[must_use]
+    pub fn as_kafka(&self) -> Option<&KafkaPublisher> {
+        self.0.as_kafka()
+    }
+
     /// Whether replies on `reply_topic` are consumed yet (for `/readyz?verbose`).
     #[must_use]
     pub fn listening(&self, reply_topic: &str) -> bool {
@@ -190,6 +216,9 @@ impl Producer for KafkaPublisher {
     fn listening(&self, reply_topic: &str) -> bool {
         KafkaPublisher::listening(self, reply_topic)
     }
+    fn as_kafka(&self) -> Option<&KafkaPublisher> {
+        Some(self)
+    }
     fn backlog<'a>(&'a self, source: &'a BacklogSource) -> ProducerFuture<'a, Result<u64, PublishError>> {
         match source {
             BacklogSource::Group { group, topic } => Box::pin(KafkaPublisher::group_lag(self, group, topic)),
@@ -218,6 +247,9 @@ impl Producer for AmqpPublisher {
     }
     fn request<'a>(&'a self, msg: Message, _reply_topic: &'a str) -> ProducerFuture<'a, Result<Waiter, PublishError>> {
         Box::pin(AmqpPublisher::request(self, msg))
+    }
+    fn as_amqp(&self) -> Option<&AmqpPublisher> {
+        Some(self)
     }
     fn backlog<'a>(&'a self, source: &'a BacklogSource) -> ProducerFuture<'a, Result<u64, PublishError>> {
         match source {

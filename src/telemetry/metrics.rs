@@ -41,6 +41,17 @@ struct PublishLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionLabel {
+    subscription: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionOutcome {
+    subscription: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteOutcome {
     route: String,
     outcome: &'static str,
@@ -79,6 +90,9 @@ pub struct Metrics {
     request_reply_pending: Family<RouteLabel, Gauge>,
     late_replies: Family<BrokerLabel, Counter>,
     backlogs: Family<RouteLabel, Gauge>,
+    deliveries: Family<SubscriptionOutcome, Counter>,
+    delivery_durations: Family<SubscriptionLabel, Histogram, fn() -> Histogram>,
+    stuck: Family<SubscriptionLabel, Gauge>,
     publish_durations: Family<BrokerLabel, Histogram, fn() -> Histogram>,
     broker_up: Family<BrokerLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
@@ -140,6 +154,10 @@ impl Metrics {
         let request_reply_pending = Family::<RouteLabel, Gauge>::default();
         let late_replies = Family::<BrokerLabel, Counter>::default();
         let backlogs = Family::<RouteLabel, Gauge>::default();
+        let deliveries = Family::<SubscriptionOutcome, Counter>::default();
+        let delivery_durations =
+            Family::<SubscriptionLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
+        let stuck = Family::<SubscriptionLabel, Gauge>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let route_in_flight = Family::<RouteLabel, Gauge>::default();
         let idempotency_keys = Family::<RouteLabel, Gauge>::default();
@@ -184,6 +202,21 @@ impl Metrics {
             "sluice_request_reply_pending",
             "Requests waiting for their replies",
             request_reply_pending.clone(),
+        );
+        registry.register(
+            "sluice_deliveries",
+            "Subscription delivery attempts' results: delivered, retried, dead_lettered",
+            deliveries.clone(),
+        );
+        registry.register(
+            "sluice_delivery_duration_seconds",
+            "Time from receiving a message to its acknowledgement (delivered or dead-lettered)",
+            delivery_durations.clone(),
+        );
+        registry.register(
+            "sluice_subscription_stuck",
+            "Messages past max_retries without a dead letter, retried at max_backoff",
+            stuck.clone(),
         );
         registry.register(
             "sluice_publish_backlog",
@@ -231,6 +264,9 @@ impl Metrics {
             request_reply_pending,
             late_replies,
             backlogs,
+            deliveries,
+            delivery_durations,
+            stuck,
             publish_durations,
             broker_up,
             reloads,
@@ -306,6 +342,22 @@ impl Metrics {
             family: self.request_replies.clone(),
             duration: self.request_reply_durations.get_or_create(&label).clone(),
             pending: self.request_reply_pending.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Handles for one subscription.
+    pub fn subscription(&self, name: &str) -> SubscriptionMetrics {
+        let label = SubscriptionLabel { subscription: name.to_owned() };
+        let outcome = |outcome| {
+            self.deliveries.get_or_create(&SubscriptionOutcome { subscription: name.to_owned(), outcome }).clone()
+        };
+        SubscriptionMetrics {
+            delivered: outcome("delivered"),
+            retried: outcome("retried"),
+            dead_lettered: outcome("dead_lettered"),
+            duration: self.delivery_durations.get_or_create(&label).clone(),
+            stuck: self.stuck.get_or_create(&label).clone(),
+            retries: self.retries.get_or_create(&RouteLabel { route: name.to_owned() }).clone(),
         }
     }
 
@@ -391,6 +443,23 @@ impl PublishMetrics {
             None => create(),
         }
     }
+}
+
+/// A subscription's metric handles.
+#[derive(Clone, Debug)]
+pub struct SubscriptionMetrics {
+    /// `sluice_deliveries_total{outcome="delivered"}`.
+    pub delivered: Counter,
+    /// `sluice_deliveries_total{outcome="retried"}`.
+    pub retried: Counter,
+    /// `sluice_deliveries_total{outcome="dead_lettered"}`.
+    pub dead_lettered: Counter,
+    /// `sluice_delivery_duration_seconds`.
+    pub duration: Histogram,
+    /// `sluice_subscription_stuck`.
+    pub stuck: Gauge,
+    /// The upstream call's own retries (none: the subscription retries), `sluice_retries_total{route=NAME}`.
+    pub retries: Counter,
 }
 
 /// A request-reply route's metric handles.

@@ -160,6 +160,27 @@ impl Tracer {
         name: impl FnOnce() -> Cow<'static, str>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Span {
+        self.continuing(headers, SpanKind::Server, name, attributes)
+    }
+
+    /// The CONSUMER span of a delivered message, continuing the `traceparent` it carries when it has a valid one.
+    pub fn consumer(
+        &self,
+        headers: &HeaderMap,
+        name: impl FnOnce() -> Cow<'static, str>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Span {
+        self.continuing(headers, SpanKind::Consumer, name, attributes)
+    }
+
+    #[inline]
+    fn continuing(
+        &self,
+        headers: &HeaderMap,
+        kind: SpanKind,
+        name: impl FnOnce() -> Cow<'static, str>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Span {
         let Some(tracer) = &self.sdk else {
             return Span { cx: TraceContext::from_headers(headers), otel: None };
         };
@@ -172,7 +193,7 @@ impl Tracer {
         };
         let span = tracer
             .span_builder(name())
-            .with_kind(SpanKind::Server)
+            .with_kind(kind)
             .with_attributes(attributes())
             .start_with_context(tracer, &parent);
         Span { cx: TraceContext::of(&span, tracestate), otel: Some(Box::new(span)) }

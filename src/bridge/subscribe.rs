@@ -1,0 +1,659 @@
+//! `[[subscriptions]]`: consume a RabbitMQ queue and deliver each message to an upstream through the same resilience
+//! module forwarding uses ([`crate::upstream::call`]: balancing, outlier ejection, `max_concurrent`, timeouts), then
+//! acknowledge it. At-least-once: a message is acknowledged only after a `2xx`, or after its dead letter was
+//! confirmed.
+//!
+//! Outcomes of one attempt:
+//! - `2xx` → ack;
+//! - `4xx` other than 408 and 429 → dead letter at once (the upstream will never take it);
+//! - `5xx`, 408, 429, a timeout or no connection → retry after an exponential backoff with full jitter (`Retry-After`
+//!   honoured up to `max_backoff`); after `max_retries` retries, dead letter. Without `dead_letter`, a message is never
+//!   dropped: it keeps being retried every `max_backoff`, counted in `sluice_subscription_stuck`.
+//!
+//! A dead letter carries the original body and headers plus `sluice-error` (why) and `sluice-attempts`. If it cannot
+//! be published, the message goes back to its queue (nack with requeue) to be tried again later.
+//!
+//! At most `concurrency` messages are in flight (the channel's prefetch). Stopping (shutdown, or a reload that changes
+//! the subscription) cancels the consumer, lets the deliveries in flight finish for up to the grace period, and puts
+//! back (requeues) those that are still waiting for a retry.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
+use lapin::types::AMQPValue;
+use opentelemetry::KeyValue;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use std::collections::HashMap;
+use tokio::sync::mpsc;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::body::Prepared;
+use crate::config::{RetryConfig, SubscriptionConfig};
+use crate::publish::{Ack, Destination, Message, Publisher};
+use crate::telemetry::{SubscriptionMetrics, TraceContext, Tracer};
+use crate::upstream::{Call, CallError, RetryPolicy, Upstream, call};
+
+/// Where dead letters go.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// The broker's producer.
+    pub publisher: Publisher,
+    /// Exchange and routing key, or topic.
+    pub destination: Destination,
+}
+
+/// What a subscription needs to run.
+#[derive(Clone, Debug)]
+pub struct Wiring {
+    /// The broker consumed.
+    pub source: Publisher,
+    /// The upstream delivered to.
+    pub upstream: Arc<Upstream>,
+    /// Dead letters, when configured.
+    pub dead_letter: Option<DeadLetter>,
+    /// Spans.
+    pub tracer: Tracer,
+    /// Metric handles.
+    pub metrics: SubscriptionMetrics,
+}
+
+/// A running subscription.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Its settings.
+    pub config: SubscriptionConfig,
+    /// The broker it consumes (a reload that replaces the broker restarts the subscription).
+    pub source: Publisher,
+    /// The upstream it delivers to (a reload that replaces the upstream restarts the subscription).
+    pub upstream: Arc<Upstream>,
+    control: Arc<Control>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct Control {
+    stopping: AtomicBool,
+    stop: Notify,
+    /// True while a consumer is attached to the queue.
+    consuming: AtomicBool,
+}
+
+impl Control {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// One delivery's fixed parts, shared by every message of the subscription.
+#[derive(Debug)]
+struct Deliverer {
+    name: String,
+    method: Method,
+    path: PathAndQuery,
+    timeout: Duration,
+    max_retries: u32,
+    backoff: Backoff,
+    max_backoff: Duration,
+    no_retries: RetryPolicy,
+    wiring: Wiring,
+    control: Arc<Control>,
+}
+
+impl Subscription {
+    /// Starts consuming. Connecting (and reconnecting after a broker outage) happens in the background.
+    pub fn start(config: SubscriptionConfig, wiring: Wiring) -> Subscription {
+        let control = Arc::new(Control::default());
+        let deliverer = Arc::new(Deliverer {
+            name: config.name.clone(),
+            method: config.to.method.parse().unwrap_or(Method::POST),
+            path: config.to.path.parse().unwrap_or_else(|_| PathAndQuery::from_static("/")),
+            timeout: config.to.timeout.0,
+            max_retries: config.retry.max_retries,
+            backoff: Backoff::new(config.retry.backoff.0, config.retry.max_backoff.0),
+            max_backoff: config.retry.max_backoff.0,
+            no_retries: RetryPolicy::new(&RetryConfig { max_retries: 0, ..RetryConfig::default() }),
+            wiring: wiring.clone(),
+            control: control.clone(),
+        });
+        let task = match (&config.from.topic, &config.from.group) {
+            (Some(topic), Some(group)) => {
+                tokio::spawn(consume_kafka(deliverer, topic.clone(), group.clone(), config.concurrency))
+            }
+            _ => {
+                let queue = config.from.queue.clone().unwrap_or_default();
+                let prefetch = u16::try_from(config.concurrency).unwrap_or(u16::MAX);
+                tokio::spawn(consume(deliverer, queue, prefetch))
+            }
+        };
+        Subscription { upstream: wiring.upstream, source: wiring.source, config, control, task }
+    }
+
+    /// Whether a consumer is attached to the queue now (for `/readyz?verbose`).
+    pub fn is_consuming(&self) -> bool {
+        self.control.consuming.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking messages (at once; deliveries in flight go on).
+    pub fn signal_stop(&self) {
+        self.control.stopping.store(true, Ordering::Release);
+        self.control.stop.notify_waiters();
+    }
+
+    /// Stops taking messages and waits up to `grace` for the deliveries in flight (the rest go back to the queue).
+    pub async fn stop(&self, grace: Duration) {
+        self.signal_stop();
+        let task = &self.task;
+        let finished = async {
+            while !task.is_finished() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(grace, finished).await.is_err() {
+            tracing::warn!(subscription = %self.config.name, "deliveries still in flight after the grace period");
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // A subscription a reload replaced: stop taking messages; those in flight finish on their own.
+        self.signal_stop();
+    }
+}
+
+/// Consumes the queue while the subscription runs, reconnecting after the broker or the queue went away.
+async fn consume(deliverer: Arc<Deliverer>, queue: String, prefetch: u16) {
+    let name = deliverer.name.clone();
+    let mut failures = 0u32;
+    let in_flight = Arc::new(Semaphore::new(usize::from(prefetch)));
+    while !deliverer.control.stopping() {
+        let Some(amqp) = deliverer.wiring.source.as_amqp() else { return };
+        let tag = format!("sluice-{name}-{}", uuid::Uuid::new_v4().simple());
+        let (channel, mut consumer) = match amqp.consume(&queue, prefetch, &tag).await {
+            Ok(c) => c,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(30) {
+                    tracing::warn!(subscription = %name, queue = %queue, error = %e, "cannot consume yet; retrying");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = deliverer.control.stop.notified() => {}
+                }
+                continue;
+            }
+        };
+        failures = 0;
+        deliverer.control.consuming.store(true, Ordering::Relaxed);
+        tracing::info!(subscription = %name, queue = %queue, "consuming");
+        loop {
+            let next = tokio::select! {
+                next = consumer.next() => next,
+                () = deliverer.control.stop.notified() => None,
+            };
+            let Some(Ok(delivery)) = next else {
+                deliverer.control.consuming.store(false, Ordering::Relaxed);
+                break;
+            };
+            let permit = in_flight.clone().acquire_owned().await.expect("never closed");
+            let deliverer = deliverer.clone();
+            tokio::spawn(async move {
+                deliverer.deliver(Inbound::amqp(delivery)).await;
+                drop(permit);
+            });
+        }
+        if deliverer.control.stopping() {
+            let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            // Deliveries in flight finish (or requeue themselves) before the channel closes.
+            let _ = in_flight.acquire_many(u32::from(prefetch)).await;
+            let _ = channel.close(200, "sluice subscription stopped".into()).await;
+        } else {
+            tracing::warn!(subscription = %name, queue = %queue, "consumer ended (connection lost?); resubscribing");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Consumes the topic in the consumer group while the subscription runs. Each partition's messages are delivered
+/// one after another, in offset order, by a worker of its own; at most `concurrency` deliveries run at once across
+/// partitions. A message's offset is stored once it is delivered or dead-lettered, and committed every second and on
+/// rebalances; on stop, what is stored is committed before the consumer closes.
+async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, concurrency: usize) {
+    let name = deliverer.name.clone();
+    let Some(kafka) = deliverer.wiring.source.as_kafka() else { return };
+    let consumer = loop {
+        match kafka.subscriber(&group, &topic) {
+            Ok(c) => break Arc::new(c),
+            Err(e) => {
+                tracing::warn!(subscription = %name, topic = %topic, error = %e, "cannot consume yet; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = deliverer.control.stop.notified() => {}
+                }
+                if deliverer.control.stopping() {
+                    return;
+                }
+            }
+        }
+    };
+    deliverer.control.consuming.store(true, Ordering::Relaxed);
+    tracing::info!(subscription = %name, topic = %topic, group = %group, "consuming");
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut partitions: HashMap<i32, mpsc::Sender<Inbound>> = HashMap::new();
+    let mut workers = tokio::task::JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            next = consumer.recv() => Some(next),
+            () = deliverer.control.stop.notified() => None,
+        };
+        let Some(next) = next else { break };
+        if deliverer.control.stopping() {
+            break;
+        }
+        let m = match next {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(subscription = %name, error = %e, "kafka consumer error");
+                continue;
+            }
+        };
+        let inbound = Inbound::kafka(&m, consumer.clone());
+        let partition = m.partition();
+        drop(m);
+        let worker = partitions.entry(partition).or_insert_with(|| {
+            // Two waiting messages per partition at most: a slow partition holds the consumer back, not memory.
+            let (tx, mut rx) = mpsc::channel::<Inbound>(2);
+            let (deliverer, slots) = (deliverer.clone(), slots.clone());
+            workers.spawn(async move {
+                while let Some(inbound) = rx.recv().await {
+                    if deliverer.control.stopping() {
+                        break;
+                    }
+                    let _slot = slots.acquire().await;
+                    deliverer.deliver(inbound).await;
+                }
+            });
+            tx
+        });
+        if worker.send(inbound).await.is_err() {
+            break;
+        }
+    }
+    deliverer.control.consuming.store(false, Ordering::Relaxed);
+    drop(partitions);
+    while workers.join_next().await.is_some() {}
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(subscription = %name, error = %e, "final offset commit");
+    }
+}
+
+/// One message taken from a broker, detached from the client library, and how to settle it.
+struct Inbound {
+    body: Bytes,
+    /// Its metadata as request headers.
+    http: HeaderMap,
+    /// Its metadata as it came (for a dead letter).
+    metadata: Vec<(String, String)>,
+    /// Its `sluice-id` or message id (a new one when it has none).
+    id: String,
+    content_type: Option<String>,
+    /// The queue's routing key or the topic, for spans.
+    source: String,
+    settle: Settle,
+}
+
+/// How a message is acknowledged.
+enum Settle {
+    /// RabbitMQ: ack, or nack with requeue.
+    Amqp(lapin::Acker),
+    /// Kafka: store the next offset of the partition (committed automatically).
+    Kafka { consumer: Arc<StreamConsumer>, topic: String, partition: i32, offset: i64 },
+}
+
+impl Settle {
+    fn system(&self) -> &'static str {
+        match self {
+            Settle::Amqp(_) => "rabbitmq",
+            Settle::Kafka { .. } => "kafka",
+        }
+    }
+
+    /// The message is done with (delivered, or dead-lettered).
+    async fn done(&self) {
+        match self {
+            Settle::Amqp(acker) => {
+                let _ = acker.ack(BasicAckOptions::default()).await;
+            }
+            Settle::Kafka { consumer, topic, partition, offset } => {
+                // librdkafka's legacy store: the message's own offset, committed as the next one to read. Fails only
+                // when the partition was revoked meanwhile: its new owner reads the message again.
+                let _ = consumer.store_offset(topic, *partition, *offset);
+            }
+        }
+    }
+
+    /// Whether the message can be handed back to the broker for later (AMQP); a Kafka partition cannot skip it.
+    fn can_requeue(&self) -> bool {
+        matches!(self, Settle::Amqp(_))
+    }
+
+    /// Gives the message back: requeued (AMQP); not stored, so read again after a restart or rebalance (Kafka).
+    async fn again(&self) {
+        if let Settle::Amqp(acker) = self {
+            let _ = acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+        }
+    }
+}
+
+impl Inbound {
+    fn amqp(delivery: Delivery) -> Inbound {
+        let p = &delivery.properties;
+        let metadata: Vec<(String, String)> = p
+            .headers()
+            .as_ref()
+            .map(|h| h.inner().iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), text(v)?))).collect())
+            .unwrap_or_default();
+        let http = http_headers(&delivery);
+        let id = p.message_id().as_ref().map_or_else(Message::new_id, |m| m.as_str().to_owned());
+        let content_type = p.content_type().as_ref().map(|c| c.as_str().to_owned());
+        let source = delivery.routing_key.as_str().to_owned();
+        Inbound {
+            body: Bytes::from(delivery.data),
+            http,
+            metadata,
+            id,
+            content_type,
+            source,
+            settle: Settle::Amqp(delivery.acker),
+        }
+    }
+
+    fn kafka(m: &BorrowedMessage<'_>, consumer: Arc<StreamConsumer>) -> Inbound {
+        let mut metadata = Vec::new();
+        if let Some(hs) = m.headers() {
+            for h in hs.iter() {
+                if let Ok(v) = std::str::from_utf8(h.value.unwrap_or_default()) {
+                    metadata.push((h.key.to_owned(), v.to_owned()));
+                }
+            }
+        }
+        let mut http = HeaderMap::new();
+        for (k, v) in &metadata {
+            // CloudEvents binary mode on Kafka: `ce_type` → `ce-type`.
+            let name = match k.strip_prefix("ce_") {
+                Some(attribute) => format!("ce-{attribute}"),
+                None => k.to_ascii_lowercase(),
+            };
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::try_from(v.as_str())) {
+                http.insert(n, v);
+            }
+        }
+        http.insert(
+            HeaderName::from_static("sluice-topic"),
+            HeaderValue::try_from(m.topic()).unwrap_or(HeaderValue::from_static("")),
+        );
+        http.insert(HeaderName::from_static("sluice-partition"), HeaderValue::from(m.partition()));
+        http.insert(HeaderName::from_static("sluice-offset"), HeaderValue::from(m.offset()));
+        let id = metadata.iter().find(|(k, _)| k == "sluice-id").map_or_else(Message::new_id, |(_, v)| v.clone());
+        let content_type = metadata.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone());
+        Inbound {
+            body: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+            http,
+            metadata,
+            id,
+            content_type,
+            source: m.topic().to_owned(),
+            settle: Settle::Kafka {
+                consumer,
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+            },
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Verdict {
+    Delivered,
+    /// Never deliverable: dead letter at once.
+    Refused(String),
+    /// Try again later (after at least the given wait, from `Retry-After`).
+    Again(String, Option<Duration>),
+}
+
+impl Deliverer {
+    async fn deliver(&self, inbound: Inbound) {
+        let start = Instant::now();
+        let headers = &inbound.http;
+        let body = Prepared::Buffered(inbound.body.clone());
+        // One CONSUMER span per message, continuing the trace the message carries; each attempt is a CLIENT span in it.
+        let name = || format!("process {}", self.name).into();
+        let span = self.wiring.tracer.consumer(headers, name, || {
+            vec![
+                KeyValue::new("messaging.system", inbound.settle.system()),
+                KeyValue::new("messaging.operation.type", "process"),
+                KeyValue::new("messaging.destination.name", inbound.source.clone()),
+                KeyValue::new("sluice.subscription", self.name.clone()),
+            ]
+        });
+        let mut attempt: u32 = 1;
+        // Counted in `sluice_subscription_stuck` from its first retry past the end without a dead letter.
+        let mut stuck: Option<Stuck> = None;
+        loop {
+            let (reason, retry_after, exhausted) = match self.attempt(headers, &body, attempt, &span.cx).await {
+                Verdict::Delivered => {
+                    self.wiring.metrics.delivered.inc();
+                    self.wiring.metrics.duration.observe(start.elapsed().as_secs_f64());
+                    inbound.settle.done().await;
+                    return;
+                }
+                Verdict::Refused(reason) => (reason, None, true),
+                Verdict::Again(reason, retry_after) => (reason, retry_after, attempt > self.max_retries),
+            };
+            if exhausted && self.wiring.dead_letter.is_some() {
+                self.dead_letter(&inbound, &reason, attempt, start).await;
+                return;
+            }
+            self.wiring.metrics.retried.inc();
+            let wait = if exhausted {
+                if stuck.is_none() {
+                    tracing::warn!(subscription = %self.name, reason = %reason, "no dead_letter: retrying every max_backoff");
+                    stuck = Some(Stuck::count(&self.wiring.metrics.stuck));
+                }
+                self.max_backoff
+            } else {
+                self.backoff.delay(attempt).max(retry_after.unwrap_or_default()).min(self.max_backoff)
+            };
+            let stopped = tokio::select! {
+                () = tokio::time::sleep(wait) => self.control.stopping(),
+                () = self.control.stop.notified() => true,
+            };
+            if stopped {
+                inbound.settle.again().await;
+                return;
+            }
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    async fn attempt(&self, headers: &HeaderMap, body: &Prepared, attempt: u32, trace: &TraceContext) -> Verdict {
+        let mut headers = headers.clone();
+        headers.insert(HeaderName::from_static("sluice-attempt"), HeaderValue::from(attempt));
+        let sent = Call {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            headers,
+            body,
+            idempotent: true,
+            hash: None,
+            retry: &self.no_retries,
+            timeout: self.timeout,
+            trace,
+            tracer: &self.wiring.tracer,
+            retries: &self.wiring.metrics.retries,
+        };
+        match call(&self.wiring.upstream, sent).await {
+            Ok(answer) => {
+                let status = answer.response.status();
+                let retry_after = answer
+                    .response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                // Read the answer to its end so the connection can serve the next delivery.
+                let read = answer.response.into_body().collect().await.is_ok();
+                if let (true, Some(conn)) = (read, answer.conn) {
+                    conn.release();
+                }
+                drop(answer.guard);
+                verdict(status, retry_after)
+            }
+            Err(e) => Verdict::Again(call_error(&e).to_owned(), None),
+        }
+    }
+
+    /// Publishes the dead letter (confirmed), then settles the message. If the dead letter cannot be stored, an AMQP
+    /// message goes back to its queue; a Kafka one (whose partition must not move past it) is dead-lettered again
+    /// every `max_backoff` until it is stored or the subscription stops (then it is read again after the restart).
+    async fn dead_letter(&self, inbound: &Inbound, reason: &str, attempts: u32, start: Instant) {
+        let Some(dl) = &self.wiring.dead_letter else { return };
+        let mut headers = inbound.metadata.clone();
+        headers.retain(|(k, _)| k != "sluice-error" && k != "sluice-attempts");
+        headers.push(("sluice-error".to_owned(), reason.to_owned()));
+        headers.push(("sluice-attempts".to_owned(), attempts.to_string()));
+        let message = Message {
+            id: inbound.id.clone(),
+            body: inbound.body.clone(),
+            content_type: inbound.content_type.clone(),
+            headers,
+            destination: dl.destination.clone(),
+        };
+        loop {
+            match dl.publisher.publish(message.clone(), Ack::Confirm).await {
+                Ok(_) => {
+                    self.wiring.metrics.dead_lettered.inc();
+                    self.wiring.metrics.duration.observe(start.elapsed().as_secs_f64());
+                    inbound.settle.done().await;
+                    return;
+                }
+                Err(e) if inbound.settle.can_requeue() => {
+                    tracing::warn!(subscription = %self.name, error = %e, "dead letter not stored: message requeued");
+                    inbound.settle.again().await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(subscription = %self.name, error = %e, "dead letter not stored: trying again");
+                    let stopped = tokio::select! {
+                        () = tokio::time::sleep(self.max_backoff) => self.control.stopping(),
+                        () = self.control.stop.notified() => true,
+                    };
+                    if stopped {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One message counted in `sluice_subscription_stuck` while it lives.
+struct Stuck(prometheus_client::metrics::gauge::Gauge);
+
+impl Stuck {
+    fn count(gauge: &prometheus_client::metrics::gauge::Gauge) -> Stuck {
+        gauge.inc();
+        Stuck(gauge.clone())
+    }
+}
+
+impl Drop for Stuck {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The verdict on an upstream's answer.
+fn verdict(status: StatusCode, retry_after: Option<Duration>) -> Verdict {
+    match status.as_u16() {
+        200..=299 => Verdict::Delivered,
+        408 | 429 => Verdict::Again(format!("upstream answered {}", status.as_u16()), retry_after),
+        400..=499 => Verdict::Refused(format!("upstream answered {}", status.as_u16())),
+        _ => Verdict::Again(format!("upstream answered {}", status.as_u16()), retry_after),
+    }
+}
+
+fn call_error(e: &CallError) -> &'static str {
+    match e {
+        CallError::Timeout => "upstream timeout",
+        CallError::Overloaded => "upstream at max_concurrent",
+        CallError::NoHealthyEndpoint => "no healthy endpoint",
+        CallError::Unreachable => "upstream unreachable",
+        CallError::BodyTooLarge { .. } => "message body too large",
+    }
+}
+
+/// The message's metadata as request headers: its AMQP headers (CloudEvents `cloudEvents:*` as `ce-*`), `content-type`,
+/// `sluice-id` (the message id, when it has no `sluice-id` header), `sluice-exchange` and `sluice-routing-key`.
+fn http_headers(delivery: &Delivery) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let put = |headers: &mut HeaderMap, name: &str, value: &str| {
+        let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes());
+        if let (Ok(n), Ok(v)) = (name, HeaderValue::try_from(value)) {
+            headers.insert(n, v);
+        }
+    };
+    let p = &delivery.properties;
+    if let Some(h) = p.headers() {
+        for (k, v) in h.inner() {
+            let Some(v) = text(v) else { continue };
+            match k.as_str().strip_prefix("cloudEvents:") {
+                Some(attribute) => put(&mut headers, &format!("ce-{attribute}"), &v),
+                None => put(&mut headers, k.as_str(), &v),
+            }
+        }
+    }
+    if let Some(ct) = p.content_type() {
+        put(&mut headers, "content-type", ct.as_str());
+    }
+    if let Some(id) = p.message_id().as_ref().filter(|_| !headers.contains_key("sluice-id")) {
+        put(&mut headers, "sluice-id", id.as_str());
+    }
+    put(&mut headers, "sluice-exchange", delivery.exchange.as_str());
+    put(&mut headers, "sluice-routing-key", delivery.routing_key.as_str());
+    headers
+}
+
+/// An AMQP header value as text (strings and numbers; other kinds are left out).
+fn text(v: &AMQPValue) -> Option<String> {
+    crate::publish::amqp::header_text(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_delivered_refused_or_tried_again() {
+        let ok = |s: u16| matches!(verdict(StatusCode::from_u16(s).unwrap(), None), Verdict::Delivered);
+        let refused = |s: u16| matches!(verdict(StatusCode::from_u16(s).unwrap(), None), Verdict::Refused(_));
+        let again = |s: u16| matches!(verdict(StatusCode::from_u16(s).unwrap(), None), Verdict::Again(..));
+        assert!(ok(200) && ok(202) && ok(204));
+        assert!(refused(400) && refused(404) && refused(422));
+        assert!(again(408) && again(429) && again(500) && again(503) && again(302));
+    }
+}
