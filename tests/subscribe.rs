@@ -276,6 +276,14 @@ async fn kafka_records_are_delivered_in_partition_order_and_committed() {
     assert_eq!(sample.headers["sluice-topic"], topic.as_str());
     assert_eq!(sample.headers["ce-type"], "com.example.order", "Kafka's ce_* headers become ce-*");
     assert_eq!(delivered(&gw.metrics().await, "retried"), 10.0);
+    eventually("sluice_subscription_lag to reach 0 on every partition", async || {
+        let m = gw.metrics().await;
+        (0..3).all(|p| {
+            let p = p.to_string();
+            metric(&m, "sluice_subscription_lag", &[("subscription", "deliver"), ("partition", &p)]) == Some(0.0)
+        })
+    })
+    .await;
 
     // The group's offsets reach the end of every partition.
     let (t, g) = (topic.clone(), group.clone());
@@ -326,4 +334,31 @@ async fn a_kafka_record_the_upstream_refuses_is_dead_lettered_to_a_topic() {
     assert_eq!(dead[0].header("sluice-error").as_deref(), Some("upstream answered 422"));
     assert_eq!(dead[0].header("sluice-attempts").as_deref(), Some("1"));
     assert_eq!(dead[0].header("sluice-id").as_deref(), Some("r-0"), "the original headers stay");
+}
+
+#[tokio::test]
+async fn a_stuck_kafka_partition_shows_its_lag_and_holds_its_later_records_back() {
+    let _kafka = KafkaLock::shared().await;
+    let (topic, group) = (create_topic("sub-lag", 1).await, random_name("sub-lag-g"));
+    let app = Upstream::status(503, "down").await;
+    let records: Vec<(String, String)> = (0..5).map(|i| ("k".to_owned(), format!("v-{i}"))).collect();
+    produce(&topic, &records).await;
+    let gw = kafka_gateway(
+        &app.url(),
+        &topic,
+        &group,
+        json!({ "retry": {
+        "max_retries": 1, "backoff": "10ms", "max_backoff": "50ms"
+    } }),
+    )
+    .await;
+    eventually("the lag of the stuck partition", async || {
+        metric(&gw.metrics().await, "sluice_subscription_lag", &[("subscription", "deliver"), ("partition", "0")])
+            == Some(5.0)
+    })
+    .await;
+    eventually("retries of the first record", async || app.hits() >= 4).await;
+    let ids: HashSet<String> =
+        app.requests().iter().map(|s| s.headers["sluice-id"].to_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, HashSet::from(["r-0".to_owned()]), "the later records of the partition wait for the first");
 }

@@ -251,6 +251,7 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
     };
     deliverer.control.consuming.store(true, Ordering::Relaxed);
     tracing::info!(subscription = %name, topic = %topic, group = %group, "consuming");
+    let lag = tokio::spawn(sample_lag(consumer.clone(), deliverer.wiring.metrics.clone()));
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut partitions: HashMap<i32, mpsc::Sender<Inbound>> = HashMap::new();
     let mut workers = tokio::task::JoinSet::new();
@@ -295,8 +296,39 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
     deliverer.control.consuming.store(false, Ordering::Relaxed);
     drop(partitions);
     while workers.join_next().await.is_some() {}
+    lag.abort();
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(subscription = %name, error = %e, "final offset commit");
+    }
+}
+
+/// Every few seconds, the lag of each assigned partition: its high watermark minus the group's committed offset
+/// (`sluice_subscription_lag`).
+async fn sample_lag(consumer: Arc<StreamConsumer>, metrics: SubscriptionMetrics) {
+    const EVERY: Duration = Duration::from_secs(2);
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let c = consumer.clone();
+        let lags = tokio::task::spawn_blocking(move || -> Option<Vec<(i32, i64)>> {
+            let committed = c.committed(TIMEOUT).ok()?;
+            let mut lags = Vec::new();
+            for e in committed.elements() {
+                let (low, high) = c.fetch_watermarks(e.topic(), e.partition(), TIMEOUT).ok()?;
+                let from = match e.offset() {
+                    rdkafka::Offset::Offset(o) => o,
+                    _ => low,
+                };
+                lags.push((e.partition(), (high - from).max(0)));
+            }
+            Some(lags)
+        })
+        .await;
+        if let Ok(Some(lags)) = lags {
+            for (partition, lag) in lags {
+                metrics.lag(partition).set(lag);
+            }
+        }
     }
 }
 
@@ -478,10 +510,12 @@ impl Deliverer {
             } else {
                 self.backoff.delay(attempt).max(retry_after.unwrap_or_default()).min(self.max_backoff)
             };
-            let stopped = tokio::select! {
-                () = tokio::time::sleep(wait) => self.control.stopping(),
-                () = self.control.stop.notified() => true,
-            };
+            // (A stop signalled before this wait began is seen by the check, one during it by the select.)
+            let stopped = self.control.stopping()
+                || tokio::select! {
+                    () = tokio::time::sleep(wait) => self.control.stopping(),
+                    () = self.control.stop.notified() => true,
+                };
             if stopped {
                 inbound.settle.again().await;
                 return;

@@ -46,6 +46,12 @@ struct SubscriptionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionPartition {
+    subscription: String,
+    partition: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SubscriptionOutcome {
     subscription: String,
     outcome: &'static str,
@@ -93,6 +99,7 @@ pub struct Metrics {
     deliveries: Family<SubscriptionOutcome, Counter>,
     delivery_durations: Family<SubscriptionLabel, Histogram, fn() -> Histogram>,
     stuck: Family<SubscriptionLabel, Gauge>,
+    lags: Family<SubscriptionPartition, Gauge>,
     publish_durations: Family<BrokerLabel, Histogram, fn() -> Histogram>,
     broker_up: Family<BrokerLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
@@ -158,6 +165,7 @@ impl Metrics {
         let delivery_durations =
             Family::<SubscriptionLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
         let stuck = Family::<SubscriptionLabel, Gauge>::default();
+        let lags = Family::<SubscriptionPartition, Gauge>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let route_in_flight = Family::<RouteLabel, Gauge>::default();
         let idempotency_keys = Family::<RouteLabel, Gauge>::default();
@@ -219,6 +227,11 @@ impl Metrics {
             stuck.clone(),
         );
         registry.register(
+            "sluice_subscription_lag",
+            "Kafka: records of the partition the subscription's group has not committed yet",
+            lags.clone(),
+        );
+        registry.register(
             "sluice_publish_backlog",
             "The destination's backlog last sampled for a route with max_backlog",
             backlogs.clone(),
@@ -267,6 +280,7 @@ impl Metrics {
             deliveries,
             delivery_durations,
             stuck,
+            lags,
             publish_durations,
             broker_up,
             reloads,
@@ -358,6 +372,8 @@ impl Metrics {
             duration: self.delivery_durations.get_or_create(&label).clone(),
             stuck: self.stuck.get_or_create(&label).clone(),
             retries: self.retries.get_or_create(&RouteLabel { route: name.to_owned() }).clone(),
+            name: name.to_owned(),
+            lags: self.lags.clone(),
         }
     }
 
@@ -460,6 +476,15 @@ pub struct SubscriptionMetrics {
     pub stuck: Gauge,
     /// The upstream call's own retries (none: the subscription retries), `sluice_retries_total{route=NAME}`.
     pub retries: Counter,
+    name: String,
+    lags: Family<SubscriptionPartition, Gauge>,
+}
+
+impl SubscriptionMetrics {
+    /// `sluice_subscription_lag{subscription,partition}`.
+    pub fn lag(&self, partition: i32) -> Gauge {
+        self.lags.get_or_create(&SubscriptionPartition { subscription: self.name.clone(), partition }).clone()
+    }
 }
 
 /// A request-reply route's metric handles.
