@@ -49,22 +49,6 @@ impl Drop for StartOnDrop {
     }
 }
 
-/// Force-closes (as `rabbitmqctl close_all_connections` does, but only this gateway's, so that other users of the
-/// shared broker are not disturbed) every connection named `name`. Returns how many were closed.
-fn close_connections_named(name: &str) -> usize {
-    let listing =
-        brokers_sh(&["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties"]);
-    let pids: Vec<String> = listing
-        .lines()
-        .filter(|line| line.contains(&format!("<<\"{name}\">>")) || line.contains(&format!("\"{name}\"")))
-        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
-        .collect();
-    for pid in &pids {
-        brokers_sh(&["rabbitmqctl", "close_connection", pid, "sluice outage test"]);
-    }
-    pids.len()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_outages_answer_503_never_202_and_every_202_is_delivered() {
     let _lock = RabbitLock::exclusive().await;

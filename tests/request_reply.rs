@@ -303,3 +303,34 @@ async fn kafka_without_a_responder_is_a_504_and_an_unknown_topic_a_502() {
     assert_problem(&r, 502, "rpc");
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "answered without waiting for the timeout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_answers_the_waiting_requests_at_once() {
+    let _lock = RabbitLock::shared().await;
+    let responder = Responder::start(30.0).await; // takes the request, answers long after
+    // A broker name of this test's own: only its connection (`sluice-NAME`) is closed.
+    let broker = random_name("rr-lost");
+    let gw = std::sync::Arc::new(
+        Gateway::start(json!({
+            "brokers": { broker.clone(): { "kind": "amqp", "url": amqp_url() } },
+            "routes": [{ "name": "rpc", "match": { "path": "/rpc" }, "request_reply": {
+                "broker": broker, "exchange": "", "routing_key": responder.queue, "timeout": "60s"
+            } }]
+        }))
+        .await,
+    );
+    eventually("the gateway to connect to RabbitMQ", async || gw.brokers_up().await).await;
+    let waiting = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.post("/rpc", &[], "x").await })
+    };
+    eventually("the request to wait for its reply", async || {
+        metric(&gw.metrics().await, "sluice_request_reply_pending", &[("route", "rpc")]) == Some(1.0)
+    })
+    .await;
+    let name = format!("sluice-{broker}");
+    let closed = tokio::task::spawn_blocking(move || close_connections_named(&name)).await.unwrap();
+    assert_eq!(closed, 1, "the gateway's connection was found and closed");
+    let r = tokio::time::timeout(std::time::Duration::from_secs(30), waiting).await.expect("answered at once").unwrap();
+    assert_problem(&r, 503, "rpc");
+}

@@ -882,3 +882,19 @@ pub fn brokers_sh(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Force-closes (as `rabbitmqctl close_all_connections` does, but only this gateway's, so that other users of the
+/// shared broker are not disturbed) every connection named `name`. Returns how many were closed.
+pub fn close_connections_named(name: &str) -> usize {
+    let listing =
+        brokers_sh(&["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties"]);
+    let pids: Vec<String> = listing
+        .lines()
+        .filter(|line| line.contains(&format!("<<\"{name}\">>")) || line.contains(&format!("\"{name}\"")))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect();
+    for pid in &pids {
+        brokers_sh(&["rabbitmqctl", "close_connection", pid, "sluice outage test"]);
+    }
+    pids.len()
+}
