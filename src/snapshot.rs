@@ -249,8 +249,18 @@ impl Snapshot {
             let upstream = upstreams[&cfg.to.upstream].clone();
             let source = brokers[&cfg.from.broker].publisher.clone();
             used_brokers.push(cfg.from.broker.clone());
+            let dead_letter_broker =
+                cfg.dead_letter.as_ref().map(|dl| dl.broker.as_deref().unwrap_or(&cfg.from.broker));
             let kept = previous.and_then(|p| p.subscriptions.get(&cfg.name)).filter(|old| {
-                same(&old.config, cfg) && Arc::ptr_eq(&old.upstream, &upstream) && old.source.same(&source)
+                let same_dead_letter = match (&old.dead_letter, dead_letter_broker) {
+                    (Some(old), Some(name)) => old.same(&brokers[name].publisher),
+                    (None, None) => true,
+                    _ => false,
+                };
+                same(&old.config, cfg)
+                    && Arc::ptr_eq(&old.upstream, &upstream)
+                    && old.source.same(&source)
+                    && same_dead_letter
             });
             let subscription = match kept {
                 Some(old) => old.clone(),

@@ -362,3 +362,37 @@ async fn a_stuck_kafka_partition_shows_its_lag_and_holds_its_later_records_back(
         app.requests().iter().map(|s| s.headers["sluice-id"].to_str().unwrap().to_owned()).collect();
     assert_eq!(ids, HashSet::from(["r-0".to_owned()]), "the later records of the partition wait for the first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_kafka_partition_does_not_hold_the_other_partitions_back() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let _kafka = KafkaLock::shared().await;
+    let (topic, group) = (create_topic("sub-hol", 2).await, random_name("sub-hol-g"));
+    let producer: FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).create().unwrap();
+    for i in 0..20 {
+        let (partition, value) = (i % 2, format!("p{}-{i}", i % 2));
+        let record = FutureRecord::<str, str>::to(&topic).partition(partition).payload(&value);
+        producer.send(record, std::time::Duration::from_secs(10)).await.unwrap();
+    }
+    // Partition 0's records always fail (no dead letter: they are retried for ever), partition 1's are taken.
+    let app = Upstream::start(|seen| async move {
+        if seen.body.starts_with(b"p0-") { reply(503, "not now") } else { reply(200, "ok") }
+    })
+    .await;
+    let gw = kafka_gateway(
+        &app.url(),
+        &topic,
+        &group,
+        json!({ "retry": {
+        "max_retries": 1, "backoff": "10ms", "max_backoff": "50ms"
+    } }),
+    )
+    .await;
+    eventually("all of partition 1 delivered while partition 0 is stuck", async || {
+        delivered(&gw.metrics().await, "delivered") == 10.0
+    })
+    .await;
+    let p0: HashSet<_> = app.requests().into_iter().filter(|s| s.body.starts_with(b"p0-")).map(|s| s.body).collect();
+    assert_eq!(p0.len(), 1, "partition 0 is held at its first record");
+}

@@ -76,7 +76,14 @@ pub async fn request_reply(
     let tracestate = span.cx.tracestate.as_ref().and_then(|v| v.to_str().ok());
     message.set_trace(traceparent.to_str().unwrap_or_default(), tracestate);
     let start = Instant::now();
-    let mut waiter = match route.publisher.request(message, &route.reply_topic).await {
+    let sent = tokio::time::timeout_at(deadline, route.publisher.request(message, &route.reply_topic)).await;
+    let Ok(sent) = sent else {
+        // The broker did not even confirm the request within the route's timeout.
+        route.metrics.outcome("no_reply").inc();
+        span.error("timeout");
+        return Err(GatewayError::NoReply);
+    };
+    let mut waiter = match sent {
         Ok(waiter) => waiter,
         Err(e) => {
             route.metrics.outcome(e.outcome()).inc();

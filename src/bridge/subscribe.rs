@@ -1,7 +1,7 @@
-//! `[[subscriptions]]`: consume a RabbitMQ queue and deliver each message to an upstream through the same resilience
-//! module forwarding uses ([`crate::upstream::call`]: balancing, outlier ejection, `max_concurrent`, timeouts), then
-//! acknowledge it. At-least-once: a message is acknowledged only after a `2xx`, or after its dead letter was
-//! confirmed.
+//! `[[subscriptions]]`: consume a RabbitMQ queue (or a Kafka topic in a consumer group) and deliver each message to an
+//! upstream through the same resilience module forwarding uses ([`crate::upstream::call`]: balancing, outlier
+//! ejection, `max_concurrent`, timeouts), then acknowledge it (Kafka: store its offset for the next commit).
+//! At-least-once: a message is acknowledged only after a `2xx`, or after its dead letter was confirmed.
 //!
 //! Outcomes of one attempt:
 //! - `2xx` → ack;
@@ -13,9 +13,11 @@
 //! A dead letter carries the original body and headers plus `sluice-error` (why) and `sluice-attempts`. If it cannot
 //! be published, the message goes back to its queue (nack with requeue) to be tried again later.
 //!
-//! At most `concurrency` messages are in flight (the channel's prefetch). Stopping (shutdown, or a reload that changes
-//! the subscription) cancels the consumer, lets the deliveries in flight finish for up to the grace period, and puts
-//! back (requeues) those that are still waiting for a retry.
+//! At most `concurrency` deliveries run at once (RabbitMQ: the channel's prefetch; Kafka: across partitions, each
+//! partition's records one after another in offset order, up to two more waiting per partition and the rest held while
+//! the partition is paused). Stopping (shutdown, or a reload that changes the subscription) cancels the consumer, lets
+//! the deliveries in flight finish for up to the grace period, and puts back (requeues, or leaves uncommitted) those
+//! still waiting for a retry.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,16 +28,17 @@ use futures_util::StreamExt;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use opentelemetry::KeyValue;
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use tokio::sync::mpsc;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -77,25 +80,46 @@ pub struct Subscription {
     pub config: SubscriptionConfig,
     /// The broker it consumes (a reload that replaces the broker restarts the subscription).
     pub source: Publisher,
+    /// The dead-letter broker, if any (likewise).
+    pub dead_letter: Option<Publisher>,
     /// The upstream it delivers to (a reload that replaces the upstream restarts the subscription).
     pub upstream: Arc<Upstream>,
     control: Arc<Control>,
     task: JoinHandle<()>,
 }
 
-#[derive(Debug, Default)]
+/// The stop signal (a watch, so that a stop given while nobody waits is still seen by the next wait) and the state.
+#[derive(Debug)]
 struct Control {
-    stopping: AtomicBool,
-    stop: Notify,
+    stopping: watch::Sender<bool>,
     /// True while a consumer is attached to the queue.
     consuming: AtomicBool,
 }
 
-impl Control {
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+impl Default for Control {
+    fn default() -> Self {
+        Control { stopping: watch::channel(false).0, consuming: AtomicBool::new(false) }
     }
 }
+
+impl Control {
+    fn stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    fn signal(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once the subscription is stopping (at once if it is already).
+    async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+}
+
+/// The most of an upstream's answer read (and discarded) per delivery.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// One delivery's fixed parts, shared by every message of the subscription.
 #[derive(Debug)]
@@ -138,7 +162,8 @@ impl Subscription {
                 tokio::spawn(consume(deliverer, queue, prefetch))
             }
         };
-        Subscription { upstream: wiring.upstream, source: wiring.source, config, control, task }
+        let dead_letter = wiring.dead_letter.map(|dl| dl.publisher);
+        Subscription { upstream: wiring.upstream, source: wiring.source, dead_letter, config, control, task }
     }
 
     /// Whether a consumer is attached to the queue now (for `/readyz?verbose`).
@@ -148,8 +173,7 @@ impl Subscription {
 
     /// Stops taking messages (at once; deliveries in flight go on).
     pub fn signal_stop(&self) {
-        self.control.stopping.store(true, Ordering::Release);
-        self.control.stop.notify_waiters();
+        self.control.signal();
     }
 
     /// Stops taking messages and waits up to `grace` for the deliveries in flight (the rest go back to the queue).
@@ -191,7 +215,7 @@ async fn consume(deliverer: Arc<Deliverer>, queue: String, prefetch: u16) {
                 }
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = deliverer.control.stop.notified() => {}
+                    () = deliverer.control.stopped() => {}
                 }
                 continue;
             }
@@ -202,13 +226,23 @@ async fn consume(deliverer: Arc<Deliverer>, queue: String, prefetch: u16) {
         loop {
             let next = tokio::select! {
                 next = consumer.next() => next,
-                () = deliverer.control.stop.notified() => None,
+                () = deliverer.control.stopped() => None,
             };
             let Some(Ok(delivery)) = next else {
                 deliverer.control.consuming.store(false, Ordering::Relaxed);
                 break;
             };
-            let permit = in_flight.clone().acquire_owned().await.expect("never closed");
+            let permit = tokio::select! {
+                permit = in_flight.clone().acquire_owned() => Some(permit.expect("never closed")),
+                () = deliverer.control.stopped() => None,
+            };
+            let Some(permit) = permit.filter(|_| !deliverer.control.stopping()) else {
+                // Taken after the stop: back to the queue, undelivered.
+                let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
+                let _ = delivery.acker.nack(requeue).await;
+                deliverer.control.consuming.store(false, Ordering::Relaxed);
+                break;
+            };
             let deliverer = deliverer.clone();
             tokio::spawn(async move {
                 deliverer.deliver(Inbound::amqp(delivery)).await;
@@ -241,7 +275,7 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
                 tracing::warn!(subscription = %name, topic = %topic, error = %e, "cannot consume yet; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = deliverer.control.stop.notified() => {}
+                    () = deliverer.control.stopped() => {}
                 }
                 if deliverer.control.stopping() {
                     return;
@@ -254,11 +288,32 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
     let lag = tokio::spawn(sample_lag(consumer.clone(), deliverer.wiring.metrics.clone()));
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut partitions: HashMap<i32, mpsc::Sender<Inbound>> = HashMap::new();
+    // A partition whose worker has two records waiting is paused (librdkafka stops fetching it) and what it still
+    // returns is held here, in order, until the worker takes more: a slow partition holds back itself, not the others,
+    // and the consumer keeps polling (no eviction from the group).
+    let mut held: HashMap<i32, VecDeque<Inbound>> = HashMap::new();
+    let (took, mut taken) = mpsc::unbounded_channel::<i32>();
     let mut workers = tokio::task::JoinSet::new();
     loop {
         let next = tokio::select! {
             next = consumer.recv() => Some(next),
-            () = deliverer.control.stop.notified() => None,
+            Some(partition) = taken.recv() => {
+                // The partition's worker took a record: hand it what was held, resume fetching once all is handed.
+                if let (Some(queue), Some(worker)) = (held.get_mut(&partition), partitions.get(&partition)) {
+                    while let Some(inbound) = queue.pop_front() {
+                        if let Err(mpsc::error::TrySendError::Full(inbound)) = worker.try_send(inbound) {
+                            queue.push_front(inbound);
+                            break;
+                        }
+                    }
+                    if queue.is_empty() {
+                        held.remove(&partition);
+                        let _ = consumer.resume(&one_partition(&topic, partition));
+                    }
+                }
+                continue;
+            }
+            () = deliverer.control.stopped() => None,
         };
         let Some(next) = next else { break };
         if deliverer.control.stopping() {
@@ -275,11 +330,11 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
         let partition = m.partition();
         drop(m);
         let worker = partitions.entry(partition).or_insert_with(|| {
-            // Two waiting messages per partition at most: a slow partition holds the consumer back, not memory.
             let (tx, mut rx) = mpsc::channel::<Inbound>(2);
-            let (deliverer, slots) = (deliverer.clone(), slots.clone());
+            let (deliverer, slots, took) = (deliverer.clone(), slots.clone(), took.clone());
             workers.spawn(async move {
                 while let Some(inbound) = rx.recv().await {
+                    let _ = took.send(partition);
                     if deliverer.control.stopping() {
                         break;
                     }
@@ -289,8 +344,16 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
             });
             tx
         });
-        if worker.send(inbound).await.is_err() {
-            break;
+        match held.get_mut(&partition) {
+            Some(queue) => queue.push_back(inbound),
+            None => match worker.try_send(inbound) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(inbound)) => {
+                    let _ = consumer.pause(&one_partition(&topic, partition));
+                    held.insert(partition, VecDeque::from([inbound]));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            },
         }
     }
     deliverer.control.consuming.store(false, Ordering::Relaxed);
@@ -300,6 +363,12 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(subscription = %name, error = %e, "final offset commit");
     }
+}
+
+fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    tpl
 }
 
 /// Every few seconds, the lag of each assigned partition: its high watermark minus the group's committed offset
@@ -433,6 +502,9 @@ impl Inbound {
                 http.insert(n, v);
             }
         }
+        for name in NOT_FORWARDED {
+            http.remove(name);
+        }
         http.insert(
             HeaderName::from_static("sluice-topic"),
             HeaderValue::try_from(m.topic()).unwrap_or(HeaderValue::from_static("")),
@@ -465,6 +537,8 @@ enum Verdict {
     Refused(String),
     /// Try again later (after at least the given wait, from `Retry-After`).
     Again(String, Option<Duration>),
+    /// Not sent: the upstream is at `max_concurrent` here. Try again soon; not counted as an attempt.
+    Busy,
 }
 
 impl Deliverer {
@@ -494,6 +568,18 @@ impl Deliverer {
                     return;
                 }
                 Verdict::Refused(reason) => (reason, None, true),
+                Verdict::Busy => {
+                    let stopped = self.control.stopping()
+                        || tokio::select! {
+                            () = tokio::time::sleep(self.backoff.base) => self.control.stopping(),
+                            () = self.control.stopped() => true,
+                        };
+                    if stopped {
+                        inbound.settle.again().await;
+                        return;
+                    }
+                    continue;
+                }
                 Verdict::Again(reason, retry_after) => (reason, retry_after, attempt > self.max_retries),
             };
             if exhausted && self.wiring.dead_letter.is_some() {
@@ -514,7 +600,7 @@ impl Deliverer {
             let stopped = self.control.stopping()
                 || tokio::select! {
                     () = tokio::time::sleep(wait) => self.control.stopping(),
-                    () = self.control.stop.notified() => true,
+                    () = self.control.stopped() => true,
                 };
             if stopped {
                 inbound.settle.again().await;
@@ -549,14 +635,19 @@ impl Deliverer {
                     .get(http::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
                     .map(Duration::from_secs);
-                // Read the answer to its end so the connection can serve the next delivery.
-                let read = answer.response.into_body().collect().await.is_ok();
+                // Read the answer to its end (so the connection can serve the next delivery), but only so much and
+                // for so long: a huge or endless answer costs the connection, not memory or the delivery slot.
+                let body = Limited::new(answer.response.into_body(), MAX_ANSWER_BYTES);
+                let read = matches!(tokio::time::timeout(self.timeout, body.collect()).await, Ok(Ok(_)));
                 if let (true, Some(conn)) = (read, answer.conn) {
                     conn.release();
                 }
                 drop(answer.guard);
                 verdict(status, retry_after)
             }
+            // Sluice's own `max_concurrent` for the upstream: wait for room, the message was not tried.
+            Err(CallError::Overloaded) => Verdict::Busy,
+            Err(e @ CallError::BodyTooLarge { .. }) => Verdict::Refused(call_error(&e).to_owned()),
             Err(e) => Verdict::Again(call_error(&e).to_owned(), None),
         }
     }
@@ -586,7 +677,13 @@ impl Deliverer {
                     return;
                 }
                 Err(e) if inbound.settle.can_requeue() => {
+                    // Requeued after a pause, not at once: a dead-letter broker that is down must not turn this
+                    // message into a tight loop of upstream calls.
                     tracing::warn!(subscription = %self.name, error = %e, "dead letter not stored: message requeued");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.max_backoff) => {}
+                        () = self.control.stopped() => {}
+                    }
                     inbound.settle.again().await;
                     return;
                 }
@@ -594,7 +691,7 @@ impl Deliverer {
                     tracing::warn!(subscription = %self.name, error = %e, "dead letter not stored: trying again");
                     let stopped = tokio::select! {
                         () = tokio::time::sleep(self.max_backoff) => self.control.stopping(),
-                        () = self.control.stop.notified() => true,
+                        () = self.control.stopped() => true,
                     };
                     if stopped {
                         return;
@@ -641,6 +738,22 @@ fn call_error(e: &CallError) -> &'static str {
     }
 }
 
+/// Headers a message may carry that must not reach the upstream: framing and connection-level ones (the client sets
+/// its own), which a broker header could otherwise turn into a mis-framed request.
+const NOT_FORWARDED: [&str; 11] = [
+    "connection",
+    "content-length",
+    "expect",
+    "host",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// The message's metadata as request headers: its AMQP headers (CloudEvents `cloudEvents:*` as `ce-*`), `content-type`,
 /// `sluice-id` (the message id, when it has no `sluice-id` header), `sluice-exchange` and `sluice-routing-key`.
 fn http_headers(delivery: &Delivery) -> HeaderMap {
@@ -669,6 +782,9 @@ fn http_headers(delivery: &Delivery) -> HeaderMap {
     }
     put(&mut headers, "sluice-exchange", delivery.exchange.as_str());
     put(&mut headers, "sluice-routing-key", delivery.routing_key.as_str());
+    for name in NOT_FORWARDED {
+        headers.remove(name);
+    }
     headers
 }
 

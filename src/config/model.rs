@@ -711,10 +711,10 @@ pub struct SubscriptionSource {
     /// amqp: the queue to consume.
     #[serde(default)]
     pub queue: Option<String>,
-    /// kafka: the topic (not built yet).
+    /// kafka: the topic.
     #[serde(default)]
     pub topic: Option<String>,
-    /// kafka: the consumer group (not built yet).
+    /// kafka: the consumer group.
     #[serde(default)]
     pub group: Option<String>,
 }
@@ -807,7 +807,7 @@ pub struct RequestReplyConfig {
     /// amqp: routing key template.
     #[serde(default)]
     pub routing_key: Option<String>,
-    /// kafka: request topic template (request-reply over Kafka is not built yet).
+    /// kafka: request topic template.
     #[serde(default)]
     pub topic: Option<String>,
     /// kafka: record key template.
@@ -816,7 +816,8 @@ pub struct RequestReplyConfig {
     /// kafka: the topic replies come back on.
     #[serde(default)]
     pub reply_topic: Option<String>,
-    /// Longest wait for the reply, from the request's arrival; `server.request_timeout` when absent.
+    /// Longest wait for the reply (sending the request included), from the start of the action (the body read);
+    /// `server.request_timeout` when absent.
     #[serde(default)]
     pub timeout: Option<Dur>,
     /// Reply headers copied onto the HTTP answer.

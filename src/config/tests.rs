@@ -277,7 +277,7 @@ forward = { upstream = "u" }
         "routes[0] \"no-key\": request_reply.routing_key is required for amqp broker \"rabbit\"",
         "routes[0] \"no-key\": request_reply.topic is for kafka brokers; \"rabbit\" is amqp",
         "routes[0] \"no-key\": request_reply.timeout must be more than 0",
-        "routes[0] \"no-key\": request_reply.max_pending must be at least 1",
+        "routes[0] \"no-key\": request_reply.max_pending must be from 1 to 10000000",
         "routes[0] \"no-key\": request_reply.reply_headers: \"bad header\" is not a header name",
         "routes[0] \"no-key\": retry applies to forward routes only",
         "routes[1] \"kafka\": request_reply.reply_topic is required for kafka broker \"events\"",

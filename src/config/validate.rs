@@ -686,6 +686,9 @@ fn check_subscription(label: &str, s: &SubscriptionConfig, config: &Config, erro
     }
 }
 
+/// The largest `request_reply.max_pending` (each waiting request holds a little memory; this bounds it).
+const MAX_PENDING: usize = 10_000_000;
+
 fn check_request_reply(
     label: &str,
     rr: &RequestReplyConfig,
@@ -734,8 +737,8 @@ fn check_request_reply(
     if rr.timeout.is_some_and(|t| t.0.is_zero()) {
         errors.push(format!("{label}: request_reply.timeout must be more than 0"));
     }
-    if rr.max_pending == 0 {
-        errors.push(format!("{label}: request_reply.max_pending must be at least 1"));
+    if !(1..=MAX_PENDING).contains(&rr.max_pending) {
+        errors.push(format!("{label}: request_reply.max_pending must be from 1 to {MAX_PENDING}"));
     }
     for (key, list) in [("headers", &rr.headers), ("reply_headers", &rr.reply_headers)] {
         for h in list {

@@ -326,8 +326,14 @@ impl Shared {
                 self.check.notify_one();
                 Err(map_error(e, "confirm"))
             }
-            // The channel still has this confirm outstanding: it is dropped, not reused.
-            Err(_elapsed) => Err(PublishError::unavailable("amqp publisher confirm timed out", None)),
+            // The channel still has this confirm outstanding: it is closed, not reused (a request channel's reply
+            // consumer would otherwise keep it open).
+            Err(_elapsed) => {
+                tokio::spawn(async move {
+                    let _ = channel.close(200, "sluice: confirm timed out".into()).await;
+                });
+                Err(PublishError::unavailable("amqp publisher confirm timed out", None))
+            }
         };
         drop(permit);
         result

@@ -87,8 +87,7 @@ impl KafkaPublisher {
             .set("client.id", format!("sluice-{name}-replies"))
             // Assigned partitions only: the group is never joined and nothing is committed.
             .set("group.id", format!("sluice-replies-{}", uuid::Uuid::new_v4().simple()))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10");
+            .set("enable.auto.commit", "false");
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", bootstrap)
@@ -253,6 +252,8 @@ impl KafkaPublisher {
                 tpl.add_partition(&topic, i32::try_from(p).unwrap_or(i32::MAX));
             }
             let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
+            // Serve (and drop) the events a never-polled consumer would pile up.
+            let _ = consumer.poll(Duration::ZERO);
             let mut lag = 0u64;
             for element in committed.elements() {
                 let (low, high) = consumer.fetch_watermarks(&topic, element.partition(), METADATA_TIMEOUT)?;

@@ -102,6 +102,9 @@ async fn listen(broker: String, topic: String, config: ClientConfig, replies: Ar
 
 /// A consumer assigned every partition of `topic` at its current end (high watermark).
 async fn assigned_at_end(config: &ClientConfig, topic: &str) -> Result<StreamConsumer, String> {
+    let mut config = config.clone();
+    // Replies are waited for: fetch them as soon as they are written.
+    config.set("fetch.wait.max.ms", "10");
     let consumer: StreamConsumer = config.create().map_err(|e| e.to_string())?;
     let consumer = Arc::new(consumer);
     let (c, t) = (consumer.clone(), topic.to_owned());
