@@ -203,6 +203,7 @@ async fn consume(deliverer: Arc<Deliverer>, queue: String, prefetch: u16) {
     let name = deliverer.name.clone();
     let mut failures = 0u32;
     let in_flight = Arc::new(Semaphore::new(usize::from(prefetch)));
+    let retry_schedule = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
     while !deliverer.control.stopping() {
         let Some(amqp) = deliverer.wiring.source.as_amqp() else { return };
         let tag = format!("sluice-{name}-{}", uuid::Uuid::new_v4().simple());
@@ -210,11 +211,13 @@ async fn consume(deliverer: Arc<Deliverer>, queue: String, prefetch: u16) {
             Ok(c) => c,
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures.is_multiple_of(30) {
+                // At start the broker's connection is usually being made: try again soon, then every second.
+                if failures > 1 && (failures == 2 || failures.is_multiple_of(30)) {
                     tracing::warn!(subscription = %name, queue = %queue, error = %e, "cannot consume yet; retrying");
                 }
+                let wait = retry_schedule.ceiling(failures);
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = tokio::time::sleep(wait) => {}
                     () = deliverer.control.stopped() => {}
                 }
                 continue;
