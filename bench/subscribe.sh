@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # RabbitMQ → HTTP delivery throughput: Sluice's `[[subscriptions]]` vs a minimal consumer that POSTs
-# (bench/peers/consumer: lapin + hyper, ~100 lines, no retries beyond nack + requeue).
+# (bench/peers/consumer: lapin + hyper, ~100 lines, no retries beyond nack + requeue). With --kafka: Kafka → HTTP,
+# a subscription `from = { broker, topic, group }` vs the same peer's `kafka` mode (rdkafka + hyper), see below.
 #
 #   bench/subscribe.sh            3 interleaved repetitions per system, 50,000 messages each
 #   bench/subscribe.sh --quick    1 repetition, 5,000 messages (smoke check)
+#   bench/subscribe.sh --kafka    Kafka instead of RabbitMQ (combines with --quick)
 #
 # Systems under test, both delivering to the same upstream (an nginx instance, 1 worker, answering `return 200`
 # with a 2-byte body, keep-alive) from the real RabbitMQ at $AMQP_URL:
@@ -25,29 +27,50 @@
 # CPU time of the system under test per message (its whole life: start-up included) and the share of CPU $SUT_CPU
 # that other processes used meanwhile.
 #
-# Environment knobs: REPS, MESSAGES, SIZE (bytes), PREFETCH, AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f),
-# PORT_BASE (default 18100; uses PORT_BASE..PORT_BASE+2), SUT_CPU, LOAD_CPU, SLUICE_BIN (skip the build), PEER_BIN
+# --kafka: the source is a fresh topic of $PARTITIONS (default 3) partitions per run (`consumer kafka-fill`: acks=all,
+# records round robin over the partitions) read in a fresh consumer group, on the Kafka at $KAFKA_BOOTSTRAP (default
+# 127.0.0.1:9092). Sluice: `from = { broker = "events", topic, group }`, concurrency = $PREFETCH (each partition
+# is delivered in order, one record at a time, so at most $PARTITIONS are in flight). The peer: `consumer kafka`,
+# one task per partition POSTing in order, offsets stored once delivered and auto-committed every second (Sluice's
+# consumer settings). A group's committed offsets move only once a second, so the time is measured at the upstream
+# instead: from the first delivery until MESSAGES requests have reached it (`consumer http-wait`, reading the
+# upstream nginx's stub_status every 2 ms, its own polls subtracted); then the group's committed lag must reach 0
+# within 10 s (`consumer kafka-lag`), which checks that every record was also committed. Topic and group are deleted
+# after each run. The broker process whose CPU is reported is the Kafka listener's (a JVM).
+#
+# KAFKA_OPTIONS="key=value,key=value": librdkafka properties given to both consumers (Sluice: [brokers.events.options]).
+# With the defaults Sluice's subscription is slow here (see bench/README.md): KAFKA_OPTIONS="fetch.wait.max.ms=10".
+#
+# Environment knobs: REPS, MESSAGES, SIZE (bytes), PREFETCH, PARTITIONS, KAFKA_BOOTSTRAP, KAFKA_OPTIONS, AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f),
+# PORT_BASE (default 18100, with --kafka 18200; uses PORT_BASE..PORT_BASE+2), SUT_CPU, LOAD_CPU, SLUICE_BIN (skip the build), PEER_BIN
 # (skip the peer's build), PEER_TARGET_DIR (its CARGO_TARGET_DIR, default /tmp/sluice-bench-consumer-target),
 # KEEP_TMP=1 (keep the temp dir with configs and logs).
 #
-# Everything binds on 127.0.0.1; everything started here is stopped, and every queue declared here deleted, on exit.
+# Everything binds on 127.0.0.1; everything started here is stopped, and every queue (topic, group) made here
+# deleted, on exit.
 set -euo pipefail
 
 REPS=${REPS:-3}
 MESSAGES=${MESSAGES:-50000}
+KAFKA=0
 for arg in "$@"; do
     case "$arg" in
         --quick) REPS=1; MESSAGES=5000 ;;
+        --kafka) KAFKA=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-        *) echo "unknown argument: $arg (use --quick)" >&2; exit 2 ;;
+        *) echo "unknown argument: $arg (use --quick, --kafka)" >&2; exit 2 ;;
     esac
 done
 SIZE=${SIZE:-256}
 PREFETCH=${PREFETCH:-64}
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+KAFKA_BOOTSTRAP=${KAFKA_BOOTSTRAP:-127.0.0.1:9092}
+PARTITIONS=${PARTITIONS:-3}
+export KAFKA_OPTIONS=${KAFKA_OPTIONS:-}   # read by the peer's `kafka` mode too
+if [ "$KAFKA" = 1 ]; then BROKER_NAME=Kafka; else BROKER_NAME=RabbitMQ; fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PORT_BASE=${PORT_BASE:-18100}
+if [ "$KAFKA" = 1 ]; then PORT_BASE=${PORT_BASE:-18200}; else PORT_BASE=${PORT_BASE:-18100}; fi
 UPSTREAM_PORT=$PORT_BASE
 SLUICE_PORT=$((PORT_BASE + 1))     # Sluice's public listener (unused: a subscription needs no route)
 SLUICE_ADMIN=$((PORT_BASE + 2))    # its /metrics, read after each run for retried deliveries
@@ -106,7 +129,15 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/sluice-subscribe.XXXXXX")
 chmod 755 "$TMP"
 PIDS=()        # long-lived: the upstream
 SUT_PID=""     # the system under test of the current run
-QUEUE=""       # the queue of the current run
+QUEUE=""       # the queue (with --kafka: the topic) of the current run
+GROUP=""       # with --kafka: the consumer group of the current run
+delete_source() {   # the current queue, or topic and group
+    if [ "$KAFKA" = 1 ]; then
+        timeout 30 "$PEER_BIN" kafka-delete "$KAFKA_BOOTSTRAP" "$QUEUE" $GROUP
+    else
+        "$PEER_BIN" delete "$AMQP_URL" "$QUEUE"
+    fi
+}
 stop_pid() {   # $1 = pid: TERM, up to 5 s, then KILL
     kill -TERM "$1" 2>/dev/null || return 0
     for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
@@ -117,7 +148,7 @@ cleanup() {
     local pid
     [ -n "$SUT_PID" ] && stop_pid "$SUT_PID"
     [ -n "${WAIT_PID:-}" ] && stop_pid "$WAIT_PID"
-    [ -n "$QUEUE" ] && "$PEER_BIN" delete "$AMQP_URL" "$QUEUE" >/dev/null 2>&1 || true
+    [ -n "$QUEUE" ] && delete_source >/dev/null 2>&1 || true
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
     if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
 }
@@ -153,10 +184,16 @@ http {
     server {
         listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
         location / { default_type text/plain; return 200 "ok"; }
+        location = /nginx-status { stub_status; }   # --kafka: its request counter times the runs
     }
 }
 EOF
 
+kafka_options_toml() {   # KAFKA_OPTIONS="k=v,k=v" as [brokers.events.options]
+    [ -n "$KAFKA_OPTIONS" ] || return 0
+    echo "[brokers.events.options]"
+    tr ',' '\n' <<<"$KAFKA_OPTIONS" | awk -F= 'NF >= 2 {k = $1; sub(/^[^=]*=/, ""); printf "\"%s\" = \"%s\"\n", k, $0}'
+}
 sluice_config() {   # $1 = queue
     cat <<EOF
 [server]
@@ -170,6 +207,22 @@ access_log = false
 [upstreams.bench]
 endpoints = ["http://127.0.0.1:$UPSTREAM_PORT"]
 
+EOF
+    if [ "$KAFKA" = 1 ]; then
+        cat <<EOF
+[brokers.events]
+kind = "kafka"
+bootstrap = "$KAFKA_BOOTSTRAP"
+$(kafka_options_toml)
+
+[[subscriptions]]
+name = "bench"
+from = { broker = "events", topic = "$1", group = "$2" }
+to = { upstream = "bench", path = "/deliver", method = "POST" }
+concurrency = $PREFETCH
+EOF
+    else
+        cat <<EOF
 [brokers.rabbit]
 kind = "amqp"
 url = "$AMQP_URL"
@@ -180,8 +233,9 @@ from = { broker = "rabbit", queue = "$1" }
 to = { upstream = "bench", path = "/deliver", method = "POST" }
 concurrency = $PREFETCH
 EOF
+    fi
 }
-sluice_config sluice-bench-check > "$TMP/sluice.toml"
+sluice_config sluice-bench-check sluice-bench-check > "$TMP/sluice.toml"
 "$SLUICE_BIN" check "$TMP/sluice.toml" >/dev/null
 
 # ---------------------------------------------------------------------------------------------- start
@@ -196,15 +250,22 @@ done
     { echo "the upstream nginx did not answer 200 (see $TMP/upstream/error.log; KEEP_TMP=1)" >&2; exit 1; }
 
 QUEUE="sluice-bench-probe-$$"
-if ! timeout 20 "$PEER_BIN" fill "$AMQP_URL" "$QUEUE" 1 2>"$TMP/probe.err"; then
+if [ "$KAFKA" = 1 ]; then
+    if ! timeout 30 "$PEER_BIN" kafka-fill "$KAFKA_BOOTSTRAP" "$QUEUE" 1 2>"$TMP/probe.err"; then
+        echo "Kafka at $KAFKA_BOOTSTRAP did not take a record: $(cat "$TMP/probe.err") (integration/brokers.sh up?)" >&2
+        exit 1
+    fi
+    BROKER_PORT=${KAFKA_BOOTSTRAP##*:}
+elif ! timeout 20 "$PEER_BIN" fill "$AMQP_URL" "$QUEUE" 1 2>"$TMP/probe.err"; then
     echo "RabbitMQ at $AMQP_URL did not take a message: $(cat "$TMP/probe.err") (integration/brokers.sh up?)" >&2
     exit 1
+else
+    BROKER_PORT=$(sed -E 's|^[a-z]+://([^@/]*@)?[^:/]*:?([0-9]*).*|\2|' <<<"$AMQP_URL"); BROKER_PORT=${BROKER_PORT:-5672}
 fi
-"$PEER_BIN" delete "$AMQP_URL" "$QUEUE"; QUEUE=""
+delete_source; QUEUE=""
 
-# RabbitMQ's process (the listener of the AMQP port), for its CPU % during the runs; not pinned, not touched.
-AMQP_PORT=$(sed -E 's|^[a-z]+://([^@/]*@)?[^:/]*:?([0-9]*).*|\2|' <<<"$AMQP_URL"); AMQP_PORT=${AMQP_PORT:-5672}
-BROKER_PID=$(ss -ltnpH "sport = :$AMQP_PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2 || true)
+# The broker's process (the listener of its port), for its CPU % during the runs; not pinned, not touched.
+BROKER_PID=$(ss -ltnpH "sport = :$BROKER_PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2 || true)
 
 # ---------------------------------------------------------------------------------------------- measure
 declare -A RATE CPU USPM OTHER BROKER FILL RETRIED
@@ -216,26 +277,43 @@ deliveries() {   # $1 = outcome: Sluice's sluice_deliveries_total for the bench 
 }
 
 run_one() {   # $1 = name, $2 = rep; sets LAST_RATE and records the figures
-    local name=$1 rep=$2 f0 f1 w0 w1 el b0 b1 k0 k1 t1 secs retried=0
+    local name=$1 rep=$2 f0 f1 w0 w1 el b0 b1 k0 k1 t1 secs lag retried=0
     QUEUE="sluice-bench-sub-$$-$rep-$name"
     f0=$(date +%s%N)
-    "${PIN_LOAD[@]}" "$PEER_BIN" fill "$AMQP_URL" "$QUEUE" "$MESSAGES" "$SIZE"
+    if [ "$KAFKA" = 1 ]; then
+        GROUP="sluice-bench-group-$$-$rep-$name"
+        # Checks itself that the topic's high watermarks add up to MESSAGES.
+        "${PIN_LOAD[@]}" "$PEER_BIN" kafka-fill "$KAFKA_BOOTSTRAP" "$QUEUE" "$MESSAGES" "$SIZE" "$PARTITIONS"
+    else
+        "${PIN_LOAD[@]}" "$PEER_BIN" fill "$AMQP_URL" "$QUEUE" "$MESSAGES" "$SIZE"
+    fi
     f1=$(date +%s%N)
     FILL[$name]+="$(awk -v n="$MESSAGES" -v a="$f0" -v b="$f1" 'BEGIN {printf "%.0f", n / ((b - a) / 1e9)}') "
-    [ "$("$PEER_BIN" count "$AMQP_URL" "$QUEUE")" = "$MESSAGES" ] ||
-        { echo "queue $QUEUE does not hold $MESSAGES messages after the fill" >&2; exit 1; }
+    if [ "$KAFKA" = 0 ]; then
+        [ "$("$PEER_BIN" count "$AMQP_URL" "$QUEUE")" = "$MESSAGES" ] ||
+            { echo "queue $QUEUE does not hold $MESSAGES messages after the fill" >&2; exit 1; }
+    fi
 
-    # The poller takes its first reading (MESSAGES ready) before the system under test starts.
-    "${PIN_LOAD[@]}" "$PEER_BIN" wait "$AMQP_URL" "$QUEUE" "$MESSAGES" >"$TMP/wait.out" 2>"$TMP/wait.err" &
+    # The poller takes its first reading (MESSAGES ready / the upstream's request count) before the system under
+    # test starts.
+    if [ "$KAFKA" = 1 ]; then
+        "${PIN_LOAD[@]}" "$PEER_BIN" http-wait "http://127.0.0.1:$UPSTREAM_PORT/nginx-status" "$MESSAGES" \
+            >"$TMP/wait.out" 2>"$TMP/wait.err" &
+    else
+        "${PIN_LOAD[@]}" "$PEER_BIN" wait "$AMQP_URL" "$QUEUE" "$MESSAGES" >"$TMP/wait.out" 2>"$TMP/wait.err" &
+    fi
     WAIT_PID=$!
     sleep 0.5
 
     b0=$(cpu_busy "$SUT_CPU"); w0=$(date +%s%N)
     k0=0; [ -n "$BROKER_PID" ] && k0=$(cpu_ticks "$BROKER_PID")
     if [ "$name" = sluice ]; then
-        sluice_config "$QUEUE" > "$TMP/sluice.toml"
+        sluice_config "$QUEUE" "$GROUP" > "$TMP/sluice.toml"
         TOKIO_WORKER_THREADS=1 "${PIN_SUT[@]}" "$SLUICE_BIN" run --config "$TMP/sluice.toml" \
             >"$TMP/sluice-$rep.log" 2>&1 &
+    elif [ "$KAFKA" = 1 ]; then
+        TOKIO_WORKER_THREADS=1 "${PIN_SUT[@]}" "$PEER_BIN" kafka "$KAFKA_BOOTSTRAP" "$QUEUE" "$GROUP" \
+            "http://127.0.0.1:$UPSTREAM_PORT/deliver" "$PREFETCH" >"$TMP/peer-$rep.log" 2>&1 &
     else
         TOKIO_WORKER_THREADS=1 "${PIN_SUT[@]}" "$PEER_BIN" "$AMQP_URL" "$QUEUE" \
             "http://127.0.0.1:$UPSTREAM_PORT/deliver" "$PREFETCH" >"$TMP/peer-$rep.log" 2>&1 &
@@ -252,8 +330,13 @@ run_one() {   # $1 = name, $2 = rep; sets LAST_RATE and records the figures
     t1=$(cpu_ticks "$SUT_PID"); b1=$(cpu_busy "$SUT_CPU"); w1=$(date +%s%N)
     k1=0; [ -n "$BROKER_PID" ] && k1=$(cpu_ticks "$BROKER_PID")
     [ "$name" = sluice ] && retried=$(deliveries retried)
+    if [ "$KAFKA" = 1 ]; then
+        # Every record also committed by the group (auto commit every second), before the system is stopped.
+        lag=$("$PEER_BIN" kafka-lag "$KAFKA_BOOTSTRAP" "$QUEUE" "$GROUP" 10) ||
+            { echo "$name: group $GROUP still lags by $lag records 10 s after the last delivery" >&2; exit 1; }
+    fi
     stop_pid "$SUT_PID"; SUT_PID=""
-    "$PEER_BIN" delete "$AMQP_URL" "$QUEUE"; QUEUE=""
+    delete_source; QUEUE=""; GROUP=""
 
     secs=$(cat "$TMP/wait.out")
     el=$(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')
@@ -273,8 +356,9 @@ run_one() {   # $1 = name, $2 = rep; sets LAST_RATE and records the figures
 
 log "machine: $NCPU CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 log "pinning: system under test on CPU ${PIN_SUT[2]:-any}, upstream + filler + poller on CPU ${PIN_LOAD[2]:-any};" \
-    "RabbitMQ ${BROKER_PID:+(pid $BROKER_PID) }not pinned"
-log "$REPS repetitions x $MESSAGES messages of $SIZE bytes, prefetch/concurrency $PREFETCH, upstream 127.0.0.1:$UPSTREAM_PORT"
+    "$BROKER_NAME ${BROKER_PID:+(pid $BROKER_PID) }not pinned"
+log "$BROKER_NAME → HTTP: $REPS repetitions x $MESSAGES messages of $SIZE bytes, prefetch/concurrency $PREFETCH" \
+    "$([ "$KAFKA" = 1 ] && echo "($PARTITIONS partitions${KAFKA_OPTIONS:+, KAFKA_OPTIONS=$KAFKA_OPTIONS})"), upstream 127.0.0.1:$UPSTREAM_PORT"
 for rep in $(seq "$REPS"); do
     for k in 0 1; do
         name=${NAMES[$(( (rep - 1 + k) % 2 ))]}
@@ -283,14 +367,14 @@ for rep in $(seq "$REPS"); do
             "$(awk -v a="$LAST_EL" -v b="$LAST_SECS" 'BEGIN {printf "%.2f", a - b}')s of start-up;" \
             "filled at $(tail_word "${FILL[$name]}") msg/s)  CPU $(tail_word "${CPU[$name]}")%" \
             " $(tail_word "${USPM[$name]}") µs/msg  other load on CPU $SUT_CPU: $(tail_word "${OTHER[$name]}")%" \
-            "${BROKER_PID:+ RabbitMQ CPU $(tail_word "${BROKER[$name]}")%}"
+            "${BROKER_PID:+ $BROKER_NAME CPU $(tail_word "${BROKER[$name]}")%}"
     done
 done
 
 # ---------------------------------------------------------------------------------------------- report
 declare -A MED MEDUS
 echo
-echo "| system | median msg/s | min–max msg/s | per rep msg/s | CPU % of the process (median) | CPU µs/message (median) | RabbitMQ CPU % (median) | other load on CPU $SUT_CPU % (median) |"
+echo "| system | median msg/s | min–max msg/s | per rep msg/s | CPU % of the process (median) | CPU µs/message (median) | $BROKER_NAME CPU % (median) | other load on CPU $SUT_CPU % (median) |"
 echo "|---|---:|---:|---|---:|---:|---:|---:|"
 for name in "${NAMES[@]}"; do
     MED[$name]=$(median <<<"${RATE[$name]}")
@@ -302,7 +386,7 @@ done
 busy=$(for name in "${NAMES[@]}"; do echo "${OTHER[$name]}"; done | median)
 if awk -v b="$busy" 'BEGIN {exit !(b > 10)}'; then
     echo
-    echo "WARNING: other processes (RabbitMQ included) used a median ${busy}% of CPU $SUT_CPU during the runs."
+    echo "WARNING: other processes ($BROKER_NAME included) used a median ${busy}% of CPU $SUT_CPU during the runs."
 fi
 [ "${RETRIED[sluice]:-0}" -gt 0 ] && echo "note: Sluice retried ${RETRIED[sluice]} deliveries (counted once delivered)."
 echo
@@ -313,5 +397,6 @@ awk -v s="${MED[sluice]}" -v p="${MED[peer]}" -v us="${MEDUS[sluice]}" -v up="${
     printf "CPU-efficiency ratio sluice/peer (peer µs/msg / sluice µs/msg): %.3f\n", up / us
 }'
 echo
-echo "($REPS repetitions x $MESSAGES messages of $SIZE bytes, prefetch $PREFETCH; fill median" \
+echo "($BROKER_NAME → HTTP, $REPS repetitions x $MESSAGES messages of $SIZE bytes, prefetch $PREFETCH$([ "$KAFKA" = 1 ] &&
+    echo ", $PARTITIONS partitions${KAFKA_OPTIONS:+, KAFKA_OPTIONS=$KAFKA_OPTIONS}"); fill median" \
     "$(for name in "${NAMES[@]}"; do echo "${FILL[$name]}"; done | median) msg/s; $(date -u '+%Y-%m-%d %H:%M UTC'))"

@@ -370,11 +370,19 @@ async fn a_stuck_kafka_partition_does_not_hold_the_other_partitions_back() {
     let (topic, group) = (create_topic("sub-hol", 2).await, random_name("sub-hol-g"));
     let producer: FutureProducer =
         rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).create().unwrap();
-    for i in 0..20 {
-        let (partition, value) = (i % 2, format!("p{}-{i}", i % 2));
-        let record = FutureRecord::<str, str>::to(&topic).partition(partition).payload(&value);
-        producer.send(record, std::time::Duration::from_secs(10)).await.unwrap();
-    }
+    // More records on partition 0 than its worker's buffer holds (512), so that partition gets paused.
+    let sends = (0..600).map(|i| (0, format!("p0-{i}"))).chain((0..10).map(|i| (1, format!("p1-{i}"))));
+    let sends: Vec<_> = sends
+        .map(|(partition, value)| {
+            let producer = producer.clone();
+            let topic = topic.clone();
+            async move {
+                let record = FutureRecord::<str, str>::to(&topic).partition(partition).payload(&value);
+                producer.send(record, std::time::Duration::from_secs(10)).await.unwrap();
+            }
+        })
+        .collect();
+    futures_util::future::join_all(sends).await;
     // Partition 0's records always fail (no dead letter: they are retried for ever), partition 1's are taken.
     let app = Upstream::start(|seen| async move {
         if seen.body.starts_with(b"p0-") { reply(503, "not now") } else { reply(200, "ok") }
@@ -389,10 +397,12 @@ async fn a_stuck_kafka_partition_does_not_hold_the_other_partitions_back() {
     } }),
     )
     .await;
+    let p0 = || -> HashSet<_> {
+        app.requests().into_iter().filter(|s| s.body.starts_with(b"p0-")).map(|s| s.body).collect()
+    };
     eventually("all of partition 1 delivered while partition 0 is stuck", async || {
-        delivered(&gw.metrics().await, "delivered") == 10.0
+        delivered(&gw.metrics().await, "delivered") == 10.0 && !p0().is_empty()
     })
     .await;
-    let p0: HashSet<_> = app.requests().into_iter().filter(|s| s.body.starts_with(b"p0-")).map(|s| s.body).collect();
-    assert_eq!(p0.len(), 1, "partition 0 is held at its first record");
+    assert_eq!(p0().len(), 1, "partition 0 is held at its first record");
 }

@@ -14,7 +14,7 @@
 //! be published, the message goes back to its queue (nack with requeue) to be tried again later.
 //!
 //! At most `concurrency` deliveries run at once (RabbitMQ: the channel's prefetch; Kafka: across partitions, each
-//! partition's records one after another in offset order, up to two more waiting per partition and the rest held while
+//! partition's records one after another in offset order, up to [`PARTITION_BUFFER`] more waiting per partition and the rest held while
 //! the partition is paused). Stopping (shutdown, or a reload that changes the subscription) cancels the consumer, lets
 //! the deliveries in flight finish for up to the grace period, and puts back (requeues, or leaves uncommitted) those
 //! still waiting for a retry.
@@ -117,6 +117,11 @@ impl Control {
         let _ = rx.wait_for(|stopping| *stopping).await;
     }
 }
+
+/// Records waiting for a Kafka partition's worker before the partition is paused. Large enough that pausing is rare:
+/// librdkafka drops what it had fetched for a paused partition and fetches it again after the resume (after up to
+/// `fetch.wait.max.ms`), so pausing on every few records cut throughput by a factor of seven (bench/README.md).
+const PARTITION_BUFFER: usize = 512;
 
 /// The most of an upstream's answer read (and discarded) per delivery.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -291,7 +296,7 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
     let lag = tokio::spawn(sample_lag(consumer.clone(), deliverer.wiring.metrics.clone()));
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut partitions: HashMap<i32, mpsc::Sender<Inbound>> = HashMap::new();
-    // A partition whose worker has two records waiting is paused (librdkafka stops fetching it) and what it still
+    // A partition whose worker has PARTITION_BUFFER records waiting is paused (librdkafka stops fetching it) and what it still
     // returns is held here, in order, until the worker takes more: a slow partition holds back itself, not the others,
     // and the consumer keeps polling (no eviction from the group).
     let mut held: HashMap<i32, VecDeque<Inbound>> = HashMap::new();
@@ -333,7 +338,7 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
         let partition = m.partition();
         drop(m);
         let worker = partitions.entry(partition).or_insert_with(|| {
-            let (tx, mut rx) = mpsc::channel::<Inbound>(2);
+            let (tx, mut rx) = mpsc::channel::<Inbound>(PARTITION_BUFFER);
             let (deliverer, slots, took) = (deliverer.clone(), slots.clone(), took.clone());
             workers.spawn(async move {
                 while let Some(inbound) = rx.recv().await {

@@ -282,6 +282,11 @@ impl KafkaPublisher {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
+        // A partition whose worker falls behind is paused; on resume librdkafka fetches again what it dropped, and a
+        // short fetch wait keeps that pause from stalling the partition (librdkafka's default wait is 500 ms).
+        if config.get("fetch.wait.max.ms").is_none() {
+            config.set("fetch.wait.max.ms", "50");
+        }
         let consumer: StreamConsumer = config.create().map_err(|e| map_error(e, "subscription consumer"))?;
         consumer.subscribe(&[topic]).map_err(|e| map_error(e, "subscribe"))?;
         Ok(consumer)

@@ -8,6 +8,32 @@
 //!   consumer wait AMQP_URL QUEUE N                poll QUEUE's ready count (passive declare, every 2 ms); print the
 //!                                                 seconds from its first drop below N until it is 0
 //!   consumer count|delete AMQP_URL QUEUE          print the ready count / delete the queue
+//!
+//! Kafka (bench/subscribe.sh --kafka):
+//!
+//!   consumer kafka BOOTSTRAP TOPIC GROUP TARGET_URL CONCURRENCY
+//!                                 consume TOPIC in consumer GROUP (from the earliest record), one task per partition
+//!                                 POSTing its records one after another in offset order (at most CONCURRENCY in
+//!                                 flight across partitions); a non-2xx or failed POST is tried again after 100 ms;
+//!                                 a record's offset is stored once it was delivered and committed every second
+//!                                 (enable.auto.offset.store = false, auto commit): Sluice's settings
+//!   consumer kafka-fill BOOTSTRAP TOPIC N [SIZE [PARTITIONS]]
+//!                                 create TOPIC (PARTITIONS, default 3, replication 1) and produce N records of SIZE
+//!                                 (default 256) bytes, round robin over the partitions, acks=all; checks that the
+//!                                 high watermarks add up to N
+//!   consumer kafka-lag BOOTSTRAP TOPIC GROUP [WAIT_SECS]
+//!                                 print the group's lag (high watermarks minus committed offsets); with WAIT_SECS,
+//!                                 poll every 100 ms until it is 0 (exit 1 if it is not within WAIT_SECS)
+//!   consumer kafka-delete BOOTSTRAP TOPIC [GROUP]   delete the topic (and the group)
+//!   consumer http-wait STATUS_URL N
+//!                                 poll an nginx stub_status page (keep-alive, every 2 ms) and print the seconds from
+//!                                 the first request other than its own polls until N such requests were counted
+//!
+//! Request-reply (bench/request-reply.sh):
+//!
+//!   consumer responder AMQP_URL QUEUE
+//!                                 declare QUEUE (transient, classic), consume it (auto ack) and publish each body
+//!                                 back to its reply_to with its correlation_id and content_type
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -26,10 +52,17 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("");
+    if mode.starts_with("kafka") || mode == "http-wait" {
+        return kafka::main(&args).await;
+    }
+    if mode == "responder" && args.len() == 3 {
+        return responder(&args[1], &args[2]).await;
+    }
     let (url, queue) = match mode {
         "fill" | "wait" | "count" | "delete" if args.len() >= 3 => (&args[1], args[2].as_str()),
         _ if args.len() == 4 => (&args[0], args[1].as_str()),
-        _ => die("usage: consumer AMQP_URL QUEUE TARGET_URL PREFETCH | fill|wait AMQP_URL QUEUE N | count|delete AMQP_URL QUEUE"),
+        _ => die("usage: consumer AMQP_URL QUEUE TARGET_URL PREFETCH | fill|wait AMQP_URL QUEUE N | count|delete AMQP_URL QUEUE \
+                  | responder AMQP_URL QUEUE | kafka… (see kafka-help)"),
     };
     let conn = Connection::connect(url, ConnectionProperties::default()).await.unwrap_or_else(|e| die(&e.to_string()));
     let ch = conn.create_channel().await.unwrap_or_else(|e| die(&e.to_string()));
@@ -119,6 +152,39 @@ async fn count(ch: &Channel, queue: &str) -> u64 {
     let q = ch.queue_declare(queue.into(), options, FieldTable::default()).await.unwrap_or_else(|e| die(&e.to_string()));
     u64::from(q.message_count())
 }
+
+async fn responder(url: &str, queue: &str) {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await.unwrap_or_else(|e| die(&e.to_string()));
+    let ch = conn.create_channel().await.unwrap_or_else(|e| die(&e.to_string()));
+    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap_or_else(|e| die(&e.to_string()));
+    let options = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
+    let mut consumer = ch
+        .basic_consume(queue.into(), "responder".into(), options, FieldTable::default())
+        .await
+        .unwrap_or_else(|e| die(&e.to_string()));
+    eprintln!("responder: consuming {queue}");
+    while let Some(delivery) = consumer.next().await {
+        let Ok(delivery) = delivery else { die("consumer failed") };
+        let Some(reply_to) = delivery.properties.reply_to().clone() else { continue };
+        let mut properties = BasicProperties::default();
+        if let Some(id) = delivery.properties.correlation_id() {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        if let Some(ct) = delivery.properties.content_type() {
+            properties = properties.with_content_type(ct.clone());
+        }
+        let ch = ch.clone();
+        tokio::spawn(async move {
+            let _ = ch
+                .basic_publish("".into(), reply_to.as_str().into(), BasicPublishOptions::default(), &delivery.data, properties)
+                .await;
+        });
+    }
+}
+
+mod kafka;
 
 fn die(msg: &str) -> ! {
     eprintln!("consumer: {msg}");
