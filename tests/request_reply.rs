@@ -35,13 +35,18 @@ impl Responder {
     /// Starts answering requests on a new queue, after `delay` seconds each.
     async fn start(delay: f64) -> Responder {
         let queue = random_name("rr-q");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bridge_support/responder.py");
+        Responder::spawn("responder.py", &[amqp_url(), queue.clone(), delay.to_string()], queue).await
+    }
+
+    /// Runs `tests/bridge_support/SCRIPT ARGS…` and waits until it prints `ready`; `queue` is where it listens.
+    async fn spawn(script: &str, args: &[String], queue: String) -> Responder {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bridge_support").join(script);
         let mut child = Command::new(python())
-            .arg(script)
-            .args([amqp_url(), queue.clone(), delay.to_string()])
+            .arg(path)
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
-            .expect("start the pika responder");
+            .unwrap_or_else(|e| panic!("start {script}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let line = tokio::task::spawn_blocking(move || {
             let mut line = String::new();
@@ -50,7 +55,7 @@ impl Responder {
         .await
         .unwrap()
         .unwrap();
-        assert_eq!(line.trim(), "ready", "the responder did not start");
+        assert_eq!(line.trim(), "ready", "{script} did not start");
         Responder { child, queue }
     }
 }
@@ -217,23 +222,7 @@ async fn max_pending_bounds_the_waiting_requests_and_a_gone_client_frees_its_pla
 
 /// The confluent-kafka responder on `topic`; killed when dropped.
 async fn kafka_responder(topic: &str) -> Responder {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bridge_support/kafka_responder.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .args([kafka_bootstrap(), topic.to_owned()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the Kafka responder");
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(line.trim(), "ready", "the Kafka responder did not start");
-    Responder { child, queue: topic.to_owned() }
+    Responder::spawn("kafka_responder.py", &[kafka_bootstrap(), topic.to_owned()], topic.to_owned()).await
 }
 
 /// A gateway with Kafka broker `events` and route `rpc` sending to `topic`, replies on `reply_topic`; returns once

@@ -74,18 +74,26 @@ impl Drop for Queues {
 
 /// A gateway with broker `rabbit`, upstream `app` at `url` and subscription `deliver` from `queue`, plus `extra`.
 async fn gateway(url: &str, queue: &str, extra: Value) -> Gateway {
+    let broker = ("rabbit", json!({ "kind": "amqp", "url": amqp_url() }));
+    subscribed(url, broker, json!({ "broker": "rabbit", "queue": queue }), json!({ "concurrency": 4 }), extra).await
+}
+
+/// A gateway with broker `name` (`config`), upstream `app` at `url` and subscription `deliver` from `from`, with the
+/// test defaults, `defaults` and `extra` on top; returns once it consumes.
+async fn subscribed(url: &str, broker: (&str, Value), from: Value, defaults: Value, extra: Value) -> Gateway {
     let mut sub = json!({
         "name": "deliver",
-        "from": { "broker": "rabbit", "queue": queue },
+        "from": from,
         "to": { "upstream": "app", "path": "/internal/orders", "timeout": "2s" },
-        "retry": { "max_retries": 5, "backoff": "10ms", "max_backoff": "50ms" },
-        "concurrency": 4
+        "retry": { "max_retries": 5, "backoff": "10ms", "max_backoff": "50ms" }
     });
-    if let (Value::Object(s), Value::Object(e)) = (&mut sub, extra) {
-        s.extend(e);
+    for more in [defaults, extra] {
+        if let (Value::Object(s), Value::Object(e)) = (&mut sub, more) {
+            s.extend(e);
+        }
     }
     let gw = Gateway::start(json!({
-        "brokers": { "rabbit": { "kind": "amqp", "url": amqp_url() } },
+        "brokers": { broker.0: broker.1 },
         "upstreams": { "app": { "endpoints": [url], "outlier": { "consecutive_failures": 1000 } } },
         "subscriptions": [sub]
     }))
@@ -214,27 +222,9 @@ async fn produce(topic: &str, records: &[(String, String)]) {
 
 /// A gateway with Kafka broker `events`, upstream `app` at `url` and subscription `deliver` from `topic` in `group`.
 async fn kafka_gateway(url: &str, topic: &str, group: &str, extra: Value) -> Gateway {
-    let mut sub = json!({
-        "name": "deliver",
-        "from": { "broker": "events", "topic": topic, "group": group },
-        "to": { "upstream": "app", "path": "/internal/orders", "timeout": "2s" },
-        "retry": { "max_retries": 5, "backoff": "10ms", "max_backoff": "50ms" },
-        "concurrency": 8
-    });
-    if let (Value::Object(s), Value::Object(e)) = (&mut sub, extra) {
-        s.extend(e);
-    }
-    let gw = Gateway::start(json!({
-        "brokers": { "events": { "kind": "kafka", "bootstrap": kafka_bootstrap() } },
-        "upstreams": { "app": { "endpoints": [url], "outlier": { "consecutive_failures": 1000 } } },
-        "subscriptions": [sub]
-    }))
-    .await;
-    eventually("the subscription to consume", async || {
-        gw.admin_get("/readyz?verbose").await.json()["subscriptions"]["deliver"] == "consuming"
-    })
-    .await;
-    gw
+    let broker = ("events", json!({ "kind": "kafka", "bootstrap": kafka_bootstrap() }));
+    let from = json!({ "broker": "events", "topic": topic, "group": group });
+    subscribed(url, broker, from, json!({ "concurrency": 8 }), extra).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
