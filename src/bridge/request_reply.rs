@@ -23,7 +23,7 @@ use crate::publish::encoder::{Encoder, Envelope};
 use crate::publish::reply::Reply;
 use crate::publish::route::producer_span;
 use crate::request::{context, facts, request_id};
-use crate::telemetry::{RequestReplyMetrics, Tracer};
+use crate::telemetry::{Held, RequestReplyMetrics, Tracer};
 
 /// The reply header that carries the HTTP status.
 pub const STATUS_HEADER: &str = "sluice-status";
@@ -65,7 +65,7 @@ pub async fn request_reply(
         route.metrics.outcome("too_many_pending").inc();
         return Err(GatewayError::TooManyPending);
     };
-    let _waiting = Waiting::start(&route.metrics);
+    let _waiting = Held::new(&route.metrics.pending);
     let body = req.body().bytes().cloned().unwrap_or_default();
     let env = Envelope { route: &route.name, request_id: request_id(&req) };
     let mut message = route.encoder.encode(req.headers(), &context(&req, &route.name), body, &env)?;
@@ -147,22 +147,6 @@ fn answer(reply: Reply, copied: &[HeaderName]) -> Result<Response<Body>, Gateway
         headers.insert(header::CONTENT_TYPE, v);
     }
     Ok(res)
-}
-
-/// Counts one request in `sluice_request_reply_pending` while it lives.
-struct Waiting(prometheus_client::metrics::gauge::Gauge);
-
-impl Waiting {
-    fn start(metrics: &RequestReplyMetrics) -> Waiting {
-        metrics.pending.inc();
-        Waiting(metrics.pending.clone())
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 #[cfg(test)]

@@ -25,13 +25,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
-use lapin::types::AMQPValue;
 use opentelemetry::KeyValue;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -45,9 +44,11 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::body::Prepared;
 use crate::config::{RetryConfig, SubscriptionConfig};
+use crate::publish::amqp::header_pairs;
+use crate::publish::kafka::partition_lags;
 use crate::publish::{Ack, Destination, Message, Publisher};
-use crate::telemetry::{SubscriptionMetrics, TraceContext, Tracer};
-use crate::upstream::{Call, CallError, RetryPolicy, Upstream, call};
+use crate::telemetry::{Held, SubscriptionMetrics, TraceContext, Tracer};
+use crate::upstream::{Call, CallError, RetryPolicy, Upstream, call, strip_hop_by_hop};
 
 /// Where dead letters go.
 #[derive(Clone, Debug)]
@@ -389,16 +390,7 @@ async fn sample_lag(consumer: Arc<StreamConsumer>, metrics: SubscriptionMetrics)
         let c = consumer.clone();
         let lags = tokio::task::spawn_blocking(move || -> Option<Vec<(i32, i64)>> {
             let committed = c.committed(TIMEOUT).ok()?;
-            let mut lags = Vec::new();
-            for e in committed.elements() {
-                let (low, high) = c.fetch_watermarks(e.topic(), e.partition(), TIMEOUT).ok()?;
-                let from = match e.offset() {
-                    rdkafka::Offset::Offset(o) => o,
-                    _ => low,
-                };
-                lags.push((e.partition(), (high - from).max(0)));
-            }
-            Some(lags)
+            partition_lags(&*c, &committed, TIMEOUT).ok()
         })
         .await;
         if let Ok(Some(lags)) = lags {
@@ -470,12 +462,8 @@ impl Settle {
 impl Inbound {
     fn amqp(delivery: Delivery) -> Inbound {
         let p = &delivery.properties;
-        let metadata: Vec<(String, String)> = p
-            .headers()
-            .as_ref()
-            .map(|h| h.inner().iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), text(v)?))).collect())
-            .unwrap_or_default();
-        let http = http_headers(&delivery);
+        let metadata = header_pairs(p);
+        let http = http_headers(&delivery, &metadata);
         let id = p.message_id().as_ref().map_or_else(Message::new_id, |m| m.as_str().to_owned());
         let content_type = p.content_type().as_ref().map(|c| c.as_str().to_owned());
         let source = delivery.routing_key.as_str().to_owned();
@@ -510,9 +498,7 @@ impl Inbound {
                 http.insert(n, v);
             }
         }
-        for name in NOT_FORWARDED {
-            http.remove(name);
-        }
+        strip_framing(&mut http);
         http.insert(
             HeaderName::from_static("sluice-topic"),
             HeaderValue::try_from(m.topic()).unwrap_or(HeaderValue::from_static("")),
@@ -566,7 +552,7 @@ impl Deliverer {
         });
         let mut attempt: u32 = 1;
         // Counted in `sluice_subscription_stuck` from its first retry past the end without a dead letter.
-        let mut stuck: Option<Stuck> = None;
+        let mut stuck: Option<Held> = None;
         loop {
             let (reason, retry_after, exhausted) = match self.attempt(headers, &body, attempt, &span.cx).await {
                 Verdict::Delivered => {
@@ -598,7 +584,7 @@ impl Deliverer {
             let wait = if exhausted {
                 if stuck.is_none() {
                     tracing::warn!(subscription = %self.name, reason = %reason, "no dead_letter: retrying every max_backoff");
-                    stuck = Some(Stuck::count(&self.wiring.metrics.stuck));
+                    stuck = Some(Held::new(&self.wiring.metrics.stuck));
                 }
                 self.max_backoff
             } else {
@@ -710,22 +696,6 @@ impl Deliverer {
     }
 }
 
-/// One message counted in `sluice_subscription_stuck` while it lives.
-struct Stuck(prometheus_client::metrics::gauge::Gauge);
-
-impl Stuck {
-    fn count(gauge: &prometheus_client::metrics::gauge::Gauge) -> Stuck {
-        gauge.inc();
-        Stuck(gauge.clone())
-    }
-}
-
-impl Drop for Stuck {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// The verdict on an upstream's answer.
 fn verdict(status: StatusCode, retry_after: Option<Duration>) -> Verdict {
     match status.as_u16() {
@@ -746,25 +716,21 @@ fn call_error(e: &CallError) -> &'static str {
     }
 }
 
-/// Headers a message may carry that must not reach the upstream: framing and connection-level ones (the client sets
-/// its own), which a broker header could otherwise turn into a mis-framed request.
-const NOT_FORWARDED: [&str; 11] = [
-    "connection",
-    "content-length",
-    "expect",
-    "host",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Headers a message may carry that must not reach the upstream besides the hop-by-hop ones: framing the client sets
+/// itself (`content-length`, `host`, `expect`) and `te` (also `te: trailers`, which only a forwarded client may ask).
+const NOT_FORWARDED: [HeaderName; 4] = [header::CONTENT_LENGTH, header::EXPECT, header::HOST, header::TE];
+
+/// Removes from a message's headers what must not reach the upstream.
+fn strip_framing(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    for name in &NOT_FORWARDED {
+        headers.remove(name);
+    }
+}
 
 /// The message's metadata as request headers: its AMQP headers (CloudEvents `cloudEvents:*` as `ce-*`), `content-type`,
 /// `sluice-id` (the message id, when it has no `sluice-id` header), `sluice-exchange` and `sluice-routing-key`.
-fn http_headers(delivery: &Delivery) -> HeaderMap {
+fn http_headers(delivery: &Delivery, metadata: &[(String, String)]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let put = |headers: &mut HeaderMap, name: &str, value: &str| {
         let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes());
@@ -773,13 +739,10 @@ fn http_headers(delivery: &Delivery) -> HeaderMap {
         }
     };
     let p = &delivery.properties;
-    if let Some(h) = p.headers() {
-        for (k, v) in h.inner() {
-            let Some(v) = text(v) else { continue };
-            match k.as_str().strip_prefix("cloudEvents:") {
-                Some(attribute) => put(&mut headers, &format!("ce-{attribute}"), &v),
-                None => put(&mut headers, k.as_str(), &v),
-            }
+    for (k, v) in metadata {
+        match k.strip_prefix("cloudEvents:") {
+            Some(attribute) => put(&mut headers, &format!("ce-{attribute}"), v),
+            None => put(&mut headers, k, v),
         }
     }
     if let Some(ct) = p.content_type() {
@@ -790,15 +753,8 @@ fn http_headers(delivery: &Delivery) -> HeaderMap {
     }
     put(&mut headers, "sluice-exchange", delivery.exchange.as_str());
     put(&mut headers, "sluice-routing-key", delivery.routing_key.as_str());
-    for name in NOT_FORWARDED {
-        headers.remove(name);
-    }
+    strip_framing(&mut headers);
     headers
-}
-
-/// An AMQP header value as text (strings and numbers; other kinds are left out).
-fn text(v: &AMQPValue) -> Option<String> {
-    crate::publish::amqp::header_text(v)
 }
 
 #[cfg(test)]

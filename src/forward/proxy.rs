@@ -22,7 +22,7 @@ use crate::body::{Body, Prepared};
 use crate::problem::GatewayError;
 use crate::request::{Facts, facts, render};
 use crate::telemetry::Tracer;
-use crate::upstream::{Answer, Call, RetryPolicy, Upstream, call, hash_key, is_idempotent};
+use crate::upstream::{Answer, Call, RetryPolicy, Upstream, call, hash_key, is_idempotent, strip_hop_by_hop};
 
 /// A compiled `forward` route.
 #[derive(Debug)]
@@ -121,55 +121,6 @@ fn rewrite_path(uri: &Uri, prefix: Option<&str>, rewrite: Option<&str>) -> PathA
         out.push_str(q);
     }
     PathAndQuery::try_from(out).unwrap_or(original)
-}
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass comparing names is much cheaper than a hashed lookup per name.
-    if !headers.keys().any(|name| is_hop_by_hop(name.as_str())) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    // `te` is hop-by-hop too, except `te: trailers`, which gRPC needs.
-    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
-        headers.remove(header::TE);
-    }
-}
-
-/// Whether a header named `name` may be hop-by-hop: one of [`HOP_BY_HOP`] or `te`.
-fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "te"
-    )
 }
 
 fn prepare_headers(headers: &mut HeaderMap, facts: &Facts) {

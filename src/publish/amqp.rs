@@ -395,13 +395,11 @@ async fn consume_replies(channel: &Channel, replies: Arc<Replies>) -> lapin::Res
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
             let p = &delivery.properties;
-            let headers = p.headers().as_ref().map(|h| {
-                h.inner().iter().filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), header_text(v)?))).collect()
-            });
+            let headers = header_pairs(p).into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
             let reply = Reply {
                 body: Bytes::from(delivery.data),
                 content_type: p.content_type().as_ref().map(|c| c.as_str().to_owned()),
-                headers: headers.unwrap_or_default(),
+                headers,
             };
             replies.deliver(p.correlation_id().as_ref().map(|c| c.as_str()), reply);
         }
@@ -409,8 +407,14 @@ async fn consume_replies(channel: &Channel, replies: Arc<Replies>) -> lapin::Res
     Ok(())
 }
 
+/// A message's headers as (name, text) pairs, names as sent; values that are not strings or numbers are left out.
+pub fn header_pairs(properties: &BasicProperties) -> Vec<(String, String)> {
+    let Some(headers) = properties.headers() else { return Vec::new() };
+    headers.inner().iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), header_text(v)?))).collect()
+}
+
 /// A header value as text (strings and numbers; other kinds are left out).
-pub fn header_text(v: &AMQPValue) -> Option<String> {
+fn header_text(v: &AMQPValue) -> Option<String> {
     Some(match v {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::ShortString(s) => s.as_str().to_owned(),

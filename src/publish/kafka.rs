@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -20,6 +20,26 @@ use super::error::PublishError;
 use super::kafka_replies::{CORRELATION_HEADER, REPLY_TO_HEADER, ReplyListener};
 use super::message::{Ack, Destination, Message, Receipt};
 use super::reply::{Replies, Waiter};
+
+/// Each partition's lag in `committed` (a consumer group's committed offsets): its high watermark minus the committed
+/// offset, or minus its low watermark where the group committed none; never negative. Blocking (one watermark
+/// request per partition).
+pub fn partition_lags<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    committed: &TopicPartitionList,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>, KafkaError> {
+    let mut lags = Vec::with_capacity(committed.count());
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+        let from = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        lags.push((e.partition(), (high - from).max(0)));
+    }
+    Ok(lags)
+}
 
 /// librdkafka properties of producers only, left out of the reply consumers' settings.
 const PRODUCER_ONLY: [&str; 8] = [
@@ -254,16 +274,8 @@ impl KafkaPublisher {
             let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
             // Serve (and drop) the events a never-polled consumer would pile up.
             let _ = consumer.poll(Duration::ZERO);
-            let mut lag = 0u64;
-            for element in committed.elements() {
-                let (low, high) = consumer.fetch_watermarks(&topic, element.partition(), METADATA_TIMEOUT)?;
-                let from = match element.offset() {
-                    Offset::Offset(o) => o,
-                    _ => low,
-                };
-                lag += u64::try_from(high - from).unwrap_or(0);
-            }
-            Ok(lag)
+            let lags = partition_lags(&*consumer, &committed, METADATA_TIMEOUT)?;
+            Ok(lags.iter().map(|(_, lag)| lag.unsigned_abs()).sum())
         })
         .await
         .map_err(|e| PublishError::unavailable("kafka lag sample panicked", Some(e.into())))?

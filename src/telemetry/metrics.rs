@@ -461,6 +461,24 @@ impl PublishMetrics {
     }
 }
 
+/// Counts one thing in a gauge while it lives (a request waiting for its reply, a stuck message).
+#[derive(Debug)]
+pub struct Held(Gauge);
+
+impl Held {
+    /// Adds one to `gauge` until the returned value is dropped.
+    pub fn new(gauge: &Gauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// A subscription's metric handles.
 #[derive(Clone, Debug)]
 pub struct SubscriptionMetrics {

@@ -11,5 +11,7 @@ mod otlp;
 pub mod trace;
 
 pub use logging::init_logging;
-pub use metrics::{Metrics, PublishMetrics, RequestReplyMetrics, RouteMetrics, SubscriptionMetrics, UpstreamMetrics};
+pub use metrics::{
+    Held, Metrics, PublishMetrics, RequestReplyMetrics, RouteMetrics, SubscriptionMetrics, UpstreamMetrics,
+};
 pub use trace::{Export, Span, TraceContext, Tracer, method_name, method_value};
