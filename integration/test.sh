@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARGO_TERM_COLOR=never
+# A clean checkout builds once: incremental state would only add to the disk a CI machine may be short of.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 export SLUICE_TEST_AMQP_URL=${SLUICE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export SLUICE_TEST_KAFKA=${SLUICE_TEST_KAFKA:-127.0.0.1:9092}
 export SLUICE_TEST_OTLP=${SLUICE_TEST_OTLP:-http://127.0.0.1:4317}
