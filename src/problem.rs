@@ -138,7 +138,7 @@ impl From<CallError> for GatewayError {
 impl From<&PublishError> for GatewayError {
     fn from(e: &PublishError) -> Self {
         match e {
-            PublishError::Unavailable { .. } => GatewayError::BrokerUnavailable,
+            PublishError::Unavailable { .. } | PublishError::Nacked { .. } => GatewayError::BrokerUnavailable,
             PublishError::Unroutable { .. } | PublishError::Rejected { .. } => GatewayError::Unroutable,
             PublishError::Config { .. } => GatewayError::Internal,
         }

@@ -12,6 +12,7 @@ use crate::action::Action;
 use crate::bridge::{DeadLetter, RequestReplyRoute, Subscription, Wiring};
 use crate::config::{
     AckMode, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RequestReplyConfig, RetryConfig,
+    SpoolConfig,
 };
 use crate::forward::{Fault, ForwardRoute};
 use crate::layers::{Observe, ObserveLayer, ReadBodyLayer};
@@ -19,6 +20,7 @@ use crate::policy::{Auth, AuthError, GuardLayer, IdempotencyLayer, IdempotencySt
 use crate::publish::backlog::{Backlog, BacklogSource};
 use crate::publish::destination::NameRules;
 use crate::publish::encoder::{CloudEvents, Encoder, Target};
+use crate::publish::spool::{Spool, Spooled};
 use crate::publish::{Ack, Destination, PublishError, PublishRoute, Publisher};
 use crate::router::{Matcher, Router};
 use crate::stack::{self, Layers, RouteService};
@@ -44,6 +46,9 @@ pub enum BuildError {
     /// A TLS file is missing, unreadable or wrong.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A broker's spool directory cannot be used (not writable, in use by another process, unreadable).
+    #[error("{0}")]
+    Spool(String),
 }
 
 /// One compiled route.
@@ -126,9 +131,16 @@ impl Snapshot {
         let mut brokers = BTreeMap::new();
         for (name, cfg) in &config.brokers {
             let settings = serde_json::to_value(cfg).unwrap_or_default();
-            let publisher = match previous.and_then(|p| p.brokers.get(name)) {
+            let before = previous.and_then(|p| p.brokers.get(name));
+            let publisher = match before {
                 Some(b) if b.settings == settings => b.publisher.clone(),
-                _ => connect(name, cfg).await?,
+                _ => {
+                    let producer = connect(name, cfg).await?;
+                    match &cfg.spool {
+                        Some(spool) => spooled(name, spool, producer, before.map(|b| &b.publisher), metrics)?,
+                        None => producer,
+                    }
+                }
             };
             brokers.insert(name.clone(), Broker { publisher, settings });
         }
@@ -318,6 +330,25 @@ impl Snapshot {
 /// Whether two settings tables are the same (compared as their serialized form: every key counts).
 fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
     serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+/// `producer` behind a spool: the one `before` had in the same directory (taken over, with the new settings), else
+/// the spool in `cfg.dir` opened (and recovered).
+fn spooled(
+    name: &str,
+    cfg: &SpoolConfig,
+    producer: Publisher,
+    before: Option<&Publisher>,
+    metrics: &Metrics,
+) -> Result<Publisher, BuildError> {
+    let spool = match before.and_then(Publisher::spool).filter(|s| s.dir() == cfg.dir) {
+        Some(kept) => {
+            kept.retarget(cfg, producer.clone());
+            kept.clone()
+        }
+        None => Arc::new(Spool::open(name, cfg, producer.clone(), metrics.spool(name)).map_err(BuildError::Spool)?),
+    };
+    Ok(Publisher::new(Spooled::new(producer, spool)))
 }
 
 async fn connect(name: &str, cfg: &BrokerConfig) -> Result<Publisher, PublishError> {

@@ -58,6 +58,7 @@ pub fn check(path: &Path, strict: bool) -> Checked {
     let mut report = validate(&config);
     errors.append(&mut report.errors);
     errors.extend(crate::tls::check_files(&config));
+    errors.extend(crate::publish::spool::check_dirs(&config));
     if !strict {
         let (unset, others): (Vec<_>, Vec<_>) = errors.into_iter().partition(|e| e.ends_with(UNSET_VARIABLE));
         errors = others;

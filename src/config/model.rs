@@ -661,6 +661,66 @@ pub struct BrokerConfig {
     /// secrets such as `sasl.password`.
     #[serde(default)]
     pub options_env: BTreeMap<String, String>,
+    /// A durable local spool for messages while the broker is unreachable.
+    #[serde(default)]
+    pub spool: Option<SpoolConfig>,
+}
+
+/// `[brokers.NAME.spool]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// The directory of the spool's files (created if missing; one broker, one process).
+    pub dir: std::path::PathBuf,
+    /// Most bytes held; a full spool answers 503.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: Size,
+    /// When appended messages are fsync'd: `always` (before each answer, sharing syncs with messages arriving
+    /// meanwhile) or `interval:10ms` (at most once per interval; each answer still waits for its sync).
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+}
+
+fn default_spool_max_bytes() -> Size {
+    Size(1 << 30)
+}
+
+/// `spool.fsync`: `"always"` or `"interval:DURATION"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum FsyncPolicy {
+    /// Sync before answering.
+    #[default]
+    Always,
+    /// Sync at most once per interval (group commit).
+    Interval(Dur),
+}
+
+impl TryFrom<String> for FsyncPolicy {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("bad fsync {s:?}: write \"always\" or \"interval:10ms\"");
+        match s.trim() {
+            "always" => Ok(FsyncPolicy::Always),
+            other => {
+                let d = other.strip_prefix("interval:").ok_or_else(bad)?;
+                let d = humantime::parse_duration(d.trim()).map_err(|_| bad())?;
+                if d.is_zero() || d > std::time::Duration::from_secs(1) {
+                    return Err(format!("bad fsync {s:?}: the interval must be more than 0 and at most 1s"));
+                }
+                Ok(FsyncPolicy::Interval(Dur(d)))
+            }
+        }
+    }
+}
+
+impl From<FsyncPolicy> for String {
+    fn from(p: FsyncPolicy) -> String {
+        match p {
+            FsyncPolicy::Always => "always".to_owned(),
+            FsyncPolicy::Interval(d) => format!("interval:{d}"),
+        }
+    }
 }
 
 fn default_broker_timeout() -> Dur {

@@ -1,6 +1,6 @@
 //! `validate()`: every semantic check of a parsed config, pure, returning all problems at once.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use http::StatusCode;
 
@@ -35,6 +35,12 @@ pub fn validate(config: &Config) -> Report {
     }
     for (name, broker) in &config.brokers {
         check_broker(name, broker, errors);
+    }
+    let mut spool_dirs = BTreeMap::new();
+    for (name, spool) in config.brokers.iter().filter_map(|(n, b)| Some((n, b.spool.as_ref()?))) {
+        if let Some(other) = spool_dirs.insert(spool.dir.clone(), name) {
+            errors.push(format!("brokers.{name}.spool: dir is also the spool of broker {other:?}; give each its own"));
+        }
     }
     let mut seen = HashSet::new();
     let mut compiled: Vec<(String, Option<Matcher>)> = Vec::new();
@@ -587,6 +593,14 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
                     errors.push(format!("{at}.options_env: {key:?} names {var:?}, {UNSET_VARIABLE}"));
                 }
             }
+        }
+    }
+    if let Some(spool) = &b.spool {
+        if spool.dir.as_os_str().is_empty() {
+            errors.push(format!("{at}.spool: dir must not be empty"));
+        }
+        if spool.max_bytes.0 < 64 * 1024 {
+            errors.push(format!("{at}.spool: max_bytes must be at least 64KiB"));
         }
     }
     for (key, d) in [("confirm_timeout", b.confirm_timeout), ("delivery_timeout", b.delivery_timeout)] {

@@ -317,7 +317,7 @@ impl Shared {
             }
             Ok(Ok(Confirmation::Nack(_))) => {
                 pool.checkin(channel);
-                Err(PublishError::unavailable("amqp broker nacked the message", None))
+                Err(PublishError::nacked("amqp broker nacked the message"))
             }
             Ok(Ok(Confirmation::NotRequested)) => {
                 Err(PublishError::unavailable("amqp channel is not in confirm mode", None))

@@ -20,6 +20,13 @@ pub enum PublishError {
         #[source]
         source: Option<BoxError>,
     },
+    /// The broker was reached and refused to take the message now (an AMQP nack, e.g. a full queue with
+    /// `reject-publish`). Nothing was stored; the client may retry (HTTP 503), but a spool does not take it.
+    #[error("broker refused the message: {reason}")]
+    Nacked {
+        /// What happened, for logs.
+        reason: String,
+    },
     /// The broker cannot deliver the message where it was sent: an AMQP message returned as
     /// unroutable (`mandatory`), an AMQP exchange that does not exist, an unknown or invalid Kafka
     /// topic or partition (HTTP 502). Retrying the same message will fail the same way.
@@ -59,6 +66,11 @@ impl PublishError {
         Self::Unavailable { reason: reason.into(), source }
     }
 
+    /// A [`PublishError::Nacked`] error.
+    pub fn nacked(reason: impl Into<String>) -> Self {
+        Self::Nacked { reason: reason.into() }
+    }
+
     /// An [`PublishError::Unroutable`] error.
     pub fn unroutable(reason: impl Into<String>, source: Option<BoxError>) -> Self {
         Self::Unroutable { reason: reason.into(), source }
@@ -83,14 +95,22 @@ impl PublishError {
     /// True when nothing was stored and the same message may succeed later: the client may retry.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Nacked { .. })
+    }
+
+    /// True when the broker could not be reached in time (down, connection lost, timed out): a spool takes the
+    /// message. Not for a nack, an unroutable message or an unknown topic.
+    #[must_use]
+    pub fn is_spoolable(&self) -> bool {
         matches!(self, Self::Unavailable { .. })
     }
 
-    /// A short label for metrics and logs: `unavailable`, `unroutable`, `rejected` or `config`.
+    /// A short label for metrics and logs: `unavailable`, `nacked`, `unroutable`, `rejected` or `config`.
     #[must_use]
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::Unavailable { .. } => "unavailable",
+            Self::Nacked { .. } => "nacked",
             Self::Unroutable { .. } => "unroutable",
             Self::Rejected { .. } => "rejected",
             Self::Config { .. } => "config",

@@ -173,6 +173,44 @@ impl KafkaPublisher {
 
     /// Publish one record; see [`crate::publish::Publisher::publish`].
     pub async fn publish(&self, msg: Message, ack: Ack) -> Result<Receipt, PublishError> {
+        let delivery = self.enqueue_message(&msg).await?;
+        match ack {
+            Ack::None => {
+                // At-most-once: answer now, only log what the delivery report says later.
+                let inner = self.inner.clone();
+                let id = msg.id;
+                tokio::spawn(async move {
+                    if let Err(e) = inner.await_delivery(delivery).await {
+                        tracing::warn!(broker = %inner.name, sluice_id = %id, error = %e, "unconfirmed kafka publish failed");
+                    }
+                });
+                Ok(Receipt::Unconfirmed)
+            }
+            Ack::Confirm => self.inner.await_delivery(delivery).await,
+        }
+    }
+
+    /// Publishes records in order (a spool's replay): each is handed to librdkafka before the next, so the
+    /// idempotent producer keeps their order within a partition; then every delivery report is awaited.
+    pub async fn publish_ordered(&self, msgs: Vec<Message>) -> Vec<Result<Receipt, PublishError>> {
+        let mut deliveries = Vec::with_capacity(msgs.len());
+        for msg in &msgs {
+            match self.enqueue_message(msg).await {
+                Ok(delivery) => deliveries.push(delivery),
+                Err(e) => {
+                    let mut results: Vec<_> =
+                        futures_util::future::join_all(deliveries.into_iter().map(|d| self.inner.await_delivery(d)))
+                            .await;
+                    results.push(Err(e));
+                    return results;
+                }
+            }
+        }
+        futures_util::future::join_all(deliveries.into_iter().map(|d| self.inner.await_delivery(d))).await
+    }
+
+    /// Checks the topic and hands the record to librdkafka.
+    async fn enqueue_message(&self, msg: &Message) -> Result<DeliveryFuture, PublishError> {
         let Destination::Kafka { topic, key } = &msg.destination else {
             return Err(PublishError::config(
                 format!("kafka broker {:?} got an AMQP destination", self.inner.name),
@@ -195,21 +233,7 @@ impl KafkaPublisher {
             record = record.key(key.as_ref());
         }
 
-        let delivery = self.enqueue(record).await?;
-        match ack {
-            Ack::None => {
-                // At-most-once: answer now, only log what the delivery report says later.
-                let inner = self.inner.clone();
-                let id = msg.id;
-                tokio::spawn(async move {
-                    if let Err(e) = inner.await_delivery(delivery).await {
-                        tracing::warn!(broker = %inner.name, sluice_id = %id, error = %e, "unconfirmed kafka publish failed");
-                    }
-                });
-                Ok(Receipt::Unconfirmed)
-            }
-            Ack::Confirm => self.inner.await_delivery(delivery).await,
-        }
+        self.enqueue(record).await
     }
 
     /// Starts (once) the consumer of `reply_topic` that request-reply routes sending there wait on.

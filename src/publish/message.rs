@@ -83,4 +83,6 @@ pub enum Receipt {
     Amqp,
     /// Handed to the client library without waiting for the broker (`Ack::None`).
     Unconfirmed,
+    /// The broker was unreachable: appended to the broker's spool and fsync'd, to be published when it is back.
+    Spooled,
 }

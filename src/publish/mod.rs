@@ -8,6 +8,7 @@
 //! - [`encoder`]: request → message (metadata, CloudEvents).
 //! - [`destination`]: checks of the rendered topic or routing key (Kafka's rules, length, allow-lists).
 //! - [`route`]: the action of a publish route.
+//! - [`spool`]: the durable spool in front of a broker while it is unreachable.
 
 pub mod amqp;
 pub mod backlog;
@@ -20,6 +21,7 @@ pub mod message;
 pub mod publisher;
 pub mod reply;
 pub mod route;
+pub mod spool;
 
 pub use error::PublishError;
 pub use message::{Ack, Destination, Message, Receipt};

@@ -13,6 +13,7 @@ use super::error::PublishError;
 use super::kafka::KafkaPublisher;
 use super::message::{Ack, Message, Receipt};
 use super::reply::{Replies, Waiter};
+use super::spool::Spool;
 
 /// A boxed future of a producer.
 pub type ProducerFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -21,6 +22,22 @@ pub type ProducerFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Producer: Send + Sync + 'static {
     /// Publishes one message; see [`Publisher::publish`] for what `Ok` promises.
     fn publish(&self, msg: Message, ack: Ack) -> ProducerFuture<'_, Result<Receipt, PublishError>>;
+    /// Publishes `msgs` confirmed, each destination receiving them in this order (a spool's replay). Stops at the
+    /// first failure: the results are those of the messages tried, in order.
+    fn publish_ordered(&self, msgs: Vec<Message>) -> ProducerFuture<'_, Vec<Result<Receipt, PublishError>>> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(msgs.len());
+            for msg in msgs {
+                let result = self.publish(msg, Ack::Confirm).await;
+                let failed = result.is_err();
+                results.push(result);
+                if failed {
+                    break;
+                }
+            }
+            results
+        })
+    }
     /// True while the broker is reachable.
     fn is_up(&self) -> bool;
     /// Waits up to `timeout` for messages still in flight to be confirmed.
@@ -61,6 +78,10 @@ pub trait Producer: Send + Sync + 'static {
     fn listening(&self, reply_topic: &str) -> bool {
         let _ = reply_topic;
         true
+    }
+    /// The spool in front of the broker, if it has one.
+    fn spool(&self) -> Option<&Arc<Spool>> {
+        None
     }
 }
 
@@ -115,6 +136,17 @@ impl Publisher {
     /// [`PublishError::Config`] (a destination of the other kind).
     pub async fn publish(&self, msg: Message, ack: Ack) -> Result<Receipt, PublishError> {
         self.0.publish(msg, ack).await
+    }
+
+    /// Publishes `msgs` confirmed and in order (see [`Producer::publish_ordered`]).
+    pub async fn publish_ordered(&self, msgs: Vec<Message>) -> Vec<Result<Receipt, PublishError>> {
+        self.0.publish_ordered(msgs).await
+    }
+
+    /// The spool in front of the broker, if it has one.
+    #[must_use]
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.0.spool()
     }
 
     /// Sends a request (confirmed, like [`Ack::Confirm`]) with a correlation id (its `sluice-id`) and a reply
@@ -191,6 +223,9 @@ impl Publisher {
 impl Producer for KafkaPublisher {
     fn publish(&self, msg: Message, ack: Ack) -> ProducerFuture<'_, Result<Receipt, PublishError>> {
         Box::pin(KafkaPublisher::publish(self, msg, ack))
+    }
+    fn publish_ordered(&self, msgs: Vec<Message>) -> ProducerFuture<'_, Vec<Result<Receipt, PublishError>>> {
+        Box::pin(KafkaPublisher::publish_ordered(self, msgs))
     }
     fn is_up(&self) -> bool {
         KafkaPublisher::is_up(self)

@@ -78,7 +78,12 @@ pub async fn publish(route: Arc<PublishRoute>, req: Request<Prepared>) -> Result
         span.set(|| KeyValue::new("messaging.kafka.offset", offset));
     }
     drop(span);
-    route.metrics.outcome(if receipt == Receipt::Unconfirmed { "unconfirmed" } else { "confirmed" }).inc();
+    let outcome = match receipt {
+        Receipt::Unconfirmed => "unconfirmed",
+        Receipt::Spooled => "spooled",
+        Receipt::Kafka { .. } | Receipt::Amqp => "confirmed",
+    };
+    route.metrics.outcome(outcome).inc();
     Ok(accepted(receipt_body(&route, &id, destination, receipt)))
 }
 
@@ -127,8 +132,10 @@ fn receipt_body(route: &PublishRoute, id: &str, destination: Destination, receip
             doc["routing_key"] = json!(routing_key);
         }
     }
-    if receipt == Receipt::Unconfirmed {
-        doc["confirmed"] = json!(false);
+    match receipt {
+        Receipt::Unconfirmed => doc["confirmed"] = json!(false),
+        Receipt::Spooled => doc["spooled"] = json!(true),
+        Receipt::Kafka { .. } | Receipt::Amqp => {}
     }
     Bytes::from(serde_json::to_vec(&doc).expect("JSON serializes"))
 }

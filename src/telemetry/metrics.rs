@@ -102,6 +102,10 @@ pub struct Metrics {
     lags: Family<SubscriptionPartition, Gauge>,
     publish_durations: Family<BrokerLabel, Histogram, fn() -> Histogram>,
     broker_up: Family<BrokerLabel, Gauge>,
+    spool_bytes: Family<BrokerLabel, Gauge>,
+    spool_messages: Family<BrokerLabel, Gauge>,
+    spool_replayed: Family<BrokerLabel, Counter>,
+    spool_dropped: Family<BrokerLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     route_in_flight: Family<RouteLabel, Gauge>,
     idempotency_keys: Family<RouteLabel, Gauge>,
@@ -155,6 +159,10 @@ impl Metrics {
         let publish_durations =
             Family::<BrokerLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
         let broker_up = Family::<BrokerLabel, Gauge>::default();
+        let spool_bytes = Family::<BrokerLabel, Gauge>::default();
+        let spool_messages = Family::<BrokerLabel, Gauge>::default();
+        let spool_replayed = Family::<BrokerLabel, Counter>::default();
+        let spool_dropped = Family::<BrokerLabel, Counter>::default();
         let request_replies = Family::<RouteOutcome, Counter>::default();
         let request_reply_durations =
             Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
@@ -195,6 +203,14 @@ impl Metrics {
             publish_durations.clone(),
         );
         registry.register("sluice_broker_up", "1 while the broker is connected", broker_up.clone());
+        registry.register("sluice_spool_bytes", "Bytes held in the broker's spool", spool_bytes.clone());
+        registry.register("sluice_spool_messages", "Messages held in the broker's spool", spool_messages.clone());
+        registry.register("sluice_spool_replayed", "Spooled messages published to the broker", spool_replayed.clone());
+        registry.register(
+            "sluice_spool_dropped",
+            "Spooled messages given up (corrupted on disk, or refused by the broker for good)",
+            spool_dropped.clone(),
+        );
         registry.register(
             "sluice_request_reply",
             "Request-reply requests, by route and outcome (replied, no_reply, invalid_reply, too_many_pending, \
@@ -283,6 +299,10 @@ impl Metrics {
             lags,
             publish_durations,
             broker_up,
+            spool_bytes,
+            spool_messages,
+            spool_replayed,
+            spool_dropped,
             reloads,
             route_in_flight,
             idempotency_keys,
@@ -387,6 +407,17 @@ impl Metrics {
         self.late_replies.get_or_create(&BrokerLabel { broker: broker.to_owned() }).clone()
     }
 
+    /// Handles for one broker's spool.
+    pub fn spool(&self, broker: &str) -> SpoolMetrics {
+        let label = BrokerLabel { broker: broker.to_owned() };
+        SpoolMetrics {
+            bytes: self.spool_bytes.get_or_create(&label).clone(),
+            messages: self.spool_messages.get_or_create(&label).clone(),
+            replayed: self.spool_replayed.get_or_create(&label).clone(),
+            dropped: self.spool_dropped.get_or_create(&label).clone(),
+        }
+    }
+
     /// Sets `sluice_broker_up{broker}`.
     pub fn broker_up(&self, broker: &str, up: bool) {
         self.broker_up.get_or_create(&BrokerLabel { broker: broker.to_owned() }).set(i64::from(up));
@@ -430,6 +461,19 @@ impl RouteMetrics {
     }
 }
 
+/// A broker spool's metric handles.
+#[derive(Debug, Clone, Default)]
+pub struct SpoolMetrics {
+    /// `sluice_spool_bytes{broker}`.
+    pub bytes: Gauge,
+    /// `sluice_spool_messages{broker}`.
+    pub messages: Gauge,
+    /// `sluice_spool_replayed_total{broker}`.
+    pub replayed: Counter,
+    /// `sluice_spool_dropped_total{broker}`.
+    pub dropped: Counter,
+}
+
 /// A publish route's metric handles.
 #[derive(Debug)]
 pub struct PublishMetrics {
@@ -443,8 +487,8 @@ pub struct PublishMetrics {
 }
 
 /// The outcomes a publish can have (`PublishError::outcome` plus the two successes).
-const PUBLISH_OUTCOMES: [&str; 7] =
-    ["confirmed", "unconfirmed", "unavailable", "unroutable", "rejected", "config", "backlogged"];
+const PUBLISH_OUTCOMES: [&str; 9] =
+    ["confirmed", "unconfirmed", "spooled", "unavailable", "nacked", "unroutable", "rejected", "config", "backlogged"];
 
 impl PublishMetrics {
     /// `sluice_publish_total{route,broker,outcome}`.

@@ -12,6 +12,7 @@ pub mod trace;
 
 pub use logging::init_logging;
 pub use metrics::{
-    Held, Metrics, PublishMetrics, RequestReplyMetrics, RouteMetrics, SubscriptionMetrics, UpstreamMetrics,
+    Held, Metrics, PublishMetrics, RequestReplyMetrics, RouteMetrics, SpoolMetrics, SubscriptionMetrics,
+    UpstreamMetrics,
 };
 pub use trace::{Export, Span, TraceContext, Tracer, method_name, method_value};
