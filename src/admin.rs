@@ -45,7 +45,8 @@ async fn reload(State(admin): State<Admin>) -> Response {
 
 /// Ready while the gateway can serve its routes: a config is loaded (always, once running) and it is not shutting
 /// down. A broker that is down does not make the gateway unready, since its routes answer 503 while the others keep
-/// serving; `?verbose` lists each broker and each publish route's state.
+/// serving (or spool); `spools` gives the depth of each broker's spool; `?verbose` lists each broker and each publish
+/// route's state.
 async fn readyz(State(Admin { gateway: gw, .. }): State<Admin>, RawQuery(query): RawQuery) -> impl IntoResponse {
     let draining = gw.draining.load(Ordering::Relaxed);
     let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
@@ -53,9 +54,23 @@ async fn readyz(State(Admin { gateway: gw, .. }): State<Admin>, RawQuery(query):
     if draining {
         body["not_ready"] = json!(["shutting down"]);
     }
+    let runtime = gw.snapshot.load();
+    let spools: serde_json::Map<String, serde_json::Value> = runtime
+        .brokers
+        .iter()
+        .filter_map(|(name, b)| {
+            let depth = b.publisher.spool()?.depth();
+            Some((
+                name.clone(),
+                json!({ "messages": depth.messages, "bytes": depth.bytes, "max_bytes": depth.max_bytes }),
+            ))
+        })
+        .collect();
+    if !spools.is_empty() {
+        body["spools"] = spools.into();
+    }
     let verbose = query.is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
     if verbose {
-        let runtime = gw.snapshot.load();
         let up: BTreeMap<&str, bool> = runtime.broker_status().into_iter().collect();
         body["brokers"] = up.iter().map(|(name, up)| (name.to_string(), json!(state(*up)))).collect();
         body["routes"] = runtime
@@ -71,7 +86,11 @@ async fn readyz(State(Admin { gateway: gw, .. }): State<Admin>, RawQuery(query):
                 let reply_topic = route.request_reply.as_ref().and_then(|r| r.reply_topic.as_deref());
                 let listening =
                     |b: &str, topic: &str| runtime.brokers.get(b).is_none_or(|b| b.publisher.listening(topic));
+                let spooled = |b: &str| {
+                    route.publish.is_some() && runtime.brokers.get(b).is_some_and(|b| b.publisher.spool().is_some())
+                };
                 let state = match (broker, broker.and_then(|b| up.get(b)), reply_topic) {
+                    (Some(b), Some(false), _) if spooled(b) => format!("broker {b} down: spooling"),
                     (Some(b), Some(false), _) => format!("broker {b} down: answering 503"),
                     (Some(b), _, Some(topic)) if !listening(b, topic) => {
                         format!("not consuming reply topic {topic} yet: answering 503")

@@ -200,7 +200,10 @@ impl Log {
                     None,
                 ));
             }
-            st.spooling = true;
+            if !st.spooling {
+                st.spooling = true;
+                tracing::warn!(broker = %self.shared.broker, dir = %self.shared.dir.display(), "broker unreachable: spooling messages");
+            }
             st.messages += 1;
             st.bytes += size;
             st.queued += 1;
