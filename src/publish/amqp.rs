@@ -30,6 +30,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::error::PublishError;
 use super::message::{Ack, Destination, Message, Receipt};
+use super::outage::Outage;
 use super::reply::{Replies, Reply, Waiter};
 use crate::backoff::{Attempts, Backoff};
 
@@ -435,7 +436,7 @@ async fn supervise(shared: Arc<Shared>, url: String, ca_file: Option<PathBuf>) {
     // Counts connections, for logs.
     let mut generation = 0u64;
     let mut backoff = Attempts::new(Backoff::new(MIN_BACKOFF, MAX_BACKOFF));
-    let mut failures = 0u32;
+    let outage = Outage::new(&shared.name, "amqp");
     while !shared.stopping.load(Ordering::SeqCst) {
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared.name, &url, ca_file.as_deref()));
         let result = tokio::select! {
@@ -444,7 +445,7 @@ async fn supervise(shared: Arc<Shared>, url: String, ca_file: Option<PathBuf>) {
         };
         match result {
             Ok(Ok((connection, channels))) => {
-                failures = 0;
+                outage.up();
                 generation += 1;
                 let session = Arc::new(Session {
                     connection,
@@ -465,22 +466,14 @@ async fn supervise(shared: Arc<Shared>, url: String, ca_file: Option<PathBuf>) {
                     let _ = session.connection.close(200, "sluice shutdown".into()).await;
                     return;
                 }
-                tracing::warn!(broker = %shared.name, generation, "amqp connection lost, reconnecting");
+                outage.down(&format_args!("connection {generation} lost"));
                 // A connection that drops right after it was made keeps backing off (no tight loop).
                 if connected_at.elapsed() >= MAX_BACKOFF {
                     backoff.reset();
                 }
             }
-            Ok(Err(e)) => {
-                failures += 1;
-                if failures == 1 || failures.is_multiple_of(20) {
-                    tracing::warn!(broker = %shared.name, error = %e, failures, "amqp connect failed");
-                }
-            }
-            Err(_elapsed) => {
-                failures += 1;
-                tracing::warn!(broker = %shared.name, failures, "amqp connect timed out");
-            }
+            Ok(Err(e)) => outage.down(&format_args!("connect failed: {e}")),
+            Err(_elapsed) => outage.down(&"connect timed out"),
         }
         tokio::select! {
             () = tokio::time::sleep(backoff.next_delay()) => {}

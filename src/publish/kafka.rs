@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::error::PublishError;
 use super::kafka_replies::{CORRELATION_HEADER, REPLY_TO_HEADER, ReplyListener};
 use super::message::{Ack, Destination, Message, Receipt};
+use super::outage::Outage;
 use super::reply::{Replies, Waiter};
 
 /// Each partition's lag in `committed` (a consumer group's committed offsets): its high watermark minus the committed
@@ -133,7 +134,7 @@ impl KafkaPublisher {
             }
         }
         let up = Arc::new(AtomicBool::new(false));
-        let context = SluiceContext { name: name.to_owned(), up: up.clone() };
+        let context = SluiceContext { name: name.to_owned(), up: up.clone(), outage: Outage::new(name, "kafka") };
         let producer: FutureProducer<SluiceContext> = config.create_with_context(context).map_err(|e| {
             // librdkafka's message repeats the value it refused: mask secret ones (and drop the source).
             let mut message = e.to_string();
@@ -554,10 +555,14 @@ impl TopicCache {
 struct SluiceContext {
     name: String,
     up: Arc<AtomicBool>,
+    /// Connection failures are logged as one outage, not one line each.
+    outage: Outage,
 }
 
 impl ClientContext for SluiceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // A failed connection ("FAIL") also comes to `error`, which logs it as part of the outage.
+        let level = if fac == "FAIL" { RDKafkaLogLevel::Debug } else { level };
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
                 tracing::error!(broker = %self.name, facility = fac, "librdkafka: {log_message}");
@@ -577,17 +582,28 @@ impl ClientContext for SluiceContext {
     /// Every `statistics.interval.ms`: up while at least one broker connection is `UP`.
     fn stats(&self, statistics: Statistics) {
         let up = statistics.brokers.values().any(|b| b.state == "UP");
-        let was = self.up.swap(up, Ordering::Relaxed);
-        if was != up {
-            tracing::info!(broker = %self.name, up, "kafka broker connectivity changed");
+        self.up.store(up, Ordering::Relaxed);
+        if up {
+            self.outage.up();
+        } else {
+            self.outage.down(&"no broker connection is up");
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.up.store(false, Ordering::Relaxed);
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                self.up.store(false, Ordering::Relaxed);
+                self.outage.down(&reason);
+            }
+            Some(
+                RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException,
+            ) => self.outage.down(&reason),
+            _ => tracing::warn!(broker = %self.name, error = %error, "kafka client error: {reason}"),
         }
-        tracing::warn!(broker = %self.name, error = %error, "kafka client error: {reason}");
     }
 }
 

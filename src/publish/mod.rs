@@ -7,6 +7,7 @@
 //!   [`amqp`] implement it.
 //! - [`encoder`]: request → message (metadata, CloudEvents).
 //! - [`destination`]: checks of the rendered topic or routing key (Kafka's rules, length, allow-lists).
+//! - [`outage`]: one log line when a broker goes down, one when it is back.
 //! - [`route`]: the action of a publish route.
 //! - [`spool`]: the durable spool in front of a broker while it is unreachable.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod kafka;
 pub mod kafka_replies;
 pub mod message;
+pub mod outage;
 pub mod publisher;
 pub mod reply;
 pub mod route;
