@@ -432,6 +432,63 @@ url = "https://127.0.0.1"
 }
 
 #[test]
+fn spool_problems_are_named() {
+    let file = write("not a directory");
+    let p = problems(&format!(
+        r#"
+[brokers.a]
+kind = "amqp"
+url = "amqp://127.0.0.1:5672/%2f"
+spool = {{ dir = "/tmp/sluice-spool-check", max_bytes = "1KiB", fsync = "sometimes" }}
+
+[brokers.b]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+spool = {{ dir = "/tmp/sluice-spool-check", fsync = "interval:0ms" }}
+
+[brokers.c]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+spool = {{ dir = "/tmp/sluice-spool-check-c", max_bytes = "64KiB" }}
+
+[brokers.d]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+spool = {{ dir = "{}/spool" }}
+"#,
+        file.display()
+    ))
+    .join("\n");
+    for e in [
+        "bad fsync \"sometimes\": write \"always\" or \"interval:10ms\"",
+        "bad fsync \"interval:0ms\": the interval must be more than 0 and at most 1s",
+        "is not a directory",
+    ] {
+        assert!(p.contains(e), "missing {e:?} in:\n{p}");
+    }
+    assert!(!p.contains("brokers.c"), "a good spool is accepted:\n{p}");
+    let p = problems(
+        r#"
+[brokers.a]
+kind = "amqp"
+url = "amqp://127.0.0.1:5672/%2f"
+spool = { dir = "/tmp/sluice-spool-check", max_bytes = "1KiB" }
+[brokers.b]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+spool = { dir = "/tmp/sluice-spool-check" }
+"#,
+    )
+    .join("\n");
+    for e in [
+        "brokers.a.spool: max_bytes must be at least 64KiB",
+        "brokers.b.spool: dir is also the spool of broker \"a\"; give each its own",
+    ] {
+        assert!(p.contains(e), "missing {e:?} in:\n{p}");
+    }
+}
+
+#[test]
 fn a_route_needs_exactly_one_action() {
     let p = problems(
         r#"
