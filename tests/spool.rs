@@ -323,3 +323,41 @@ async fn a_full_spool_answers_503_and_a_torn_last_record_is_cut_off_with_a_log_l
     drop(gw);
     std::fs::remove_dir_all(&spool).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_message_the_broker_refuses_for_good_is_dropped_without_holding_back_the_others() {
+    let _lock = RabbitLock::shared().await;
+    let dead = format!("kind = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:{}/%2f\"", free_port().await);
+    let queue = random_name("spool-refused");
+    let destination = r#"{ broker = "b", exchange = "amq.direct", routing_key = "{header.x-dest}" }"#;
+    let spool = spool_dir("refused");
+    let mut gw = gateway("spool-refused", &dead, destination, &spool, "1MiB").await;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut ids = Vec::new();
+    // The second goes to a routing key no queue is bound to: RabbitMQ returns it (unroutable) at each attempt.
+    for (n, dest) in [queue.as_str(), "nowhere-bound", queue.as_str()].into_iter().enumerate() {
+        let (status, body, _) = post(&client, &gw.url("/events"), dest, n).await.unwrap();
+        assert_eq!((status, &body["spooled"]), (202, &Value::Bool(true)), "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+
+    let amqp = Amqp::connect().await;
+    amqp.queue(&queue, "amq.direct", &queue, false).await;
+    let live = format!("kind = \"amqp\"\nurl = \"{}\"", amqp_url());
+    let gw = gateway("spool-refused", &live, destination, &spool, "1MiB").await;
+    eventually("the refused message is given up", async || gw.stderr().contains("refused by the broker: dropped"))
+        .await;
+    eventually("the spool drains", async || readyz(&gw).await["spools"]["b"]["messages"] == 0).await;
+    let log = gw.stderr();
+    let dropped = log.lines().find(|l| l.contains("refused by the broker: dropped")).unwrap();
+    assert!(dropped.contains(&ids[1]) && dropped.contains("NO_ROUTE"), "the drop names the message:\n{dropped}");
+    // Replayed in order; the message after the refused one may come twice (it was in the same batch).
+    let mut received: Vec<String> = amqp.drain(&queue).await.iter().filter_map(Delivered::message_id).collect();
+    received.dedup();
+    assert_eq!(received, [ids[0].clone(), ids[2].clone()]);
+    let _ = amqp.channel.queue_delete(queue.as_str().into(), Default::default()).await;
+    drop(gw);
+    std::fs::remove_dir_all(&spool).unwrap();
+}

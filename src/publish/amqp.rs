@@ -192,7 +192,64 @@ impl AmqpPublisher {
         &self.shared.replies
     }
 
-    async fn send(&self, msg: Message, ack: Ack, request: bool) -> Result<Receipt, PublishError> {
+    /// Publishes messages one after the other on one channel, then awaits their confirms: RabbitMQ keeps a
+    /// channel's order, so a destination receives them in this order (a spool's replay). Stops at a failure that
+    /// leaves the channel unusable.
+    pub async fn publish_ordered(&self, msgs: Vec<Message>) -> Vec<Result<Receipt, PublishError>> {
+        let (session, permit, channel) = match self.channel(false).await {
+            Ok(taken) => taken,
+            Err(e) => return vec![Err(e)],
+        };
+        let mut confirms = Vec::with_capacity(msgs.len());
+        for msg in &msgs {
+            let sent = match self.prepare(msg, false) {
+                Ok((exchange, routing_key, properties)) => {
+                    let options = BasicPublishOptions { mandatory: true, immediate: false };
+                    channel.basic_publish(exchange, routing_key, options, &msg.body, properties).await.map_err(|e| {
+                        self.shared.check.notify_one();
+                        map_error(e, "publish")
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            let failed = sent.is_err();
+            confirms.push(sent);
+            if failed {
+                break;
+            }
+        }
+        let mut results = Vec::with_capacity(confirms.len());
+        let mut healthy = true;
+        for (sent, msg) in confirms.into_iter().zip(&msgs) {
+            let result = match sent {
+                Ok(confirm) => {
+                    let outcome = tokio::time::timeout(self.shared.confirm_timeout, confirm).await;
+                    healthy &= matches!(outcome, Ok(Ok(Confirmation::Ack(_) | Confirmation::Nack(_))));
+                    confirmation(&self.shared.name, outcome, &msg.id)
+                }
+                Err(e) => Err(e),
+            };
+            let stop = !healthy || result.as_ref().is_err_and(|e| !e.is_unroutable());
+            results.push(result);
+            if stop {
+                break;
+            }
+        }
+        if healthy {
+            session.publishes.checkin(channel);
+        } else {
+            self.shared.check.notify_one();
+        }
+        drop(permit);
+        results
+    }
+
+    /// The exchange, routing key and properties of `msg` (with the reply address of a request).
+    fn prepare(
+        &self,
+        msg: &Message,
+        request: bool,
+    ) -> Result<(ShortString, ShortString, BasicProperties), PublishError> {
         let Destination::Amqp { exchange, routing_key, persistent } = &msg.destination else {
             return Err(PublishError::config(
                 format!("amqp broker {:?} got a Kafka destination", self.shared.name),
@@ -201,12 +258,16 @@ impl AmqpPublisher {
         };
         let exchange = short(exchange, "exchange")?;
         let routing_key = short(routing_key, "routing key")?;
-        let mut properties = properties(&msg, *persistent);
+        let mut properties = properties(msg, *persistent);
         if request {
             let id = ShortString::try_new(msg.id.as_str()).map_err(|_| PublishError::rejected("id too long", None))?;
             properties = properties.with_correlation_id(id).with_reply_to(ShortString::from(DIRECT_REPLY_TO));
         }
+        Ok((exchange, routing_key, properties))
+    }
 
+    /// The live session, a permit of the publish (or request) pool and a channel from it.
+    async fn channel(&self, request: bool) -> Result<(Arc<Session>, OwnedSemaphorePermit, Channel), PublishError> {
         let session = self.shared.current().ok_or_else(|| {
             PublishError::unavailable(format!("amqp broker {:?} is not connected", self.shared.name), None)
         })?;
@@ -222,6 +283,14 @@ impl AmqpPublisher {
         let channel = pool.checkout(&session.connection, &self.shared.replies, timeout).await.inspect_err(|_| {
             self.shared.check.notify_one();
         })?;
+        Ok((session, permit, channel))
+    }
+
+    async fn send(&self, msg: Message, ack: Ack, request: bool) -> Result<Receipt, PublishError> {
+        let (exchange, routing_key, properties) = self.prepare(&msg, request)?;
+        let (session, permit, channel) = self.channel(request).await?;
+        let timeout = self.shared.confirm_timeout;
+        let pool = if request { &session.requests } else { &session.publishes };
 
         let options = BasicPublishOptions { mandatory: true, immediate: false };
         let confirm = match channel.basic_publish(exchange, routing_key, options, &msg.body, properties).await {
@@ -300,44 +369,21 @@ impl Shared {
         outcome: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
         id: &str,
     ) -> Result<Receipt, PublishError> {
-        let result = match outcome {
-            Ok(Ok(Confirmation::Ack(None))) => {
-                pool.checkin(channel);
-                Ok(Receipt::Amqp)
-            }
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-                pool.checkin(channel);
-                let returned_id = returned.delivery.properties.message_id().clone();
-                if returned_id.as_ref().is_some_and(|r| r.as_str() != id) {
-                    tracing::error!(broker = %self.name, sluice_id = id, returned_id = ?returned_id, "amqp return matched to another message");
-                }
-                Err(PublishError::unroutable(
-                    format!("amqp message returned: {} {}", returned.reply_code, returned.reply_text),
-                    None,
-                ))
-            }
-            Ok(Ok(Confirmation::Nack(_))) => {
-                pool.checkin(channel);
-                Err(PublishError::nacked("amqp broker nacked the message"))
-            }
-            Ok(Ok(Confirmation::NotRequested)) => {
-                Err(PublishError::unavailable("amqp channel is not in confirm mode", None))
-            }
-            Ok(Err(e)) => {
-                self.check.notify_one();
-                Err(map_error(e, "confirm"))
-            }
+        let reusable = matches!(outcome, Ok(Ok(Confirmation::Ack(_) | Confirmation::Nack(_))));
+        match &outcome {
+            _ if reusable => pool.checkin(channel),
+            Ok(Err(_)) => self.check.notify_one(),
             // The channel still has this confirm outstanding: it is closed, not reused (a request channel's reply
             // consumer would otherwise keep it open).
             Err(_elapsed) => {
                 tokio::spawn(async move {
                     let _ = channel.close(200, "sluice: confirm timed out".into()).await;
                 });
-                Err(PublishError::unavailable("amqp publisher confirm timed out", None))
             }
-        };
+            Ok(Ok(_)) => {}
+        }
         drop(permit);
-        result
+        confirmation(&self.name, outcome, id)
     }
 }
 
@@ -565,6 +611,33 @@ fn properties(msg: &Message, persistent: bool) -> BasicProperties {
         properties = properties.with_content_type(ct);
     }
     properties
+}
+
+/// What a publisher confirm (or its absence within the confirm timeout) means for the message `id`.
+fn confirmation(
+    broker: &str,
+    outcome: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
+    id: &str,
+) -> Result<Receipt, PublishError> {
+    match outcome {
+        Ok(Ok(Confirmation::Ack(None))) => Ok(Receipt::Amqp),
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+            let returned_id = returned.delivery.properties.message_id().clone();
+            if returned_id.as_ref().is_some_and(|r| r.as_str() != id) {
+                tracing::error!(broker, sluice_id = id, returned_id = ?returned_id, "amqp return matched to another message");
+            }
+            Err(PublishError::unroutable(
+                format!("amqp message returned: {} {}", returned.reply_code, returned.reply_text),
+                None,
+            ))
+        }
+        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::nacked("amqp broker nacked the message")),
+        Ok(Ok(Confirmation::NotRequested)) => {
+            Err(PublishError::unavailable("amqp channel is not in confirm mode", None))
+        }
+        Ok(Err(e)) => Err(map_error(e, "confirm")),
+        Err(_elapsed) => Err(PublishError::unavailable("amqp publisher confirm timed out", None)),
+    }
 }
 
 /// Map a lapin error. An exchange that does not exist (the broker closes the channel with 404) is

@@ -286,6 +286,9 @@ impl Producer for AmqpPublisher {
     fn as_amqp(&self) -> Option<&AmqpPublisher> {
         Some(self)
     }
+    fn publish_ordered(&self, msgs: Vec<Message>) -> ProducerFuture<'_, Vec<Result<Receipt, PublishError>>> {
+        Box::pin(AmqpPublisher::publish_ordered(self, msgs))
+    }
     fn backlog<'a>(&'a self, source: &'a BacklogSource) -> ProducerFuture<'a, Result<u64, PublishError>> {
         match source {
             BacklogSource::Queue(queue) => Box::pin(AmqpPublisher::queue_depth(self, queue)),

@@ -44,7 +44,10 @@ pub async fn run(log: Arc<Shared>, target: Target, mut stop: watch::Receiver<boo
         } else {
             let guard = busy.lock().await;
             let reader = log.clone();
-            match tokio::task::spawn_blocking(move || reader.read_batch(BATCH)).await {
+            // After a refusal, one message at a time until it is settled: the messages after it in a batch would
+            // be published again at each attempt.
+            let size = if refused > 0 { 1 } else { BATCH };
+            match tokio::task::spawn_blocking(move || reader.read_batch(size)).await {
                 Ok(Ok(Some(batch))) => {
                     let paused = replay(&log, &publisher, batch, &mut refused).await;
                     drop(guard);
