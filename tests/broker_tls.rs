@@ -6,16 +6,13 @@
 mod broker_support;
 mod process_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use broker_support::{Amqp, KafkaLock, RabbitLock, create_topic, eventually, kafka_read_at, random_name};
-use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use process_support::Launched;
+use http_body_util::Full;
+use process_support::{Launched, json_request};
 use serde_json::Value;
 
 /// The CA that signed the brokers' TLS listeners: `SLUICE_TEST_BROKER_CA` (integration/test.sh sets it), else where
@@ -56,15 +53,8 @@ fn kafka_sasl_ssl() -> String {
 /// The gateway binary with broker `b` (the TOML table's body) and route `in` on `POST /in` publishing with `publish`
 /// (an inline table's body), and `env`.
 async fn gateway(test: &str, broker: &str, publish: &str, env: &[(&str, &str)]) -> Launched {
-    let (broker, publish) = (broker.to_owned(), publish.to_owned());
-    Launched::start(&format!("broker-tls-{test}"), env, move |dir: &Path, port, admin| {
-        let path = dir.join("routes.toml");
-        let text = format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-
+    let rest = format!(
+        r#"
 [telemetry]
 log_format = "json"
 
@@ -76,23 +66,17 @@ name = "in"
 match = {{ path = "/in", methods = ["POST"] }}
 publish = {{ broker = "b", {publish} }}
 "#
-        );
-        std::fs::write(&path, text).unwrap();
-        path
-    })
-    .await
+    );
+    Launched::with_routes(&format!("broker-tls-{test}"), env, &rest).await
 }
 
 async fn request(url: String, post: Option<&str>) -> (u16, Value) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let req = match post {
         Some(body) => Request::post(url).body(Full::from(body.to_owned())),
         None => Request::get(url).body(Full::default()),
     };
-    let resp = client.request(req.unwrap()).await.expect("the gateway answers");
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    let (status, _, body) = json_request(req.unwrap()).await.expect("the gateway answers");
+    (status, body)
 }
 
 /// Broker `b`'s state in `/readyz?verbose` (`up` or `down`).

@@ -6,7 +6,6 @@ mod broker_support;
 mod process_support;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,15 +48,8 @@ async fn fill(amqp: &Amqp, queue: &str) {
 }
 
 async fn gateway(test: &str, upstream: &str, queue: &str) -> Launched {
-    let (upstream, queue) = (upstream.to_owned(), queue.to_owned());
-    Launched::start(test, &[], move |dir: &Path, port, admin| {
-        let path = dir.join("routes.toml");
-        let text = format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-shutdown_grace = "10s"
+    let rest = format!(
+        r#"shutdown_grace = "10s"
 
 [upstreams.app]
 endpoints = ["{upstream}"]
@@ -72,12 +64,9 @@ from = {{ broker = "rabbit", queue = "{queue}" }}
 to = {{ upstream = "app", path = "/in" }}
 concurrency = 4
 "#,
-            amqp_url()
-        );
-        std::fs::write(&path, text).unwrap();
-        path
-    })
-    .await
+        amqp_url()
+    );
+    Launched::with_routes(test, &[], &rest).await
 }
 
 fn delivered(counts: &Mutex<HashMap<String, usize>>) -> (usize, usize) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -88,6 +88,17 @@ impl Launched {
         panic!("no free ports for sluice after 5 tries");
     }
 
+    /// [`Launched::start`] with a `routes.toml` of a `[server]` listening on the two ports, followed by `rest`.
+    pub async fn with_routes(name: &str, env: &[(&str, &str)], rest: &str) -> Launched {
+        Launched::start(name, env, |dir: &Path, port, admin| {
+            let path = dir.join("routes.toml");
+            let server = format!("[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n");
+            std::fs::write(&path, server + rest).unwrap();
+            path
+        })
+        .await
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
         ([127, 0, 0, 1], self.port).into()
     }
@@ -104,6 +115,16 @@ impl Launched {
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
+}
+
+/// Sends `req` (30 s at most): the status, headers and JSON body (`Null` when it is not JSON) of the answer; `None`
+/// when the connection failed or timed out.
+pub async fn json_request(req: Request<Full<Bytes>>) -> Option<(u16, http::HeaderMap, serde_json::Value)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let res = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.ok()?.ok()?;
+    let (head, body) = res.into_parts();
+    let body = body.collect().await.ok()?.to_bytes();
+    Some((head.status.as_u16(), head.headers, serde_json::from_slice(&body).unwrap_or_default()))
 }
 
 /// The status, head and (`content-length`) body of one HTTP/1.1 response read off `stream`; `None` when the

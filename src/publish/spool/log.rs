@@ -33,6 +33,8 @@ use crate::telemetry::SpoolMetrics;
 
 /// Most bytes read from a segment for one replay batch (a larger frame is read on its own).
 const READ_WINDOW: u64 = 4 << 20;
+/// Most bytes of frames waiting in memory for the writer: beyond it (a disk slower than the clients), `503`.
+const QUEUE_MAX_BYTES: u64 = 64 << 20;
 
 /// A position in the log: the next frame to replay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,8 +104,9 @@ struct State {
     /// Messages appended (or being appended) and not replayed yet, and their bytes.
     messages: u64,
     bytes: u64,
-    /// Frames handed to the writer and not synced yet.
+    /// Frames handed to the writer and not synced yet, and their bytes.
     queued: u64,
+    queued_bytes: u64,
     /// Segments by number; the writer appends to the last one. `len`: bytes synced.
     segments: VecDeque<Segment>,
     cursor: Cursor,
@@ -147,6 +150,7 @@ impl Log {
                 messages,
                 bytes,
                 queued: 0,
+                queued_bytes: 0,
                 segments,
                 cursor,
                 rotate: true,
@@ -200,6 +204,9 @@ impl Log {
                     None,
                 ));
             }
+            if st.queued_bytes + size > QUEUE_MAX_BYTES {
+                return Err(PublishError::unavailable("spool writer is behind (disk too slow)", None));
+            }
             if !st.spooling {
                 st.spooling = true;
                 tracing::warn!(broker = %self.shared.broker, dir = %self.shared.dir.display(), "broker unreachable: spooling messages");
@@ -207,6 +214,7 @@ impl Log {
             st.messages += 1;
             st.bytes += size;
             st.queued += 1;
+            st.queued_bytes += size;
             let (done, written) = oneshot::channel();
             // Sent under the state lock, so that the log's order is the order of the `spooling` decisions.
             let sent = self.appends.lock().unwrap_or_else(|e| e.into_inner()).send(Append { frame, done });
@@ -214,6 +222,7 @@ impl Log {
                 st.messages -= 1;
                 st.bytes -= size;
                 st.queued -= 1;
+                st.queued_bytes -= size;
                 return Err(PublishError::unavailable("spool writer stopped", None));
             }
             self.shared.report(&st);
@@ -543,7 +552,9 @@ fn write_loop(shared: &Shared, appends: &mpsc::Receiver<Append>, mut next_id: u6
         last_sync = Instant::now();
         {
             let mut st = shared.lock();
+            let size: u64 = batch.iter().map(|a| a.frame.len() as u64).sum();
             st.queued -= batch.len() as u64;
+            st.queued_bytes -= size;
             match &result {
                 Ok((id, len)) => {
                     if let Some(s) = st.segments.iter_mut().find(|s| s.id == *id) {
@@ -552,7 +563,7 @@ fn write_loop(shared: &Shared, appends: &mpsc::Receiver<Append>, mut next_id: u6
                 }
                 Err(_) => {
                     st.messages -= batch.len() as u64;
-                    st.bytes -= batch.iter().map(|a| a.frame.len() as u64).sum::<u64>();
+                    st.bytes -= size;
                 }
             }
             shared.report(&st);
