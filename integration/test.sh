@@ -17,6 +17,9 @@ integration/brokers.sh up
 SLUICE_TEST_BROKER_CA=${SLUICE_TEST_BROKER_CA:-$(integration/brokers.sh ca-file)}
 export SLUICE_TEST_BROKER_CA
 integration/otel.sh up
+# Redis for the shared store (tests/store.rs).
+SLUICE_TEST_REDIS=${SLUICE_TEST_REDIS:-$(integration/redis.sh up)}
+export SLUICE_TEST_REDIS
 SLUICE_TEST_OTLP_SPANS=${SLUICE_TEST_OTLP_SPANS:-$(integration/otel.sh spans-file)}
 export SLUICE_TEST_OTLP_SPANS
 # Independent Python clients (webhook providers' libraries, PyJWT, pika, confluent-kafka) in a cached venv.

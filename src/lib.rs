@@ -9,6 +9,7 @@
 //! - [`server`]: the public listener (plain or TLS), routing each request to its route's stack, graceful shutdown.
 //! - [`connection`]: one client connection's limits (header-read and idle timeouts, its `max_connections` slot).
 //! - [`stack`]: the per-route layer order, in one place.
+//! - [`store`]: state several replicas share in Redis (idempotency keys, rate-limit buckets).
 //! - [`layers`]: request id, SERVER span + metrics + access log, panics → 500, body reading.
 //! - [`policy`]: guards (webhook signatures, rate limit; the auth slot), idempotency.
 //! - [`request`]: facts about the client request shared by every layer and action.
@@ -47,6 +48,7 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod stack;
+pub mod store;
 pub mod telemetry;
 pub mod template;
 pub mod tls;

@@ -103,6 +103,9 @@ pub enum GatewayError {
     /// The broker did not take the message (down, nack, confirm or delivery timeout): nothing was stored.
     #[error("the broker did not accept the message; nothing was stored, retry later")]
     BrokerUnavailable,
+    /// The shared store (Redis) did not answer and `store.on_error = "fail_closed"`.
+    #[error("the gateway's shared state is unavailable, retry later")]
+    StoreUnavailable,
     /// The broker cannot deliver the message where the route sends it (unroutable, unknown topic, rejected).
     #[error("the broker cannot deliver the message to its destination")]
     Unroutable,
@@ -194,6 +197,7 @@ impl GatewayError {
             GatewayError::IdempotencyConflict => StatusCode::CONFLICT,
             GatewayError::IdempotencyFull => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Unroutable => StatusCode::BAD_GATEWAY,
             GatewayError::NoReply => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Backlogged => StatusCode::SERVICE_UNAVAILABLE,
@@ -226,6 +230,7 @@ impl GatewayError {
             GatewayError::IdempotencyConflict => ("urn:sluice:problem:idempotency-conflict", "Request in flight"),
             GatewayError::IdempotencyFull => ("urn:sluice:problem:idempotency-full", "Too many keys in flight"),
             GatewayError::BrokerUnavailable => ("urn:sluice:problem:broker-unavailable", "Broker unavailable"),
+            GatewayError::StoreUnavailable => ("urn:sluice:problem:store-unavailable", "Shared state unavailable"),
             GatewayError::Unroutable => ("urn:sluice:problem:unroutable", "Message unroutable"),
             GatewayError::NoReply => ("urn:sluice:problem:no-reply", "No reply in time"),
             GatewayError::Backlogged => ("urn:sluice:problem:backlogged", "Destination backlogged"),
@@ -242,6 +247,7 @@ impl GatewayError {
             | GatewayError::NoHealthyEndpoint
             | GatewayError::BrokerUnavailable
             | GatewayError::IdempotencyFull
+            | GatewayError::StoreUnavailable
             | GatewayError::TooManyPending
             | GatewayError::Backlogged => Some(Duration::from_secs(1)),
             _ => None,

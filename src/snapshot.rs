@@ -12,11 +12,14 @@ use crate::action::Action;
 use crate::bridge::{DeadLetter, RequestReplyRoute, Subscription, Wiring};
 use crate::config::{
     AckMode, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RequestReplyConfig, RetryConfig,
-    SpoolConfig,
+    SpoolConfig, StoreKind,
 };
 use crate::forward::{Fault, ForwardRoute};
 use crate::layers::{Observe, ObserveLayer, ReadBodyLayer};
-use crate::policy::{Auth, AuthError, GuardLayer, IdempotencyLayer, IdempotencyStore, RateLimit, RateLimiter, Verify};
+use crate::policy::{
+    Auth, AuthError, GuardLayer, IdempotencyLayer, IdempotencyStore, Keys, RateLimit, RateLimiter, SharedRateLimit,
+    SharedRateLimitLayer, Verify,
+};
 use crate::publish::backlog::{Backlog, BacklogSource};
 use crate::publish::destination::NameRules;
 use crate::publish::encoder::{CloudEvents, Encoder, Target};
@@ -24,6 +27,7 @@ use crate::publish::spool::{Spool, Spooled};
 use crate::publish::{Ack, Destination, PublishError, PublishRoute, Publisher};
 use crate::router::{Matcher, Router};
 use crate::stack::{self, Layers, RouteService};
+use crate::store::Store;
 use crate::telemetry::{Metrics, Tracer};
 use crate::template::Template;
 use crate::tls::TlsError;
@@ -46,6 +50,9 @@ pub enum BuildError {
     /// A TLS file is missing, unreadable or wrong.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The shared store cannot be set up (its variable is unset, its URL is refused).
+    #[error("{0}")]
+    Store(String),
     /// A broker's spool directory cannot be used (not writable, in use by another process, unreadable).
     #[error("{0}")]
     Spool(String),
@@ -108,6 +115,8 @@ pub struct Snapshot {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `server.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The shared store (`[store] kind = "redis"`), kept across reloads that leave `[store]` alone.
+    pub store: Option<Arc<Store>>,
 }
 
 impl Snapshot {
@@ -128,6 +137,13 @@ impl Snapshot {
             };
             upstreams.insert(name.clone(), upstream);
         }
+        let store = match config.store.kind {
+            StoreKind::Memory => None,
+            StoreKind::Redis => Some(match previous.and_then(|p| p.store.clone()).filter(|s| s.is(&config.store)) {
+                Some(kept) => kept,
+                None => Arc::new(Store::connect(&config.store, metrics.store_errors()).map_err(BuildError::Store)?),
+            }),
+        };
         let mut brokers = BTreeMap::new();
         for (name, cfg) in &config.brokers {
             let settings = serde_json::to_value(cfg).unwrap_or_default();
@@ -156,7 +172,10 @@ impl Snapshot {
                 let i = p.config.routes.iter().position(|old| old.name == r.name)?;
                 Some((&p.config.routes[i], &p.routes[i]))
             });
-            let rate_limit = r.rate_limit.as_ref().map(|cfg| {
+            let shared_rate_limit = store.as_ref().zip(r.rate_limit.as_ref()).map(|(store, cfg)| {
+                SharedRateLimitLayer(Arc::new(SharedRateLimit::new(cfg, store.clone(), name.clone())))
+            });
+            let rate_limit = r.rate_limit.as_ref().filter(|_| store.is_none()).map(|cfg| {
                 before
                     .filter(|(old, _)| old.rate_limit.as_ref().is_some_and(|old| same(old, cfg)))
                     .and_then(|(_, old)| old.rate_limit.clone())
@@ -167,7 +186,8 @@ impl Snapshot {
             });
             // A signature covers the raw body: it is read whole before the check.
             let mut needs_body = r.verify.is_some()
-                || rate_limit.as_ref().is_some_and(|l| l.limiter.key.as_ref().is_some_and(Template::needs_body));
+                || rate_limit.as_ref().is_some_and(|l| l.limiter.key.as_ref().is_some_and(Template::needs_body))
+                || shared_rate_limit.as_ref().is_some_and(|l| l.0.key.as_ref().is_some_and(Template::needs_body));
             let (action, idempotency) = match (&r.forward, &r.publish, &r.request_reply) {
                 (Some(forward), _, _) => {
                     let upstream = upstreams[&forward.upstream].clone();
@@ -189,15 +209,20 @@ impl Snapshot {
                     needs_body = true;
                     used_brokers.push(publish.broker.clone());
                     let (window, capacity) = (publish.idempotency_window.0, publish.idempotency_capacity);
-                    let store = before
-                        .and_then(|(_, old)| old.idempotency.clone())
-                        .filter(|s| s.settings() == (window, capacity))
-                        .unwrap_or_else(|| {
-                            let keys = metrics.idempotency_keys(&r.name);
-                            Arc::new(IdempotencyStore::new(window, capacity, keys))
-                        });
+                    let keys = match &store {
+                        Some(store) => Keys::Shared { store: store.clone(), route: name.clone(), window },
+                        None => Keys::Local(
+                            before
+                                .and_then(|(_, old)| old.idempotency.clone())
+                                .filter(|s| s.settings() == (window, capacity))
+                                .unwrap_or_else(|| {
+                                    let keys = metrics.idempotency_keys(&r.name);
+                                    Arc::new(IdempotencyStore::new(window, capacity, keys))
+                                }),
+                        ),
+                    };
                     let route = publish_route(name.clone(), publish, &brokers, &config, shared);
-                    (Action::Publish(Arc::new(route)), Some(store))
+                    (Action::Publish(Arc::new(route)), Some(keys))
                 }
                 (None, None, Some(rr)) => {
                     needs_body = true;
@@ -230,11 +255,16 @@ impl Snapshot {
                 auth: auth.map(|a| GuardLayer::new(Arc::new(a))),
                 cors: r.cors.as_ref().map(|c| crate::policy::cors::layer(c, r.matcher.methods.as_deref())),
                 rate_limit: rate_limit.clone().map(|l| GuardLayer::new(l)),
+                shared_rate_limit,
                 idempotency: idempotency.clone().map(IdempotencyLayer::new),
                 action,
             };
             let answers_preflight = layers.cors.is_some();
             matchers.push(matcher);
+            let idempotency = match idempotency {
+                Some(Keys::Local(store)) => Some(store),
+                _ => None,
+            };
             routes.push(Route { name, service: stack::route(layers), answers_preflight, idempotency, rate_limit });
         }
         let unmatched = stack::route(Layers {
@@ -253,6 +283,7 @@ impl Snapshot {
             auth: None,
             cors: None,
             rate_limit: None,
+            shared_rate_limit: None,
             idempotency: None,
             action: Action::Unmatched,
         });
@@ -309,6 +340,7 @@ impl Snapshot {
             config.server.trusted_proxies.iter().filter_map(|p| crate::forwarded::parse_proxy(p)).collect();
         Ok(Snapshot {
             trusted_proxies,
+            store,
             router: Router::new(matchers),
             routes,
             unmatched,

@@ -15,7 +15,8 @@ use crate::layers::read_body::ReadBody;
 use crate::layers::{CatchPanicLayer, ObserveLayer, ReadBodyLayer};
 use crate::policy::guard::Guarded;
 use crate::policy::idempotency::Idempotent;
-use crate::policy::{GuardLayer, IdempotencyLayer};
+use crate::policy::rate_limit::SharedLimited;
+use crate::policy::{GuardLayer, IdempotencyLayer, SharedRateLimitLayer};
 
 /// A route's compiled stack: the client's request in, the response out (errors are already responses). Every
 /// route has this one type (an absent policy is the `Either` branch without it), so a request clones and calls
@@ -24,7 +25,8 @@ pub type RouteService = Observed<CatchPanic<ReadBody<Verified>>>;
 type Verified = Either<Guarded<Authenticated>, Authenticated>;
 type Authenticated = Either<Guarded<CrossOrigin>, CrossOrigin>;
 type CrossOrigin = Either<Cors<Limited>, Limited>;
-type Limited = Either<Guarded<OnceOnly>, OnceOnly>;
+type Limited = Either<Guarded<SharedLimits>, SharedLimits>;
+type SharedLimits = Either<SharedLimited<OnceOnly>, OnceOnly>;
 type OnceOnly = Either<Idempotent<Action>, Action>;
 
 /// What one route's stack is made of.
@@ -40,8 +42,10 @@ pub struct Layers {
     pub auth: Option<GuardLayer>,
     /// CORS; preflight requests are answered here and go no further.
     pub cors: Option<CorsLayer>,
-    /// Token buckets (`rate_limit`).
+    /// Token buckets (`rate_limit`) in this process.
     pub rate_limit: Option<GuardLayer>,
+    /// Token buckets (`rate_limit`) shared by every replica (`[store] kind = "redis"`).
+    pub shared_rate_limit: Option<SharedRateLimitLayer>,
     /// `Idempotency-Key` replay and conflicts (publish routes).
     pub idempotency: Option<IdempotencyLayer>,
     /// What the route does.
@@ -58,6 +62,7 @@ pub fn route(l: Layers) -> RouteService {
         .option_layer(l.auth) //                                   API keys, JWT
         .option_layer(l.cors) //                                   CORS; preflights answered here
         .option_layer(l.rate_limit) //                             429 before any work is done
+        .option_layer(l.shared_rate_limit) //                      the same, buckets in Redis
         .option_layer(l.idempotency) //                            replay or 409 before publishing twice
         .service(l.action) //                                      forward | publish
 }

@@ -10,7 +10,7 @@ use super::keys;
 use super::model::{Config, RouteConfig, SubscriptionConfig};
 
 /// Top-level tables that `routes.toml` may contain.
-const TOP_LEVEL: &[&str] = &["server", "telemetry", "upstreams", "brokers", "routes", "subscriptions"];
+const TOP_LEVEL: &[&str] = &["server", "telemetry", "store", "upstreams", "brokers", "routes", "subscriptions"];
 
 /// The list keys an environment override may set, as comma-separated values (`SLUICE__SERVER__TRUSTED_PROXIES=
 /// 10.0.0.0/8,192.168.0.0/16`, `SLUICE__UPSTREAMS__ORDERS__ENDPOINTS=http://a:80,http://b:80`): the last segment of
@@ -74,6 +74,11 @@ pub fn from_value(root: Value) -> (Config, Vec<String>) {
         && let Some(t) = keys::parse(v, "telemetry", &mut errors).value
     {
         config.telemetry = t;
+    }
+    if let Some(v) = map.get("store")
+        && let Some(s) = keys::parse(v, "store", &mut errors).value
+    {
+        config.store = s;
     }
     for (name, v) in table(map.get("upstreams"), "upstreams", &mut errors) {
         match keys::parse(v, &format!("upstreams.{name}"), &mut errors).value {

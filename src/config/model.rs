@@ -14,6 +14,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Logging, tracing and metrics.
     pub telemetry: TelemetryConfig,
+    /// Where state shared by several replicas lives (idempotency keys, rate-limit buckets).
+    pub store: StoreConfig,
     /// Named groups of HTTP endpoints that `forward` routes send to.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Named message brokers that `publish` routes send to.
@@ -33,6 +35,43 @@ pub struct Config {
     /// errors are reported, so `validate` does not report them again as missing.
     #[serde(skip)]
     pub broken_route_keys: std::collections::BTreeSet<(usize, String)>,
+}
+
+/// `[store]`
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` (each process its own) or `redis` (shared by every replica).
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// redis: the environment variable holding the Redis URL (`redis://host:6379/0`).
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// redis: when Redis does not answer, let requests through (`fail_open`) or answer 503 (`fail_closed`).
+    #[serde(default)]
+    pub on_error: OnStoreError,
+}
+
+/// `store.kind`
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In the process: each replica has its own keys and buckets.
+    #[default]
+    Memory,
+    /// In Redis, shared by every replica.
+    Redis,
+}
+
+/// `store.on_error`
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Serve without the shared check (no idempotency, no rate limit) while Redis does not answer.
+    #[default]
+    FailOpen,
+    /// Answer 503 while Redis does not answer.
+    FailClosed,
 }
 
 /// `[server]`

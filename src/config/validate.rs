@@ -8,8 +8,8 @@ use super::UNSET_VARIABLE;
 use super::load::{names, route_label};
 use super::model::{
     AuthConfig, Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishConfig, PublishFormat,
-    RequestReplyConfig, RouteConfig, ServerConfig, SubscriptionConfig, TelemetryConfig, UpstreamConfig, VerifyConfig,
-    VerifyScheme,
+    RequestReplyConfig, RouteConfig, ServerConfig, StoreConfig, StoreKind, SubscriptionConfig, TelemetryConfig,
+    UpstreamConfig, VerifyConfig, VerifyScheme,
 };
 use crate::router::Matcher;
 use crate::template::Template;
@@ -30,6 +30,7 @@ pub fn validate(config: &Config) -> Report {
     let errors = &mut report.errors;
     check_server(&config.server, errors);
     check_telemetry(&config.telemetry, errors);
+    check_store(&config.store, errors);
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
     }
@@ -534,6 +535,17 @@ fn check_destination(
              it can name this way; list the allowed ones in publish.{list_key} (globs, e.g. \"orders.*\")",
             inputs.join(", ")
         ));
+    }
+}
+
+fn check_store(store: &StoreConfig, errors: &mut Vec<String>) {
+    match (store.kind, &store.url_env) {
+        (StoreKind::Redis, None) => errors.push("store: kind = \"redis\" needs url_env".to_owned()),
+        (StoreKind::Redis, Some(var)) if std::env::var_os(var).is_none() => {
+            errors.push(format!("store: url_env names {var:?}, {UNSET_VARIABLE}"))
+        }
+        (StoreKind::Memory, Some(_)) => errors.push("store: url_env is for kind = \"redis\"".to_owned()),
+        _ => {}
     }
 }
 

@@ -22,20 +22,37 @@ use tower::{Layer, Service};
 use crate::body::{Body, Prepared};
 use crate::problem::{AnswerFuture, GatewayError};
 use crate::request::IDEMPOTENCY_KEY;
+use crate::store::Store;
 
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Longest `Idempotency-Key` accepted, in bytes (the IETF draft's keys are UUIDs; Stripe allows 255).
 pub const MAX_KEY_LEN: usize = 255;
 
-/// Runs a route's action under its [`IdempotencyStore`].
+/// Where a route's keys are remembered.
 #[derive(Clone, Debug)]
-pub struct IdempotencyLayer(Arc<IdempotencyStore>);
+pub enum Keys {
+    /// In this process ([`IdempotencyStore`]).
+    Local(Arc<IdempotencyStore>),
+    /// In the store every replica shares (`[store] kind = "redis"`), answers kept for `window`.
+    Shared {
+        /// The shared store.
+        store: Arc<Store>,
+        /// The route's name (keys are per route).
+        route: Arc<str>,
+        /// How long an answer is kept.
+        window: Duration,
+    },
+}
+
+/// Runs a route's action under its [`Keys`].
+#[derive(Clone, Debug)]
+pub struct IdempotencyLayer(Keys);
 
 impl IdempotencyLayer {
-    /// A layer over `store`.
-    pub fn new(store: Arc<IdempotencyStore>) -> IdempotencyLayer {
-        IdempotencyLayer(store)
+    /// A layer over `keys`.
+    pub fn new(keys: Keys) -> IdempotencyLayer {
+        IdempotencyLayer(keys)
     }
 }
 
@@ -43,20 +60,20 @@ impl<S> Layer<S> for IdempotencyLayer {
     type Service = Idempotent<S>;
 
     fn layer(&self, inner: S) -> Idempotent<S> {
-        Idempotent { store: self.0.clone(), inner }
+        Idempotent { keys: self.0.clone(), inner }
     }
 }
 
-/// An action behind an [`IdempotencyStore`].
+/// An action behind its route's [`Keys`].
 #[derive(Clone, Debug)]
 pub struct Idempotent<S> {
-    store: Arc<IdempotencyStore>,
+    keys: Keys,
     inner: S,
 }
 
 impl<S> Service<Request<Prepared>> for Idempotent<S>
 where
-    S: Service<Request<Prepared>, Response = Response<Body>, Error = GatewayError>,
+    S: Service<Request<Prepared>, Response = Response<Body>, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -80,25 +97,90 @@ where
                 return Box::pin(std::future::ready(Err(e)));
             }
         };
-        match self.store.begin(&key) {
+        let store = match &self.keys {
+            Keys::Local(store) => store,
+            Keys::Shared { store, route, window } => {
+                let shared =
+                    SharedClaim { store: store.clone(), route: route.clone(), key, window: *window, done: false };
+                // The store answers first, so the call happens in the future: on a clone of the (always ready) action.
+                let inner = self.inner.clone();
+                return Box::pin(shared.run(inner, req));
+            }
+        };
+        match store.begin(&key) {
             Begin::InFlight => Box::pin(std::future::ready(Err(GatewayError::IdempotencyConflict))),
             Begin::Full => Box::pin(std::future::ready(Err(GatewayError::IdempotencyFull))),
             Begin::Replay(stored) => Box::pin(std::future::ready(Ok(replay(stored)))),
             Begin::New => {
                 // Released if this future is dropped (client gone) or the action fails.
-                let claim = Claim { store: self.store.clone(), key };
+                let claim = Claim { store: store.clone(), key };
                 let answer = self.inner.call(req);
                 Box::pin(async move {
                     let response = answer.await?;
-                    if response.status().is_success()
-                        && let Some(body) = response.body().bytes()
-                    {
-                        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-                        claim.complete(Stored { status: response.status().as_u16(), body: body.clone(), content_type });
+                    if let Some(stored) = storable(&response) {
+                        claim.complete(stored);
                     }
                     Ok(response)
                 })
             }
+        }
+    }
+}
+
+/// The answer to keep for a key: a success with its whole body in memory.
+fn storable(response: &Response<Body>) -> Option<Stored> {
+    if !response.status().is_success() {
+        return None;
+    }
+    let body = response.body().bytes()?.clone();
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    Some(Stored { status: response.status().as_u16(), body, content_type })
+}
+
+/// A key in the shared store: claimed, then completed with the answer, or released (in the background) when dropped
+/// unanswered.
+struct SharedClaim {
+    store: Arc<Store>,
+    route: Arc<str>,
+    key: String,
+    window: Duration,
+    done: bool,
+}
+
+impl SharedClaim {
+    async fn run<S>(mut self, mut inner: S, req: Request<Prepared>) -> Result<Response<Body>, GatewayError>
+    where
+        S: Service<Request<Prepared>, Response = Response<Body>, Error = GatewayError>,
+    {
+        let begin = self.store.begin(&self.route, &self.key).await;
+        // Only a key this request claimed is released if it goes away.
+        self.done = !matches!(begin, Ok(Begin::New));
+        match begin {
+            Ok(Begin::New) => {}
+            Ok(Begin::InFlight) => return Err(GatewayError::IdempotencyConflict),
+            Ok(Begin::Full) => return Err(GatewayError::IdempotencyFull),
+            Ok(Begin::Replay(stored)) => return Ok(replay(stored)),
+            Err(_) if self.store.fail_closed => return Err(GatewayError::StoreUnavailable),
+            // Fail open: served without the shared check (counted in sluice_store_errors_total).
+            Err(_) => return inner.call(req).await,
+        }
+        let response = inner.call(req).await?;
+        if let Some(stored) = storable(&response) {
+            // Not answered as failed if only the store failed now: the message is published.
+            let _ = self.store.complete(&self.route, &self.key, &stored, self.window).await;
+            self.done = true;
+        }
+        Ok(response)
+    }
+}
+
+impl Drop for SharedClaim {
+    fn drop(&mut self) {
+        if !self.done {
+            let (store, route, key) = (self.store.clone(), self.route.clone(), std::mem::take(&mut self.key));
+            tokio::spawn(async move {
+                let _ = store.abort(&route, &key).await;
+            });
         }
     }
 }

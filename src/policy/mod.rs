@@ -17,6 +17,6 @@ pub mod verify;
 
 pub use auth::{Auth, AuthError};
 pub use guard::{Guard, GuardLayer};
-pub use idempotency::{IdempotencyLayer, IdempotencyStore};
-pub use rate_limit::{RateLimit, RateLimiter};
+pub use idempotency::{IdempotencyLayer, IdempotencyStore, Keys};
+pub use rate_limit::{RateLimit, RateLimiter, SharedRateLimit, SharedRateLimitLayer};
 pub use verify::Verify;

@@ -1,4 +1,5 @@
-//! Token-bucket rate limiting, one bucket per route or per rendered key.
+//! Token-bucket rate limiting, one bucket per route or per rendered key; with `[store] kind = "redis"`, the buckets
+//! are shared by every replica ([`SharedRateLimit`]).
 //!
 //! Written here rather than taken from `governor` because the buckets must run on tokio's clock, so that tests
 //! can pause time, and because keyed buckets need the same template rendering as the rest of the route.
@@ -15,15 +16,19 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::Request;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
+use tower::{Layer, Service};
 
 use super::guard::Guard;
-use crate::body::Prepared;
+use crate::body::{Body, Prepared};
 use crate::config::RateLimitConfig;
-use crate::problem::GatewayError;
+use crate::problem::{AnswerFuture, GatewayError};
 use crate::request::render;
+use crate::store::Store;
 use crate::template::Template;
 
 /// Most shards (locks) of one limiter.
@@ -141,6 +146,87 @@ impl Guard for RateLimit {
             None => String::new(),
         };
         self.limiter.check(&key).map_err(|retry_after| GatewayError::RateLimited { retry_after })
+    }
+}
+
+/// A route's rate limit in the shared store (`[store] kind = "redis"`): every replica takes from the same buckets
+/// (GCRA in Redis, see [`crate::store`]); `per_second` and `burst` as for the in-process limiter.
+#[derive(Debug)]
+pub struct SharedRateLimit {
+    /// The shared store.
+    pub store: Arc<Store>,
+    /// Route name (bucket keys are per route; `{route}` in the key).
+    pub route: Arc<str>,
+    /// Renders the bucket key; one shared bucket when absent.
+    pub key: Option<Template>,
+    /// Sustained rate.
+    pub per_second: f64,
+    /// Requests allowed at once.
+    pub burst: f64,
+}
+
+impl SharedRateLimit {
+    /// The limit `cfg` in `store`.
+    #[must_use]
+    pub fn new(cfg: &RateLimitConfig, store: Arc<Store>, route: Arc<str>) -> SharedRateLimit {
+        let key = cfg.key.as_deref().and_then(|k| Template::parse(k).ok());
+        let burst = cfg.burst.unwrap_or(cfg.per_second).max(1.0);
+        SharedRateLimit { store, route, key, per_second: cfg.per_second, burst }
+    }
+}
+
+/// Runs a route's [`SharedRateLimit`] before its inner layers.
+#[derive(Clone, Debug)]
+pub struct SharedRateLimitLayer(pub Arc<SharedRateLimit>);
+
+impl<S> Layer<S> for SharedRateLimitLayer {
+    type Service = SharedLimited<S>;
+
+    fn layer(&self, inner: S) -> SharedLimited<S> {
+        SharedLimited { limit: self.0.clone(), inner }
+    }
+}
+
+/// A service behind a [`SharedRateLimit`].
+#[derive(Clone, Debug)]
+pub struct SharedLimited<S> {
+    limit: Arc<SharedRateLimit>,
+    inner: S,
+}
+
+impl<S> Service<Request<Prepared>> for SharedLimited<S>
+where
+    S: Service<Request<Prepared>, Response = Response<Body>, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = AnswerFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Prepared>) -> AnswerFuture {
+        let limit = self.limit.clone();
+        let key = match &limit.key {
+            Some(t) => match render(t, &req, &limit.route) {
+                Ok(key) => key,
+                Err(e) => return Box::pin(std::future::ready(Err(e))),
+            },
+            None => String::new(),
+        };
+        // The store answers first, so the call happens in the future: on a clone of the (always ready) service.
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            match limit.store.take(&limit.route, &key, limit.per_second, limit.burst).await {
+                Ok(None) => inner.call(req).await,
+                Ok(Some(retry_after)) => Err(GatewayError::RateLimited { retry_after }),
+                Err(_) if limit.store.fail_closed => Err(GatewayError::StoreUnavailable),
+                // Fail open: served without the shared check (counted in sluice_store_errors_total).
+                Err(_) => inner.call(req).await,
+            }
+        })
     }
 }
 

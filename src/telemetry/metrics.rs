@@ -74,6 +74,11 @@ struct BrokerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TimeoutLabel {
     timeout: &'static str,
 }
@@ -106,6 +111,7 @@ pub struct Metrics {
     spool_messages: Family<BrokerLabel, Gauge>,
     spool_replayed: Family<BrokerLabel, Counter>,
     spool_dropped: Family<BrokerLabel, Counter>,
+    store_errors: Family<OpLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     route_in_flight: Family<RouteLabel, Gauge>,
     idempotency_keys: Family<RouteLabel, Gauge>,
@@ -163,6 +169,7 @@ impl Metrics {
         let spool_messages = Family::<BrokerLabel, Gauge>::default();
         let spool_replayed = Family::<BrokerLabel, Counter>::default();
         let spool_dropped = Family::<BrokerLabel, Counter>::default();
+        let store_errors = Family::<OpLabel, Counter>::default();
         let request_replies = Family::<RouteOutcome, Counter>::default();
         let request_reply_durations =
             Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
@@ -206,6 +213,11 @@ impl Metrics {
         registry.register("sluice_spool_bytes", "Bytes held in the broker's spool", spool_bytes.clone());
         registry.register("sluice_spool_messages", "Messages held in the broker's spool", spool_messages.clone());
         registry.register("sluice_spool_replayed", "Spooled messages published to the broker", spool_replayed.clone());
+        registry.register(
+            "sluice_store_errors",
+            "Operations on the shared store (Redis) that failed or timed out, by op (idempotency, rate_limit)",
+            store_errors.clone(),
+        );
         registry.register(
             "sluice_spool_dropped",
             "Spooled messages given up (corrupted on disk, or refused by the broker for good)",
@@ -303,6 +315,7 @@ impl Metrics {
             spool_messages,
             spool_replayed,
             spool_dropped,
+            store_errors,
             reloads,
             route_in_flight,
             idempotency_keys,
@@ -405,6 +418,11 @@ impl Metrics {
     /// `sluice_request_reply_late_total{broker}`.
     pub fn late_replies(&self, broker: &str) -> Counter {
         self.late_replies.get_or_create(&BrokerLabel { broker: broker.to_owned() }).clone()
+    }
+
+    /// `sluice_store_errors_total{op}` for the idempotency and rate-limit operations.
+    pub fn store_errors(&self) -> [Counter; 2] {
+        ["idempotency", "rate_limit"].map(|op| self.store_errors.get_or_create(&OpLabel { op }).clone())
     }
 
     /// Handles for one broker's spool.
