@@ -432,6 +432,17 @@ url = "https://127.0.0.1"
 }
 
 #[test]
+fn store_problems_are_named() {
+    let p = problems("[store]\nkind = \"redis\"\non_error = \"shrug\"\n").join("\n");
+    assert!(p.contains("store: kind = \"redis\" needs url_env"), "{p}");
+    assert!(p.contains("store: on_error: unknown variant `shrug`"), "{p}");
+    let p = problems("[store]\nkind = \"redis\"\nurl_env = \"SLUICE_TEST_SURELY_UNSET_REDIS\"\n").join("\n");
+    assert!(p.contains("store: url_env names \"SLUICE_TEST_SURELY_UNSET_REDIS\""), "{p}");
+    let p = problems("[store]\nkind = \"memcached\"\n").join("\n");
+    assert!(p.contains("store: kind: unknown variant `memcached`"), "{p}");
+}
+
+#[test]
 fn spool_problems_are_named() {
     let file = write("not a directory");
     let p = problems(&format!(
