@@ -311,9 +311,11 @@ impl Snapshot {
                     let dead_letter = cfg.dead_letter.as_ref().map(|dl| {
                         let broker = dl.broker.as_deref().unwrap_or(&cfg.from.broker);
                         let destination = match config.brokers[broker].kind {
-                            BrokerKind::Kafka => {
-                                Destination::Kafka { topic: dl.topic.clone().unwrap_or_default(), key: None }
-                            }
+                            BrokerKind::Kafka => Destination::Kafka {
+                                topic: dl.topic.clone().unwrap_or_default(),
+                                key: None,
+                                partition: None,
+                            },
                             BrokerKind::Amqp => Destination::Amqp {
                                 exchange: dl.exchange.clone().unwrap_or_default(),
                                 routing_key: dl.routing_key.clone().unwrap_or_default(),

@@ -56,6 +56,7 @@ fn message(topic: &str, key: Option<&str>, body: Vec<u8>) -> Message {
         destination: Destination::Kafka {
             topic: topic.to_owned(),
             key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            partition: None,
         },
     }
 }

@@ -113,7 +113,7 @@ mod tests {
     use super::*;
 
     fn kafka(topic: &str) -> Destination {
-        Destination::Kafka { topic: topic.to_owned(), key: None::<Bytes> }
+        Destination::Kafka { topic: topic.to_owned(), key: None::<Bytes>, partition: None }
     }
 
     fn amqp(routing_key: &str) -> Destination {

@@ -72,6 +72,7 @@ impl Encoder {
             Target::Kafka { topic, key } => Destination::Kafka {
                 topic: topic.render(cx)?,
                 key: key.as_ref().map(|k| k.render(cx).map(Bytes::from)).transpose()?,
+                partition: None,
             },
             Target::Amqp { exchange, routing_key, persistent } => Destination::Amqp {
                 exchange: exchange.clone(),
@@ -159,7 +160,7 @@ mod tests {
         assert_eq!(m.body.as_ref(), b"\xff\x00body");
         assert_eq!(
             m.destination,
-            Destination::Kafka { topic: "orders.acme".into(), key: Some(Bytes::from_static(b"o-1")) }
+            Destination::Kafka { topic: "orders.acme".into(), key: Some(Bytes::from_static(b"o-1")), partition: None }
         );
         let h: std::collections::HashMap<_, _> = m.headers.iter().cloned().collect();
         assert_eq!(h["sluice-id"], m.id);

@@ -212,7 +212,7 @@ impl KafkaPublisher {
 
     /// Checks the topic and hands the record to librdkafka.
     async fn enqueue_message(&self, msg: &Message) -> Result<DeliveryFuture, PublishError> {
-        let Destination::Kafka { topic, key } = &msg.destination else {
+        let Destination::Kafka { topic, key, partition } = &msg.destination else {
             return Err(PublishError::config(
                 format!("kafka broker {:?} got an AMQP destination", self.inner.name),
                 None,
@@ -232,6 +232,9 @@ impl KafkaPublisher {
         let mut record = FutureRecord::to(topic).payload(msg.body.as_ref()).headers(headers);
         if let Some(key) = key {
             record = record.key(key.as_ref());
+        }
+        if let Some(partition) = partition {
+            record = record.partition(*partition);
         }
 
         self.enqueue(record).await

@@ -12,6 +12,8 @@ pub enum Destination {
         topic: String,
         /// Record key; records with the same key land on the same partition.
         key: Option<Bytes>,
+        /// The partition, when the client chose one (drop-in produce APIs); else the key's (or any).
+        partition: Option<i32>,
     },
     /// An AMQP 0-9-1 exchange (RabbitMQ).
     Amqp {

@@ -16,8 +16,12 @@ fn settings(dir: &Path, max_bytes: u64, fsync: FsyncPolicy) -> SpoolConfig {
 
 fn message(rng: &mut fastrand::Rng, n: usize) -> Message {
     let destination = match rng.u8(0..3) {
-        0 => crate::publish::Destination::Kafka { topic: "t".into(), key: Some(Bytes::from(vec![rng.u8(..); 3])) },
-        1 => crate::publish::Destination::Kafka { topic: "u".into(), key: None },
+        0 => crate::publish::Destination::Kafka {
+            topic: "t".into(),
+            key: Some(Bytes::from(vec![rng.u8(..); 3])),
+            partition: Some(1),
+        },
+        1 => crate::publish::Destination::Kafka { topic: "u".into(), key: None, partition: None },
         _ => crate::publish::Destination::Amqp { exchange: "x".into(), routing_key: format!("k{n}"), persistent: true },
     };
     let body: Vec<u8> = (0..rng.usize(0..3000)).map(|_| rng.u8(..)).collect();

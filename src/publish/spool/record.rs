@@ -34,16 +34,25 @@ struct Meta {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum To {
-    Kafka { topic: String, key: Option<String> },
-    Amqp { exchange: String, routing_key: String, persistent: bool },
+    Kafka {
+        topic: String,
+        key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partition: Option<i32>,
+    },
+    Amqp {
+        exchange: String,
+        routing_key: String,
+        persistent: bool,
+    },
 }
 
 /// The frame of `msg`, ready to be appended.
 #[must_use]
 pub fn encode(msg: &Message) -> Vec<u8> {
     let to = match &msg.destination {
-        Destination::Kafka { topic, key } => {
-            To::Kafka { topic: topic.clone(), key: key.as_ref().map(|k| STANDARD.encode(k)) }
+        Destination::Kafka { topic, key, partition } => {
+            To::Kafka { topic: topic.clone(), key: key.as_ref().map(|k| STANDARD.encode(k)), partition: *partition }
         }
         Destination::Amqp { exchange, routing_key, persistent } => {
             To::Amqp { exchange: exchange.clone(), routing_key: routing_key.clone(), persistent: *persistent }
@@ -99,12 +108,12 @@ pub fn decode(frame: Bytes) -> Option<Message> {
     let meta: Meta = serde_json::from_slice(payload.get(4..4 + meta_len)?).ok()?;
     let body = payload.slice(4 + meta_len..);
     let destination = match meta.to {
-        To::Kafka { topic, key } => {
+        To::Kafka { topic, key, partition } => {
             let key = match key {
                 Some(k) => Some(Bytes::from(STANDARD.decode(k).ok()?)),
                 None => None,
             };
-            Destination::Kafka { topic, key }
+            Destination::Kafka { topic, key, partition }
         }
         To::Amqp { exchange, routing_key, persistent } => Destination::Amqp { exchange, routing_key, persistent },
     };
@@ -121,7 +130,11 @@ mod tests {
             body: Bytes::from_static(b"\x00\xffbinary body"),
             content_type: Some("application/octet-stream".into()),
             headers: vec![("sluice-route".into(), "r".into()), ("traceparent".into(), "00-ab-cd-01".into())],
-            destination: Destination::Kafka { topic: "orders".into(), key: Some(Bytes::from_static(b"\x01k")) },
+            destination: Destination::Kafka {
+                topic: "orders".into(),
+                key: Some(Bytes::from_static(b"\x01k")),
+                partition: Some(2),
+            },
         }
     }
 
