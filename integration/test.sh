@@ -34,6 +34,8 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
 # The README's "First five minutes", command by command, against the real brokers (the binary cargo test built).
 integration/walkthrough.sh
+# deploy/: kustomize base and overlays rendered and validated offline, each ConfigMap's routes.toml checked.
+SLUICE_BIN=${SLUICE_BIN:-${CARGO_TARGET_DIR:-target}/debug/sluice} integration/deploy-check.sh
 
 # Fuzzing is a long suite, off by default: SLUICE_FUZZ_SECONDS=N runs every target of fuzz/ for N seconds after
 # the tests (fuzz/run.sh installs the nightly toolchain and cargo-fuzz when missing).
