@@ -62,3 +62,25 @@ wait_http() {   # $1 = url; waits until it answers 200 with a 1024-byte body
 }
 
 port_in_use() { ss -ltnH "sport = :$1" | grep -q .; }
+
+# The knobs of the wrk-driven scripts (REPS, DURATION, WARMUP, CONNS, SIZE: from the environment, else these
+# defaults) and their arguments: --quick = 1 repetition of 3 s after 1 s of warm-up; -h = the header comment.
+wrk_knobs() {
+    REPS=${REPS:-5} DURATION=${DURATION:-10} WARMUP=${WARMUP:-2} CONNS=${CONNS:-64} SIZE=${SIZE:-1024}
+    local a
+    for a in "$@"; do
+        [ "$a" = --quick ] && { REPS=1 DURATION=3 WARMUP=1; continue; }
+        [ "$a" = -h ] || [ "$a" = --help ] && { awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0; }
+        echo "unknown argument: $a (use --quick)" >&2; exit 2
+    done
+}
+
+sluice_toml_head() {   # $1 = port, $2 = admin port: a Sluice config's [server] (127.0.0.1) and [telemetry] (no access log)
+    printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\n\n[telemetry]\naccess_log = false\n\n' "$1" "$2"
+}
+
+warn_contention() {   # $1 = median % other processes used, $2 = of what ("the machine"), $3 = the skewed rate ("msgs/s")
+    awk -v b="$1" 'BEGIN {exit !(b > 10)}' || return 0
+    printf '\nWARNING: other processes used a median %s%% of %s during the runs: %s are skewed by\n' "$1" "$2" "$3"
+    echo "contention; the CPU time per message or request is the steadier comparison."
+}
