@@ -508,5 +508,6 @@ fn publish_route(
             AckMode::None => Ack::None,
         },
         tracer: shared.tracer.clone(),
+        api: p.api,
     }
 }

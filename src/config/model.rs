@@ -991,6 +991,11 @@ pub struct PublishConfig {
     /// kafka: the consumer group whose lag on the route's topic is the backlog.
     #[serde(default)]
     pub backlog_group: Option<String>,
+    /// Accept the request (and answer) in the shape of another produce API instead of one message per request:
+    /// `strimzi` (Strimzi Kafka Bridge), `confluent-v3` (Confluent REST Proxy v3), `dapr` (Dapr publish and bulk
+    /// publish).
+    #[serde(default)]
+    pub api: Option<PublishApi>,
 }
 
 fn default_idempotency_window() -> Dur {
@@ -998,6 +1003,22 @@ fn default_idempotency_window() -> Dur {
 }
 fn default_idempotency_capacity() -> usize {
     100_000
+}
+
+/// `publish.api`: the produce API a route speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PublishApi {
+    /// Strimzi Kafka Bridge: `POST /topics/{topic}` (and `/partitions/{partition}`), `records` → `offsets`.
+    #[serde(rename = "strimzi")]
+    Strimzi,
+    /// Confluent REST Proxy v3: `POST /v3/clusters/{cluster}/topics/{topic}/records`, concatenated records → one
+    /// delivery report per record.
+    #[serde(rename = "confluent-v3")]
+    ConfluentV3,
+    /// Dapr: `POST /v1.0/publish/{pubsub}/{topic}` (a CloudEvent, `204`) and
+    /// `POST /v1.0-alpha1/publish/bulk/{pubsub}/{topic}` (`failedEntries`).
+    #[serde(rename = "dapr")]
+    Dapr,
 }
 
 /// When a publish is answered.

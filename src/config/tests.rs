@@ -432,6 +432,40 @@ url = "https://127.0.0.1"
 }
 
 #[test]
+fn publish_api_problems_are_named() {
+    let p = problems(
+        r#"
+[brokers.rabbit]
+kind = "amqp"
+url = "amqp://127.0.0.1:5672/%2f"
+[brokers.events]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+[[routes]]
+name = "bridge"
+match = { path = "/topics/{topic}" }
+publish = { broker = "rabbit", exchange = "x", routing_key = "{path.topic}", api = "strimzi" }
+[[routes]]
+name = "ce"
+match = { path = "/v3/clusters/{c}/topics/{topic}/records" }
+publish = { broker = "events", topic = "{path.topic}", api = "confluent-v3", format = "cloudevents" }
+[[routes]]
+name = "odd"
+match = { path = "/odd" }
+publish = { broker = "events", topic = "t", api = "kafka-rest" }
+"#,
+    )
+    .join("\n");
+    for e in [
+        "routes[0] \"bridge\": publish.api = \"strimzi\" is a Kafka API; \"rabbit\" is amqp",
+        "routes[1] \"ce\": publish.api = \"confluent-v3\" makes its own messages; leave publish.format out",
+        "unknown variant `kafka-rest`",
+    ] {
+        assert!(p.contains(e), "missing {e:?} in:\n{p}");
+    }
+}
+
+#[test]
 fn store_problems_are_named() {
     let p = problems("[store]\nkind = \"redis\"\non_error = \"shrug\"\n").join("\n");
     assert!(p.contains("store: kind = \"redis\" needs url_env"), "{p}");

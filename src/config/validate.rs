@@ -7,7 +7,7 @@ use http::StatusCode;
 use super::UNSET_VARIABLE;
 use super::load::{names, route_label};
 use super::model::{
-    AuthConfig, Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishConfig, PublishFormat,
+    AuthConfig, Balance, BrokerConfig, BrokerKind, Config, CorsConfig, PublishApi, PublishConfig, PublishFormat,
     RequestReplyConfig, RouteConfig, ServerConfig, StoreConfig, StoreKind, SubscriptionConfig, TelemetryConfig,
     UpstreamConfig, VerifyConfig, VerifyScheme,
 };
@@ -783,6 +783,19 @@ fn check_publish(
     errors: &mut Vec<String>,
 ) {
     let kind = broker_kind(label, "publish", &p.broker, config, errors);
+    if let Some(api) = p.api {
+        let name = match api {
+            PublishApi::Strimzi => "strimzi",
+            PublishApi::ConfluentV3 => "confluent-v3",
+            PublishApi::Dapr => "dapr",
+        };
+        if api != PublishApi::Dapr && kind == Some(BrokerKind::Amqp) {
+            errors.push(format!("{label}: publish.api = {name:?} is a Kafka API; {:?} is amqp", p.broker));
+        }
+        if p.format != PublishFormat::Raw {
+            errors.push(format!("{label}: publish.api = {name:?} makes its own messages; leave publish.format out"));
+        }
+    }
     match kind {
         Some(BrokerKind::Kafka) => {
             if p.topic.is_none() {

@@ -9,9 +9,11 @@
 //! - [`destination`]: checks of the rendered topic or routing key (Kafka's rules, length, allow-lists).
 //! - [`outage`]: one log line when a broker goes down, one when it is back.
 //! - [`route`]: the action of a publish route.
+//! - [`api`]: drop-in produce APIs (Strimzi Kafka Bridge, Confluent REST v3, Dapr) on a publish route.
 //! - [`spool`]: the durable spool in front of a broker while it is unreachable.
 
 pub mod amqp;
+pub mod api;
 pub mod backlog;
 pub mod destination;
 pub mod encoder;

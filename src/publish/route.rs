@@ -14,9 +14,11 @@ use tokio::time::Instant;
 use super::backlog::Backlog;
 use super::destination::NameRules;
 use super::encoder::{Encoder, Envelope};
+use super::error::PublishError;
 use super::message::{Ack, Destination, Message, Receipt};
 use super::publisher::Publisher;
 use crate::body::{Body, Prepared};
+use crate::config::PublishApi;
 use crate::problem::GatewayError;
 use crate::request::{context, facts, request_id};
 use crate::telemetry::{PublishMetrics, Span, TraceContext, Tracer};
@@ -42,49 +44,66 @@ pub struct PublishRoute {
     pub metrics: PublishMetrics,
     /// `max_backlog`: the destination's sampled backlog and its bound.
     pub backlog: Option<Backlog>,
+    /// `api`: the produce API the route speaks instead of one message per request.
+    pub api: Option<PublishApi>,
 }
 
-/// Publishes one request and answers with its receipt.
+/// Publishes one request and answers with its receipt (or, with `publish.api`, in that API's shape).
 pub async fn publish(route: Arc<PublishRoute>, req: Request<Prepared>) -> Result<Response<Body>, GatewayError> {
     if route.backlog.as_ref().is_some_and(Backlog::over) {
         route.metrics.outcome("backlogged").inc();
         return Err(GatewayError::Backlogged);
     }
-    let body = req.body().bytes().cloned().unwrap_or_default();
-    let env = Envelope { route: &route.name, request_id: request_id(&req) };
-    let mut message = route.encoder.encode(req.headers(), &context(&req, &route.name), body, &env)?;
-    route.names.check(&message.destination)?;
-    let mut span = producer_span(&route.tracer, &facts(&req).trace, &route.broker_name, &message);
-    let traceparent = span.cx.traceparent();
-    let tracestate = span.cx.tracestate.as_ref().and_then(|v| v.to_str().ok());
-    message.set_trace(traceparent.to_str().unwrap_or_default(), tracestate);
-    let id = message.id.clone();
-    let destination = message.destination.clone();
-    let start = Instant::now();
-    let result = route.publisher.publish(message, route.ack).await;
-    route.metrics.duration.observe(start.elapsed().as_secs_f64());
-    let receipt = match result {
-        Ok(r) => r,
-        Err(e) => {
-            route.metrics.outcome(e.outcome()).inc();
-            span.set(|| KeyValue::new("error.type", e.outcome()));
-            span.error(e.outcome());
-            tracing::warn!(route = %route.name, broker = %route.broker_name, error = %e, "publish failed");
-            return Err(GatewayError::from(&e));
-        }
-    };
-    if let Receipt::Kafka { partition, offset } = receipt {
-        span.set(|| KeyValue::new("messaging.destination.partition.id", partition.to_string()));
-        span.set(|| KeyValue::new("messaging.kafka.offset", offset));
+    if let Some(api) = route.api {
+        return super::api::handle(api, &route, req).await;
     }
-    drop(span);
-    let outcome = match receipt {
-        Receipt::Unconfirmed => "unconfirmed",
-        Receipt::Spooled => "spooled",
-        Receipt::Kafka { .. } | Receipt::Amqp => "confirmed",
-    };
-    route.metrics.outcome(outcome).inc();
+    let body = req.body().bytes().cloned().unwrap_or_default();
+    let message = route.message(&req, body)?;
+    let (id, destination) = (message.id.clone(), message.destination.clone());
+    let receipt = route.send(&req, message, route.ack).await.map_err(|e| GatewayError::from(&e))?;
     Ok(accepted(receipt_body(&route, &id, destination, receipt)))
+}
+
+impl PublishRoute {
+    /// The message of `body` for this request: metadata, rendered destination (checked against the allow-lists).
+    pub fn message(&self, req: &Request<Prepared>, body: Bytes) -> Result<Message, GatewayError> {
+        let env = Envelope { route: &self.name, request_id: request_id(req) };
+        let message = self.encoder.encode(req.headers(), &context(req, &self.name), body, &env)?;
+        self.names.check(&message.destination)?;
+        Ok(message)
+    }
+
+    /// Publishes one message of `req` under a PRODUCER span whose context rides in the message, and counts it.
+    pub async fn send(&self, req: &Request<Prepared>, mut message: Message, ack: Ack) -> Result<Receipt, PublishError> {
+        let mut span = producer_span(&self.tracer, &facts(req).trace, &self.broker_name, &message);
+        let traceparent = span.cx.traceparent();
+        let tracestate = span.cx.tracestate.as_ref().and_then(|v| v.to_str().ok());
+        message.set_trace(traceparent.to_str().unwrap_or_default(), tracestate);
+        let start = Instant::now();
+        let result = self.publisher.publish(message, ack).await;
+        self.metrics.duration.observe(start.elapsed().as_secs_f64());
+        let receipt = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.outcome(e.outcome()).inc();
+                span.set(|| KeyValue::new("error.type", e.outcome()));
+                span.error(e.outcome());
+                tracing::warn!(route = %self.name, broker = %self.broker_name, error = %e, "publish failed");
+                return Err(e);
+            }
+        };
+        if let Receipt::Kafka { partition, offset } = receipt {
+            span.set(|| KeyValue::new("messaging.destination.partition.id", partition.to_string()));
+            span.set(|| KeyValue::new("messaging.kafka.offset", offset));
+        }
+        let outcome = match receipt {
+            Receipt::Unconfirmed => "unconfirmed",
+            Receipt::Spooled => "spooled",
+            Receipt::Kafka { .. } | Receipt::Amqp => "confirmed",
+        };
+        self.metrics.outcome(outcome).inc();
+        Ok(receipt)
+    }
 }
 
 /// The PRODUCER span of one publish (OpenTelemetry messaging conventions), also of a request-reply's request.

@@ -1,0 +1,206 @@
+//! Confluent REST Proxy v3's produce API: `POST /v3/clusters/{cluster}/topics/{topic}/records` (the route's `match`
+//! path; `{cluster}` is echoed as `cluster_id`), as its OpenAPI spec defines it.
+//!
+//! - The body is one or more `ProduceRequest` objects, concatenated: `{"partition_id"?, "headers"?: [{"name",
+//!   "value": base64}], "key"?: {"type", "data"}, "value"?: {"type", "data"}, "timestamp"?}` with `type` `BINARY`
+//!   (base64 `data`; the default), `JSON` (any JSON, published as its text) or `STRING`. Schema Registry formats
+//!   (`AVRO`, `PROTOBUF`, `JSONSCHEMA`, or any schema field) are refused for the record.
+//! - `200` `application/json`: one delivery report per record, in order, each followed by `\r\n` (the proxy's
+//!   framing): `{"error_code":200, "cluster_id", "topic_name", "partition_id", "offset", "timestamp", "key"?:
+//!   {"type","size"}, "value"?: {…}}`, or `{"error_code", "message"}` for a record that was not stored (40403
+//!   unknown topic or partition, 50003 retriable, 400 a record that cannot be read: the rest of the body then too).
+//! - The reports are sent when the whole body has been read (not while a chunked body is still streaming).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::{Record, bytes, failure_text, now_rfc3339, publish_all};
+use crate::body::{Body, Prepared};
+use crate::problem::GatewayError;
+use crate::publish::message::{Destination, Receipt};
+use crate::publish::route::PublishRoute;
+use crate::request::facts;
+
+/// Why a record cannot be published: its `error_code` and message.
+type Refused = (u32, String);
+/// A record as read with the types of its key and value, or why it cannot be published.
+type Parsed = Result<(Record, Option<&'static str>, Option<&'static str>), Refused>;
+/// A key or value: its bytes and its type's name.
+type Data = (Option<Bytes>, Option<&'static str>);
+
+/// Answers one produce request.
+pub async fn handle(route: &PublishRoute, req: Request<Prepared>) -> Result<Response<Body>, GatewayError> {
+    let body = req.body().bytes().cloned().unwrap_or_default();
+    let mut slots = Vec::new();
+    let mut records = Vec::new();
+    for p in parse(&body) {
+        match p {
+            Ok((record, key_type, value_type)) => {
+                slots.push(Ok((key_type, value_type, record.key.as_ref().map(Bytes::len), record.value.len())));
+                records.push(record);
+            }
+            Err(e) => slots.push(Err(e)),
+        }
+    }
+    let mut results = publish_all(route, &req, records, route.ack).await?.into_iter();
+    let cluster = facts(&req).params.get("cluster").unwrap_or_default().to_owned();
+    let mut out = BytesMut::new();
+    for slot in slots {
+        let report = match slot {
+            Err((code, message)) => json!({ "error_code": code, "message": message }),
+            Ok((key_type, value_type, key_size, value_size)) => match results.next().expect("one result a record") {
+                Ok((message, receipt)) => {
+                    let topic = match &message.destination {
+                        Destination::Kafka { topic, .. } => topic.clone(),
+                        Destination::Amqp { routing_key, .. } => routing_key.clone(),
+                    };
+                    let (partition, offset) = match receipt {
+                        Receipt::Kafka { partition, offset } => (partition, offset),
+                        _ => (-1, -1),
+                    };
+                    let mut report = json!({
+                        "error_code": 200, "cluster_id": cluster, "topic_name": topic,
+                        "partition_id": partition, "offset": offset, "timestamp": now_rfc3339(),
+                    });
+                    if let (Some(t), Some(size)) = (key_type, key_size) {
+                        report["key"] = json!({ "type": t, "size": size });
+                    }
+                    if let Some(t) = value_type {
+                        report["value"] = json!({ "type": t, "size": value_size });
+                    }
+                    report
+                }
+                Err(e) => {
+                    let code = if e.is_unroutable() {
+                        40403
+                    } else if e.is_retryable() {
+                        50003
+                    } else {
+                        500
+                    };
+                    json!({ "error_code": code, "message": failure_text(&e) })
+                }
+            },
+        };
+        serde_json::to_writer((&mut out).writer(), &report).expect("JSON serializes");
+        out.put_slice(b"\r\n");
+    }
+    Ok(bytes(StatusCode::OK, "application/json", out.freeze()))
+}
+
+/// Every concatenated `ProduceRequest`, with the formats of its key and value. Once the JSON cannot be read, the
+/// rest of the body is one `400` error.
+fn parse(body: &[u8]) -> Vec<Parsed> {
+    let mut out = Vec::new();
+    for item in serde_json::Deserializer::from_slice(body).into_iter::<Value>() {
+        match item {
+            Ok(v) => out.push(record(&v)),
+            Err(e) => {
+                out.push(Err((400, format!("Invalid JSON: {e}"))));
+                break;
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(Err((400, "The request has no record.".to_owned())));
+    }
+    out
+}
+
+fn record(v: &Value) -> Parsed {
+    let bad = |m: &str| (400, m.to_owned());
+    let Some(o) = v.as_object() else { return Err(bad("A record must be a JSON object.")) };
+    if let Some(unknown) =
+        o.keys().find(|k| !["partition_id", "headers", "key", "value", "timestamp"].contains(&k.as_str()))
+    {
+        return Err(bad(&format!("Unrecognized field {unknown:?}")));
+    }
+    let partition = match o.get("partition_id") {
+        None | Some(Value::Null) => None,
+        Some(p) => Some(p.as_i64().and_then(|p| i32::try_from(p).ok()).ok_or_else(|| bad("Invalid partition_id."))?),
+    };
+    let headers = match o.get("headers") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(hs)) => hs
+            .iter()
+            .map(|h| {
+                let name = h.get("name")?.as_str()?.to_ascii_lowercase();
+                let value = match h.get("value") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(v) => STANDARD.decode(v.as_str()?).ok()?,
+                };
+                Some((name, String::from_utf8_lossy(&value).into_owned()))
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("Invalid headers: each needs a name and a base64 value."))?,
+        Some(_) => return Err(bad("Invalid headers.")),
+    };
+    let (key, key_type) = data(o.get("key"))?;
+    let (value, value_type) = data(o.get("value"))?;
+    Ok((Record { key, value: value.unwrap_or_default(), headers, partition, content_type: None }, key_type, value_type))
+}
+
+/// A key or value: its bytes and its type's name.
+fn data(v: Option<&Value>) -> Result<Data, Refused> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok((None, None)) };
+    let bad = |m: &str| (400, m.to_owned());
+    let Some(o) = v.as_object() else { return Err(bad("A key or value must be an object with a type and data.")) };
+    if ["subject", "subject_name_strategy", "schema_id", "schema_version", "schema"].iter().any(|k| o.contains_key(*k))
+    {
+        return Err(bad("Schema Registry formats are not supported: use BINARY, JSON or STRING."));
+    }
+    let data = o.get("data").unwrap_or(&Value::Null);
+    let ty = o.get("type").and_then(Value::as_str).unwrap_or("BINARY");
+    match (ty, data) {
+        (_, Value::Null) => Ok((None, Some(name(ty)?))),
+        ("BINARY", Value::String(s)) => match STANDARD.decode(s) {
+            Ok(b) => Ok((Some(Bytes::from(b)), Some("BINARY"))),
+            Err(_) => Err(bad("BINARY data must be base64.")),
+        },
+        ("JSON", d) => Ok((Some(Bytes::from(serde_json::to_vec(d).expect("JSON serializes"))), Some("JSON"))),
+        ("STRING", Value::String(s)) => Ok((Some(Bytes::from(s.clone())), Some("STRING"))),
+        ("BINARY" | "STRING", _) => Err(bad(&format!("{ty} data must be a string."))),
+        _ => Err(bad("Schema Registry formats are not supported: use BINARY, JSON or STRING.")),
+    }
+}
+
+fn name(ty: &str) -> Result<&'static str, Refused> {
+    match ty {
+        "BINARY" => Ok("BINARY"),
+        "JSON" => Ok("JSON"),
+        "STRING" => Ok("STRING"),
+        _ => Err((400, "Schema Registry formats are not supported: use BINARY, JSON or STRING.".to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concatenated_records_parse_with_their_formats() {
+        let body = br#"{"partition_id":1,"headers":[{"name":"Header-1","value":"SGVhZGVyLTE="}],
+            "key":{"type":"BINARY","data":"Zm9vYmFy"},"value":{"type":"JSON","data":{"foo":"bar"}},"timestamp":"2021-02-05T19:14:42Z"}
+            {"value":{"type":"STRING","data":"a"}}{"value":{"type":"JSON","data":1}}"#;
+        let parsed = parse(body);
+        assert_eq!(parsed.len(), 3);
+        let (first, key_type, value_type) = parsed[0].as_ref().unwrap();
+        assert_eq!((first.key.as_deref(), &first.value[..]), (Some(&b"foobar"[..]), &br#"{"foo":"bar"}"#[..]));
+        assert_eq!((*key_type, *value_type, first.partition), (Some("BINARY"), Some("JSON"), Some(1)));
+        assert_eq!(first.headers, [("header-1".to_owned(), "Header-1".to_owned())]);
+        assert_eq!(&parsed[1].as_ref().unwrap().0.value[..], b"a");
+        assert_eq!(&parsed[2].as_ref().unwrap().0.value[..], b"1");
+    }
+
+    #[test]
+    fn schema_registry_records_and_broken_json_are_refused_in_place() {
+        let parsed = parse(br#"{"value":{"type":"AVRO","schema_id":1,"data":{}}}{"value":{"data":"AA=="}}{"#);
+        assert_eq!(parsed.len(), 3);
+        assert!(parsed[0].as_ref().is_err_and(|(c, m)| *c == 400 && m.contains("Schema Registry")));
+        assert!(parsed[1].is_ok(), "BINARY is the default type");
+        assert!(parsed[2].as_ref().is_err_and(|(c, _)| *c == 400));
+    }
+}
