@@ -26,6 +26,9 @@ pub enum Body {
     Empty,
     /// Bytes made by the gateway (problem documents, admin answers, publish receipts).
     Full(Option<Bytes>),
+    /// Chunks made by the gateway as they come (Confluent v3's streamed delivery reports); ends when the sender
+    /// is dropped.
+    Channel(tokio::sync::mpsc::Receiver<Bytes>),
     /// The upstream's body, streamed; the guard keeps the request counted as in flight until it ends.
     Upstream {
         /// The upstream response body.
@@ -60,6 +63,7 @@ impl HttpBody for Body {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Channel(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
             Body::Upstream { inner, conn, .. } => {
                 let frame = Pin::new(&mut *inner).poll_frame(cx);
                 if (matches!(frame, Poll::Ready(None)) || inner.is_end_stream())
@@ -76,6 +80,7 @@ impl HttpBody for Body {
         match self {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
+            Body::Channel(_) => false,
             Body::Upstream { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -84,6 +89,7 @@ impl HttpBody for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Channel(_) => SizeHint::default(),
             Body::Upstream { inner, .. } => inner.size_hint(),
         }
     }
@@ -194,7 +200,7 @@ pub enum ReadBodyError {
 
 /// Reads the client's body: buffered when it is at most `REPLAY_LIMIT` (or `buffer_all`, up to `max_body`),
 /// otherwise left to stream.
-pub async fn prepare(body: Incoming, max_body: u64, buffer_all: bool) -> Result<Prepared, ReadBodyError> {
+pub async fn prepare(body: Incoming, max_body: u64, buffer_all: bool, stream: bool) -> Result<Prepared, ReadBodyError> {
     let hint = body.size_hint();
     if hint.lower() > max_body {
         return Err(ReadBodyError::TooLarge(max_body));
@@ -207,7 +213,7 @@ pub async fn prepare(body: Incoming, max_body: u64, buffer_all: bool) -> Result<
     if buffer_all || hint.upper().is_some_and(|n| n <= REPLAY_LIMIT) {
         return collect(limited, max_body).await;
     }
-    if hint.upper().is_some() {
+    if hint.upper().is_some() || stream {
         let slot = Arc::new(Mutex::new(Some(SourceHandle(Source { prefix: None, rest: limited }))));
         return Ok(Prepared::Streamed { slot, hint, limit: max_body });
     }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use crate::action::Action;
 use crate::bridge::{DeadLetter, RequestReplyRoute, Subscription, Wiring};
 use crate::config::{
-    AckMode, BrokerConfig, BrokerKind, Config, PublishConfig, PublishFormat, RequestReplyConfig, RetryConfig,
-    SpoolConfig, StoreKind,
+    AckMode, BrokerConfig, BrokerKind, Config, PublishApi, PublishConfig, PublishFormat, RequestReplyConfig,
+    RetryConfig, SpoolConfig, StoreKind,
 };
 use crate::forward::{Fault, ForwardRoute};
 use crate::layers::{Observe, ObserveLayer, ReadBodyLayer};
@@ -188,6 +188,7 @@ impl Snapshot {
             let mut needs_body = r.verify.is_some()
                 || rate_limit.as_ref().is_some_and(|l| l.limiter.key.as_ref().is_some_and(Template::needs_body))
                 || shared_rate_limit.as_ref().is_some_and(|l| l.0.key.as_ref().is_some_and(Template::needs_body));
+            let mut streams = false;
             let (action, idempotency) = match (&r.forward, &r.publish, &r.request_reply) {
                 (Some(forward), _, _) => {
                     let upstream = upstreams[&forward.upstream].clone();
@@ -206,7 +207,9 @@ impl Snapshot {
                     (Action::Forward(Arc::new(route)), None)
                 }
                 (None, Some(publish), _) => {
-                    needs_body = true;
+                    // Confluent v3 reads a chunked body as it streams (one delivery report per record, at once).
+                    streams = publish.api == Some(PublishApi::ConfluentV3);
+                    needs_body |= !streams;
                     used_brokers.push(publish.broker.clone());
                     let (window, capacity) = (publish.idempotency_window.0, publish.idempotency_capacity);
                     let keys = match &store {
@@ -250,7 +253,11 @@ impl Snapshot {
             };
             let layers = Layers {
                 observe: ObserveLayer(Arc::new(observe)),
-                read_body: ReadBodyLayer { max_body: config.server.max_body.0, buffer_all: needs_body },
+                read_body: ReadBodyLayer {
+                    max_body: config.server.max_body.0,
+                    buffer_all: needs_body,
+                    stream: streams,
+                },
                 verify: r.verify.as_ref().map(|v| GuardLayer::new(Arc::new(Verify::new(name.clone(), v)))),
                 auth: auth.map(|a| GuardLayer::new(Arc::new(a))),
                 cors: r.cors.as_ref().map(|c| crate::policy::cors::layer(c, r.matcher.methods.as_deref())),
@@ -278,7 +285,7 @@ impl Snapshot {
                 access_log: config.telemetry.access_log,
             })),
             // Nothing reads the body of a request no route takes, and its size does not matter: it gets 404/405.
-            read_body: ReadBodyLayer { max_body: u64::MAX, buffer_all: false },
+            read_body: ReadBodyLayer { max_body: u64::MAX, buffer_all: false, stream: false },
             verify: None,
             auth: None,
             cors: None,

@@ -217,3 +217,54 @@ async fn dapr_publishes_are_cloudevents_and_bulk_failures_name_their_entries() {
     );
     let _ = amqp.channel.queue_delete(queue.as_str().into(), Default::default()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_v3_streaming_mode_reports_each_record_while_the_client_keeps_sending() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    let _kafka = KafkaLock::shared().await;
+    let topic = create_topic("dropin-stream", 1).await;
+    let gw =
+        kafka_gateway("rest", "/v3/clusters/{cluster}/topics/{topic}/records", "{path.topic}", "confluent-v3").await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+    let body = StreamBody::new(tokio_stream_of(rx));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let req = http::Request::post(format!("http://{}/v3/clusters/c1/topics/{topic}/records", gw.addr))
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(br#"{"value":{"type":"STRING","data":"one"}}"#)))).await.unwrap();
+    let res = client.request(req).await.unwrap();
+    assert_eq!(res.status(), 200, "the stream is open");
+    let mut reports = res.into_body();
+    let mut next_report = async || {
+        let mut line = Vec::new();
+        while !line.ends_with(b"\r\n") {
+            let frame = reports.frame().await.expect("a report").unwrap();
+            line.extend_from_slice(&frame.into_data().unwrap());
+        }
+        serde_json::from_slice::<Value>(&line[..line.len() - 2]).unwrap()
+    };
+    // The first report comes while the request is still open: the client has not sent the second record yet.
+    let first = next_report().await;
+    assert_eq!((first["error_code"].as_i64(), first["offset"].as_i64()), (Some(200), Some(0)), "{first}");
+    // A record split across two chunks, then one that is not JSON.
+    tx.send(Ok(Frame::data(Bytes::from_static(br#"{"value":{"type":"STRI"#)))).await.unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(br#"NG","data":"two"}}"#)))).await.unwrap();
+    let second = next_report().await;
+    assert_eq!((second["error_code"].as_i64(), second["offset"].as_i64()), (Some(200), Some(1)), "{second}");
+    drop(tx);
+    assert!(reports.frame().await.is_none(), "the answer ends with the request");
+    let records = kafka_read_all(&topic, 1).await;
+    let values: Vec<&[u8]> = records.iter().map(|r| &r.payload[..]).collect();
+    assert_eq!(values, [&b"one"[..], &b"two"[..]]);
+}
+
+/// A stream of what arrives on `rx`.
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -29,6 +29,9 @@ pub struct ReadBodyLayer {
     pub max_body: u64,
     /// Whether a policy or the action needs the whole body in memory.
     pub buffer_all: bool,
+    /// Whether a body of unknown length (chunked) is handed on at once, unread, rather than after its first 64 KiB
+    /// (the action reads it as it streams: Confluent v3's streaming mode).
+    pub stream: bool,
 }
 
 impl<S> Layer<S> for ReadBodyLayer {
@@ -66,9 +69,9 @@ where
             let req = Request::from_parts(parts, Prepared::Buffered(Bytes::new()));
             return ReadBodyFuture::Calling { future: self.inner.call(req) };
         }
-        let ReadBodyLayer { max_body, buffer_all } = self.settings;
+        let ReadBodyLayer { max_body, buffer_all, stream } = self.settings;
         ReadBodyFuture::Reading {
-            body: Box::pin(prepare(body, max_body, buffer_all)),
+            body: Box::pin(prepare(body, max_body, buffer_all, stream)),
             rest: Some((parts, self.inner.clone())),
         }
     }

@@ -55,7 +55,7 @@ pub async fn publish(route: Arc<PublishRoute>, req: Request<Prepared>) -> Result
         return Err(GatewayError::Backlogged);
     }
     if let Some(api) = route.api {
-        return super::api::handle(api, &route, req).await;
+        return super::api::handle(api, route, req).await;
     }
     let body = req.body().bytes().cloned().unwrap_or_default();
     let message = route.message(&req, body)?;

@@ -9,16 +9,24 @@
 //!   framing): `{"error_code":200, "cluster_id", "topic_name", "partition_id", "offset", "timestamp", "key"?:
 //!   {"type","size"}, "value"?: {…}}`, or `{"error_code", "message"}` for a record that was not stored (40403
 //!   unknown topic or partition, 50003 retriable, 400 a record that cannot be read: the rest of the body then too).
-//! - The reports are sent when the whole body has been read (not while a chunked body is still streaming).
+//! - Streaming mode: a chunked body is read as it comes, and each record's report is sent as soon as it (and every
+//!   record before it) is settled, for as long as the client keeps the request open (up to `server.max_body`).
+
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use futures_util::future::join_all;
+use futures_util::stream::FuturesOrdered;
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 use super::{Record, bytes, failure_text, now_rfc3339, publish_all};
-use crate::body::{Body, Prepared};
+use crate::body::{Body, OutBody, Prepared};
 use crate::problem::GatewayError;
 use crate::publish::message::{Destination, Receipt};
 use crate::publish::route::PublishRoute;
@@ -31,64 +39,145 @@ type Parsed = Result<(Record, Option<&'static str>, Option<&'static str>), Refus
 /// A key or value: its bytes and its type's name.
 type Data = (Option<Bytes>, Option<&'static str>);
 
-/// Answers one produce request.
-pub async fn handle(route: &PublishRoute, req: Request<Prepared>) -> Result<Response<Body>, GatewayError> {
-    let body = req.body().bytes().cloned().unwrap_or_default();
-    let mut slots = Vec::new();
-    let mut records = Vec::new();
-    for p in parse(&body) {
-        match p {
-            Ok((record, key_type, value_type)) => {
-                slots.push(Ok((key_type, value_type, record.key.as_ref().map(Bytes::len), record.value.len())));
-                records.push(record);
-            }
-            Err(e) => slots.push(Err(e)),
-        }
-    }
-    let mut results = publish_all(route, &req, records, route.ack).await?.into_iter();
+/// Answers one produce request: at once for a body already read, record by record for one that streams.
+pub async fn handle(route: Arc<PublishRoute>, req: Request<Prepared>) -> Result<Response<Body>, GatewayError> {
     let cluster = facts(&req).params.get("cluster").unwrap_or_default().to_owned();
-    let mut out = BytesMut::new();
-    for slot in slots {
-        let report = match slot {
-            Err((code, message)) => json!({ "error_code": code, "message": message }),
-            Ok((key_type, value_type, key_size, value_size)) => match results.next().expect("one result a record") {
-                Ok((message, receipt)) => {
-                    let topic = match &message.destination {
-                        Destination::Kafka { topic, .. } => topic.clone(),
-                        Destination::Amqp { routing_key, .. } => routing_key.clone(),
-                    };
-                    let (partition, offset) = match receipt {
-                        Receipt::Kafka { partition, offset } => (partition, offset),
-                        _ => (-1, -1),
-                    };
-                    let mut report = json!({
-                        "error_code": 200, "cluster_id": cluster, "topic_name": topic,
-                        "partition_id": partition, "offset": offset, "timestamp": now_rfc3339(),
-                    });
-                    if let (Some(t), Some(size)) = (key_type, key_size) {
-                        report["key"] = json!({ "type": t, "size": size });
+    let Some(stream) = req.body().attempt().filter(|_| req.body().bytes().is_none()) else {
+        let body = req.body().bytes().cloned().unwrap_or_default();
+        let reports = join_all(parse(&body).into_iter().map(|p| report(&route, &req, &cluster, p))).await;
+        let mut out = BytesMut::new();
+        for r in reports {
+            frame(&mut out, &r);
+        }
+        return Ok(bytes(StatusCode::OK, "application/json", out.freeze()));
+    };
+    // Streaming mode: reports go out as records come in, in their order, while the client keeps sending.
+    let (tx, rx) = mpsc::channel(64);
+    let (parts, _) = req.into_parts();
+    let req = Request::from_parts(parts, Prepared::Buffered(Bytes::new()));
+    tokio::spawn(async move { stream_reports(&route, &req, &cluster, stream, tx).await });
+    let mut res = bytes(StatusCode::OK, "application/json", Bytes::new());
+    *res.body_mut() = Body::Channel(rx);
+    Ok(res)
+}
+
+/// Reads records off `body` as they arrive, publishes each, and sends its report in order; ends with the body (or
+/// the first unreadable record, or the client going away).
+async fn stream_reports(
+    route: &PublishRoute,
+    req: &Request<Prepared>,
+    cluster: &str,
+    mut body: OutBody,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let mut buf = BytesMut::new();
+    let mut pending = FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            frame = body.frame(), if reading => match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
                     }
-                    if let Some(t) = value_type {
-                        report["value"] = json!({ "type": t, "size": value_size });
+                    loop {
+                        let mut values = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
+                        match values.next() {
+                            Some(Ok(v)) => {
+                                let used = values.byte_offset();
+                                let _ = buf.split_to(used);
+                                pending.push_back(report(route, req, cluster, record(&v)));
+                            }
+                            Some(Err(e)) if e.is_eof() => break,
+                            None => break,
+                            Some(Err(e)) => {
+                                let refused = Err((400, format!("Invalid JSON: {e}")));
+                                pending.push_back(report(route, req, cluster, refused));
+                                reading = false;
+                                break;
+                            }
+                        }
                     }
-                    report
                 }
-                Err(e) => {
-                    let code = if e.is_unroutable() {
-                        40403
-                    } else if e.is_retryable() {
-                        50003
+                None => {
+                    reading = false;
+                    if buf.iter().any(|b| !b.is_ascii_whitespace()) {
+                        let refused = Err((400, "The body ends inside a record.".to_owned()));
+                        pending.push_back(report(route, req, cluster, refused));
+                    }
+                }
+                Some(Err(e)) => {
+                    reading = false;
+                    let message = if crate::body::is_too_large(&*e) {
+                        "The stream is larger than the gateway accepts."
                     } else {
-                        500
+                        "The body could not be read."
                     };
-                    json!({ "error_code": code, "message": failure_text(&e) })
+                    pending.push_back(report(route, req, cluster, Err((400, message.to_owned()))));
                 }
             },
-        };
-        serde_json::to_writer((&mut out).writer(), &report).expect("JSON serializes");
-        out.put_slice(b"\r\n");
+            Some(report) = pending.next(), if !pending.is_empty() => {
+                let mut out = BytesMut::new();
+                frame(&mut out, &report);
+                if tx.send(out.freeze()).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            else => return,
+        }
     }
-    Ok(bytes(StatusCode::OK, "application/json", out.freeze()))
+}
+
+/// One report followed by the proxy's `\r\n`.
+fn frame(out: &mut BytesMut, report: &Value) {
+    serde_json::to_writer(out.writer(), report).expect("JSON serializes");
+    out.put_slice(b"\r\n");
+}
+
+/// Publishes one record (or not, when it was refused) and makes its delivery report.
+async fn report(route: &PublishRoute, req: &Request<Prepared>, cluster: &str, parsed: Parsed) -> Value {
+    let (record, key_type, value_type) = match parsed {
+        Ok(p) => p,
+        Err((code, message)) => return json!({ "error_code": code, "message": message }),
+    };
+    let (key_size, value_size) = (record.key.as_ref().map(Bytes::len), record.value.len());
+    let result = match publish_all(route, req, vec![record], route.ack).await {
+        Ok(mut results) => results.pop().expect("one result"),
+        Err(e) => return json!({ "error_code": e.status().as_u16(), "message": e.to_string() }),
+    };
+    match result {
+        Ok((message, receipt)) => {
+            let topic = match &message.destination {
+                Destination::Kafka { topic, .. } => topic.clone(),
+                Destination::Amqp { routing_key, .. } => routing_key.clone(),
+            };
+            let (partition, offset) = match receipt {
+                Receipt::Kafka { partition, offset } => (partition, offset),
+                _ => (-1, -1),
+            };
+            let mut report = json!({
+                "error_code": 200, "cluster_id": cluster, "topic_name": topic,
+                "partition_id": partition, "offset": offset, "timestamp": now_rfc3339(),
+            });
+            if let (Some(t), Some(size)) = (key_type, key_size) {
+                report["key"] = json!({ "type": t, "size": size });
+            }
+            if let Some(t) = value_type {
+                report["value"] = json!({ "type": t, "size": value_size });
+            }
+            report
+        }
+        Err(e) => {
+            let code = if e.is_unroutable() {
+                40403
+            } else if e.is_retryable() {
+                50003
+            } else {
+                500
+            };
+            json!({ "error_code": code, "message": failure_text(&e) })
+        }
+    }
 }
 
 /// Every concatenated `ProduceRequest`, with the formats of its key and value. Once the JSON cannot be read, the

@@ -11,6 +11,8 @@ pub mod confluent;
 pub mod dapr;
 pub mod strimzi;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::header::{self, HeaderValue};
@@ -26,13 +28,13 @@ use crate::problem::GatewayError;
 /// Answers one request of a route with `publish.api`.
 pub async fn handle(
     api: PublishApi,
-    route: &PublishRoute,
+    route: Arc<PublishRoute>,
     req: Request<Prepared>,
 ) -> Result<Response<Body>, GatewayError> {
     match api {
-        PublishApi::Strimzi => strimzi::handle(route, req).await,
+        PublishApi::Strimzi => strimzi::handle(&route, req).await,
         PublishApi::ConfluentV3 => confluent::handle(route, req).await,
-        PublishApi::Dapr => dapr::handle(route, req).await,
+        PublishApi::Dapr => dapr::handle(&route, req).await,
     }
 }
 
