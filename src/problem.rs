@@ -100,8 +100,9 @@ pub enum GatewayError {
     /// Every slot of the route's `Idempotency-Key` store holds a request still in flight.
     #[error("too many requests with an Idempotency-Key are in flight; retry later")]
     IdempotencyFull,
-    /// The broker did not take the message (down, nack, confirm or delivery timeout): nothing was stored.
-    #[error("the broker did not accept the message; nothing was stored, retry later")]
+    /// The broker did not confirm the message (down, nack, confirm or delivery timeout). Usually nothing was stored,
+    /// but a message whose confirm was lost may have been: a retry should carry the same `Idempotency-Key`.
+    #[error("the broker did not confirm the message; retry later with the same Idempotency-Key")]
     BrokerUnavailable,
     /// The shared store (Redis) did not answer and `store.on_error = "fail_closed"`.
     #[error("the gateway's shared state is unavailable, retry later")]

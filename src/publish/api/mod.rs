@@ -122,7 +122,7 @@ pub fn failure_text(e: &PublishError) -> &'static str {
         PublishError::Rejected { .. } => "The broker refused the record.",
         PublishError::Config { .. } => "The gateway is misconfigured.",
         PublishError::Unavailable { .. } | PublishError::Nacked { .. } => {
-            "The broker did not accept the record; nothing was stored, retry later."
+            "The broker did not confirm the record; retry later."
         }
     }
 }
