@@ -5,6 +5,7 @@
 #                                    otherwise start them; waits until both answer (Kafka: a real
 #                                    produce/consume round trip), then provisions what the sample routes.toml
 #                                    publishes to (as `sample` does). Idempotent.
+#                                    Also starts the SQS-compatible server (integration/sqs.sh up).
 #   integration/brokers.sh down      stop what `up` started (nothing else); leaves nothing running
 #   integration/brokers.sh status    print whether each broker is reachable; exit 0 if both are, 1 otherwise
 #   integration/brokers.sh ca-file   print the path of the CA certificate that signed the brokers' TLS listeners
@@ -23,9 +24,12 @@
 #                                                  and Erlang cookie), e.g. `rabbitmqctl close_all_connections x`
 #   integration/brokers.sh kafka-stop              stop the Kafka broker `up` started (SIGTERM, then wait until the
 #                                                  JVM has exited and the port refuses connections); its state stays
+#   integration/brokers.sh kafka-kill              kill that broker with SIGKILL (a crash: no controlled shutdown,
+#                                                  log recovery at the next start), then wait until the port refuses
+#                                                  connections; its state stays
 #   integration/brokers.sh kafka-start             start it again with the same state and wait until it answers
 #                                                  (ApiVersions, then a produce/consume round trip, as `up` does).
-#                                                  Both refuse (exit 1) when brokers.sh did not start Kafka itself.
+#                                                  The three refuse (exit 1) when brokers.sh did not start Kafka itself.
 #   integration/brokers.sh kafka-tail TOPIC [N]     print the last N (default 10) records of a topic, oldest first:
 #                                                  partition@offset, key, headers, value (reads, commits nothing)
 #   integration/brokers.sh rabbit-get QUEUE [N]    take up to N (default 10) messages off a queue and print each:
@@ -581,8 +585,9 @@ kafka_down() {
     rm -f "$KAFKA_PIDFILE"
 }
 
-# kafka-stop / kafka-start: only for the broker `up` started. KAFKA_STOPPED marks a broker stopped by kafka-stop,
-# so that kafka-start knows it may start it again (`down` removes the pid file; a stopped broker has none).
+# kafka-stop / kafka-kill / kafka-start: only for the broker `up` started. KAFKA_STOPPED marks a broker stopped by
+# kafka-stop or kafka-kill, so that kafka-start knows it may start it again (`down` removes the pid file; a stopped
+# broker has none).
 kafka_ours() { pid_alive "$KAFKA_PIDFILE" || [[ -e $KAFKA_STOPPED ]]; }
 kafka_port_closed() { ! port_in_use "$KAFKA_HOST" "$KAFKA_PORT"; }
 
@@ -610,6 +615,29 @@ kafka_stop() {
     wait_until 10 "kafka port closed" kafka_port_closed || die "$KAFKA_HOST:$KAFKA_PORT still accepts connections"
     rm -f "$KAFKA_PIDFILE"
     log "Kafka: stopped; $KAFKA_HOST:$KAFKA_PORT refuses connections"
+}
+
+# SIGKILL: what a crash (or the OOM killer) does to the broker; kafka-start recovers its logs.
+kafka_kill() {
+    if ! kafka_ours; then
+        if kafka_ping; then
+            die "Kafka at $KAFKA_BOOTSTRAP was not started by brokers.sh; cannot kill it"
+        fi
+        die "no Kafka started by brokers.sh is running (run integration/brokers.sh up)"
+    fi
+    if ! pid_alive "$KAFKA_PIDFILE"; then
+        log "Kafka: already stopped"
+        return 0
+    fi
+    local pid
+    pid=$(cat "$KAFKA_PIDFILE")
+    touch "$KAFKA_STOPPED"
+    log "Kafka: killing broker (pid $pid) with SIGKILL"
+    kill -9 "$pid" 2>/dev/null || true
+    wait_until 30 "kafka exit" pid_gone "$pid" || die "Kafka (pid $pid) survived SIGKILL"
+    wait_until 10 "kafka port closed" kafka_port_closed || die "$KAFKA_HOST:$KAFKA_PORT still accepts connections"
+    rm -f "$KAFKA_PIDFILE"
+    log "Kafka: killed; $KAFKA_HOST:$KAFKA_PORT refuses connections"
 }
 
 kafka_restart() {
@@ -743,11 +771,14 @@ main() {
             local t0=$SECONDS
             rabbit_up
             kafka_up
-            log "both brokers up ($((SECONDS - t0))s): AMQP $AMQP_URL, Kafka $KAFKA_BOOTSTRAP"
+            # The SQS-compatible server (ElasticMQ) has a script of its own; its endpoint goes to stderr here.
+            "$SCRIPT_DIR/sqs.sh" up >&2
+            log "brokers up ($((SECONDS - t0))s): AMQP $AMQP_URL, Kafka $KAFKA_BOOTSTRAP, SQS $("$SCRIPT_DIR/sqs.sh" url)"
             cmd_sample
             ;;
         sample) cmd_sample ;;
         down)
+            "$SCRIPT_DIR/sqs.sh" down
             kafka_down
             rabbit_down
             ;;
@@ -771,6 +802,7 @@ main() {
             ;;
         rabbitmqctl) rabbitmqctl_ "$@" ;;
         kafka-stop) kafka_stop ;;
+        kafka-kill) kafka_kill ;;
         kafka-start) kafka_restart ;;
         kafka-tail)
             [[ $# -ge 1 && $# -le 2 ]] || die "usage: brokers.sh kafka-tail TOPIC [N]"

@@ -17,6 +17,9 @@ integration/brokers.sh up
 SLUICE_TEST_BROKER_CA=${SLUICE_TEST_BROKER_CA:-$(integration/brokers.sh ca-file)}
 export SLUICE_TEST_BROKER_CA
 integration/otel.sh up
+# The SQS-compatible server brokers.sh started (tests/sqs.rs).
+SLUICE_TEST_SQS=${SLUICE_TEST_SQS:-$(integration/sqs.sh url)}
+export SLUICE_TEST_SQS
 # Redis for the shared store (tests/store.rs).
 SLUICE_TEST_REDIS=${SLUICE_TEST_REDIS:-$(integration/redis.sh up)}
 export SLUICE_TEST_REDIS
@@ -36,6 +39,10 @@ cargo test --all-targets --locked
 integration/walkthrough.sh
 # deploy/: kustomize base and overlays rendered and validated offline, each ConfigMap's routes.toml checked.
 SLUICE_BIN=${SLUICE_BIN:-${CARGO_TARGET_DIR:-target}/debug/sluice} integration/deploy-check.sh
+# The fault suite's short mode (a few minutes): brokers stopped, killed and degraded (Toxiproxy), an upstream killed,
+# the gateway SIGTERM'd and SIGKILL'd under load, with and without a spool; every 202 must reach an independent
+# consumer. The full run (`integration/faults.sh --full`, about 10 minutes) writes integration/FAULTS.md.
+FAULTS_SPOOL=${FAULTS_SPOOL:-1} integration/faults.sh
 
 # Fuzzing is a long suite, off by default: SLUICE_FUZZ_SECONDS=N runs every target of fuzz/ for N seconds after
 # the tests (fuzz/run.sh installs the nightly toolchain and cargo-fuzz when missing).

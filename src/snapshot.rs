@@ -323,6 +323,7 @@ impl Snapshot {
                                 key: None,
                                 partition: None,
                             },
+                            BrokerKind::Sqs => unreachable!("validated: no dead letters to sqs"),
                             BrokerKind::Amqp => Destination::Amqp {
                                 exchange: dl.exchange.clone().unwrap_or_default(),
                                 routing_key: dl.routing_key.clone().unwrap_or_default(),
@@ -408,6 +409,9 @@ async fn connect(name: &str, cfg: &BrokerConfig) -> Result<Publisher, PublishErr
             let bootstrap = cfg.bootstrap.as_deref().unwrap_or_default();
             Publisher::connect_kafka(name, bootstrap, cfg.delivery_timeout.0, &options).await
         }
+        BrokerKind::Sqs => {
+            Publisher::connect_sqs(name, cfg.endpoint.as_deref(), cfg.region.as_deref().unwrap_or("us-east-1"))
+        }
         BrokerKind::Amqp => {
             let url = match (&cfg.url, &cfg.url_env) {
                 (Some(u), _) => u.clone(),
@@ -432,6 +436,7 @@ fn request_reply_route(
             topic: template(rr.topic.as_deref().unwrap_or_default()),
             key: rr.key.as_deref().map(template),
         },
+        BrokerKind::Sqs => unreachable!("validated: no request-reply over sqs"),
         BrokerKind::Amqp => Target::Amqp {
             exchange: rr.exchange.clone().unwrap_or_default(),
             routing_key: template(rr.routing_key.as_deref().unwrap_or_default()),
@@ -480,6 +485,11 @@ fn publish_route(
             routing_key: template(p.routing_key.as_deref().unwrap_or_default()),
             persistent: p.persistent,
         },
+        BrokerKind::Sqs => Target::Sqs {
+            queue: p.queue.clone().unwrap_or_default(),
+            group: template(p.message_group_id.as_deref().unwrap_or("{route}")),
+            dedup: p.deduplication_id.as_deref().map(template),
+        },
     };
     let cloudevents = (p.format == PublishFormat::Cloudevents).then(|| CloudEvents {
         ce_type: template(p.ce_type.as_deref().unwrap_or("{route}")),
@@ -489,6 +499,7 @@ fn publish_route(
     let allowed = match config.brokers[&p.broker].kind {
         BrokerKind::Kafka => p.allowed_topics.clone(),
         BrokerKind::Amqp => p.allowed_routing_keys.clone(),
+        BrokerKind::Sqs => Vec::new(),
     };
     let publisher = brokers[&p.broker].publisher.clone();
     let source = match (&p.backlog_queue, &p.backlog_group) {

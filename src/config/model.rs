@@ -672,7 +672,7 @@ fn default_rate_limit_max_keys() -> usize {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `amqp` (RabbitMQ) or `kafka`.
+    /// `amqp` (RabbitMQ), `kafka` or `sqs`.
     pub kind: BrokerKind,
     /// amqp: connection URL (may hold credentials: prefer `url_env`).
     #[serde(default)]
@@ -703,6 +703,13 @@ pub struct BrokerConfig {
     /// A durable local spool for messages while the broker is unreachable.
     #[serde(default)]
     pub spool: Option<SpoolConfig>,
+    /// sqs: the endpoint of an SQS-compatible server (default: AWS's endpoint for `region`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// sqs: the AWS region (default `us-east-1`). Credentials come from `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 /// `[brokers.NAME.spool]`
@@ -774,6 +781,8 @@ pub enum BrokerKind {
     Amqp,
     /// Apache Kafka.
     Kafka,
+    /// Amazon SQS, or an SQS-compatible server (`endpoint`).
+    Sqs,
 }
 
 /// `[[subscriptions]]`: consume a queue (or topic) and deliver each message to an upstream.
@@ -991,6 +1000,15 @@ pub struct PublishConfig {
     /// kafka: the consumer group whose lag on the route's topic is the backlog.
     #[serde(default)]
     pub backlog_group: Option<String>,
+    /// sqs: the queue (its name, or its URL).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// sqs FIFO queues: the message group (template; default the route's name).
+    #[serde(default)]
+    pub message_group_id: Option<String>,
+    /// sqs FIFO queues: the deduplication id (template; default the `Idempotency-Key`, else the `sluice-id`).
+    #[serde(default)]
+    pub deduplication_id: Option<String>,
     /// Accept the request (and answer) in the shape of another produce API instead of one message per request:
     /// `strimzi` (Strimzi Kafka Bridge), `confluent-v3` (Confluent REST Proxy v3), `dapr` (Dapr publish and bulk
     /// publish).

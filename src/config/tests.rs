@@ -432,6 +432,58 @@ url = "https://127.0.0.1"
 }
 
 #[test]
+fn sqs_problems_are_named() {
+    let p = problems(
+        r#"
+[brokers.q]
+kind = "sqs"
+endpoint = "127.0.0.1:9324"
+bootstrap = "x:9092"
+[brokers.k]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+region = "eu-west-1"
+[upstreams.u]
+endpoints = ["http://127.0.0.1:1"]
+[[routes]]
+name = "a"
+match = { path = "/a" }
+publish = { broker = "q", queue = "orders-{header.x}", topic = "t" }
+[[routes]]
+name = "b"
+match = { path = "/b" }
+publish = { broker = "q" }
+[[routes]]
+name = "c"
+match = { path = "/c" }
+publish = { broker = "k", topic = "t", queue = "q" }
+[[routes]]
+name = "d"
+match = { path = "/d" }
+request_reply = { broker = "q", timeout = "1s" }
+[[subscriptions]]
+name = "s"
+from = { broker = "q" }
+to = { upstream = "u", path = "/" }
+"#,
+    )
+    .join("\n");
+    for e in [
+        "brokers.q: endpoint must start with http:// or https://",
+        "brokers.q: bootstrap is not an sqs key",
+        "brokers.k: region is an sqs key",
+        "routes[0] \"a\": publish.queue must be a queue name or URL (no template)",
+        "routes[0] \"a\": publish.topic is not for sqs broker \"q\"",
+        "routes[1] \"b\": publish.queue is required for sqs broker \"q\"",
+        "routes[2] \"c\": publish.queue is for sqs brokers",
+        "request_reply over sqs brokers is not built yet",
+        "subscriptions from sqs brokers are not built yet",
+    ] {
+        assert!(p.contains(e), "missing {e:?} in:\n{p}");
+    }
+}
+
+#[test]
 fn publish_api_problems_are_named() {
     let p = problems(
         r#"

@@ -468,16 +468,16 @@ fn check_destination(
 ) {
     use crate::publish::destination::{MAX_ROUTING_KEY_LEN, MAX_TOPIC_LEN, glob_matches, is_topic_byte, topic_problem};
     let Some(p) = &r.publish else { return };
-    let Some(kind) = config.brokers.get(&p.broker).map(|b| b.kind) else { return };
+    let Some(kind) = config.brokers.get(&p.broker).map(|b| b.kind).filter(|k| *k != BrokerKind::Sqs) else { return };
     let (key, source, list_key, list, noun) = match kind {
         BrokerKind::Kafka => ("topic", &p.topic, "allowed_topics", &p.allowed_topics, "topic"),
-        BrokerKind::Amqp => {
+        BrokerKind::Amqp | BrokerKind::Sqs => {
             ("routing_key", &p.routing_key, "allowed_routing_keys", &p.allowed_routing_keys, "routing key")
         }
     };
     let (other_key, other, other_kind, this_kind) = match kind {
         BrokerKind::Kafka => ("allowed_routing_keys", &p.allowed_routing_keys, "amqp", "kafka"),
-        BrokerKind::Amqp => ("allowed_topics", &p.allowed_topics, "kafka", "amqp"),
+        BrokerKind::Amqp | BrokerKind::Sqs => ("allowed_topics", &p.allowed_topics, "kafka", "amqp"),
     };
     if !other.is_empty() {
         errors.push(format!(
@@ -488,7 +488,7 @@ fn check_destination(
     for pattern in list {
         let never = match kind {
             BrokerKind::Kafka => pattern.is_empty() || !pattern.bytes().all(|b| is_topic_byte(b) || b == b'*'),
-            BrokerKind::Amqp => pattern.len() > MAX_ROUTING_KEY_LEN,
+            BrokerKind::Amqp | BrokerKind::Sqs => pattern.len() > MAX_ROUTING_KEY_LEN,
         };
         if never {
             errors.push(format!("{label}: publish.{list_key}: {pattern:?} can never match a {noun}"));
@@ -511,6 +511,7 @@ fn check_destination(
     }
     let literal_len: usize = template.literals().map(str::len).sum();
     match kind {
+        BrokerKind::Sqs => {}
         BrokerKind::Kafka => {
             if let Some(bad) = template.literals().find(|l| !l.bytes().all(is_topic_byte)) {
                 errors.push(format!(
@@ -578,6 +579,26 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
                 }
             }
         }
+        BrokerKind::Sqs => {
+            if let Some(endpoint) = &b.endpoint
+                && !endpoint.starts_with("http://")
+                && !endpoint.starts_with("https://")
+            {
+                errors.push(format!("{at}: endpoint must start with http:// or https://"));
+            }
+            for (key, set) in [
+                ("url", b.url.is_some()),
+                ("url_env", b.url_env.is_some()),
+                ("bootstrap", b.bootstrap.is_some()),
+                ("ca_file", b.ca_file.is_some()),
+                ("options", !b.options.is_empty()),
+                ("options_env", !b.options_env.is_empty()),
+            ] {
+                if set {
+                    errors.push(format!("{at}: {key} is not an sqs key"));
+                }
+            }
+        }
         BrokerKind::Kafka => {
             if b.bootstrap.as_deref().is_none_or(str::is_empty) {
                 errors.push(format!("{at}: kind = \"kafka\" needs bootstrap"));
@@ -615,6 +636,13 @@ fn check_broker(name: &str, b: &BrokerConfig, errors: &mut Vec<String>) {
             errors.push(format!("{at}.spool: max_bytes must be at least 64KiB"));
         }
     }
+    if b.kind != BrokerKind::Sqs {
+        for (key, set) in [("endpoint", b.endpoint.is_some()), ("region", b.region.is_some())] {
+            if set {
+                errors.push(format!("{at}: {key} is an sqs key"));
+            }
+        }
+    }
     for (key, d) in [("confirm_timeout", b.confirm_timeout), ("delivery_timeout", b.delivery_timeout)] {
         if d.0.is_zero() {
             errors.push(format!("{at}: {key} must be more than 0"));
@@ -642,6 +670,7 @@ fn broker_kind(label: &str, action: &str, name: &str, config: &Config, errors: &
 
 fn check_subscription(label: &str, s: &SubscriptionConfig, config: &Config, errors: &mut Vec<String>) {
     match broker_kind(label, "from", &s.from.broker, config, errors) {
+        Some(BrokerKind::Sqs) => errors.push(format!("{label}: subscriptions from sqs brokers are not built yet")),
         Some(BrokerKind::Kafka) => {
             for (key, set) in [("topic", s.from.topic.is_some()), ("group", s.from.group.is_some())] {
                 if !set {
@@ -688,6 +717,7 @@ fn check_subscription(label: &str, s: &SubscriptionConfig, config: &Config, erro
     let Some(dl) = &s.dead_letter else { return };
     let broker = dl.broker.as_deref().unwrap_or(&s.from.broker);
     match broker_kind(label, "dead_letter", broker, config, errors) {
+        Some(BrokerKind::Sqs) => errors.push(format!("{label}: dead letters to sqs brokers are not built yet")),
         Some(BrokerKind::Amqp) => {
             if dl.routing_key.is_none() {
                 errors.push(format!("{label}: dead_letter.routing_key is required for amqp broker {broker:?}"));
@@ -723,6 +753,7 @@ fn check_request_reply(
     errors: &mut Vec<String>,
 ) {
     match broker_kind(label, "request_reply", &rr.broker, config, errors) {
+        Some(BrokerKind::Sqs) => errors.push(format!("{label}: request_reply over sqs brokers is not built yet")),
         Some(BrokerKind::Kafka) => {
             for (key, set) in [("topic", rr.topic.is_some()), ("reply_topic", rr.reply_topic.is_some())] {
                 if !set {
@@ -823,11 +854,47 @@ fn check_publish(
                 }
             }
         }
+        Some(BrokerKind::Sqs) => {
+            match p.queue.as_deref() {
+                None | Some("") => {
+                    errors.push(format!("{label}: publish.queue is required for sqs broker {:?}", p.broker))
+                }
+                Some(q) if q.contains('{') => {
+                    errors.push(format!("{label}: publish.queue must be a queue name or URL (no template)"))
+                }
+                Some(_) => {}
+            }
+            for (key, set) in [
+                ("topic", p.topic.is_some()),
+                ("key", p.key.is_some()),
+                ("exchange", p.exchange.is_some()),
+                ("routing_key", p.routing_key.is_some()),
+                ("api", p.api.is_some()),
+                ("max_backlog", p.max_backlog.is_some()),
+            ] {
+                if set {
+                    errors.push(format!("{label}: publish.{key} is not for sqs broker {:?}", p.broker));
+                }
+            }
+        }
         None => {}
+    }
+    if kind.is_some_and(|k| k != BrokerKind::Sqs) {
+        for (key, set) in [
+            ("queue", p.queue.is_some()),
+            ("message_group_id", p.message_group_id.is_some()),
+            ("deduplication_id", p.deduplication_id.is_some()),
+        ] {
+            if set {
+                errors.push(format!("{label}: publish.{key} is for sqs brokers"));
+            }
+        }
     }
     for (key, t) in [
         ("topic", &p.topic),
         ("key", &p.key),
+        ("message_group_id", &p.message_group_id),
+        ("deduplication_id", &p.deduplication_id),
         ("routing_key", &p.routing_key),
         ("ce_type", &p.ce_type),
         ("ce_source", &p.ce_source),

@@ -28,6 +28,8 @@ impl NameRules {
                 }
                 ("publish.topic", "allowed_topics", topic)
             }
+            // The queue is a literal of the route's (no template): nothing the client sent.
+            Destination::Sqs { .. } => return Ok(()),
             Destination::Amqp { routing_key, .. } => {
                 if routing_key.len() > MAX_ROUTING_KEY_LEN {
                     return Err(refuse(format!(

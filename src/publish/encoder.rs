@@ -20,6 +20,15 @@ pub enum Target {
         /// Record key template.
         key: Option<Template>,
     },
+    /// An SQS queue.
+    Sqs {
+        /// The queue's name or URL.
+        queue: String,
+        /// FIFO: the message group template.
+        group: Template,
+        /// FIFO: the deduplication id template (default: the `Idempotency-Key`, else the `sluice-id`).
+        dedup: Option<Template>,
+    },
     /// An AMQP exchange.
     Amqp {
         /// Exchange name.
@@ -74,6 +83,14 @@ impl Encoder {
                 key: key.as_ref().map(|k| k.render(cx).map(Bytes::from)).transpose()?,
                 partition: None,
             },
+            Target::Sqs { queue, group, dedup } => Destination::Sqs {
+                queue: queue.clone(),
+                group_id: Some(group.render(cx)?),
+                dedup_id: match dedup {
+                    Some(t) => Some(t.render(cx)?),
+                    None => headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned),
+                },
+            },
             Target::Amqp { exchange, routing_key, persistent } => Destination::Amqp {
                 exchange: exchange.clone(),
                 routing_key: routing_key.render(cx)?,
@@ -95,7 +112,8 @@ impl Encoder {
         let structured = content_type.as_deref().is_some_and(|c| c.starts_with("application/cloudevents+json"));
         if let (Some(ce), false) = (&self.cloudevents, structured) {
             let prefix = match self.target {
-                Target::Kafka { .. } => "ce_",
+                // CloudEvents' SQS binding names its attributes as Kafka's does.
+                Target::Kafka { .. } | Target::Sqs { .. } => "ce_",
                 Target::Amqp { .. } => "cloudEvents:",
             };
             let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();

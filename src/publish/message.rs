@@ -15,6 +15,15 @@ pub enum Destination {
         /// The partition, when the client chose one (drop-in produce APIs); else the key's (or any).
         partition: Option<i32>,
     },
+    /// An SQS queue.
+    Sqs {
+        /// The queue's name or URL.
+        queue: String,
+        /// FIFO queues: `MessageGroupId`.
+        group_id: Option<String>,
+        /// FIFO queues: `MessageDeduplicationId` (the `sluice-id` when absent).
+        dedup_id: Option<String>,
+    },
     /// An AMQP 0-9-1 exchange (RabbitMQ).
     Amqp {
         /// Exchange name; `""` is the default exchange (routing key = queue name).
@@ -85,6 +94,8 @@ pub enum Receipt {
     Amqp,
     /// Handed to the client library without waiting for the broker (`Ack::None`).
     Unconfirmed,
+    /// SQS has the message (`SendMessage` answered).
+    Sqs,
     /// The broker was unreachable: appended to the broker's spool and fsync'd, to be published when it is back.
     Spooled,
 }

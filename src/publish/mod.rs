@@ -10,6 +10,7 @@
 //! - [`outage`]: one log line when a broker goes down, one when it is back.
 //! - [`route`]: the action of a publish route.
 //! - [`api`]: drop-in produce APIs (Strimzi Kafka Bridge, Confluent REST v3, Dapr) on a publish route.
+//! - [`sqs`]: the SQS producer (aws-sdk-sqs).
 //! - [`spool`]: the durable spool in front of a broker while it is unreachable.
 
 pub mod amqp;
@@ -26,6 +27,7 @@ pub mod publisher;
 pub mod reply;
 pub mod route;
 pub mod spool;
+pub mod sqs;
 
 pub use error::PublishError;
 pub use message::{Ack, Destination, Message, Receipt};

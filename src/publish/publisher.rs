@@ -14,6 +14,7 @@ use super::kafka::KafkaPublisher;
 use super::message::{Ack, Message, Receipt};
 use super::reply::{Replies, Waiter};
 use super::spool::Spool;
+use super::sqs::SqsPublisher;
 
 /// A boxed future of a producer.
 pub type ProducerFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -124,6 +125,11 @@ impl Publisher {
         ca_file: Option<std::path::PathBuf>,
     ) -> Result<Self, PublishError> {
         Ok(Publisher::new(AmqpPublisher::connect(name, url, confirm_timeout, ca_file).await?))
+    }
+
+    /// An SQS client for `endpoint` (or AWS's for `region`); succeeds while SQS is unreachable.
+    pub fn connect_sqs(name: &str, endpoint: Option<&str>, region: &str) -> Result<Self, PublishError> {
+        Ok(Publisher::new(SqsPublisher::connect(name, endpoint, region)?))
     }
 
     /// Publish one message.
@@ -261,6 +267,25 @@ impl Producer for KafkaPublisher {
                 Box::pin(std::future::ready(Err(PublishError::config("a kafka broker has no queues", None))))
             }
         }
+    }
+}
+
+impl Producer for SqsPublisher {
+    fn publish(&self, msg: Message, ack: Ack) -> ProducerFuture<'_, Result<Receipt, PublishError>> {
+        Box::pin(SqsPublisher::publish(self, msg, ack))
+    }
+    fn is_up(&self) -> bool {
+        SqsPublisher::is_up(self)
+    }
+    fn flush(&self, _timeout: Duration) -> ProducerFuture<'_, ()> {
+        // Nothing is ever in flight after `SendMessage` answered.
+        Box::pin(std::future::ready(()))
+    }
+    fn name(&self) -> &str {
+        SqsPublisher::name(self)
+    }
+    fn kind(&self) -> &'static str {
+        "sqs"
     }
 }
 

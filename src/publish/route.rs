@@ -99,7 +99,7 @@ impl PublishRoute {
         let outcome = match receipt {
             Receipt::Unconfirmed => "unconfirmed",
             Receipt::Spooled => "spooled",
-            Receipt::Kafka { .. } | Receipt::Amqp => "confirmed",
+            Receipt::Kafka { .. } | Receipt::Amqp | Receipt::Sqs => "confirmed",
         };
         self.metrics.outcome(outcome).inc();
         Ok(receipt)
@@ -110,6 +110,7 @@ impl PublishRoute {
 pub fn producer_span(tracer: &Tracer, parent: &TraceContext, broker: &str, message: &Message) -> Span {
     let (system, name) = match &message.destination {
         Destination::Kafka { topic, .. } => ("kafka", topic.as_str()),
+        Destination::Sqs { queue, .. } => ("aws_sqs", queue.as_str()),
         Destination::Amqp { exchange, routing_key, .. } if exchange.is_empty() => ("rabbitmq", routing_key.as_str()),
         Destination::Amqp { exchange, .. } => ("rabbitmq", exchange.as_str()),
     };
@@ -150,11 +151,12 @@ fn receipt_body(route: &PublishRoute, id: &str, destination: Destination, receip
             doc["exchange"] = json!(exchange);
             doc["routing_key"] = json!(routing_key);
         }
+        Destination::Sqs { queue, .. } => doc["queue"] = json!(queue),
     }
     match receipt {
         Receipt::Unconfirmed => doc["confirmed"] = json!(false),
         Receipt::Spooled => doc["spooled"] = json!(true),
-        Receipt::Kafka { .. } | Receipt::Amqp => {}
+        Receipt::Kafka { .. } | Receipt::Amqp | Receipt::Sqs => {}
     }
     Bytes::from(serde_json::to_vec(&doc).expect("JSON serializes"))
 }

@@ -20,6 +20,21 @@ pub fn sluice_bin() -> PathBuf {
     std::env::var_os("SLUICE_TEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sluice")), PathBuf::from)
 }
 
+/// The Python of the independent clients: `SLUICE_TEST_PYTHON`, else the venv of `integration/pyenv.sh`.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("integration/pyenv.sh");
+    let out = Command::new(&script).arg("python").output().expect("run integration/pyenv.sh python");
+    assert!(
+        out.status.success(),
+        "no Python for the independent clients (set SLUICE_TEST_PYTHON or run integration/pyenv.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
 /// A port nothing listens on right now.
 pub async fn free_port() -> u16 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -150,6 +150,7 @@ async fn report(route: &PublishRoute, req: &Request<Prepared>, cluster: &str, pa
             let topic = match &message.destination {
                 Destination::Kafka { topic, .. } => topic.clone(),
                 Destination::Amqp { routing_key, .. } => routing_key.clone(),
+                Destination::Sqs { queue, .. } => queue.clone(),
             };
             let (partition, offset) = match receipt {
                 Receipt::Kafka { partition, offset } => (partition, offset),

@@ -48,6 +48,7 @@ pub async fn handle(route: &PublishRoute, req: Request<Prepared>) -> Result<Resp
     let topic = match &route.message(&req, Bytes::new())?.destination {
         Destination::Kafka { topic, .. } => topic.clone(),
         Destination::Amqp { routing_key, .. } => routing_key.clone(),
+        Destination::Sqs { queue, .. } => queue.clone(),
     };
     let cx = Envelope { route: &route.name, pubsub: &pubsub, topic: &topic, traceparent: traceparent(&req) };
     if req.uri().path().contains("/publish/bulk/") {

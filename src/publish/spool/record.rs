@@ -45,6 +45,11 @@ enum To {
         routing_key: String,
         persistent: bool,
     },
+    Sqs {
+        queue: String,
+        group_id: Option<String>,
+        dedup_id: Option<String>,
+    },
 }
 
 /// The frame of `msg`, ready to be appended.
@@ -56,6 +61,9 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         }
         Destination::Amqp { exchange, routing_key, persistent } => {
             To::Amqp { exchange: exchange.clone(), routing_key: routing_key.clone(), persistent: *persistent }
+        }
+        Destination::Sqs { queue, group_id, dedup_id } => {
+            To::Sqs { queue: queue.clone(), group_id: group_id.clone(), dedup_id: dedup_id.clone() }
         }
     };
     let meta = Meta { id: msg.id.clone(), content_type: msg.content_type.clone(), headers: msg.headers.clone(), to };
@@ -116,6 +124,7 @@ pub fn decode(frame: Bytes) -> Option<Message> {
             Destination::Kafka { topic, key, partition }
         }
         To::Amqp { exchange, routing_key, persistent } => Destination::Amqp { exchange, routing_key, persistent },
+        To::Sqs { queue, group_id, dedup_id } => Destination::Sqs { queue, group_id, dedup_id },
     };
     Some(Message { id: meta.id, body, content_type: meta.content_type, headers: meta.headers, destination })
 }
