@@ -53,6 +53,17 @@ pub struct Batch {
     pub lost: Option<(Cursor, u64)>,
 }
 
+/// Where a new message goes ([`Log::route`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Straight to the broker.
+    Direct,
+    /// Into the spool, behind what is there.
+    Spool,
+    /// Wait for the replay to finish, then ask again.
+    Wait,
+}
+
 /// How full the spool is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Depth {
@@ -93,14 +104,19 @@ pub struct Shared {
     state: Mutex<State>,
     /// Woken when frames became durable.
     pub written: Notify,
+    /// Woken when `closing` ends (the spool drained, or the replay paused).
+    reopened: Notify,
     metrics: SpoolMetrics,
     /// Held (flock) while the log is open.
     _lock: File,
 }
 
 struct State {
-    /// New messages go behind the spooled ones (set by an append, cleared by [`Log::try_drain`]).
+    /// New messages go behind the spooled ones (set by an append, cleared by [`Shared::try_drain`]).
     spooling: bool,
+    /// The replay has caught up with what is on disk: new messages wait (briefly) for the last frames being written
+    /// to be replayed, instead of going behind them, so that a spool drains under continuous load too.
+    closing: bool,
     /// Messages appended (or being appended) and not replayed yet, and their bytes.
     messages: u64,
     bytes: u64,
@@ -147,6 +163,7 @@ impl Log {
             fsync_nanos: AtomicU64::new(0),
             state: Mutex::new(State {
                 spooling: messages > 0,
+                closing: false,
                 messages,
                 bytes,
                 queued: 0,
@@ -156,6 +173,7 @@ impl Log {
                 rotate: true,
             }),
             written: Notify::new(),
+            reopened: Notify::new(),
             metrics,
             _lock: lock,
         });
@@ -188,6 +206,28 @@ impl Log {
     #[must_use]
     pub fn spooling(&self) -> bool {
         self.shared.lock().spooling
+    }
+
+    /// Where a new message goes now: straight to the broker (nothing spooled and `broker_up`), into the spool, or
+    /// nowhere yet: the replay is finishing, wait for [`Log::reopened`] (up to a second, then spool it).
+    #[must_use]
+    pub fn route(&self, broker_up: bool) -> Route {
+        let st = self.shared.lock();
+        match (st.spooling, st.closing) {
+            (false, _) if broker_up => Route::Direct,
+            (true, true) => Route::Wait,
+            _ => Route::Spool,
+        }
+    }
+
+    /// Resolves when the replay that was finishing drained the spool or paused (see [`Log::route`]).
+    pub async fn reopened(&self) {
+        let notified = self.shared.reopened.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.shared.lock().closing {
+            notified.await;
+        }
     }
 
     /// Appends `msg` and returns once it is on disk. Errors: the spool is full, or the write failed (both
@@ -281,13 +321,20 @@ impl Shared {
         (self.max_bytes.load(Ordering::Relaxed) / 8).clamp(1 << 20, 128 << 20)
     }
 
-    /// When nothing is held any more, lets new messages skip the spool again (and returns true).
+    /// When nothing is held any more, lets new messages skip the spool again (and returns true). When only frames
+    /// still being written are left, new messages are held back until those are replayed (`closing`).
     pub fn try_drain(&self) -> bool {
         let mut st = self.lock();
         let at_end = st.segments.back().is_none_or(|s| st.cursor.segment == s.id && st.cursor.offset >= s.len);
-        if st.queued > 0 || !at_end {
+        if !at_end {
             return false;
         }
+        if st.queued > 0 {
+            st.closing = st.spooling;
+            return false;
+        }
+        st.closing = false;
+        self.reopened.notify_waiters();
         if st.messages > 0 {
             // Only after a corrupted segment, whose messages were not counted one by one.
             st.messages = 0;
@@ -300,6 +347,15 @@ impl Shared {
             tracing::info!(broker = %self.broker, "spool drained: publishing directly again");
         }
         true
+    }
+
+    /// The replay paused (the broker is failing): new messages stop waiting for it and are spooled.
+    pub fn reopen(&self) {
+        let mut st = self.lock();
+        if st.closing {
+            st.closing = false;
+            self.reopened.notify_waiters();
+        }
     }
 
     /// Reads the next frames to replay (blocking file IO): up to `max_records`, from one segment. `None` when

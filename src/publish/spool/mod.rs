@@ -27,7 +27,7 @@ use crate::publish::publisher::{Producer, ProducerFuture, Publisher};
 use crate::publish::reply::{Replies, Waiter};
 use crate::publish::{amqp::AmqpPublisher, kafka::KafkaPublisher};
 use crate::telemetry::SpoolMetrics;
-pub use log::Depth;
+pub use log::{Depth, Route};
 
 /// An open spool: its log and its replayer. Kept across reloads that keep the directory.
 pub struct Spool {
@@ -99,8 +99,17 @@ impl Spooled {
     }
 
     async fn publish(&self, msg: Message, ack: Ack) -> Result<Receipt, PublishError> {
-        if self.spool.log.spooling() || !self.inner.is_up() {
-            return self.spool.log.append(&msg).await.map(|()| Receipt::Spooled);
+        let mut waited = false;
+        loop {
+            match self.spool.log.route(self.inner.is_up()) {
+                Route::Direct => break,
+                Route::Wait if !waited => {
+                    // The replay is writing out the spool's last messages: this one goes straight after them.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.spool.log.reopened()).await;
+                    waited = true;
+                }
+                Route::Spool | Route::Wait => return self.spool.log.append(&msg).await.map(|()| Receipt::Spooled),
+            }
         }
         let copy = msg.clone();
         match self.inner.publish(msg, ack).await {
@@ -185,4 +194,97 @@ pub fn check_dirs(config: &Config) -> Vec<String> {
         }
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::config::FsyncPolicy;
+    use crate::config::units::Size;
+    use crate::publish::Destination;
+
+    /// A broker that takes everything while up, recording the ids in the order they arrive.
+    #[derive(Default)]
+    struct Recorder {
+        up: AtomicBool,
+        got: Mutex<Vec<String>>,
+    }
+
+    impl Producer for Arc<Recorder> {
+        fn publish(&self, msg: Message, _ack: Ack) -> ProducerFuture<'_, Result<Receipt, PublishError>> {
+            Box::pin(async move {
+                if !self.up.load(Ordering::SeqCst) {
+                    return Err(PublishError::unavailable("down", None));
+                }
+                self.got.lock().unwrap().push(msg.id);
+                Ok(Receipt::Amqp)
+            })
+        }
+        fn is_up(&self) -> bool {
+            self.up.load(Ordering::SeqCst)
+        }
+        fn flush(&self, _timeout: Duration) -> ProducerFuture<'_, ()> {
+            Box::pin(std::future::ready(()))
+        }
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        fn kind(&self) -> &'static str {
+            "amqp"
+        }
+    }
+
+    fn message(client: usize, n: usize) -> Message {
+        Message {
+            id: format!("{client}-{n:05}"),
+            body: Bytes::from_static(b"x"),
+            content_type: None,
+            headers: Vec::new(),
+            destination: Destination::Amqp { exchange: String::new(), routing_key: "q".into(), persistent: true },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_spool_drains_while_clients_keep_publishing_and_each_clients_order_holds() {
+        let dir = std::env::temp_dir().join(format!("sluice-spool-drain-{}", uuid::Uuid::new_v4().simple()));
+        let cfg = SpoolConfig { dir: dir.clone(), max_bytes: Size(64 << 20), fsync: FsyncPolicy::Always };
+        let broker = Arc::new(Recorder::default());
+        let inner = Publisher::new(broker.clone());
+        let spool = Arc::new(Spool::open("b", &cfg, inner.clone(), SpoolMetrics::default()).unwrap());
+        let spooled = Arc::new(Spooled::new(inner, spool));
+        for n in 0..200 {
+            assert_eq!(Producer::publish(&*spooled, message(0, n), Ack::Confirm).await.unwrap(), Receipt::Spooled);
+        }
+        broker.up.store(true, Ordering::SeqCst);
+        // 32 clients publish one message after another until each has had a direct confirm: without a drain that
+        // works under load, new messages would keep going behind the spool's last ones.
+        let clients: Vec<_> = (1..=32)
+            .map(|client| {
+                let spooled = spooled.clone();
+                tokio::spawn(async move {
+                    for n in 0..20_000 {
+                        let receipt = Producer::publish(&*spooled, message(client, n), Ack::Confirm).await.unwrap();
+                        if receipt == Receipt::Amqp {
+                            return n;
+                        }
+                    }
+                    panic!("client {client}: still spooled after 20,000 messages");
+                })
+            })
+            .collect();
+        for c in clients {
+            c.await.unwrap();
+        }
+        let got = broker.got.lock().unwrap().clone();
+        for client in 0..=32 {
+            let mine: Vec<&String> = got.iter().filter(|id| id.starts_with(&format!("{client}-"))).collect();
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "client {client}'s messages in order");
+        }
+        assert_eq!(got.iter().filter(|id| id.starts_with("0-")).count(), 200, "every spooled message replayed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

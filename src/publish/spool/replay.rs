@@ -40,6 +40,7 @@ pub async fn run(log: Arc<Shared>, target: Target, mut stop: watch::Receiver<boo
         let wait = if log.try_drain() {
             None
         } else if !publisher.is_up() {
+            log.reopen();
             Some(Duration::from_millis(200))
         } else {
             let guard = busy.lock().await;
@@ -52,6 +53,7 @@ pub async fn run(log: Arc<Shared>, target: Target, mut stop: watch::Receiver<boo
                     let paused = replay(&log, &publisher, batch, &mut refused).await;
                     drop(guard);
                     if paused {
+                        log.reopen();
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                         Some(backoff / 2)
                     } else {
@@ -59,8 +61,8 @@ pub async fn run(log: Arc<Shared>, target: Target, mut stop: watch::Receiver<boo
                         continue;
                     }
                 }
-                // Frames handed to the writer but not synced yet.
-                Ok(Ok(None)) => Some(Duration::from_millis(50)),
+                // Frames handed to the writer but not synced yet: the writer wakes us.
+                Ok(Ok(None)) => None,
                 Ok(Err(e)) => {
                     tracing::error!(broker = %log.broker, dir = %log.dir.display(), error = %e, "spool read failed");
                     Some(BACKOFF_MAX)
