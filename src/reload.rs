@@ -111,7 +111,9 @@ impl Reloader {
         match Snapshot::build(config, Some(&current), &self.gateway.shared).await {
             Ok(next) => {
                 outcome.routes = next.routes.len();
-                self.gateway.snapshot.store(Arc::new(next));
+                let next = Arc::new(next);
+                self.gateway.snapshot.store(next.clone());
+                next.activate();
                 metrics.reload("success");
                 for w in &loaded.warnings {
                     tracing::warn!(trigger, warning = %w, "config warning");

@@ -6,7 +6,7 @@
 //! key, upstreams' `ca_file`) are read again by every build, so a reload picks up replaced files.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::action::Action;
 use crate::bridge::{DeadLetter, RequestReplyRoute, Subscription, Wiring};
@@ -117,6 +117,9 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The shared store (`[store] kind = "redis"`), kept across reloads that leave `[store]` alone.
     pub store: Option<Arc<Store>>,
+    /// Spools taken over from the previous snapshot, to be handed this snapshot's settings and producer once it is
+    /// serving ([`Snapshot::activate`]): a reload that is rejected after all must leave them as they were.
+    retargets: Mutex<Vec<(Arc<Spool>, SpoolConfig, Publisher)>>,
 }
 
 impl Snapshot {
@@ -145,6 +148,7 @@ impl Snapshot {
             }),
         };
         let mut brokers = BTreeMap::new();
+        let mut retargets = Vec::new();
         for (name, cfg) in &config.brokers {
             let settings = serde_json::to_value(cfg).unwrap_or_default();
             let before = previous.and_then(|p| p.brokers.get(name));
@@ -153,7 +157,9 @@ impl Snapshot {
                 _ => {
                     let producer = connect(name, cfg).await?;
                     match &cfg.spool {
-                        Some(spool) => spooled(name, spool, producer, before.map(|b| &b.publisher), metrics)?,
+                        Some(spool) => {
+                            spooled(name, spool, producer, before.map(|b| &b.publisher), metrics, &mut retargets)?
+                        }
                         None => producer,
                     }
                 }
@@ -351,6 +357,7 @@ impl Snapshot {
         Ok(Snapshot {
             trusted_proxies,
             store,
+            retargets: Mutex::new(retargets),
             router: Router::new(matchers),
             routes,
             unmatched,
@@ -361,6 +368,14 @@ impl Snapshot {
             tls,
             config: Arc::new(config),
         })
+    }
+
+    /// Called once this snapshot serves: spools taken over from the one it replaced replay through its producers
+    /// and keep its limits from now on.
+    pub fn activate(&self) {
+        for (spool, cfg, producer) in self.retargets.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            spool.retarget(&cfg, producer);
+        }
     }
 
     /// Brokers used by at least one route, with whether each is connected.
@@ -382,10 +397,11 @@ fn spooled(
     producer: Publisher,
     before: Option<&Publisher>,
     metrics: &Metrics,
+    retargets: &mut Vec<(Arc<Spool>, SpoolConfig, Publisher)>,
 ) -> Result<Publisher, BuildError> {
     let spool = match before.and_then(Publisher::spool).filter(|s| s.dir() == cfg.dir) {
         Some(kept) => {
-            kept.retarget(cfg, producer.clone());
+            retargets.push((kept.clone(), cfg.clone(), producer.clone()));
             kept.clone()
         }
         None => Arc::new(Spool::open(name, cfg, producer.clone(), metrics.spool(name)).map_err(BuildError::Spool)?),

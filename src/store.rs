@@ -29,19 +29,20 @@ pub const IN_FLIGHT_TTL: Duration = Duration::from_secs(60);
 /// Longest wait for Redis per operation.
 const TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Claims a key unless it is there: nothing (claimed), `""` (in flight) or the stored answer.
+/// Claims a key for the request whose marker is ARGV[2] unless it is there: nothing (claimed), an in-flight marker
+/// (`~` and a token) or the stored answer (JSON).
 const BEGIN: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v then return v end
-redis.call('SET', KEYS[1], '', 'PX', ARGV[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
 return false";
-/// Replaces the in-flight marker by the answer.
+/// Replaces this request's in-flight marker by the answer (nothing if its claim expired and another took the key).
 const COMPLETE: &str = r"
-if redis.call('GET', KEYS[1]) == '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[3] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 return 1";
-/// Releases a key still in flight.
+/// Releases this request's claim, if the key is still its.
 const ABORT: &str = r"
-if redis.call('GET', KEYS[1]) == '' then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1";
 /// GCRA: ARGV[1] milliseconds per request, ARGV[2] burst. Returns 0 (allowed) or the milliseconds to wait.
 const GCRA: &str = r"
@@ -97,7 +98,12 @@ impl Store {
     pub fn connect(cfg: &StoreConfig, errors: [Counter; 2]) -> Result<Store, String> {
         let var = cfg.url_env.as_deref().unwrap_or_default();
         let url = std::env::var(var).map_err(|_| format!("store: url_env names {var:?}, which is not set"))?;
-        let client = redis::Client::open(url.as_str()).map_err(|e| format!("store: bad Redis URL: {e}"))?;
+        Store::open(&url, cfg, errors)
+    }
+
+    /// The store of `cfg` at `url`.
+    pub fn open(url: &str, cfg: &StoreConfig, errors: [Counter; 2]) -> Result<Store, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("store: bad Redis URL: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
@@ -125,28 +131,36 @@ impl Store {
         &self.settings == cfg
     }
 
-    /// Claims `key` of `route` for a request, or says why not.
-    pub async fn begin(&self, route: &str, key: &str) -> Result<Begin, StoreError> {
+    /// Claims `key` of `route` for the request holding `token`, or says why not.
+    pub async fn begin(&self, route: &str, key: &str, token: &str) -> Result<Begin, StoreError> {
         let mut script = self.begin.key(idempotency_key(route, key));
-        script.arg(IN_FLIGHT_TTL.as_millis() as u64);
+        script.arg(IN_FLIGHT_TTL.as_millis() as u64).arg(marker(token));
         let found: Option<Vec<u8>> = self.run(&script, &self.errors_idempotency).await?;
         Ok(match found {
             None => Begin::New,
-            Some(v) if v.is_empty() => Begin::InFlight,
+            Some(v) if v.first() == Some(&b'~') => Begin::InFlight,
             Some(v) => Begin::Replay(decode(&v).ok_or_else(|| StoreError("unreadable stored answer".into()))?),
         })
     }
 
-    /// Stores the answer to the request that claimed `key`, for `window`.
-    pub async fn complete(&self, route: &str, key: &str, answer: &Stored, window: Duration) -> Result<(), StoreError> {
+    /// Stores the answer to the request (holding `token`) that claimed `key`, for `window`.
+    pub async fn complete(
+        &self,
+        route: &str,
+        key: &str,
+        token: &str,
+        answer: &Stored,
+        window: Duration,
+    ) -> Result<(), StoreError> {
         let mut script = self.complete.key(idempotency_key(route, key));
-        script.arg(encode(answer)).arg(window.as_millis().max(1) as u64);
+        script.arg(encode(answer)).arg(window.as_millis().max(1) as u64).arg(marker(token));
         self.run::<i64>(&script, &self.errors_idempotency).await.map(drop)
     }
 
-    /// Releases `key` if it is still in flight (the request failed, or its client went away).
-    pub async fn abort(&self, route: &str, key: &str) -> Result<(), StoreError> {
-        let script = self.abort.key(idempotency_key(route, key));
+    /// Releases `key` if the request holding `token` still has it (it failed, or its client went away).
+    pub async fn abort(&self, route: &str, key: &str, token: &str) -> Result<(), StoreError> {
+        let mut script = self.abort.key(idempotency_key(route, key));
+        script.arg(marker(token));
         self.run::<i64>(&script, &self.errors_idempotency).await.map(drop)
     }
 
@@ -185,13 +199,19 @@ impl Store {
     }
 }
 
+/// A key's Redis key: the route's name length-prefixed, so that no two (route, key) pairs share one.
 fn idempotency_key(route: &str, key: &str) -> String {
-    format!("sluice:idem:{route}:{key}")
+    format!("sluice:idem:{}:{route}:{key}", route.len())
+}
+
+/// The in-flight marker of a claim (never the first byte of a stored answer, which is JSON).
+fn marker(token: &str) -> String {
+    format!("~{token}")
 }
 
 /// A bucket's Redis key: the rendered key hashed, so that a client's key cannot be arbitrarily long.
 fn rate_key(route: &str, key: &str) -> String {
-    format!("sluice:rl:{route}:{}", hex::encode(sha2::Sha256::digest(key.as_bytes())))
+    format!("sluice:rl:{}:{route}:{}", route.len(), hex::encode(sha2::Sha256::digest(key.as_bytes())))
 }
 
 fn encode(answer: &Stored) -> Vec<u8> {
@@ -225,6 +245,7 @@ mod tests {
 
     #[test]
     fn bucket_keys_are_bounded_whatever_the_client_sends() {
-        assert_eq!(rate_key("r", &"x".repeat(10_000)).len(), "sluice:rl:r:".len() + 64);
+        assert_eq!(rate_key("r", &"x".repeat(10_000)).len(), "sluice:rl:1:r:".len() + 64);
+        assert_ne!(idempotency_key("a", "b:k"), idempotency_key("a:b", "k"), "no two routes share a key");
     }
 }

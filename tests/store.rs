@@ -176,20 +176,21 @@ async fn reqwest_metrics(gw: &Launched) -> String {
 async fn a_key_in_flight_on_one_replica_is_a_conflict_on_the_other_until_answered_or_released() {
     use sluice::policy::idempotency::{Begin, Stored};
     use sluice::store::Store;
-    // SAFETY: set once, before any store reads it, to the same value by every test that sets it.
-    unsafe { std::env::set_var("SLUICE_TEST_STORE_URL", redis_url()) };
     let cfg: sluice::config::StoreConfig =
-        serde_json::from_value(serde_json::json!({ "kind": "redis", "url_env": "SLUICE_TEST_STORE_URL" })).unwrap();
+        serde_json::from_value(serde_json::json!({ "kind": "redis", "url_env": "REDIS_URL" })).unwrap();
     let counters = || [Default::default(), Default::default()];
-    let (one, two) = (Store::connect(&cfg, counters()).unwrap(), Store::connect(&cfg, counters()).unwrap());
+    let one = Store::open(&redis_url(), &cfg, counters()).unwrap();
+    let two = Store::open(&redis_url(), &cfg, counters()).unwrap();
     let key = random_name("k");
-    assert_eq!(one.begin("r", &key).await.unwrap(), Begin::New);
-    assert_eq!(two.begin("r", &key).await.unwrap(), Begin::InFlight, "claimed by the other replica");
-    one.abort("r", &key).await.unwrap();
-    assert_eq!(two.begin("r", &key).await.unwrap(), Begin::New, "released: the retry goes ahead");
+    assert_eq!(one.begin("r", &key, "t1").await.unwrap(), Begin::New);
+    assert_eq!(two.begin("r", &key, "t2").await.unwrap(), Begin::InFlight, "claimed by the other replica");
+    two.abort("r", &key, "t2").await.unwrap();
+    assert_eq!(two.begin("r", &key, "t2").await.unwrap(), Begin::InFlight, "only the claim's owner releases it");
+    one.abort("r", &key, "t1").await.unwrap();
+    assert_eq!(two.begin("r", &key, "t2").await.unwrap(), Begin::New, "released: the retry goes ahead");
     let answer = Stored { status: 202, body: Bytes::from_static(b"{\"id\":\"1\"}"), content_type: None };
-    two.complete("r", &key, &answer, std::time::Duration::from_secs(60)).await.unwrap();
-    assert_eq!(one.begin("r", &key).await.unwrap(), Begin::Replay(answer.clone()));
-    one.abort("r", &key).await.unwrap();
-    assert_eq!(one.begin("r", &key).await.unwrap(), Begin::Replay(answer), "an answered key is not released");
+    two.complete("r", &key, "t2", &answer, std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(one.begin("r", &key, "t3").await.unwrap(), Begin::Replay(answer.clone()));
+    one.abort("r", &key, "t2").await.unwrap();
+    assert_eq!(one.begin("r", &key, "t3").await.unwrap(), Begin::Replay(answer), "an answered key is not released");
 }

@@ -100,8 +100,9 @@ where
         let store = match &self.keys {
             Keys::Local(store) => store,
             Keys::Shared { store, route, window } => {
-                let shared =
-                    SharedClaim { store: store.clone(), route: route.clone(), key, window: *window, done: false };
+                let token = uuid::Uuid::new_v4().simple().to_string();
+                let (store, route, window) = (store.clone(), route.clone(), *window);
+                let shared = SharedClaim { store, route, key, token, window, done: false };
                 // The store answers first, so the call happens in the future: on a clone of the (always ready) action.
                 let inner = self.inner.clone();
                 return Box::pin(shared.run(inner, req));
@@ -127,9 +128,14 @@ where
     }
 }
 
+/// Put in a response's extensions by an action whose `200` may report failures inside (the drop-in produce APIs'
+/// per-record errors): such an answer is not kept for the key, so that a retry publishes what failed.
+#[derive(Clone, Copy, Debug)]
+pub struct DoNotStore;
+
 /// The answer to keep for a key: a success with its whole body in memory.
 fn storable(response: &Response<Body>) -> Option<Stored> {
-    if !response.status().is_success() {
+    if !response.status().is_success() || response.extensions().get::<DoNotStore>().is_some() {
         return None;
     }
     let body = response.body().bytes()?.clone();
@@ -143,6 +149,8 @@ struct SharedClaim {
     store: Arc<Store>,
     route: Arc<str>,
     key: String,
+    /// This request's claim: only it may complete or release the key.
+    token: String,
     window: Duration,
     done: bool,
 }
@@ -152,7 +160,7 @@ impl SharedClaim {
     where
         S: Service<Request<Prepared>, Response = Response<Body>, Error = GatewayError>,
     {
-        let begin = self.store.begin(&self.route, &self.key).await;
+        let begin = self.store.begin(&self.route, &self.key, &self.token).await;
         // Only a key this request claimed is released if it goes away.
         self.done = !matches!(begin, Ok(Begin::New));
         match begin {
@@ -167,7 +175,7 @@ impl SharedClaim {
         let response = inner.call(req).await?;
         if let Some(stored) = storable(&response) {
             // Not answered as failed if only the store failed now: the message is published.
-            let _ = self.store.complete(&self.route, &self.key, &stored, self.window).await;
+            let _ = self.store.complete(&self.route, &self.key, &self.token, &stored, self.window).await;
             self.done = true;
         }
         Ok(response)
@@ -178,8 +186,9 @@ impl Drop for SharedClaim {
     fn drop(&mut self) {
         if !self.done {
             let (store, route, key) = (self.store.clone(), self.route.clone(), std::mem::take(&mut self.key));
+            let token = std::mem::take(&mut self.token);
             tokio::spawn(async move {
-                let _ = store.abort(&route, &key).await;
+                let _ = store.abort(&route, &key, &token).await;
             });
         }
     }

@@ -599,12 +599,13 @@ impl ClientContext for SluiceContext {
                 self.up.store(false, Ordering::Relaxed);
                 self.outage.down(&reason);
             }
+            // One broker of a cluster failing is not an outage (librdkafka fails over); all of them are, above.
             Some(
                 RDKafkaErrorCode::BrokerTransportFailure
                 | RDKafkaErrorCode::Resolve
                 | RDKafkaErrorCode::RequestTimedOut
                 | RDKafkaErrorCode::NetworkException,
-            ) => self.outage.down(&reason),
+            ) => tracing::debug!(broker = %self.name, error = %error, "kafka client error: {reason}"),
             _ => tracing::warn!(broker = %self.name, error = %error, "kafka client error: {reason}"),
         }
     }

@@ -18,15 +18,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt as _;
-use futures_util::future::join_all;
 use futures_util::stream::FuturesOrdered;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{Record, bytes, failure_text, now_rfc3339, publish_all};
+use super::{IN_FLIGHT, MAX_RECORDS, Record, bytes, failure_text, now_rfc3339, publish_all};
 use crate::body::{Body, OutBody, Prepared};
+use crate::policy::idempotency::DoNotStore;
 use crate::problem::GatewayError;
 use crate::publish::message::{Destination, Receipt};
 use crate::publish::route::PublishRoute;
@@ -44,12 +44,25 @@ pub async fn handle(route: Arc<PublishRoute>, req: Request<Prepared>) -> Result<
     let cluster = facts(&req).params.get("cluster").unwrap_or_default().to_owned();
     let Some(stream) = req.body().attempt().filter(|_| req.body().bytes().is_none()) else {
         let body = req.body().bytes().cloned().unwrap_or_default();
-        let reports = join_all(parse(&body).into_iter().map(|p| report(&route, &req, &cluster, p))).await;
-        let mut out = BytesMut::new();
-        for r in reports {
-            frame(&mut out, &r);
+        let mut reports = Vec::new();
+        let mut sends = FuturesOrdered::new();
+        for p in parse(&body) {
+            if sends.len() == IN_FLIGHT {
+                reports.extend(sends.next().await);
+            }
+            sends.push_back(report(&route, &req, &cluster, p));
         }
-        return Ok(bytes(StatusCode::OK, "application/json", out.freeze()));
+        reports.extend(sends.collect::<Vec<Value>>().await);
+        let mut out = BytesMut::new();
+        for r in &reports {
+            frame(&mut out, r);
+        }
+        let mut res = bytes(StatusCode::OK, "application/json", out.freeze());
+        if reports.iter().any(|r| r["error_code"] != 200) {
+            // A retry with the same Idempotency-Key must publish what failed, not get this answer again.
+            res.extensions_mut().insert(DoNotStore);
+        }
+        return Ok(res);
     };
     // Streaming mode: reports go out as records come in, in their order, while the client keeps sending.
     let (tx, rx) = mpsc::channel(64);
@@ -71,28 +84,32 @@ async fn stream_reports(
     tx: mpsc::Sender<Bytes>,
 ) {
     let mut buf = BytesMut::new();
+    let mut scan = Scanner::default();
     let mut pending = FuturesOrdered::new();
     let mut reading = true;
     loop {
         tokio::select! {
-            frame = body.frame(), if reading => match frame {
+            // At most IN_FLIGHT records being published at once: the body is not read further meanwhile.
+            frame = body.frame(), if reading && pending.len() < IN_FLIGHT => match frame {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         buf.extend_from_slice(&data);
                     }
+                    // Each byte is scanned once; a record is parsed only when its closing brace has arrived.
                     loop {
-                        let mut values = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
-                        match values.next() {
-                            Some(Ok(v)) => {
-                                let used = values.byte_offset();
-                                let _ = buf.split_to(used);
-                                pending.push_back(report(route, req, cluster, record(&v)));
+                        match scan.next_record(&buf) {
+                            Ok(Some(end)) => {
+                                let bytes = buf.split_to(end);
+                                scan = Scanner::default();
+                                let parsed = match serde_json::from_slice::<Value>(&bytes) {
+                                    Ok(v) => record(&v),
+                                    Err(e) => Err((400, format!("Invalid JSON: {e}"))),
+                                };
+                                pending.push_back(report(route, req, cluster, parsed));
                             }
-                            Some(Err(e)) if e.is_eof() => break,
-                            None => break,
-                            Some(Err(e)) => {
-                                let refused = Err((400, format!("Invalid JSON: {e}")));
-                                pending.push_back(report(route, req, cluster, refused));
+                            Ok(None) => break,
+                            Err(message) => {
+                                pending.push_back(report(route, req, cluster, Err((400, message))));
                                 reading = false;
                                 break;
                             }
@@ -127,6 +144,66 @@ async fn stream_reports(
         }
     }
 }
+
+/// Finds where each concatenated record ends in a stream, scanning every byte once (re-parsing the buffer on each
+/// chunk would cost quadratic time for a record sent a byte at a time).
+#[derive(Default)]
+struct Scanner {
+    /// Bytes scanned so far in the current record.
+    at: usize,
+    depth: u32,
+    started: bool,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Scanner {
+    /// The end (exclusive) of the first record of `buf` once it is all there; an error for what cannot be a record.
+    fn next_record(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
+        while self.at < buf.len() {
+            let b = buf[self.at];
+            self.at += 1;
+            if !self.started {
+                match b {
+                    b'{' => {
+                        self.started = true;
+                        self.depth = 1;
+                    }
+                    b if b.is_ascii_whitespace() => {}
+                    _ => return Err("Invalid JSON: a record must be a JSON object.".to_owned()),
+                }
+                continue;
+            }
+            if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        return Ok(Some(self.at));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.at > MAX_RECORD_BYTES {
+            return Err(format!("A record is larger than {MAX_RECORD_BYTES} bytes."));
+        }
+        Ok(None)
+    }
+}
+
+/// Largest record of a stream.
+const MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// One report followed by the proxy's `\r\n`.
 fn frame(out: &mut BytesMut, report: &Value) {
@@ -186,6 +263,10 @@ async fn report(route: &PublishRoute, req: &Request<Prepared>, cluster: &str, pa
 fn parse(body: &[u8]) -> Vec<Parsed> {
     let mut out = Vec::new();
     for item in serde_json::Deserializer::from_slice(body).into_iter::<Value>() {
+        if out.len() == MAX_RECORDS {
+            out.push(Err((400, format!("At most {MAX_RECORDS} records in one request; the rest was not read."))));
+            break;
+        }
         match item {
             Ok(v) => out.push(record(&v)),
             Err(e) => {

@@ -14,7 +14,7 @@ pub mod strimzi;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::future::join_all;
+use futures_util::StreamExt as _;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 
@@ -37,6 +37,11 @@ pub async fn handle(
         PublishApi::Dapr => dapr::handle(&route, req).await,
     }
 }
+
+/// Most records one request may carry (more: the request is refused before anything is published).
+pub const MAX_RECORDS: usize = 10_000;
+/// Most records of one request being published at once (the rest wait; the answers keep the records' order).
+pub const IN_FLIGHT: usize = 64;
 
 /// One record of a request, before it becomes a message.
 #[derive(Debug, Default)]
@@ -62,6 +67,9 @@ pub async fn publish_all(
     records: Vec<Record>,
     ack: Ack,
 ) -> Result<Vec<Result<(Message, Receipt), PublishError>>, GatewayError> {
+    if records.len() > MAX_RECORDS {
+        return Err(GatewayError::BadRequest(format!("at most {MAX_RECORDS} records in one request")));
+    }
     let mut messages = Vec::with_capacity(records.len());
     for record in records {
         let mut message = route.message(req, record.value)?;
@@ -74,14 +82,25 @@ pub async fn publish_all(
         if record.content_type.is_some() {
             message.content_type = record.content_type;
         }
-        message.headers.extend(record.headers);
+        // The client's headers never stand in for the gateway's metadata (ids, route, trace context, CloudEvents).
+        let ours: Vec<String> = message.headers.iter().map(|(k, _)| k.clone()).collect();
+        message.headers.extend(record.headers.into_iter().filter(|(k, _)| !reserved(k) && !ours.contains(k)));
         messages.push(message);
     }
     let sends = messages.into_iter().map(|message| async move {
         let sent = message.clone();
         route.send(req, message, ack).await.map(|receipt| (sent, receipt))
     });
-    Ok(join_all(sends).await)
+    Ok(futures_util::stream::iter(sends).buffered(IN_FLIGHT).collect().await)
+}
+
+/// Header names a record may not set: the gateway's own metadata.
+fn reserved(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.starts_with("sluice-")
+        || name.starts_with("ce_")
+        || name.starts_with("ce-")
+        || ["x-request-id", "traceparent", "tracestate", "content-type"].contains(&name.as_str())
 }
 
 /// A JSON answer with `status` and `content_type`.

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::{Record, empty, failure_text, json, media_type, publish_all, query_param};
 use crate::body::{Body, Prepared};
+use crate::policy::idempotency::DoNotStore;
 use crate::problem::GatewayError;
 use crate::publish::message::{Ack, Receipt};
 use crate::publish::route::PublishRoute;
@@ -72,7 +73,12 @@ pub async fn handle(route: &PublishRoute, req: Request<Prepared>) -> Result<Resp
             }
         })
         .collect();
-    Ok(json(StatusCode::OK, V2, &json!({ "offsets": offsets })))
+    let mut res = json(StatusCode::OK, V2, &json!({ "offsets": offsets }));
+    if results.iter().any(Result::is_err) {
+        // A retry with the same Idempotency-Key must publish what failed, not get this answer again.
+        res.extensions_mut().insert(DoNotStore);
+    }
+    Ok(res)
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {

@@ -155,7 +155,8 @@ impl Log {
             .map_err(|e| at(e, "cannot write in the directory"))?;
         lock.try_lock().map_err(|_| format!("spool {}: in use by another process (LOCK is held)", dir.display()))?;
         let (segments, cursor, messages, bytes) = recover(&dir, broker).map_err(|e| at(e, "cannot be read"))?;
-        let next_id = segments.back().map_or(0, |s| s.id + 1);
+        // Past every segment and past the cursor: a new segment is never taken for one the cursor has left behind.
+        let next_id = segments.back().map_or(0, |s| s.id + 1).max(cursor.segment + 1);
         let shared = Arc::new(Shared {
             dir,
             broker: broker.to_owned(),
@@ -233,6 +234,9 @@ impl Log {
     /// Appends `msg` and returns once it is on disk. Errors: the spool is full, or the write failed (both
     /// [`PublishError::Unavailable`]: nothing was stored).
     pub async fn append(&self, msg: &Message) -> Result<(), PublishError> {
+        if msg.body.len() + (64 << 10) > record::MAX_PAYLOAD {
+            return Err(PublishError::rejected("message too large for the spool", None));
+        }
         let frame = record::encode(msg);
         let size = frame.len() as u64;
         let done = {
@@ -412,6 +416,13 @@ impl Shared {
                 buf.resize(whole as usize, 0);
                 file.seek(SeekFrom::Start(cursor.offset))?;
                 file.read_exact(&mut buf)?;
+            } else {
+                // A length running past the synced end: corrupted. The rest of the segment is lost.
+                tracing::error!(broker = %self.broker, offset = cursor.offset, "spool segment corrupted: the messages after this offset are lost");
+                return Ok(Batch {
+                    records: Vec::new(),
+                    lost: Some((Cursor { segment: cursor.segment, offset: len }, len - cursor.offset)),
+                });
             }
         }
         let buf = Bytes::from(buf);

@@ -79,6 +79,12 @@ impl Spool {
     }
 }
 
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool").field("dir", &self.dir()).finish_non_exhaustive()
+    }
+}
+
 impl Drop for Spool {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
