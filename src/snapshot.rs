@@ -329,7 +329,11 @@ impl Snapshot {
                                 key: None,
                                 partition: None,
                             },
-                            BrokerKind::Sqs => unreachable!("validated: no dead letters to sqs"),
+                            BrokerKind::Sqs => Destination::Sqs {
+                                queue: dl.queue.clone().unwrap_or_default(),
+                                group_id: Some(cfg.name.clone()),
+                                dedup_id: None,
+                            },
                             BrokerKind::Amqp => Destination::Amqp {
                                 exchange: dl.exchange.clone().unwrap_or_default(),
                                 routing_key: dl.routing_key.clone().unwrap_or_default(),

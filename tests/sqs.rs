@@ -3,6 +3,8 @@
 //! `tests/sqs_support/sqs_tool.py`): the body and the metadata as message attributes, binary bodies in base64, FIFO
 //! queues deduplicated on the `Idempotency-Key`, an unknown queue, and SQS unreachable with and without a spool.
 
+#[allow(dead_code)]
+mod common;
 mod process_support;
 
 use std::path::PathBuf;
@@ -132,4 +134,78 @@ async fn sqs_unreachable_is_a_503_or_with_a_spool_a_202_delivered_once_it_is_bac
     assert_eq!((got[0]["body"].as_str(), &got[0]["attributes"]["sluice-id"]), (Some("kept"), &doc["id"]));
     tool(&["delete", &q]);
     std::fs::remove_dir_all(&spool).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_delivers_an_sqs_queue_retries_and_dead_letters_to_another_queue() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let (source, dead) = (queue("sluice-e2e-sub", false), queue("sluice-e2e-dl", false));
+    // The upstream: "bad" is refused for good (422, dead-lettered at once), "flaky" fails once (retried), the rest
+    // are taken.
+    let seen: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+    let flaky = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let (seen, flaky) = (seen.clone(), flaky.clone());
+        common::Upstream::start(move |req| {
+            let (seen, flaky) = (seen.clone(), flaky.clone());
+            async move {
+                let body = String::from_utf8_lossy(&req.body).into_owned();
+                let id = req.headers.get("sluice-id").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                let queue = req.headers.get("sluice-queue").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                seen.lock().unwrap().push((body.clone(), id, queue));
+                match body.as_str() {
+                    "bad" => common::reply(422, "no"),
+                    "flaky" if flaky.fetch_add(1, Ordering::SeqCst) == 0 => common::reply(503, "later"),
+                    _ => common::reply(200, "ok"),
+                }
+            }
+        })
+        .await
+    };
+    let broker = format!("kind = \"sqs\"\nendpoint = \"{}\"", endpoint());
+    let routes = format!(
+        r#"{}
+[upstreams.app]
+endpoints = ["{}"]
+
+[[subscriptions]]
+name = "sqs-sub"
+from = {{ broker = "q", queue = "{source}" }}
+to = {{ upstream = "app", path = "/in" }}
+retry = {{ max_retries = 3, backoff = "10ms", max_backoff = "50ms" }}
+dead_letter = {{ queue = "{dead}" }}
+"#,
+        route("in", "/in", &source),
+        app.url()
+    );
+    let gw = gateway("sqs-subscribe", &broker, &routes).await;
+    // Published through the gateway itself, so that the messages carry its metadata.
+    let mut ids = Vec::new();
+    for body in ["one", "bad", "flaky", "two"] {
+        let (status, doc) = post(&gw, "/in", &[("content-type", "text/plain")], body).await;
+        assert_eq!(status, 202, "{doc}");
+        ids.push(doc["id"].as_str().unwrap().to_owned());
+    }
+    for _ in 0..200 {
+        let delivered: Vec<String> = seen.lock().unwrap().iter().map(|(b, _, _)| b.clone()).collect();
+        if ["one", "two", "bad"].iter().all(|b| delivered.contains(&b.to_string()))
+            && delivered.iter().filter(|b| *b == "flaky").count() >= 2
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    let one = seen.iter().find(|(b, _, _)| b == "one").expect("delivered");
+    assert_eq!((&one.1, one.2.as_str()), (&ids[0], source.as_str()), "with its sluice-id and queue");
+    assert_eq!(seen.iter().filter(|(b, _, _)| b == "flaky").count(), 2, "retried once after the 503");
+    let dead_letters = received(&dead, 1);
+    assert_eq!(dead_letters.len(), 1, "{dead_letters:?}");
+    assert_eq!(dead_letters[0]["body"], "bad");
+    assert_eq!(dead_letters[0]["attributes"]["sluice-error"], "upstream answered 422");
+    assert_eq!(received(&source, 0).len(), 0, "every delivered or dead-lettered message was deleted");
+    drop(gw);
+    tool(&["delete", &source]);
+    tool(&["delete", &dead]);
 }

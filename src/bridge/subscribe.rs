@@ -159,6 +159,10 @@ impl Subscription {
             control: control.clone(),
         });
         let task = match (&config.from.topic, &config.from.group) {
+            _ if wiring.source.as_sqs().is_some() => {
+                let queue = config.from.queue.clone().unwrap_or_default();
+                tokio::spawn(consume_sqs(deliverer, queue, config.concurrency))
+            }
             (Some(topic), Some(group)) => {
                 tokio::spawn(consume_kafka(deliverer, topic.clone(), group.clone(), config.concurrency))
             }
@@ -268,6 +272,90 @@ async fn consume(deliverer: Arc<Deliverer>, queue: String, prefetch: u16) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// How long a received SQS message stays invisible to other consumers; renewed every half of it while its delivery
+/// runs, so a delivery may take longer (retries included) without the message being handed out twice.
+const SQS_VISIBILITY: Duration = Duration::from_secs(30);
+/// The longest an SQS `ReceiveMessage` waits for messages (long polling).
+const SQS_WAIT: i32 = 10;
+
+/// Receives from the SQS queue (long polling) while the subscription runs, at most `concurrency` deliveries at once.
+/// A message stays invisible while it is delivered, is deleted once delivered or dead-lettered, and is made visible
+/// again at once when it goes back (stop, dead letter not stored).
+async fn consume_sqs(deliverer: Arc<Deliverer>, queue: String, concurrency: usize) {
+    let name = deliverer.name.clone();
+    let Some(sqs) = deliverer.wiring.source.as_sqs().cloned() else { return };
+    let in_flight = Arc::new(Semaphore::new(concurrency));
+    let retry_schedule = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+    let mut failures = 0u32;
+    let mut url: Option<String> = None;
+    while !deliverer.control.stopping() {
+        let result = match &url {
+            Some(u) => {
+                // Ask for no more than there is room for.
+                let room = tokio::select! {
+                    permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+                    () = deliverer.control.stopped() => break,
+                };
+                let wanted = (in_flight.available_permits() + 1).min(10) as i32;
+                drop(room);
+                let receive = sqs
+                    .client()
+                    .receive_message()
+                    .queue_url(u)
+                    .max_number_of_messages(wanted)
+                    .wait_time_seconds(SQS_WAIT)
+                    .visibility_timeout(SQS_VISIBILITY.as_secs() as i32)
+                    .message_attribute_names("All")
+                    .send();
+                tokio::select! {
+                    r = receive => r.map_err(|e| crate::publish::PublishError::unavailable(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(), None)).map(Some),
+                    () = deliverer.control.stopped() => break,
+                }
+            }
+            None => sqs.queue_url(&queue).await.map(|u| {
+                url = Some(u);
+                None
+            }),
+        };
+        let received = match result {
+            Ok(Some(out)) => out,
+            Ok(None) => continue,
+            Err(e) => {
+                deliverer.control.consuming.store(false, Ordering::Relaxed);
+                failures += 1;
+                if failures == 2 || failures.is_multiple_of(30) {
+                    tracing::warn!(subscription = %name, queue = %queue, error = %e, "cannot receive yet; retrying");
+                }
+                if e.is_unroutable() {
+                    url = None;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(retry_schedule.ceiling(failures)) => {}
+                    () = deliverer.control.stopped() => {}
+                }
+                continue;
+            }
+        };
+        if failures > 0 || !deliverer.control.consuming.swap(true, Ordering::Relaxed) {
+            tracing::info!(subscription = %name, queue = %queue, "consuming");
+        }
+        failures = 0;
+        let url = url.clone().unwrap_or_default();
+        for m in received.messages.unwrap_or_default() {
+            let permit = in_flight.clone().acquire_owned().await.expect("never closed");
+            let inbound = Inbound::sqs(m, sqs.client().clone(), url.clone(), &queue);
+            let deliverer = deliverer.clone();
+            tokio::spawn(async move {
+                deliverer.deliver(inbound).await;
+                drop(permit);
+            });
+        }
+    }
+    deliverer.control.consuming.store(false, Ordering::Relaxed);
+    // Deliveries in flight finish (or give their message back) before the subscription ends.
+    let _ = in_flight.acquire_many(u32::try_from(concurrency).unwrap_or(u32::MAX)).await;
 }
 
 /// Consumes the topic in the consumer group while the subscription runs. Each partition's messages are delivered
@@ -422,6 +510,8 @@ enum Settle {
     Amqp(lapin::Acker),
     /// Kafka: store the next offset of the partition (committed automatically).
     Kafka { consumer: Arc<StreamConsumer>, topic: String, partition: i32, offset: i64 },
+    /// SQS: delete the message, or make it visible again; `keep` renews its invisibility meanwhile.
+    Sqs { client: aws_sdk_sqs::Client, url: String, receipt: String, keep: tokio::task::AbortHandle },
 }
 
 impl Settle {
@@ -429,6 +519,7 @@ impl Settle {
         match self {
             Settle::Amqp(_) => "rabbitmq",
             Settle::Kafka { .. } => "kafka",
+            Settle::Sqs { .. } => "aws_sqs",
         }
     }
 
@@ -443,18 +534,31 @@ impl Settle {
                 // when the partition was revoked meanwhile: its new owner reads the message again.
                 let _ = consumer.store_offset(topic, *partition, *offset);
             }
+            Settle::Sqs { client, url, receipt, keep } => {
+                keep.abort();
+                // Not deleted (SQS unreachable): it comes back after its visibility timeout and is delivered again.
+                let _ = client.delete_message().queue_url(url).receipt_handle(receipt).send().await;
+            }
         }
     }
 
     /// Whether the message can be handed back to the broker for later (AMQP); a Kafka partition cannot skip it.
     fn can_requeue(&self) -> bool {
-        matches!(self, Settle::Amqp(_))
+        matches!(self, Settle::Amqp(_) | Settle::Sqs { .. })
     }
 
     /// Gives the message back: requeued (AMQP); not stored, so read again after a restart or rebalance (Kafka).
     async fn again(&self) {
-        if let Settle::Amqp(acker) = self {
-            let _ = acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+        match self {
+            Settle::Amqp(acker) => {
+                let _ = acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+            }
+            Settle::Sqs { client, url, receipt, keep } => {
+                keep.abort();
+                let visible = client.change_message_visibility().queue_url(url).receipt_handle(receipt);
+                let _ = visible.visibility_timeout(0).send().await;
+            }
+            Settle::Kafka { .. } => {}
         }
     }
 }
@@ -487,18 +591,7 @@ impl Inbound {
                 }
             }
         }
-        let mut http = HeaderMap::new();
-        for (k, v) in &metadata {
-            // CloudEvents binary mode on Kafka: `ce_type` → `ce-type`.
-            let name = match k.strip_prefix("ce_") {
-                Some(attribute) => format!("ce-{attribute}"),
-                None => k.to_ascii_lowercase(),
-            };
-            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::try_from(v.as_str())) {
-                http.insert(n, v);
-            }
-        }
-        strip_framing(&mut http);
+        let mut http = headers_of(&metadata);
         http.insert(
             HeaderName::from_static("sluice-topic"),
             HeaderValue::try_from(m.topic()).unwrap_or(HeaderValue::from_static("")),
@@ -522,6 +615,83 @@ impl Inbound {
             },
         }
     }
+}
+
+impl Inbound {
+    fn sqs(m: aws_sdk_sqs::types::Message, client: aws_sdk_sqs::Client, url: String, queue: &str) -> Inbound {
+        let mut metadata = Vec::new();
+        let mut base64 = false;
+        for (k, v) in m.message_attributes.unwrap_or_default() {
+            let Some(value) = v.string_value else { continue };
+            match k.as_str() {
+                "sluice-body-encoding" => base64 = value == "base64",
+                // More metadata than SQS has attributes for (see publish/sqs.rs).
+                "sluice-headers" => {
+                    if let Ok(serde_json::Value::Object(rest)) = serde_json::from_str(&value) {
+                        metadata.extend(rest.into_iter().filter_map(|(k, v)| Some((k, v.as_str()?.to_owned()))));
+                    }
+                }
+                _ => metadata.push((k, value)),
+            }
+        }
+        let text = m.body.unwrap_or_default();
+        let body = match base64 {
+            true => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(&text)
+                    .map(Bytes::from)
+                    .unwrap_or_else(|_| Bytes::from(text))
+            }
+            false => Bytes::from(text),
+        };
+        let mut http = headers_of(&metadata);
+        http.insert(
+            HeaderName::from_static("sluice-queue"),
+            HeaderValue::try_from(queue).unwrap_or(HeaderValue::from_static("")),
+        );
+        let message_id = m.message_id.unwrap_or_default();
+        let id = metadata.iter().find(|(k, _)| k == "sluice-id").map_or(message_id, |(_, v)| v.clone());
+        let content_type = metadata.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone());
+        let receipt = m.receipt_handle.unwrap_or_default();
+        let keep = tokio::spawn({
+            let (client, url, receipt) = (client.clone(), url.clone(), receipt.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(SQS_VISIBILITY / 2).await;
+                    let renew = client.change_message_visibility().queue_url(&url).receipt_handle(&receipt);
+                    let _ = renew.visibility_timeout(SQS_VISIBILITY.as_secs() as i32).send().await;
+                }
+            }
+        })
+        .abort_handle();
+        Inbound {
+            body,
+            http,
+            metadata,
+            id,
+            content_type,
+            source: queue.to_owned(),
+            settle: Settle::Sqs { client, url, receipt, keep },
+        }
+    }
+}
+
+/// A message's metadata as request headers (CloudEvents binary mode on Kafka and SQS: `ce_type` → `ce-type`), less
+/// what must not reach the upstream.
+fn headers_of(metadata: &[(String, String)]) -> HeaderMap {
+    let mut http = HeaderMap::new();
+    for (k, v) in metadata {
+        let name = match k.strip_prefix("ce_") {
+            Some(attribute) => format!("ce-{attribute}"),
+            None => k.to_ascii_lowercase(),
+        };
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::try_from(v.as_str())) {
+            http.insert(n, v);
+        }
+    }
+    strip_framing(&mut http);
+    http
 }
 
 /// How one attempt ended.

@@ -901,6 +901,9 @@ pub struct DeadLetterConfig {
     /// kafka: topic.
     #[serde(default)]
     pub topic: Option<String>,
+    /// sqs: the queue (name or URL).
+    #[serde(default)]
+    pub queue: Option<String>,
 }
 
 /// `request_reply = { ... }`

@@ -477,7 +477,7 @@ to = { upstream = "u", path = "/" }
         "routes[1] \"b\": publish.queue is required for sqs broker \"q\"",
         "routes[2] \"c\": publish.queue is for sqs brokers",
         "request_reply over sqs brokers is not built yet",
-        "subscriptions from sqs brokers are not built yet",
+        "subscriptions[0] \"s\": from.queue is required for sqs broker \"q\"",
     ] {
         assert!(p.contains(e), "missing {e:?} in:\n{p}");
     }

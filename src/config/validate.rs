@@ -670,7 +670,16 @@ fn broker_kind(label: &str, action: &str, name: &str, config: &Config, errors: &
 
 fn check_subscription(label: &str, s: &SubscriptionConfig, config: &Config, errors: &mut Vec<String>) {
     match broker_kind(label, "from", &s.from.broker, config, errors) {
-        Some(BrokerKind::Sqs) => errors.push(format!("{label}: subscriptions from sqs brokers are not built yet")),
+        Some(BrokerKind::Sqs) => {
+            if s.from.queue.as_deref().is_none_or(str::is_empty) {
+                errors.push(format!("{label}: from.queue is required for sqs broker {:?}", s.from.broker));
+            }
+            for (key, set) in [("topic", s.from.topic.is_some()), ("group", s.from.group.is_some())] {
+                if set {
+                    errors.push(format!("{label}: from.{key} is for kafka brokers; {:?} is sqs", s.from.broker));
+                }
+            }
+        }
         Some(BrokerKind::Kafka) => {
             for (key, set) in [("topic", s.from.topic.is_some()), ("group", s.from.group.is_some())] {
                 if !set {
@@ -716,8 +725,24 @@ fn check_subscription(label: &str, s: &SubscriptionConfig, config: &Config, erro
     }
     let Some(dl) = &s.dead_letter else { return };
     let broker = dl.broker.as_deref().unwrap_or(&s.from.broker);
+    if dl.queue.is_some() && config.brokers.get(broker).is_some_and(|b| b.kind != BrokerKind::Sqs) {
+        errors.push(format!("{label}: dead_letter.queue is for sqs brokers"));
+    }
     match broker_kind(label, "dead_letter", broker, config, errors) {
-        Some(BrokerKind::Sqs) => errors.push(format!("{label}: dead letters to sqs brokers are not built yet")),
+        Some(BrokerKind::Sqs) => {
+            if dl.queue.as_deref().is_none_or(str::is_empty) {
+                errors.push(format!("{label}: dead_letter.queue is required for sqs broker {broker:?}"));
+            }
+            for (key, set) in [
+                ("topic", dl.topic.is_some()),
+                ("exchange", dl.exchange.is_some()),
+                ("routing_key", dl.routing_key.is_some()),
+            ] {
+                if set {
+                    errors.push(format!("{label}: dead_letter.{key} is not for sqs broker {broker:?}"));
+                }
+            }
+        }
         Some(BrokerKind::Amqp) => {
             if dl.routing_key.is_none() {
                 errors.push(format!("{label}: dead_letter.routing_key is required for amqp broker {broker:?}"));

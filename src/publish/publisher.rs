@@ -75,6 +75,10 @@ pub trait Producer: Send + Sync + 'static {
     fn as_kafka(&self) -> Option<&KafkaPublisher> {
         None
     }
+    /// The SQS client underneath, for receiving (subscriptions).
+    fn as_sqs(&self) -> Option<&SqsPublisher> {
+        None
+    }
     /// Whether replies on `reply_topic` are being consumed (always, where replies need no topic).
     fn listening(&self, reply_topic: &str) -> bool {
         let _ = reply_topic;
@@ -190,6 +194,12 @@ impl Publisher {
         self.0.as_kafka()
     }
 
+    /// The SQS client underneath, when the broker is SQS (subscriptions receive through it).
+    #[must_use]
+    pub fn as_sqs(&self) -> Option<&SqsPublisher> {
+        self.0.as_sqs()
+    }
+
     /// Whether replies on `reply_topic` are consumed yet (for `/readyz?verbose`).
     #[must_use]
     pub fn listening(&self, reply_topic: &str) -> bool {
@@ -286,6 +296,9 @@ impl Producer for SqsPublisher {
     }
     fn kind(&self) -> &'static str {
         "sqs"
+    }
+    fn as_sqs(&self) -> Option<&SqsPublisher> {
+        Some(self)
     }
 }
 

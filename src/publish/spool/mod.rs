@@ -167,6 +167,9 @@ impl Producer for Spooled {
     fn as_kafka(&self) -> Option<&KafkaPublisher> {
         self.inner.as_kafka()
     }
+    fn as_sqs(&self) -> Option<&crate::publish::sqs::SqsPublisher> {
+        self.inner.as_sqs()
+    }
     fn listening(&self, reply_topic: &str) -> bool {
         self.inner.listening(reply_topic)
     }
