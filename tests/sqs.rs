@@ -3,7 +3,6 @@
 //! `tests/sqs_support/sqs_tool.py`): the body and the metadata as message attributes, binary bodies in base64, FIFO
 //! queues deduplicated on the `Idempotency-Key`, an unknown queue, and SQS unreachable with and without a spool.
 
-#[allow(dead_code)]
 mod common;
 mod process_support;
 
