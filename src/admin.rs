@@ -83,7 +83,8 @@ async fn readyz(State(Admin { gateway: gw, .. }): State<Admin>, RawQuery(query):
                     .as_ref()
                     .map(|p| p.broker.as_str())
                     .or(route.request_reply.as_ref().map(|r| r.broker.as_str()));
-                let reply_topic = route.request_reply.as_ref().and_then(|r| r.reply_topic.as_deref());
+                let reply_topic =
+                    route.request_reply.as_ref().and_then(|r| r.reply_topic.as_deref().or(r.reply_queue.as_deref()));
                 let listening =
                     |b: &str, topic: &str| runtime.brokers.get(b).is_none_or(|b| b.publisher.listening(topic));
                 let spooled = |b: &str| {

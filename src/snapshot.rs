@@ -456,7 +456,9 @@ fn request_reply_route(
             topic: template(rr.topic.as_deref().unwrap_or_default()),
             key: rr.key.as_deref().map(template),
         },
-        BrokerKind::Sqs => unreachable!("validated: no request-reply over sqs"),
+        BrokerKind::Sqs => {
+            Target::Sqs { queue: rr.queue.clone().unwrap_or_default(), group: template("{route}"), dedup: None }
+        }
         BrokerKind::Amqp => Target::Amqp {
             exchange: rr.exchange.clone().unwrap_or_default(),
             routing_key: template(rr.routing_key.as_deref().unwrap_or_default()),
@@ -465,7 +467,8 @@ fn request_reply_route(
     };
     let header = |h: &String| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok();
     let publisher = brokers[&rr.broker].publisher.clone();
-    let reply_topic = rr.reply_topic.clone().unwrap_or_default();
+    // Where replies come back: a Kafka topic, or the prefix of this process' SQS reply queue.
+    let reply_topic = rr.reply_topic.clone().or_else(|| rr.reply_queue.clone()).unwrap_or_default();
     if !reply_topic.is_empty() {
         publisher.listen(&reply_topic);
     }

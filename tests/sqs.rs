@@ -208,3 +208,31 @@ dead_letter = {{ queue = "{dead}" }}
     tool(&["delete", &source]);
     tool(&["delete", &dead]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_over_sqs_answers_with_the_responders_reply_from_a_reply_queue_of_its_own() {
+    let requests = queue("sluice-e2e-rpc", false);
+    let broker = format!("kind = \"sqs\"\nendpoint = \"{}\"", endpoint());
+    let routes = format!(
+        "[[routes]]\nname = \"rpc\"\nmatch = {{ path = \"/rpc\", methods = [\"POST\"] }}\nrequest_reply = {{ broker = \"q\", queue = \"{requests}\", reply_queue = \"sluice-e2e-replies\", timeout = \"20s\" }}\n"
+    );
+    let gw = gateway("sqs-rpc", &broker, &routes).await;
+    // The gateway's reply queue exists once /readyz?verbose says the route serves.
+    for _ in 0..200 {
+        let req = Request::get(gw.admin_url("/readyz?verbose")).body(Full::default()).unwrap();
+        if json_request(req).await.is_some_and(|(_, _, body)| body["routes"]["rpc"] == "serving") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let responder = std::thread::spawn({
+        let requests = requests.clone();
+        move || tool(&["respond", &requests, "1"])
+    });
+    let (status, body) = post(&gw, "/rpc", &[("content-type", "text/plain")], "ping").await;
+    assert_eq!(status, 201, "the reply's sluice-status: {body}");
+    assert_eq!(body, serde_json::json!({ "echo": "ping" }));
+    assert_eq!(responder.join().unwrap().trim(), "1");
+    drop(gw);
+    tool(&["delete", &requests]);
+}

@@ -927,6 +927,12 @@ pub struct RequestReplyConfig {
     /// kafka: the topic replies come back on.
     #[serde(default)]
     pub reply_topic: Option<String>,
+    /// sqs: the queue requests go to (name or URL).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// sqs: the prefix of the reply queue each gateway process creates for itself (`{reply_queue}-{instance}`).
+    #[serde(default)]
+    pub reply_queue: Option<String>,
     /// Longest wait for the reply (sending the request included), from the start of the action (the body read);
     /// `server.request_timeout` when absent.
     #[serde(default)]

@@ -476,7 +476,7 @@ to = { upstream = "u", path = "/" }
         "routes[0] \"a\": publish.topic is not for sqs broker \"q\"",
         "routes[1] \"b\": publish.queue is required for sqs broker \"q\"",
         "routes[2] \"c\": publish.queue is for sqs brokers",
-        "request_reply over sqs brokers is not built yet",
+        "routes[3] \"d\": request_reply.queue is required for sqs broker \"q\"",
         "subscriptions[0] \"s\": from.queue is required for sqs broker \"q\"",
     ] {
         assert!(p.contains(e), "missing {e:?} in:\n{p}");

@@ -777,8 +777,36 @@ fn check_request_reply(
     check_template: &dyn Fn(&str, &str, &mut Vec<String>),
     errors: &mut Vec<String>,
 ) {
-    match broker_kind(label, "request_reply", &rr.broker, config, errors) {
-        Some(BrokerKind::Sqs) => errors.push(format!("{label}: request_reply over sqs brokers is not built yet")),
+    let kind = broker_kind(label, "request_reply", &rr.broker, config, errors);
+    if kind.is_some_and(|k| k != BrokerKind::Sqs) {
+        for (key, set) in [("queue", rr.queue.is_some()), ("reply_queue", rr.reply_queue.is_some())] {
+            if set {
+                errors.push(format!("{label}: request_reply.{key} is for sqs brokers"));
+            }
+        }
+    }
+    match kind {
+        Some(BrokerKind::Sqs) => {
+            for (key, value) in [("queue", &rr.queue), ("reply_queue", &rr.reply_queue)] {
+                match value.as_deref() {
+                    None | Some("") => {
+                        errors.push(format!("{label}: request_reply.{key} is required for sqs broker {:?}", rr.broker))
+                    }
+                    Some(v) if v.contains('{') => errors.push(format!("{label}: request_reply.{key} is a fixed name")),
+                    Some(_) => {}
+                }
+            }
+            for (key, set) in [
+                ("topic", rr.topic.is_some()),
+                ("reply_topic", rr.reply_topic.is_some()),
+                ("exchange", rr.exchange.is_some()),
+                ("routing_key", rr.routing_key.is_some()),
+            ] {
+                if set {
+                    errors.push(format!("{label}: request_reply.{key} is not for sqs broker {:?}", rr.broker));
+                }
+            }
+        }
         Some(BrokerKind::Kafka) => {
             for (key, set) in [("topic", rr.topic.is_some()), ("reply_topic", rr.reply_topic.is_some())] {
                 if !set {

@@ -28,6 +28,7 @@ pub mod reply;
 pub mod route;
 pub mod spool;
 pub mod sqs;
+pub mod sqs_replies;
 
 pub use error::PublishError;
 pub use message::{Ack, Destination, Message, Receipt};

@@ -287,12 +287,24 @@ impl Producer for SqsPublisher {
     fn is_up(&self) -> bool {
         SqsPublisher::is_up(self)
     }
-    fn flush(&self, _timeout: Duration) -> ProducerFuture<'_, ()> {
-        // Nothing is ever in flight after `SendMessage` answered.
-        Box::pin(std::future::ready(()))
+    fn flush(&self, timeout: Duration) -> ProducerFuture<'_, ()> {
+        // Nothing is ever in flight after `SendMessage` answered: only the reply queues go.
+        Box::pin(SqsPublisher::flush(self, timeout))
     }
     fn name(&self) -> &str {
         SqsPublisher::name(self)
+    }
+    fn request<'a>(&'a self, msg: Message, reply_queue: &'a str) -> ProducerFuture<'a, Result<Waiter, PublishError>> {
+        Box::pin(SqsPublisher::request(self, msg, reply_queue))
+    }
+    fn replies(&self) -> Option<&Arc<Replies>> {
+        Some(SqsPublisher::replies(self))
+    }
+    fn listen(&self, reply_queue: &str) {
+        SqsPublisher::listen(self, reply_queue);
+    }
+    fn listening(&self, reply_queue: &str) -> bool {
+        SqsPublisher::listening(self, reply_queue)
     }
     fn kind(&self) -> &'static str {
         "sqs"

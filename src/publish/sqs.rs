@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
@@ -26,7 +26,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use super::error::PublishError;
+use super::kafka_replies::{CORRELATION_HEADER, REPLY_TO_HEADER};
 use super::message::{Ack, Destination, Message, Receipt};
+use super::reply::{Replies, Waiter};
+use super::sqs_replies::{SqsReplyListener, remove};
 
 /// Most message attributes SQS takes.
 const MAX_ATTRIBUTES: usize = 10;
@@ -45,6 +48,10 @@ struct Inner {
     up: AtomicBool,
     /// Queue name → URL.
     urls: RwLock<HashMap<String, String>>,
+    /// Requests of request-reply routes waiting for their replies.
+    replies: Arc<Replies>,
+    /// This process' reply queue per configured `reply_queue`.
+    listeners: Mutex<HashMap<String, Arc<SqsReplyListener>>>,
 }
 
 impl SqsPublisher {
@@ -58,6 +65,8 @@ impl SqsPublisher {
                 client,
                 up: AtomicBool::new(false),
                 urls: RwLock::new(HashMap::new()),
+                replies: Arc::new(Replies::default()),
+                listeners: Mutex::new(HashMap::new()),
             }),
         };
         let probe = publisher.clone();
@@ -121,6 +130,59 @@ impl SqsPublisher {
             }
             Err(e) => Err(self.map_error(e, queue)),
         }
+    }
+
+    /// Starts (once) receiving the replies of `reply_queue` on a queue of this process' own.
+    pub fn listen(&self, reply_queue: &str) {
+        let mut listeners = self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        if !listeners.contains_key(reply_queue) {
+            let listener = SqsReplyListener::start(
+                &self.inner.name,
+                reply_queue,
+                self.inner.client.clone(),
+                self.inner.replies.clone(),
+            );
+            listeners.insert(reply_queue.to_owned(), Arc::new(listener));
+        }
+    }
+
+    /// Whether replies for `reply_queue` are received.
+    #[must_use]
+    pub fn listening(&self, reply_queue: &str) -> bool {
+        self.listener(reply_queue).is_some_and(|l| l.is_ready())
+    }
+
+    fn listener(&self, reply_queue: &str) -> Option<Arc<SqsReplyListener>> {
+        self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()).get(reply_queue).cloned()
+    }
+
+    /// Sends a request with the attributes `sluice-correlation-id` (its `sluice-id`) and `sluice-reply-to` (this
+    /// process' reply queue's URL), and returns what waits for the reply. `503` until that queue exists.
+    pub async fn request(&self, mut msg: Message, reply_queue: &str) -> Result<Waiter, PublishError> {
+        let Some(reply_to) =
+            self.listener(reply_queue).filter(|l| l.is_ready()).and_then(|l| l.url().map(str::to_owned))
+        else {
+            return Err(PublishError::unavailable(format!("no reply queue for {reply_queue:?} yet"), None));
+        };
+        msg.headers.push((CORRELATION_HEADER.to_owned(), msg.id.clone()));
+        msg.headers.push((REPLY_TO_HEADER.to_owned(), reply_to));
+        let waiter = self.inner.replies.wait(&msg.id);
+        self.publish(msg, Ack::Confirm).await?;
+        Ok(waiter)
+    }
+
+    /// The requests waiting for replies.
+    #[must_use]
+    pub fn replies(&self) -> &Arc<Replies> {
+        &self.inner.replies
+    }
+
+    /// At shutdown: deletes this process' reply queues.
+    pub async fn flush(&self, timeout: Duration) {
+        let listeners: Vec<_> =
+            self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let removals = listeners.iter().map(|l| remove(&self.inner.client, l));
+        let _ = tokio::time::timeout(timeout, futures_util::future::join_all(removals)).await;
     }
 
     /// The URL of `queue` (a name, or already a URL).
