@@ -6,6 +6,7 @@
 //! tests, never skips them.
 
 mod broker_support;
+mod process_support;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::sync::OnceLock;
 
 use broker_support::common::{Gateway, Resp, Upstream, assert_problem};
 use broker_support::{KafkaLock, create_topic, kafka_bootstrap, kafka_read_all, random_name, unix_now};
+use process_support::python;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -58,21 +60,6 @@ fn fixture() -> &'static Fixture {
 
 fn tool() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/auth_support/jwt_tool.py")
-}
-
-/// The Python with PyJWT and cryptography: `SLUICE_TEST_PYTHON`, else the venv of `integration/pyenv.sh`.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SLUICE_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("integration/pyenv.sh");
-    let out = Command::new(&script).arg("python").output().expect("run integration/pyenv.sh python");
-    assert!(
-        out.status.success(),
-        "no Python for the auth tests (set SLUICE_TEST_PYTHON or run integration/pyenv.sh): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// Tokens for `specs` (see `jwt_tool.py`), minted by PyJWT in one run.

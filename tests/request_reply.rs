@@ -6,24 +6,15 @@
 
 mod broker_support;
 mod otel_support;
+mod process_support;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use broker_support::*;
+use process_support::python;
 use serde_json::{Value, json};
-
-/// The Python with pika: `SLUICE_TEST_PYTHON`, else the venv of `integration/pyenv.sh`.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SLUICE_TEST_PYTHON") {
-        return p.into();
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/pyenv.sh");
-    let out = Command::new(&script).arg("python").output().expect("run integration/pyenv.sh python");
-    assert!(out.status.success(), "no Python with pika: set SLUICE_TEST_PYTHON or run integration/pyenv.sh");
-    String::from_utf8(out.stdout).unwrap().trim().into()
-}
 
 /// The pika responder on its own queue; killed when dropped.
 struct Responder {

@@ -12,14 +12,16 @@
 //! `sluice` binary set the environment of the process they start.
 
 mod broker_support;
+mod process_support;
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use broker_support::common::{Upstream, reply};
 use broker_support::*;
+use process_support::python;
 use serde_json::{Value, json};
 
 /// GitHub's documented test vector (docs.github.com, "Validating webhook deliveries").
@@ -91,22 +93,6 @@ run_in_child!(
 // ---------------------------------------------------------------------------------------------------------------
 // Python: the providers' libraries
 // ---------------------------------------------------------------------------------------------------------------
-
-/// The interpreter with the providers' libraries: `SLUICE_TEST_PYTHON`, else the venv `integration/pyenv.sh` made.
-/// Missing is a failure, never a skip.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SLUICE_TEST_PYTHON") {
-        return p.into();
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/pyenv.sh");
-    let out = Command::new(&script).arg("python").output().expect("run integration/pyenv.sh python");
-    assert!(
-        out.status.success(),
-        "no Python with the webhook libraries: set SLUICE_TEST_PYTHON or run integration/pyenv.sh ({})",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().into()
-}
 
 /// Runs `script` with `jobs` as JSON on its standard input and returns what it prints as JSON.
 fn py(script: &str, jobs: Value) -> Value {
