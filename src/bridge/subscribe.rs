@@ -514,6 +514,15 @@ enum Settle {
     Sqs { client: aws_sdk_sqs::Client, url: String, receipt: String, keep: tokio::task::AbortHandle },
 }
 
+impl Drop for Settle {
+    fn drop(&mut self) {
+        // However a delivery ends, an SQS message's invisibility is no longer renewed after it.
+        if let Settle::Sqs { keep, .. } = self {
+            keep.abort();
+        }
+    }
+}
+
 impl Settle {
     fn system(&self) -> &'static str {
         match self {
