@@ -223,8 +223,8 @@ async fn report(route: &PublishRoute, req: &Request<Prepared>, cluster: &str, pa
         Err(e) => return json!({ "error_code": e.status().as_u16(), "message": e.to_string() }),
     };
     match result {
-        Ok((message, receipt)) => {
-            let topic = match &message.destination {
+        Ok((destination, receipt)) => {
+            let topic = match &destination {
                 Destination::Kafka { topic, .. } => topic.clone(),
                 Destination::Amqp { routing_key, .. } => routing_key.clone(),
                 Destination::Sqs { queue, .. } => queue.clone(),

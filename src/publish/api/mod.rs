@@ -19,7 +19,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 
 use super::error::PublishError;
-use super::message::{Ack, Destination, Message, Receipt};
+use super::message::{Ack, Destination, Receipt};
 use super::route::PublishRoute;
 use crate::body::{Body, Prepared};
 use crate::config::PublishApi;
@@ -66,7 +66,7 @@ pub async fn publish_all(
     req: &Request<Prepared>,
     records: Vec<Record>,
     ack: Ack,
-) -> Result<Vec<Result<(Message, Receipt), PublishError>>, GatewayError> {
+) -> Result<Vec<Result<(Destination, Receipt), PublishError>>, GatewayError> {
     if records.len() > MAX_RECORDS {
         return Err(GatewayError::BadRequest(format!("at most {MAX_RECORDS} records in one request")));
     }
@@ -88,8 +88,9 @@ pub async fn publish_all(
         messages.push(message);
     }
     let sends = messages.into_iter().map(|message| async move {
-        let sent = message.clone();
-        route.send(req, message, ack).await.map(|receipt| (sent, receipt))
+        // Only the destination is reported back (Confluent names the topic): not a copy of the whole message.
+        let destination = message.destination.clone();
+        route.send(req, message, ack).await.map(|receipt| (destination, receipt))
     });
     Ok(futures_util::stream::iter(sends).buffered(IN_FLIGHT).collect().await)
 }
