@@ -10,7 +10,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::upstream::{InFlight, UpstreamBody};
+use crate::upstream::{InFlight, Reusable};
 
 /// Boxed error of a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -31,10 +31,12 @@ pub enum Body {
     Channel(tokio::sync::mpsc::Receiver<Bytes>),
     /// The upstream's body, streamed; the guard keeps the request counted as in flight until it ends.
     Upstream {
-        /// The upstream response body (it returns its connection to the pool at its end).
-        inner: UpstreamBody,
+        /// The upstream response body.
+        inner: Incoming,
         /// Released when the body is finished or dropped.
         guard: InFlight,
+        /// The connection, returned to its pool when the body ends (closed if the body is dropped early).
+        conn: Option<Reusable>,
     },
 }
 
@@ -62,7 +64,15 @@ impl HttpBody for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Channel(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
-            Body::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
+            Body::Upstream { inner, conn, .. } => {
+                let frame = Pin::new(&mut *inner).poll_frame(cx);
+                if (matches!(frame, Poll::Ready(None)) || inner.is_end_stream())
+                    && let Some(conn) = conn.take()
+                {
+                    conn.release();
+                }
+                frame
+            }
         }
     }
 

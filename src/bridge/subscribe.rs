@@ -811,7 +811,10 @@ impl Deliverer {
                 // Read the answer to its end (so the connection can serve the next delivery), but only so much and
                 // for so long: a huge or endless answer costs the connection, not memory or the delivery slot.
                 let body = Limited::new(answer.response.into_body(), MAX_ANSWER_BYTES);
-                let _ = tokio::time::timeout(self.timeout, body.collect()).await;
+                let read = matches!(tokio::time::timeout(self.timeout, body.collect()).await, Ok(Ok(_)));
+                if let (true, Some(conn)) = (read, answer.conn) {
+                    conn.release();
+                }
                 drop(answer.guard);
                 verdict(status, retry_after)
             }

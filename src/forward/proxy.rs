@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
+use http_body::Body as _;
 use prometheus_client::metrics::counter::Counter;
 
 use super::fault::Fault;
@@ -146,7 +147,7 @@ fn prepare_headers(headers: &mut HeaderMap, facts: &Facts) {
 
 /// The upstream's response as the client's (the observe layer sets `x-request-id` on it).
 fn respond(answer: Answer, client_upgrade: Option<hyper::upgrade::OnUpgrade>) -> Response<Body> {
-    let Answer { response: mut res, guard } = answer;
+    let Answer { response: mut res, conn, guard } = answer;
     let guard = match client_upgrade {
         Some(on) => upgrade::splice(on, &mut res, guard),
         None => Some(guard),
@@ -158,7 +159,15 @@ fn respond(answer: Answer, client_upgrade: Option<hyper::upgrade::OnUpgrade>) ->
     match guard {
         Some(guard) => {
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::Upstream { inner, guard })
+            // An empty body is finished already: the connection can serve the next request now.
+            let conn = match conn {
+                Some(c) if inner.is_end_stream() => {
+                    c.release();
+                    None
+                }
+                other => other,
+            };
+            Response::from_parts(parts, Body::Upstream { inner, guard, conn })
         }
         // 101: the upgrade headers stay, the connection now belongs to the splice task.
         None => Response::from_parts(parts, Body::Empty),

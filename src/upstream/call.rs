@@ -14,15 +14,16 @@ use std::time::Duration;
 use http::header::{self, HeaderMap};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response};
+use hyper::body::Incoming;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use prometheus_client::metrics::counter::Counter;
 
 use super::balance::Pick;
-use super::conn::UpstreamBody;
 use super::endpoint::Endpoint;
 use super::error::CallError;
 use super::group::{InFlight, Upstream};
+use super::pool::Reusable;
 use super::retry::{Outcome, RetryPolicy};
 use crate::body::{Prepared, is_too_large};
 use crate::request::TRACEPARENT;
@@ -57,8 +58,10 @@ pub struct Call<'a> {
 /// The upstream's response to the last attempt.
 #[derive(Debug)]
 pub struct Answer {
-    /// Status, headers and the streaming body (which gives an HTTP/1.1 connection back to its pool at its end).
-    pub response: Response<UpstreamBody>,
+    /// Status, headers and the streaming body.
+    pub response: Response<Incoming>,
+    /// The HTTP/1.1 connection, to give back to its pool once the body was read to the end.
+    pub conn: Option<Reusable>,
     /// Keeps the request counted against `max_concurrent` until dropped.
     pub guard: InFlight,
 }
@@ -101,7 +104,7 @@ async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
             None => Ok(sent.await),
         };
         let (outcome, response) = match result {
-            Ok(Ok(res)) => (Outcome::Status(res.status()), Some(res)),
+            Ok(Ok(res)) => (Outcome::Status(res.0.status()), Some(res)),
             Ok(Err(mut e)) if e.is_connect() => {
                 if e.is_tls() {
                     // Nothing was sent; the client gets 502 (or another endpoint's answer). Only the log says why.
@@ -125,7 +128,7 @@ async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
             call.retry.may_retry(outcome, retries, call.idempotent, call.body.replayable()) && call.retry.withdraw();
         if !retry {
             return match (outcome, response) {
-                (_, Some(response)) => Ok(Answer { response, guard }),
+                (_, Some((response, conn))) => Ok(Answer { response, conn, guard }),
                 (Outcome::Timeout, None) => Err(CallError::Timeout),
                 (_, None) => Err(CallError::Unreachable),
             };

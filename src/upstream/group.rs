@@ -10,14 +10,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
+use hyper::body::Incoming;
 
 use super::balance::{self, Pick};
-use super::conn::UpstreamBody;
 use super::connect::{ConnectError, Transport};
 use super::endpoint::{Endpoint, EndpointUrl};
 use super::health::health_loop;
 use super::outlier::OutlierDetector;
-use super::pool::SendError;
+use super::pool::{Reusable, SendError};
 use crate::body::OutBody;
 use crate::config::{Balance, UpstreamConfig};
 use crate::telemetry::{Metrics, UpstreamMetrics};
@@ -172,13 +172,17 @@ impl Upstream {
         balance::pick(self.balance, &self.endpoints(), self.outlier.now_ms(), tried, hash, &self.cursor)
     }
 
-    /// Sends one request to `endpoint` (its URI made by [`Upstream::uri`]). An HTTP/1.1 connection goes back to
-    /// the endpoint's pool once the response body has been read to its end.
-    pub async fn send(&self, endpoint: &Endpoint, req: Request<OutBody>) -> Result<Response<UpstreamBody>, SendError> {
+    /// Sends one request to `endpoint` (its URI made by [`Upstream::uri`]). The `Reusable` goes back to the
+    /// endpoint's pool once the response body has been read.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<OutBody>,
+    ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
         match &endpoint.h2 {
-            None => endpoint.pool.send(req).await,
+            None => endpoint.pool.send(req).await.map(|(res, conn)| (res, Some(conn))),
             Some(client) => match client.request(req).await {
-                Ok(res) => Ok(res.map(|body| UpstreamBody::new(body, None))),
+                Ok(res) => Ok((res, None)),
                 Err(e) if e.is_connect() => Err(SendError::Connect {
                     error: ConnectError::find(&e)
                         .unwrap_or_else(|| ConnectError::Http { addr: endpoint.addr, reason: e.to_string() }),

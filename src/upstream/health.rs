@@ -48,10 +48,14 @@ async fn check(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
     let req = Request::get(up.uri(ep, &path)).header(http::header::HOST, ep.host_header.clone()).body(OutBody::Empty);
     let Ok(req) = req else { return false };
     match tokio::time::timeout(hc.timeout.0, up.send(ep, req)).await {
-        Ok(Ok(res)) => {
+        Ok(Ok((res, conn))) => {
             let ok = res.status().is_success();
-            // Read the (small) body so the connection goes back to the pool, but not for longer than the check.
-            let _ = tokio::time::timeout(hc.timeout.0, http_body_util::BodyExt::collect(res.into_body())).await;
+            // Read the (small) body so the connection can be reused.
+            if http_body_util::BodyExt::collect(res.into_body()).await.is_ok()
+                && let Some(conn) = conn
+            {
+                conn.release();
+            }
             ok
         }
         _ => false,

@@ -4,12 +4,11 @@
 //!
 //! - [`group`]: [`Upstream`], a named group of endpoints (DNS re-resolution, admission, sending).
 //! - [`call`]: one request sent with every resilience policy, in one readable order.
-//! - [`endpoint`], [`connect`] (plain or TLS), [`pool`], [`conn`] (driven by its user), [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
+//! - [`endpoint`], [`connect`] (plain or TLS), [`pool`], [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
 //! - [`error`]: [`CallError`], with whether trying again later may help.
 
 mod balance;
 pub mod call;
-mod conn;
 mod connect;
 mod endpoint;
 pub mod error;
@@ -22,12 +21,11 @@ mod retry;
 
 pub use balance::{Pick, hash_key};
 pub use call::{Answer, Call, call};
-pub use conn::UpstreamBody;
 pub use connect::{ConnectError, Connector};
 pub use endpoint::{Endpoint, EndpointUrl, authority_host};
 pub use error::CallError;
 pub use group::{InFlight, Upstream};
 pub use headers::strip_hop_by_hop;
 pub use outlier::OutlierDetector;
-pub use pool::SendError;
+pub use pool::{Reusable, SendError};
 pub use retry::{Outcome, RetryOn, RetryPolicy, is_idempotent};

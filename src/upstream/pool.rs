@@ -1,5 +1,5 @@
 //! Per-endpoint pool of HTTP/1.1 connections (plain or TLS, opened by the endpoint's [`Connector`]), on hyper's
-//! low-level client connections, each driven by the task that uses it ([`Conn`]).
+//! low-level client connections.
 //!
 //! Written here instead of using hyper-util's pooled `Client` because the request path of a proxy pays for every
 //! layer: a pool per endpoint needs no pool-key hashing and no shared map, and `try_send_request` hands back a
@@ -8,11 +8,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use http::{Request, Response, StatusCode};
-use hyper::client::conn::http1;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use super::conn::{Conn, Reusable, UpstreamBody};
 use super::connect::{ConnectError, Connector};
 use crate::body::{BoxError, OutBody};
 
@@ -60,7 +60,27 @@ impl SendError {
 #[derive(Debug)]
 pub struct Pool {
     connector: Connector,
-    idle: Mutex<Vec<Conn>>,
+    idle: Mutex<Vec<SendRequest<OutBody>>>,
+}
+
+/// A connection in use; given back to its pool once the response body has been read to the end.
+#[derive(Debug)]
+pub struct Reusable {
+    sender: SendRequest<OutBody>,
+    pool: Arc<Pool>,
+}
+
+impl Reusable {
+    /// Returns the connection to the pool (dropping it closes it instead).
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.pool.idle.lock().expect("pool lock");
+        if idle.len() < MAX_IDLE {
+            idle.push(self.sender);
+        }
+    }
 }
 
 impl Pool {
@@ -69,15 +89,17 @@ impl Pool {
         Arc::new(Pool { connector, idle: Mutex::new(Vec::new()) })
     }
 
-    /// Sends `req` on an idle connection, or on a new one. The body of the response drives the connection and
-    /// gives it back to the pool at its end.
-    pub async fn send(self: &Arc<Self>, mut req: Request<OutBody>) -> Result<Response<UpstreamBody>, SendError> {
-        while let Some(mut conn) = self.checkout() {
-            if conn.ready().await.is_err() {
+    /// Sends `req` on an idle connection, or on a new one.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<OutBody>,
+    ) -> Result<(Response<Incoming>, Reusable), SendError> {
+        while let Some(mut sender) = self.checkout() {
+            if sender.ready().await.is_err() {
                 continue;
             }
-            match conn.send(req).await {
-                Ok(res) => return Ok(self.response(res, conn)),
+            match sender.try_send_request(req).await {
+                Ok(res) => return Ok((res, Reusable { sender, pool: self.clone() })),
                 Err(mut e) => match e.take_message() {
                     // The connection died while idle and never took the request: try the next one.
                     Some(unsent) => req = unsent,
@@ -91,51 +113,38 @@ impl Pool {
     }
 
     /// Sends `req` on a new connection.
-    async fn send_on_new(self: &Arc<Self>, req: Request<OutBody>) -> Result<Response<UpstreamBody>, SendError> {
-        let mut conn = match self.connect().await {
-            Ok(conn) => conn,
+    async fn send_on_new(self: &Arc<Self>, req: Request<OutBody>) -> Result<(Response<Incoming>, Reusable), SendError> {
+        let mut sender = match self.connect().await {
+            Ok(sender) => sender,
             Err(error) => return Err(SendError::Connect { error, unsent: Some(Box::new(req)) }),
         };
-        match conn.send(req).await {
-            Ok(res) => Ok(self.response(res, conn)),
-            Err(e) => Err(SendError::Failed(e.into_error().into())),
+        match sender.send_request(req).await {
+            Ok(res) => Ok((res, Reusable { sender, pool: self.clone() })),
+            Err(e) => Err(SendError::Failed(e.into())),
         }
     }
 
-    fn response(self: &Arc<Self>, res: Response<hyper::body::Incoming>, conn: Conn) -> Response<UpstreamBody> {
-        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // The connection is no longer HTTP: it goes to whoever takes the upgrade, never back to the pool.
-            conn.detach();
-            return res.map(|inner| UpstreamBody::new(inner, None));
-        }
-        let reusable = Reusable::new(conn, self.clone());
-        res.map(|inner| UpstreamBody::new(inner, Some(reusable)))
-    }
-
-    fn checkout(&self) -> Option<Conn> {
+    fn checkout(&self) -> Option<SendRequest<OutBody>> {
         let mut idle = self.idle.lock().expect("pool lock");
-        while let Some(conn) = idle.pop() {
-            if !conn.is_closed() {
-                return Some(conn);
+        while let Some(sender) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
             }
         }
         None
     }
 
-    /// Keeps `conn` for a later request (or closes it when the pool is full).
-    pub(super) fn put(&self, conn: Conn) {
-        let mut idle = self.idle.lock().expect("pool lock");
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
-        }
-    }
-
     /// A new connection, or why none could be made.
-    async fn connect(&self) -> Result<Conn, ConnectError> {
+    async fn connect(&self) -> Result<SendRequest<OutBody>, ConnectError> {
         let stream = self.connector.connect().await?;
-        let (sender, driver) = http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError::Http { addr: self.connector.addr(), reason: e.to_string() })?;
-        Ok(Conn::new(sender, driver.with_upgrades()))
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }
