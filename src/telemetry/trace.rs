@@ -2,42 +2,32 @@
 //! request, CLIENT per upstream attempt, PRODUCER per publish — exported over OTLP/gRPC when
 //! `telemetry.otlp_endpoint` is set. Without an endpoint nothing is recorded: ids are made and propagated only.
 //!
-//! Export runs off the request path: a finished span is handed to a bounded queue (a full queue drops it and
-//! counts `sluice_trace_spans_dropped_total`), and one task encodes and sends batches to the collector (`otlp`).
-//! A collector that is down slows no request. The queue is written here rather than using the SDK's `BatchSpanProcessor` because
-//! that processor does not expose how many spans it dropped, and it runs a thread of its own outside tokio.
+//! A sampled span is a compact [`Recording`] while it runs; when it ends it is encoded and queued (`export`), and
+//! one task sends batches to the collector (`otlp`). The spans follow the OpenTelemetry SDK's rules — parent-based
+//! sampling with `telemetry.sample_ratio` for new traces (the SDK's `ParentBased(TraceIdRatioBased)`, computed
+//! here: the test below checks it against the SDK's sampler), random non-zero ids, the parent's `tracestate`
+//! carried — without the SDK's span objects, whose lifecycle cost more than the rest of tracing together
+//! (`record`).
 
 use std::borrow::Cow;
-use std::str::FromStr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
-    TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanProcessor};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::time::Instant;
 
+use super::export::{self, Queue};
 use super::otlp::OtlpExporter;
+use super::record::{Recording, now_nanos};
 use crate::config::TelemetryConfig;
 use crate::request::{TRACEPARENT, TRACESTATE};
 
-/// Finished spans waiting for export; more are dropped (and counted).
-const QUEUE_CAPACITY: usize = 8192;
-/// Most spans sent in one export request.
-const MAX_BATCH: usize = 512;
-/// How long a batch waits for more spans before it is sent.
-const BATCH_DELAY: Duration = Duration::from_millis(200);
+pub use super::export::Export;
+
 /// Time allowed for one export request.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// W3C trace context of one span: ids as integers, so that a request pays for no string formatting unless a
 /// header or a log line needs it. The default (all zero) stands for "no span yet".
@@ -86,62 +76,48 @@ impl TraceContext {
         hex_into(&mut buf[53..55], &[self.flags]);
         HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
     }
-
-    fn of(span: &opentelemetry_sdk::trace::Span, tracestate: Option<HeaderValue>) -> TraceContext {
-        let sc = span.span_context();
-        TraceContext {
-            trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
-            span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
-            flags: sc.trace_flags().to_u8(),
-            tracestate,
-        }
-    }
-
-    fn as_parent(&self, remote: bool) -> Context {
-        let state = self
-            .tracestate
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| TraceState::from_str(s).ok())
-            .unwrap_or_default();
-        let sc = SpanContext::new(
-            TraceId::from(self.trace_id),
-            SpanId::from(self.span_id),
-            TraceFlags::new(self.flags),
-            remote,
-            state,
-        );
-        Context::new().with_remote_span_context(sc)
-    }
 }
 
-/// One span of this gateway: its context (always) and the recording OpenTelemetry span (when exporting and
-/// sampled). Dropping it ends the span.
+/// One span of this gateway: its context (always) and the recording (when exporting and sampled). Dropping it
+/// ends the span.
 #[derive(Debug)]
 pub struct Span {
     /// The context sent onwards while this span is the current one.
     pub cx: TraceContext,
-    /// Boxed: a request that records nothing should not carry (and move) the SDK span's space.
-    otel: Option<Box<opentelemetry_sdk::trace::Span>>,
+    /// Boxed: a request that records nothing should not carry (and move) the recording's space.
+    recording: Option<Box<Recorded>>,
+}
+
+/// A span being recorded and the queue it goes to when it ends (on drop).
+#[derive(Debug)]
+struct Recorded {
+    span: Recording,
+    queue: Arc<Queue>,
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        self.queue.push(&self.span, now_nanos());
+    }
 }
 
 impl Span {
     /// Whether attributes set on it are recorded (callers skip building costly values otherwise).
     pub fn is_recording(&self) -> bool {
-        self.otel.as_ref().is_some_and(|s| s.is_recording())
+        self.recording.is_some()
     }
 
     /// Sets an attribute (built only when the span records).
     pub fn set(&mut self, attribute: impl FnOnce() -> KeyValue) {
-        if let Some(s) = self.otel.as_mut().filter(|s| s.is_recording()) {
-            s.set_attribute(attribute());
+        if let Some(r) = &mut self.recording {
+            r.span.set(attribute());
         }
     }
 
     /// Marks the span as failed.
     pub fn error(&mut self, description: impl Into<Cow<'static, str>>) {
-        if let Some(s) = self.otel.as_mut() {
-            s.set_status(Status::error(description));
+        if let Some(r) = &mut self.recording {
+            r.span.set_status(Status::error(description));
         }
     }
 }
@@ -149,7 +125,14 @@ impl Span {
 /// Makes spans; cheap to clone. The default records nothing.
 #[derive(Clone, Debug, Default)]
 pub struct Tracer {
-    sdk: Option<SdkTracer>,
+    export: Option<Arc<Exporting>>,
+}
+
+/// What a tracer that exports needs.
+#[derive(Debug)]
+struct Exporting {
+    sampler: RatioSampler,
+    queue: Arc<Queue>,
 }
 
 impl Tracer {
@@ -181,22 +164,18 @@ impl Tracer {
         name: impl FnOnce() -> Cow<'static, str>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Span {
-        let Some(tracer) = &self.sdk else {
-            return Span { cx: TraceContext::from_headers(headers), otel: None };
+        let Some(export) = &self.export else {
+            return Span { cx: TraceContext::from_headers(headers), recording: None };
         };
         let tracestate = headers.get(&TRACESTATE).cloned();
-        let parent = match incoming(headers) {
-            Some((trace_id, span_id, flags)) => {
-                TraceContext { trace_id, span_id, flags, tracestate: tracestate.clone() }.as_parent(true)
-            }
-            None => Context::new(),
-        };
-        let span = tracer
-            .span_builder(name())
-            .with_kind(kind)
-            .with_attributes(attributes())
-            .start_with_context(tracer, &parent);
-        Span { cx: TraceContext::of(&span, tracestate), otel: Some(Box::new(span)) }
+        let parent = incoming(headers).map(|(trace_id, span_id, flags)| Parent {
+            trace_id,
+            span_id,
+            flags,
+            remote: true,
+            tracestate: tracestate.clone(),
+        });
+        export.start(parent, tracestate, kind, name, attributes)
     }
 
     /// A child of `parent` (a CLIENT span per upstream attempt, a PRODUCER span per publish).
@@ -207,15 +186,100 @@ impl Tracer {
         name: impl FnOnce() -> Cow<'static, str>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Span {
-        let Some(tracer) = &self.sdk else {
-            return Span { cx: TraceContext { span_id: fastrand::u64(1..), ..parent.clone() }, otel: None };
+        let Some(export) = &self.export else {
+            return Span { cx: TraceContext { span_id: fastrand::u64(1..), ..parent.clone() }, recording: None };
         };
-        let span = tracer
-            .span_builder(name())
-            .with_kind(kind)
-            .with_attributes(attributes())
-            .start_with_context(tracer, &parent.as_parent(false));
-        Span { cx: TraceContext::of(&span, parent.tracestate.clone()), otel: Some(Box::new(span)) }
+        let within = Parent {
+            trace_id: parent.trace_id,
+            span_id: parent.span_id,
+            flags: parent.flags,
+            remote: false,
+            tracestate: parent.tracestate.clone(),
+        };
+        export.start(Some(within), parent.tracestate.clone(), kind, name, attributes)
+    }
+}
+
+/// The parent a span is started in: an incoming `traceparent` (remote) or a span of this gateway.
+struct Parent {
+    trace_id: u128,
+    span_id: u64,
+    flags: u8,
+    remote: bool,
+    tracestate: Option<HeaderValue>,
+}
+
+impl Exporting {
+    /// Starts a span the way the SDK's tracer does: a new span id; the parent's trace id when the parent is valid,
+    /// else a new one; the sampler's decision; when sampled, the parent's flags with the sampled bit, else no
+    /// flags at all. `tracestate` is what the span's context passes on (the request's header, whether or not
+    /// its `traceparent` was valid).
+    #[inline]
+    fn start(
+        &self,
+        parent: Option<Parent>,
+        tracestate: Option<HeaderValue>,
+        kind: SpanKind,
+        name: impl FnOnce() -> Cow<'static, str>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Span {
+        let span_id = fastrand::u64(1..);
+        let valid = parent.as_ref().filter(|p| p.trace_id != 0 && p.span_id != 0);
+        let trace_id = valid.map_or_else(|| fastrand::u128(1..), |p| p.trace_id);
+        let sampled = self.sampler.should_sample(parent.as_ref().map(|p| p.flags), trace_id);
+        let flags = if sampled { valid.map_or(0, |p| p.flags) | SAMPLED } else { 0 };
+        let cx = TraceContext { trace_id, span_id, flags, tracestate };
+        if !sampled {
+            return Span { cx, recording: None };
+        }
+        let (parent_span_id, parent_is_remote) = valid.map_or((0, false), |p| (p.span_id, p.remote));
+        // The SDK takes the state from the parent context even when the parent is not a valid one.
+        let trace_state = parent.and_then(|p| p.tracestate);
+        let mut span = Recording {
+            trace_id,
+            span_id,
+            parent_span_id,
+            parent_is_remote,
+            flags,
+            trace_state,
+            kind,
+            name: name(),
+            start: now_nanos(),
+            attributes: Vec::new(),
+            dropped_attributes: 0,
+            status: Status::Unset,
+        };
+        span.set_attributes(attributes());
+        Span { cx, recording: Some(Box::new(Recorded { span, queue: self.queue.clone() })) }
+    }
+}
+
+/// The W3C "sampled" trace flag.
+const SAMPLED: u8 = 1;
+
+/// The SDK's `Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))`, computed here because asking
+/// the SDK's sampler needs the parent in an OpenTelemetry `Context` (an allocation and a `TraceState` copy per
+/// span). A span with a parent — any parent, even an invalid one, as in the SDK — keeps the parent's decision; a
+/// new trace is sampled, as `opentelemetry_sdk` 0.33 computes it, when the trace id's low 64 bits shifted right by
+/// one are below `ratio × 2⁶³`, and always at a ratio of 1 or more. A test checks it against the SDK's sampler.
+#[derive(Debug)]
+struct RatioSampler {
+    /// `ratio × 2⁶³`; 2⁶³ (above every 63-bit value) samples everything.
+    threshold: u64,
+}
+
+impl RatioSampler {
+    fn new(ratio: f64) -> RatioSampler {
+        let threshold = if ratio >= 1.0 { 1 << 63 } else { (ratio.max(0.0) * (1u64 << 63) as f64) as u64 };
+        RatioSampler { threshold }
+    }
+
+    /// Whether a span is sampled: `parent_flags` are the parent's trace flags, if it has a parent.
+    fn should_sample(&self, parent_flags: Option<u8>, trace_id: u128) -> bool {
+        match parent_flags {
+            Some(flags) => flags & SAMPLED != 0,
+            None => ((trace_id as u64) >> 1) < self.threshold,
+        }
     }
 }
 
@@ -240,28 +304,6 @@ pub fn method_value(method: &Method) -> Value {
     Value::from(method_name(method))
 }
 
-/// The running OTLP export: flushes what is queued on shutdown.
-#[derive(Debug)]
-pub struct Export {
-    flushes: mpsc::Sender<oneshot::Sender<()>>,
-    _provider: SdkTracerProvider,
-}
-
-impl Export {
-    /// Sends every span queued so far, waiting at most `timeout`.
-    pub async fn flush(&self, timeout: Duration) {
-        let (done, wait) = oneshot::channel();
-        let flushed = tokio::time::timeout(timeout, async {
-            if self.flushes.send(done).await.is_ok() {
-                let _ = wait.await;
-            }
-        });
-        if flushed.await.is_err() {
-            tracing::warn!(?timeout, "trace export did not flush in time");
-        }
-    }
-}
-
 /// Starts OTLP/gRPC export when `telemetry.otlp_endpoint` is set (must run inside the tokio runtime); otherwise a
 /// tracer that records nothing.
 pub fn start(cfg: &TelemetryConfig, dropped: Counter) -> Result<(Tracer, Option<Export>), String> {
@@ -270,113 +312,11 @@ pub fn start(cfg: &TelemetryConfig, dropped: Counter) -> Result<(Tracer, Option<
     };
     let resource = Resource::builder().with_service_name(cfg.service_name.clone()).build();
     let exporter = OtlpExporter::new(endpoint, &resource, EXPORT_TIMEOUT)?;
-    let queue = Arc::new(Queue::new(QUEUE_CAPACITY, dropped));
-    let (flushes, flush_requests) = mpsc::channel(4);
-    tokio::spawn(export_loop(exporter, queue.clone(), flush_requests));
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(QueueProcessor(queue))
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sample_ratio))))
-        .with_resource(resource)
-        .build();
-    let tracer = provider.tracer("sluice");
+    let (queue, export) = export::spawn(exporter, dropped);
     let shown = crate::redact::url(endpoint);
     tracing::info!(endpoint = %shown, sample_ratio = cfg.sample_ratio, "exporting traces over OTLP/gRPC");
-    Ok((Tracer { sdk: Some(tracer) }, Some(Export { flushes, _provider: provider })))
-}
-
-/// Finished spans waiting for export. A plain vector under a lock: a request's thread pushes a span and, once a
-/// batch is full, wakes the export task — cheaper than a channel send (and a box) per span.
-#[derive(Debug)]
-struct Queue {
-    spans: Mutex<Vec<SpanData>>,
-    /// Most spans waiting; more are dropped.
-    capacity: usize,
-    /// Notified when a full batch is waiting.
-    full: Notify,
-    /// `sluice_trace_spans_dropped_total`.
-    dropped: Counter,
-}
-
-impl Queue {
-    fn new(capacity: usize, dropped: Counter) -> Queue {
-        Queue { spans: Mutex::new(Vec::with_capacity(MAX_BATCH)), capacity, full: Notify::new(), dropped }
-    }
-}
-
-/// Hands finished spans to the export task without ever waiting.
-#[derive(Debug)]
-struct QueueProcessor(Arc<Queue>);
-
-impl SpanProcessor for QueueProcessor {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
-        let queue = &self.0;
-        let mut spans = queue.spans.lock().expect("span queue lock");
-        if spans.len() >= queue.capacity {
-            drop(spans);
-            queue.dropped.inc();
-            return;
-        }
-        spans.push(span);
-        if spans.len() == MAX_BATCH {
-            queue.full.notify_one();
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        // Flushing is asynchronous (`Export::flush`); the SDK never needs to call this.
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
-/// Sends what is queued when a batch is full, every `BATCH_DELAY`, and on a flush request; one batch (at most
-/// `MAX_BATCH` spans) at a time, encoded into one reused buffer. Failures are logged at most once a minute: an
-/// absent collector must not flood the log.
-async fn export_loop(
-    mut exporter: OtlpExporter,
-    queue: Arc<Queue>,
-    mut flush_requests: mpsc::Receiver<oneshot::Sender<()>>,
-) {
-    let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_BATCH);
-    let mut frame: Vec<u8> = Vec::new();
-    let mut last_warning: Option<Instant> = None;
-    loop {
-        let flush = tokio::select! {
-            () = queue.full.notified() => None,
-            () = tokio::time::sleep(BATCH_DELAY) => None,
-            request = flush_requests.recv() => match request {
-                Some(done) => Some(done),
-                None => return,
-            },
-        };
-        // Everything queued, sent in batches of at most `MAX_BATCH`: the queue's vector is swapped for the empty
-        // one of the previous round, so no span is moved twice.
-        std::mem::swap(&mut *queue.spans.lock().expect("span queue lock"), &mut batch);
-        for chunk in batch.chunks(MAX_BATCH) {
-            let start = exporter.encode(chunk, &mut frame);
-            let capacity = frame.capacity();
-            let sent = Bytes::from(std::mem::replace(&mut frame, Vec::with_capacity(capacity))).slice(start..);
-            if let Err(e) = exporter.send(sent).await
-                && last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-            {
-                last_warning = Some(Instant::now());
-                let spans = chunk.len();
-                tracing::warn!(error = %e, spans, "trace export failed (repeats are not logged for a minute)");
-            }
-        }
-        batch.clear();
-        if let Some(done) = flush {
-            let _ = done.send(());
-        }
-    }
+    let exporting = Exporting { sampler: RatioSampler::new(cfg.sample_ratio), queue };
+    Ok((Tracer { export: Some(Arc::new(exporting)) }, Some(export)))
 }
 
 /// `(trace id, parent span id, flags)` of a valid incoming `traceparent`.
@@ -446,36 +386,95 @@ mod tests {
         assert!(fresh.traceparent().to_str().unwrap().starts_with("00-"));
     }
 
-    fn finished(sampled: bool) -> SpanData {
-        let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
-        SpanData {
-            span_context: SpanContext::new(TraceId::from(7u128), SpanId::from(9u64), flags, false, TraceState::NONE),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Server,
-            name: "GET /".into(),
-            start_time: std::time::SystemTime::now(),
-            end_time: std::time::SystemTime::now(),
-            attributes: Vec::new(),
-            dropped_attributes_count: 0,
-            events: Default::default(),
-            links: Default::default(),
-            status: Status::Unset,
-            instrumentation_scope: Default::default(),
+    fn tracer(ratio: f64) -> Tracer {
+        let queue = Arc::new(Queue::new(0, 64, Counter::default()));
+        Tracer { export: Some(Arc::new(Exporting { sampler: RatioSampler::new(ratio), queue })) }
+    }
+
+    fn recorded(span: &Span) -> &Recording {
+        &span.recording.as_ref().expect("a recording span").span
+    }
+
+    #[test]
+    fn the_ratio_sampler_decides_as_the_sdks() {
+        use opentelemetry::Context;
+        use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
+        use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
+        for ratio in [-1.0, 0.0, 1e-9, 0.25, 0.5, 0.75, 0.999_999, 1.0, 2.0] {
+            let sdk = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)));
+            let ours = RatioSampler::new(ratio);
+            let special = [1, u128::from(u64::MAX), 1 << 64, u128::from(u64::MAX >> 1), u128::from(u64::MAX >> 2)];
+            let ids = special.into_iter().chain((0..2000).map(|_| fastrand::u128(1..)));
+            for trace_id in ids {
+                for parent in [None, Some(0u8), Some(1), Some(3), Some(2)] {
+                    let cx = match parent {
+                        None => Context::new(),
+                        Some(flags) => Context::new().with_remote_span_context(SpanContext::new(
+                            TraceId::from(trace_id),
+                            SpanId::from(5u64),
+                            TraceFlags::new(flags),
+                            true,
+                            Default::default(),
+                        )),
+                    };
+                    let decision =
+                        sdk.should_sample(Some(&cx), TraceId::from(trace_id), "n", &SpanKind::Server, &[], &[]);
+                    let expected = decision.decision == SamplingDecision::RecordAndSample;
+                    assert_eq!(ours.should_sample(parent, trace_id), expected, "{ratio} {trace_id:x} {parent:?}");
+                }
+            }
         }
     }
 
     #[test]
-    fn a_full_export_queue_drops_and_counts_instead_of_waiting() {
-        let dropped = Counter::default();
-        let queue = Arc::new(Queue::new(2, dropped.clone()));
-        let processor = QueueProcessor(queue.clone());
-        for _ in 0..5 {
-            processor.on_end(finished(true));
-        }
-        processor.on_end(finished(false));
-        assert_eq!(dropped.get(), 3, "two fit in the queue, three were dropped, the unsampled one was never queued");
-        assert_eq!(queue.spans.lock().unwrap().len(), 2);
+    fn spans_start_as_the_sdk_starts_them() {
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02".parse().unwrap());
+        h.insert("tracestate", "vendor=1".parse().unwrap());
+        // A remote parent not sampled: its decision is kept, and the flags are cleared.
+        let server = tracer(1.0).server(&h, || "GET r".into(), Vec::new);
+        assert!(!server.is_recording());
+        assert_eq!((server.cx.trace_id, server.cx.flags), (0x4bf92f3577b34da6a3ce929d0e0e4736, 0));
+        assert_eq!(server.cx.tracestate.as_ref().unwrap(), "vendor=1");
+
+        // A sampled remote parent: sampled whatever the ratio, its other flags kept.
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03".parse().unwrap());
+        let tracer = tracer(0.0);
+        let mut server = tracer.server(&h, || "GET r".into(), || vec![KeyValue::new("k", "v")]);
+        server.set(|| KeyValue::new("late", 1));
+        server.error("answered 503");
+        let r = recorded(&server);
+        assert_eq!((r.trace_id, r.span_id, r.flags), (server.cx.trace_id, server.cx.span_id, 3));
+        assert_eq!(
+            (r.parent_span_id, r.parent_is_remote, r.kind.clone()),
+            (0x00f067aa0ba902b7, true, SpanKind::Server)
+        );
+        assert_eq!(r.trace_state.as_ref().unwrap(), "vendor=1");
+        assert_eq!((r.name.as_ref(), r.attributes.len(), &r.status), ("GET r", 2, &Status::error("answered 503")));
+        assert!(r.start > 0);
+
+        // Its child: same trace, the server span as a local parent.
+        let child = tracer.child(&server.cx, SpanKind::Client, || "GET".into(), Vec::new);
+        let c = recorded(&child);
+        assert_eq!((c.trace_id, c.parent_span_id, c.parent_is_remote, c.flags), (r.trace_id, r.span_id, false, 3));
+        assert_eq!(c.trace_state.as_ref().unwrap(), "vendor=1");
+        assert_ne!(c.span_id, r.span_id);
+
+        // No valid parent: a new trace, sampled by ratio; the span has no state, its context passes it on.
+        h.insert("traceparent", "garbage".parse().unwrap());
+        let root = tracer.server(&h, || "GET r".into(), Vec::new);
+        assert!(!root.is_recording());
+        assert_eq!(root.cx.flags, 0);
+        assert_ne!(root.cx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        let root = super::tests::tracer(1.0).server(&h, || "GET r".into(), Vec::new);
+        let r = recorded(&root);
+        assert_eq!((r.parent_span_id, r.parent_is_remote, r.flags, r.trace_state.is_none()), (0, false, 1, true));
+        assert_eq!(root.cx.tracestate.as_ref().unwrap(), "vendor=1");
+
+        // A child of "no span yet" (all zero): a new trace, not sampled (the SDK's parent-based rule).
+        let orphan = tracer.child(&TraceContext::default(), SpanKind::Producer, || "send".into(), Vec::new);
+        assert!(!orphan.is_recording());
+        assert_ne!(orphan.cx.trace_id, 0);
     }
 
     #[test]
