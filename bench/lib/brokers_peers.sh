@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The outside peers of bench/brokers.sh (sourced by it): how each is obtained, built and cached.
 #
 #   Benthos v4.27.0        built from bench/peers/benthos (main.go + go.mod + go.sum) with the Go toolchain into

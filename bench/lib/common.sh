@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by bench/run.sh (sourced). Same measuring approach as bench/forward.sh: CPU time of the process
 # under test from /proc/PID/stat (utime+stime, all threads, plus its direct children: nginx = master + worker),
 # the busy time of the proxy's CPU from /proc/stat, medians and min–max over repetitions.

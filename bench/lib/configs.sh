@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Configurations of the systems under test for bench/run.sh (sourced; writes into $TMP).
 #
 # Upstream: one nginx (1 worker) answering `return 200` with a fixed 1 KiB body on three ports
