@@ -204,8 +204,11 @@ pub fn encode_span(buf: &mut Vec<u8>, s: &Recording, end: u64) {
     let mut w = Writer { buf: std::mem::take(buf) };
     w.buf.reserve(1024);
     w.message_reserving(2, 2, |w| {
-        w.bytes(1, &s.trace_id.to_be_bytes());
-        w.bytes(2, &s.span_id.to_be_bytes());
+        // `trace_id` (field 1) and `span_id` (2): their keys and lengths are constants.
+        w.buf.extend_from_slice(&[0x0a, 16]);
+        w.buf.extend_from_slice(&s.trace_id.to_be_bytes());
+        w.buf.extend_from_slice(&[0x12, 8]);
+        w.buf.extend_from_slice(&s.span_id.to_be_bytes());
         // The SDK's `TraceState`: an invalid `tracestate` counts as none, a valid one is written normalised.
         if let Some(state) =
             s.trace_state.as_ref().and_then(|v| v.to_str().ok()).and_then(|v| TraceState::from_str(v).ok())
@@ -258,85 +261,69 @@ fn kind(kind: &SpanKind) -> u64 {
 }
 
 /// An attribute: a `common.v1.KeyValue` (`key` = 1, `value` = 2, an `AnyValue`) as field `field` (< 16). Strings
-/// and numbers — nearly every attribute — have lengths known up front: their tags and lengths are gathered on the
-/// stack and the attribute is appended in four copies.
+/// and numbers — nearly every attribute — have lengths known up front (a `KeyValue`'s length follows from its
+/// key's and value's): the attribute's tags and lengths are written straight into the output, around its key and
+/// value, with no nested message to measure afterwards and no temporary copy.
 fn attribute(w: &mut Writer, field: u32, key: &str, value: &Value) {
     let k = key.as_bytes();
-    let mut any = Scratch::default();
-    let val: &[u8] = match value {
-        Value::String(s) => {
-            let v = s.as_str().as_bytes();
-            any.byte(0x0a);
-            any.varint(v.len() as u64);
-            v
-        }
+    let any = match value {
+        Value::String(s) => Any::Str(s.as_str().as_bytes()),
         // int64 as a varint of its two's complement.
-        Value::I64(i) => {
-            any.byte(0x18);
-            any.varint(*i as u64);
-            &[]
-        }
-        Value::Bool(b) => {
-            any.byte(0x10);
-            any.byte(u8::from(*b));
-            &[]
-        }
-        Value::F64(f) => {
-            any.byte(0x21);
-            f.to_bits().to_le_bytes().into_iter().for_each(|b| any.byte(b));
-            &[]
-        }
+        Value::I64(i) => Any::Int(*i as u64),
+        Value::Bool(b) => Any::Bool(u8::from(*b)),
+        Value::F64(f) => Any::Float(f.to_bits()),
         _ => return w.message(field, |w| key_value(w, key, value)),
     };
-    let any_len = any.len + val.len();
-    let mut head = Scratch::default();
-    head.byte((field << 3 | 2) as u8);
-    head.varint((1 + len_delimited(k.len()) + 1 + len_delimited(any_len)) as u64);
-    head.byte(0x0a);
-    head.varint(k.len() as u64);
-    let mut mid = Scratch::default();
-    mid.byte(0x12);
-    mid.varint(any_len as u64);
-    mid.append(&any);
-    let buf = &mut w.buf;
-    buf.reserve(head.len + k.len() + mid.len + val.len());
-    buf.extend_from_slice(head.bytes());
-    buf.extend_from_slice(k);
-    buf.extend_from_slice(mid.bytes());
-    buf.extend_from_slice(val);
-}
-
-/// A few bytes of tags and lengths built on the stack (at most 32).
-#[derive(Default)]
-struct Scratch {
-    buf: [u8; 32],
-    len: usize,
-}
-
-impl Scratch {
-    #[inline(always)]
-    fn byte(&mut self, b: u8) {
-        self.buf[self.len] = b;
-        self.len += 1;
-    }
-
-    #[inline(always)]
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.byte((v as u8) | 0x80);
-            v >>= 7;
+    let any_len = match any {
+        Any::Str(v) => 1 + len_delimited(v.len()),
+        Any::Int(i) => 1 + varint_len(i),
+        Any::Bool(_) => 2,
+        Any::Float(_) => 9,
+    };
+    let kv_len = 1 + len_delimited(k.len()) + 1 + len_delimited(any_len);
+    // The field's key and length (at most 1 + 10 bytes), then the `KeyValue`.
+    w.buf.reserve(11 + kv_len);
+    if kv_len < 0x80 {
+        // Every length inside is shorter still: one byte each.
+        w.buf.extend_from_slice(&[(field << 3 | 2) as u8, kv_len as u8, 0x0a, k.len() as u8]);
+        w.buf.extend_from_slice(k);
+        match any {
+            Any::Str(v) => {
+                w.buf.extend_from_slice(&[0x12, any_len as u8, 0x0a, v.len() as u8]);
+                w.buf.extend_from_slice(v);
+            }
+            Any::Int(i) => {
+                w.buf.extend_from_slice(&[0x12, any_len as u8, 0x18]);
+                w.varint(i);
+            }
+            Any::Bool(b) => w.buf.extend_from_slice(&[0x12, 2, 0x10, b]),
+            Any::Float(f) => {
+                w.buf.extend_from_slice(&[0x12, 9, 0x21]);
+                w.buf.extend_from_slice(&f.to_le_bytes());
+            }
         }
-        self.byte(v as u8);
+        return;
     }
+    w.key(field, 2);
+    w.varint(kv_len as u64);
+    w.bytes(1, k);
+    w.key(2, 2);
+    w.varint(any_len as u64);
+    match any {
+        Any::Str(v) => w.bytes(1, v),
+        Any::Int(i) => w.varint_field(3, i),
+        Any::Bool(b) => w.varint_field(2, u64::from(b)),
+        Any::Float(f) => w.fixed64(4, f),
+    }
+}
 
-    fn append(&mut self, other: &Scratch) {
-        self.buf[self.len..self.len + other.len].copy_from_slice(other.bytes());
-        self.len += other.len;
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
+/// An `AnyValue` whose length is known before it is written: a string's bytes, or a number's bits.
+#[derive(Clone, Copy)]
+enum Any<'a> {
+    Str(&'a [u8]),
+    Int(u64),
+    Bool(u8),
+    Float(u64),
 }
 
 /// Bytes taken by a length-delimited value of `len` bytes after its key: the length's varint and the value.
@@ -345,9 +332,10 @@ fn len_delimited(len: usize) -> usize {
     varint_len(len as u64) + len
 }
 
-#[inline]
+#[inline(always)]
 fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    // Nearly every length is one byte.
+    if v < 0x80 { 1 } else { (64 - v.leading_zeros() as usize).div_ceil(7) }
 }
 
 /// `common.v1.KeyValue`: `key` = 1, `value` (an `AnyValue`) = 2.
@@ -458,9 +446,7 @@ impl Writer {
         body(self);
         let end = self.buf.len();
         let len = end - at - slot;
-        let mut prefix = Scratch::default();
-        prefix.varint(len as u64);
-        let n = prefix.len;
+        let n = varint_len(len as u64);
         if n != slot {
             if n > slot {
                 self.buf.resize(end + n - slot, 0);
@@ -468,7 +454,14 @@ impl Writer {
             self.buf.copy_within(at + slot..end, at + n);
             self.buf.truncate(end + n - slot);
         }
-        self.buf[at..at + n].copy_from_slice(prefix.bytes());
+        // The length's varint, in place.
+        let (mut v, mut i) = (len as u64, at);
+        while v >= 0x80 {
+            self.buf[i] = (v as u8) | 0x80;
+            v >>= 7;
+            i += 1;
+        }
+        self.buf[i] = v as u8;
     }
 }
 
