@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use prometheus_client::metrics::counter::Counter;
 
 use super::export::{self, Queue};
@@ -43,15 +44,36 @@ pub struct TraceContext {
     pub tracestate: Option<HeaderValue>,
 }
 
+/// A new span id, never zero, from the SDK's id generator: a per-thread generator seeded from the operating system,
+/// so that ids seen in one `traceparent` do not predict the next ones.
+fn new_span_id() -> u64 {
+    loop {
+        let id = u64::from_be_bytes(RandomIdGenerator::default().new_span_id().to_bytes());
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// A new trace id, never zero (see [`new_span_id`]).
+fn new_trace_id() -> u128 {
+    loop {
+        let id = u128::from_be_bytes(RandomIdGenerator::default().new_trace_id().to_bytes());
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
 impl TraceContext {
     /// Reads `traceparent`/`tracestate` from a request, or starts a new sampled trace; the span id is new.
     pub fn from_headers(headers: &HeaderMap) -> TraceContext {
-        let span_id = fastrand::u64(1..);
+        let span_id = new_span_id();
         match incoming(headers) {
             Some((trace_id, _, flags)) => {
                 TraceContext { trace_id, span_id, flags, tracestate: headers.get(&TRACESTATE).cloned() }
             }
-            None => TraceContext { trace_id: fastrand::u128(1..), span_id, flags: 1, tracestate: None },
+            None => TraceContext { trace_id: new_trace_id(), span_id, flags: 1, tracestate: None },
         }
     }
 
@@ -187,7 +209,7 @@ impl Tracer {
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Span {
         let Some(export) = &self.export else {
-            return Span { cx: TraceContext { span_id: fastrand::u64(1..), ..parent.clone() }, recording: None };
+            return Span { cx: TraceContext { span_id: new_span_id(), ..parent.clone() }, recording: None };
         };
         let within = Parent {
             trace_id: parent.trace_id,
@@ -223,9 +245,9 @@ impl Exporting {
         name: impl FnOnce() -> Cow<'static, str>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Span {
-        let span_id = fastrand::u64(1..);
+        let span_id = new_span_id();
         let valid = parent.as_ref().filter(|p| p.trace_id != 0 && p.span_id != 0);
-        let trace_id = valid.map_or_else(|| fastrand::u128(1..), |p| p.trace_id);
+        let trace_id = valid.map_or_else(new_trace_id, |p| p.trace_id);
         let sampled = self.sampler.should_sample(parent.as_ref().map(|p| p.flags), trace_id);
         let flags = if sampled { valid.map_or(0, |p| p.flags) | SAMPLED } else { 0 };
         let cx = TraceContext { trace_id, span_id, flags, tracestate };
