@@ -203,25 +203,10 @@ async fn export_loop(
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::{SpanKind, Status};
-
     use super::*;
 
     fn finished() -> Recording {
-        Recording {
-            trace_id: 7,
-            span_id: 9,
-            parent_span_id: 0,
-            parent_is_remote: false,
-            flags: 1,
-            trace_state: None,
-            kind: SpanKind::Server,
-            name: "GET /".into(),
-            start: 1,
-            attributes: Vec::new(),
-            dropped_attributes: 0,
-            status: Status::Unset,
-        }
+        super::super::record::test_recording()
     }
 
     #[test]

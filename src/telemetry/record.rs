@@ -78,25 +78,31 @@ pub fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// A sampled SERVER span `GET /` with no attributes, for tests.
+#[cfg(test)]
+pub(crate) fn test_recording() -> Recording {
+    Recording {
+        trace_id: 1,
+        span_id: 2,
+        parent_span_id: 0,
+        parent_is_remote: false,
+        flags: 1,
+        trace_state: None,
+        kind: SpanKind::Server,
+        name: "GET /".into(),
+        start: now_nanos(),
+        attributes: Vec::new(),
+        dropped_attributes: 0,
+        status: Status::Unset,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn recording() -> Recording {
-        Recording {
-            trace_id: 1,
-            span_id: 2,
-            parent_span_id: 0,
-            parent_is_remote: false,
-            flags: 1,
-            trace_state: None,
-            kind: SpanKind::Server,
-            name: "GET /".into(),
-            start: now_nanos(),
-            attributes: Vec::new(),
-            dropped_attributes: 0,
-            status: Status::Unset,
-        }
+        test_recording()
     }
 
     #[test]
