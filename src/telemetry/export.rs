@@ -26,6 +26,9 @@ const QUEUE_CAPACITY: usize = 8192;
 const MAX_BATCH: usize = 512;
 /// How long a batch waits for more spans before it is sent.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
+/// Most bytes a new batch reserves up front: one burst of large spans must not make every later batch (one every
+/// `BATCH_DELAY`) reserve as much.
+const MAX_PREALLOC: usize = 1 << 20;
 
 /// Encoded spans of one export request: `room` bytes left for its headers, then the spans.
 #[derive(Debug)]
@@ -36,7 +39,7 @@ struct Batch {
 
 impl Batch {
     fn new(room: usize, capacity: usize) -> Batch {
-        let mut buf = Vec::with_capacity(capacity.max(room));
+        let mut buf = Vec::with_capacity(capacity.min(MAX_PREALLOC).max(room));
         buf.resize(room, 0);
         Batch { buf, spans: 0 }
     }
@@ -51,7 +54,8 @@ struct Pending {
     full: Vec<Batch>,
     /// Spans in `filling` and `full`.
     queued: usize,
-    /// The size of the last full batch: new batches start with that capacity, so that one grows no more.
+    /// The size of the last full batch: new batches start with that capacity (up to `MAX_PREALLOC`), so that one
+    /// grows no more.
     size: usize,
 }
 
