@@ -41,6 +41,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// `server.idle_timeout`.
     pub idle_timeout: Duration,
+    /// How long a connection may be idle before it is parked (see `park`): `None` for connections that are never
+    /// parked (TLS, HTTP/2).
+    pub park_after: Option<Duration>,
 }
 
 /// Waiting for a request's headers: the connection is new, or bytes of the next request have arrived.
@@ -85,6 +88,8 @@ pub struct Watch {
     since_ms: AtomicU64,
     /// HTTP/2: frames between requests (pings, window updates) do not start a header timeout.
     h2: AtomicBool,
+    /// Being parked: hyper's shutdown of the I/O must leave the socket open.
+    parking: AtomicBool,
     /// Released when the last reference (the I/O, for an upgraded connection) is gone.
     _slot: Slot,
 }
@@ -98,6 +103,7 @@ impl Watch {
             phase: AtomicU8::new(HEAD),
             since_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
             _slot: slot,
         })
     }
@@ -136,19 +142,27 @@ impl Watch {
         let _ = self.phase.compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Relaxed);
     }
 
+    /// While `parking` is set, a shutdown of the connection's I/O (hyper's last step) leaves the socket open.
+    pub fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Release);
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// When the connection is to be closed unless something happens first, and why; `None` while it serves a
     /// request or after an upgrade.
-    fn deadline(&self, limits: &Limits) -> Option<(Instant, Timeout)> {
+    pub(crate) fn deadline(&self, limits: &Limits) -> Option<(Instant, Timeout)> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
         let (limit, why) = match self.phase.load(Ordering::Acquire) {
             HEAD => (limits.header_read_timeout, Timeout::Header),
-            IDLE => (limits.idle_timeout, Timeout::Idle),
+            IDLE => match limits.park_after {
+                Some(park) if park < limits.idle_timeout => (park, Timeout::Park),
+                _ => (limits.idle_timeout, Timeout::Idle),
+            },
             // BUSY with nothing in flight: the last response is being finished (its `Finished` sets IDLE).
             _ => return None,
         };
@@ -157,11 +171,32 @@ impl Watch {
     }
 }
 
-/// Why a connection was closed.
+/// Which deadline of a connection passed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Timeout {
+pub(crate) enum Timeout {
+    /// The request headers did not arrive within `server.header_read_timeout`: closed.
     Header,
+    /// No request within `server.idle_timeout`: closed.
     Idle,
+    /// Idle for `Limits::park_after`: to be parked.
+    Park,
+}
+
+impl Timeout {
+    /// Counts and logs the closing of a connection for this reason.
+    pub(crate) fn report(self, limits: &Limits, timeouts: &ConnectionTimeouts) {
+        match self {
+            Timeout::Header => {
+                timeouts.header.inc();
+                tracing::debug!(timeout = ?limits.header_read_timeout, "request headers too slow: connection closed");
+            }
+            Timeout::Idle => {
+                timeouts.idle.inc();
+                tracing::debug!(timeout = ?limits.idle_timeout, "idle connection closed");
+            }
+            Timeout::Park => {}
+        }
+    }
 }
 
 /// Marks its request finished when dropped (the response body was sent, or abandoned).
@@ -222,10 +257,12 @@ pub struct Watched<T> {
     rewrite: Option<Rewrite>,
     /// Bytes of the HTTP/2 preface matched so far by the first bytes read; `None` once decided.
     preface: Option<usize>,
+    /// Bytes read from `io` by an earlier hyper connection but not used by it, read again before `io`'s.
+    unread: Bytes,
 }
 
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4), enough to tell it from an HTTP/1 request line.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 #[derive(Debug)]
 struct Rewrite {
@@ -237,7 +274,23 @@ struct Rewrite {
 impl<T> Watched<T> {
     /// `io` reporting to `watch`.
     pub fn new(io: T, watch: Arc<Watch>, max_header_bytes: u64) -> Watched<T> {
-        Watched { io, watch, max_header_bytes, rewrite: None, preface: Some(0) }
+        Watched { io, watch, max_header_bytes, rewrite: None, preface: Some(0), unread: Bytes::new() }
+    }
+
+    /// The wrapped I/O.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// Whether bytes given back by [`Watched::unread`] are still to be read.
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
+    }
+
+    /// Gives back `bytes` read from the I/O but not used (by a hyper connection that ended), to be read first.
+    pub fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty(), "bytes given back twice");
+        self.unread = bytes;
     }
 
     /// Whether bytes written now can only be hyper's answer to a request it could not parse: HTTP/1, a head
@@ -270,6 +323,12 @@ impl<T: AsyncWrite + Unpin> Watched<T> {
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread.split_to(n));
+            self.watch.on_read();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -334,6 +393,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.watch.parking.load(Ordering::Acquire) {
+            // hyper's connection ends but the client's does not: the socket stays open, parked.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
@@ -389,42 +452,42 @@ fn problem_for_parse_error(written: &[u8], max_header_bytes: u64) -> Option<Vec<
 
 /// Runs the connection `conn` until it ends, or closes it (drops it, which closes the socket) when the deadline
 /// of its current phase passes: `limits.header_read_timeout` while a request's headers are awaited,
-/// `limits.idle_timeout` while nothing is in flight.
-///
-/// The deadline is checked lazily, so that no request pays for waking this task or re-arming a timer: a phase
-/// change only stores the phase and its start. Every deadline lies at least `period` (the shorter timeout) after
-/// the change that set it, so a check every `period`, re-armed to a nearer deadline when there is one, still
-/// closes each connection at its deadline.
+/// `limits.idle_timeout` while nothing is in flight. (`limits.park_after` must be `None`: nothing here parks.)
 pub async fn drive<E: std::fmt::Display>(
     conn: impl Future<Output = Result<(), E>>,
     watch: Arc<Watch>,
     limits: Limits,
     timeouts: &ConnectionTimeouts,
 ) {
-    let period = limits.header_read_timeout.min(limits.idle_timeout).max(Duration::from_millis(1));
-    let first = watch.deadline(&limits).map_or(Instant::now() + period, |(at, _)| at);
+    debug_assert!(limits.park_after.is_none(), "drive() does not park");
     // The connection is dropped (its socket closed) when this function returns, after the timeout was counted: a
     // client that sees the close also sees it in the metrics.
     tokio::pin!(conn);
-    let driving =
-        Driving { conn: conn.as_mut(), check: tokio::time::sleep_until(first), armed: false, watch, limits, period };
-    match driving.await {
+    match driving(conn.as_mut(), watch, limits).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
-        Err(Timeout::Header) => {
-            timeouts.header.inc();
-            tracing::debug!(timeout = ?limits.header_read_timeout, "request headers too slow: connection closed");
-        }
-        Err(Timeout::Idle) => {
-            timeouts.idle.inc();
-            tracing::debug!(timeout = ?limits.idle_timeout, "idle connection closed");
-        }
+        Err(timeout) => timeout.report(&limits, timeouts),
     }
 }
 
+/// `conn` held to the deadline of its current phase (see [`Watch::deadline`]): its outcome, or the first deadline
+/// that passed.
+///
+/// The deadline is checked lazily, so that no request pays for waking this task or re-arming a timer: a phase
+/// change only stores the phase and its start. Every deadline lies at least `period` (the shortest limit) after
+/// the change that set it, so a check at least every `period`, re-armed to a nearer deadline when there is one,
+/// finds each deadline when it passes.
+pub(crate) fn driving<C: Future>(conn: C, watch: Arc<Watch>, limits: Limits) -> Driving<C> {
+    let shortest = limits.header_read_timeout.min(limits.idle_timeout);
+    let period = limits.park_after.map_or(shortest, |park| park.min(shortest)).max(Duration::from_millis(1));
+    let next = Instant::now() + period;
+    let first = watch.deadline(&limits).map_or(next, |(at, _)| at.min(next));
+    Driving { conn, check: tokio::time::sleep_until(first), armed: false, watch, limits, period }
+}
+
 pin_project! {
-    /// A connection and its deadline check: the connection's outcome, or the timeout that ended it.
-    struct Driving<C> {
+    /// A connection and its deadline check: the connection's outcome, or the deadline that passed.
+    pub(crate) struct Driving<C> {
         #[pin]
         conn: C,
         #[pin]
@@ -473,8 +536,11 @@ mod tests {
         Watch::new(Slot::new(permit, Gauge::default()))
     }
 
-    const LIMITS: Limits =
-        Limits { header_read_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60) };
+    const LIMITS: Limits = Limits {
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        park_after: None,
+    };
 
     #[tokio::test(start_paused = true)]
     async fn phases_set_the_deadline() {
@@ -495,6 +561,24 @@ mod tests {
         w.upgraded();
         drop(finished);
         assert_eq!(w.deadline(&LIMITS), None, "upgraded: no deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_parked_before_its_idle_timeout() {
+        let w = watch();
+        let parking = Limits { park_after: Some(Duration::from_millis(250)), ..LIMITS };
+        drop(w.request(Version::HTTP_11));
+        let idle_from = Instant::now();
+        assert_eq!(w.deadline(&parking), Some((idle_from + Duration::from_millis(250), Timeout::Park)));
+        assert_eq!(w.deadline(&LIMITS), Some((idle_from + Duration::from_secs(60), Timeout::Idle)), "not parking");
+        let short = Limits { idle_timeout: Duration::from_millis(100), ..parking };
+        assert_eq!(
+            w.deadline(&short),
+            Some((idle_from + Duration::from_millis(100), Timeout::Idle)),
+            "an idle timeout shorter than the park delay closes"
+        );
+        w.on_read();
+        assert!(matches!(w.deadline(&parking), Some((_, Timeout::Header))), "a request begins: no parking");
     }
 
     #[test]

@@ -14,9 +14,9 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,7 +26,9 @@ use tower::Service;
 
 use crate::body::Body;
 use crate::connection::{self, Finished, Limits, Slot, Tracked, Watch, Watched};
+use crate::drain::{self, Drain, Draining};
 use crate::layers::catch_panic::{CatchPanicFuture, guard};
+use crate::park::{self, Plain};
 use crate::problem::GatewayError;
 use crate::request::Facts;
 use crate::router::{RouteMatch, remove_dot_segments};
@@ -72,7 +74,7 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// other accept, within its own [`TLS_HANDSHAKE_TIMEOUT`]; the header-read timeout starts once it is done. It takes
 /// the certificate of the snapshot current when the connection was accepted.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>, grace: Duration) {
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     let metrics = gateway.metrics().clone();
     let (max_connections, max_header_bytes, tls) = {
         let snapshot = gateway.snapshot.load();
@@ -130,8 +132,11 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
         let (accepted, acceptor) = {
             let snapshot = gateway.snapshot.load();
             let server = &snapshot.config.server;
-            let limits =
-                Limits { header_read_timeout: server.header_read_timeout.0, idle_timeout: server.idle_timeout.0 };
+            let limits = Limits {
+                header_read_timeout: server.header_read_timeout.0,
+                idle_timeout: server.idle_timeout.0,
+                park_after: None,
+            };
             let acceptor = tls
                 .then(|| TlsAcceptor::from(snapshot.tls.clone().expect("a TLS listener's snapshots have server.tls")));
             let accepted = Accepted {
@@ -140,14 +145,14 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
                 slot: Slot::new(permit, metrics.open_connections.clone()),
                 limits,
                 max_header_bytes: server.max_header_bytes.0,
-                builder: http.builder(server.max_header_bytes.0),
-                watcher: graceful.watcher(),
+                builders: http.builders(server.max_header_bytes.0),
+                draining: drain.watcher(),
                 timeouts: metrics.connection_timeouts.clone(),
             };
             (accepted, acceptor)
         };
         match acceptor {
-            None => tokio::spawn(accepted.serve(stream, "http")),
+            None => tokio::spawn(accepted.serve_plain(stream)),
             Some(acceptor) => tokio::spawn(async move {
                 let Some(stream) = handshake(acceptor, stream, peer).await else { return };
                 accepted.serve(stream, "https").await;
@@ -156,37 +161,48 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
     }
     drop(listener);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = drain.drain() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown grace elapsed with requests still open"),
     }
 }
 
-/// hyper's connection builder for the `server.max_header_bytes` in effect, made again when a reload changes it.
+/// hyper's connection builders for the `server.max_header_bytes` in effect, made again when a reload changes it.
 struct Http {
     max_header_bytes: u64,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
+}
+
+/// hyper's builders for one `server.max_header_bytes`.
+struct Builders {
+    /// HTTP/1 only: plain connections (see `park`).
+    http1: http1::Builder,
+    /// HTTP/1 or HTTP/2: TLS connections, and plain ones that open with the HTTP/2 preface.
+    auto: auto::Builder<TokioExecutor>,
 }
 
 impl Http {
     fn new(max_header_bytes: u64) -> Http {
-        Http { max_header_bytes, builder: Arc::new(Http::make(max_header_bytes)) }
+        Http { max_header_bytes, builders: Arc::new(Http::make(max_header_bytes)) }
     }
 
-    fn builder(&mut self, max_header_bytes: u64) -> Arc<auto::Builder<TokioExecutor>> {
+    fn builders(&mut self, max_header_bytes: u64) -> Arc<Builders> {
         if max_header_bytes != self.max_header_bytes {
             *self = Http::new(max_header_bytes);
         }
-        self.builder.clone()
+        self.builders.clone()
     }
 
-    fn make(max_header_bytes: u64) -> auto::Builder<TokioExecutor> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+    fn make(max_header_bytes: u64) -> Builders {
         // HTTP/1: the read buffer is the request-head limit (a head that does not fit is answered 431 and the
         // connection closed), so an unfinished head never holds more than this. Timeouts are `connection`'s.
         let limit = usize::try_from(max_header_bytes).unwrap_or(usize::MAX).max(MIN_BUF);
-        builder.http1().max_buf_size(limit).header_read_timeout(None);
-        builder.http2().max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-        builder
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1().max_buf_size(limit).header_read_timeout(None);
+        auto.http2().max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        let mut http1 = http1::Builder::new();
+        // `max_header_size` makes the limit exact (the read buffer alone may overshoot it by one read).
+        http1.max_buf_size(limit).max_header_size(limit).header_read_timeout(None);
+        Builders { http1, auto }
     }
 }
 
@@ -203,15 +219,31 @@ struct Accepted {
     limits: Limits,
     /// `server.max_header_bytes`, for the detail of a 431 answer.
     max_header_bytes: u64,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     /// Graceful shutdown waits for this connection.
-    watcher: Watcher,
+    draining: Draining,
     timeouts: ConnectionTimeouts,
 }
 
 impl Accepted {
-    /// Serves HTTP over `io` (the TCP stream, or the TLS stream once its handshake is done) received over `scheme`
-    /// (`http` or `https`), held to the connection's limits from now on.
+    /// Serves HTTP over a plain TCP connection, parked while idle (see `park`).
+    async fn serve_plain(self, stream: TcpStream) {
+        let watch = Watch::new(self.slot);
+        let parked = self.gw.metrics().parked_connections.clone();
+        let service = service(self.gw, self.peer_ip, "http", watch.clone());
+        let io = Watched::new(stream, watch.clone(), self.max_header_bytes);
+        let with = park::Serving {
+            http1: &self.builders.http1,
+            auto: &self.builders.auto,
+            limits: self.limits,
+            timeouts: &self.timeouts,
+            parked: &parked,
+        };
+        Plain { service, watch, with, draining: self.draining }.serve(io).await;
+    }
+
+    /// Serves HTTP over `io` (a TLS stream once its handshake is done) received over `scheme`, held to the
+    /// connection's limits from now on.
     async fn serve<I>(self, io: I, scheme: &'static str)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -219,7 +251,7 @@ impl Accepted {
         let watch = Watch::new(self.slot);
         let service = service(self.gw, self.peer_ip, scheme, watch.clone());
         let io = TokioIo::new(Watched::new(io, watch.clone(), self.max_header_bytes));
-        let conn = self.watcher.watch(self.builder.serve_connection_with_upgrades(io, service));
+        let conn = drain::until_drained(self.builders.auto.serve_connection_with_upgrades(io, service), self.draining);
         connection::drive(conn, watch, self.limits, &self.timeouts).await;
     }
 }

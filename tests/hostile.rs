@@ -281,30 +281,30 @@ async fn fat_unfinished_heads_hold_at_most_max_header_bytes_and_are_cut() {
         }
     }
     drop(streams);
-    // 1,000 heads of 15 KiB, under the limit, stay parked until the header timeout cuts them.
-    let mut parked = JoinSet::new();
+    // 1,000 heads of 15 KiB, under the limit, stay stalled until the header timeout cuts them.
+    let mut stalled = JoinSet::new();
     for _ in 0..1000 {
-        parked.spawn(fat_head(gw.addr(), 15 * 1024));
+        stalled.spawn(fat_head(gw.addr(), 15 * 1024));
     }
     let mut streams = Vec::new();
-    while let Some(stream) = parked.join_next().await {
+    while let Some(stream) = stalled.join_next().await {
         streams.push(stream.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let parked_rss = gw.rss_kib();
+    let stalled_rss = gw.rss_kib();
     let r = gw.get("/during").await;
     assert_eq!(r.status, 200, "normal requests are served meanwhile");
     for stream in &mut streams {
-        assert!(closed_within(stream, Duration::from_secs(30)).await, "a parked head is cut by the header timeout");
+        assert!(closed_within(stream, Duration::from_secs(30)).await, "a stalled head is cut by the header timeout");
     }
     println!(
         "RSS before {before} KiB; 1,000 x 200 KB heads: {fat_rss} KiB ({answered_431} answered 431); \
-         1,000 parked 15 KiB heads: {parked_rss} KiB"
+         1,000 stalled 15 KiB heads: {stalled_rss} KiB"
     );
     let fat_growth = fat_rss.saturating_sub(before);
     assert!(fat_growth < 64 * 1024, "1,000 fat heads grew RSS by {fat_growth} KiB");
-    let parked_growth = parked_rss.saturating_sub(before);
-    assert!(parked_growth < 100 * 1024, "1,000 parked heads grew RSS by {parked_growth} KiB");
+    let stalled_growth = stalled_rss.saturating_sub(before);
+    assert!(stalled_growth < 100 * 1024, "1,000 stalled heads grew RSS by {stalled_growth} KiB");
     assert!(answered_431 > 0, "oversized heads are answered 431");
     let metrics = gw.metrics().await;
     assert!(value(&metrics, "sluice_connection_timeouts_total{timeout=\"header\"}") >= 1000.0, "{metrics}");
@@ -367,6 +367,102 @@ async fn a_request_that_takes_longer_than_both_timeouts_is_not_cut() {
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     let r = request_on(&mut stream, "/slow").await;
     assert_eq!(r.status, 200, "a request being served is not subject to the connection timeouts");
+}
+
+/// `sluice_parked_connections` now.
+fn parked(metrics: &str) -> f64 {
+    value(metrics, "sluice_parked_connections")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_parked_and_a_request_split_across_the_pause_loses_nothing() {
+    let up = Upstream::named("up").await;
+    let gw = Gateway::start(forward_all(&up.url(), json!({}))).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    // A whole request and the start of the next in one write: hyper reads both, serves the first, and holds the
+    // rest in its buffer when the connection is taken apart for parking; those bytes must begin the next request.
+    stream.write_all(b"GET /a HTTP/1.1\r\nhost: a\r\n\r\nGET /b HTTP/1.1\r\nx-part: ").await.unwrap();
+    assert_eq!(read_response(&mut stream).await.expect("an answer").status, 200);
+    tokio::time::sleep(sluice::park::PARK_AFTER * 4).await;
+    stream.write_all(b"one\r\nhost: a\r\n\r\n").await.unwrap();
+    let r = read_response(&mut stream).await.expect("the split request is answered");
+    assert_eq!(r.status, 200, "{}", r.head);
+    let seen = up.last();
+    assert_eq!((seen.uri.path(), seen.header("x-part")), ("/b", "one"));
+    // Idle after a request: parked (the gauge says so), and the next request on it is served as usual.
+    for path in ["/c", "/d"] {
+        eventually("the idle connection is parked", async || parked(&gw.metrics().await) == 1.0).await;
+        let r = request_on(&mut stream, path).await;
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert_eq!(r.header("connection"), None, "a parked connection stays kept alive: {}", r.head);
+        assert_eq!(up.last().uri.path(), path);
+    }
+    eventually("parked again", async || parked(&gw.metrics().await) == 1.0).await;
+    drop(stream);
+    eventually("a closed parked connection is no longer counted", async || parked(&gw.metrics().await) == 0.0).await;
+    assert_eq!(up.hits(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_parked_connections_without_waiting_for_the_grace_period() {
+    let up = Upstream::named("up").await;
+    let mut gw = Gateway::start(forward_all(&up.url(), json!({ "shutdown_grace": "120s" }))).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    assert_eq!(request_on(&mut stream, "/a").await.status, 200);
+    eventually("the idle connection is parked", async || parked(&gw.metrics().await) == 1.0).await;
+    gw.trigger_shutdown();
+    assert!(closed_within(&mut stream, Duration::from_secs(60)).await, "the parked connection is closed");
+    tokio::time::timeout(Duration::from_secs(60), gw.done.take().unwrap())
+        .await
+        .expect("run returns once drained, not after the 120 s grace")
+        .unwrap();
+}
+
+/// Opens `n` connections to `addr` that each send one request, read its answer and stay open.
+async fn idle_connections(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut opening = JoinSet::new();
+    for _ in 0..n {
+        opening.spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let r = request_on(&mut stream, "/idle").await;
+            assert_eq!(r.status, 200, "{}", r.head);
+            stream
+        });
+    }
+    opening.join_all().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_kept_alive_connection_holds_at_most_8_kib() {
+    const CONNECTIONS: usize = 4000;
+    need_open_files(2 * CONNECTIONS as u64 + 100);
+    let up = Upstream::named("up").await;
+    let gw = Binary::start(
+        "idle-memory",
+        "idle_timeout = \"600s\"",
+        &format!("[upstreams.svc]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\nmatch = {{ path_prefix = \"/\" }}\nforward = {{ upstream = \"svc\" }}\n", up.url()),
+    )
+    .await;
+    assert_eq!(gw.get("/warm").await.status, 200);
+    eventually("the warm-up connection is gone", async || value(&gw.metrics().await, "sluice_open_connections") <= 1.0)
+        .await;
+    let before = gw.rss_kib();
+    // In batches, each parked before the next opens: what is measured is what idle connections hold, not the
+    // buffers of a thousand requests in flight at once.
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS / 200 {
+        held.extend(idle_connections(gw.addr(), 200).await);
+        let n = held.len() as f64;
+        eventually("the batch is parked", async || parked(&gw.metrics().await) >= n).await;
+    }
+    let after = gw.rss_kib();
+    let per_connection = after.saturating_sub(before) as f64 / CONNECTIONS as f64;
+    println!("RSS before {before} KiB, with {CONNECTIONS} idle connections {after} KiB: {per_connection:.1} KiB each");
+    assert!(per_connection <= 8.0, "{per_connection:.1} KiB per idle connection");
+    // They still serve.
+    for stream in held.iter_mut().step_by(500) {
+        assert_eq!(request_on(stream, "/again").await.status, 200);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! End to end: an `Upgrade` request (WebSocket handshake) passes through, and after `101` bytes flow both ways
-//! between a raw TCP client and a raw TCP upstream.
+//! between a raw TCP client and a raw TCP upstream — also on a kept-alive connection that was parked before.
 
 use std::time::Duration;
 
@@ -16,7 +16,8 @@ async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8(head).unwrap()
 }
 
-/// An upstream that switches to an echo protocol and echoes every byte.
+/// An upstream that answers `200 ok` to plain requests and, to an `Upgrade` request, switches to an echo protocol
+/// and echoes every byte; it reports every request head.
 async fn echo_upstream() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -26,13 +27,23 @@ async fn echo_upstream() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) 
             let (mut s, _) = listener.accept().await.unwrap();
             let heads = heads.clone();
             tokio::spawn(async move {
-                let head = read_head(&mut s).await;
-                heads.send(head).unwrap();
-                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                loop {
+                    let head = read_head(&mut s).await;
+                    let upgrade = head.to_ascii_lowercase().contains("upgrade: websocket");
+                    heads.send(head).unwrap();
+                    if !upgrade {
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                        continue;
+                    }
+                    s.write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                    )
                     .await
                     .unwrap();
-                let (mut r, mut w) = s.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let (mut r, mut w) = s.into_split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    return;
+                }
             });
         }
     });
@@ -58,6 +69,15 @@ async fn websocket_upgrade_is_spliced_both_ways() {
     }));
 
     let mut client = TcpStream::connect(addr).await.unwrap();
+    // A plain request first, then a pause: the idle connection is parked (its HTTP state freed) before the
+    // upgrade request comes on it.
+    client.write_all(b"GET /ws/plain HTTP/1.1\r\nHost: gw\r\n\r\n").await.unwrap();
+    let head = read_head(&mut client).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let mut body = [0u8; 2];
+    client.read_exact(&mut body).await.unwrap();
+    assert!(heads.recv().await.unwrap().starts_with("GET /ws/plain"));
+    tokio::time::sleep(sluice::park::PARK_AFTER * 4).await;
     client
         .write_all(
             b"GET /ws/chat HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\

@@ -122,6 +122,9 @@ pub struct Metrics {
     pub spans_dropped: Counter,
     /// Client connections open now (`sluice_open_connections`).
     pub open_connections: Gauge,
+    /// Of those, kept-alive connections parked between requests, holding no HTTP state
+    /// (`sluice_parked_connections`).
+    pub parked_connections: Gauge,
     /// Times the listener stopped accepting because `server.max_connections` were open
     /// (`sluice_connection_limit_reached_total`).
     pub connection_limit_reached: Counter,
@@ -187,6 +190,7 @@ impl Metrics {
         let rate_limit_keys = Family::<RouteLabel, Gauge>::default();
         let spans_dropped = Counter::default();
         let open_connections = Gauge::default();
+        let parked_connections = Gauge::default();
         let connection_limit_reached = Counter::default();
         let timeouts = Family::<TimeoutLabel, Counter>::default();
         // One statement each: a handle's read guard must be gone before the next entry is created.
@@ -283,6 +287,11 @@ impl Metrics {
         registry.register("sluice_rate_limit_keys", "Rate-limit buckets held, by route", rate_limit_keys.clone());
         registry.register("sluice_open_connections", "Client connections open now", open_connections.clone());
         registry.register(
+            "sluice_parked_connections",
+            "Idle kept-alive client connections parked between requests, holding no HTTP state",
+            parked_connections.clone(),
+        );
+        registry.register(
             "sluice_connection_limit_reached",
             "Times the listener stopped accepting because server.max_connections connections were open",
             connection_limit_reached.clone(),
@@ -323,6 +332,7 @@ impl Metrics {
             in_flight,
             spans_dropped,
             open_connections,
+            parked_connections,
             connection_limit_reached,
             connection_timeouts,
         }

@@ -1,0 +1,190 @@
+//! Plain-TCP HTTP/1 connections that hold nothing but their socket while idle.
+//!
+//! hyper keeps a connection's read buffer (8 KiB and more) and write buffer (8 KiB) for the connection's whole life,
+//! so every idle kept-alive client cost ~25 KiB. Here a plain connection is served in *rounds*: a round starts when
+//! bytes arrive, runs a hyper connection for as long as requests keep coming, and ends when the connection has been
+//! idle for [`PARK_AFTER`]. Then hyper is asked to shut down gracefully — on an idle connection that writes nothing,
+//! and its final shutdown of the I/O is skipped by [`Watched`] while the watch is parking — and the connection is
+//! taken apart: the socket (and any bytes hyper read past its last request) is kept, hyper's state and buffers are
+//! freed. The parked connection waits for readability, its idle deadline or the drain signal; the next bytes start
+//! the next round. A busy connection never parks, so the request path is hyper's own.
+//!
+//! A connection whose first bytes may be the HTTP/2 preface is served by hyper-util's auto builder instead, without
+//! parking; so are TLS connections (rustls keeps its own buffers).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpStream;
+
+use crate::connection::{self, H2_PREFACE, Limits, Timeout, Watch, Watched};
+use crate::drain::{self, Draining};
+use crate::telemetry::metrics::ConnectionTimeouts;
+
+/// How long a plain HTTP/1 connection may be idle before its hyper state is freed. Re-creating that state costs
+/// about a microsecond, paid only when a client comes back after a pause; while a connection is busy, its deadline
+/// check wakes its task once per this period.
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// What a connection is served with.
+pub struct Serving<'a> {
+    /// HTTP/1 with the connection's limits (upgrades allowed).
+    pub http1: &'a http1::Builder,
+    /// For a connection that may speak HTTP/2.
+    pub auto: &'a auto::Builder<TokioExecutor>,
+    /// The connection's deadlines (without `park_after`, which is [`PARK_AFTER`] here).
+    pub limits: Limits,
+    /// Counts the connections closed by a deadline.
+    pub timeouts: &'a ConnectionTimeouts,
+    /// `sluice_parked_connections`.
+    pub parked: &'a Gauge,
+}
+
+/// A plain connection's server: its request service, watch and drain handle.
+pub struct Plain<'a, S> {
+    /// Answers the connection's requests.
+    pub service: S,
+    /// What the connection is doing.
+    pub watch: Arc<Watch>,
+    /// How it is served.
+    pub with: Serving<'a>,
+    /// The server's drain signal.
+    pub draining: Draining,
+}
+
+/// Counts a connection in `sluice_parked_connections` while it lives.
+struct Parked<'a>(&'a Gauge);
+
+impl Parked<'_> {
+    fn new(gauge: &Gauge) -> Parked<'_> {
+        gauge.inc();
+        Parked(gauge)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+type Round<S> = http1::UpgradeableConnection<TokioIo<Watched<TcpStream>>, S>;
+type Parts<S> = http1::Parts<TokioIo<Watched<TcpStream>>, S>;
+
+impl<S, B> Plain<'_, S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S: Clone + Send + Unpin + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Serves the plain connection `io` until it closes, parking it whenever it idles.
+    pub async fn serve(mut self, mut io: Watched<TcpStream>) {
+        let limits = Limits { park_after: Some(PARK_AFTER), ..self.with.limits };
+        let waiting = Limits { park_after: None, ..limits };
+        let mut first = true;
+        loop {
+            if !io.has_unread() {
+                // Parked (or new): nothing but the socket until the client sends something.
+                let _parked = (!first).then(|| Parked::new(self.with.parked));
+                let deadline = self.watch.deadline(&waiting);
+                let expired = async {
+                    match deadline {
+                        Some((at, why)) => {
+                            tokio::time::sleep_until(at).await;
+                            why
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = io.get_ref().readable() => {}
+                    why = expired => return why.report(&limits, self.with.timeouts),
+                    () = self.draining.signalled() => return,
+                }
+            }
+            if std::mem::take(&mut first) && may_be_http2(io.get_ref()).await {
+                let conn = self.with.auto.serve_connection_with_upgrades(TokioIo::new(io), self.service);
+                let conn = Box::pin(drain::until_drained(conn, self.draining));
+                return connection::drive(conn, self.watch, self.with.limits, self.with.timeouts).await;
+            }
+            let conn = self.with.http1.serve_connection(TokioIo::new(io), self.service.clone()).with_upgrades();
+            match self.round(Box::new(conn), limits).await {
+                Some(parts) => {
+                    io = parts.io.into_inner();
+                    if !parts.read_buf.is_empty() {
+                        io.unread(parts.read_buf);
+                    }
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Runs one hyper connection until it ends (`None`) or parks (its parts).
+    async fn round(&mut self, mut conn: Box<Round<S>>, mut limits: Limits) -> Option<Parts<S>> {
+        loop {
+            let driven = tokio::select! {
+                driven = connection::driving(Pin::new(&mut *conn), self.watch.clone(), limits) => driven,
+                () = self.draining.signalled() => {
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    if let Err(e) = (&mut *conn).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return None;
+                }
+            };
+            match driven {
+                Ok(Ok(())) => return None,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                    return None;
+                }
+                Err(Timeout::Park) => {
+                    self.watch.set_parking(true);
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    // An idle hyper connection closes at once, writing nothing; one that is not idle after all (a
+                    // request began in the same instant) serves it and then closes, so it is driven to its end.
+                    let now = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *conn).poll(cx))).await;
+                    self.watch.set_parking(false);
+                    match now {
+                        Poll::Ready(Ok(())) => {
+                            tracing::trace!("idle connection parked");
+                            return conn.into_parts();
+                        }
+                        Poll::Ready(Err(e)) => {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                            return None;
+                        }
+                        Poll::Pending => limits.park_after = None,
+                    }
+                }
+                Err(timeout) => {
+                    timeout.report(&limits, self.with.timeouts);
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Whether the first bytes the client sent are (or begin) the HTTP/2 preface, by a look that leaves them unread.
+async fn may_be_http2(stream: &TcpStream) -> bool {
+    let mut first = [0u8; H2_PREFACE.len()];
+    match stream.peek(&mut first).await {
+        Ok(n) => n > 0 && first[..n] == H2_PREFACE[..n],
+        Err(_) => false,
+    }
+}
