@@ -730,6 +730,24 @@ async fn overall_timeout_is_504_problem() {
 }
 
 #[tokio::test]
+async fn the_overall_timeout_ends_an_attempt_with_a_longer_per_try_timeout_and_is_not_retried() {
+    let (slow_a, slow_b) = (stuck("a").await, stuck("b").await);
+    let gw = Gateway::start(single(
+        &[slow_a.url(), slow_b.url()],
+        json!({ "balance": "round_robin" }),
+        json!({
+            "forward": { "upstream": "svc", "timeout": "300ms" },
+            "retry": { "on": ["reset"], "max_retries": 3, "per_try_timeout": "10s" },
+        }),
+    ))
+    .await;
+    assert_problem(&gw.get("/x").await, 504, Some("r"));
+    assert_eq!(slow_a.hits() + slow_b.hits(), 1, "the route's timeout is not an attempt's: no retry");
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "sluice_retries_total{route=\"r\"}").unwrap_or(0.0), 0.0);
+}
+
+#[tokio::test]
 async fn reset_is_retried_for_get_but_not_for_post() {
     let reset = Upstream::start(|_| async { Reply::Reset }).await;
     let b = Upstream::named("b").await;

@@ -1,6 +1,7 @@
 //! One request sent to an upstream with every resilience policy, in this order, read top to bottom:
 //!
-//! 1. the overall `timeout` wraps every attempt;
+//! 1. the overall `timeout` bounds every attempt and backoff (one deadline, checked by each attempt's own timer:
+//!    wrapping the whole loop in a second timer would move its large future twice more per request);
 //! 2. each attempt: load shedding (`max_concurrent`) → balancer (skipping ejected, unhealthy and already tried
 //!    endpoints) → a CLIENT span whose context goes out as `traceparent` → `per_try_timeout` → the pooled client;
 //! 3. the outcome feeds outlier ejection and the attempt metrics, then the retry policy (class, idempotency,
@@ -18,6 +19,7 @@ use hyper::body::Incoming;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
 
 use super::balance::Pick;
 use super::endpoint::Endpoint;
@@ -67,15 +69,9 @@ pub struct Answer {
 }
 
 /// Sends `call` to `upstream` (see the module doc for the order of the policies).
-pub async fn call(upstream: &Upstream, call: Call<'_>) -> Result<Answer, CallError> {
+pub async fn call(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, CallError> {
+    let deadline = Instant::now() + call.timeout;
     call.retry.deposit();
-    match tokio::time::timeout(call.timeout, attempts(upstream, call)).await {
-        Ok(result) => result,
-        Err(_) => Err(CallError::Timeout),
-    }
-}
-
-async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, CallError> {
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     let mut retries = 0;
     let may_resend = call.retry.may_resend(call.idempotent);
@@ -98,11 +94,14 @@ async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         *req.headers_mut() = if copy { call.headers.clone() } else { std::mem::take(&mut call.headers) };
         req.headers_mut().insert(header::HOST, endpoint.host_header.clone());
         req.headers_mut().insert(TRACEPARENT.clone(), span.cx.traceparent());
-        let sent = upstream.send(&endpoint, req);
-        let result = match call.retry.per_try_timeout {
-            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
-            None => Ok(sent.await),
+        let limit = match call.retry.per_try_timeout {
+            Some(t) => deadline.min(Instant::now() + t),
+            None => deadline,
         };
+        let result = tokio::time::timeout_at(limit, upstream.send(&endpoint, req)).await.map_err(|_| ());
+        if result.is_err() && limit == deadline {
+            return Err(CallError::Timeout);
+        }
         let (outcome, response) = match result {
             Ok(Ok(res)) => (Outcome::Status(res.0.status()), Some(res)),
             Ok(Err(mut e)) if e.is_connect() => {
@@ -138,7 +137,11 @@ async fn attempts(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         retries += 1;
         call.retries.inc();
         tried.push(endpoint);
-        tokio::time::sleep(call.retry.backoff(retries)).await;
+        let backoff = Instant::now() + call.retry.backoff(retries);
+        tokio::time::sleep_until(backoff.min(deadline)).await;
+        if backoff >= deadline {
+            return Err(CallError::Timeout);
+        }
     }
 }
 
