@@ -8,6 +8,8 @@
 # Each binary runs a plain forward route (TOKIO_WORKER_THREADS=1, access log off) in front of an nginx upstream
 # answering 100 bytes; wrk -c8 warms it up for 3 s, then callgrind counts for 5 s of load. Batching of wake-ups
 # varies a little with timing, so differences under ~2% are noise; compare builds in the same run.
+# With OTLP_ENDPOINT=http://host:port set, the route is traced at sample ratio 1.0 and spans go to that collector
+# (e.g. one with a `nop` exporter, as bench/forward.sh starts): the cost of tracing, compared with a run without.
 # Needs valgrind, nginx, wrk (installed with apt-get when missing). Ports: PORT_BASE (default 19100)..+2.
 set -euo pipefail
 [ $# -ge 1 ] || { sed -n '2,12p' "$0"; exit 2; }
@@ -26,12 +28,15 @@ events { worker_connections 1024; }
 http { access_log off; server { listen 127.0.0.1:$PORT_BASE; location / { return 200 "$(printf 'x%.0s' $(seq 100))"; } } }
 CONF
 nginx -c "$TMP/nginx.conf" -p "$TMP"
+TRACE_CONF=""
+[ -n "${OTLP_ENDPOINT:-}" ] && TRACE_CONF=$(printf 'otlp_endpoint = "%s"\nsample_ratio = 1.0' "$OTLP_ENDPOINT")
 cat >"$TMP/sluice.toml" <<CONF
 [server]
 listen = "127.0.0.1:$((PORT_BASE + 1))"
 admin_listen = "127.0.0.1:$((PORT_BASE + 2))"
 [telemetry]
 access_log = false
+$TRACE_CONF
 [upstreams.bench]
 endpoints = ["http://127.0.0.1:$PORT_BASE"]
 [[routes]]
