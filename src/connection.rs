@@ -90,6 +90,9 @@ pub struct Watch {
     h2: AtomicBool,
     /// Being parked: hyper's shutdown of the I/O must leave the socket open.
     parking: AtomicBool,
+    /// The last write to the client could not complete (its socket buffer is full): hyper still holds response
+    /// bytes, and its connection is not idle until they are out, so it must not be parked yet.
+    write_blocked: AtomicBool,
     /// Released when the last reference (the I/O, for an upgraded connection) is gone.
     _slot: Slot,
 }
@@ -104,6 +107,7 @@ impl Watch {
             since_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             parking: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
             _slot: slot,
         })
     }
@@ -147,6 +151,13 @@ impl Watch {
         self.parking.store(parking, Ordering::Release);
     }
 
+    /// A write to the client completed (`blocked` false) or has to wait for room in its socket buffer.
+    fn wrote(&self, blocked: bool) {
+        if self.write_blocked.load(Ordering::Relaxed) != blocked {
+            self.write_blocked.store(blocked, Ordering::Release);
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -160,7 +171,9 @@ impl Watch {
         let (limit, why) = match self.phase.load(Ordering::Acquire) {
             HEAD => (limits.header_read_timeout, Timeout::Header),
             IDLE => match limits.park_after {
-                Some(park) if park < limits.idle_timeout => (park, Timeout::Park),
+                Some(park) if park < limits.idle_timeout && !self.write_blocked.load(Ordering::Acquire) => {
+                    (park, Timeout::Park)
+                }
                 _ => (limits.idle_timeout, Timeout::Idle),
             },
             // BUSY with nothing in flight: the last response is being finished (its `Finished` sets IDLE).
@@ -361,7 +374,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         if self.rewrite.is_some() {
             return self.poll_rewrite(cx);
         }
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch.wrote(written.is_pending());
+        written
     }
 
     fn poll_write_vectored(
@@ -381,7 +396,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         if self.rewrite.is_some() {
             return self.poll_rewrite(cx);
         }
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch.wrote(written.is_pending());
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -577,6 +594,10 @@ mod tests {
             Some((idle_from + Duration::from_millis(100), Timeout::Idle)),
             "an idle timeout shorter than the park delay closes"
         );
+        w.wrote(true);
+        assert!(matches!(w.deadline(&parking), Some((_, Timeout::Idle))), "response bytes still queued: no parking");
+        w.wrote(false);
+        assert!(matches!(w.deadline(&parking), Some((_, Timeout::Park))));
         w.on_read();
         assert!(matches!(w.deadline(&parking), Some((_, Timeout::Header))), "a request begins: no parking");
     }

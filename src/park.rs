@@ -139,9 +139,14 @@ where
             let driven = tokio::select! {
                 driven = connection::driving(Pin::new(&mut *conn), self.watch.clone(), limits) => driven,
                 () = self.draining.signalled() => {
+                    // Finish the request in flight, still held to the header and idle timeouts (a half-sent head
+                    // must not hold the drain for the whole grace period).
                     Pin::new(&mut *conn).graceful_shutdown();
-                    if let Err(e) = (&mut *conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    let rest = Limits { park_after: None, ..limits };
+                    match connection::driving(Pin::new(&mut *conn), self.watch.clone(), rest).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+                        Err(timeout) => timeout.report(&rest, self.with.timeouts),
                     }
                     return None;
                 }

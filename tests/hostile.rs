@@ -418,6 +418,27 @@ async fn shutdown_closes_parked_connections_without_waiting_for_the_grace_period
         .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_head_does_not_hold_the_drain_past_the_header_timeout() {
+    let up = Upstream::named("up").await;
+    let mut gw = Gateway::start(forward_all(
+        &up.url(),
+        json!({ "shutdown_grace": "120s", "header_read_timeout": "1s", "idle_timeout": "120s" }),
+    ))
+    .await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    assert_eq!(request_on(&mut stream, "/a").await.status, 200);
+    eventually("the idle connection is parked", async || parked(&gw.metrics().await) == 1.0).await;
+    stream.write_all(b"GET /b HTTP/1.1\r\nhost").await.unwrap();
+    eventually("the half-sent head unparked it", async || parked(&gw.metrics().await) == 0.0).await;
+    gw.trigger_shutdown();
+    tokio::time::timeout(Duration::from_secs(60), gw.done.take().unwrap())
+        .await
+        .expect("run returns once the header timeout cut the half-sent head, not after the 120 s grace")
+        .unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(5)).await);
+}
+
 /// Opens `n` connections to `addr` that each send one request, read its answer and stay open.
 async fn idle_connections(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut opening = JoinSet::new();

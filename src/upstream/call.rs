@@ -70,7 +70,7 @@ pub struct Answer {
 
 /// Sends `call` to `upstream` (see the module doc for the order of the policies).
 pub async fn call(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, CallError> {
-    let deadline = Instant::now() + call.timeout;
+    let deadline = after(call.timeout);
     call.retry.deposit();
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     let mut retries = 0;
@@ -95,7 +95,7 @@ pub async fn call(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         req.headers_mut().insert(header::HOST, endpoint.host_header.clone());
         req.headers_mut().insert(TRACEPARENT.clone(), span.cx.traceparent());
         let limit = match call.retry.per_try_timeout {
-            Some(t) => deadline.min(Instant::now() + t),
+            Some(t) => deadline.min(after(t)),
             None => deadline,
         };
         let result = tokio::time::timeout_at(limit, upstream.send(&endpoint, req)).await.map_err(|_| ());
@@ -137,12 +137,18 @@ pub async fn call(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         retries += 1;
         call.retries.inc();
         tried.push(endpoint);
-        let backoff = Instant::now() + call.retry.backoff(retries);
+        let backoff = after(call.retry.backoff(retries));
         tokio::time::sleep_until(backoff.min(deadline)).await;
         if backoff >= deadline {
             return Err(CallError::Timeout);
         }
     }
+}
+
+/// `d` from now, or a century from now for a `d` past what an `Instant` holds (a config may say "100000000y").
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 /// The CLIENT span of one attempt (OpenTelemetry HTTP client conventions).

@@ -34,14 +34,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if present & 1 != 0 {
-        // Names the `Connection` header lists; those of the fixed list are removed below when present.
+        // Names the `Connection` header lists (`te` too, even `te: trailers`); those of the fixed list are removed
+        // below when present.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|n| !n.is_empty() && hop_by_hop_index(&n.to_ascii_lowercase()).is_none())
+            .filter(|n| !n.is_empty() && hop_by_hop_index(&n.to_ascii_lowercase()).is_none_or(|i| i >= HOPS))
             .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
             .collect();
         for name in &named {
@@ -108,5 +109,11 @@ mod tests {
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["te"], "te: trailers stays");
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "TE".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "a te that Connection names goes, trailers or not: {h:?}");
     }
 }
