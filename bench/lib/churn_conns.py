@@ -8,21 +8,12 @@ PAUSE seconds (default 0.6: longer than Sluice's 250 ms park delay, so the conne
 GET on the same connection, then closes it, and starts over. Prints "done OK FAILED" (requests) at the end.
 """
 import asyncio
+import os
 import sys
 import time
 
-
-async def get(reader, writer, host, port):
-    writer.write(f"GET /churn HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    if length:
-        await asyncio.wait_for(reader.readexactly(length), 10)
-    return head.startswith(b"HTTP/1.1 2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hold_conns import get  # noqa: E402
 
 
 async def worker(host, port, until, pause, counts):
@@ -30,7 +21,7 @@ async def worker(host, port, until, pause, counts):
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
             for i in range(2):
-                counts[0 if await get(reader, writer, host, port) else 1] += 1
+                counts[0 if await get(reader, writer, host, port, "/churn") else 1] += 1
                 if i == 0:
                     await asyncio.sleep(pause)
             writer.close()

@@ -12,20 +12,25 @@ import signal
 import sys
 
 
+async def get(reader, writer, host, port, path):
+    """Sends GET path on the connection and reads the answer (head, then a content-length body): True if 2xx."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    if length:
+        await asyncio.wait_for(reader.readexactly(length), 10)
+    return head.startswith(b"HTTP/1.1 2")
+
+
 async def one(host, port, path, sem, writers):
     async with sem:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-            await writer.drain()
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            if length:
-                await asyncio.wait_for(reader.readexactly(length), 10)
-            ok = head.startswith(b"HTTP/1.1 2")
+            ok = await get(reader, writer, host, port, path)
             writers.append(writer)
             return ok
         except Exception:
@@ -49,4 +54,5 @@ async def main():
         w.close()
 
 
-asyncio.run(main())
+if __name__ == "__main__":
+    asyncio.run(main())
