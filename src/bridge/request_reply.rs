@@ -111,11 +111,9 @@ pub async fn request_reply(
         &producer,
         SpanKind::Consumer,
         || "process reply".into(),
-        || {
-            vec![
-                KeyValue::new("messaging.operation.type", "process"),
-                KeyValue::new("sluice.broker", route.broker_name.clone()),
-            ]
+        |a| {
+            a.str("messaging.operation.type", "process");
+            a.str("sluice.broker", &route.broker_name);
         },
     ));
     let answer = answer(reply, &route.reply_headers);

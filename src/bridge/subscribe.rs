@@ -31,7 +31,6 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
-use opentelemetry::KeyValue;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
@@ -721,13 +720,11 @@ impl Deliverer {
         let body = Prepared::Buffered(inbound.body.clone());
         // One CONSUMER span per message, continuing the trace the message carries; each attempt is a CLIENT span in it.
         let name = || format!("process {}", self.name).into();
-        let span = self.wiring.tracer.consumer(headers, name, || {
-            vec![
-                KeyValue::new("messaging.system", inbound.settle.system()),
-                KeyValue::new("messaging.operation.type", "process"),
-                KeyValue::new("messaging.destination.name", inbound.source.clone()),
-                KeyValue::new("sluice.subscription", self.name.clone()),
-            ]
+        let span = self.wiring.tracer.consumer(headers, name, |a| {
+            a.str("messaging.system", inbound.settle.system());
+            a.str("messaging.operation.type", "process");
+            a.str("messaging.destination.name", &inbound.source);
+            a.str("sluice.subscription", &self.name);
         });
         let mut attempt: u32 = 1;
         // Counted in `sluice_subscription_stuck` from its first retry past the end without a dead letter.

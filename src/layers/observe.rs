@@ -19,7 +19,6 @@ use std::task::{Context, Poll, ready};
 
 use http::header::{self, Entry, HeaderMap};
 use http::{HeaderValue, Method, Request, Response, Uri};
-use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
@@ -28,7 +27,7 @@ use tower::{Layer, Service};
 use crate::body::Body;
 use crate::problem::GatewayError;
 use crate::request::{Facts, X_REQUEST_ID};
-use crate::telemetry::{RouteMetrics, Span, Tracer, method_name, method_value};
+use crate::telemetry::{Attributes, RouteMetrics, Span, Tracer, method_name};
 
 /// One route's observation settings and metric handles.
 #[derive(Debug)]
@@ -93,7 +92,7 @@ where
                 Some(_) => span_name(req.method(), o.http_route.as_deref().unwrap_or("")).into(),
                 None => method_name(req.method()),
             },
-            || server_attributes(o, &req),
+            |a| server_attributes(o, &req, a),
         );
         if let Some(facts) = req.extensions_mut().get_mut::<Facts>() {
             facts.trace = span.cx.clone();
@@ -151,13 +150,13 @@ impl Seen {
                 if e.status().is_server_error() {
                     tracing::warn!(route = route.unwrap_or(""), request_id = id, error = %e, "gateway error");
                 }
-                span.set(|| KeyValue::new("error.type", e.status().as_str().to_owned()));
+                span.set_str("error.type", e.status().as_str());
                 e.into_response(route, id)
             }
         };
         response.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
         let status = response.status().as_u16();
-        span.set(|| KeyValue::new("http.response.status_code", i64::from(status)));
+        span.set_int("http.response.status_code", i64::from(status));
         if status >= 500 {
             span.error(format!("answered {status}"));
         }
@@ -216,33 +215,31 @@ fn span_name(method: &Method, pattern: &str) -> String {
     name
 }
 
-/// The SERVER span's attributes (HTTP server semantic conventions), built only when the span records. Values the
-/// route or the method already hold are shared, not copied.
-fn server_attributes<B>(o: &Observe, req: &Request<B>) -> Vec<KeyValue> {
+/// The SERVER span's attributes (HTTP server semantic conventions), set only when the span records, encoded from
+/// the request's own text.
+fn server_attributes<B>(o: &Observe, req: &Request<B>, a: &mut Attributes<'_>) {
     let text = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let mut attributes = Vec::with_capacity(9);
-    attributes.push(KeyValue::new("http.request.method", method_value(req.method())));
-    attributes.push(KeyValue::new("url.path", req.uri().path().to_owned()));
+    a.str("http.request.method", req.method().as_str());
+    a.str("url.path", req.uri().path());
     if let Some(facts) = req.extensions().get::<Facts>() {
-        attributes.push(KeyValue::new("url.scheme", facts.scheme));
+        a.str("url.scheme", facts.scheme);
         if let Ok(ip) = facts.peer_ip.to_str() {
-            attributes.push(KeyValue::new("client.address", ip.to_owned()));
+            a.str("client.address", ip);
         }
     }
     if let Some(host) = text(header::HOST).or_else(|| req.uri().host()) {
         let host = host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(host, |(h, _)| h);
-        attributes.push(KeyValue::new("server.address", host.to_owned()));
+        a.str("server.address", host);
     }
     if let Some(agent) = text(header::USER_AGENT) {
-        attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+        a.str("user_agent.original", agent);
     }
     if let Some(route) = &o.route {
-        attributes.push(KeyValue::new("sluice.route", route.clone()));
+        a.str("sluice.route", route);
     }
     if let Some(pattern) = &o.http_route {
-        attributes.push(KeyValue::new("http.route", pattern.clone()));
+        a.str("http.route", pattern);
     }
-    attributes
 }
 
 /// Counts a request in the in-flight gauges (all routes, and its route) until dropped, also when the client goes

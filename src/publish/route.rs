@@ -118,20 +118,17 @@ pub fn producer_span(tracer: &Tracer, parent: &TraceContext, broker: &str, messa
         parent,
         SpanKind::Producer,
         || format!("send {name}").into(),
-        || {
-            let mut attributes = vec![
-                KeyValue::new("messaging.system", system),
-                KeyValue::new("messaging.operation.type", "send"),
-                KeyValue::new("messaging.operation.name", "send"),
-                KeyValue::new("messaging.destination.name", name.to_owned()),
-                KeyValue::new("messaging.message.id", message.id.clone()),
-                KeyValue::new("messaging.message.body.size", message.body.len() as i64),
-                KeyValue::new("sluice.broker", broker.to_owned()),
-            ];
+        |a| {
+            a.str("messaging.system", system);
+            a.str("messaging.operation.type", "send");
+            a.str("messaging.operation.name", "send");
+            a.str("messaging.destination.name", name);
+            a.str("messaging.message.id", &message.id);
+            a.int("messaging.message.body.size", message.body.len() as i64);
+            a.str("sluice.broker", broker);
             if let Destination::Amqp { routing_key, .. } = &message.destination {
-                attributes.push(KeyValue::new("messaging.rabbitmq.destination.routing_key", routing_key.clone()));
+                a.str("messaging.rabbitmq.destination.routing_key", routing_key);
             }
-            attributes
         },
     )
 }

@@ -222,9 +222,8 @@ pub fn encode_span(buf: &mut Vec<u8>, s: &Recording, end: u64) {
         w.uint(6, kind(&s.kind));
         w.fixed64(7, s.start);
         w.fixed64(8, end);
-        for kv in &s.attributes {
-            attribute(w, 9, kv.key.as_str(), &kv.value);
-        }
+        // Encoded as they were set.
+        w.buf.extend_from_slice(&s.attributes);
         w.uint(10, u64::from(s.dropped_attributes));
         let (code, message) = match &s.status {
             Status::Unset => (0, ""),
@@ -265,7 +264,6 @@ fn kind(kind: &SpanKind) -> u64 {
 /// key's and value's): the attribute's tags and lengths are written straight into the output, around its key and
 /// value, with no nested message to measure afterwards and no temporary copy.
 fn attribute(w: &mut Writer, field: u32, key: &str, value: &Value) {
-    let k = key.as_bytes();
     let any = match value {
         Value::String(s) => Any::Str(s.as_str().as_bytes()),
         // int64 as a varint of its two's complement.
@@ -274,6 +272,33 @@ fn attribute(w: &mut Writer, field: u32, key: &str, value: &Value) {
         Value::F64(f) => Any::Float(f.to_bits()),
         _ => return w.message(field, |w| key_value(w, key, value)),
     };
+    simple_attribute(w, field, key, any);
+}
+
+/// A span attribute (`Span.attributes`, field 9) appended to `buf` as it is sent.
+pub fn encode_attribute(buf: &mut Vec<u8>, key: &str, value: &Value) {
+    let mut w = Writer { buf: std::mem::take(buf) };
+    attribute(&mut w, 9, key, value);
+    *buf = w.buf;
+}
+
+/// A string span attribute appended to `buf`, from borrowed text (no `Value` made).
+pub fn encode_str_attribute(buf: &mut Vec<u8>, key: &str, value: &str) {
+    let mut w = Writer { buf: std::mem::take(buf) };
+    simple_attribute(&mut w, 9, key, Any::Str(value.as_bytes()));
+    *buf = w.buf;
+}
+
+/// An integer span attribute appended to `buf`.
+pub fn encode_int_attribute(buf: &mut Vec<u8>, key: &str, value: i64) {
+    let mut w = Writer { buf: std::mem::take(buf) };
+    simple_attribute(&mut w, 9, key, Any::Int(value as u64));
+    *buf = w.buf;
+}
+
+/// [`attribute`] of a string or a number.
+fn simple_attribute(w: &mut Writer, field: u32, key: &str, any: Any<'_>) {
+    let k = key.as_bytes();
     let any_len = match any {
         Any::Str(v) => 1 + len_delimited(v.len()),
         Any::Int(i) => 1 + varint_len(i),
@@ -504,7 +529,7 @@ mod tests {
     }
 
     fn span(name: &'static str, attributes: Vec<opentelemetry::KeyValue>) -> Recording {
-        Recording {
+        let mut s = Recording {
             trace_id: 7,
             span_id: 9,
             parent_span_id: 3,
@@ -514,10 +539,13 @@ mod tests {
             kind: SpanKind::Client,
             name: name.into(),
             start: 1,
-            attributes,
+            attributes: Vec::new(),
+            attribute_count: 0,
             dropped_attributes: 0,
             status: Status::error("boom"),
-        }
+        };
+        attributes.into_iter().for_each(|kv| s.set(kv));
+        s
     }
 
     #[test]

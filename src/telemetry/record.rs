@@ -15,6 +15,8 @@ use http::HeaderValue;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, Status};
 
+use super::otlp::{encode_attribute, encode_int_attribute, encode_str_attribute};
+
 /// Most attributes kept per span (the SDK's default `max_attributes_per_span`); more are counted as dropped.
 const MAX_ATTRIBUTES: usize = 128;
 
@@ -39,8 +41,11 @@ pub struct Recording {
     pub name: Cow<'static, str>,
     /// Start, in nanoseconds since the Unix epoch.
     pub start: u64,
-    /// Attributes, at most [`MAX_ATTRIBUTES`].
-    pub attributes: Vec<KeyValue>,
+    /// Attributes, at most [`MAX_ATTRIBUTES`], encoded as they are set (the OTLP `Span.attributes` fields): no
+    /// `KeyValue`s to keep and drop, and no copy of text the request still holds.
+    pub attributes: Vec<u8>,
+    /// How many attributes `attributes` holds.
+    pub attribute_count: u32,
     /// Attributes beyond the limit.
     pub dropped_attributes: u32,
     /// The span's status.
@@ -48,18 +53,25 @@ pub struct Recording {
 }
 
 impl Recording {
-    /// Keeps `attributes`, up to the limit.
-    pub fn set_attributes(&mut self, mut attributes: Vec<KeyValue>) {
-        let over = attributes.len().saturating_sub(MAX_ATTRIBUTES);
-        attributes.truncate(MAX_ATTRIBUTES);
-        self.dropped_attributes = u32::try_from(over).unwrap_or(u32::MAX);
-        self.attributes = attributes;
-    }
-
     /// Adds an attribute, or counts it as dropped past the limit.
     pub fn set(&mut self, attribute: KeyValue) {
-        if self.attributes.len() < MAX_ATTRIBUTES {
-            self.attributes.push(attribute);
+        self.add(|buf| encode_attribute(buf, attribute.key.as_str(), &attribute.value));
+    }
+
+    /// Adds a string attribute from borrowed text.
+    pub fn set_str(&mut self, key: &str, value: &str) {
+        self.add(|buf| encode_str_attribute(buf, key, value));
+    }
+
+    /// Adds an integer attribute.
+    pub fn set_int(&mut self, key: &str, value: i64) {
+        self.add(|buf| encode_int_attribute(buf, key, value));
+    }
+
+    fn add(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        if (self.attribute_count as usize) < MAX_ATTRIBUTES {
+            encode(&mut self.attributes);
+            self.attribute_count += 1;
         } else {
             self.dropped_attributes = self.dropped_attributes.saturating_add(1);
         }
@@ -92,6 +104,7 @@ pub(crate) fn test_recording() -> Recording {
         name: "GET /".into(),
         start: now_nanos(),
         attributes: Vec::new(),
+        attribute_count: 0,
         dropped_attributes: 0,
         status: Status::Unset,
     }
@@ -108,10 +121,22 @@ mod tests {
     #[test]
     fn attributes_past_the_limit_are_counted_not_kept() {
         let mut r = recording();
-        r.set_attributes((0..130).map(|i| KeyValue::new("k", i64::from(i))).collect());
-        assert_eq!((r.attributes.len(), r.dropped_attributes), (128, 2));
-        r.set(KeyValue::new("late", 1));
-        assert_eq!((r.attributes.len(), r.dropped_attributes), (128, 3));
+        (0..130).for_each(|i| r.set(KeyValue::new("k", i64::from(i))));
+        assert_eq!((r.attribute_count, r.dropped_attributes), (128, 2));
+        r.set_str("late", "x");
+        r.set_int("later", 1);
+        assert_eq!((r.attribute_count, r.dropped_attributes), (128, 4));
+    }
+
+    #[test]
+    fn borrowed_and_value_attributes_encode_alike() {
+        let (mut a, mut b) = (recording(), recording());
+        a.set(KeyValue::new("url.path", "/x"));
+        a.set(KeyValue::new("server.port", 8080_i64));
+        b.set_str("url.path", "/x");
+        b.set_int("server.port", 8080);
+        assert_eq!(a.attributes, b.attributes);
+        assert_eq!(a.attribute_count, 2);
     }
 
     #[test]

@@ -136,11 +136,46 @@ impl Span {
         }
     }
 
+    /// Sets a string attribute from borrowed text.
+    pub fn set_str(&mut self, key: &str, value: &str) {
+        if let Some(r) = &mut self.recording {
+            r.span.set_str(key, value);
+        }
+    }
+
+    /// Sets an integer attribute.
+    pub fn set_int(&mut self, key: &str, value: i64) {
+        if let Some(r) = &mut self.recording {
+            r.span.set_int(key, value);
+        }
+    }
+
     /// Marks the span as failed.
     pub fn error(&mut self, description: impl Into<Cow<'static, str>>) {
         if let Some(r) = &mut self.recording {
             r.span.set_status(Status::error(description));
         }
+    }
+}
+
+/// The attributes of a span being started; only called for a span that records. Text is encoded from where it
+/// is (the request's path, a header), not copied into a `KeyValue` first.
+pub struct Attributes<'a>(&'a mut Recording);
+
+impl Attributes<'_> {
+    /// A string attribute.
+    pub fn str(&mut self, key: &str, value: &str) {
+        self.0.set_str(key, value);
+    }
+
+    /// An integer attribute.
+    pub fn int(&mut self, key: &str, value: i64) {
+        self.0.set_int(key, value);
+    }
+
+    /// Attributes given as `KeyValue`s.
+    pub fn extend(&mut self, attributes: impl IntoIterator<Item = KeyValue>) {
+        attributes.into_iter().for_each(|kv| self.0.set(kv));
     }
 }
 
@@ -163,7 +198,7 @@ impl Tracer {
         &self,
         headers: &HeaderMap,
         name: impl FnOnce() -> Cow<'static, str>,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
         self.continuing(headers, SpanKind::Server, name, attributes)
     }
@@ -173,7 +208,7 @@ impl Tracer {
         &self,
         headers: &HeaderMap,
         name: impl FnOnce() -> Cow<'static, str>,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
         self.continuing(headers, SpanKind::Consumer, name, attributes)
     }
@@ -184,7 +219,7 @@ impl Tracer {
         headers: &HeaderMap,
         kind: SpanKind,
         name: impl FnOnce() -> Cow<'static, str>,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
         let Some(export) = &self.export else {
             return Span { cx: TraceContext::from_headers(headers), recording: None };
@@ -206,7 +241,7 @@ impl Tracer {
         parent: &TraceContext,
         kind: SpanKind,
         name: impl FnOnce() -> Cow<'static, str>,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
         let Some(export) = &self.export else {
             return Span { cx: TraceContext { span_id: new_span_id(), ..parent.clone() }, recording: None };
@@ -243,7 +278,7 @@ impl Exporting {
         tracestate: Option<HeaderValue>,
         kind: SpanKind,
         name: impl FnOnce() -> Cow<'static, str>,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
         let span_id = new_span_id();
         let valid = parent.as_ref().filter(|p| p.trace_id != 0 && p.span_id != 0);
@@ -267,11 +302,13 @@ impl Exporting {
             kind,
             name: name(),
             start: now_nanos(),
-            attributes: Vec::new(),
+            // Room for the attributes a request's spans carry, encoded (about 100–400 bytes).
+            attributes: Vec::with_capacity(512),
+            attribute_count: 0,
             dropped_attributes: 0,
             status: Status::Unset,
         };
-        span.set_attributes(attributes());
+        attributes(&mut Attributes(&mut span));
         Span { cx, recording: Some(Box::new(Recorded { span, queue: self.queue.clone() })) }
     }
 }
@@ -454,7 +491,7 @@ mod tests {
         h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02".parse().unwrap());
         h.insert("tracestate", "vendor=1".parse().unwrap());
         // A remote parent not sampled: its decision is kept, and the flags are cleared.
-        let server = tracer(1.0).server(&h, || "GET r".into(), Vec::new);
+        let server = tracer(1.0).server(&h, || "GET r".into(), |_| {});
         assert!(!server.is_recording());
         assert_eq!((server.cx.trace_id, server.cx.flags), (0x4bf92f3577b34da6a3ce929d0e0e4736, 0));
         assert_eq!(server.cx.tracestate.as_ref().unwrap(), "vendor=1");
@@ -462,7 +499,7 @@ mod tests {
         // A sampled remote parent: sampled whatever the ratio, its other flags kept.
         h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03".parse().unwrap());
         let tracer = tracer(0.0);
-        let mut server = tracer.server(&h, || "GET r".into(), || vec![KeyValue::new("k", "v")]);
+        let mut server = tracer.server(&h, || "GET r".into(), |a| a.str("k", "v"));
         server.set(|| KeyValue::new("late", 1));
         server.error("answered 503");
         let r = recorded(&server);
@@ -472,11 +509,11 @@ mod tests {
             (0x00f067aa0ba902b7, true, SpanKind::Server)
         );
         assert_eq!(r.trace_state.as_ref().unwrap(), "vendor=1");
-        assert_eq!((r.name.as_ref(), r.attributes.len(), &r.status), ("GET r", 2, &Status::error("answered 503")));
+        assert_eq!((r.name.as_ref(), r.attribute_count, &r.status), ("GET r", 2, &Status::error("answered 503")));
         assert!(r.start > 0);
 
         // Its child: same trace, the server span as a local parent.
-        let child = tracer.child(&server.cx, SpanKind::Client, || "GET".into(), Vec::new);
+        let child = tracer.child(&server.cx, SpanKind::Client, || "GET".into(), |_| {});
         let c = recorded(&child);
         assert_eq!((c.trace_id, c.parent_span_id, c.parent_is_remote, c.flags), (r.trace_id, r.span_id, false, 3));
         assert_eq!(c.trace_state.as_ref().unwrap(), "vendor=1");
@@ -484,17 +521,17 @@ mod tests {
 
         // No valid parent: a new trace, sampled by ratio; the span has no state, its context passes it on.
         h.insert("traceparent", "garbage".parse().unwrap());
-        let root = tracer.server(&h, || "GET r".into(), Vec::new);
+        let root = tracer.server(&h, || "GET r".into(), |_| {});
         assert!(!root.is_recording());
         assert_eq!(root.cx.flags, 0);
         assert_ne!(root.cx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
-        let root = super::tests::tracer(1.0).server(&h, || "GET r".into(), Vec::new);
+        let root = super::tests::tracer(1.0).server(&h, || "GET r".into(), |_| {});
         let r = recorded(&root);
         assert_eq!((r.parent_span_id, r.parent_is_remote, r.flags, r.trace_state.is_none()), (0, false, 1, true));
         assert_eq!(root.cx.tracestate.as_ref().unwrap(), "vendor=1");
 
         // A child of "no span yet" (all zero): a new trace, not sampled (the SDK's parent-based rule).
-        let orphan = tracer.child(&TraceContext::default(), SpanKind::Producer, || "send".into(), Vec::new);
+        let orphan = tracer.child(&TraceContext::default(), SpanKind::Producer, || "send".into(), |_| {});
         assert!(!orphan.is_recording());
         assert_ne!(orphan.cx.trace_id, 0);
     }
@@ -504,8 +541,8 @@ mod tests {
         let tracer = Tracer::default();
         let mut h = HeaderMap::new();
         h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".parse().unwrap());
-        let server = tracer.server(&h, || "GET r".into(), Vec::new);
-        let child = tracer.child(&server.cx, SpanKind::Client, || "GET".into(), Vec::new);
+        let server = tracer.server(&h, || "GET r".into(), |_| {});
+        let child = tracer.child(&server.cx, SpanKind::Client, || "GET".into(), |_| {});
         assert_eq!(child.cx.trace_id, server.cx.trace_id);
         assert_ne!(child.cx.span_id, server.cx.span_id);
         assert_eq!(child.cx.flags, 0, "the caller's sampling decision is kept");

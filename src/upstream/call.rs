@@ -16,7 +16,6 @@ use http::header::{self, HeaderMap};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
@@ -29,7 +28,7 @@ use super::pool::Reusable;
 use super::retry::{Outcome, RetryPolicy};
 use crate::body::{Prepared, is_too_large};
 use crate::request::TRACEPARENT;
-use crate::telemetry::{Span, TraceContext, Tracer, method_name, method_value};
+use crate::telemetry::{Span, TraceContext, Tracer, method_name};
 
 /// One request to send.
 pub struct Call<'a> {
@@ -157,19 +156,15 @@ fn client_span(call: &Call<'_>, upstream: &Upstream, endpoint: &Endpoint, retrie
         call.trace,
         SpanKind::Client,
         || method_name(&call.method),
-        || {
-            let mut attributes = Vec::with_capacity(8);
-            attributes.extend([
-                KeyValue::new("http.request.method", method_value(&call.method)),
-                KeyValue::new("server.address", endpoint.ip.clone()),
-                KeyValue::new("server.port", i64::from(endpoint.addr.port())),
-                KeyValue::new("url.path", call.path.path().to_owned()),
-                KeyValue::new("sluice.upstream", upstream.label.clone()),
-            ]);
+        |a| {
+            a.str("http.request.method", call.method.as_str());
+            a.str("server.address", &endpoint.ip);
+            a.int("server.port", i64::from(endpoint.addr.port()));
+            a.str("url.path", call.path.path());
+            a.str("sluice.upstream", &upstream.label);
             if retries > 0 {
-                attributes.push(KeyValue::new("http.request.resend_count", i64::from(retries)));
+                a.int("http.request.resend_count", i64::from(retries));
             }
-            attributes
         },
     )
 }
@@ -199,10 +194,10 @@ fn record(upstream: &Upstream, endpoint: &Endpoint, outcome: Outcome, span: &mut
             "timeout"
         }
     };
-    span.set(|| KeyValue::new("sluice.outcome", label));
+    span.set_str("sluice.outcome", label);
     match outcome {
-        Outcome::Status(s) => span.set(|| KeyValue::new("http.response.status_code", i64::from(s.as_u16()))),
-        _ => span.set(|| KeyValue::new("error.type", label)),
+        Outcome::Status(s) => span.set_int("http.response.status_code", i64::from(s.as_u16())),
+        _ => span.set_str("error.type", label),
     }
     if outcome.is_failure() {
         span.error(label);
