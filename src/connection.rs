@@ -480,10 +480,19 @@ pub async fn drive<E: std::fmt::Display>(
     // The connection is dropped (its socket closed) when this function returns, after the timeout was counted: a
     // client that sees the close also sees it in the metrics.
     tokio::pin!(conn);
-    match driving(conn.as_mut(), watch, limits).await {
+    ended(driving(conn.as_mut(), watch, limits).await, &limits, timeouts);
+}
+
+/// Logs how a driven connection ended, and counts it when a deadline closed it.
+pub(crate) fn ended<E: std::fmt::Display>(
+    driven: Result<Result<(), E>, Timeout>,
+    limits: &Limits,
+    timeouts: &ConnectionTimeouts,
+) {
+    match driven {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
-        Err(timeout) => timeout.report(&limits, timeouts),
+        Err(timeout) => timeout.report(limits, timeouts),
     }
 }
 

@@ -143,11 +143,8 @@ where
                     // must not hold the drain for the whole grace period).
                     Pin::new(&mut *conn).graceful_shutdown();
                     let rest = Limits { park_after: None, ..limits };
-                    match connection::driving(Pin::new(&mut *conn), self.watch.clone(), rest).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
-                        Err(timeout) => timeout.report(&rest, self.with.timeouts),
-                    }
+                    let driven = connection::driving(Pin::new(&mut *conn), self.watch.clone(), rest).await;
+                    connection::ended(driven, &rest, self.with.timeouts);
                     return None;
                 }
             };

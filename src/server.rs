@@ -155,7 +155,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
             None => tokio::spawn(accepted.serve_plain(stream)),
             Some(acceptor) => tokio::spawn(async move {
                 let Some(stream) = handshake(acceptor, stream, peer).await else { return };
-                accepted.serve(stream, "https").await;
+                accepted.serve_tls(stream).await;
             }),
         };
     }
@@ -242,14 +242,14 @@ impl Accepted {
         Plain { service, watch, with, draining: self.draining }.serve(io).await;
     }
 
-    /// Serves HTTP over `io` (a TLS stream once its handshake is done) received over `scheme`, held to the
-    /// connection's limits from now on.
-    async fn serve<I>(self, io: I, scheme: &'static str)
+    /// Serves HTTP over `io`, the TLS stream once its handshake is done, held to the connection's limits from now
+    /// on (not parked: rustls keeps its own buffers).
+    async fn serve_tls<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let watch = Watch::new(self.slot);
-        let service = service(self.gw, self.peer_ip, scheme, watch.clone());
+        let service = service(self.gw, self.peer_ip, "https", watch.clone());
         let io = TokioIo::new(Watched::new(io, watch.clone(), self.max_header_bytes));
         let conn = drain::until_drained(self.builders.auto.serve_connection_with_upgrades(io, service), self.draining);
         connection::drive(conn, watch, self.limits, &self.timeouts).await;

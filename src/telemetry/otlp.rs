@@ -201,7 +201,10 @@ fn put(buf: &mut [u8], end: usize, bytes: &[u8]) -> usize {
 /// a span outside that range is moved. A span has no events and no links (Sluice records none): their fields
 /// and dropped counts (11 to 14) are left out, as proto3 leaves out empty and zero fields.
 pub fn encode_span(buf: &mut Vec<u8>, s: &Recording, end: u64) {
-    let mut w = Writer { buf: std::mem::take(buf) };
+    Writer::append(buf, |w| encode_span_fields(w, s, end));
+}
+
+fn encode_span_fields(w: &mut Writer, s: &Recording, end: u64) {
     w.buf.reserve(1024);
     w.message_reserving(2, 2, |w| {
         // `trace_id` (field 1) and `span_id` (2): their keys and lengths are constants.
@@ -238,7 +241,6 @@ pub fn encode_span(buf: &mut Vec<u8>, s: &Recording, end: u64) {
         }
         w.fixed32(16, flags(s.parent_is_remote, s.flags));
     });
-    *buf = w.buf;
 }
 
 /// The span's W3C trace flags plus the "is the parent remote" bits of OTLP's `SpanFlags`.
@@ -277,23 +279,17 @@ fn attribute(w: &mut Writer, field: u32, key: &str, value: &Value) {
 
 /// A span attribute (`Span.attributes`, field 9) appended to `buf` as it is sent.
 pub fn encode_attribute(buf: &mut Vec<u8>, key: &str, value: &Value) {
-    let mut w = Writer { buf: std::mem::take(buf) };
-    attribute(&mut w, 9, key, value);
-    *buf = w.buf;
+    Writer::append(buf, |w| attribute(w, 9, key, value));
 }
 
 /// A string span attribute appended to `buf`, from borrowed text (no `Value` made).
 pub fn encode_str_attribute(buf: &mut Vec<u8>, key: &str, value: &str) {
-    let mut w = Writer { buf: std::mem::take(buf) };
-    simple_attribute(&mut w, 9, key, Any::Str(value.as_bytes()));
-    *buf = w.buf;
+    Writer::append(buf, |w| simple_attribute(w, 9, key, Any::Str(value.as_bytes())));
 }
 
 /// An integer span attribute appended to `buf`.
 pub fn encode_int_attribute(buf: &mut Vec<u8>, key: &str, value: i64) {
-    let mut w = Writer { buf: std::mem::take(buf) };
-    simple_attribute(&mut w, 9, key, Any::Int(value as u64));
-    *buf = w.buf;
+    Writer::append(buf, |w| simple_attribute(w, 9, key, Any::Int(value as u64)));
 }
 
 /// [`attribute`] of a string or a number.
@@ -397,6 +393,13 @@ struct Writer {
 }
 
 impl Writer {
+    /// Runs `write` on a writer appending to `buf`.
+    fn append(buf: &mut Vec<u8>, write: impl FnOnce(&mut Writer)) {
+        let mut w = Writer { buf: std::mem::take(buf) };
+        write(&mut w);
+        *buf = w.buf;
+    }
+
     #[inline]
     fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {

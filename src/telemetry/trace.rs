@@ -172,11 +172,6 @@ impl Attributes<'_> {
     pub fn int(&mut self, key: &str, value: i64) {
         self.0.set_int(key, value);
     }
-
-    /// Attributes given as `KeyValue`s.
-    pub fn extend(&mut self, attributes: impl IntoIterator<Item = KeyValue>) {
-        attributes.into_iter().for_each(|kv| self.0.set(kv));
-    }
 }
 
 /// Makes spans; cheap to clone. The default records nothing.

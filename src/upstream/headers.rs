@@ -41,9 +41,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|n| !n.is_empty() && hop_by_hop_index(&n.to_ascii_lowercase()).is_none_or(|i| i >= HOPS))
-            .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
+            .map(|n| n.trim().to_ascii_lowercase())
+            .filter(|n| !n.is_empty() && hop_by_hop_index(n).is_none_or(|i| i >= HOPS))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for name in &named {
             headers.remove(name);
@@ -63,7 +63,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `te`'s bit in [`strip_hop_by_hop`]'s set (after [`HOP_BY_HOP`]'s).
 const TE_BIT: u16 = 1 << HOPS;
 
-/// The position in [`HOP_BY_HOP`] of the (lowercase) header name `name`, `HOP_BY_HOP.len()` for `te`, or `None`.
+/// The position in [`HOP_BY_HOP`] of the (lowercase) header name `name`, [`HOPS`] for `te`, or `None`.
 fn hop_by_hop_index(name: &str) -> Option<usize> {
     Some(match name {
         "connection" => 0,
