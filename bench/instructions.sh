@@ -10,9 +10,11 @@
 # varies a little with timing, so differences under ~2% are noise; compare builds in the same run.
 # With OTLP_ENDPOINT=http://host:port set, the route is traced at sample ratio 1.0 and spans go to that collector
 # (e.g. one with a `nop` exporter, as bench/forward.sh starts): the cost of tracing, compared with a run without.
+# With KEEP_PROFILES=DIR set, each binary's callgrind output is kept there (DIR/<n>.callgrind, n = its position)
+# for callgrind_annotate.
 # Needs valgrind, nginx, wrk (installed with apt-get when missing). Ports: PORT_BASE (default 19100)..+2.
 set -euo pipefail
-[ $# -ge 1 ] || { sed -n '2,12p' "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,14p' "$0"; exit 2; }
 PORT_BASE=${PORT_BASE:-19100}
 for tool in valgrind nginx wrk; do
     command -v "$tool" >/dev/null || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$tool" >&2; }
@@ -45,7 +47,9 @@ match = { path_prefix = "/" }
 forward = { upstream = "bench" }
 CONF
 URL=http://127.0.0.1:$((PORT_BASE + 1))/
+n=0
 for bin in "$@"; do
+    n=$((n + 1))
     out=$TMP/callgrind.out
     TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
         "$bin" run --config "$TMP/sluice.toml" >"$TMP/vg.log" 2>&1 &
@@ -60,5 +64,6 @@ for bin in "$@"; do
     kill "$vg"; wait "$vg" 2>/dev/null || true
     ir=$(cat "$out"* | awk '/^(summary|totals):/ {s += $2} END {print s}')
     printf '%s  requests=%s  instructions=%s  per request=%d\n' "$bin" "$requests" "$ir" $((ir / requests))
+    [ -n "${KEEP_PROFILES:-}" ] && mkdir -p "$KEEP_PROFILES" && cat "$out"* >"$KEEP_PROFILES/$n.callgrind"
     rm -f "$out"*
 done

@@ -28,7 +28,7 @@ use crate::publish::{Ack, Destination, PublishError, PublishRoute, Publisher};
 use crate::router::{Matcher, Router};
 use crate::stack::{self, Layers, RouteService};
 use crate::store::Store;
-use crate::telemetry::{Metrics, Tracer};
+use crate::telemetry::{FixedAttributes, Metrics, Tracer};
 use crate::template::Template;
 use crate::tls::TlsError;
 use crate::upstream::{RetryPolicy, Upstream};
@@ -248,9 +248,11 @@ impl Snapshot {
                 })?),
                 None => None,
             };
+            let http_route = r.matcher.path.as_deref().or(r.matcher.path_prefix.as_deref());
             let observe = Observe {
                 route: Some(name.clone()),
-                http_route: r.matcher.path.as_deref().or(r.matcher.path_prefix.as_deref()).map(Arc::from),
+                http_route: http_route.map(Arc::from),
+                span_attributes: Observe::route_attributes(Some(&name), http_route),
                 backend: action.target().to_owned(),
                 metrics: route_metrics,
                 in_flight: metrics.in_flight.clone(),
@@ -284,6 +286,7 @@ impl Snapshot {
             observe: ObserveLayer(Arc::new(Observe {
                 route: None,
                 http_route: None,
+                span_attributes: FixedAttributes::default(),
                 backend: String::new(),
                 metrics: metrics.route(""),
                 in_flight: metrics.in_flight.clone(),

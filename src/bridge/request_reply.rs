@@ -107,15 +107,10 @@ pub async fn request_reply(
     };
     route.metrics.duration.observe(start.elapsed().as_secs_f64());
     // The reply's handling, in the request's trace.
-    drop(route.tracer.child(
-        &producer,
-        SpanKind::Consumer,
-        || "process reply".into(),
-        |a| {
-            a.str("messaging.operation.type", "process");
-            a.str("sluice.broker", &route.broker_name);
-        },
-    ));
+    drop(route.tracer.child(&producer, SpanKind::Consumer, &["process reply"], |a| {
+        a.str("messaging.operation.type", "process");
+        a.str("sluice.broker", &route.broker_name);
+    }));
     let answer = answer(reply, &route.reply_headers);
     route.metrics.outcome(if answer.is_ok() { "replied" } else { "invalid_reply" }).inc();
     answer

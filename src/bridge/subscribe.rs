@@ -719,8 +719,7 @@ impl Deliverer {
         let headers = &inbound.http;
         let body = Prepared::Buffered(inbound.body.clone());
         // One CONSUMER span per message, continuing the trace the message carries; each attempt is a CLIENT span in it.
-        let name = || format!("process {}", self.name).into();
-        let span = self.wiring.tracer.consumer(headers, name, |a| {
+        let span = self.wiring.tracer.consumer(headers, &["process ", &self.name], |a| {
             a.str("messaging.system", inbound.settle.system());
             a.str("messaging.operation.type", "process");
             a.str("messaging.destination.name", &inbound.source);

@@ -144,6 +144,7 @@ mod tests {
             in_flight: metrics.in_flight.clone(),
             tracer: Tracer::default(),
             access_log: false,
+            span_attributes: Observe::route_attributes(Some("boom"), Some("/boom")),
         }))
     }
 

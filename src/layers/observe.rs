@@ -27,7 +27,7 @@ use tower::{Layer, Service};
 use crate::body::Body;
 use crate::problem::GatewayError;
 use crate::request::{Facts, X_REQUEST_ID};
-use crate::telemetry::{Attributes, RouteMetrics, Span, Tracer, method_name};
+use crate::telemetry::{Attributes, FixedAttributes, RouteMetrics, Span, Tracer};
 
 /// One route's observation settings and metric handles.
 #[derive(Debug)]
@@ -46,6 +46,23 @@ pub struct Observe {
     pub tracer: Tracer,
     /// Whether to write the access log line.
     pub access_log: bool,
+    /// The SERVER span's attributes that are the route's: `sluice.route` and `http.route`.
+    pub span_attributes: FixedAttributes,
+}
+
+impl Observe {
+    /// The attributes every SERVER span of a route carries (see [`Observe::span_attributes`]).
+    pub fn route_attributes(route: Option<&str>, http_route: Option<&str>) -> FixedAttributes {
+        let fixed = FixedAttributes::default();
+        let fixed = match route {
+            Some(route) => fixed.str("sluice.route", route),
+            None => fixed,
+        };
+        match http_route {
+            Some(pattern) => fixed.str("http.route", pattern),
+            None => fixed,
+        }
+    }
 }
 
 /// Observes a route's requests.
@@ -86,14 +103,13 @@ where
         let o = &self.observe;
         let start = Instant::now();
         let request_id = request_id(req.headers_mut());
-        let span = o.tracer.server(
-            req.headers(),
-            || match &o.route {
-                Some(_) => span_name(req.method(), o.http_route.as_deref().unwrap_or("")).into(),
-                None => method_name(req.method()),
-            },
-            |a| server_attributes(o, &req, a),
-        );
+        // `METHOD pattern`, written from where the two are; a request no route takes is named by its method.
+        let method = req.method().as_str();
+        let name: &[&str] = match &o.route {
+            Some(_) => &[method, " ", o.http_route.as_deref().unwrap_or("")],
+            None => &[method],
+        };
+        let span = o.tracer.server(req.headers(), name, |a| server_attributes(o, &req, a));
         if let Some(facts) = req.extensions_mut().get_mut::<Facts>() {
             facts.trace = span.cx.clone();
         }
@@ -204,17 +220,6 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(id).expect("a UUID is a header value")
 }
 
-/// The SERVER span's name, `METHOD pattern`, in one allocation of the right size: `format!` would start from an
-/// empty string and grow it (two to three allocations), through its formatting machinery.
-fn span_name(method: &Method, pattern: &str) -> String {
-    let method = method.as_str();
-    let mut name = String::with_capacity(method.len() + 1 + pattern.len());
-    name.push_str(method);
-    name.push(' ');
-    name.push_str(pattern);
-    name
-}
-
 /// The SERVER span's attributes (HTTP server semantic conventions), set only when the span records, encoded from
 /// the request's own text.
 fn server_attributes<B>(o: &Observe, req: &Request<B>, a: &mut Attributes<'_>) {
@@ -228,17 +233,26 @@ fn server_attributes<B>(o: &Observe, req: &Request<B>, a: &mut Attributes<'_>) {
         }
     }
     if let Some(host) = text(header::HOST).or_else(|| req.uri().host()) {
-        let host = host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(host, |(h, _)| h);
-        a.str("server.address", host);
+        a.str("server.address", without_port(host));
     }
     if let Some(agent) = text(header::USER_AGENT) {
         a.str("user_agent.original", agent);
     }
-    if let Some(route) = &o.route {
-        a.str("sluice.route", route);
-    }
-    if let Some(pattern) = &o.http_route {
-        a.str("http.route", pattern);
+    a.fixed(&o.span_attributes);
+}
+
+/// `host` without a trailing `:port` (1 to 5 digits, at most 65535): `example.com:8080` → `example.com`,
+/// `[::1]:80` → `[::1]`; `[::1]` stays as it is. A scan from the end, without the search and parse machinery of
+/// `rsplit_once` and `str::parse` (this runs on every traced request).
+fn without_port(host: &str) -> &str {
+    let b = host.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    let colon = b.len() - digits;
+    let port = b[colon..].iter().fold(0u32, |p, d| p.saturating_mul(10).saturating_add(u32::from(d - b'0')));
+    if (1..=5).contains(&digits) && colon > 0 && b[colon - 1] == b':' && port <= 65535 {
+        &host[..colon - 1]
+    } else {
+        host
     }
 }
 
@@ -258,5 +272,28 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.dec();
         self.0.metrics.in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_loses_its_port_only() {
+        for (host, address) in [
+            ("example.com:8080", "example.com"),
+            ("example.com", "example.com"),
+            ("10.0.0.1:80", "10.0.0.1"),
+            ("[::1]:443", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("example.com:", "example.com:"),
+            ("example.com:65536", "example.com:65536"),
+            ("example.com:123456", "example.com:123456"),
+            ("8080", "8080"),
+            (":1", ""),
+        ] {
+            assert_eq!(without_port(host), address, "{host}");
+        }
     }
 }

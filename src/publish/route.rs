@@ -114,23 +114,18 @@ pub fn producer_span(tracer: &Tracer, parent: &TraceContext, broker: &str, messa
         Destination::Amqp { exchange, routing_key, .. } if exchange.is_empty() => ("rabbitmq", routing_key.as_str()),
         Destination::Amqp { exchange, .. } => ("rabbitmq", exchange.as_str()),
     };
-    tracer.child(
-        parent,
-        SpanKind::Producer,
-        || format!("send {name}").into(),
-        |a| {
-            a.str("messaging.system", system);
-            a.str("messaging.operation.type", "send");
-            a.str("messaging.operation.name", "send");
-            a.str("messaging.destination.name", name);
-            a.str("messaging.message.id", &message.id);
-            a.int("messaging.message.body.size", message.body.len() as i64);
-            a.str("sluice.broker", broker);
-            if let Destination::Amqp { routing_key, .. } = &message.destination {
-                a.str("messaging.rabbitmq.destination.routing_key", routing_key);
-            }
-        },
-    )
+    tracer.child(parent, SpanKind::Producer, &["send ", name], |a| {
+        a.str("messaging.system", system);
+        a.str("messaging.operation.type", "send");
+        a.str("messaging.operation.name", "send");
+        a.str("messaging.destination.name", name);
+        a.str("messaging.message.id", &message.id);
+        a.int("messaging.message.body.size", message.body.len() as i64);
+        a.str("sluice.broker", broker);
+        if let Destination::Amqp { routing_key, .. } = &message.destination {
+            a.str("messaging.rabbitmq.destination.routing_key", routing_key);
+        }
+    })
 }
 
 /// The `202` document: the message id and where the broker stored it.

@@ -1,5 +1,5 @@
 //! The bounded queue of finished spans and the task that sends them: a span is encoded (`otlp`) when it ends, on
-//! the thread that ends it, and appended to the batch being filled; a full queue drops it and counts
+//! the thread that ends it, straight into the batch being filled; a full queue drops it and counts
 //! `sluice_trace_spans_dropped_total`. One task sends full batches, whatever is queued every `BATCH_DELAY`, and
 //! everything on a flush (shutdown). A collector that is down slows no request.
 //!
@@ -8,7 +8,6 @@
 //! a span's strings are read once, while still in cache, and freed by the thread that made them, and a batch is
 //! already its export request's body but for the headers in front.
 
-use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,8 +37,10 @@ struct Batch {
 }
 
 impl Batch {
+    /// A batch reserving `capacity` bytes and a sixteenth more: batches of the same spans differ by a few bytes,
+    /// and one that outgrows its buffer is copied whole into one twice as large.
     fn new(room: usize, capacity: usize) -> Batch {
-        let mut buf = Vec::with_capacity(capacity.min(MAX_PREALLOC).max(room));
+        let mut buf = Vec::with_capacity((capacity + capacity / 16).min(MAX_PREALLOC).max(room));
         buf.resize(room, 0);
         Batch { buf, spans: 0 }
     }
@@ -74,11 +75,6 @@ pub struct Queue {
     dropped: Counter,
 }
 
-thread_local! {
-    /// Where a span is encoded before it is appended under the lock (kept short); reused span after span.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
 impl Queue {
     pub(super) fn new(room: usize, capacity: usize, dropped: Counter) -> Queue {
         let pending = Pending { filling: Batch::new(room, 0), full: Vec::new(), queued: 0, size: 0 };
@@ -86,25 +82,9 @@ impl Queue {
     }
 
     /// Queues `span`, ended at `end`, without ever waiting for the export; drops (and counts) it when the queue
-    /// is full.
+    /// is full. The span is encoded under the lock, into the batch: its name and attributes are already encoded,
+    /// what is left is a few fixed fields and one copy — less than encoding it aside and copying the result.
     pub fn push(&self, span: &Recording, end: u64) {
-        let pushed = SCRATCH.try_with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut scratch) => {
-                self.push_in(&mut scratch, span, end);
-                true
-            }
-            Err(_) => false,
-        });
-        // A span ended while this thread's locals are being destroyed gets a buffer of its own.
-        if pushed != Ok(true) {
-            self.push_in(&mut Vec::new(), span, end);
-        }
-    }
-
-    /// [`push`](Self::push), encoding in `scratch`.
-    fn push_in(&self, scratch: &mut Vec<u8>, span: &Recording, end: u64) {
-        scratch.clear();
-        encode_span(scratch, span, end);
         let mut pending = self.pending.lock().expect("span queue lock");
         if pending.queued >= self.capacity {
             drop(pending);
@@ -113,7 +93,7 @@ impl Queue {
         }
         let p = &mut *pending;
         p.queued += 1;
-        p.filling.buf.extend_from_slice(scratch);
+        encode_span(&mut p.filling.buf, span, end);
         p.filling.spans += 1;
         if p.filling.spans == MAX_BATCH {
             p.size = p.filling.buf.len();

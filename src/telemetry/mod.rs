@@ -19,4 +19,4 @@ pub use metrics::{
     Held, Metrics, PublishMetrics, RequestReplyMetrics, RouteMetrics, SpoolMetrics, SubscriptionMetrics,
     UpstreamMetrics,
 };
-pub use trace::{Attributes, Export, Span, TraceContext, Tracer, method_name, method_value};
+pub use trace::{Attributes, Export, FixedAttributes, Span, TraceContext, Tracer};

@@ -197,50 +197,58 @@ fn put(buf: &mut [u8], end: usize, bytes: &[u8]) -> usize {
 }
 
 /// Appends one finished span to a batch: a `ScopeSpans.spans` entry (field 2) holding an
-/// `opentelemetry.proto.trace.v1.Span`. Its length gets two bytes up front (spans are 128 bytes to 16 KiB); only
-/// a span outside that range is moved. A span has no events and no links (Sluice records none): their fields
-/// and dropped counts (11 to 14) are left out, as proto3 leaves out empty and zero fields.
+/// `opentelemetry.proto.trace.v1.Span`. Its length is known before it is written: the fields every span has take
+/// a constant 54 bytes, written as one block; the name and attributes were encoded as they were set; the rare
+/// parts (a `tracestate`, dropped attributes, a status) are measured aside. A protobuf reader takes fields in any
+/// order. A span has no events and no links (Sluice records none): their fields and dropped counts (11 to 14) are
+/// left out, as proto3 leaves out empty and zero fields.
 pub fn encode_span(buf: &mut Vec<u8>, s: &Recording, end: u64) {
-    Writer::append(buf, |w| encode_span_fields(w, s, end));
-}
-
-fn encode_span_fields(w: &mut Writer, s: &Recording, end: u64) {
-    w.buf.reserve(1024);
-    w.message_reserving(2, 2, |w| {
-        // `trace_id` (field 1) and `span_id` (2): their keys and lengths are constants.
-        w.buf.extend_from_slice(&[0x0a, 16]);
-        w.buf.extend_from_slice(&s.trace_id.to_be_bytes());
-        w.buf.extend_from_slice(&[0x12, 8]);
-        w.buf.extend_from_slice(&s.span_id.to_be_bytes());
-        // The SDK's `TraceState`: an invalid `tracestate` counts as none, a valid one is written normalised.
-        if let Some(state) =
-            s.trace_state.as_ref().and_then(|v| v.to_str().ok()).and_then(|v| TraceState::from_str(v).ok())
-        {
-            w.string(3, &state.header());
-        }
-        if s.parent_span_id != 0 {
-            w.bytes(4, &s.parent_span_id.to_be_bytes());
-        }
-        w.string(5, &s.name);
-        w.uint(6, kind(&s.kind));
-        w.fixed64(7, s.start);
-        w.fixed64(8, end);
-        // Encoded as they were set.
-        w.buf.extend_from_slice(&s.attributes);
-        w.uint(10, u64::from(s.dropped_attributes));
-        let (code, message) = match &s.status {
-            Status::Unset => (0, ""),
-            Status::Ok => (1, ""),
-            Status::Error { description } => (2, description.as_ref()),
-        };
-        if code != 0 {
-            w.message(15, |w| {
-                w.string(2, message);
-                w.uint(3, code);
-            });
-        }
-        w.fixed32(16, flags(s.parent_is_remote, s.flags));
-    });
+    // `trace_id` (1), `span_id` (2), `kind` (6), `start_time_unix_nano` (7), `end_time_unix_nano` (8) and
+    // `flags` (16): keys and lengths that are constants.
+    let mut head = [0u8; 54];
+    head[..2].copy_from_slice(&[0x0a, 16]);
+    head[2..18].copy_from_slice(&s.trace_id.to_be_bytes());
+    head[18..20].copy_from_slice(&[0x12, 8]);
+    head[20..28].copy_from_slice(&s.span_id.to_be_bytes());
+    head[28..31].copy_from_slice(&[0x30, kind(&s.kind), 0x39]);
+    head[31..39].copy_from_slice(&s.start.to_le_bytes());
+    head[39] = 0x41;
+    head[40..48].copy_from_slice(&end.to_le_bytes());
+    head[48..50].copy_from_slice(&[0x85, 0x01]);
+    head[50..54].copy_from_slice(&flags(s.parent_is_remote, s.flags).to_le_bytes());
+    // `parent_span_id` (4), for all but root spans.
+    let mut parent = [0u8; 10];
+    parent[..2].copy_from_slice(&[0x22, 8]);
+    parent[2..].copy_from_slice(&s.parent_span_id.to_be_bytes());
+    let parent = if s.parent_span_id != 0 { &parent[..] } else { &[] };
+    let mut rare = Writer::default();
+    // The SDK's `TraceState`: an invalid `tracestate` counts as none, a valid one is written normalised.
+    if let Some(state) = s.trace_state.as_ref().and_then(|v| v.to_str().ok()).and_then(|v| TraceState::from_str(v).ok())
+    {
+        rare.string(3, &state.header());
+    }
+    rare.uint(10, u64::from(s.dropped_attributes));
+    let (code, message) = match &s.status {
+        Status::Unset => (0, ""),
+        Status::Ok => (1, ""),
+        Status::Error { description } => (2, description.as_ref()),
+    };
+    if code != 0 {
+        rare.message(15, |w| {
+            w.string(2, message);
+            w.uint(3, code);
+        });
+    }
+    let len = head.len() + parent.len() + s.fields.len() + rare.buf.len();
+    let mut key = [0u8; 11];
+    key[0] = 0x12;
+    let n = 1 + varint_into(&mut key[1..], len as u64);
+    buf.reserve(n + len);
+    buf.extend_from_slice(&key[..n]);
+    buf.extend_from_slice(&head);
+    buf.extend_from_slice(parent);
+    buf.extend_from_slice(&s.fields);
+    buf.extend_from_slice(&rare.buf);
 }
 
 /// The span's W3C trace flags plus the "is the parent remote" bits of OTLP's `SpanFlags`.
@@ -251,7 +259,7 @@ fn flags(remote: bool, trace_flags: u8) -> u32 {
 }
 
 /// `Span.SpanKind` (0 is "unspecified").
-fn kind(kind: &SpanKind) -> u64 {
+fn kind(kind: &SpanKind) -> u8 {
     match kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
@@ -274,7 +282,19 @@ fn attribute(w: &mut Writer, field: u32, key: &str, value: &Value) {
         Value::F64(f) => Any::Float(f.to_bits()),
         _ => return w.message(field, |w| key_value(w, key, value)),
     };
-    simple_attribute(w, field, key, any);
+    simple_attribute(&mut w.buf, field, key, any);
+}
+
+/// The span's name (`Span.name`, field 5), the concatenation of `parts`, appended to `buf`: a name made of a
+/// method and a route's pattern is written from where they are, not formatted into a `String` first.
+pub fn encode_name(buf: &mut Vec<u8>, parts: &[&str]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut key = [0u8; 11];
+    key[0] = 0x2a;
+    let n = 1 + varint_into(&mut key[1..], len as u64);
+    buf.reserve(n + len);
+    buf.extend_from_slice(&key[..n]);
+    parts.iter().for_each(|p| buf.extend_from_slice(p.as_bytes()));
 }
 
 /// A span attribute (`Span.attributes`, field 9) appended to `buf` as it is sent.
@@ -282,18 +302,22 @@ pub fn encode_attribute(buf: &mut Vec<u8>, key: &str, value: &Value) {
     Writer::append(buf, |w| attribute(w, 9, key, value));
 }
 
-/// A string span attribute appended to `buf`, from borrowed text (no `Value` made).
+/// A string span attribute appended to `buf`, from borrowed text (no `Value` made). Inlined, as the two below:
+/// the key is nearly always a constant, and its length and copy then fold into the caller.
+#[inline(always)]
 pub fn encode_str_attribute(buf: &mut Vec<u8>, key: &str, value: &str) {
-    Writer::append(buf, |w| simple_attribute(w, 9, key, Any::Str(value.as_bytes())));
+    simple_attribute(buf, 9, key, Any::Str(value.as_bytes()));
 }
 
 /// An integer span attribute appended to `buf`.
+#[inline(always)]
 pub fn encode_int_attribute(buf: &mut Vec<u8>, key: &str, value: i64) {
-    Writer::append(buf, |w| simple_attribute(w, 9, key, Any::Int(value as u64)));
+    simple_attribute(buf, 9, key, Any::Int(value as u64));
 }
 
-/// [`attribute`] of a string or a number.
-fn simple_attribute(w: &mut Writer, field: u32, key: &str, any: Any<'_>) {
+/// [`attribute`] of a string or a number, appended to `buf`.
+#[inline(always)]
+fn simple_attribute(buf: &mut Vec<u8>, field: u32, key: &str, any: Any<'_>) {
     let k = key.as_bytes();
     let any_len = match any {
         Any::Str(v) => 1 + len_delimited(v.len()),
@@ -302,29 +326,35 @@ fn simple_attribute(w: &mut Writer, field: u32, key: &str, any: Any<'_>) {
         Any::Float(_) => 9,
     };
     let kv_len = 1 + len_delimited(k.len()) + 1 + len_delimited(any_len);
-    // The field's key and length (at most 1 + 10 bytes), then the `KeyValue`.
-    w.buf.reserve(11 + kv_len);
-    if kv_len < 0x80 {
-        // Every length inside is shorter still: one byte each.
-        w.buf.extend_from_slice(&[(field << 3 | 2) as u8, kv_len as u8, 0x0a, k.len() as u8]);
-        w.buf.extend_from_slice(k);
-        match any {
-            Any::Str(v) => {
-                w.buf.extend_from_slice(&[0x12, any_len as u8, 0x0a, v.len() as u8]);
-                w.buf.extend_from_slice(v);
-            }
-            Any::Int(i) => {
-                w.buf.extend_from_slice(&[0x12, any_len as u8, 0x18]);
-                w.varint(i);
-            }
-            Any::Bool(b) => w.buf.extend_from_slice(&[0x12, 2, 0x10, b]),
-            Any::Float(f) => {
-                w.buf.extend_from_slice(&[0x12, 9, 0x21]);
-                w.buf.extend_from_slice(&f.to_le_bytes());
-            }
-        }
-        return;
+    if kv_len >= 0x80 {
+        return Writer::append(buf, |w| long_attribute(w, field, k, kv_len, any_len, any));
     }
+    // Every length inside is shorter still: one byte each.
+    buf.reserve(2 + kv_len);
+    buf.extend_from_slice(&[(field << 3 | 2) as u8, kv_len as u8, 0x0a, k.len() as u8]);
+    buf.extend_from_slice(k);
+    match any {
+        Any::Str(v) => {
+            buf.extend_from_slice(&[0x12, any_len as u8, 0x0a, v.len() as u8]);
+            buf.extend_from_slice(v);
+        }
+        Any::Int(i) => {
+            buf.extend_from_slice(&[0x12, any_len as u8, 0x18]);
+            let mut w = [0; 10];
+            let n = varint_into(&mut w, i);
+            buf.extend_from_slice(&w[..n]);
+        }
+        Any::Bool(b) => buf.extend_from_slice(&[0x12, 2, 0x10, b]),
+        Any::Float(f) => {
+            buf.extend_from_slice(&[0x12, 9, 0x21]);
+            buf.extend_from_slice(&f.to_le_bytes());
+        }
+    }
+}
+
+/// [`simple_attribute`] of 128 bytes or more: lengths of more than one byte.
+#[inline(never)]
+fn long_attribute(w: &mut Writer, field: u32, k: &[u8], kv_len: usize, any_len: usize, any: Any<'_>) {
     w.key(field, 2);
     w.varint(kv_len as u64);
     w.bytes(1, k);
@@ -336,6 +366,19 @@ fn simple_attribute(w: &mut Writer, field: u32, key: &str, any: Any<'_>) {
         Any::Bool(b) => w.varint_field(2, u64::from(b)),
         Any::Float(f) => w.fixed64(4, f),
     }
+}
+
+/// Writes `v` as a varint at the start of `out` (10 bytes or more); returns its length.
+#[inline(always)]
+fn varint_into(out: &mut [u8], mut v: u64) -> usize {
+    let mut i = 0;
+    while v >= 0x80 {
+        out[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+    i + 1
 }
 
 /// An `AnyValue` whose length is known before it is written: a string's bytes, or a number's bits.
@@ -394,6 +437,7 @@ struct Writer {
 
 impl Writer {
     /// Runs `write` on a writer appending to `buf`.
+    #[inline(always)]
     fn append(buf: &mut Vec<u8>, write: impl FnOnce(&mut Writer)) {
         let mut w = Writer { buf: std::mem::take(buf) };
         write(&mut w);
@@ -431,12 +475,6 @@ impl Writer {
     #[inline]
     fn fixed64(&mut self, field: u32, v: u64) {
         self.key(field, 1);
-        self.buf.extend_from_slice(&v.to_le_bytes());
-    }
-
-    #[inline]
-    fn fixed32(&mut self, field: u32, v: u32) {
-        self.key(field, 5);
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
 
@@ -532,21 +570,10 @@ mod tests {
     }
 
     fn span(name: &'static str, attributes: Vec<opentelemetry::KeyValue>) -> Recording {
-        let mut s = Recording {
-            trace_id: 7,
-            span_id: 9,
-            parent_span_id: 3,
-            parent_is_remote: true,
-            flags: 1,
-            trace_state: None,
-            kind: SpanKind::Client,
-            name: name.into(),
-            start: 1,
-            attributes: Vec::new(),
-            attribute_count: 0,
-            dropped_attributes: 0,
-            status: Status::error("boom"),
-        };
+        let mut s = Recording::new();
+        s.begin(7, 9, (3, true), 1, None, SpanKind::Client, &[name]);
+        s.start = 1;
+        s.status = Status::error("boom");
         attributes.into_iter().for_each(|kv| s.set(kv));
         s
     }
@@ -558,21 +585,23 @@ mod tests {
         s.status = Status::error("e");
         let mut buf = Vec::new();
         encode_span(&mut buf, &s, 2);
+        // The fields every span has, in one block.
         let mut expected = vec![0x0a, 16];
         expected.extend_from_slice(&7u128.to_be_bytes());
         expected.extend_from_slice(&[0x12, 8]);
         expected.extend_from_slice(&9u64.to_be_bytes());
-        expected.extend_from_slice(&[0x1a, 7]);
-        expected.extend_from_slice(b"b=2,a=1");
-        expected.extend_from_slice(&[0x22, 8]);
-        expected.extend_from_slice(&3u64.to_be_bytes());
-        expected.extend_from_slice(&[0x2a, 1, b'n', 0x30, 3, 0x39]);
+        expected.extend_from_slice(&[0x30, 3, 0x39]);
         expected.extend_from_slice(&1u64.to_le_bytes());
         expected.push(0x41);
         expected.extend_from_slice(&2u64.to_le_bytes());
-        expected.extend_from_slice(&[0x4a, 8, 0x0a, 1, b'k', 0x12, 3, 0x0a, 1, b'v']);
-        expected.extend_from_slice(&[0x7a, 5, 0x12, 1, b'e', 0x18, 2]);
         expected.extend_from_slice(&[0x85, 0x01, 0x01, 0x03, 0, 0]);
+        // The parent; the name and the attributes as they were set; the rare parts.
+        expected.extend_from_slice(&[0x22, 8]);
+        expected.extend_from_slice(&3u64.to_be_bytes());
+        expected.extend_from_slice(&[0x2a, 1, b'n', 0x4a, 8, 0x0a, 1, b'k', 0x12, 3, 0x0a, 1, b'v']);
+        expected.extend_from_slice(&[0x1a, 7]);
+        expected.extend_from_slice(b"b=2,a=1");
+        expected.extend_from_slice(&[0x7a, 5, 0x12, 1, b'e', 0x18, 2]);
         assert_eq!(buf[..2], [0x12, expected.len() as u8]);
         assert_eq!(buf[2..], expected[..]);
         // An invalid `tracestate` is left out, as the SDK drops it.
@@ -580,6 +609,30 @@ mod tests {
         let mut without = Vec::new();
         encode_span(&mut without, &s, 2);
         assert_eq!(without.len(), buf.len() - 9);
+        // A root span has no parent field; a span of 128 bytes or more, a two-byte length.
+        let mut root = span("n", vec![opentelemetry::KeyValue::new("k", "v".repeat(100))]);
+        root.parent_span_id = 0;
+        let mut long = Vec::new();
+        encode_span(&mut long, &root, 2);
+        let len = long.len() - 3;
+        assert_eq!(long[..3], [0x12, (len as u8) | 0x80, (len >> 7) as u8]);
+        assert!(len >= 128 && !long.windows(2).any(|w| w == [0x22, 8]), "{len}");
+    }
+
+    #[test]
+    fn a_name_is_its_parts_in_one_field() {
+        let mut one = Vec::new();
+        encode_name(&mut one, &["GET /orders/{id}"]);
+        let mut parts = Vec::new();
+        encode_name(&mut parts, &["GET", " ", "/orders/{id}"]);
+        assert_eq!(one, parts);
+        assert_eq!(one[..2], [0x2a, 16]);
+        let long = "n".repeat(200);
+        let mut w = Writer::default();
+        w.string(5, &long);
+        let mut parts = Vec::new();
+        encode_name(&mut parts, &[&long[..100], &long[100..]]);
+        assert_eq!(parts, w.buf, "a length past one byte");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! A span as Sluice records it: ids, parent, kind, name, times, attributes and status in one compact struct,
-//! made when a sampled span starts and encoded (`otlp`) when it ends.
+//! A span as Sluice records it: ids, parent, kind, start, status in one compact struct, and its name and
+//! attributes already encoded; made when a sampled span starts and encoded (`otlp`) when it ends.
 //!
 //! Written here instead of using `opentelemetry_sdk`'s span: the SDK's lifecycle — a `SpanBuilder`, a `Context`
 //! holding the parent for the sampler, the `SpanData` moved to the processor with its links, events and
@@ -8,14 +8,13 @@
 //! kept as they were: the attribute limit (128, later ones dropped and counted) and the status order
 //! (`Unset < Error < Ok`, a lower one does not replace a higher one).
 
-use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, Status};
 
-use super::otlp::{encode_attribute, encode_int_attribute, encode_str_attribute};
+use super::otlp::{encode_attribute, encode_int_attribute, encode_name, encode_str_attribute};
 
 /// Most attributes kept per span (the SDK's default `max_attributes_per_span`); more are counted as dropped.
 const MAX_ATTRIBUTES: usize = 128;
@@ -37,13 +36,12 @@ pub struct Recording {
     pub trace_state: Option<HeaderValue>,
     /// SERVER, CLIENT, …
     pub kind: SpanKind,
-    /// The span's name.
-    pub name: Cow<'static, str>,
     /// Start, in nanoseconds since the Unix epoch.
     pub start: u64,
-    /// Attributes, at most [`MAX_ATTRIBUTES`], encoded as they are set (the OTLP `Span.attributes` fields): no
+    /// The span's name, then its attributes (at most [`MAX_ATTRIBUTES`]), encoded as they are set: the OTLP
+    /// `Span.name` and `Span.attributes` fields, which a protobuf reader takes in any order. No name string or
     /// `KeyValue`s to keep and drop, and no copy of text the request still holds.
-    pub attributes: Vec<u8>,
+    pub fields: Vec<u8>,
     /// How many attributes `attributes` holds.
     pub attribute_count: u32,
     /// Attributes beyond the limit.
@@ -53,27 +51,100 @@ pub struct Recording {
 }
 
 impl Recording {
+    /// An empty recording, to [`begin`](Self::begin) spans in.
+    pub fn new() -> Recording {
+        Recording {
+            trace_id: 0,
+            span_id: 0,
+            parent_span_id: 0,
+            parent_is_remote: false,
+            flags: 0,
+            trace_state: None,
+            kind: SpanKind::Internal,
+            start: 0,
+            // Room for the name and the attributes a request's spans carry, encoded (about 100–400 bytes).
+            fields: Vec::with_capacity(512),
+            attribute_count: 0,
+            dropped_attributes: 0,
+            status: Status::Unset,
+        }
+    }
+
+    /// Starts recording a sampled span now, named by the concatenation of `name`, with no attributes yet; what
+    /// was recorded before is gone (the buffer is kept).
+    #[allow(clippy::too_many_arguments)]
+    pub fn begin(
+        &mut self,
+        trace_id: u128,
+        span_id: u64,
+        parent: (u64, bool),
+        flags: u8,
+        trace_state: Option<HeaderValue>,
+        kind: SpanKind,
+        name: &[&str],
+    ) {
+        self.clear();
+        self.trace_id = trace_id;
+        self.span_id = span_id;
+        (self.parent_span_id, self.parent_is_remote) = parent;
+        self.flags = flags;
+        self.trace_state = trace_state;
+        self.kind = kind;
+        self.start = now_nanos();
+        encode_name(&mut self.fields, name);
+    }
+
+    /// Forgets the name, the attributes, the state and the status (keeping the buffer's room).
+    pub fn clear(&mut self) {
+        self.fields.clear();
+        self.attribute_count = 0;
+        self.dropped_attributes = 0;
+        self.trace_state = None;
+        self.status = Status::Unset;
+    }
+
     /// Adds an attribute, or counts it as dropped past the limit.
     pub fn set(&mut self, attribute: KeyValue) {
-        self.add(|buf| encode_attribute(buf, attribute.key.as_str(), &attribute.value));
+        if self.room() {
+            encode_attribute(&mut self.fields, attribute.key.as_str(), &attribute.value);
+        }
     }
 
     /// Adds a string attribute from borrowed text.
+    #[inline(always)]
     pub fn set_str(&mut self, key: &str, value: &str) {
-        self.add(|buf| encode_str_attribute(buf, key, value));
+        if self.room() {
+            encode_str_attribute(&mut self.fields, key, value);
+        }
     }
 
     /// Adds an integer attribute.
+    #[inline(always)]
     pub fn set_int(&mut self, key: &str, value: i64) {
-        self.add(|buf| encode_int_attribute(buf, key, value));
+        if self.room() {
+            encode_int_attribute(&mut self.fields, key, value);
+        }
     }
 
-    fn add(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+    /// Adds `count` attributes already encoded as `fields`; past the limit, all of them are counted as dropped.
+    pub fn set_encoded(&mut self, fields: &[u8], count: u32) {
+        if self.attribute_count as usize + count as usize <= MAX_ATTRIBUTES {
+            self.fields.extend_from_slice(fields);
+            self.attribute_count += count;
+        } else {
+            self.dropped_attributes = self.dropped_attributes.saturating_add(count);
+        }
+    }
+
+    /// Whether one more attribute fits (counted as added), else counts it as dropped.
+    #[inline(always)]
+    fn room(&mut self) -> bool {
         if (self.attribute_count as usize) < MAX_ATTRIBUTES {
-            encode(&mut self.attributes);
             self.attribute_count += 1;
+            true
         } else {
             self.dropped_attributes = self.dropped_attributes.saturating_add(1);
+            false
         }
     }
 
@@ -93,21 +164,9 @@ pub fn now_nanos() -> u64 {
 /// A sampled SERVER span `GET /` with no attributes, for tests.
 #[cfg(test)]
 pub(crate) fn test_recording() -> Recording {
-    Recording {
-        trace_id: 1,
-        span_id: 2,
-        parent_span_id: 0,
-        parent_is_remote: false,
-        flags: 1,
-        trace_state: None,
-        kind: SpanKind::Server,
-        name: "GET /".into(),
-        start: now_nanos(),
-        attributes: Vec::new(),
-        attribute_count: 0,
-        dropped_attributes: 0,
-        status: Status::Unset,
-    }
+    let mut r = Recording::new();
+    r.begin(1, 2, (0, false), 1, None, SpanKind::Server, &["GET /"]);
+    r
 }
 
 #[cfg(test)]
@@ -135,7 +194,7 @@ mod tests {
         a.set(KeyValue::new("server.port", 8080_i64));
         b.set_str("url.path", "/x");
         b.set_int("server.port", 8080);
-        assert_eq!(a.attributes, b.attributes);
+        assert_eq!(a.fields, b.fields);
         assert_eq!(a.attribute_count, 2);
     }
 

@@ -28,7 +28,7 @@ use super::pool::Reusable;
 use super::retry::{Outcome, RetryPolicy};
 use crate::body::{Prepared, is_too_large};
 use crate::request::TRACEPARENT;
-use crate::telemetry::{Span, TraceContext, Tracer, method_name};
+use crate::telemetry::{Span, TraceContext, Tracer};
 
 /// One request to send.
 pub struct Call<'a> {
@@ -152,21 +152,15 @@ fn after(d: Duration) -> Instant {
 
 /// The CLIENT span of one attempt (OpenTelemetry HTTP client conventions).
 fn client_span(call: &Call<'_>, upstream: &Upstream, endpoint: &Endpoint, retries: u32) -> Span {
-    call.tracer.child(
-        call.trace,
-        SpanKind::Client,
-        || method_name(&call.method),
-        |a| {
-            a.str("http.request.method", call.method.as_str());
-            a.str("server.address", &endpoint.ip);
-            a.int("server.port", i64::from(endpoint.addr.port()));
-            a.str("url.path", call.path.path());
-            a.str("sluice.upstream", &upstream.label);
-            if retries > 0 {
-                a.int("http.request.resend_count", i64::from(retries));
-            }
-        },
-    )
+    call.tracer.child(call.trace, SpanKind::Client, &[call.method.as_str()], |a| {
+        a.str("http.request.method", call.method.as_str());
+        a.fixed(&endpoint.span_attributes);
+        a.str("url.path", call.path.path());
+        a.str("sluice.upstream", &upstream.label);
+        if retries > 0 {
+            a.int("http.request.resend_count", i64::from(retries));
+        }
+    })
 }
 
 /// Feeds one attempt's outcome to outlier detection, the attempt counters and the attempt's span.

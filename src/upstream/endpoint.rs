@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::connect::{Connector, Transport};
 use crate::body::OutBody;
+use crate::telemetry::FixedAttributes;
 
 /// A configured endpoint URL, split into what connecting and the Host header need.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,8 +39,8 @@ pub struct Endpoint {
     pub scheme: Scheme,
     /// Address connected to.
     pub addr: SocketAddr,
-    /// Its IP address as text (the `server.address` of CLIENT spans, shared rather than formatted per request).
-    pub ip: std::sync::Arc<str>,
+    /// `server.address` (its IP address) and `server.port` of CLIENT spans, encoded once.
+    pub span_attributes: FixedAttributes,
     /// `ip:port`, the authority of the request URI handed to the HTTP client.
     pub authority: Authority,
     /// Value of the Host header sent upstream (`host[:port]` as configured).
@@ -107,7 +108,9 @@ impl Endpoint {
             url: url.to_owned(),
             scheme: parsed.scheme.clone(),
             addr,
-            ip: addr.ip().to_string().into(),
+            span_attributes: FixedAttributes::default()
+                .str("server.address", &addr.ip().to_string())
+                .int("server.port", i64::from(addr.port())),
             authority,
             host_header: HeaderValue::try_from(host_header).expect("validated host"),
             outstanding: AtomicUsize::new(0),
