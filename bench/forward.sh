@@ -20,6 +20,11 @@
 #                      metrics (read before and after each run) and discards it; with OTLP_ENDPOINT=http://host:port, that
 #                      collector instead (a local one is pinned to CPU $LOAD_CPU for the run, and its affinity
 #                      restored on exit; set OTLP_SPANS to its spans file to have spans counted)
+#                      With --traced, sluice and sluice-traced are also run side by side at one fixed rate (oha -q,
+#                      open loop; EQUAL_RATE, default 80% of sluice-traced's median as-fast-as-it-goes rate), so that
+#                      their CPU µs/request compare at the same load: as fast as it goes, sluice-traced shares the
+#                      load CPU with the collector and runs unsaturated (fewer requests per wake-up), which costs CPU
+#                      per request that is not tracing's. Both figures are printed.
 #
 # CPU placement (2 cores): the proxy under test on CPU $PROXY_CPU (default 0), the upstream and the load
 # generator (wrk, 1 thread) on CPU $LOAD_CPU (default 1). A "direct" run (wrk straight to the upstream, both on
@@ -96,6 +101,13 @@ fi
 if ! command -v wrk >/dev/null; then
     log "installing wrk"
     apt_install wrk
+fi
+OHA=$(command -v oha || true)
+[ -z "$OHA" ] && [ -x "$HOME/.cargo/bin/oha" ] && OHA=$HOME/.cargo/bin/oha
+if [ -z "$OHA" ] && [ "$TRACED" = 1 ]; then
+    log "installing oha (cargo install oha --locked; a few minutes, once)"
+    cargo install oha --locked --quiet
+    OHA=$HOME/.cargo/bin/oha
 fi
 
 if [ -z "${SLUICE_BIN:-}" ]; then
@@ -384,8 +396,9 @@ spans_settle() {    # waits until the collector's count stops growing (Sluice's 
     return 0
 }
 
-run_wrk() {   # $1 = name, $2 = seconds; sets LAST_RPS, records requests/s, CPU figures and errors
-    local name=$1 secs=$2 out t0 t1 t2 b0 b1 w0 w1 el rps reqs errs d0 d1 got off=0
+run_wrk() {   # $1 = name, $2 = seconds[, $3 = a fixed rate, req/s]; sets LAST_RPS, records requests/s, CPU figures
+    # and errors (under the key `name`, or `name@rate` at a fixed rate: oha -q, open loop, instead of wrk)
+    local name=$1 secs=$2 rate=${3:-} key=$1${3:+@rate} out t0 t1 t2 b0 b1 w0 w1 el rps reqs errs d0 d1 got off=0
     if [ "$name" = sluice-traced ]; then
         # Nothing of the warm-up (or of the previous run) still queued; the private collector's file starts empty
         # (an external collector's file is not ours to truncate: only what is appended after `off` is counted).
@@ -394,7 +407,15 @@ run_wrk() {   # $1 = name, $2 = seconds; sets LAST_RPS, records requests/s, CPU 
         d0=$(spans_dropped)
     fi
     t0=$(cpu_ticks "${PROC[$name]}"); b0=$(cpu_busy "$PROXY_CPU"); w0=$(date +%s%N)
-    out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${secs}s" "${URL[$name]}" 2>&1)
+    if [ -n "$rate" ]; then
+        out=$("${PIN_LOAD[@]}" "$OHA" --no-tui --output-format json -z "${secs}s" -c "$CONNS" -q "$rate" "${URL[$name]}" 2>&1 |
+            python3 -c 'import json, sys
+d = json.load(sys.stdin); codes = d["statusCodeDistribution"]; ok = codes.get("200", 0)
+errs = sum(codes.values()) - ok + sum(n for e, n in d["errorDistribution"].items() if "deadline" not in e)
+print("Requests/sec: %.2f" % d["summary"]["requestsPerSec"]); print("%d requests in" % ok); print("Non-2xx %d" % errs)')
+    else
+        out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${secs}s" "${URL[$name]}" 2>&1)
+    fi
     t1=$(cpu_ticks "${PROC[$name]}"); b1=$(cpu_busy "$PROXY_CPU"); w1=$(date +%s%N)
     el=$(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')   # seconds between the readings
     # sluice-traced: the CPU time per request is read once its export queue has drained, so that exporting the
@@ -405,15 +426,15 @@ run_wrk() {   # $1 = name, $2 = seconds; sets LAST_RPS, records requests/s, CPU 
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' <<<"$out")
     [ -n "$rps" ] && [ -n "$reqs" ] || { echo "wrk failed for $name:" >&2; echo "$out" >&2; exit 1; }
-    RPS[$name]+="$rps "
+    RPS[$key]+="$rps "
     # CPU % of the process under test (100 = one full CPU), its CPU time per request in microseconds, and the
     # share of the proxy's CPU that something else (other processes on the machine) used meanwhile.
-    CPU[$name]+="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$el" 'BEGIN {printf "%.0f", 100 * d / hz / s}') "
-    USPR[$name]+="$(awk -v d=$((t2 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", 1e6 * d / hz / n}') "
-    OTHER[$name]+="$(awk -v b=$((b1 - b0)) -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$el" -v own="$name" \
+    CPU[$key]+="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$el" 'BEGIN {printf "%.0f", 100 * d / hz / s}') "
+    USPR[$key]+="$(awk -v d=$((t2 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", 1e6 * d / hz / n}') "
+    OTHER[$key]+="$(awk -v b=$((b1 - b0)) -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$el" -v own="$name" \
         'BEGIN {o = (own == "direct") ? b : b - d; if (o < 0) o = 0; printf "%.0f", 100 * o / hz / s}') "
-    ERRS[$name]=$(( ${ERRS[$name]:-0} + errs ))
-    if [ "$name" = sluice-traced ]; then
+    ERRS[$key]=$(( ${ERRS[$key]:-0} + errs ))
+    if [ "$key" = sluice-traced ]; then
         # What reached the collector: spans in its file (SERVER + CLIENT per request, so about 2 per request),
         # and what Sluice dropped because its export queue was full (a dropped span costs less than an exported one).
         d1=$(spans_dropped)
@@ -454,6 +475,20 @@ for rep in $(seq "$REPS"); do
     done
 done
 
+if [ "$TRACED" = 1 ]; then
+    # The same load for both: a fixed rate below what sluice-traced reached as fast as it goes.
+    EQUAL_RATE=${EQUAL_RATE:-$(median <<<"${RPS[sluice-traced]}" | awk '{printf "%.0f", $1 * 0.8}')}
+    log "equal rate: sluice and sluice-traced at $EQUAL_RATE req/s (oha -q, open loop)"
+    for rep in $(seq "$REPS"); do
+        for name in sluice sluice-traced; do
+            [ $((rep % 2)) = 0 ] && name=$([ "$name" = sluice ] && echo sluice-traced || echo sluice)
+            run_wrk "$name" "$DURATION" "$EQUAL_RATE"
+            log "rep $rep/$REPS  $(printf '%-18s' "$name@rate") $(printf '%9.0f' "$LAST_RPS") req/s  CPU $(tail_word "${CPU[$name@rate]}")%  $(tail_word "${USPR[$name@rate]}") µs/req  other load on CPU $PROXY_CPU: $(tail_word "${OTHER[$name@rate]}")%"
+        done
+    done
+    NAMES+=(sluice@rate sluice-traced@rate)
+fi
+
 # ---------------------------------------------------------------------------------------------- report
 declare -A MED MEDUS
 echo
@@ -462,7 +497,11 @@ echo "|---|---:|---:|---:|---:|---:|---:|"
 for name in "${NAMES[@]}"; do
     MED[$name]=$(median <<<"${RPS[$name]}")
     MEDUS[$name]=$(median <<<"${USPR[$name]}")
-    [ "$name" = direct ] && label="direct (no proxy; the upstream's CPU)" || label=$name
+    case $name in
+        direct) label="direct (no proxy; the upstream's CPU)" ;;
+        *@rate) label="${name%@rate} at $EQUAL_RATE req/s" ;;
+        *) label=$name ;;
+    esac
     printf '| %s | %.0f | %s | %s | %s | %s | %s |\n' "$label" "${MED[$name]}" "$(minmax <<<"${RPS[$name]}")" \
         "$(median <<<"${CPU[$name]}")" "${MEDUS[$name]}" "$(median <<<"${OTHER[$name]}")" "${ERRS[$name]}"
 done
@@ -494,6 +533,11 @@ if [ "$TRACED" = 1 ]; then
         r = ut / us
         printf "throughput ratio sluice-traced/sluice:     %.3f\n", t / s
         printf "CPU µs/request ratio sluice-traced/sluice: %.3f   (target <= 1.10: %s)\n", r, (r <= 1.10) ? "met" : "NOT met"
+    }'
+    awk -v us="${MEDUS[sluice@rate]}" -v ut="${MEDUS[sluice-traced@rate]}" -v rate="$EQUAL_RATE" 'BEGIN {
+        r = ut / us
+        printf "CPU µs/request ratio sluice-traced/sluice at the same %s req/s: %.3f   (target <= 1.10: %s)\n", rate, r,
+            (r <= 1.10) ? "met" : "NOT met"
     }'
     read -r got dropped reqs < <(awk -v g="$SPANS_GOT" -v d="$SPANS_DROPPED" -v q="$SPANS_REQS" 'BEGIN {
         n = split(g, G, " "); split(d, D, " "); split(q, Q, " ")

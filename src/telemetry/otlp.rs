@@ -246,9 +246,13 @@ pub fn encode_span(buf: &mut Vec<u8>, s: &Recording, end: u64) {
     buf.reserve(n + len);
     buf.extend_from_slice(&key[..n]);
     buf.extend_from_slice(&head);
-    buf.extend_from_slice(parent);
+    if !parent.is_empty() {
+        buf.extend_from_slice(parent);
+    }
     buf.extend_from_slice(&s.fields);
-    buf.extend_from_slice(&rare.buf);
+    if !rare.buf.is_empty() {
+        buf.extend_from_slice(&rare.buf);
+    }
 }
 
 /// The span's W3C trace flags plus the "is the parent remote" bits of OTLP's `SpanFlags`.
