@@ -15,7 +15,7 @@ use crate::config::{
     RetryConfig, SpoolConfig, StoreKind,
 };
 use crate::forward::{Fault, ForwardRoute};
-use crate::layers::{Observe, ObserveLayer, ReadBodyLayer};
+use crate::layers::{Observe, ObserveLayer, ReadBodyLayer, RouteSpans};
 use crate::policy::{
     Auth, AuthError, GuardLayer, IdempotencyLayer, IdempotencyStore, Keys, RateLimit, RateLimiter, SharedRateLimit,
     SharedRateLimitLayer, Verify,
@@ -28,7 +28,7 @@ use crate::publish::{Ack, Destination, PublishError, PublishRoute, Publisher};
 use crate::router::{Matcher, Router};
 use crate::stack::{self, Layers, RouteService};
 use crate::store::Store;
-use crate::telemetry::{FixedAttributes, Metrics, Tracer};
+use crate::telemetry::{Metrics, Tracer};
 use crate::template::Template;
 use crate::tls::TlsError;
 use crate::upstream::{RetryPolicy, Upstream};
@@ -252,7 +252,7 @@ impl Snapshot {
             let observe = Observe {
                 route: Some(name.clone()),
                 http_route: http_route.map(Arc::from),
-                span_attributes: Observe::route_attributes(Some(&name), http_route),
+                spans: RouteSpans::new(&name, http_route),
                 backend: action.target().to_owned(),
                 metrics: route_metrics,
                 in_flight: metrics.in_flight.clone(),
@@ -286,7 +286,7 @@ impl Snapshot {
             observe: ObserveLayer(Arc::new(Observe {
                 route: None,
                 http_route: None,
-                span_attributes: FixedAttributes::default(),
+                spans: RouteSpans::default(),
                 backend: String::new(),
                 metrics: metrics.route(""),
                 in_flight: metrics.in_flight.clone(),

@@ -131,7 +131,7 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt, service_fn};
 
     use super::*;
-    use crate::layers::{Observe, ObserveLayer};
+    use crate::layers::{Observe, ObserveLayer, RouteSpans};
     use crate::telemetry::{Metrics, Tracer};
 
     fn observed() -> ObserveLayer {
@@ -144,7 +144,7 @@ mod tests {
             in_flight: metrics.in_flight.clone(),
             tracer: Tracer::default(),
             access_log: false,
-            span_attributes: Observe::route_attributes(Some("boom"), Some("/boom")),
+            spans: RouteSpans::new("boom", Some("/boom")),
         }))
     }
 

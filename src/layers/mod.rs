@@ -10,5 +10,5 @@ pub mod observe;
 pub mod read_body;
 
 pub use catch_panic::CatchPanicLayer;
-pub use observe::{Observe, ObserveLayer};
+pub use observe::{Observe, ObserveLayer, RouteSpans};
 pub use read_body::ReadBodyLayer;

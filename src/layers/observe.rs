@@ -46,22 +46,39 @@ pub struct Observe {
     pub tracer: Tracer,
     /// Whether to write the access log line.
     pub access_log: bool,
-    /// The SERVER span's attributes that are the route's: `sluice.route` and `http.route`.
-    pub span_attributes: FixedAttributes,
+    /// What the route's SERVER spans share (see [`RouteSpans::new`]).
+    pub spans: RouteSpans,
 }
 
-impl Observe {
-    /// The attributes every SERVER span of a route carries (see [`Observe::span_attributes`]).
-    pub fn route_attributes(route: Option<&str>, http_route: Option<&str>) -> FixedAttributes {
-        let fixed = FixedAttributes::default();
-        let fixed = match route {
-            Some(route) => fixed.str("sluice.route", route),
-            None => fixed,
+/// What every SERVER span of a route shares, made when the config is compiled: its `sluice.route` and
+/// `http.route` attributes, encoded, and its name, `METHOD pattern`, for each standard method.
+#[derive(Debug, Default)]
+pub struct RouteSpans {
+    attributes: FixedAttributes,
+    /// Indexed by [`standard`]; empty for requests no route takes (named by their method).
+    names: Vec<String>,
+}
+
+/// The methods whose span names a route makes up front.
+const STANDARD: [Method; 7] =
+    [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::HEAD, Method::OPTIONS];
+
+/// `method`'s index in [`STANDARD`].
+fn standard(method: &Method) -> Option<usize> {
+    STANDARD.iter().position(|m| m == method)
+}
+
+impl RouteSpans {
+    /// For the route `route` whose path pattern is `http_route`.
+    pub fn new(route: &str, http_route: Option<&str>) -> RouteSpans {
+        let attributes = FixedAttributes::default().str("sluice.route", route);
+        let attributes = match http_route {
+            Some(pattern) => attributes.str("http.route", pattern),
+            None => attributes,
         };
-        match http_route {
-            Some(pattern) => fixed.str("http.route", pattern),
-            None => fixed,
-        }
+        let pattern = http_route.unwrap_or("");
+        let names = STANDARD.iter().map(|m| format!("{m} {pattern}")).collect();
+        RouteSpans { attributes, names }
     }
 }
 
@@ -103,11 +120,13 @@ where
         let o = &self.observe;
         let start = Instant::now();
         let request_id = request_id(req.headers_mut());
-        // `METHOD pattern`, written from where the two are; a request no route takes is named by its method.
+        // `METHOD pattern` (made up front for the standard methods); a request no route takes is named by its
+        // method.
         let method = req.method().as_str();
-        let name: &[&str] = match &o.route {
-            Some(_) => &[method, " ", o.http_route.as_deref().unwrap_or("")],
-            None => &[method],
+        let name: &[&str] = match (&o.route, standard(req.method()).and_then(|i| o.spans.names.get(i))) {
+            (Some(_), Some(name)) => &[name],
+            (Some(_), None) => &[method, " ", o.http_route.as_deref().unwrap_or("")],
+            (None, _) => &[method],
         };
         let span = o.tracer.server(req.headers(), name, |a| server_attributes(o, &req, a));
         if let Some(facts) = req.extensions_mut().get_mut::<Facts>() {
@@ -238,7 +257,7 @@ fn server_attributes<B>(o: &Observe, req: &Request<B>, a: &mut Attributes<'_>) {
     if let Some(agent) = text(header::USER_AGENT) {
         a.str("user_agent.original", agent);
     }
-    a.fixed(&o.span_attributes);
+    a.fixed(&o.spans.attributes);
 }
 
 /// `host` without a trailing `:port` (1 to 5 digits, at most 65535): `example.com:8080` → `example.com`,
@@ -278,6 +297,15 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_routes_span_names_are_made_for_the_standard_methods() {
+        let spans = RouteSpans::new("orders", Some("/orders/{id}"));
+        assert_eq!(spans.names.len(), STANDARD.len());
+        assert_eq!(spans.names[standard(&Method::POST).unwrap()], "POST /orders/{id}");
+        assert_eq!(standard(&Method::from_bytes(b"PURGE").unwrap()), None);
+        assert_eq!(standard(&Method::TRACE), None);
+    }
 
     #[test]
     fn a_host_loses_its_port_only() {

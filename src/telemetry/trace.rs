@@ -184,7 +184,8 @@ impl Span {
         }
     }
 
-    /// Sets a string attribute from borrowed text.
+    /// Sets a string attribute from borrowed text (inlined, as `set_int`: the key is a constant).
+    #[inline]
     pub fn set_str(&mut self, key: &str, value: &str) {
         if let Some(r) = &mut self.recording {
             r.span.set_str(key, value);
@@ -192,6 +193,7 @@ impl Span {
     }
 
     /// Sets an integer attribute.
+    #[inline]
     pub fn set_int(&mut self, key: &str, value: i64) {
         if let Some(r) = &mut self.recording {
             r.span.set_int(key, value);
