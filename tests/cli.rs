@@ -40,7 +40,7 @@ url_env = "SLUICE_CLI_TEST_UNSET_AMQP_URL"
 [brokers.events]
 kind = "kafka"
 bootstrap = "127.0.0.1:9092"
-options = { "sasl.password" = "hunter2-in-the-file" }
+options = { "sasl.password" = "hunter2-in-the-file", "ssl.key.password" = "hunter3-key", "sasl.jaas.config" = "org.apache.kafka.common.security.plain.PlainLoginModule required username=\"u\" password=\"hunter4-jaas\";" }
 
 [[routes]]
 name = "hooks"
@@ -99,10 +99,14 @@ fn check_print_shows_the_effective_config_with_secrets_masked() {
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("stdout is JSON ({e}):\n{out}"));
     assert_eq!(doc["server"]["shutdown_grace"], "7s", "overrides applied");
     assert_eq!(doc["server"]["request_timeout"], "30s", "defaults filled in");
-    assert_eq!(doc["brokers"]["events"]["options"]["sasl.password"], "***");
+    for option in ["sasl.password", "ssl.key.password", "sasl.jaas.config"] {
+        assert_eq!(doc["brokers"]["events"]["options"][option], "***", "{option}");
+    }
     assert_eq!(doc["brokers"]["rabbit"]["url_env"], "SLUICE_CLI_TEST_UNSET_AMQP_URL", "variable names stay");
     assert_eq!(doc["routes"][0]["name"], "hooks");
-    assert!(!out.contains("hunter2") && !out.contains("s3cret"), "{out}");
+    for secret in ["hunter2", "hunter3", "hunter4", "s3cret"] {
+        assert!(!out.contains(secret) && !err.contains(secret), "{secret} shown:\n{out}\n{err}");
+    }
     assert!(err.contains("ok: 1 routes"), "the summary goes to stderr: {err}");
 }
 

@@ -8,6 +8,8 @@ mod broker_support;
 use std::collections::HashSet;
 
 use broker_support::*;
+use http::Request;
+use http_body_util::Full;
 use serde_json::{Value, json};
 
 /// A test's own direct exchange with one queue bound to it under `binding_key`, and the checking connection.
@@ -124,6 +126,39 @@ async fn message_is_the_body_byte_for_byte_with_properties_and_headers() {
     let names = m.header_names();
     assert!(!names.iter().any(|n| n == "x-absent" || n == "x-not-listed"), "only listed, present headers: {names:?}");
     assert!(!names.iter().any(|n| n.starts_with("cloudEvents:")), "raw format: {names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cors_preflight_to_a_publish_route_publishes_nothing_and_credentials_are_allowed() {
+    let t = topology("orders.acme").await;
+    let mut route = hooks_route(&t.exchange, json!({}));
+    route["cors"] = json!({ "allow_origins": ["https://app.example.com"], "allow_methods": ["POST"],
+                            "allow_headers": ["content-type"], "allow_credentials": true });
+    let gw = gateway(vec![route]).await;
+    let origin = ("origin", "https://app.example.com");
+    let preflight =
+        [origin, ("access-control-request-method", "POST"), ("access-control-request-headers", "content-type")];
+    let req = |method: &str| {
+        let mut b = Request::builder().method(method).uri(format!("http://{}/hooks/acme", gw.addr));
+        for (k, v) in preflight {
+            b = b.header(k, v);
+        }
+        b.body(Full::default()).unwrap()
+    };
+    let r = gw.send(req("OPTIONS")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin"), "https://app.example.com");
+    assert_eq!(r.header("access-control-allow-credentials"), "true");
+    assert_eq!(r.header("access-control-allow-methods"), "POST");
+    assert!(t.drain().await.is_empty(), "a preflight publishes nothing");
+
+    let r = gw.post("/hooks/acme", &[origin, ("content-type", "text/plain")], "with cookies").await;
+    receipt(&assert_accepted(&r), &t.exchange, "orders.acme");
+    assert_eq!(r.header("access-control-allow-origin"), "https://app.example.com");
+    assert_eq!(r.header("access-control-allow-credentials"), "true");
+    let got = t.drain().await;
+    assert_eq!(got.len(), 1, "the actual request is published once");
+    assert_eq!(got[0].body, b"with cookies");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
