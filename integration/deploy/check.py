@@ -548,6 +548,16 @@ def compose():
         host = urlsplit(b["url"]).hostname if b.get("url") else (b.get("bootstrap") or ":").rsplit(":", 1)[0]
         if host and host not in services and not b.get("url_env"):
             problem("docker-compose.yml: sluice", f"broker address {host} is not a compose service")
+    # The upstream of the README's first curl (the sample's other upstream only illustrates host matching).
+    for name, u in (effective.get("upstreams") or {}).items():
+        if name != "orders":
+            continue
+        for endpoint in u.get("endpoints") or []:
+            host = urlsplit(endpoint).hostname
+            if host not in services:
+                problem("docker-compose.yml: sluice", f"upstream {name} endpoint {endpoint}: {host} is not a compose "
+                                                      "service (the README's first curl would get a 502)")
+    check_compose_brokers(services)
     server = effective["server"]
     worst = seconds(server["drain_delay"]) + 2 * seconds(server["shutdown_grace"])
     stop = seconds(str(sluice.get("stop_grace_period", "10s")))
@@ -558,6 +568,32 @@ def compose():
     if f"/127.0.0.1/{admin_port}" not in dockerfile["healthcheck"]:
         problem("Dockerfile", f"HEALTHCHECK does not call the admin port {admin_port}")
     ok(f"docker-compose.yml: sluice: stop_grace_period {stop:g}s > {worst:g}s; brokers and collector are services")
+
+
+def check_compose_brokers(services):
+    """RabbitMQ 4.x, Kafka reachable from the host too, and init steps that work with those images."""
+    rabbit = (services.get("rabbitmq") or {}).get("image", "")
+    if not re.fullmatch(r"rabbitmq:4[\w.-]*", rabbit):
+        problem("docker-compose.yml: rabbitmq", f"image {rabbit!r} is not RabbitMQ 4.x")
+    init = json.dumps((services.get("rabbitmq-init") or {}).get("command"))
+    if "rabbitmqadmin" in init and "name=" in init:
+        problem("docker-compose.yml: rabbitmq-init", "rabbitmqadmin v1 syntax (name=…): 4.x images ship the v2 tool")
+    for want in ("/api/queues/%2F/github-webhooks", "/api/bindings/%2F/e/amq.topic/q/github-webhooks"):
+        if want not in init:
+            problem("docker-compose.yml: rabbitmq-init", f"does not create {want}")
+    kafka = services.get("kafka") or {}
+    advertised = str((kafka.get("environment") or {}).get("KAFKA_ADVERTISED_LISTENERS", ""))
+    if "localhost:9092" not in advertised or "9092:9092" not in [str(p) for p in kafka.get("ports") or []]:
+        problem("docker-compose.yml: kafka", f"not advertised on the host's localhost:9092 ({advertised!r})")
+    topics = json.dumps((services.get("kafka-init") or {}).get("command"))
+    if "orders.acme" not in topics:
+        problem("docker-compose.yml: kafka-init", "does not create the sample's topic orders.acme")
+    with open(os.path.join(REPO, ".dockerignore")) as f:
+        ignored = f.read().split()
+    if "target/" not in ignored:
+        problem(".dockerignore", "does not keep target/ out of the build context")
+    ok("docker-compose.yml: RabbitMQ 4.x, queue and binding over the HTTP API, Kafka on localhost:9092 with "
+       "orders.acme; .dockerignore keeps target/ out")
 
 
 def check_dockerfile():
