@@ -46,13 +46,23 @@ step() {
     echo "ok: $cmd"
 }
 
-# --- start: the gateway on the sample config, and a demo upstream for the forward route
+# Checks that the README shows `line` word for word (for the commands run here with a tracked process id).
+shown() {
+    grep -qF -- "$1" README.md || fail "README.md does not show this command: $1"
+}
+
+# --- start: the gateway on the sample config, and the README's demo upstream for the forward route.
+# The README starts the gateway with `cargo run --release -- --config routes.toml`: the same arguments are given to
+# the binary under test (a release build would not fit CI's time).
 "$SLUICE" check routes.toml >/dev/null || fail "the sample routes.toml does not pass sluice check"
-mkdir -p "$WORK/demo/orders"
-echo '{"id":"o-1","status":"shipped"}' >"$WORK/demo/orders/o-1"
-python3 -m http.server 9001 --bind 127.0.0.1 --directory "$WORK/demo" >"$WORK/upstream.log" 2>&1 &
+shown "integration/brokers.sh up && cargo run --release -- --config routes.toml"
+demo="mkdir -p /tmp/sluice-demo/orders && echo '{\"id\":\"o-1\",\"status\":\"shipped\"}' > /tmp/sluice-demo/orders/o-1"
+shown "$demo"
+bash -c "$demo" || fail "$demo"
+shown "python3 -m http.server 9001 --bind 127.0.0.1 --directory /tmp/sluice-demo &"
+python3 -m http.server 9001 --bind 127.0.0.1 --directory /tmp/sluice-demo >"$WORK/upstream.log" 2>&1 &
 PIDS+=($!)
-"$SLUICE" -c routes.toml >"$WORK/sluice.log" 2>&1 &
+"$SLUICE" --config routes.toml >"$WORK/sluice.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do
     curl -sf localhost:9901/readyz >/dev/null 2>&1 && curl -sf localhost:9001/orders/o-1 >/dev/null 2>&1 && break

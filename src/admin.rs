@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::reload::Reloader;
 use crate::server::Gateway;
+use crate::snapshot::Snapshot;
 
 #[derive(Clone)]
 struct Admin {
@@ -73,33 +74,9 @@ async fn readyz(State(Admin { gateway: gw, .. }): State<Admin>, RawQuery(query):
     if verbose {
         let up: BTreeMap<&str, bool> = runtime.broker_status().into_iter().collect();
         body["brokers"] = up.iter().map(|(name, up)| (name.to_string(), json!(state(*up)))).collect();
-        body["routes"] = runtime
-            .config
-            .routes
-            .iter()
-            .map(|route| {
-                let broker = route
-                    .publish
-                    .as_ref()
-                    .map(|p| p.broker.as_str())
-                    .or(route.request_reply.as_ref().map(|r| r.broker.as_str()));
-                let reply_topic =
-                    route.request_reply.as_ref().and_then(|r| r.reply_topic.as_deref().or(r.reply_queue.as_deref()));
-                let listening =
-                    |b: &str, topic: &str| runtime.brokers.get(b).is_none_or(|b| b.publisher.listening(topic));
-                let spooled = |b: &str| {
-                    route.publish.is_some() && runtime.brokers.get(b).is_some_and(|b| b.publisher.spool().is_some())
-                };
-                let state = match (broker, broker.and_then(|b| up.get(b)), reply_topic) {
-                    (Some(b), Some(false), _) if spooled(b) => format!("broker {b} down: spooling"),
-                    (Some(b), Some(false), _) => format!("broker {b} down: answering 503"),
-                    (Some(b), _, Some(topic)) if !listening(b, topic) => {
-                        format!("not consuming reply topic {topic} yet: answering 503")
-                    }
-                    _ => "serving".to_owned(),
-                };
-                (route.name.clone(), json!(state))
-            })
+        body["routes"] = route_states(&runtime)
+            .into_iter()
+            .map(|(name, state)| (name.to_owned(), json!(state.describe())))
             .collect();
         body["subscriptions"] = runtime
             .subscriptions
@@ -110,14 +87,73 @@ async fn readyz(State(Admin { gateway: gw, .. }): State<Admin>, RawQuery(query):
     (status, Json(body))
 }
 
+/// What a route does now, for `/readyz?verbose` and `sluice_route_serving`.
+enum RouteState<'a> {
+    Serving,
+    /// Its broker is down and it spools (still `202`).
+    Spooling(&'a str),
+    /// Its broker is down: `503`.
+    BrokerDown(&'a str),
+    /// A request-reply route whose reply topic or queue is not consumed yet: `503`.
+    NotListening(&'a str),
+}
+
+impl RouteState<'_> {
+    fn describe(&self) -> String {
+        match self {
+            RouteState::Serving => "serving".to_owned(),
+            RouteState::Spooling(b) => format!("broker {b} down: spooling"),
+            RouteState::BrokerDown(b) => format!("broker {b} down: answering 503"),
+            RouteState::NotListening(topic) => format!("not consuming reply topic {topic} yet: answering 503"),
+        }
+    }
+
+    /// Whether the route answers its requests as configured (a spooling route does: `202`).
+    fn serving(&self) -> bool {
+        matches!(self, RouteState::Serving | RouteState::Spooling(_))
+    }
+}
+
+/// Each route of `runtime` and its state, in config order.
+fn route_states(runtime: &Snapshot) -> Vec<(&str, RouteState<'_>)> {
+    let up: BTreeMap<&str, bool> = runtime.broker_status().into_iter().collect();
+    runtime
+        .config
+        .routes
+        .iter()
+        .map(|route| {
+            let broker = route
+                .publish
+                .as_ref()
+                .map(|p| p.broker.as_str())
+                .or(route.request_reply.as_ref().map(|r| r.broker.as_str()));
+            let reply_topic =
+                route.request_reply.as_ref().and_then(|r| r.reply_topic.as_deref().or(r.reply_queue.as_deref()));
+            let listening = |b: &str, topic: &str| runtime.brokers.get(b).is_none_or(|b| b.publisher.listening(topic));
+            let spooled = |b: &str| {
+                route.publish.is_some() && runtime.brokers.get(b).is_some_and(|b| b.publisher.spool().is_some())
+            };
+            let state = match (broker, broker.and_then(|b| up.get(b)), reply_topic) {
+                (Some(b), Some(false), _) if spooled(b) => RouteState::Spooling(b),
+                (Some(b), Some(false), _) => RouteState::BrokerDown(b),
+                (Some(b), _, Some(topic)) if !listening(b, topic) => RouteState::NotListening(topic),
+                _ => RouteState::Serving,
+            };
+            (route.name.as_str(), state)
+        })
+        .collect()
+}
+
 fn state(up: bool) -> &'static str {
     if up { "up" } else { "down" }
 }
 
 async fn metrics(State(Admin { gateway: gw, .. }): State<Admin>) -> impl IntoResponse {
-    for (name, broker) in &gw.snapshot.load().brokers {
+    let runtime = gw.snapshot.load();
+    for (name, broker) in &runtime.brokers {
         gw.metrics().broker_up(name, broker.publisher.is_up());
     }
+    gw.metrics().routes_serving(route_states(&runtime).iter().map(|(name, state)| (*name, state.serving())));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], gw.metrics().encode())
 }
 

@@ -319,6 +319,59 @@ mod tests {
         assert!(res.headers().get("www-authenticate").is_none());
     }
 
+    /// The README's block of example answers (after the test's name) is what `into_response` renders: status line,
+    /// headers and body, field for field. A README example no error here renders fails the test, and so does a
+    /// header the gateway sends that the example leaves out.
+    #[tokio::test]
+    async fn the_readmes_example_answers_are_what_the_gateway_sends() {
+        let readme = include_str!("../README.md");
+        let at = readme.find("the_readmes_example_answers_are_what_the_gateway_sends").expect("the README names me");
+        let block = &readme[at..];
+        let block = &block[block.find("```\n").expect("a block follows") + 4..];
+        let block = &block[..block.find("```").expect("the block ends")];
+        let errors = [
+            GatewayError::BadSignature,
+            GatewayError::Unauthorized {
+                challenge: "ApiKey header=\"x-api-key\"".into(),
+                reason: "missing API key (header x-api-key)".into(),
+            },
+            GatewayError::Unauthorized {
+                challenge: "Bearer error=\"invalid_token\", error_description=\"the token has expired\"".into(),
+                reason: "the token has expired".into(),
+            },
+            GatewayError::Forbidden { challenge: None, reason: "the token was not issued for this audience".into() },
+            GatewayError::IdempotencyConflict,
+            GatewayError::RateLimited { retry_after: Duration::from_millis(300) },
+            GatewayError::BrokerUnavailable,
+            GatewayError::Timeout,
+        ];
+        let examples: Vec<&str> = block.split("\n\n").filter(|e| !e.trim().is_empty()).collect();
+        assert_eq!(examples.len(), errors.len(), "one README example per error:\n{block}");
+        for (example, error) in examples.iter().zip(errors) {
+            let lines: Vec<&str> = example.trim().lines().collect();
+            let status_line = lines[0].split('#').next().unwrap().trim();
+            let documented: serde_json::Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
+            let route = documented["route"].as_str().unwrap();
+            let res = error.into_response(Some(route), "…");
+            let status = res.status();
+            assert_eq!(status_line, format!("HTTP/1.1 {} {}", status.as_u16(), status.canonical_reason().unwrap()));
+            let shown: Vec<(String, String)> = lines[1..lines.len() - 1]
+                .iter()
+                .map(|l| l.split_once(": ").map(|(k, v)| (k.to_owned(), v.to_owned())).expect("a header line"))
+                .collect();
+            let sent: Vec<(String, String)> = res
+                .headers()
+                .iter()
+                .filter(|(k, _)| *k != header::CONTENT_TYPE)
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+                .collect();
+            assert_eq!(shown, sent, "{status_line}");
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            let rendered: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(documented, rendered, "{status_line}");
+        }
+    }
+
     #[test]
     fn method_not_allowed_carries_allow() {
         let res = GatewayError::MethodNotAllowed { allow: "GET, POST".into() }.into_response(None, "x");

@@ -137,3 +137,16 @@ fn environment_overrides_set_scalars_and_comma_separated_lists() {
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["telemetry"]["service_name"], "a,b");
 }
+
+#[test]
+fn check_names_the_line_and_column_of_a_toml_syntax_error() {
+    let path = file(
+        "syntax",
+        "[server]\nlisten = \"127.0.0.1:8080\"\n\n[[routes]]\nname = \"a\"\nmatch = { path = \"/a\" \nforward = { upstream = \"u\" }\n",
+    );
+    let (code, out, err) = sluice(&["check", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    let all = format!("{out}{err}");
+    assert!(all.contains("line 7, column 1"), "the position of the error: {all}");
+    assert!(all.contains("forward = { upstream = \"u\" }"), "the line itself is quoted: {all}");
+}

@@ -1168,6 +1168,8 @@ async fn a_broker_that_is_down_keeps_the_gateway_ready_and_its_forward_routes_in
     assert_problem(&published, 503, Some("events"));
     let m = gw.metrics().await;
     assert_eq!(metric(&m, "sluice_broker_up{broker=\"rabbit\"}"), Some(0.0), "{m}");
+    assert_eq!(metric(&m, "sluice_route_serving{route=\"api\"}"), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "sluice_route_serving{route=\"events\"}"), Some(0.0), "{m}");
 }
 
 // =============================================================================================================

@@ -107,6 +107,7 @@ pub struct Metrics {
     lags: Family<SubscriptionPartition, Gauge>,
     publish_durations: Family<BrokerLabel, Histogram, fn() -> Histogram>,
     broker_up: Family<BrokerLabel, Gauge>,
+    route_serving: Family<RouteLabel, Gauge>,
     spool_bytes: Family<BrokerLabel, Gauge>,
     spool_messages: Family<BrokerLabel, Gauge>,
     spool_replayed: Family<BrokerLabel, Counter>,
@@ -168,6 +169,7 @@ impl Metrics {
         let publish_durations =
             Family::<BrokerLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
         let broker_up = Family::<BrokerLabel, Gauge>::default();
+        let route_serving = Family::<RouteLabel, Gauge>::default();
         let spool_bytes = Family::<BrokerLabel, Gauge>::default();
         let spool_messages = Family::<BrokerLabel, Gauge>::default();
         let spool_replayed = Family::<BrokerLabel, Counter>::default();
@@ -214,6 +216,11 @@ impl Metrics {
             publish_durations.clone(),
         );
         registry.register("sluice_broker_up", "1 while the broker is connected", broker_up.clone());
+        registry.register(
+            "sluice_route_serving",
+            "1 while the route answers as configured (0: its broker is down and it answers 503)",
+            route_serving.clone(),
+        );
         registry.register("sluice_spool_bytes", "Bytes held in the broker's spool", spool_bytes.clone());
         registry.register("sluice_spool_messages", "Messages held in the broker's spool", spool_messages.clone());
         registry.register("sluice_spool_replayed", "Spooled messages published to the broker", spool_replayed.clone());
@@ -320,6 +327,7 @@ impl Metrics {
             lags,
             publish_durations,
             broker_up,
+            route_serving,
             spool_bytes,
             spool_messages,
             spool_replayed,
@@ -449,6 +457,14 @@ impl Metrics {
     /// Sets `sluice_broker_up{broker}`.
     pub fn broker_up(&self, broker: &str, up: bool) {
         self.broker_up.get_or_create(&BrokerLabel { broker: broker.to_owned() }).set(i64::from(up));
+    }
+
+    /// Sets `sluice_route_serving{route}` for the routes of the running config (a route a reload removed goes).
+    pub fn routes_serving<'a>(&self, routes: impl Iterator<Item = (&'a str, bool)>) {
+        self.route_serving.clear();
+        for (route, serving) in routes {
+            self.route_serving.get_or_create(&RouteLabel { route: route.to_owned() }).set(i64::from(serving));
+        }
     }
 
     /// The Prometheus text exposition.
