@@ -95,7 +95,8 @@ step "curl -s localhost:9901/metrics | grep 'sluice_requests_total{route=\"order
 # (integration/otel.sh up, which integration/test.sh runs first).
 spans=$(integration/otel.sh spans-file)
 [[ -f $spans ]] || fail "no collector spans file at $spans: run integration/otel.sh up first"
-kill "${PIDS[1]}" && wait "${PIDS[1]}" 2>/dev/null || true
+kill "${PIDS[1]}"
+wait "${PIDS[1]}" 2>/dev/null || true
 for _ in $(seq 50); do curl -s localhost:9901/healthz >/dev/null 2>&1 || break; sleep 0.1; done
 shown "SLUICE__TELEMETRY__OTLP_ENDPOINT=http://127.0.0.1:4317 cargo run --release -- --config routes.toml &"
 before=$(stat -c %s "$spans")
