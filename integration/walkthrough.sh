@@ -6,7 +6,8 @@
 #   integration/walkthrough.sh [SLUICE_BINARY]     default: target/debug/sluice (integration/test.sh builds it)
 #
 # Needs the brokers (`integration/brokers.sh up`), python3 and curl, and the ports the README uses: 8080 and 9901
-# (the sample config's listeners) and 9001 (the demo upstream). Leaves nothing running.
+# (the sample config's listeners), 9001 (the demo upstream), and for the tour 8081, 9902 and 9004 (examples/).
+# Leaves nothing running.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -28,7 +29,7 @@ fail() {
 }
 
 [[ -x $SLUICE ]] || fail "no sluice binary at $SLUICE (cargo build first)"
-for port in 8080 9901 9001; do
+for port in 8080 9901 9001 8081 9902 9004; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then fail "port $port is in use; the walkthrough needs it"; fi
 done
 
@@ -120,4 +121,35 @@ for want in '"name":"POST /events/{tenant}/orders"' '"kind":2' '"kind":4' '"pare
     [[ $got == *"$want"* ]] || fail "the collector got no span with $want in trace $trace (new spans: ${got:0:2000})"
 done
 step "grep $trace \"\$(integration/otel.sh spans-file)\" | head -c 2000" "$trace"
-echo "walkthrough: every command of the README's first five minutes and its tracing walk-through works"
+
+# --- "A tour of the rest": examples/tour.toml beside the sample gateway, examples/echo.py as its upstream
+echo_cmd="python3 examples/echo.py 9004 > /tmp/sluice-echo.log &"
+shown "$echo_cmd"
+python3 examples/echo.py 9004 >/tmp/sluice-echo.log 2>&1 &
+PIDS+=($!)
+shown "TOUR_GITHUB_SECRET=tour-secret TOUR_API_KEYS=key-1,key-2 cargo run --release -- --config examples/tour.toml &"
+TOUR_GITHUB_SECRET=tour-secret TOUR_API_KEYS=key-1,key-2 "$SLUICE" --config examples/tour.toml >"$WORK/tour.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+    [[ $(curl -s 'localhost:9902/readyz?verbose') == *'"rabbit":"up"'*'"webhooks-to-echo":"consuming"'* ]] && break
+    sleep 0.2
+done
+[[ $(curl -s 'localhost:9902/readyz?verbose') == *'"webhooks-to-echo":"consuming"'* ]] ||
+    fail "the tour gateway is not consuming: $(tail -n 20 "$WORK/tour.log")"
+step "curl -si -X POST localhost:8081/tour/github -H 'x-github-event: push' -d '{\"ref\":\"tour\"}'" \
+    "HTTP/1.1 401" '"type":"urn:sluice:problem:bad-signature"'
+step "body='{\"ref\":\"tour\"}'; sig=\$(printf '%s' \"\$body\" | openssl dgst -sha256 -hmac tour-secret | sed 's/^.* //'); curl -si -X POST localhost:8081/tour/github -H 'x-github-event: push' -H \"x-hub-signature-256: sha256=\$sig\" -d \"\$body\"" \
+    "HTTP/1.1 202" '"routing_key":"github.push"'
+for _ in $(seq 50); do
+    grep -qF '"body": "{\"ref\":\"tour\"}"' /tmp/sluice-echo.log && break
+    sleep 0.2
+done
+step "grep /internal/webhooks /tmp/sluice-echo.log" '"sluice-route": "signed-webhook"' '"body": "{\"ref\":\"tour\"}"'
+step "curl -si localhost:8081/tour/echo/hello" "HTTP/1.1 401" 'www-authenticate: ApiKey header="x-api-key"'
+step "for i in 1 2 3; do curl -s -o /dev/null -w '%{http_code} ' -H 'x-api-key: key-2' localhost:8081/tour/echo/hello; done" \
+    "200 200 429"
+step "for i in 1 2; do curl -si -X POST localhost:8080/events/acme/orders -H 'Idempotency-Key: tour-order-7' -H 'x-order-id: o-7' -d '{\"id\":\"o-7\"}'; echo; done" \
+    "HTTP/1.1 202" "idempotent-replayed: true"
+step "curl -s -X POST localhost:8081/topics/orders.acme -H 'content-type: application/vnd.kafka.json.v2+json' -d '{\"records\":[{\"key\":\"o-3\",\"value\":{\"id\":\"o-3\"}}]}'" \
+    '{"offsets":[{"offset":'
+echo "walkthrough: every command of the README's first five minutes, its tracing walk-through and its tour works"
