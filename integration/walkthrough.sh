@@ -39,7 +39,7 @@ step() {
     shift
     grep -qF -- "$cmd" README.md || fail "README.md does not show this command: $cmd"
     local out
-    out=$(bash -c "$cmd" 2>&1) || fail "command failed: $cmd"$'\n'"$out"
+    out=$(timeout 60 bash -c "$cmd" 2>&1) || fail "command failed (or took over 60 s): $cmd"$'\n'"$out"
     local want
     for want in "$@"; do
         [[ $out == *"$want"* ]] || fail "$cmd"$'\n'"expected: $want"$'\n'"got:"$'\n'"$out"
