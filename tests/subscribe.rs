@@ -396,3 +396,77 @@ async fn a_stuck_kafka_partition_does_not_hold_the_other_partitions_back() {
     .await;
     assert_eq!(p0().len(), 1, "partition 0 is held at its first record");
 }
+
+/// Two gateways in one consumer group: when the second joins, the first loses partitions in a rebalance. It commits
+/// what it delivered and abandons the rest of those partitions — the records it had fetched and the delivery in
+/// flight — so the new owner alone delivers them from the committed offset on. Every record is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_hands_partitions_over_without_the_old_owner_delivering_on() {
+    let _kafka = KafkaLock::shared().await;
+    let (topic, group) = (create_topic("sub-rebalance", 4).await, random_name("sub-rebalance-g"));
+    type Log = Arc<Mutex<Vec<(i32, i64, std::time::Instant)>>>;
+    let upstream = |log: Log, pause: u64| {
+        Upstream::start(move |seen| {
+            let log = log.clone();
+            async move {
+                let header = |n: &str| seen.headers[n].to_str().unwrap().parse::<i64>().unwrap();
+                log.lock().unwrap().push((
+                    header("sluice-partition") as i32,
+                    header("sluice-offset"),
+                    std::time::Instant::now(),
+                ));
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                reply(200, "taken")
+            }
+        })
+    };
+    let (slow, fast): (Log, Log) = (Arc::default(), Arc::default());
+    let app_a = upstream(slow.clone(), 100).await;
+    let app_b = upstream(fast.clone(), 1).await;
+    let records: Vec<(String, String)> = (0..240).map(|i| (format!("k{}", i % 16), format!("v-{i}"))).collect();
+    produce(&topic, &records).await;
+
+    let a = kafka_gateway(&app_a.url(), &topic, &group, json!({})).await;
+    eventually("the first gateway to deliver", async || slow.lock().unwrap().len() >= 8).await;
+    let b = kafka_gateway(&app_b.url(), &topic, &group, json!({})).await;
+    eventually("the second gateway to get partitions", async || !fast.lock().unwrap().is_empty()).await;
+    let all = || {
+        let mut done: HashSet<(i32, i64)> = slow.lock().unwrap().iter().map(|(p, o, _)| (*p, *o)).collect();
+        done.extend(fast.lock().unwrap().iter().map(|(p, o, _)| (*p, *o)));
+        done.len()
+    };
+    eventually("every record to be delivered", async || all() == 240).await;
+
+    let (slow, fast) = (slow.lock().unwrap().clone(), fast.lock().unwrap().clone());
+    for p in 0..4 {
+        let Some(taken_over) = fast.iter().filter(|(q, _, _)| *q == p).map(|(_, _, at)| *at).min() else { continue };
+        let after: Vec<i64> =
+            slow.iter().filter(|(q, _, at)| *q == p && *at > taken_over).map(|(_, o, _)| *o).collect();
+        assert!(
+            after.len() <= 1,
+            "partition {p}: the old owner went on delivering after the new one began: offsets {after:?}"
+        );
+    }
+    drop((a, b));
+}
+
+/// A record another producer wrote without Sluice's headers still reaches the upstream with a `sluice-id` and an
+/// `x-request-id` (the same id, so that logs and de-duplication can use either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_kafka_record_is_delivered_with_an_id_and_a_request_id() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let _kafka = KafkaLock::shared().await;
+    let (topic, group) = (create_topic("sub-bare", 1).await, random_name("sub-bare-g"));
+    let app = Upstream::start(|_| async { reply(200, "taken") }).await;
+    let producer: FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).create().unwrap();
+    let record: FutureRecord<'_, [u8], str> = FutureRecord::to(&topic).payload("bare");
+    producer.send(record, std::time::Duration::from_secs(10)).await.unwrap();
+    let gw = kafka_gateway(&app.url(), &topic, &group, json!({})).await;
+    eventually("the delivery", async || delivered(&gw.metrics().await, "delivered") == 1.0).await;
+    let seen = app.requests().pop().unwrap();
+    let id = seen.headers["sluice-id"].to_str().unwrap();
+    assert!(!id.is_empty());
+    assert_eq!(seen.headers["x-request-id"], id);
+    assert_eq!(seen.headers["sluice-offset"], "0");
+}

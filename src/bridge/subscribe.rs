@@ -32,14 +32,15 @@ use http_body_util::{BodyExt, Limited};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use std::collections::{HashMap, VecDeque};
 use tokio::sync::mpsc;
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
+use super::rebalance::{Rebalances, SubscriptionConsumer};
 use crate::backoff::Backoff;
 use crate::body::Prepared;
 use crate::config::{RetryConfig, SubscriptionConfig};
@@ -360,13 +361,15 @@ async fn consume_sqs(deliverer: Arc<Deliverer>, queue: String, concurrency: usiz
 /// Consumes the topic in the consumer group while the subscription runs. Each partition's messages are delivered
 /// one after another, in offset order, by a worker of its own; at most `concurrency` deliveries run at once across
 /// partitions. A message's offset is stored once it is delivered or dead-lettered, and committed every second and on
-/// rebalances; on stop, what is stored is committed before the consumer closes.
+/// rebalances; a partition a rebalance takes away has its undelivered records and its delivery in flight abandoned
+/// (see `rebalance`); on stop, what is stored is committed before the consumer closes.
 async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, concurrency: usize) {
     let name = deliverer.name.clone();
     let Some(kafka) = deliverer.wiring.source.as_kafka() else { return };
-    let consumer = loop {
-        match kafka.subscriber(&group, &topic) {
-            Ok(c) => break Arc::new(c),
+    let (consumer, mut revocations) = loop {
+        let (context, revocations) = Rebalances::new(&name);
+        match kafka.subscriber(&group, &topic, context) {
+            Ok(c) => break (Arc::new(c), revocations),
             Err(e) => {
                 tracing::warn!(subscription = %name, topic = %topic, error = %e, "cannot consume yet; retrying");
                 tokio::select! {
@@ -383,7 +386,7 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
     tracing::info!(subscription = %name, topic = %topic, group = %group, "consuming");
     let lag = tokio::spawn(sample_lag(consumer.clone(), deliverer.wiring.metrics.clone()));
     let slots = Arc::new(Semaphore::new(concurrency));
-    let mut partitions: HashMap<i32, mpsc::Sender<Inbound>> = HashMap::new();
+    let mut partitions: HashMap<i32, (mpsc::Sender<Inbound>, AbortHandle)> = HashMap::new();
     // A partition whose worker has PARTITION_BUFFER records waiting is paused (librdkafka stops fetching it) and what it still
     // returns is held here, in order, until the worker takes more: a slow partition holds back itself, not the others,
     // and the consumer keeps polling (no eviction from the group).
@@ -395,7 +398,7 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
             next = consumer.recv() => Some(next),
             Some(partition) = taken.recv() => {
                 // The partition's worker took a record: hand it what was held, resume fetching once all is handed.
-                if let (Some(queue), Some(worker)) = (held.get_mut(&partition), partitions.get(&partition)) {
+                if let (Some(queue), Some((worker, _))) = (held.get_mut(&partition), partitions.get(&partition)) {
                     while let Some(inbound) = queue.pop_front() {
                         if let Err(mpsc::error::TrySendError::Full(inbound)) = worker.try_send(inbound) {
                             queue.push_front(inbound);
@@ -405,6 +408,16 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
                     if queue.is_empty() {
                         held.remove(&partition);
                         let _ = consumer.resume(&one_partition(&topic, partition));
+                    }
+                }
+                continue;
+            }
+            Some(revoked) = revocations.recv() => {
+                // Another member delivers these from the committed offset on: drop what was fetched, stop the worker.
+                for partition in revoked {
+                    held.remove(&partition);
+                    if let Some((_, worker)) = partitions.remove(&partition) {
+                        worker.abort();
                     }
                 }
                 continue;
@@ -425,10 +438,10 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
         let inbound = Inbound::kafka(&m, consumer.clone());
         let partition = m.partition();
         drop(m);
-        let worker = partitions.entry(partition).or_insert_with(|| {
+        let (worker, _) = partitions.entry(partition).or_insert_with(|| {
             let (tx, mut rx) = mpsc::channel::<Inbound>(PARTITION_BUFFER);
             let (deliverer, slots, took) = (deliverer.clone(), slots.clone(), took.clone());
-            workers.spawn(async move {
+            let handle = workers.spawn(async move {
                 while let Some(inbound) = rx.recv().await {
                     let _ = took.send(partition);
                     if deliverer.control.stopping() {
@@ -438,7 +451,7 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
                     deliverer.deliver(inbound).await;
                 }
             });
-            tx
+            (tx, handle)
         });
         match held.get_mut(&partition) {
             Some(queue) => queue.push_back(inbound),
@@ -469,7 +482,7 @@ fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
 
 /// Every few seconds, the lag of each assigned partition: its high watermark minus the group's committed offset
 /// (`sluice_subscription_lag`).
-async fn sample_lag(consumer: Arc<StreamConsumer>, metrics: SubscriptionMetrics) {
+async fn sample_lag(consumer: Arc<SubscriptionConsumer>, metrics: SubscriptionMetrics) {
     const EVERY: Duration = Duration::from_secs(2);
     const TIMEOUT: Duration = Duration::from_secs(5);
     loop {
@@ -508,7 +521,7 @@ enum Settle {
     /// RabbitMQ: ack, or nack with requeue.
     Amqp(lapin::Acker),
     /// Kafka: store the next offset of the partition (committed automatically).
-    Kafka { consumer: Arc<StreamConsumer>, topic: String, partition: i32, offset: i64 },
+    Kafka { consumer: Arc<SubscriptionConsumer>, topic: String, partition: i32, offset: i64 },
     /// SQS: delete the message, or make it visible again; `keep` renews its invisibility meanwhile.
     Sqs { client: aws_sdk_sqs::Client, url: String, receipt: String, keep: tokio::task::AbortHandle },
 }
@@ -575,8 +588,14 @@ impl Inbound {
     fn amqp(delivery: Delivery) -> Inbound {
         let p = &delivery.properties;
         let metadata = header_pairs(p);
-        let http = http_headers(&delivery, &metadata);
-        let id = p.message_id().as_ref().map_or_else(Message::new_id, |m| m.as_str().to_owned());
+        let mut http = http_headers(&delivery, &metadata);
+        let id = metadata
+            .iter()
+            .find(|(k, _)| k == "sluice-id")
+            .map(|(_, v)| v.clone())
+            .or_else(|| p.message_id().as_ref().map(|m| m.as_str().to_owned()))
+            .unwrap_or_else(Message::new_id);
+        identify(&mut http, &id);
         let content_type = p.content_type().as_ref().map(|c| c.as_str().to_owned());
         let source = delivery.routing_key.as_str().to_owned();
         Inbound {
@@ -590,7 +609,7 @@ impl Inbound {
         }
     }
 
-    fn kafka(m: &BorrowedMessage<'_>, consumer: Arc<StreamConsumer>) -> Inbound {
+    fn kafka(m: &BorrowedMessage<'_>, consumer: Arc<SubscriptionConsumer>) -> Inbound {
         let mut metadata = Vec::new();
         if let Some(hs) = m.headers() {
             for h in hs.iter() {
@@ -607,6 +626,7 @@ impl Inbound {
         http.insert(HeaderName::from_static("sluice-partition"), HeaderValue::from(m.partition()));
         http.insert(HeaderName::from_static("sluice-offset"), HeaderValue::from(m.offset()));
         let id = metadata.iter().find(|(k, _)| k == "sluice-id").map_or_else(Message::new_id, |(_, v)| v.clone());
+        identify(&mut http, &id);
         let content_type = metadata.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone());
         Inbound {
             body: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
@@ -660,6 +680,7 @@ impl Inbound {
         );
         let message_id = m.message_id.unwrap_or_default();
         let id = metadata.iter().find(|(k, _)| k == "sluice-id").map_or(message_id, |(_, v)| v.clone());
+        identify(&mut http, &id);
         let content_type = metadata.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone());
         let receipt = m.receipt_handle.unwrap_or_default();
         let keep = tokio::spawn({
@@ -685,6 +706,19 @@ impl Inbound {
     }
 }
 
+/// Gives every delivery a `sluice-id` (the message's: its own header, else the broker's message id, else a new one)
+/// and an `x-request-id` (the message's own, else the same id: stable across redeliveries, so that the upstream's
+/// logs and de-duplication can use either), also for messages that other producers wrote without them.
+fn identify(http: &mut HeaderMap, id: &str) {
+    let Ok(value) = HeaderValue::try_from(id) else { return };
+    if !http.contains_key("sluice-id") {
+        http.insert(HeaderName::from_static("sluice-id"), value.clone());
+    }
+    if !http.contains_key("x-request-id") {
+        http.insert(HeaderName::from_static("x-request-id"), value);
+    }
+}
+
 /// A message's metadata as request headers (CloudEvents binary mode on Kafka and SQS: `ce_type` → `ce-type`), less
 /// what must not reach the upstream.
 fn headers_of(metadata: &[(String, String)]) -> HeaderMap {
@@ -700,6 +734,19 @@ fn headers_of(metadata: &[(String, String)]) -> HeaderMap {
     }
     strip_framing(&mut http);
     http
+}
+
+/// How long a `Retry-After` asks to wait: delay-seconds, or an HTTP date (RFC 9110 §10.2.3; a date in the past is
+/// no wait). Anything else is ignored.
+fn retry_after(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    match text.parse::<u64>() {
+        Ok(seconds) => Some(Duration::from_secs(seconds)),
+        Err(_) => {
+            let at = httpdate::parse_http_date(text).ok()?;
+            Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+        }
+    }
 }
 
 /// How one attempt ended.
@@ -798,12 +845,7 @@ impl Deliverer {
         match call(&self.wiring.upstream, sent).await {
             Ok(answer) => {
                 let status = answer.response.status();
-                let retry_after = answer
-                    .response
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                let retry_after = answer.response.headers().get(http::header::RETRY_AFTER).and_then(retry_after);
                 // Read the answer to its end (so the connection can serve the next delivery), but only so much and
                 // for so long: a huge or endless answer costs the connection, not memory or the delivery slot.
                 let body = Limited::new(answer.response.into_body(), MAX_ANSWER_BYTES);
@@ -944,5 +986,36 @@ mod tests {
         assert!(ok(200) && ok(202) && ok(204));
         assert!(refused(400) && refused(404) && refused(422));
         assert!(again(408) && again(429) && again(500) && again(503) && again(302));
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let parse = |v: &str| retry_after(&HeaderValue::try_from(v).unwrap());
+        assert_eq!(parse("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse(" 0 "), Some(Duration::ZERO));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        let wait = parse(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120), "{wait:?}");
+        assert_eq!(parse("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "a date in the past: no wait");
+        assert_eq!(parse("soon"), None);
+        assert_eq!(parse("-1"), None);
+    }
+
+    #[test]
+    fn every_delivery_carries_a_sluice_id_and_a_request_id() {
+        let mut bare = HeaderMap::new();
+        identify(&mut bare, "m-1");
+        assert_eq!(
+            (&bare["sluice-id"], &bare["x-request-id"]),
+            (&HeaderValue::from_static("m-1"), &HeaderValue::from_static("m-1"))
+        );
+        let mut own = HeaderMap::new();
+        own.insert("sluice-id", HeaderValue::from_static("s-1"));
+        own.insert("x-request-id", HeaderValue::from_static("r-1"));
+        identify(&mut own, "other");
+        assert_eq!(
+            (&own["sluice-id"], &own["x-request-id"]),
+            (&HeaderValue::from_static("s-1"), &HeaderValue::from_static("r-1"))
+        );
     }
 }

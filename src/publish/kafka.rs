@@ -312,8 +312,13 @@ impl KafkaPublisher {
 
     /// A consumer of `topic` in consumer group `group` for a subscription: the broker's client settings, offsets stored
     /// by the caller once a message is done (`store_offset`) and committed automatically and on rebalances, reading
-    /// from the earliest record when the group has no offset yet.
-    pub fn subscriber(&self, group: &str, topic: &str) -> Result<StreamConsumer, PublishError> {
+    /// from the earliest record when the group has no offset yet; `context` hears of rebalances.
+    pub fn subscriber<C: ConsumerContext + 'static>(
+        &self,
+        group: &str,
+        topic: &str,
+        context: C,
+    ) -> Result<StreamConsumer<C>, PublishError> {
         let mut config = self.inner.consumer_config.clone();
         config
             .set("group.id", group)
@@ -327,7 +332,8 @@ impl KafkaPublisher {
         if config.get("fetch.wait.max.ms").is_none() {
             config.set("fetch.wait.max.ms", "50");
         }
-        let consumer: StreamConsumer = config.create().map_err(|e| map_error(e, "subscription consumer"))?;
+        let consumer: StreamConsumer<C> =
+            config.create_with_context(context).map_err(|e| map_error(e, "subscription consumer"))?;
         consumer.subscribe(&[topic]).map_err(|e| map_error(e, "subscribe"))?;
         Ok(consumer)
     }
