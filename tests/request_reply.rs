@@ -1,8 +1,9 @@
-//! Request-reply routes over the real RabbitMQ (direct reply-to), answered by an independent responder written with
-//! Python's pika (`tests/bridge_support/responder.py`): each request gets its own reply (no cross-talk under 200
-//! concurrent requests), the responder picks the status, a missing responder is a `504` after the timeout, a late
-//! reply is dropped and counted, an unroutable request is a `502` at once, `max_pending` bounds the waiting, and the
-//! request carries its PRODUCER span's context while the reply's handling joins the same trace.
+//! Request-reply routes over the real RabbitMQ (direct reply-to) and the real Kafka (a reply topic), answered by
+//! independent responders written with Python's pika and confluent-kafka (`tests/bridge_support/`): each request
+//! gets its own reply (no cross-talk under 200 concurrent requests), the responder picks the status, a missing
+//! responder is a `504` after the timeout, a late reply is dropped and counted, an unroutable request is a `502` at
+//! once, `max_pending` bounds the waiting, and the request carries its PRODUCER span's context while the reply's
+//! handling joins the same trace.
 
 mod broker_support;
 mod otel_support;
@@ -95,6 +96,8 @@ async fn each_of_200_concurrent_requests_gets_its_own_reply() {
     let m = gw.metrics().await;
     assert_eq!(metric(&m, "sluice_request_reply_total", &[("route", "rpc"), ("outcome", "replied")]), Some(200.0));
     assert_eq!(metric(&m, "sluice_request_reply_pending", &[("route", "rpc")]), Some(0.0), "{m}");
+    let durations = metric(&m, "sluice_request_reply_duration_seconds_count", &[("route", "rpc")]);
+    assert_eq!(durations, Some(200.0), "each round trip's duration is observed: {m}");
 }
 
 #[tokio::test]
@@ -211,9 +214,10 @@ async fn max_pending_bounds_the_waiting_requests_and_a_gone_client_frees_its_pla
 
 // ---------------------------------------------------------------------------------------------------------- Kafka
 
-/// The confluent-kafka responder on `topic`; killed when dropped.
-async fn kafka_responder(topic: &str) -> Responder {
-    Responder::spawn("kafka_responder.py", &[kafka_bootstrap(), topic.to_owned()], topic.to_owned()).await
+/// The confluent-kafka responder on `topic`, answering each request after `delay` seconds; killed when dropped.
+async fn kafka_responder(topic: &str, delay: f64) -> Responder {
+    let args = [kafka_bootstrap(), topic.to_owned(), delay.to_string()];
+    Responder::spawn("kafka_responder.py", &args, topic.to_owned()).await
 }
 
 /// A gateway with Kafka broker `events` and route `rpc` sending to `topic`, replies on `reply_topic`; returns once
@@ -242,9 +246,9 @@ async fn kafka_gateway(topic: &str, reply_topic: &str, extra: Value) -> Gateway 
 async fn kafka_requests_each_get_their_own_reply_from_the_reply_topic() {
     let _kafka = KafkaLock::shared().await;
     let (topic, reply_topic) = (create_topic("rr-req", 3).await, create_topic("rr-rep", 2).await);
-    let _responder = kafka_responder(&topic).await;
+    let _responder = kafka_responder(&topic, 0.0).await;
     let gw = std::sync::Arc::new(kafka_gateway(&topic, &reply_topic, json!({})).await);
-    let calls = (0..100).map(|i| {
+    let calls = (0..200).map(|i| {
         let gw = gw.clone();
         let body = format!("k{i}");
         tokio::spawn(async move {
@@ -262,7 +266,7 @@ async fn kafka_requests_each_get_their_own_reply_from_the_reply_topic() {
     assert_eq!((r.status, r.text().as_str()), (202, "reply:status"));
     // Every request went to the request topic with the headers a responder needs.
     let records = kafka_read_all(&topic, 3).await;
-    assert_eq!(records.len(), 101);
+    assert_eq!(records.len(), 201);
     for record in &records {
         assert_eq!(record.header("sluice-reply-to").as_deref(), Some(reply_topic.as_str()));
         assert_eq!(record.header("sluice-correlation-id"), record.header("sluice-id"));
@@ -282,6 +286,24 @@ async fn kafka_without_a_responder_is_a_504_and_an_unknown_topic_a_502() {
     let r = gw.post("/rpc", &[("x-id", "1")], "x").await;
     assert_problem(&r, 502, "rpc");
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "answered without waiting for the timeout");
+}
+
+#[tokio::test]
+async fn kafka_a_late_reply_is_dropped_and_counted_after_the_504() {
+    let _kafka = KafkaLock::shared().await;
+    let (topic, reply_topic) = (create_topic("rr-late", 1).await, create_topic("rr-late-rep", 1).await);
+    // Answers each request after 1.5 s, when the gateway stopped waiting (0.5 s).
+    let _responder = kafka_responder(&topic, 1.5).await;
+    let gw = kafka_gateway(&topic, &reply_topic, json!({ "timeout": "500ms" })).await;
+    let r = gw.post("/rpc", &[("x-id", "1")], "too slow").await;
+    let problem = assert_problem(&r, 504, "rpc");
+    assert_eq!(problem["title"], "No reply in time", "{problem}");
+    eventually("the late reply to be counted", async || {
+        metric(&gw.metrics().await, "sluice_request_reply_late_total", &[("broker", "events")]) == Some(1.0)
+    })
+    .await;
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "sluice_request_reply_total", &[("route", "rpc"), ("outcome", "no_reply")]), Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -327,6 +327,31 @@ async fn a_kafka_record_the_upstream_refuses_is_dead_lettered_to_a_topic() {
 }
 
 #[tokio::test]
+async fn a_kafka_record_the_upstream_keeps_failing_is_dead_lettered_after_max_retries_plus_one_attempts() {
+    let _kafka = KafkaLock::shared().await;
+    let (topic, dlq, group) =
+        (create_topic("sub-dl5", 1).await, create_topic("sub-dlq5", 1).await, random_name("sub-g"));
+    let app = Upstream::status(503, "down").await;
+    produce(&topic, &[("a".to_owned(), "doomed".to_owned())]).await;
+    let extra = json!({
+        "dead_letter": { "topic": dlq },
+        "retry": { "max_retries": 2, "backoff": "10ms", "max_backoff": "50ms" }
+    });
+    let gw = kafka_gateway(&app.url(), &topic, &group, extra).await;
+    eventually("the record dead-lettered", async || delivered(&gw.metrics().await, "dead_lettered") == 1.0).await;
+    assert_eq!(app.hits(), 3, "max_retries + 1 attempts");
+    let attempts: Vec<String> =
+        app.requests().iter().map(|s| s.headers["sluice-attempt"].to_str().unwrap().to_owned()).collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    let dead = kafka_read_all(&dlq, 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, b"doomed");
+    assert_eq!(dead[0].header("sluice-error").as_deref(), Some("upstream answered 503"));
+    assert_eq!(dead[0].header("sluice-attempts").as_deref(), Some("3"));
+    assert_eq!(delivered(&gw.metrics().await, "retried"), 2.0);
+}
+
+#[tokio::test]
 async fn a_stuck_kafka_partition_shows_its_lag_and_holds_its_later_records_back() {
     let _kafka = KafkaLock::shared().await;
     let (topic, group) = (create_topic("sub-lag", 1).await, random_name("sub-lag-g"));

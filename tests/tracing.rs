@@ -1,7 +1,8 @@
 //! Traces checked against a real OpenTelemetry Collector (`integration/otel.sh up`, OTLP/gRPC at
 //! `SLUICE_TEST_OTLP`, spans written to `SLUICE_TEST_OTLP_SPANS`): one trace per request with the SERVER span, a
 //! CLIENT span per upstream attempt (the resend count on a retry), a PRODUCER span per publish on Kafka and
-//! RabbitMQ, and the `traceparent` that left the gateway equal to the span that sent it.
+//! RabbitMQ, the `traceparent` that left the gateway equal to the span that sent it, and a subscription's CONSUMER
+//! span continuing the trace its message carries, with a CLIENT span per delivery attempt.
 
 mod broker_support;
 mod otel_support;
@@ -12,7 +13,9 @@ use std::time::Duration;
 
 use broker_support::common;
 use broker_support::{Amqp, Gateway, RabbitLock, assert_accepted, create_topic, kafka_read_at, random_name};
-use otel_support::{KIND_CLIENT, KIND_PRODUCER, KIND_SERVER, STATUS_ERROR, Span, otlp_endpoint, wait_for_trace};
+use otel_support::{
+    KIND_CLIENT, KIND_CONSUMER, KIND_PRODUCER, KIND_SERVER, STATUS_ERROR, Span, otlp_endpoint, wait_for_trace,
+};
 use serde_json::{Value, json};
 
 /// A client `traceparent` starting a new sampled trace: `(header, trace id, parent span id)`.
@@ -171,6 +174,60 @@ async fn an_amqp_publish_has_a_producer_span_whose_context_rides_in_the_message(
     let carried = messages[0].header("traceparent").expect("the message carries a traceparent");
     assert_eq!(ids(&carried), (trace, producer.span_id.clone()), "the message's parent is the PRODUCER span");
     assert_eq!(messages[0].header("tracestate").as_deref(), Some("vendor=1"));
+}
+
+/// HTTP → RabbitMQ → HTTP in one trace: the publish route's SERVER and PRODUCER spans, then the subscription's
+/// CONSUMER span (a child of the PRODUCER span, whose context the message carried) and a CLIENT span per delivery
+/// attempt (the upstream fails the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_continues_the_trace_its_message_carries() {
+    let _lock = RabbitLock::shared().await;
+    let amqp = Amqp::connect().await;
+    let queue = random_name("trace-sub-q");
+    amqp.queue(&queue, "amq.direct", &queue, false).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let upstream = common::Upstream::start(move |_| {
+        let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+        async move { if first { common::reply(503, "busy") } else { common::reply(200, "ok") } }
+    })
+    .await;
+    let gw = Gateway::start(json!({
+        "telemetry": telemetry(),
+        "brokers": { "rabbit": { "kind": "amqp", "url": broker_support::amqp_url() } },
+        "upstreams": { "app": { "endpoints": [upstream.url()] } },
+        "routes": [broker_support::publish_route(
+            "hooks", "/hooks", json!({ "broker": "rabbit", "exchange": "amq.direct", "routing_key": queue })
+        )],
+        "subscriptions": [{
+            "name": "deliver", "from": { "broker": "rabbit", "queue": queue },
+            "to": { "upstream": "app", "path": "/in" },
+            "retry": { "max_retries": 3, "backoff": "1ms", "max_backoff": "5ms" }
+        }]
+    }))
+    .await;
+    broker_support::eventually("RabbitMQ connected (/readyz 200)", async || gw.brokers_up().await).await;
+    let (traceparent, trace, _) = client_trace();
+    assert_accepted(&gw.post("/hooks", &[("traceparent", &traceparent)], "hello").await);
+    broker_support::eventually("the delivery", async || calls.load(Ordering::SeqCst) == 2).await;
+
+    let spans = wait_for_trace(&trace, 5, Duration::from_secs(30)).await;
+    let producer = one(&spans, KIND_PRODUCER);
+    let consumer = one(&spans, KIND_CONSUMER);
+    assert_eq!(consumer.parent_span_id, producer.span_id, "the CONSUMER span continues the message's trace");
+    assert_eq!(consumer.name, "process deliver");
+    assert_eq!(consumer.attr_str("messaging.system"), Some("rabbitmq"));
+    assert_eq!(consumer.attr_str("sluice.subscription"), Some("deliver"));
+    let attempts: Vec<&Span> = spans.iter().filter(|s| s.kind == KIND_CLIENT).collect();
+    assert_eq!(attempts.len(), 2, "a CLIENT span per delivery attempt: {spans:#?}");
+    assert!(attempts.iter().all(|a| a.parent_span_id == consumer.span_id));
+    let mut statuses: Vec<i64> = attempts.iter().filter_map(|a| a.attr_i64("http.response.status_code")).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 503]);
+    let m = gw.metrics().await;
+    let count = broker_support::metric(&m, "sluice_delivery_duration_seconds_count", &[("subscription", "deliver")]);
+    assert_eq!(count, Some(1.0), "the delivery's duration is observed once: {m}");
+    let _ = amqp.channel.queue_delete(queue.as_str().into(), Default::default()).await;
 }
 
 #[tokio::test]
