@@ -3,8 +3,9 @@
 //! the file is rewritten, replaced by rename or swapped as a Kubernetes ConfigMap does; an invalid file is
 //! rejected with every problem while the old routes keep serving; a request in flight across a swap finishes on
 //! the old config while the next one on the same connection sees the new one; ejections, rate-limit buckets,
-//! remembered `Idempotency-Key`s and broker connections that a reload did not touch survive it; settings only a
-//! restart applies are reported as such.
+//! remembered `Idempotency-Key`s and broker connections that a reload did not touch survive it; subscriptions are
+//! added, changed and removed by a reload (and listed by `/routes`); settings only a restart applies are reported as
+//! such.
 
 mod broker_support;
 mod process_support;
@@ -661,4 +662,79 @@ async fn broker_connection_is_kept_across_a_reload_that_does_not_change_the_brok
     eventually("a publish is accepted on the new connection", async || post(None).await.status == 202).await;
     assert!(amqp.len(&queue).await >= 4, "every 202 is in the queue");
     amqp.delete(&queue, &exchange).await;
+}
+
+/// Publishes `body` to `queue` through the default exchange.
+async fn to_queue(amqp: &Amqp, queue: &str, body: &str) {
+    use lapin::options::BasicPublishOptions;
+    amqp.channel
+        .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body.as_bytes(), Default::default())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_follow_reloads_added_changed_and_removed_and_show_in_routes() {
+    let _lock = RabbitLock::shared().await;
+    let amqp = Amqp::connect().await;
+    let (q1, q2) = (random_name("reload-sub-1"), random_name("reload-sub-2"));
+    for q in [&q1, &q2] {
+        amqp.queue(q, "amq.direct", q, false).await;
+    }
+    let (one, two) = (Upstream::status(200, "one").await, Upstream::status(200, "two").await);
+    let broker = format!("\n[brokers.rabbit]\nkind = \"amqp\"\nurl = {:?}\n", amqp_url());
+    let subscription = |name: &str, queue: &str, upstream: &str, path: &str| {
+        format!(
+            "\n[[subscriptions]]\nname = {name:?}\nfrom = {{ broker = \"rabbit\", queue = {queue:?} }}\n\
+             to = {{ upstream = {upstream:?}, path = {path:?} }}\n"
+        )
+    };
+    let upstreams = upstream("one", &[&one], "") + &upstream("two", &[&two], "");
+    let paths = |u: &Upstream| u.requests().iter().map(|s| s.uri.path().to_owned()).collect::<Vec<_>>();
+    let states = async |gw: &Sluice| {
+        let r = send(&gw.client, Request::get(gw.admin_url("/readyz?verbose")).body(empty()).unwrap()).await;
+        r.json()["subscriptions"].clone()
+    };
+
+    let gw =
+        Sluice::start("subscriptions", &(broker.clone() + &upstreams + &subscription("s1", &q1, "one", "/a"))).await;
+    eventually("s1 consuming", async || states(&gw).await["s1"] == "consuming").await;
+    to_queue(&amqp, &q1, "m1").await;
+    eventually("m1 delivered", async || one.hits() == 1).await;
+
+    // Added: s2 starts; s1 goes on.
+    let both = subscription("s1", &q1, "one", "/a") + &subscription("s2", &q2, "two", "/b");
+    gw.write(&gw.config(&(broker.clone() + &upstreams + &both)));
+    assert_eq!(gw.post_reload().await.status, 200);
+    eventually("s2 consuming", async || states(&gw).await["s2"] == "consuming").await;
+    to_queue(&amqp, &q1, "m2").await;
+    to_queue(&amqp, &q2, "m3").await;
+    eventually("m2 and m3 delivered", async || one.hits() == 2 && two.hits() == 1).await;
+    let r = send(&gw.client, Request::get(gw.admin_url("/routes")).body(empty()).unwrap()).await;
+    let names: Vec<String> =
+        r.json()["subscriptions"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(names, ["s1", "s2"], "/routes lists the subscriptions");
+
+    // Changed: s1 delivers to its new path.
+    let changed = subscription("s1", &q1, "one", "/a2") + &subscription("s2", &q2, "two", "/b");
+    gw.write(&gw.config(&(broker.clone() + &upstreams + &changed)));
+    assert_eq!(gw.post_reload().await.status, 200);
+    eventually("s1 consuming again", async || states(&gw).await["s1"] == "consuming").await;
+    to_queue(&amqp, &q1, "m4").await;
+    eventually("m4 delivered", async || one.hits() == 3).await;
+    assert_eq!(paths(&one), ["/a", "/a", "/a2"]);
+
+    // Removed: s2 stops consuming; what reaches its queue stays there.
+    gw.write(&gw.config(&(broker + &upstreams + &subscription("s1", &q1, "one", "/a2"))));
+    assert_eq!(gw.post_reload().await.status, 200);
+    eventually("s2 gone", async || states(&gw).await.get("s2").is_none()).await;
+    to_queue(&amqp, &q2, "m5").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(two.hits(), 1, "a removed subscription delivers nothing");
+    assert_eq!(amqp.len(&q2).await, 1, "its message waits in the queue");
+    for q in [&q1, &q2] {
+        let _ = amqp.channel.queue_delete(q.as_str().into(), Default::default()).await;
+    }
 }
