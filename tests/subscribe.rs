@@ -1,9 +1,12 @@
-//! `[[subscriptions]]` from the real RabbitMQ to real HTTP upstreams: messages published by the test's own AMQP client
-//! are delivered (after retries when the upstream fails for a while), a `4xx` is dead-lettered at once with
-//! `sluice-error`, an upstream that always fails gets the message dead-lettered after `max_retries + 1` attempts with
-//! `sluice-attempts`, and without a dead letter a failing message is never dropped.
+//! `[[subscriptions]]` from the real RabbitMQ and the real Kafka to real HTTP upstreams, fed by independent producers
+//! (Python's pika and confluent-kafka, `tests/bridge_support/produce.py`, or the test's own client): messages are
+//! delivered after retries when the upstream fails for a while, in order per Kafka partition, a `4xx` is
+//! dead-lettered at once with `sluice-error`, an upstream that always fails gets the message dead-lettered after
+//! `max_retries + 1` attempts with `sluice-attempts`, without a dead letter a failing message is never dropped, and a
+//! rebalance hands partitions over without the old owner delivering on.
 
 mod broker_support;
+mod process_support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -130,9 +133,13 @@ async fn every_message_is_delivered_after_the_upstream_recovers() {
     })
     .await;
     let gw = gateway(&app.url(), &q.work, json!({})).await;
-    for i in 0..20 {
-        q.publish(&format!("m-{i}"), &format!("order {i}")).await;
-    }
+    let messages: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({ "body": format!("order {i}"), "message_id": format!("m-{i}"), "content_type": "text/plain",
+                    "headers": { "sluice-id": format!("m-{i}"), "x-tenant": "acme" } })
+        })
+        .collect();
+    independently(&["amqp", &amqp_url(), &q.work], &messages).await;
     eventually("20 deliveries", async || delivered(&gw.metrics().await, "delivered") == 20.0).await;
 
     let taken: Vec<_> =
@@ -206,18 +213,42 @@ async fn without_a_dead_letter_a_failing_message_is_never_dropped() {
 
 /// Produces `records` (key, value) to `topic` with the test's own producer, each with a `sluice-id` header.
 async fn produce(topic: &str, records: &[(String, String)]) {
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).set("acks", "all").create().unwrap();
-    for (i, (key, value)) in records.iter().enumerate() {
-        let id = format!("r-{i}");
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "sluice-id", value: Some(id.as_str()) })
-            .insert(Header { key: "ce_type", value: Some("com.example.order") });
-        let record = FutureRecord::to(topic).key(key.as_str()).payload(value.as_str()).headers(headers);
-        producer.send(record, std::time::Duration::from_secs(10)).await.unwrap();
-    }
+    let items: Vec<Value> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value))| {
+            json!({ "key": key, "value": value, "headers": { "sluice-id": format!("r-{i}"), "ce_type": "com.example.order" } })
+        })
+        .collect();
+    independently(&["kafka", &kafka_bootstrap(), topic], &items).await;
+}
+
+/// Runs `tests/bridge_support/produce.py ARGS` (confluent-kafka or pika, not the gateway's client libraries) with
+/// `items` on its stdin, and waits until it confirmed them all.
+async fn independently(args: &[&str], items: &[Value]) {
+    use std::io::Write as _;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bridge_support/produce.py");
+    let (args, input): (Vec<String>, String) =
+        (args.iter().map(|a| (*a).to_owned()).collect(), serde_json::to_string(items).unwrap());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(process_support::python())
+            .arg(script)
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start produce.py");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "done",
+        "produce.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A gateway with Kafka broker `events`, upstream `app` at `url` and subscription `deliver` from `topic` in `group`.
