@@ -513,26 +513,19 @@ impl Writer {
         self.bytes(field, s.as_bytes());
     }
 
+    /// A nested message: one byte is left for its length (most are under 128 bytes), and the message is moved only
+    /// when its length needs more.
     fn message(&mut self, field: u32, body: impl FnOnce(&mut Writer)) {
-        self.message_reserving(field, 1, body);
-    }
-
-    /// A nested message whose length is expected to take `slot` bytes: that much room is left for it, and the
-    /// message is moved only when its length needs more or fewer.
-    fn message_reserving(&mut self, field: u32, slot: usize, body: impl FnOnce(&mut Writer)) {
         self.key(field, 2);
         let at = self.buf.len();
-        self.buf.resize(at + slot, 0);
+        self.buf.push(0);
         body(self);
         let end = self.buf.len();
-        let len = end - at - slot;
+        let len = end - at - 1;
         let n = varint_len(len as u64);
-        if n != slot {
-            if n > slot {
-                self.buf.resize(end + n - slot, 0);
-            }
-            self.buf.copy_within(at + slot..end, at + n);
-            self.buf.truncate(end + n - slot);
+        if n > 1 {
+            self.buf.resize(end + n - 1, 0);
+            self.buf.copy_within(at + 1..end, at + n);
         }
         // The length's varint, in place.
         let (mut v, mut i) = (len as u64, at);

@@ -42,7 +42,7 @@ pub struct Recording {
     /// `Span.name` and `Span.attributes` fields, which a protobuf reader takes in any order. No name string or
     /// `KeyValue`s to keep and drop, and no copy of text the request still holds.
     pub fields: Vec<u8>,
-    /// How many attributes `attributes` holds.
+    /// How many attributes `fields` holds.
     pub attribute_count: u32,
     /// Attributes beyond the limit.
     pub dropped_attributes: u32,
