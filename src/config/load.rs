@@ -23,6 +23,16 @@ pub fn read_value(path: &Path) -> Result<Value, String> {
     if !path.is_file() {
         return Err(format!("{}: no such config file", path.display()));
     }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    refuse_path_keys(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Environment overrides' names are path expressions too (see `refuse_path_keys`).
+    if let Some(odd) = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()).find(|name| {
+        name.starts_with("SLUICE__") && !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    }) {
+        return Err(format!(
+            "environment variable {odd:?}: an override's name may hold only letters, digits, `_` and `-`"
+        ));
+    }
     let mut env = config::Environment::with_prefix("SLUICE").separator("__").try_parsing(true);
     // The config crate splits only the keys named here once a separator is set (every value, if none is named).
     let lists: Vec<String> = std::env::vars_os()
@@ -37,7 +47,7 @@ pub fn read_value(path: &Path) -> Result<Value, String> {
         }
     }
     config::Config::builder()
-        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
         .add_source(env)
         .build()
         .and_then(|c| c.try_deserialize::<Value>())
@@ -46,11 +56,36 @@ pub fn read_value(path: &Path) -> Result<Value, String> {
 
 /// Parses `routes.toml` text without environment overrides (the fuzz targets' way in; `read_value` reads files).
 pub fn read_str(toml: &str) -> Result<Value, String> {
+    refuse_path_keys(toml)?;
     config::Config::builder()
         .add_source(config::File::from_str(toml, config::FileFormat::Toml))
         .build()
         .and_then(|c| c.try_deserialize::<Value>())
         .map_err(|e| e.to_string())
+}
+
+/// Refuses a top-level key the config crate would read as a path expression. It parses each top-level key of a file
+/// as one (`a.b`, `a[3]`), and `"x[99999999999]" = 1` makes it grow an array to that length: the process aborts for
+/// want of memory (found by fuzzing `read_str`), which a hot reload must never do. No key Sluice knows has anything
+/// but letters, digits, `_` and `-`, so a key with other characters is an error before the config crate sees the
+/// text. A file that is not valid TOML is left to the config crate, whose message names the line.
+fn refuse_path_keys(text: &str) -> Result<(), String> {
+    let Ok(table) = toml::de::DeTable::parse(text) else { return Ok(()) };
+    let odd: Vec<String> = table
+        .get_ref()
+        .keys()
+        .map(|k| k.get_ref().to_string())
+        .filter(|k| !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .map(|k| format!("{k:?}"))
+        .collect();
+    match odd.is_empty() {
+        true => Ok(()),
+        false => Err(format!(
+            "unknown top-level key {}, expected one of {} (a quoted top-level key may not contain `.`, `[` or `]`)",
+            odd.join(", "),
+            TOP_LEVEL.join(", ")
+        )),
+    }
 }
 
 /// Deserializes the whole tree, collecting every unknown key and bad value instead of stopping at the first: each

@@ -119,3 +119,15 @@ fn the_admin_listener_needs_an_address_of_its_own() {
     }
     assert!(check("[server]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9001\"\n").is_ok());
 }
+
+#[test]
+fn a_top_level_key_the_config_crate_would_read_as_a_huge_index_is_refused_not_allocated() {
+    // Found by fuzzing: the config crate read `"x[122222222211]"` as an index and grew an array to that length.
+    let found = problems("\"x[122222222211]\" = \"0\"\n[server]\nlisten = \"127.0.0.1:8080\"\n");
+    assert!(found.iter().any(|p| p.contains("\"x[122222222211]\"") && p.contains("may not contain")), "{found:?}");
+    let found = problems("\"server.listen\" = \"127.0.0.1:1\"\n");
+    assert!(found.iter().any(|p| p.contains("\"server.listen\"")), "{found:?}");
+    assert!(crate::config::load::read_str("\"a[99999999999]\" = 1").is_err());
+    // Quoted dotted keys inside tables are fine (librdkafka option names).
+    assert!(crate::config::load::read_str("[brokers.k]\noptions = { \"sasl.password\" = \"x\" }\n").is_ok());
+}
