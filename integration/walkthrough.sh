@@ -57,7 +57,7 @@ shown() {
 # the binary under test (a release build would not fit CI's time).
 "$SLUICE" check routes.toml >/dev/null || fail "the sample routes.toml does not pass sluice check"
 shown "integration/brokers.sh up && cargo run --release -- --config routes.toml"
-demo="mkdir -p /tmp/sluice-demo/orders && echo '{\"id\":\"o-1\",\"status\":\"shipped\"}' > /tmp/sluice-demo/orders/o-1"
+demo="mkdir -p /tmp/sluice-demo/orders && echo ok > /tmp/sluice-demo/healthz && echo '{\"id\":\"o-1\",\"status\":\"shipped\"}' > /tmp/sluice-demo/orders/o-1"
 shown "$demo"
 bash -c "$demo" || fail "$demo"
 shown "python3 -m http.server 9001 --bind 127.0.0.1 --directory /tmp/sluice-demo &"
@@ -70,6 +70,9 @@ for _ in $(seq 100); do
     sleep 0.2
 done
 curl -sf localhost:9901/readyz >/dev/null || fail "sluice is not ready"
+# The sample's active health check asks each endpoint for /healthz: the demo must answer it, or the forward route
+# turns to 503 after three checks (10 s).
+curl -sf localhost:9001/healthz >/dev/null || fail "the demo upstream does not answer the health check's /healthz"
 for _ in $(seq 100); do
     [[ $(curl -s 'localhost:9901/readyz?verbose') == *'"events":"up"'*'"rabbit":"up"'* ]] && break
     sleep 0.2
@@ -91,36 +94,6 @@ step "head -c 2000000 /dev/zero | curl -si -X POST localhost:8080/webhooks/githu
 step "curl -si localhost:8080/users/7/profile -H 'host: shop.example.com' -H 'x-env: prod' -H 'x-user-id: u-7'" "HTTP/1.1 502" '"status":502'
 step "curl -s 'localhost:9901/readyz?verbose'" '"ready":true' '"events":"up"' '"rabbit":"up"'
 step "curl -s localhost:9901/metrics | grep 'sluice_requests_total{route=\"order-events\"'" 'code="202"'
-
-# --- the README's tracing walk-through ("Tracing"): the same gateway exporting to the test collector
-# (integration/otel.sh up, which integration/test.sh runs first).
-spans=$(integration/otel.sh spans-file)
-[[ -f $spans ]] || fail "no collector spans file at $spans: run integration/otel.sh up first"
-kill "${PIDS[1]}"
-wait "${PIDS[1]}" 2>/dev/null || true
-for _ in $(seq 50); do curl -s localhost:9901/healthz >/dev/null 2>&1 || break; sleep 0.1; done
-shown "SLUICE__TELEMETRY__OTLP_ENDPOINT=http://127.0.0.1:4317 cargo run --release -- --config routes.toml &"
-before=$(stat -c %s "$spans")
-SLUICE__TELEMETRY__OTLP_ENDPOINT=http://127.0.0.1:4317 "$SLUICE" --config routes.toml >"$WORK/sluice.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do
-    [[ $(curl -s 'localhost:9901/readyz?verbose') == *'"events":"up"'* ]] && break
-    sleep 0.2
-done
-trace=4bf92f3577b34da6a3ce929d0e0e4736
-step "curl -s -X POST localhost:8080/events/acme/orders -H 'x-order-id: o-1' -d '{\"a\":1}' -H 'traceparent: 00-$trace-00f067aa0ba902b7-01'" \
-    '"topic":"orders.acme"'
-# The spans of this run: the SERVER span and the PRODUCER span, in the request's trace, after `before`.
-new_spans() { tail -c +"$((before + 1))" "$spans" | grep -F "$trace" || true; }
-for _ in $(seq 50); do
-    [[ $(new_spans) == *'"kind":2'*'"kind":4'* || $(new_spans) == *'"kind":4'*'"kind":2'* ]] && break
-    sleep 0.2
-done
-got=$(new_spans)
-for want in '"name":"POST /events/{tenant}/orders"' '"kind":2' '"kind":4' '"parentSpanId":"00f067aa0ba902b7"'; do
-    [[ $got == *"$want"* ]] || fail "the collector got no span with $want in trace $trace (new spans: ${got:0:2000})"
-done
-step "grep $trace \"\$(integration/otel.sh spans-file)\" | head -c 2000" "$trace"
 
 # --- "A tour of the rest": examples/tour.toml beside the sample gateway, examples/echo.py as its upstream
 echo_cmd="python3 examples/echo.py 9004 > /tmp/sluice-echo.log &"
@@ -152,4 +125,34 @@ step "for i in 1 2; do curl -si -X POST localhost:8080/events/acme/orders -H 'Id
     "HTTP/1.1 202" "idempotent-replayed: true"
 step "curl -s -X POST localhost:8081/topics/orders.acme -H 'content-type: application/vnd.kafka.json.v2+json' -d '{\"records\":[{\"key\":\"o-3\",\"value\":{\"id\":\"o-3\"}}]}'" \
     '{"offsets":[{"offset":'
+# --- the README's tracing walk-through ("Tracing"): the same gateway exporting to the test collector
+# (integration/otel.sh up, which integration/test.sh runs first).
+spans=$(integration/otel.sh spans-file) || fail "integration/otel.sh spans-file failed"
+[[ -f $spans ]] || fail "no collector spans file at $spans: run integration/otel.sh up first"
+kill "${PIDS[1]}"
+wait "${PIDS[1]}" 2>/dev/null || true
+for _ in $(seq 50); do curl -s localhost:9901/healthz >/dev/null 2>&1 || break; sleep 0.1; done
+shown "SLUICE__TELEMETRY__OTLP_ENDPOINT=http://127.0.0.1:4317 cargo run --release -- --config routes.toml &"
+before=$(stat -c %s "$spans")
+SLUICE__TELEMETRY__OTLP_ENDPOINT=http://127.0.0.1:4317 "$SLUICE" --config routes.toml >"$WORK/sluice.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+    [[ $(curl -s 'localhost:9901/readyz?verbose') == *'"events":"up"'* ]] && break
+    sleep 0.2
+done
+trace=4bf92f3577b34da6a3ce929d0e0e4736
+step "curl -s -X POST localhost:8080/events/acme/orders -H 'x-order-id: o-1' -d '{\"a\":1}' -H 'traceparent: 00-$trace-00f067aa0ba902b7-01'" \
+    '"topic":"orders.acme"'
+# The spans of this run: the SERVER span and the PRODUCER span, in the request's trace, after `before`.
+new_spans() { tail -c +"$((before + 1))" "$spans" | grep -F "$trace" || true; }
+for _ in $(seq 50); do
+    [[ $(new_spans) == *'"kind":2'*'"kind":4'* || $(new_spans) == *'"kind":4'*'"kind":2'* ]] && break
+    sleep 0.2
+done
+got=$(new_spans)
+for want in '"name":"POST /events/{tenant}/orders"' '"kind":2' '"kind":4' '"parentSpanId":"00f067aa0ba902b7"'; do
+    [[ $got == *"$want"* ]] || fail "the collector got no span with $want in trace $trace (new spans: ${got:0:2000})"
+done
+step "grep $trace \"\$(integration/otel.sh spans-file)\" | head -c 2000" "$trace"
+
 echo "walkthrough: every command of the README's first five minutes, its tracing walk-through and its tour works"

@@ -74,7 +74,7 @@ async fn readyz(State(Admin { gateway: gw, .. }): State<Admin>, RawQuery(query):
     if verbose {
         let up: BTreeMap<&str, bool> = runtime.broker_status().into_iter().collect();
         body["brokers"] = up.iter().map(|(name, up)| (name.to_string(), json!(state(*up)))).collect();
-        body["routes"] = route_states(&runtime)
+        body["routes"] = route_states(&runtime, &up)
             .into_iter()
             .map(|(name, state)| (name.to_owned(), json!(state.describe())))
             .collect();
@@ -115,8 +115,7 @@ impl RouteState<'_> {
 }
 
 /// Each route of `runtime` and its state, in config order.
-fn route_states(runtime: &Snapshot) -> Vec<(&str, RouteState<'_>)> {
-    let up: BTreeMap<&str, bool> = runtime.broker_status().into_iter().collect();
+fn route_states<'a>(runtime: &'a Snapshot, up: &BTreeMap<&'a str, bool>) -> Vec<(&'a str, RouteState<'a>)> {
     runtime
         .config
         .routes
@@ -153,7 +152,8 @@ async fn metrics(State(Admin { gateway: gw, .. }): State<Admin>) -> impl IntoRes
     for (name, broker) in &runtime.brokers {
         gw.metrics().broker_up(name, broker.publisher.is_up());
     }
-    gw.metrics().routes_serving(route_states(&runtime).iter().map(|(name, state)| (*name, state.serving())));
+    let up: BTreeMap<&str, bool> = runtime.broker_status().into_iter().collect();
+    gw.metrics().routes_serving(route_states(&runtime, &up).iter().map(|(name, state)| (*name, state.serving())));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], gw.metrics().encode())
 }
 

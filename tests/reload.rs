@@ -730,6 +730,12 @@ async fn subscriptions_follow_reloads_added_changed_and_removed_and_show_in_rout
     gw.write(&gw.config(&(broker + &upstreams + &subscription("s1", &q1, "one", "/a2"))));
     assert_eq!(gw.post_reload().await.status, 200);
     eventually("s2 gone", async || states(&gw).await.get("s2").is_none()).await;
+    let consumers = async |queue: &str| {
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        amqp.channel.queue_declare(queue.into(), passive, Default::default()).await.unwrap().consumer_count()
+    };
+    eventually("s2's consumer cancelled", async || consumers(&q2).await == 0).await;
+    assert_eq!(consumers(&q1).await, 1, "s1 (restarted once) consumes with one consumer");
     to_queue(&amqp, &q2, "m5").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(two.hits(), 1, "a removed subscription delivers nothing");

@@ -139,7 +139,7 @@ async fn every_message_is_delivered_after_the_upstream_recovers() {
                     "headers": { "sluice-id": format!("m-{i}"), "x-tenant": "acme" } })
         })
         .collect();
-    independently(&["amqp", &amqp_url(), &q.work], &messages).await;
+    process_support::produce_independently(&["amqp", &amqp_url(), &q.work], &messages).await;
     eventually("20 deliveries", async || delivered(&gw.metrics().await, "delivered") == 20.0).await;
 
     let taken: Vec<_> =
@@ -220,35 +220,7 @@ async fn produce(topic: &str, records: &[(String, String)]) {
             json!({ "key": key, "value": value, "headers": { "sluice-id": format!("r-{i}"), "ce_type": "com.example.order" } })
         })
         .collect();
-    independently(&["kafka", &kafka_bootstrap(), topic], &items).await;
-}
-
-/// Runs `tests/bridge_support/produce.py ARGS` (confluent-kafka or pika, not the gateway's client libraries) with
-/// `items` on its stdin, and waits until it confirmed them all.
-async fn independently(args: &[&str], items: &[Value]) {
-    use std::io::Write as _;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bridge_support/produce.py");
-    let (args, input): (Vec<String>, String) =
-        (args.iter().map(|a| (*a).to_owned()).collect(), serde_json::to_string(items).unwrap());
-    let out = tokio::task::spawn_blocking(move || {
-        let mut child = std::process::Command::new(process_support::python())
-            .arg(script)
-            .args(&args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start produce.py");
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "done",
-        "produce.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    process_support::produce_independently(&["kafka", &kafka_bootstrap(), topic], &items).await;
 }
 
 /// A gateway with Kafka broker `events`, upstream `app` at `url` and subscription `deliver` from `topic` in `group`.
@@ -522,7 +494,7 @@ async fn a_bare_kafka_record_is_delivered_with_an_id_and_a_request_id() {
     eventually("the delivery", async || delivered(&gw.metrics().await, "delivered") == 1.0).await;
     let seen = app.requests().pop().unwrap();
     let id = seen.headers["sluice-id"].to_str().unwrap();
-    assert!(!id.is_empty());
+    assert_eq!(id, format!("{topic}-0-0"), "an id from where the record is: the same on every redelivery");
     assert_eq!(seen.headers["x-request-id"], id);
     assert_eq!(seen.headers["sluice-offset"], "0");
 }

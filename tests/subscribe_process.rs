@@ -74,6 +74,8 @@ concurrency = 4
 struct Stream {
     config: String,
     queue: Option<String>,
+    /// Kafka: the topic and the consumer group.
+    topic: Option<(String, String)>,
 }
 
 impl Stream {
@@ -88,43 +90,61 @@ impl Stream {
                     "[brokers.rabbit]\nkind = \"amqp\"\nurl = \"{}\"\n\n[[subscriptions]]\nfrom = {{ broker = \"rabbit\", queue = \"{queue}\" }}\n",
                     amqp_url()
                 );
-                Stream { config, queue: Some(queue) }
+                Stream { config, queue: Some(queue), topic: None }
             }
             Source::Kafka => {
                 let topic = create_topic("sub-proc", 3).await;
                 produce(&topic).await;
                 // A killed member is noticed after session.timeout.ms (librdkafka's 45 s by default): the broker's
                 // smallest, so that the next process gets the partitions soon.
+                let group = random_name("sub-proc-g");
                 let config = format!(
-                    "[brokers.events]\nkind = \"kafka\"\nbootstrap = \"{}\"\noptions = {{ \"session.timeout.ms\" = \"6000\" }}\n\n[[subscriptions]]\nfrom = {{ broker = \"events\", topic = \"{topic}\", group = \"{}\" }}\n",
+                    "[brokers.events]\nkind = \"kafka\"\nbootstrap = \"{}\"\noptions = {{ \"session.timeout.ms\" = \"6000\" }}\n\n[[subscriptions]]\nfrom = {{ broker = \"events\", topic = \"{topic}\", group = \"{group}\" }}\n",
                     kafka_bootstrap(),
-                    random_name("sub-proc-g")
                 );
-                Stream { config, queue: None }
+                Stream { config, queue: None, topic: Some((topic, group)) }
             }
         }
     }
 
-    /// Whether nothing is left to take (every message acknowledged; a topic keeps its records).
+    /// Whether nothing is left to take: every message acknowledged, or the group's offsets committed to the end of
+    /// every partition.
     async fn drained(&self, amqp: &Amqp) -> bool {
-        match &self.queue {
-            Some(queue) => amqp.len(queue).await == 0,
-            None => true,
+        match (&self.queue, &self.topic) {
+            (Some(queue), _) => amqp.len(queue).await == 0,
+            (None, Some((topic, group))) => {
+                let (topic, group) = (topic.clone(), group.clone());
+                tokio::task::spawn_blocking(move || {
+                    use rdkafka::consumer::{BaseConsumer, Consumer};
+                    let c: BaseConsumer = rdkafka::ClientConfig::new()
+                        .set("bootstrap.servers", kafka_bootstrap())
+                        .set("group.id", &group)
+                        .create()
+                        .unwrap();
+                    let mut tpl = rdkafka::TopicPartitionList::new();
+                    for p in 0..3 {
+                        tpl.add_partition(&topic, p);
+                    }
+                    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+                    committed.elements().iter().all(|e| {
+                        let (_, high) = c.fetch_watermarks(&topic, e.partition(), Duration::from_secs(10)).unwrap();
+                        e.offset() == rdkafka::Offset::Offset(high)
+                            || (high == 0 && e.offset() == rdkafka::Offset::Invalid)
+                    })
+                })
+                .await
+                .unwrap()
+            }
+            (None, None) => true,
         }
     }
 }
 
 async fn produce(topic: &str) {
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).set("acks", "all").create().unwrap();
-    for i in 0..MESSAGES {
-        let id = format!("m-{i}");
-        let headers = OwnedHeaders::new().insert(Header { key: "sluice-id", value: Some(id.as_str()) });
-        let record = FutureRecord::to(topic).key(id.as_str()).payload("x").headers(headers);
-        producer.send(record, Duration::from_secs(10)).await.unwrap();
-    }
+    let records: Vec<serde_json::Value> = (0..MESSAGES)
+        .map(|i| serde_json::json!({ "key": format!("m-{i}"), "value": "x", "headers": { "sluice-id": format!("m-{i}") } }))
+        .collect();
+    process_support::produce_independently(&["kafka", &kafka_bootstrap(), topic], &records).await;
 }
 
 fn delivered(counts: &Mutex<HashMap<String, usize>>) -> (usize, usize) {

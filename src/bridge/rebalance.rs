@@ -1,7 +1,8 @@
 //! The consumer-group side of a Kafka subscription: what a rebalance does to the partitions this gateway delivers.
 //!
 //! librdkafka calls the context from inside the consumer's poll (`StreamConsumer::recv`), so nothing here waits for
-//! a delivery: when partitions are taken away, the offsets stored so far (every record delivered or dead-lettered)
+//! a delivery: when partitions are taken away (incrementally: the consumer uses the `cooperative-sticky` assignor
+//! unless the broker's options name another), the offsets stored so far (every record delivered or dead-lettered)
 //! are committed at once, and the subscription is told which partitions it lost. It then abandons their work — the
 //! records it had fetched but not delivered, and the delivery in flight — so that the new owner, which starts from
 //! the committed offset, is the only one delivering them (a delivery cut short is delivered again there:
@@ -33,13 +34,21 @@ impl ClientContext for Rebalances {}
 
 impl ConsumerContext for Rebalances {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else { return };
-        let partitions = partitions(revoked);
+        let partitions = match rebalance {
+            Rebalance::Revoke(revoked) => partitions(revoked),
+            // librdkafka gives up the whole assignment after a rebalance error.
+            Rebalance::Error(e) => {
+                tracing::warn!(subscription = %self.subscription, error = %e, "rebalance failed");
+                consumer.assignment().map(|a| partitions(&a)).unwrap_or_default()
+            }
+            Rebalance::Assign(_) => return,
+        };
         if partitions.is_empty() {
             return;
         }
-        // Committed while the partitions are still ours (asynchronously: this runs on a runtime thread).
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+        // Committed while the partitions are still ours. Synchronously, so that the next owner starts after what
+        // was done here: a round trip to the group coordinator, on a runtime thread, once per rebalance.
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(subscription = %self.subscription, error = %e, "offset commit before a rebalance");
         }
         tracing::info!(subscription = %self.subscription, ?partitions, "partitions revoked by a rebalance");

@@ -395,6 +395,20 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
     let mut workers = tokio::task::JoinSet::new();
     loop {
         let next = tokio::select! {
+            // Revocations first: a record must not reach the worker of a partition already taken away.
+            biased;
+            Some(revoked) = revocations.recv() => {
+                // Another member delivers these from the committed offset on: drop what was fetched, stop the worker.
+                for partition in revoked {
+                    held.remove(&partition);
+                    deliverer.wiring.metrics.forget_lag(partition);
+                    if let Some((_, worker)) = partitions.remove(&partition) {
+                        worker.abort();
+                    }
+                }
+                while workers.try_join_next().is_some() {}
+                continue;
+            }
             next = consumer.recv() => Some(next),
             Some(partition) = taken.recv() => {
                 // The partition's worker took a record: hand it what was held, resume fetching once all is handed.
@@ -408,16 +422,6 @@ async fn consume_kafka(deliverer: Arc<Deliverer>, topic: String, group: String, 
                     if queue.is_empty() {
                         held.remove(&partition);
                         let _ = consumer.resume(&one_partition(&topic, partition));
-                    }
-                }
-                continue;
-            }
-            Some(revoked) = revocations.recv() => {
-                // Another member delivers these from the committed offset on: drop what was fetched, stop the worker.
-                for partition in revoked {
-                    held.remove(&partition);
-                    if let Some((_, worker)) = partitions.remove(&partition) {
-                        worker.abort();
                     }
                 }
                 continue;
@@ -625,7 +629,11 @@ impl Inbound {
         );
         http.insert(HeaderName::from_static("sluice-partition"), HeaderValue::from(m.partition()));
         http.insert(HeaderName::from_static("sluice-offset"), HeaderValue::from(m.offset()));
-        let id = metadata.iter().find(|(k, _)| k == "sluice-id").map_or_else(Message::new_id, |(_, v)| v.clone());
+        // A record another producer wrote without an id gets one from where it is, the same on every redelivery.
+        let id = metadata
+            .iter()
+            .find(|(k, _)| k == "sluice-id")
+            .map_or_else(|| format!("{}-{}-{}", m.topic(), m.partition(), m.offset()), |(_, v)| v.clone());
         identify(&mut http, &id);
         let content_type = metadata.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone());
         Inbound {
@@ -706,9 +714,9 @@ impl Inbound {
     }
 }
 
-/// Gives every delivery a `sluice-id` (the message's: its own header, else the broker's message id, else a new one)
-/// and an `x-request-id` (the message's own, else the same id: stable across redeliveries, so that the upstream's
-/// logs and de-duplication can use either), also for messages that other producers wrote without them.
+/// Gives every delivery a `sluice-id` (the message's: its own header, else the broker's message id or a Kafka
+/// record's `topic-partition-offset`, else a new one) and an `x-request-id` (the message's own, else the same id), also
+/// for messages that other producers wrote without them.
 fn identify(http: &mut HeaderMap, id: &str) {
     let Ok(value) = HeaderValue::try_from(id) else { return };
     if !http.contains_key("sluice-id") {

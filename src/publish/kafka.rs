@@ -332,6 +332,11 @@ impl KafkaPublisher {
         if config.get("fetch.wait.max.ms").is_none() {
             config.set("fetch.wait.max.ms", "50");
         }
+        // Incremental rebalances: a member joining or leaving takes away only the partitions that move, so the
+        // deliveries of the others go on (with librdkafka's default, eager, assignors every rebalance revokes all).
+        if config.get("partition.assignment.strategy").is_none() {
+            config.set("partition.assignment.strategy", "cooperative-sticky");
+        }
         let consumer: StreamConsumer<C> =
             config.create_with_context(context).map_err(|e| map_error(e, "subscription consumer"))?;
         consumer.subscribe(&[topic]).map_err(|e| map_error(e, "subscribe"))?;

@@ -1,7 +1,8 @@
 //! The Prometheus registry with every metric Sluice exports, and the per-route / per-upstream / per-publish handles
 //! looked up once per config load so the request path does no label lookups.
 
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -108,6 +109,8 @@ pub struct Metrics {
     publish_durations: Family<BrokerLabel, Histogram, fn() -> Histogram>,
     broker_up: Family<BrokerLabel, Gauge>,
     route_serving: Family<RouteLabel, Gauge>,
+    /// The routes `route_serving` has a series for.
+    routes_shown: Mutex<HashSet<String>>,
     spool_bytes: Family<BrokerLabel, Gauge>,
     spool_messages: Family<BrokerLabel, Gauge>,
     spool_replayed: Family<BrokerLabel, Counter>,
@@ -218,7 +221,7 @@ impl Metrics {
         registry.register("sluice_broker_up", "1 while the broker is connected", broker_up.clone());
         registry.register(
             "sluice_route_serving",
-            "1 while the route answers as configured (0: its broker is down and it answers 503)",
+            "1 while the route answers as configured (0: it answers 503, its broker down or its reply topic not consumed)",
             route_serving.clone(),
         );
         registry.register("sluice_spool_bytes", "Bytes held in the broker's spool", spool_bytes.clone());
@@ -328,6 +331,7 @@ impl Metrics {
             publish_durations,
             broker_up,
             route_serving,
+            routes_shown: Mutex::default(),
             spool_bytes,
             spool_messages,
             spool_replayed,
@@ -459,12 +463,19 @@ impl Metrics {
         self.broker_up.get_or_create(&BrokerLabel { broker: broker.to_owned() }).set(i64::from(up));
     }
 
-    /// Sets `sluice_route_serving{route}` for the routes of the running config (a route a reload removed goes).
+    /// Sets `sluice_route_serving{route}` for the routes of the running config; the series of a route a reload
+    /// removed goes (only those: a scrape at the same time never misses a route that is still there).
     pub fn routes_serving<'a>(&self, routes: impl Iterator<Item = (&'a str, bool)>) {
-        self.route_serving.clear();
+        let mut shown = self.routes_shown.lock().unwrap_or_else(|e| e.into_inner());
+        let mut now = HashSet::new();
         for (route, serving) in routes {
             self.route_serving.get_or_create(&RouteLabel { route: route.to_owned() }).set(i64::from(serving));
+            now.insert(route.to_owned());
         }
+        for gone in shown.difference(&now) {
+            self.route_serving.remove(&RouteLabel { route: gone.clone() });
+        }
+        *shown = now;
     }
 
     /// The Prometheus text exposition.
@@ -590,6 +601,11 @@ impl SubscriptionMetrics {
     /// `sluice_subscription_lag{subscription,partition}`.
     pub fn lag(&self, partition: i32) -> Gauge {
         self.lags.get_or_create(&SubscriptionPartition { subscription: self.name.clone(), partition }).clone()
+    }
+
+    /// Drops the lag series of a partition this gateway no longer consumes (another member reports it now).
+    pub fn forget_lag(&self, partition: i32) {
+        self.lags.remove(&SubscriptionPartition { subscription: self.name.clone(), partition });
     }
 }
 

@@ -35,6 +35,34 @@ pub fn python() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// Runs `tests/bridge_support/produce.py ARGS` (confluent-kafka or pika, not the gateway's client libraries) with
+/// `items` on its stdin, and waits until it confirmed them all.
+pub async fn produce_independently(args: &[&str], items: &[serde_json::Value]) {
+    use std::io::Write as _;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bridge_support/produce.py");
+    let (args, input): (Vec<String>, String) =
+        (args.iter().map(|a| (*a).to_owned()).collect(), serde_json::to_string(items).unwrap());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(python())
+            .arg(script)
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start produce.py");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "done",
+        "produce.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A port nothing listens on right now.
 pub async fn free_port() -> u16 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
