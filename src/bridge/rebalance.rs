@@ -46,9 +46,12 @@ impl ConsumerContext for Rebalances {
         if partitions.is_empty() {
             return;
         }
-        // Committed while the partitions are still ours. Synchronously, so that the next owner starts after what
-        // was done here: a round trip to the group coordinator, on a runtime thread, once per rebalance.
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        // Committed while the partitions are still ours. Asynchronously: this runs on a runtime thread, which a
+        // synchronous commit would hold for a round trip to the group coordinator (or much longer while it is
+        // unreachable). The commit request goes out before the consumer rejoins the group on the same coordinator
+        // connection, so the next owner starts after what was done here; a commit that fails means redeliveries
+        // (at-least-once), never a skipped record.
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
             tracing::debug!(subscription = %self.subscription, error = %e, "offset commit before a rebalance");
         }
         tracing::info!(subscription = %self.subscription, ?partitions, "partitions revoked by a rebalance");
