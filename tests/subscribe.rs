@@ -279,31 +279,7 @@ async fn kafka_records_are_delivered_in_partition_order_and_committed() {
     .await;
 
     // The group's offsets reach the end of every partition.
-    let (t, g) = (topic.clone(), group.clone());
-    eventually("the group's offsets to be committed", async || {
-        let (t, g) = (t.clone(), g.clone());
-        tokio::task::spawn_blocking(move || {
-            use rdkafka::consumer::{BaseConsumer, Consumer};
-            let c: BaseConsumer = rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", kafka_bootstrap())
-                .set("group.id", &g)
-                .create()
-                .unwrap();
-            let mut tpl = rdkafka::TopicPartitionList::new();
-            for p in 0..3 {
-                tpl.add_partition(&t, p);
-            }
-            let committed = c.committed_offsets(tpl, std::time::Duration::from_secs(10)).unwrap();
-            committed.elements().iter().all(|e| {
-                let (_, high) = c.fetch_watermarks(&t, e.partition(), std::time::Duration::from_secs(10)).unwrap();
-                // A partition no record went to has nothing to commit.
-                e.offset() == rdkafka::Offset::Offset(high) || (high == 0 && e.offset() == rdkafka::Offset::Invalid)
-            })
-        })
-        .await
-        .unwrap()
-    })
-    .await;
+    eventually("the group's offsets to be committed", async || committed_to_the_end(&topic, &group, 3).await).await;
 }
 
 #[tokio::test]

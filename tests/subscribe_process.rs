@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use broker_support::common::{Upstream, reply};
-use broker_support::{Amqp, KafkaLock, RabbitLock, amqp_url, create_topic, eventually, kafka_bootstrap, random_name};
+use broker_support::{
+    Amqp, KafkaLock, RabbitLock, amqp_url, committed_to_the_end, create_topic, eventually, kafka_bootstrap, random_name,
+};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use process_support::Launched;
@@ -112,29 +114,7 @@ impl Stream {
     async fn drained(&self, amqp: &Amqp) -> bool {
         match (&self.queue, &self.topic) {
             (Some(queue), _) => amqp.len(queue).await == 0,
-            (None, Some((topic, group))) => {
-                let (topic, group) = (topic.clone(), group.clone());
-                tokio::task::spawn_blocking(move || {
-                    use rdkafka::consumer::{BaseConsumer, Consumer};
-                    let c: BaseConsumer = rdkafka::ClientConfig::new()
-                        .set("bootstrap.servers", kafka_bootstrap())
-                        .set("group.id", &group)
-                        .create()
-                        .unwrap();
-                    let mut tpl = rdkafka::TopicPartitionList::new();
-                    for p in 0..3 {
-                        tpl.add_partition(&topic, p);
-                    }
-                    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-                    committed.elements().iter().all(|e| {
-                        let (_, high) = c.fetch_watermarks(&topic, e.partition(), Duration::from_secs(10)).unwrap();
-                        e.offset() == rdkafka::Offset::Offset(high)
-                            || (high == 0 && e.offset() == rdkafka::Offset::Invalid)
-                    })
-                })
-                .await
-                .unwrap()
-            }
+            (None, Some((topic, group))) => committed_to_the_end(topic, group, 3).await,
             (None, None) => true,
         }
     }

@@ -42,8 +42,8 @@ fn one(spans: &[Span], kind: i64) -> &Span {
     of_kind[0]
 }
 
-#[tokio::test]
-async fn a_retried_forward_is_one_trace_with_a_client_span_per_attempt() {
+/// An upstream that answers its first request 503 and every later one 200, and the count of requests it got.
+async fn fails_once() -> (common::Upstream, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let upstream = common::Upstream::start(move |_| {
@@ -51,6 +51,12 @@ async fn a_retried_forward_is_one_trace_with_a_client_span_per_attempt() {
         async move { if first { common::reply(503, "busy") } else { common::reply(200, "ok") } }
     })
     .await;
+    (upstream, calls)
+}
+
+#[tokio::test]
+async fn a_retried_forward_is_one_trace_with_a_client_span_per_attempt() {
+    let (upstream, _calls) = fails_once().await;
     let gw = Gateway::start(json!({
         "telemetry": telemetry(),
         "upstreams": { "svc": { "endpoints": [upstream.url()] } },
@@ -185,13 +191,7 @@ async fn a_subscription_continues_the_trace_its_message_carries() {
     let amqp = Amqp::connect().await;
     let queue = random_name("trace-sub-q");
     amqp.queue(&queue, "amq.direct", &queue, false).await;
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    let upstream = common::Upstream::start(move |_| {
-        let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
-        async move { if first { common::reply(503, "busy") } else { common::reply(200, "ok") } }
-    })
-    .await;
+    let (upstream, calls) = fails_once().await;
     let gw = Gateway::start(json!({
         "telemetry": telemetry(),
         "brokers": { "rabbit": { "kind": "amqp", "url": broker_support::amqp_url() } },

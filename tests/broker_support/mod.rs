@@ -464,6 +464,28 @@ impl Drop for Relay {
 // ---------------------------------------------------------------------------------------------------------------
 
 /// Creates a topic with a random name (`prefix-<uuid>`) and `partitions` partitions.
+/// Whether consumer group `group` has committed offsets at the end of each of the `partitions` partitions of `topic`
+/// (a partition no record went to has nothing to commit).
+pub async fn committed_to_the_end(topic: &str, group: &str, partitions: i32) -> bool {
+    let (topic, group) = (topic.to_owned(), group.to_owned());
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).set("group.id", &group).create().unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(&topic, p);
+        }
+        let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        committed.elements().iter().all(|e| {
+            let (_, high) = c.fetch_watermarks(&topic, e.partition(), Duration::from_secs(10)).unwrap();
+            e.offset() == rdkafka::Offset::Offset(high) || (high == 0 && e.offset() == rdkafka::Offset::Invalid)
+        })
+    })
+    .await
+    .unwrap()
+}
+
 pub async fn create_topic(prefix: &str, partitions: i32) -> String {
     let topic = random_name(prefix);
     let admin: AdminClient<DefaultClientContext> =
