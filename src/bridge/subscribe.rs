@@ -593,12 +593,9 @@ impl Inbound {
         let p = &delivery.properties;
         let metadata = header_pairs(p);
         let mut http = http_headers(&delivery, &metadata);
-        let id = metadata
-            .iter()
-            .find(|(k, _)| k == "sluice-id")
-            .map(|(_, v)| v.clone())
-            .or_else(|| p.message_id().as_ref().map(|m| m.as_str().to_owned()))
-            .unwrap_or_else(Message::new_id);
+        let id = meta(&metadata, "sluice-id")
+            .or_else(|| p.message_id().as_ref().map(|m| m.as_str()))
+            .map_or_else(Message::new_id, str::to_owned);
         identify(&mut http, &id);
         let content_type = p.content_type().as_ref().map(|c| c.as_str().to_owned());
         let source = delivery.routing_key.as_str().to_owned();
@@ -630,12 +627,10 @@ impl Inbound {
         http.insert(HeaderName::from_static("sluice-partition"), HeaderValue::from(m.partition()));
         http.insert(HeaderName::from_static("sluice-offset"), HeaderValue::from(m.offset()));
         // A record another producer wrote without an id gets one from where it is, the same on every redelivery.
-        let id = metadata
-            .iter()
-            .find(|(k, _)| k == "sluice-id")
-            .map_or_else(|| format!("{}-{}-{}", m.topic(), m.partition(), m.offset()), |(_, v)| v.clone());
+        let id = meta(&metadata, "sluice-id")
+            .map_or_else(|| format!("{}-{}-{}", m.topic(), m.partition(), m.offset()), str::to_owned);
         identify(&mut http, &id);
-        let content_type = metadata.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone());
+        let content_type = meta(&metadata, "content-type").map(str::to_owned);
         Inbound {
             body: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
             http,
@@ -687,9 +682,9 @@ impl Inbound {
             HeaderValue::try_from(queue).unwrap_or(HeaderValue::from_static("")),
         );
         let message_id = m.message_id.unwrap_or_default();
-        let id = metadata.iter().find(|(k, _)| k == "sluice-id").map_or(message_id, |(_, v)| v.clone());
+        let id = meta(&metadata, "sluice-id").map_or(message_id, str::to_owned);
         identify(&mut http, &id);
-        let content_type = metadata.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone());
+        let content_type = meta(&metadata, "content-type").map(str::to_owned);
         let receipt = m.receipt_handle.unwrap_or_default();
         let keep = tokio::spawn({
             let (client, url, receipt) = (client.clone(), url.clone(), receipt.clone());
@@ -712,6 +707,11 @@ impl Inbound {
             settle: Settle::Sqs { client, url, receipt, keep },
         }
     }
+}
+
+/// The value of metadata entry `name` (as the producer wrote its name).
+fn meta<'a>(metadata: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    metadata.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// Gives every delivery a `sluice-id` (the message's: its own header, else the broker's message id or a Kafka
@@ -972,9 +972,6 @@ fn http_headers(delivery: &Delivery, metadata: &[(String, String)]) -> HeaderMap
     }
     if let Some(ct) = p.content_type() {
         put(&mut headers, "content-type", ct.as_str());
-    }
-    if let Some(id) = p.message_id().as_ref().filter(|_| !headers.contains_key("sluice-id")) {
-        put(&mut headers, "sluice-id", id.as_str());
     }
     put(&mut headers, "sluice-exchange", delivery.exchange.as_str());
     put(&mut headers, "sluice-routing-key", delivery.routing_key.as_str());

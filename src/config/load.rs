@@ -26,9 +26,10 @@ pub fn read_value(path: &Path) -> Result<Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     refuse_path_keys(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     // Environment overrides' names are path expressions too (see `refuse_path_keys`).
-    if let Some(odd) = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()).find(|name| {
-        name.starts_with("SLUICE__") && !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    }) {
+    if let Some(odd) = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .find(|name| name.starts_with("SLUICE__") && !plain_key(name))
+    {
         return Err(format!(
             "environment variable {odd:?}: an override's name may hold only letters, digits, `_` and `-`"
         ));
@@ -75,7 +76,7 @@ fn refuse_path_keys(text: &str) -> Result<(), String> {
         .get_ref()
         .keys()
         .map(|k| k.get_ref().to_string())
-        .filter(|k| !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .filter(|k| !plain_key(k))
         .map(|k| format!("{k:?}"))
         .collect();
     match odd.is_empty() {
@@ -86,6 +87,11 @@ fn refuse_path_keys(text: &str) -> Result<(), String> {
             TOP_LEVEL.join(", ")
         )),
     }
+}
+
+/// Whether `key` holds only letters, digits, `_` and `-`: nothing the config crate reads as a path expression.
+fn plain_key(key: &str) -> bool {
+    key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Deserializes the whole tree, collecting every unknown key and bad value instead of stopping at the first: each
