@@ -23,6 +23,10 @@ use super::record::Recording;
 const QUEUE_CAPACITY: usize = 8192;
 /// Most spans sent in one export request.
 const MAX_BATCH: usize = 512;
+/// A batch this large is sent even with fewer than `MAX_BATCH` spans: collectors refuse gRPC messages over 4 MiB
+/// by default (`max_recv_msg_size_mib`), and 512 spans with long paths or user agents could reach that; a span
+/// over the limit alone still goes out alone, in its own batch.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// How long a batch waits for more spans before it is sent.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
 /// Most bytes a new batch reserves up front: one burst of large spans must not make every later batch (one every
@@ -51,7 +55,7 @@ impl Batch {
 struct Pending {
     /// The batch spans are appended to.
     filling: Batch,
-    /// Batches of `MAX_BATCH` spans.
+    /// Full batches: `MAX_BATCH` spans, or `MAX_BATCH_BYTES`.
     full: Vec<Batch>,
     /// Spans in `filling` and `full`.
     queued: usize,
@@ -95,7 +99,7 @@ impl Queue {
         p.queued += 1;
         encode_span(&mut p.filling.buf, span, end);
         p.filling.spans += 1;
-        if p.filling.spans == MAX_BATCH {
+        if p.filling.spans == MAX_BATCH || p.filling.buf.len() >= MAX_BATCH_BYTES {
             p.size = p.filling.buf.len();
             let fresh = Batch::new(self.room, p.size);
             p.full.push(std::mem::replace(&mut p.filling, fresh));
@@ -151,7 +155,7 @@ pub fn spawn(exporter: OtlpExporter, dropped: Counter) -> (Arc<Queue>, Export) {
 }
 
 /// Sends what is queued when a batch is full, every `BATCH_DELAY`, and on a flush request; one batch (at most
-/// `MAX_BATCH` spans) at a time. Failures are logged at most once a minute: an absent collector must not flood the
+/// `MAX_BATCH` spans or `MAX_BATCH_BYTES`) at a time. Failures are logged at most once a minute: an absent collector must not flood the
 /// log.
 async fn export_loop(
     mut exporter: OtlpExporter,
@@ -209,6 +213,19 @@ mod tests {
         assert!(queue.take().is_empty());
         queue.push(&finished(), 2);
         assert_eq!(dropped.get(), 3, "taking the batches made room");
+    }
+
+    #[test]
+    fn a_batch_of_large_spans_is_closed_at_max_batch_bytes() {
+        let queue = Queue::new(0, QUEUE_CAPACITY, Counter::default());
+        let mut large = finished();
+        large.set_str("url.path", &"/x".repeat(50_000));
+        for _ in 0..25 {
+            queue.push(&large, 2);
+        }
+        let batches = queue.take();
+        assert_eq!(batches.iter().map(|b| b.spans).collect::<Vec<_>>(), [11, 11, 3]);
+        assert!(batches.iter().all(|b| b.buf.len() < MAX_BATCH_BYTES + 100_100), "one span past the limit at most");
     }
 
     #[test]

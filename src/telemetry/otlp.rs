@@ -578,7 +578,7 @@ mod tests {
 
     fn span(name: &'static str, attributes: Vec<opentelemetry::KeyValue>) -> Recording {
         let mut s = Recording::new();
-        s.begin(7, 9, (3, true), 1, None, SpanKind::Client, &[name]);
+        s.begin(7, 9, (3, true), 1, None, SpanKind::Client, super::super::record::now_nanos(), &[name]);
         s.start = 1;
         s.status = Status::error("boom");
         attributes.into_iter().for_each(|kv| s.set(kv));

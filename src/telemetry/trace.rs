@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::KeyValue;
@@ -22,7 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::export::{self, Queue};
 use super::otlp::OtlpExporter;
-use super::record::{Recording, now_nanos};
+use super::record::{Recording, nanos_at};
 use crate::config::TelemetryConfig;
 use crate::request::{TRACEPARENT, TRACESTATE};
 
@@ -121,7 +122,8 @@ struct Recorded {
 impl Drop for Span {
     fn drop(&mut self) {
         if let Some(recorded) = self.recording.take() {
-            recorded.queue.push(&recorded.span, now_nanos());
+            // The monotonic clock, as for the start (see `nanos_at`): an end never comes before its start.
+            recorded.queue.push(&recorded.span, nanos_at(Instant::now()));
             recycle(recorded);
         }
     }
@@ -172,6 +174,15 @@ fn recycle(mut recorded: Box<Recorded>) {
 }
 
 impl Span {
+    /// Ends the span at `at` (a clock reading the caller took anyway), rather than when it is dropped; its context
+    /// stays readable.
+    pub fn end_at(&mut self, at: Instant) {
+        if let Some(recorded) = self.recording.take() {
+            recorded.queue.push(&recorded.span, nanos_at(at));
+            recycle(recorded);
+        }
+    }
+
     /// Whether attributes set on it are recorded (callers skip building costly values otherwise).
     pub fn is_recording(&self) -> bool {
         self.recording.is_some()
@@ -270,14 +281,21 @@ struct Exporting {
 }
 
 impl Tracer {
-    /// The SERVER span of a request, continuing the client's `traceparent` when it has a valid one.
-    pub fn server(&self, headers: &HeaderMap, name: &[&str], attributes: impl FnOnce(&mut Attributes<'_>)) -> Span {
-        self.continuing(headers, SpanKind::Server, name, attributes)
+    /// The SERVER span of a request that arrived at `start`, continuing the client's `traceparent` when it has a
+    /// valid one.
+    pub fn server(
+        &self,
+        headers: &HeaderMap,
+        start: Instant,
+        name: &[&str],
+        attributes: impl FnOnce(&mut Attributes<'_>),
+    ) -> Span {
+        self.continuing(headers, SpanKind::Server, start, name, attributes)
     }
 
     /// The CONSUMER span of a delivered message, continuing the `traceparent` it carries when it has a valid one.
     pub fn consumer(&self, headers: &HeaderMap, name: &[&str], attributes: impl FnOnce(&mut Attributes<'_>)) -> Span {
-        self.continuing(headers, SpanKind::Consumer, name, attributes)
+        self.continuing(headers, SpanKind::Consumer, Instant::now(), name, attributes)
     }
 
     #[inline]
@@ -285,6 +303,7 @@ impl Tracer {
         &self,
         headers: &HeaderMap,
         kind: SpanKind,
+        start: Instant,
         name: &[&str],
         attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
@@ -301,14 +320,26 @@ impl Tracer {
             tracestate: headers.get(&TRACESTATE).cloned(),
         });
         let tracestate = parent.as_ref().and_then(|p| p.tracestate.clone());
-        export.start(parent, tracestate, kind, name, attributes)
+        export.start(parent, tracestate, kind, start, name, attributes)
     }
 
-    /// A child of `parent` (a CLIENT span per upstream attempt, a PRODUCER span per publish).
+    /// A child of `parent` starting now (a PRODUCER span per publish).
     pub fn child(
         &self,
         parent: &TraceContext,
         kind: SpanKind,
+        name: &[&str],
+        attributes: impl FnOnce(&mut Attributes<'_>),
+    ) -> Span {
+        self.child_at(parent, kind, Instant::now(), name, attributes)
+    }
+
+    /// A child of `parent` that started at `start` (a CLIENT span per upstream attempt).
+    pub fn child_at(
+        &self,
+        parent: &TraceContext,
+        kind: SpanKind,
+        start: Instant,
         name: &[&str],
         attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
@@ -322,7 +353,7 @@ impl Tracer {
             remote: false,
             tracestate: parent.tracestate.clone(),
         };
-        export.start(Some(within), parent.tracestate.clone(), kind, name, attributes)
+        export.start(Some(within), parent.tracestate.clone(), kind, start, name, attributes)
     }
 }
 
@@ -346,6 +377,7 @@ impl Exporting {
         parent: Option<Parent>,
         tracestate: Option<HeaderValue>,
         kind: SpanKind,
+        start: Instant,
         name: &[&str],
         attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
@@ -363,7 +395,8 @@ impl Exporting {
         let trace_state = parent.and_then(|p| p.tracestate);
         let mut recorded = reuse(&self.queue);
         let span = &mut recorded.span;
-        span.begin(trace_id, span_id, (parent_span_id, parent_is_remote), flags, trace_state, kind, name);
+        let start = nanos_at(start);
+        span.begin(trace_id, span_id, (parent_span_id, parent_is_remote), flags, trace_state, kind, start, name);
         attributes(&mut Attributes(span));
         Span { cx, recording: Some(recorded) }
     }
@@ -526,7 +559,7 @@ mod tests {
         h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02".parse().unwrap());
         h.insert("tracestate", "vendor=1".parse().unwrap());
         // A remote parent not sampled: its decision is kept, and the flags are cleared.
-        let server = tracer(1.0).server(&h, &["GET r"], |_| {});
+        let server = tracer(1.0).server(&h, Instant::now(), &["GET r"], |_| {});
         assert!(!server.is_recording());
         assert_eq!((server.cx.trace_id, server.cx.flags), (0x4bf92f3577b34da6a3ce929d0e0e4736, 0));
         assert_eq!(server.cx.tracestate.as_ref().unwrap(), "vendor=1");
@@ -534,7 +567,7 @@ mod tests {
         // A sampled remote parent: sampled whatever the ratio, its other flags kept.
         h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03".parse().unwrap());
         let tracer = tracer(0.0);
-        let mut server = tracer.server(&h, &["GET r"], |a| a.str("k", "v"));
+        let mut server = tracer.server(&h, Instant::now(), &["GET r"], |a| a.str("k", "v"));
         server.set(|| KeyValue::new("late", 1));
         server.error("answered 503");
         let r = recorded(&server);
@@ -557,11 +590,11 @@ mod tests {
 
         // No valid parent: a new trace, sampled by ratio; the `tracestate` beside the invalid parent is dropped.
         h.insert("traceparent", "garbage".parse().unwrap());
-        let root = tracer.server(&h, &["GET r"], |_| {});
+        let root = tracer.server(&h, Instant::now(), &["GET r"], |_| {});
         assert!(!root.is_recording());
         assert_eq!(root.cx.flags, 0);
         assert_ne!(root.cx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
-        let root = super::tests::tracer(1.0).server(&h, &["GET r"], |_| {});
+        let root = super::tests::tracer(1.0).server(&h, Instant::now(), &["GET r"], |_| {});
         let r = recorded(&root);
         assert_eq!((r.parent_span_id, r.parent_is_remote, r.flags, r.trace_state.is_none()), (0, false, 1, true));
         assert_eq!(root.cx.tracestate, None);
@@ -578,11 +611,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
         h.insert("tracestate", "vendor=1".parse().unwrap());
-        let mut first = tracer.server(&h, &["GET /a"], |a| a.str("k", "v"));
+        let mut first = tracer.server(&h, Instant::now(), &["GET /a"], |a| a.str("k", "v"));
         first.error("answered 502");
         let at: *const Recording = recorded(&first);
         drop(first);
-        let second = tracer.server(&HeaderMap::new(), &["GET /b"], |_| {});
+        let second = tracer.server(&HeaderMap::new(), Instant::now(), &["GET /b"], |_| {});
         let r = recorded(&second);
         assert!(std::ptr::eq(r, at), "the ended span's box is reused");
         assert_eq!((r.fields.as_slice(), r.attribute_count), (&[0x2a, 6, b'G', b'E', b'T', b' ', b'/', b'b'][..], 0));
@@ -608,7 +641,7 @@ mod tests {
         let tracer = Tracer::default();
         let mut h = HeaderMap::new();
         h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".parse().unwrap());
-        let server = tracer.server(&h, &["GET r"], |_| {});
+        let server = tracer.server(&h, Instant::now(), &["GET r"], |_| {});
         let child = tracer.child(&server.cx, SpanKind::Client, &["GET"], |_| {});
         assert_eq!(child.cx.trace_id, server.cx.trace_id);
         assert_ne!(child.cx.span_id, server.cx.span_id);

@@ -69,7 +69,8 @@ pub struct Answer {
 
 /// Sends `call` to `upstream` (see the module doc for the order of the policies).
 pub async fn call(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, CallError> {
-    let deadline = after(call.timeout);
+    let now = Instant::now();
+    let deadline = after(now, call.timeout);
     call.retry.deposit();
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     let mut retries = 0;
@@ -83,7 +84,10 @@ pub async fn call(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         };
         guard.assign(endpoint.clone());
         let body = call.body.attempt().ok_or(CallError::Unreachable)?;
-        let mut span = client_span(&call, upstream, &endpoint, retries);
+        // The first attempt starts at the clock reading the deadline was taken from (the span's start, without
+        // reading the clock again); a retry, after its backoff, now.
+        let started = if retries == 0 { now } else { Instant::now() };
+        let mut span = client_span(&call, upstream, &endpoint, retries, started);
         let mut req = Request::new(body);
         *req.method_mut() = call.method.clone();
         *req.uri_mut() = upstream.uri(&endpoint, &call.path);
@@ -94,7 +98,7 @@ pub async fn call(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         req.headers_mut().insert(header::HOST, endpoint.host_header.clone());
         req.headers_mut().insert(TRACEPARENT.clone(), span.cx.traceparent());
         let limit = match call.retry.per_try_timeout {
-            Some(t) => deadline.min(after(t)),
+            Some(t) => deadline.min(after(started, t)),
             None => deadline,
         };
         let result = tokio::time::timeout_at(limit, upstream.send(&endpoint, req)).await.map_err(|_| ());
@@ -136,7 +140,7 @@ pub async fn call(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
         retries += 1;
         call.retries.inc();
         tried.push(endpoint);
-        let backoff = after(call.retry.backoff(retries));
+        let backoff = after(Instant::now(), call.retry.backoff(retries));
         tokio::time::sleep_until(backoff.min(deadline)).await;
         if backoff >= deadline {
             return Err(CallError::Timeout);
@@ -144,15 +148,14 @@ pub async fn call(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
     }
 }
 
-/// `d` from now, or a century from now for a `d` past what an `Instant` holds (a config may say "100000000y").
-fn after(d: Duration) -> Instant {
-    let now = Instant::now();
+/// `d` after `now`, or a century after it for a `d` past what an `Instant` holds (a config may say "100000000y").
+fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 /// The CLIENT span of one attempt (OpenTelemetry HTTP client conventions).
-fn client_span(call: &Call<'_>, upstream: &Upstream, endpoint: &Endpoint, retries: u32) -> Span {
-    call.tracer.child(call.trace, SpanKind::Client, &[call.method.as_str()], |a| {
+fn client_span(call: &Call<'_>, upstream: &Upstream, endpoint: &Endpoint, retries: u32, start: Instant) -> Span {
+    call.tracer.child_at(call.trace, SpanKind::Client, start.into_std(), &[call.method.as_str()], |a| {
         a.str("http.request.method", call.method.as_str());
         a.fixed(&endpoint.span_attributes);
         a.str("url.path", call.path.path());
