@@ -4,6 +4,7 @@
 #   bench/forward.sh            5 interleaved repetitions of 10 s per system (about 3 minutes)
 #   bench/forward.sh --quick    1 repetition of 3 s per system (smoke check)
 #   bench/forward.sh --traced   also sluice-traced (below); combines with --quick
+#   bench/forward.sh --auth     also sluice-jwt, sluice-post and sluice-verify (below); combines with the others
 #
 # Systems under test, all in front of the same upstream (an nginx instance answering `return 200` with a
 # fixed 1 KiB body):
@@ -25,6 +26,12 @@
 #                      their CPU µs/request compare at the same load: as fast as it goes, sluice-traced shares the
 #                      load CPU with the collector and runs unsaturated (fewer requests per wake-up), which costs CPU
 #                      per request that is not tracing's. Both figures are printed.
+#   sluice-jwt         only with --auth: the plain route with `auth = { jwt = { secret_env } }` (HS256), every
+#                      request carrying a valid bearer token (wrk -H); compared with `sluice` (no token)
+#   sluice-post        only with --auth: `sluice` itself, loaded with POSTs of a 1 KiB JSON body signed the way
+#                      GitHub signs webhooks (X-Hub-Signature-256), which its plain route forwards unchecked
+#   sluice-verify      only with --auth: the plain route with `verify = { scheme = "github" }`, the same POSTs:
+#                      each signature is checked over the raw body; compared with sluice-post
 #
 # CPU placement (2 cores): the proxy under test on CPU $PROXY_CPU (default 0), the upstream and the load
 # generator (wrk, 1 thread) on CPU $LOAD_CPU (default 1). A "direct" run (wrk straight to the upstream, both on
@@ -46,12 +53,15 @@ for arg in "$@"; do
     case "$arg" in
         --quick) REPS=1; DURATION=3; WARMUP=1 ;;
         --traced) TRACED=1 ;;
+        --auth) AUTH=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-        *) echo "unknown argument: $arg (use --quick, --traced)" >&2; exit 2 ;;
+        *) echo "unknown argument: $arg (use --quick, --traced, --auth)" >&2; exit 2 ;;
     esac
 done
 [ -n "${OTLP_ENDPOINT:-}" ] && TRACED=1
 TRACED=${TRACED:-0}
+EQUAL_REPS=${EQUAL_REPS:-$REPS}
+AUTH=${AUTH:-0}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PORT_BASE=${PORT_BASE:-18000}
@@ -67,10 +77,15 @@ SLUICE_ADMIN=$((PORT_BASE + 1901))
 SLUICE_RES_ADMIN=$((PORT_BASE + 1902))
 SLUICE_BASE_ADMIN=$((PORT_BASE + 1903))
 SLUICE_TRACED_ADMIN=$((PORT_BASE + 1904))
+SLUICE_JWT_PORT=$((PORT_BASE + 8))
+SLUICE_VERIFY_PORT=$((PORT_BASE + 9))
+SLUICE_JWT_ADMIN=$((PORT_BASE + 1905))
+SLUICE_VERIFY_ADMIN=$((PORT_BASE + 1906))
 PORTS=($UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT $SLUICE_RES_PORT $SLUICE_ADMIN $SLUICE_RES_ADMIN)
 [ -n "${SLUICE_BASE_BIN:-}" ] && PORTS+=($SLUICE_BASE_PORT $SLUICE_BASE_ADMIN)
 [ "$TRACED" = 1 ] && PORTS+=($SLUICE_TRACED_PORT $SLUICE_TRACED_ADMIN)
 [ "$TRACED" = 1 ] && [ -z "${OTLP_ENDPOINT:-}" ] && PORTS+=($OTEL_PORT $OTEL_METRICS_PORT)
+[ "$AUTH" = 1 ] && PORTS+=($SLUICE_JWT_PORT $SLUICE_VERIFY_PORT $SLUICE_JWT_ADMIN $SLUICE_VERIFY_ADMIN)
 for p in "${PORTS[@]}"; do
     case $p in 5672|9092|9093) echo "port $p is reserved for the brokers; pick another PORT_BASE" >&2; exit 2 ;; esac
 done
@@ -262,6 +277,40 @@ grep -q '^sample_ratio = 1.0$' "$TMP/sluice-traced.toml" || { echo "could not wr
 "$SLUICE_BIN" check "$TMP/sluice-resilience.toml" >/dev/null
 [ -n "${SLUICE_BASE_BIN:-}" ] && "$SLUICE_BASE_BIN" check "$TMP/sluice-base.toml" >/dev/null
 [ "$TRACED" = 1 ] && "$SLUICE_BIN" check "$TMP/sluice-traced.toml" >/dev/null
+if [ "$AUTH" = 1 ]; then
+    # sluice-jwt and sluice-verify: the plain config plus the route's `auth` / `verify`; a token and signed POSTs
+    # made here with the same secrets (HS256 and HMAC-SHA256, Python's standard library).
+    export BENCH_JWT_SECRET=bench-jwt-secret-of-at-least-32-bytes BENCH_WEBHOOK_SECRET=bench-webhook-secret
+    sed -e "s/:$SLUICE_PORT\"/:$SLUICE_JWT_PORT\"/; s/:$SLUICE_ADMIN\"/:$SLUICE_JWT_ADMIN\"/" \
+        -e 's/^forward = { upstream = "bench" }$/&\nauth = { jwt = { secret_env = "BENCH_JWT_SECRET" } }/' \
+        "$TMP/sluice.toml" > "$TMP/sluice-jwt.toml"
+    sed -e "s/:$SLUICE_PORT\"/:$SLUICE_VERIFY_PORT\"/; s/:$SLUICE_ADMIN\"/:$SLUICE_VERIFY_ADMIN\"/" \
+        -e 's/^forward = { upstream = "bench" }$/&\nverify = { scheme = "github", secret_env = "BENCH_WEBHOOK_SECRET" }/' \
+        "$TMP/sluice.toml" > "$TMP/sluice-verify.toml"
+    grep -q '^auth = ' "$TMP/sluice-jwt.toml" && grep -q '^verify = ' "$TMP/sluice-verify.toml" ||
+        { echo "could not write sluice-jwt.toml / sluice-verify.toml" >&2; exit 1; }
+    "$SLUICE_BIN" check "$TMP/sluice-jwt.toml" >/dev/null
+    "$SLUICE_BIN" check "$TMP/sluice-verify.toml" >/dev/null
+    JWT=$(python3 -c 'import base64, hashlib, hmac, json, os, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+claims = b64(json.dumps({"sub": "bench-client", "iss": "https://issuer.example", "scope": "orders:write",
+                         "iat": int(time.time()), "exp": int(time.time()) + 86400}).encode())
+signed = head + b"." + claims
+sig = hmac.new(os.environ["BENCH_JWT_SECRET"].encode(), signed, hashlib.sha256).digest()
+print((signed + b"." + b64(sig)).decode())')
+    python3 - "$TMP/post.lua" <<'PY'
+import hashlib, hmac, json, os, sys
+body = json.dumps({"event": "push", "data": "x" * 1000}).encode()
+sig = hmac.new(os.environ["BENCH_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).hexdigest()
+open(sys.argv[1].replace(".lua", ".body"), "wb").write(body)
+open(sys.argv[1].replace(".lua", ".sig"), "w").write(sig)
+with open(sys.argv[1], "w") as f:
+    f.write('wrk.method = "POST"\nwrk.body = %s\n' % json.dumps(body.decode()))
+    f.write('wrk.headers["Content-Type"] = "application/json"\n')
+    f.write('wrk.headers["X-Hub-Signature-256"] = "sha256=%s"\n' % sig)
+PY
+fi
 
 # The private collector: OTLP/gRPC in (127.0.0.1 only), every span appended to a JSON lines file (append, so that
 # truncating it between runs is safe), no telemetry server of its own.
@@ -343,12 +392,26 @@ if [ "$TRACED" = 1 ]; then
     PIDS+=($!); SLUICE_TRACED_PID=$!
 fi
 
+if [ "$AUTH" = 1 ]; then
+    TOKIO_WORKER_THREADS=1 "${PIN_PROXY[@]}" "$SLUICE_BIN" run --config "$TMP/sluice-jwt.toml" >"$TMP/sluice-jwt.log" 2>&1 &
+    PIDS+=($!); SLUICE_JWT_PID=$!
+    TOKIO_WORKER_THREADS=1 "${PIN_PROXY[@]}" "$SLUICE_BIN" run --config "$TMP/sluice-verify.toml" \
+        >"$TMP/sluice-verify.log" 2>&1 &
+    PIDS+=($!); SLUICE_VERIFY_PID=$!
+fi
+
 wait_http "http://127.0.0.1:$UPSTREAM_PORT/"
 wait_http "http://127.0.0.1:$NGINX_PORT/"
 wait_http "http://127.0.0.1:$SLUICE_PORT/"
 wait_http "http://127.0.0.1:$SLUICE_RES_PORT/"
 [ -n "${SLUICE_BASE_BIN:-}" ] && wait_http "http://127.0.0.1:$SLUICE_BASE_PORT/"
 [ "$TRACED" = 1 ] && wait_http "http://127.0.0.1:$SLUICE_TRACED_PORT/"
+if [ "$AUTH" = 1 ]; then
+    # Only requests with the token (the signature) are answered 200; without them, 401.
+    wait_http "http://127.0.0.1:$SLUICE_JWT_PORT/" -H "Authorization: Bearer $JWT"
+    wait_http "http://127.0.0.1:$SLUICE_VERIFY_PORT/" --data-binary "@$TMP/post.body" -H "Content-Type: application/json" \
+        -H "X-Hub-Signature-256: sha256=$(cat "$TMP/post.sig")"
+fi
 
 # ---------------------------------------------------------------------------------------------- measure
 PROXIES=(nginx sluice sluice-resilience)
@@ -359,6 +422,7 @@ declare -A URL=(
     [sluice-resilience]="http://127.0.0.1:$SLUICE_RES_PORT/"
 )
 declare -A PROC=([direct]=$UPSTREAM_PID [nginx]=$NGINX_PID [sluice]=$SLUICE_PID [sluice-resilience]=$SLUICE_RES_PID)
+declare -A WRK_ARGS=()   # extra wrk arguments of a system (headers, a Lua script)
 if [ -n "${SLUICE_BASE_BIN:-}" ]; then
     PROXIES+=(sluice-base); URL[sluice-base]="http://127.0.0.1:$SLUICE_BASE_PORT/"; PROC[sluice-base]=$SLUICE_BASE_PID
 fi
@@ -366,7 +430,18 @@ if [ "$TRACED" = 1 ]; then
     PROXIES+=(sluice-traced); URL[sluice-traced]="http://127.0.0.1:$SLUICE_TRACED_PORT/"
     PROC[sluice-traced]=$SLUICE_TRACED_PID
 fi
+if [ "$AUTH" = 1 ]; then
+    PROXIES+=(sluice-jwt sluice-post sluice-verify)
+    URL[sluice-jwt]="http://127.0.0.1:$SLUICE_JWT_PORT/"; PROC[sluice-jwt]=$SLUICE_JWT_PID
+    WRK_ARGS[sluice-jwt]="-H|Authorization: Bearer $JWT"
+    URL[sluice-post]=${URL[sluice]}; PROC[sluice-post]=$SLUICE_PID; WRK_ARGS[sluice-post]="-s|$TMP/post.lua"
+    URL[sluice-verify]="http://127.0.0.1:$SLUICE_VERIFY_PORT/"; PROC[sluice-verify]=$SLUICE_VERIFY_PID
+    WRK_ARGS[sluice-verify]="-s|$TMP/post.lua"
+fi
 NAMES=(direct "${PROXIES[@]}")
+wrk_args() {   # the extra wrk arguments of system $1, one per line
+    [ -n "${WRK_ARGS[$1]:-}" ] && tr '|' '\n' <<<"${WRK_ARGS[$1]}" || true
+}
 declare -A RPS CPU USPR OTHER ERRS
 SPANS_GOT="" SPANS_DROPPED="" SPANS_REQS=""
 CLK_TCK=$(getconf CLK_TCK)
@@ -398,7 +473,7 @@ spans_settle() {    # waits until the collector's count stops growing (Sluice's 
 
 run_wrk() {   # $1 = name, $2 = seconds[, $3 = a fixed rate, req/s]; sets LAST_RPS, records requests/s, CPU figures
     # and errors (under the key `name`, or `name@rate` at a fixed rate: oha -q, open loop, instead of wrk)
-    local name=$1 secs=$2 rate=${3:-} key=$1${3:+@rate} out t0 t1 t2 b0 b1 w0 w1 el rps reqs errs d0 d1 got off=0
+    local name=$1 secs=$2 rate=${3:-} key=$1${3:+@rate} out t0 t1 t2 b0 b1 w0 w1 el rps reqs errs d0 d1 got off=0 extra
     if [ "$name" = sluice-traced ]; then
         # Nothing of the warm-up (or of the previous run) still queued; the private collector's file starts empty
         # (an external collector's file is not ours to truncate: only what is appended after `off` is counted).
@@ -414,7 +489,8 @@ d = json.load(sys.stdin); codes = d["statusCodeDistribution"]; ok = codes.get("2
 errs = sum(codes.values()) - ok + sum(n for e, n in d["errorDistribution"].items() if "deadline" not in e)
 print("Requests/sec: %.2f" % d["summary"]["requestsPerSec"]); print("%d requests in" % ok); print("Non-2xx %d" % errs)')
     else
-        out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${secs}s" "${URL[$name]}" 2>&1)
+        mapfile -t extra < <(wrk_args "$name")
+        out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${secs}s" "${extra[@]}" "${URL[$name]}" 2>&1)
     fi
     t1=$(cpu_ticks "${PROC[$name]}"); b1=$(cpu_busy "$PROXY_CPU"); w1=$(date +%s%N)
     el=$(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')   # seconds between the readings
@@ -458,7 +534,8 @@ log "machine: $NCPU CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- |
 log "pinning: proxy on CPU ${PIN_PROXY[2]:-any}, upstream + wrk on CPU ${PIN_LOAD[2]:-any}; wrk -t1 -c$CONNS -d${DURATION}s"
 log "warm-up ${WARMUP}s each"
 for name in "${NAMES[@]}"; do
-    "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${URL[$name]}" >/dev/null
+    mapfile -t extra < <(wrk_args "$name")
+    "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${extra[@]}" "${URL[$name]}" >/dev/null
 done
 # The direct baseline is measured once: it only shows the load side's ceiling.
 run_wrk direct "$DURATION"
@@ -478,12 +555,12 @@ done
 if [ "$TRACED" = 1 ]; then
     # The same load for both: a fixed rate below what sluice-traced reached as fast as it goes.
     EQUAL_RATE=${EQUAL_RATE:-$(median <<<"${RPS[sluice-traced]}" | awk '{printf "%.0f", $1 * 0.8}')}
-    log "equal rate: sluice and sluice-traced at $EQUAL_RATE req/s (oha -q, open loop)"
-    for rep in $(seq "$REPS"); do
+    log "equal rate: sluice and sluice-traced at $EQUAL_RATE req/s (oha -q, open loop), $EQUAL_REPS pairs"
+    for rep in $(seq "$EQUAL_REPS"); do
         for name in sluice sluice-traced; do
             [ $((rep % 2)) = 0 ] && name=$([ "$name" = sluice ] && echo sluice-traced || echo sluice)
             run_wrk "$name" "$DURATION" "$EQUAL_RATE"
-            log "rep $rep/$REPS  $(printf '%-18s' "$name@rate") $(printf '%9.0f' "$LAST_RPS") req/s  CPU $(tail_word "${CPU[$name@rate]}")%  $(tail_word "${USPR[$name@rate]}") µs/req  other load on CPU $PROXY_CPU: $(tail_word "${OTHER[$name@rate]}")%"
+            log "rep $rep/$EQUAL_REPS  $(printf '%-18s' "$name@rate") $(printf '%9.0f' "$LAST_RPS") req/s  CPU $(tail_word "${CPU[$name@rate]}")%  $(tail_word "${USPR[$name@rate]}") µs/req  other load on CPU $PROXY_CPU: $(tail_word "${OTHER[$name@rate]}")%"
         done
     done
     NAMES+=(sluice@rate sluice-traced@rate)
@@ -539,6 +616,13 @@ if [ "$TRACED" = 1 ]; then
         printf "CPU µs/request ratio sluice-traced/sluice at the same %s req/s: %.3f   (target <= 1.10: %s)\n", rate, r,
             (r <= 1.10) ? "met" : "NOT met"
     }'
+    # The pairs run back to back, so a slow spell of the machine weighs on both runs of a pair: the median of the
+    # ratios within pairs moves less than the ratio of two medians.
+    paired=$(awk -v a="${USPR[sluice@rate]}" -v b="${USPR[sluice-traced@rate]}" 'BEGIN {
+        n = split(a, A, " "); split(b, B, " "); for (i = 1; i <= n; i++) printf "%.4f ", B[i] / A[i] }')
+    echo "  per pair (sluice-traced/sluice, in run order): $paired"
+    awk -v r="$(median <<<"$paired")" 'BEGIN {
+        printf "  median of the per-pair ratios: %.3f   (target <= 1.10: %s)\n", r, (r <= 1.10) ? "met" : "NOT met" }'
     read -r got dropped reqs < <(awk -v g="$SPANS_GOT" -v d="$SPANS_DROPPED" -v q="$SPANS_REQS" 'BEGIN {
         n = split(g, G, " "); split(d, D, " "); split(q, Q, " ")
         for (i = 1; i <= n; i++) { tg += G[i]; td += D[i]; tq += Q[i] }
@@ -549,6 +633,12 @@ if [ "$TRACED" = 1 ]; then
     if awk -v d="$dropped" -v q="$reqs" 'BEGIN {exit !(d > 0.01 * 2 * q)}'; then
         echo "WARNING: more than 1% of the spans were dropped: the traced figure understates the cost of exporting all."
     fi
+fi
+if [ "$AUTH" = 1 ]; then
+    awk -v s="${MEDUS[sluice]}" -v j="${MEDUS[sluice-jwt]}" -v p="${MEDUS[sluice-post]}" -v v="${MEDUS[sluice-verify]}" 'BEGIN {
+        printf "CPU µs/request ratio sluice-jwt/sluice:         %.3f   (target <= 1.15: %s)\n", j / s, (j / s <= 1.15) ? "met" : "NOT met"
+        printf "CPU µs/request ratio sluice-verify/sluice-post: %.3f   (target <= 1.15: %s)\n", v / p, (v / p <= 1.15) ? "met" : "NOT met"
+    }'
 fi
 echo
 echo "($REPS repetitions x ${DURATION}s, wrk -t1 -c$CONNS, keep-alive, 1 KiB responses; $(date -u '+%Y-%m-%d %H:%M UTC'))"

@@ -598,6 +598,15 @@ async fn the_jwks_file_is_read_again_at_every_reload_and_a_broken_one_is_refused
     assert_eq!(get(tokens[0].clone()).await.status, 200);
     assert_eq!(get(tokens[1].clone()).await.status, 200);
     assert_eq!(up.hits(), 4);
+
+    // Rotation away from both RSA keys: their tokens, admitted (and kept in the route's cache of verified tokens)
+    // a moment ago, are checked again with the new keys.
+    std::fs::copy(f.dir.join("ec.jwks.json"), &jwks_path).unwrap();
+    let r = reload_now().await;
+    assert_eq!(r.json()["reloaded"], json!(true), "{}", r.text());
+    assert_eq!(get(tokens[0].clone()).await.status, 401);
+    assert_eq!(get(tokens[1].clone()).await.status, 401);
+    assert_eq!(up.hits(), 4);
 }
 
 /// Runs `sluice check --strict PATH` (the real binary: unset variables are errors) with `env` set; returns (exit

@@ -51,10 +51,10 @@ minmax() {     # $1 = printf format of each end (default %s)
 fmt() { awk -v f="$1" -v x="$2" 'BEGIN {if (x == "-" || x == "") print "-"; else printf f, x}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b}'; }
 
-wait_http() {   # $1 = url; waits until it answers 200 with a 1024-byte body
+wait_http() {   # $1 = url[, more curl arguments]; waits until it answers 200 with a 1024-byte body
     local out
     for _ in $(seq 100); do
-        out=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "$1" 2>/dev/null || true)
+        out=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "$@" 2>/dev/null || true)
         [ "$out" = "200 1024" ] && return 0
         sleep 0.1
     done

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::guard::Guard;
+use super::verified::Verified;
 use crate::body::Prepared;
 use crate::config::{AuthConfig, JwtConfig};
 use crate::problem::GatewayError;
@@ -78,7 +79,7 @@ impl Guard for Auth {
             Scheme::ApiKeys(keys) => keys.check(req.headers()).err(),
             Scheme::Jwt(jwt) => match jwt.check(req.headers()) {
                 Ok(claims) => {
-                    req.extensions_mut().insert(Claims(Arc::new(claims)));
+                    req.extensions_mut().insert(Claims(claims));
                     None
                 }
                 Err(refusal) => Some(refusal),
@@ -179,6 +180,8 @@ struct Jwt {
     scopes: Vec<String>,
     /// `WWW-Authenticate` of a 403 for a missing scope.
     scope_challenge: String,
+    /// Tokens that passed every check, admitted again without one until they expire.
+    verified: Verified,
 }
 
 impl Jwt {
@@ -224,11 +227,13 @@ impl Jwt {
                 cfg.required_scopes.join(" ")
             ),
             scopes: cfg.required_scopes.clone(),
+            verified: Verified::new(cfg.leeway.0.as_secs()),
         })
     }
 
-    /// Verifies the bearer token of `headers` and returns its claims.
-    fn check(&self, headers: &HeaderMap) -> Result<Map<String, Value>, Refusal> {
+    /// Verifies the bearer token of `headers` (unless it passed every check before and has not expired) and
+    /// returns its claims.
+    fn check(&self, headers: &HeaderMap) -> Result<Arc<Map<String, Value>>, Refusal> {
         let Some(token) = bearer(headers) else {
             return Err(Refusal {
                 error: GatewayError::Unauthorized {
@@ -238,6 +243,9 @@ impl Jwt {
                 cause: "no token".to_owned(),
             });
         };
+        if let Some(claims) = self.verified.get(token, jsonwebtoken::get_current_timestamp()) {
+            return Ok(claims);
+        }
         let claims = self.verify(token)?;
         if let Some(audience) = &self.audience {
             let listed = match claims.get("aud") {
@@ -267,6 +275,8 @@ impl Jwt {
                 cause: format!("granted scopes: {granted:?}"),
             });
         }
+        let claims = Arc::new(claims);
+        self.verified.insert(token, &claims);
         Ok(claims)
     }
 

@@ -6,6 +6,7 @@
 //! - [`cors`]: `cors = {…}` as tower-http's `CorsLayer`.
 //! - [`rate_limit`]: keyed token buckets.
 //! - [`idempotency`]: `Idempotency-Key` replay and in-flight conflicts (publish routes).
+//! - [`verified`]: bearer tokens a route verified recently (auth's cache).
 //! - [`verify`]: inbound webhook signatures (`github`, `stripe`, `standard`, `hmac`) over the raw body.
 
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod cors;
 pub mod guard;
 pub mod idempotency;
 pub mod rate_limit;
+pub mod verified;
 pub mod verify;
 
 pub use auth::{Auth, AuthError};
