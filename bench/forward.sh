@@ -627,7 +627,7 @@ if [ "$TRACED" = 1 ]; then
         n = split(a, A, " "); split(b, B, " "); split(ra, RA, " "); split(rb, RB, " ")
         for (i = 1; i <= n; i++) printf "%.4f%s ", B[i] / A[i], (RA[i] < 0.98 * rate || RB[i] < 0.98 * rate) ? "(short)" : "" }')
     echo "  per pair (sluice-traced/sluice, in run order; (short): a run below the rate, not counted): $paired"
-    kept=$(tr ' ' '\n' <<<"$paired" | grep -v short | tr '\n' ' ')
+    kept=$(tr ' ' '\n' <<<"$paired" | { grep -v short || true; } | tr '\n' ' ')
     if [ -n "${kept// /}" ]; then
         awk -v r="$(median <<<"$kept")" -v n="$(wc -w <<<"$kept")" 'BEGIN {
             printf "  median of the per-pair ratios (%d pairs): %.3f   (target <= 1.10: %s)\n", n, r, (r <= 1.10) ? "met" : "NOT met" }'

@@ -23,9 +23,9 @@ use super::record::Recording;
 const QUEUE_CAPACITY: usize = 8192;
 /// Most spans sent in one export request.
 const MAX_BATCH: usize = 512;
-/// A batch this large is sent even with fewer than `MAX_BATCH` spans: collectors refuse gRPC messages over 4 MiB
-/// by default (`max_recv_msg_size_mib`), and 512 spans with long paths or user agents could reach that; a span
-/// over the limit alone still goes out alone, in its own batch.
+/// A batch is closed once it holds this many bytes, even with fewer than `MAX_BATCH` spans, so that it stays under
+/// 1 MiB plus one span: collectors refuse gRPC messages over 4 MiB by default (`max_recv_msg_size_mib`), and 512
+/// spans with long paths or user agents could reach that.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 /// How long a batch waits for more spans before it is sent.
 const BATCH_DELAY: Duration = Duration::from_millis(200);

@@ -205,6 +205,9 @@ fn put(buf: &mut [u8], end: usize, bytes: &[u8]) -> usize {
 pub fn encode_span(buf: &mut Vec<u8>, s: &Recording, end: u64) {
     // `trace_id` (1), `span_id` (2), `kind` (6), `start_time_unix_nano` (7), `end_time_unix_nano` (8) and
     // `flags` (16): keys and lengths that are constants.
+    // The start and the end may come from two anchors of the clock (`record::nanos_at`): an end is never written
+    // before its start.
+    let end = end.max(s.start);
     let mut head = [0u8; 54];
     head[..2].copy_from_slice(&[0x0a, 16]);
     head[2..18].copy_from_slice(&s.trace_id.to_be_bytes());

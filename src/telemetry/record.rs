@@ -193,7 +193,18 @@ pub fn nanos_at(at: Instant) -> u64 {
 #[cold]
 #[inline(never)]
 fn anchor_again(at: Instant) -> u64 {
-    let (base, base_nanos) = (Instant::now(), now_nanos());
+    // The two clocks are read back to back; a thread descheduled between the reads would shift every span of the
+    // next second by the pause, so the pair is read again when the monotonic clock moved more than 20 µs around
+    // the wall-clock read (a few tries, then the last pair is kept).
+    let mut anchor = (Instant::now(), now_nanos());
+    for _ in 0..3 {
+        let after = Instant::now();
+        if after.saturating_duration_since(anchor.0) <= Duration::from_micros(20) {
+            break;
+        }
+        anchor = (after, now_nanos());
+    }
+    let (base, base_nanos) = anchor;
     ANCHOR.set(Some((base, base_nanos)));
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     match at.checked_duration_since(base) {

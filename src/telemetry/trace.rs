@@ -122,7 +122,7 @@ struct Recorded {
 impl Drop for Span {
     fn drop(&mut self) {
         if let Some(recorded) = self.recording.take() {
-            // The monotonic clock, as for the start (see `nanos_at`): an end never comes before its start.
+            // The monotonic clock, as for the start (see `nanos_at`).
             recorded.queue.push(&recorded.span, nanos_at(Instant::now()));
             recycle(recorded);
         }

@@ -125,6 +125,8 @@ pub async fn call(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
             Err(()) => (Outcome::Timeout, None),
         };
         record(upstream, &endpoint, outcome, &mut span);
+        // The same clock as the start (tokio's, which tests may pause).
+        span.end_at(Instant::now().into_std());
         drop(span);
         let retry =
             call.retry.may_retry(outcome, retries, call.idempotent, call.body.replayable()) && call.retry.withdraw();
