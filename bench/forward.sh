@@ -22,7 +22,7 @@
 #                      collector instead (a local one is pinned to CPU $LOAD_CPU for the run, and its affinity
 #                      restored on exit; set OTLP_SPANS to its spans file to have spans counted)
 #                      With --traced, sluice and sluice-traced are also run side by side at one fixed rate (oha -q,
-#                      open loop; EQUAL_RATE, default 60% of sluice-traced's median as-fast-as-it-goes rate), so that
+#                      open loop; EQUAL_RATE, default EQUAL_FRACTION (0.6) of sluice-traced's median rate), so that
 #                      their CPU µs/request compare at the same load: as fast as it goes, sluice-traced shares the
 #                      load CPU with the collector and runs unsaturated (fewer requests per wake-up), which costs CPU
 #                      per request that is not tracing's. Both figures are printed.
@@ -61,6 +61,7 @@ done
 [ -n "${OTLP_ENDPOINT:-}" ] && TRACED=1
 TRACED=${TRACED:-0}
 EQUAL_REPS=${EQUAL_REPS:-$REPS}
+EQUAL_FRACTION=${EQUAL_FRACTION:-0.6}
 AUTH=${AUTH:-0}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -556,7 +557,7 @@ if [ "$TRACED" = 1 ]; then
     # The same load for both: a fixed rate below what sluice-traced reached as fast as it goes.
     # 60%: at 80% the load CPU (oha, heavier than wrk, beside the upstream and the collector) sometimes could not
     # send the rate during sluice-traced's runs, which then ran at a lower rate than its pair.
-    EQUAL_RATE=${EQUAL_RATE:-$(median <<<"${RPS[sluice-traced]}" | awk '{printf "%.0f", $1 * 0.6}')}
+    EQUAL_RATE=${EQUAL_RATE:-$(median <<<"${RPS[sluice-traced]}" | awk -v f="$EQUAL_FRACTION" '{printf "%.0f", $1 * f}')}
     log "equal rate: sluice and sluice-traced at $EQUAL_RATE req/s (oha -q, open loop), $EQUAL_REPS pairs"
     for rep in $(seq "$EQUAL_REPS"); do
         for name in sluice sluice-traced; do
