@@ -26,7 +26,8 @@
 #                      their CPU µs/request compare at the same load: as fast as it goes, sluice-traced shares the
 #                      load CPU with the collector and runs unsaturated (fewer requests per wake-up), which costs CPU
 #                      per request that is not tracing's. Both figures are printed.
-#   sluice-jwt         only with --auth: the plain route with `auth = { jwt = { secret_env } }` (HS256), every
+#   sluice-jwt         only with --auth: the plain route with `auth = { jwt = { secret_env } }` (HS256; AUTH_ALG=RS256
+#                      or ES256: a jwks_file and a key pair made with the tests' Python venv), every
 #                      request carrying a valid bearer token (wrk -H); compared with `sluice` (no token)
 #   sluice-post        only with --auth: `sluice` itself, loaded with POSTs of a 1 KiB JSON body signed the way
 #                      GitHub signs webhooks (X-Hub-Signature-256), which its plain route forwards unchecked
@@ -63,6 +64,8 @@ TRACED=${TRACED:-0}
 EQUAL_REPS=${EQUAL_REPS:-$REPS}
 EQUAL_FRACTION=${EQUAL_FRACTION:-0.6}
 AUTH=${AUTH:-0}
+AUTH_ALG=${AUTH_ALG:-HS256}
+case $AUTH_ALG in HS256|RS256|ES256) ;; *) echo "AUTH_ALG must be HS256, RS256 or ES256" >&2; exit 2 ;; esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PORT_BASE=${PORT_BASE:-18000}
@@ -282,17 +285,40 @@ if [ "$AUTH" = 1 ]; then
     # sluice-jwt and sluice-verify: the plain config plus the route's `auth` / `verify`; a token and signed POSTs
     # made here with the same secrets (HS256 and HMAC-SHA256, Python's standard library).
     export BENCH_JWT_SECRET=bench-jwt-secret-of-at-least-32-bytes BENCH_WEBHOOK_SECRET=bench-webhook-secret
+    if [ "$AUTH_ALG" = HS256 ]; then
+        JWT_KEYS='secret_env = "BENCH_JWT_SECRET"'
+    else
+        # A public-key algorithm: a key pair and its JWKS made with the `cryptography` and PyJWT of the tests' venv.
+        JWT_KEYS="jwks_file = \"$TMP/jwks.json\""
+    fi
     sed -e "s/:$SLUICE_PORT\"/:$SLUICE_JWT_PORT\"/; s/:$SLUICE_ADMIN\"/:$SLUICE_JWT_ADMIN\"/" \
-        -e 's/^forward = { upstream = "bench" }$/&\nauth = { jwt = { secret_env = "BENCH_JWT_SECRET" } }/' \
+        -e "s|^forward = { upstream = \"bench\" }\$|&\nauth = { jwt = { $JWT_KEYS } }|" \
         "$TMP/sluice.toml" > "$TMP/sluice-jwt.toml"
     sed -e "s/:$SLUICE_PORT\"/:$SLUICE_VERIFY_PORT\"/; s/:$SLUICE_ADMIN\"/:$SLUICE_VERIFY_ADMIN\"/" \
         -e 's/^forward = { upstream = "bench" }$/&\nverify = { scheme = "github", secret_env = "BENCH_WEBHOOK_SECRET" }/' \
         "$TMP/sluice.toml" > "$TMP/sluice-verify.toml"
     grep -q '^auth = ' "$TMP/sluice-jwt.toml" && grep -q '^verify = ' "$TMP/sluice-verify.toml" ||
         { echo "could not write sluice-jwt.toml / sluice-verify.toml" >&2; exit 1; }
-    "$SLUICE_BIN" check "$TMP/sluice-jwt.toml" >/dev/null
     "$SLUICE_BIN" check "$TMP/sluice-verify.toml" >/dev/null
-    JWT=$(python3 -c 'import base64, hashlib, hmac, json, os, time
+    if [ "$AUTH_ALG" != HS256 ]; then
+        PY_BIN=$("$ROOT/integration/pyenv.sh" | tail -n1)
+        JWT=$("$PY_BIN" - "$AUTH_ALG" "$TMP/jwks.json" <<'PY'
+import json, sys, time
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+alg, path = sys.argv[1], sys.argv[2]
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048) if alg.startswith("RS") else ec.generate_private_key(ec.SECP256R1())
+public = json.loads(jwt.algorithms.get_default_algorithms()[alg].to_jwk(key.public_key()))
+public.update(kid="bench", alg=alg, use="sig")
+json.dump({"keys": [public]}, open(path, "w"))
+now = int(time.time())
+print(jwt.encode({"sub": "bench-client", "iss": "https://issuer.example", "scope": "orders:write", "iat": now,
+                  "exp": now + 86400}, key, algorithm=alg, headers={"kid": "bench"}))
+PY
+)
+    fi
+    "$SLUICE_BIN" check "$TMP/sluice-jwt.toml" >/dev/null
+    [ "$AUTH_ALG" = HS256 ] && JWT=$(python3 -c 'import base64, hashlib, hmac, json, os, time
 b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
 head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
 claims = b64(json.dumps({"sub": "bench-client", "iss": "https://issuer.example", "scope": "orders:write",
