@@ -107,7 +107,7 @@ pub async fn request_reply(
     };
     route.metrics.duration.observe(start.elapsed().as_secs_f64());
     // The reply's handling, in the request's trace.
-    drop(route.tracer.child(&producer, SpanKind::Consumer, &["process reply"], |a| {
+    drop(route.tracer.child(&producer, SpanKind::Consumer, None, &["process reply"], |a| {
         a.str("messaging.operation.type", "process");
         a.str("sluice.broker", &route.broker_name);
     }));

@@ -128,7 +128,7 @@ where
             (Some(_), None) => &[method, " ", o.http_route.as_deref().unwrap_or("")],
             (None, _) => &[method],
         };
-        let span = o.tracer.server(req.headers(), start.into_std(), name, |a| server_attributes(o, &req, a));
+        let span = o.tracer.server(req.headers(), start, name, |a| server_attributes(o, &req, a));
         if let Some(facts) = req.extensions_mut().get_mut::<Facts>() {
             facts.trace = span.cx.clone();
         }
@@ -196,7 +196,7 @@ impl Seen {
             span.error(format!("answered {status}"));
         }
         let now = Instant::now();
-        span.end_at(now.into_std());
+        span.end_at(now);
         let elapsed = now.saturating_duration_since(start);
         o.metrics.observe(status, elapsed);
         if o.access_log {

@@ -114,7 +114,7 @@ pub fn producer_span(tracer: &Tracer, parent: &TraceContext, broker: &str, messa
         Destination::Amqp { exchange, routing_key, .. } if exchange.is_empty() => ("rabbitmq", routing_key.as_str()),
         Destination::Amqp { exchange, .. } => ("rabbitmq", exchange.as_str()),
     };
-    tracer.child(parent, SpanKind::Producer, &["send ", name], |a| {
+    tracer.child(parent, SpanKind::Producer, None, &["send ", name], |a| {
         a.str("messaging.system", system);
         a.str("messaging.operation.type", "send");
         a.str("messaging.operation.name", "send");

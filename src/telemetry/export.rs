@@ -155,8 +155,8 @@ pub fn spawn(exporter: OtlpExporter, dropped: Counter) -> (Arc<Queue>, Export) {
 }
 
 /// Sends what is queued when a batch is full, every `BATCH_DELAY`, and on a flush request; one batch (at most
-/// `MAX_BATCH` spans or `MAX_BATCH_BYTES`) at a time. Failures are logged at most once a minute: an absent collector must not flood the
-/// log.
+/// `MAX_BATCH` spans or `MAX_BATCH_BYTES`) at a time. Failures are logged at most once a minute: an absent collector
+/// must not flood the log.
 async fn export_loop(
     mut exporter: OtlpExporter,
     queue: Arc<Queue>,

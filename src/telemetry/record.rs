@@ -261,6 +261,7 @@ mod tests {
         let long_ago = at.checked_sub(Duration::from_secs(5)).unwrap_or(at);
         let then = nanos_at(long_ago);
         assert!(then + 5_000_000_000 <= after + 1_000_000, "an old reading gets a fresh anchor");
+        assert!(then + 5_000_000_000 + 1_000_000 >= before, "{before} {then}");
     }
 
     #[test]

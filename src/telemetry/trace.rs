@@ -12,7 +12,6 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::KeyValue;
@@ -20,6 +19,7 @@ use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
 
 use super::export::{self, Queue};
 use super::otlp::OtlpExporter;
@@ -121,10 +121,9 @@ struct Recorded {
 
 impl Drop for Span {
     fn drop(&mut self) {
-        if let Some(recorded) = self.recording.take() {
-            // The monotonic clock, as for the start (see `nanos_at`).
-            recorded.queue.push(&recorded.span, nanos_at(Instant::now()));
-            recycle(recorded);
+        // The clock is read only for a span that records.
+        if self.recording.is_some() {
+            self.end_at(Instant::now());
         }
     }
 }
@@ -175,10 +174,11 @@ fn recycle(mut recorded: Box<Recorded>) {
 
 impl Span {
     /// Ends the span at `at` (a clock reading the caller took anyway), rather than when it is dropped; its context
-    /// stays readable.
+    /// stays readable. Span times are read from tokio's clock, at the start and at the end, so that tests that
+    /// pause time see them in order.
     pub fn end_at(&mut self, at: Instant) {
         if let Some(recorded) = self.recording.take() {
-            recorded.queue.push(&recorded.span, nanos_at(at));
+            recorded.queue.push(&recorded.span, nanos_at(at.into_std()));
             recycle(recorded);
         }
     }
@@ -290,12 +290,12 @@ impl Tracer {
         name: &[&str],
         attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
-        self.continuing(headers, SpanKind::Server, start, name, attributes)
+        self.continuing(headers, SpanKind::Server, Some(start), name, attributes)
     }
 
     /// The CONSUMER span of a delivered message, continuing the `traceparent` it carries when it has a valid one.
     pub fn consumer(&self, headers: &HeaderMap, name: &[&str], attributes: impl FnOnce(&mut Attributes<'_>)) -> Span {
-        self.continuing(headers, SpanKind::Consumer, Instant::now(), name, attributes)
+        self.continuing(headers, SpanKind::Consumer, None, name, attributes)
     }
 
     #[inline]
@@ -303,7 +303,7 @@ impl Tracer {
         &self,
         headers: &HeaderMap,
         kind: SpanKind,
-        start: Instant,
+        start: Option<Instant>,
         name: &[&str],
         attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
@@ -323,23 +323,13 @@ impl Tracer {
         export.start(parent, tracestate, kind, start, name, attributes)
     }
 
-    /// A child of `parent` starting now (a PRODUCER span per publish).
+    /// A child of `parent` (a CLIENT span per upstream attempt, a PRODUCER span per publish) that started at
+    /// `start`, a clock reading the caller took anyway, or (`None`) now, read only if the span records.
     pub fn child(
         &self,
         parent: &TraceContext,
         kind: SpanKind,
-        name: &[&str],
-        attributes: impl FnOnce(&mut Attributes<'_>),
-    ) -> Span {
-        self.child_at(parent, kind, Instant::now(), name, attributes)
-    }
-
-    /// A child of `parent` that started at `start` (a CLIENT span per upstream attempt).
-    pub fn child_at(
-        &self,
-        parent: &TraceContext,
-        kind: SpanKind,
-        start: Instant,
+        start: Option<Instant>,
         name: &[&str],
         attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
@@ -377,7 +367,7 @@ impl Exporting {
         parent: Option<Parent>,
         tracestate: Option<HeaderValue>,
         kind: SpanKind,
-        start: Instant,
+        start: Option<Instant>,
         name: &[&str],
         attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
@@ -395,7 +385,8 @@ impl Exporting {
         let trace_state = parent.and_then(|p| p.tracestate);
         let mut recorded = reuse(&self.queue);
         let span = &mut recorded.span;
-        let start = nanos_at(start);
+        // `None`: now, read only for a span that records.
+        let start = nanos_at(start.unwrap_or_else(Instant::now).into_std());
         span.begin(trace_id, span_id, (parent_span_id, parent_is_remote), flags, trace_state, kind, start, name);
         attributes(&mut Attributes(span));
         Span { cx, recording: Some(recorded) }
@@ -582,7 +573,7 @@ mod tests {
         assert!(r.start > 0);
 
         // Its child: same trace, the server span as a local parent.
-        let child = tracer.child(&server.cx, SpanKind::Client, &["GET"], |_| {});
+        let child = tracer.child(&server.cx, SpanKind::Client, None, &["GET"], |_| {});
         let c = recorded(&child);
         assert_eq!((c.trace_id, c.parent_span_id, c.parent_is_remote, c.flags), (r.trace_id, r.span_id, false, 3));
         assert_eq!(c.trace_state.as_ref().unwrap(), "vendor=1");
@@ -600,7 +591,7 @@ mod tests {
         assert_eq!(root.cx.tracestate, None);
 
         // A child of "no span yet" (all zero): a new trace, not sampled (the SDK's parent-based rule).
-        let orphan = tracer.child(&TraceContext::default(), SpanKind::Producer, &["send"], |_| {});
+        let orphan = tracer.child(&TraceContext::default(), SpanKind::Producer, None, &["send"], |_| {});
         assert!(!orphan.is_recording());
         assert_ne!(orphan.cx.trace_id, 0);
     }
@@ -642,7 +633,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".parse().unwrap());
         let server = tracer.server(&h, Instant::now(), &["GET r"], |_| {});
-        let child = tracer.child(&server.cx, SpanKind::Client, &["GET"], |_| {});
+        let child = tracer.child(&server.cx, SpanKind::Client, None, &["GET"], |_| {});
         assert_eq!(child.cx.trace_id, server.cx.trace_id);
         assert_ne!(child.cx.span_id, server.cx.span_id);
         assert_eq!(child.cx.flags, 0, "the caller's sampling decision is kept");
