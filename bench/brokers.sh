@@ -27,6 +27,8 @@
 #   perftest-amqp     RabbitMQ PerfTest: one producer, no consumer (-x 1 -y 0), --confirm $CONNS, persistent,
 #                     mandatory, $SIZE-byte bodies, time-limited (-z), to the run's queue
 #   sluice-kafka-1t   sluice-kafka with TOKIO_WORKER_THREADS=1 (and sluice-amqp-1t); ONE_THREAD=0 skips them
+#   sluice-base-kafka only when SLUICE_BASE_BIN is set: sluice-kafka (and sluice-base-amqp: sluice-amqp) run by that
+#                     binary, e.g. a build from before a change, interleaved with the others
 # Sluice otherwise runs with its default multi-thread runtime (one worker per CPU). Nothing is pinned: the
 # brokers need the same 2 CPUs. How the peers are obtained: bench/lib/brokers_peers.sh and bench/README.md.
 #
@@ -38,9 +40,10 @@
 #
 # Environment knobs: REPS, DURATION, WARMUP (seconds), CONNS, SIZE (body bytes), ONE_THREAD (1/0),
 # PORT_BASE (default 18090: uses PORT_BASE, PORT_BASE+2, +3 and PORT_BASE+1900), KAFKA (default 127.0.0.1:9092),
-# AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f), SLUICE_BIN (skip the build), KEEP_TMP=1,
+# AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f), SLUICE_BIN (skip the build), SLUICE_BASE_BIN, KEEP_TMP=1,
 # KAFKA_PERF_RECORDS (default 20000 x (WARMUP + DURATION + 1)), PEER_BENTHOS / PEER_PERFTEST / PEER_KAFKA_PERF (1/0, as the flags),
-# PERFTEST_VERSION (default 2.22.1), BENTHOS_BIN (skip the Benthos build).
+# PERFTEST_VERSION (default 2.22.1), BENTHOS_BIN (skip the Benthos build), LINGER_MS (Kafka's linger.ms for
+# sluice-kafka and raw-kafka alike; default: Sluice's own, 2; the README's latency-against-broker-CPU table).
 #
 # Everything binds on 127.0.0.1; everything started here is stopped on exit, topics/queues are deleted.
 set -euo pipefail
@@ -66,6 +69,8 @@ for arg in "$@"; do
     esac
 done
 KAFKA_PERF_RECORDS=${KAFKA_PERF_RECORDS:-$((20000 * (WARMUP + DURATION + 1)))}
+# raw-kafka reads it (its default is Sluice's, 2).
+[ -n "${LINGER_MS:-}" ] && export RAW_LINGER_MS=$LINGER_MS
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PORT_BASE=${PORT_BASE:-18090}
@@ -147,6 +152,7 @@ trap 'exit 130' INT TERM
 
 # Private copies, so that a concurrent `cargo build` cannot swap the binaries during the run.
 cp "$SLUICE_BIN" "$TMP/sluice"; SLUICE_BIN=$TMP/sluice
+if [ -n "${SLUICE_BASE_BIN:-}" ]; then cp "$SLUICE_BASE_BIN" "$TMP/sluice-base"; SLUICE_BASE_BIN=$TMP/sluice-base; fi
 cp "$ROOT/bench/clients/target/release/raw-kafka" "$ROOT/bench/clients/target/release/raw-amqp" "$TMP/"
 RAW_KAFKA=$TMP/raw-kafka
 RAW_AMQP=$TMP/raw-amqp
@@ -246,6 +252,7 @@ EOF
 [brokers.events]
 kind = "kafka"
 bootstrap = "$KAFKA"
+$([ -n "${LINGER_MS:-}" ] && echo "options = { \"linger.ms\" = $LINGER_MS }")
 
 [[routes]]
 name = "k"
@@ -275,10 +282,12 @@ run_http() {   # $1 = name, $2 = kafka|amqp, $3 = sluice|benthos, $4 = Sluice wo
     new_dest "$kind"
     if [ "$impl" = sluice ]; then
         write_sluice_toml "$TMP/$name.toml" "$kind"
+        local bin=$SLUICE_BIN
+        [[ $name == sluice-base-* ]] && bin=$SLUICE_BASE_BIN
         if [ -n "$threads" ]; then
-            TOKIO_WORKER_THREADS=$threads "$SLUICE_BIN" run --config "$TMP/$name.toml" >>"$TMP/$name.log" 2>&1 &
+            TOKIO_WORKER_THREADS=$threads "$bin" run --config "$TMP/$name.toml" >>"$TMP/$name.log" 2>&1 &
         else
-            env -u TOKIO_WORKER_THREADS "$SLUICE_BIN" run --config "$TMP/$name.toml" >>"$TMP/$name.log" 2>&1 &
+            env -u TOKIO_WORKER_THREADS "$bin" run --config "$TMP/$name.toml" >>"$TMP/$name.log" 2>&1 &
         fi
         ready=http://127.0.0.1:$SLUICE_ADMIN/readyz
         url=http://127.0.0.1:$SLUICE_PORT$path
@@ -441,6 +450,8 @@ run_system() {
         sluice-amqp) run_http "$1" amqp sluice "" ;;
         sluice-kafka-1t) run_http "$1" kafka sluice 1 ;;
         sluice-amqp-1t) run_http "$1" amqp sluice 1 ;;
+        sluice-base-kafka) run_http "$1" kafka sluice "" ;;
+        sluice-base-amqp) run_http "$1" amqp sluice "" ;;
         benthos-kafka) run_http "$1" kafka benthos "" ;;
         benthos-amqp) run_http "$1" amqp benthos "" ;;
         raw-kafka) run_raw "$1" kafka ;;
@@ -460,6 +471,7 @@ GROUPS_A=(sluice-amqp raw-amqp)
 [ "$PEER_KAFKA_PERF" = 1 ] && GROUPS_K+=(kafka-perf)
 [ "$PEER_PERFTEST" = 1 ] && GROUPS_A+=(perftest-amqp)
 [ "$ONE_THREAD" = 1 ] && GROUPS_K+=(sluice-kafka-1t) && GROUPS_A+=(sluice-amqp-1t)
+[ -n "${SLUICE_BASE_BIN:-}" ] && GROUPS_K+=(sluice-base-kafka) && GROUPS_A+=(sluice-base-amqp)
 SYSTEMS=("${GROUPS_K[@]}" "${GROUPS_A[@]}")
 
 log "machine: $NCPU CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); kafka pid ${KAFKA_PID:-?}, rabbitmq pid ${RABBIT_PID:-?}"
@@ -509,6 +521,8 @@ ratio "sluice-amqp/raw-amqp:" sluice-amqp raw-amqp 0.6 ""
 [ "$ONE_THREAD" = 1 ] && ratio "sluice-amqp-1t/raw-amqp:" sluice-amqp-1t raw-amqp 0.6 ""
 ratio "sluice-amqp/benthos-amqp:" sluice-amqp benthos-amqp "" ""
 ratio "sluice-amqp/perftest-amqp:" sluice-amqp perftest-amqp "" ""
+ratio "sluice-kafka/sluice-base-kafka:" sluice-kafka sluice-base-kafka "" ""
+ratio "sluice-amqp/sluice-base-amqp:" sluice-amqp sluice-base-amqp "" ""
 busy=$(median <<<"${OTHER[*]}")
 if awk -v b="$busy" 'BEGIN {exit !(b > 10)}'; then
     echo

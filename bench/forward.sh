@@ -17,15 +17,18 @@
 #   sluice-traced      only with --traced or OTLP_ENDPOINT: the plain route with `[telemetry] otlp_endpoint` and
 #                      `sample_ratio = 1.0`, every span exported over OTLP/gRPC to a real OpenTelemetry Collector:
 #                      by default a private one this script starts (the binary `integration/otel.sh build` prints,
-#                      or OTELCOL_BIN), pinned to CPU $LOAD_CPU, that decodes every span, counts it in its own
+#                      or OTELCOL_BIN), pinned to CPU $OTEL_CPU, that decodes every span, counts it in its own
 #                      metrics (read before and after each run) and discards it; with OTLP_ENDPOINT=http://host:port, that
-#                      collector instead (a local one is pinned to CPU $LOAD_CPU for the run, and its affinity
+#                      collector instead (a local one is pinned to CPU $OTEL_CPU for the run, and its affinity
 #                      restored on exit; set OTLP_SPANS to its spans file to have spans counted)
 #                      With --traced, sluice and sluice-traced are also run side by side at one fixed rate (oha -q,
 #                      open loop; EQUAL_RATE, default EQUAL_FRACTION (0.6) of sluice-traced's median rate), so that
 #                      their CPU µs/request compare at the same load: as fast as it goes, sluice-traced shares the
 #                      load CPU with the collector and runs unsaturated (fewer requests per wake-up), which costs CPU
-#                      per request that is not tracing's. Both figures are printed.
+#                      per request that is not tracing's. Both figures are printed. OTEL_CPU (default $LOAD_CPU) places
+#                      the collector: OTEL_CPU=$PROXY_CPU puts it beside the proxy instead, so that the load side keeps
+#                      every proxy saturated and the collector's work (and its wake-ups, which interrupt Sluice)
+#                      lands on the proxy's CPU, not counted in its CPU time but costing it cache and preemptions.
 #   sluice-jwt         only with --auth: the plain route with `auth = { jwt = { secret_env } }` (HS256; AUTH_ALG=RS256
 #                      or ES256: a jwks_file and a key pair made with the tests' Python venv), every
 #                      request carrying a valid bearer token (wrk -H); compared with `sluice` (no token)
@@ -40,7 +43,7 @@
 # was the bottleneck. The proxy's CPU use during each run (from /proc) is printed too.
 #
 # Environment knobs: REPS, DURATION (seconds), WARMUP (seconds), CONNS (wrk -c), PORT_BASE (default 18000;
-# uses PORT_BASE..PORT_BASE+7 and PORT_BASE+1901..+1904), PROXY_CPU, LOAD_CPU, SLUICE_BIN (skip the build),
+# uses PORT_BASE..PORT_BASE+7 and PORT_BASE+1901..+1904), PROXY_CPU, LOAD_CPU, OTEL_CPU, SLUICE_BIN (skip the build),
 # SLUICE_BASE_BIN, OTLP_ENDPOINT, OTLP_SPANS, OTELCOL_BIN, KEEP_TMP=1 (keep the temp dir with configs and logs).
 #
 # Everything binds on 127.0.0.1; everything started here is stopped on exit.
@@ -97,12 +100,14 @@ done
 NCPU=$(nproc)
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+OTEL_CPU=${OTEL_CPU:-$LOAD_CPU}
 if [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null; then
     PIN_PROXY=(taskset -c "$PROXY_CPU")
     PIN_LOAD=(taskset -c "$LOAD_CPU")
+    PIN_OTEL=(taskset -c "$OTEL_CPU")
 else
     echo "note: fewer than 2 CPUs or no taskset: not pinning" >&2
-    PIN_PROXY=(); PIN_LOAD=()
+    PIN_PROXY=(); PIN_LOAD=(); PIN_OTEL=()
 fi
 
 # log, apt_install and the /proc measuring helpers shared with bench/run.sh.
@@ -397,17 +402,17 @@ if [ -n "${SLUICE_BASE_BIN:-}" ]; then
 fi
 if [ "$TRACED" = 1 ]; then
     if [ -z "${OTLP_ENDPOINT:-}" ]; then
-        # The collector works on the load side's CPU, never on the proxy's.
-        "${PIN_LOAD[@]}" "$OTELCOL_BIN" --config "file:$TMP/otel/config.yaml" >"$TMP/otel/otelcol.log" 2>&1 &
+        # The collector works on the load side's CPU unless OTEL_CPU says otherwise.
+        "${PIN_OTEL[@]}" "$OTELCOL_BIN" --config "file:$TMP/otel/config.yaml" >"$TMP/otel/otelcol.log" 2>&1 &
         PIDS+=($!); OTEL_PID=$!
     else
         # An external collector: pin it (all threads) to the load CPU for the run when its process can be found.
         otel_port=${OTLP_ENDPOINT##*:}; otel_port=${otel_port%%/*}
         OTEL_PID=$(ss -ltnpH "sport = :$otel_port" | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2 || true)
-        if [ -n "$OTEL_PID" ] && [ ${#PIN_LOAD[@]} -gt 0 ]; then
+        if [ -n "$OTEL_PID" ] && [ ${#PIN_OTEL[@]} -gt 0 ]; then
             OTEL_AFFINITY=$(taskset -pc "$OTEL_PID" | awk -F': ' '{print $2}')
-            taskset -apc "$LOAD_CPU" "$OTEL_PID" >/dev/null
-            log "collector at $OTLP_ENDPOINT (pid $OTEL_PID): pinned to CPU $LOAD_CPU for the run (was $OTEL_AFFINITY)"
+            taskset -apc "$OTEL_CPU" "$OTEL_PID" >/dev/null
+            log "collector at $OTLP_ENDPOINT (pid $OTEL_PID): pinned to CPU $OTEL_CPU for the run (was $OTEL_AFFINITY)"
         else
             log "WARNING: could not find the process of the collector at $OTLP_ENDPOINT: not pinned"
         fi
@@ -558,7 +563,7 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR] = $1} END {if (NR % 2) p
 minmax() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%s–%s", lo, hi}'; }
 
 log "machine: $NCPU CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-log "pinning: proxy on CPU ${PIN_PROXY[2]:-any}, upstream + wrk on CPU ${PIN_LOAD[2]:-any}; wrk -t1 -c$CONNS -d${DURATION}s"
+log "pinning: proxy on CPU ${PIN_PROXY[2]:-any}, upstream + wrk on CPU ${PIN_LOAD[2]:-any}$([ "$TRACED" = 1 ] && echo ", collector on CPU ${PIN_OTEL[2]:-any}"); wrk -t1 -c$CONNS -d${DURATION}s"
 log "warm-up ${WARMUP}s each"
 for name in "${NAMES[@]}"; do
     mapfile -t extra < <(wrk_args "$name")

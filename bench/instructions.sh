@@ -10,11 +10,13 @@
 # varies a little with timing, so differences under ~2% are noise; compare builds in the same run.
 # With OTLP_ENDPOINT=http://host:port set, the route is traced at sample ratio 1.0 and spans go to that collector
 # (e.g. one with a `nop` exporter, as bench/forward.sh starts): the cost of tracing, compared with a run without.
+# With KAFKA=host:port and TOPIC=name set, the route publishes instead (`ack = "confirm"`: 202 after the delivery
+# report) and wrk POSTs 1 KiB bodies: instructions per published message, librdkafka's threads included.
 # With KEEP_PROFILES=DIR set, each binary's callgrind output is kept there (DIR/<n>.callgrind, n = its position)
 # for callgrind_annotate.
 # Needs valgrind, nginx, wrk (installed with apt-get when missing). Ports: PORT_BASE (default 19100)..+2.
 set -euo pipefail
-[ $# -ge 1 ] || { sed -n '2,14p' "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,16p' "$0"; exit 2; }
 PORT_BASE=${PORT_BASE:-19100}
 for tool in valgrind nginx wrk; do
     command -v "$tool" >/dev/null || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$tool" >&2; }
@@ -39,6 +41,24 @@ admin_listen = "127.0.0.1:$((PORT_BASE + 2))"
 [telemetry]
 access_log = false
 $TRACE_CONF
+CONF
+WRK_SCRIPT=()
+if [ -n "${KAFKA:-}" ]; then
+    [ -n "${TOPIC:-}" ] || { echo "KAFKA needs TOPIC (an existing topic)" >&2; exit 2; }
+    cat >>"$TMP/sluice.toml" <<CONF
+[brokers.bench]
+kind = "kafka"
+bootstrap = "$KAFKA"
+[[routes]]
+name = "all"
+match = { path_prefix = "/" }
+publish = { broker = "bench", topic = "$TOPIC" }
+CONF
+    printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 1024)\nwrk.headers["Content-Type"] = "application/octet-stream"\n' \
+        >"$TMP/post.lua"
+    WRK_SCRIPT=(-s "$TMP/post.lua")
+else
+    cat >>"$TMP/sluice.toml" <<CONF
 [upstreams.bench]
 endpoints = ["http://127.0.0.1:$PORT_BASE"]
 [[routes]]
@@ -46,6 +66,7 @@ name = "all"
 match = { path_prefix = "/" }
 forward = { upstream = "bench" }
 CONF
+fi
 URL=http://127.0.0.1:$((PORT_BASE + 1))/
 n=0
 for bin in "$@"; do
@@ -55,9 +76,9 @@ for bin in "$@"; do
         "$bin" run --config "$TMP/sluice.toml" >"$TMP/vg.log" 2>&1 &
     vg=$!
     for _ in $(seq 1 100); do curl -s -o /dev/null "$URL" && break; sleep 0.3; done
-    wrk -t1 -c8 -d3s "$URL" >/dev/null
+    wrk -t1 -c8 -d3s "${WRK_SCRIPT[@]}" "$URL" >/dev/null
     callgrind_control -i on "$vg" >/dev/null 2>&1
-    requests=$(wrk -t1 -c8 -d5s "$URL" | awk '/requests in/ {print $1}')
+    requests=$(wrk -t1 -c8 -d5s "${WRK_SCRIPT[@]}" "$URL" | awk '/requests in/ {print $1}')
     callgrind_control -i off "$vg" >/dev/null 2>&1
     callgrind_control -d "$vg" >/dev/null 2>&1
     sleep 1

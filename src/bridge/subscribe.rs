@@ -876,10 +876,14 @@ impl Deliverer {
     /// every `max_backoff` until it is stored or the subscription stops (then it is read again after the restart).
     async fn dead_letter(&self, inbound: &Inbound, reason: &str, attempts: u32, start: Instant) {
         let Some(dl) = &self.wiring.dead_letter else { return };
-        let mut headers = inbound.metadata.clone();
-        headers.retain(|(k, _)| k != "sluice-error" && k != "sluice-attempts");
-        headers.push(("sluice-error".to_owned(), reason.to_owned()));
-        headers.push(("sluice-attempts".to_owned(), attempts.to_string()));
+        let mut headers: Vec<_> = inbound
+            .metadata
+            .iter()
+            .filter(|(k, _)| k != "sluice-error" && k != "sluice-attempts")
+            .map(|(k, v)| (k.clone().into(), v.clone()))
+            .collect();
+        headers.push(("sluice-error".into(), reason.to_owned()));
+        headers.push(("sluice-attempts".into(), attempts.to_string()));
         let message = Message {
             id: inbound.id.clone(),
             body: inbound.body.clone(),

@@ -589,7 +589,7 @@ fn properties(msg: &Message, persistent: bool) -> BasicProperties {
     let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut headers = FieldTable::default();
     for (k, v) in &msg.headers {
-        match ShortString::try_new(k.as_str()) {
+        match ShortString::try_new(k.as_ref()) {
             Ok(key) => {
                 headers.insert(key, AMQPValue::LongString(LongString::from(v.as_str())));
             }
@@ -668,7 +668,7 @@ mod tests {
             id,
             body: Bytes::from_static(b"x"),
             content_type: Some(content_type.to_owned()),
-            headers,
+            headers: headers.into_iter().map(|(k, v)| (k.into(), v)).collect(),
             destination: Destination::Amqp { exchange: "x".into(), routing_key: "k".into(), persistent: true },
         }
     }

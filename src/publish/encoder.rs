@@ -2,6 +2,7 @@
 //! route, request id, forwarded headers, CloudEvents binary-mode attributes). The trace context is added by the
 //! publish route once its PRODUCER span exists ([`Message::set_trace`]).
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -101,12 +102,12 @@ impl Encoder {
         let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let request_headers = headers;
         let mut headers = Vec::with_capacity(6 + self.headers.len());
-        headers.push(("sluice-id".to_owned(), id.clone()));
-        headers.push(("sluice-route".to_owned(), env.route.to_owned()));
-        headers.push(("x-request-id".to_owned(), env.request_id.to_owned()));
+        headers.push((Cow::Borrowed("sluice-id"), id.clone()));
+        headers.push((Cow::Borrowed("sluice-route"), env.route.to_owned()));
+        headers.push((Cow::Borrowed("x-request-id"), env.request_id.to_owned()));
         for name in &self.headers {
             if let Some(v) = request_headers.get(name).and_then(|v| v.to_str().ok()) {
-                headers.push((name.as_str().to_owned(), v.to_owned()));
+                headers.push((Cow::Owned(name.as_str().to_owned()), v.to_owned()));
             }
         }
         let structured = content_type.as_deref().is_some_and(|c| c.starts_with("application/cloudevents+json"));
@@ -124,7 +125,7 @@ impl Encoder {
                 ("specversion", "1.0".to_owned()),
                 ("time", time),
             ] {
-                headers.push((format!("{prefix}{attr}"), value));
+                headers.push((Cow::Owned(format!("{prefix}{attr}")), value));
             }
         }
         Ok(Message { id, body, content_type, headers, destination })

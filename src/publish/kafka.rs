@@ -261,8 +261,8 @@ impl KafkaPublisher {
         if !self.listening(reply_topic) {
             return Err(PublishError::unavailable(format!("not consuming the reply topic {reply_topic:?} yet"), None));
         }
-        msg.headers.push((CORRELATION_HEADER.to_owned(), msg.id.clone()));
-        msg.headers.push((REPLY_TO_HEADER.to_owned(), reply_topic.to_owned()));
+        msg.headers.push((CORRELATION_HEADER.into(), msg.id.clone()));
+        msg.headers.push((REPLY_TO_HEADER.into(), reply_topic.to_owned()));
         let waiter = self.inner.replies.wait(&msg.id);
         self.publish(msg, Ack::Confirm).await?;
         Ok(waiter)
@@ -353,12 +353,16 @@ impl KafkaPublisher {
     /// Hand the record to librdkafka. A full local queue is back-pressure: retry for a short while,
     /// then fail as unavailable. Never waits for the broker, so many sends stay in flight.
     async fn enqueue(&self, mut record: FutureRecord<'_, [u8], [u8]>) -> Result<DeliveryFuture, PublishError> {
-        let deadline = Instant::now() + QUEUE_FULL_WAIT.min(self.inner.delivery_timeout);
+        // Read the clock only once the queue is full: the usual send takes no time reading.
+        let mut deadline = None;
         loop {
             match self.inner.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if Instant::now() < deadline =>
+                    if Instant::now()
+                        < *deadline.get_or_insert_with(|| {
+                            Instant::now() + QUEUE_FULL_WAIT.min(self.inner.delivery_timeout)
+                        }) =>
                 {
                     record = back;
                     tokio::time::sleep(QUEUE_FULL_RETRY).await;

@@ -1,6 +1,8 @@
 //! What is published ([`Message`] to a [`Destination`]), how it is acknowledged ([`Ack`]), and what
 //! the broker confirmed ([`Receipt`]).
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 /// Where a message goes.
@@ -46,8 +48,9 @@ pub struct Message {
     pub content_type: Option<String>,
     /// Metadata with lower-cased names (`sluice-id`, `sluice-route`, `x-request-id`, `traceparent`,
     /// `tracestate`, forwarded headers, `ce_*` / `cloudEvents:*` attributes), built by the caller.
-    /// Kafka record headers; AMQP headers as long strings.
-    pub headers: Vec<(String, String)>,
+    /// Kafka record headers; AMQP headers as long strings. The gateway's own names are borrowed, not copied per
+    /// message.
+    pub headers: Vec<(Cow<'static, str>, String)>,
     /// Where the message goes.
     pub destination: Destination,
 }
@@ -62,9 +65,9 @@ impl Message {
     /// Adds `traceparent` (and `tracestate`) to the metadata, so that a consumer's span continues the trace.
     pub fn set_trace(&mut self, traceparent: &str, tracestate: Option<&str>) {
         self.headers.retain(|(k, _)| k != "traceparent" && k != "tracestate");
-        self.headers.push(("traceparent".to_owned(), traceparent.to_owned()));
+        self.headers.push((Cow::Borrowed("traceparent"), traceparent.to_owned()));
         if let Some(ts) = tracestate {
-            self.headers.push(("tracestate".to_owned(), ts.to_owned()));
+            self.headers.push((Cow::Borrowed("tracestate"), ts.to_owned()));
         }
     }
 }

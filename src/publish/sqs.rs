@@ -164,8 +164,8 @@ impl SqsPublisher {
         else {
             return Err(PublishError::unavailable(format!("no reply queue for {reply_queue:?} yet"), None));
         };
-        msg.headers.push((CORRELATION_HEADER.to_owned(), msg.id.clone()));
-        msg.headers.push((REPLY_TO_HEADER.to_owned(), reply_to));
+        msg.headers.push((CORRELATION_HEADER.into(), msg.id.clone()));
+        msg.headers.push((REPLY_TO_HEADER.into(), reply_to));
         let waiter = self.inner.replies.wait(&msg.id);
         self.publish(msg, Ack::Confirm).await?;
         Ok(waiter)
@@ -288,7 +288,9 @@ fn attributes(msg: &Message, base64: bool) -> Vec<(String, String)> {
     if base64 {
         all.push(("sluice-body-encoding".to_owned(), "base64".to_owned()));
     }
-    all.extend(msg.headers.iter().filter(|(k, v)| valid_name(k) && !v.is_empty()).cloned());
+    all.extend(
+        msg.headers.iter().filter(|(k, v)| valid_name(k) && !v.is_empty()).map(|(k, v)| (k.to_string(), v.clone())),
+    );
     if all.len() <= MAX_ATTRIBUTES {
         return all;
     }
@@ -317,7 +319,7 @@ mod tests {
 
     #[test]
     fn more_than_ten_attributes_share_one_json_attribute() {
-        let headers = (0..15).map(|i| (format!("h{i}"), format!("v{i}"))).collect();
+        let headers = (0..15).map(|i| (format!("h{i}").into(), format!("v{i}"))).collect();
         let msg = Message {
             id: "i".into(),
             body: Bytes::new(),

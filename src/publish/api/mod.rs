@@ -83,8 +83,10 @@ pub async fn publish_all(
             message.content_type = record.content_type;
         }
         // The client's headers never stand in for the gateway's metadata (ids, route, trace context, CloudEvents).
-        let ours: Vec<String> = message.headers.iter().map(|(k, _)| k.clone()).collect();
-        message.headers.extend(record.headers.into_iter().filter(|(k, _)| !reserved(k) && !ours.contains(k)));
+        let ours: Vec<String> = message.headers.iter().map(|(k, _)| k.to_string()).collect();
+        message.headers.extend(
+            record.headers.into_iter().filter(|(k, _)| !reserved(k) && !ours.contains(k)).map(|(k, v)| (k.into(), v)),
+        );
         messages.push(message);
     }
     let sends = messages.into_iter().map(|message| async move {

@@ -8,6 +8,8 @@
 //! The metadata carries everything the broker client needs to publish the message as it would have been
 //! published at first: the `sluice-id`, the content type, every header and the destination.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -26,7 +28,7 @@ struct Meta {
     id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     content_type: Option<String>,
-    headers: Vec<(String, String)>,
+    headers: Vec<(Cow<'static, str>, String)>,
     to: To,
 }
 

@@ -1,7 +1,8 @@
 //! Raw Kafka producer with Sluice's producer settings (src/publish/kafka.rs): rdkafka `FutureProducer`,
 //! `acks=all`, `enable.idempotence=true`, `linger.ms=2`, `message.timeout.ms=5000` (Sluice's default
 //! `delivery_timeout`). `--concurrency N` tasks each send one record and await its delivery report before
-//! sending the next, like N HTTP clients waiting for Sluice's 202.
+//! sending the next, like N HTTP clients waiting for Sluice's 202. `RAW_LINGER_MS` sets another `linger.ms`
+//! (`bench/brokers.sh` passes its `LINGER_MS`).
 //!
 //!   raw-kafka run --topic T [--bootstrap 127.0.0.1:9092] [--duration 10] [--warmup 2] [--concurrency 64]
 //!                 [--size 1024] [--bare]
@@ -56,7 +57,7 @@ async fn run(args: &Args, bootstrap: &str, topic: &str) {
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "5000")
-        .set("linger.ms", "2")
+        .set("linger.ms", std::env::var("RAW_LINGER_MS").unwrap_or_else(|_| "2".into()))
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "2000")
         .create()
