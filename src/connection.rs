@@ -42,7 +42,7 @@ pub struct Limits {
     /// `server.idle_timeout`.
     pub idle_timeout: Duration,
     /// How long a connection may be idle before it is parked (see `park`): `None` for connections that are never
-    /// parked (TLS, HTTP/2).
+    /// parked (HTTP/2, TLS without an ALPN protocol).
     pub park_after: Option<Duration>,
 }
 
@@ -405,8 +405,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         self.io.is_write_vectored()
     }
 
+    /// A TLS stream may hold encrypted bytes its socket had no room for after the write that took them: until they
+    /// are out the connection is not idle either.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch.wrote(flushed.is_pending());
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

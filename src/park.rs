@@ -1,7 +1,7 @@
-//! Plain-TCP HTTP/1 connections that hold nothing but their socket while idle.
+//! HTTP/1 connections that hold nothing but their socket (and, over TLS, rustls' session) while idle.
 //!
 //! hyper keeps a connection's read buffer (8 KiB and more) and write buffer (8 KiB) for the connection's whole life,
-//! so every idle kept-alive client cost ~25 KiB. Here a plain connection is served in *rounds*: a round starts when
+//! so every idle kept-alive client cost ~25 KiB. Here a connection is served in *rounds*: a round starts when
 //! bytes arrive, runs a hyper connection for as long as requests keep coming, and ends when the connection has been
 //! idle for [`PARK_AFTER`]. Then hyper is asked to shut down gracefully — on an idle connection that writes nothing,
 //! and its final shutdown of the I/O is skipped by [`Watched`] while the watch is parking — and the connection is
@@ -9,8 +9,11 @@
 //! freed. The parked connection waits for readability, its idle deadline or the drain signal; the next bytes start
 //! the next round. A busy connection never parks, so the request path is hyper's own.
 //!
-//! A connection whose first bytes may be the HTTP/2 preface is served by hyper-util's auto builder instead, without
-//! parking; so are TLS connections (rustls keeps its own buffers).
+//! A connection that may speak HTTP/2 is served by hyper-util's auto builder instead, without parking: a plain one
+//! whose first bytes are (or begin) the HTTP/2 preface, a TLS one that negotiated `h2`. TLS connections that chose no
+//! protocol by ALPN are not served here at all (they may send HTTP/2's preface, which only the auto builder would
+//! see; see `server::Accepted::serve_tls`). A TLS connection's session stays while it is parked (its keys and the
+//! few buffers rustls keeps); what is freed is hyper's, as for a plain one.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,13 +29,15 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use crate::connection::{self, H2_PREFACE, Limits, Timeout, Watch, Watched};
 use crate::drain::{self, Draining};
 use crate::telemetry::metrics::ConnectionTimeouts;
 
-/// How long a plain HTTP/1 connection may be idle before its hyper state is freed. Re-creating that state costs
+/// How long an HTTP/1 connection may be idle before its hyper state is freed. Re-creating that state costs
 /// about a microsecond, paid only when a client comes back after a pause; while a connection is busy, its deadline
 /// check wakes its task once per this period.
 pub const PARK_AFTER: Duration = Duration::from_millis(250);
@@ -51,8 +56,8 @@ pub struct Serving<'a> {
     pub parked: &'a Gauge,
 }
 
-/// A plain connection's server: its request service, watch and drain handle.
-pub struct Plain<'a, S> {
+/// A parkable connection's server: its request service, watch and drain handle.
+pub struct Parking<'a, S> {
     /// Answers the connection's requests.
     pub service: S,
     /// What the connection is doing.
@@ -79,10 +84,66 @@ impl Drop for Parked<'_> {
     }
 }
 
-type Round<S> = http1::UpgradeableConnection<TokioIo<Watched<TcpStream>>, S>;
-type Parts<S> = http1::Parts<TokioIo<Watched<TcpStream>>, S>;
+/// A transport whose connection can be parked: it tells when the client sent something, and whether the
+/// connection may speak HTTP/2.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether the client's first bytes may already have been read from the socket when the connection is handed
+    /// over (TLS: application data that came with the end of the handshake is held by rustls), so that the first
+    /// round must not wait for the socket to be readable.
+    const READS_AHEAD: bool;
 
-impl<S, B> Plain<'_, S>
+    /// Ready once the client sent bytes (or closed, or failed). Over TLS, readiness of the socket: the bytes may
+    /// turn out to be no request (a TLS alert, a key update), and the round that starts then idles until it parks
+    /// again.
+    fn readable(&self) -> impl Future<Output = ()> + Send;
+
+    /// Whether the connection, before its first request, may be about to speak HTTP/2.
+    fn may_be_http2(&self) -> impl Future<Output = bool> + Send;
+}
+
+impl Transport for TcpStream {
+    const READS_AHEAD: bool = false;
+
+    async fn readable(&self) {
+        let _ = TcpStream::readable(self).await;
+    }
+
+    /// The first bytes the client sent are (or begin) the HTTP/2 preface, by a look that leaves them unread.
+    async fn may_be_http2(&self) -> bool {
+        let mut first = [0u8; H2_PREFACE.len()];
+        match self.peek(&mut first).await {
+            Ok(n) => n > 0 && first[..n] == H2_PREFACE[..n],
+            Err(_) => false,
+        }
+    }
+}
+
+impl Transport for TlsStream<TcpStream> {
+    const READS_AHEAD: bool = true;
+
+    async fn readable(&self) {
+        let _ = self.get_ref().0.readable().await;
+    }
+
+    /// The client chose `h2` by ALPN (the caller serves connections that chose nothing elsewhere).
+    async fn may_be_http2(&self) -> bool {
+        self.get_ref().1.alpn_protocol() == Some(crate::tls::H2)
+    }
+}
+
+/// How long closing a parked connection may take (over TLS, sending `close_notify`) before it is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Closes a parked connection whose idle deadline passed or whose server drains: over TLS with `close_notify`, as
+/// hyper closes a connection it serves, so that the client sees an orderly end rather than a truncation.
+async fn close<T: Transport>(io: &mut Watched<T>) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, io.shutdown()).await;
+}
+
+type Round<T, S> = http1::UpgradeableConnection<TokioIo<Watched<T>>, S>;
+type Parts<T, S> = http1::Parts<TokioIo<Watched<T>>, S>;
+
+impl<S, B> Parking<'_, S>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
     S: Clone + Send + Unpin + 'static,
@@ -90,13 +151,13 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// Serves the plain connection `io` until it closes, parking it whenever it idles.
-    pub async fn serve(mut self, mut io: Watched<TcpStream>) {
+    /// Serves the connection `io` until it closes, parking it whenever it idles.
+    pub async fn serve<T: Transport>(mut self, mut io: Watched<T>) {
         let limits = Limits { park_after: Some(PARK_AFTER), ..self.with.limits };
         let waiting = Limits { park_after: None, ..limits };
         let mut first = true;
         loop {
-            if !io.has_unread() {
+            if !io.has_unread() && (!first || !T::READS_AHEAD) {
                 // Parked (or new): nothing but the socket until the client sends something.
                 let _parked = (!first).then(|| Parked::new(self.with.parked));
                 let deadline = self.watch.deadline(&waiting);
@@ -110,12 +171,15 @@ where
                     }
                 };
                 tokio::select! {
-                    _ = io.get_ref().readable() => {}
-                    why = expired => return why.report(&limits, self.with.timeouts),
-                    () = self.draining.signalled() => return,
+                    () = io.get_ref().readable() => {}
+                    why = expired => {
+                        close(&mut io).await;
+                        return why.report(&limits, self.with.timeouts);
+                    }
+                    () = self.draining.signalled() => return close(&mut io).await,
                 }
             }
-            if std::mem::take(&mut first) && may_be_http2(io.get_ref()).await {
+            if std::mem::take(&mut first) && io.get_ref().may_be_http2().await {
                 let conn = self.with.auto.serve_connection_with_upgrades(TokioIo::new(io), self.service);
                 let conn = Box::pin(drain::until_drained(conn, self.draining));
                 return connection::drive(conn, self.watch, self.with.limits, self.with.timeouts).await;
@@ -134,7 +198,7 @@ where
     }
 
     /// Runs one hyper connection until it ends (`None`) or parks (its parts).
-    async fn round(&mut self, mut conn: Box<Round<S>>, mut limits: Limits) -> Option<Parts<S>> {
+    async fn round<T: Transport>(&mut self, mut conn: Box<Round<T, S>>, mut limits: Limits) -> Option<Parts<T, S>> {
         loop {
             let driven = tokio::select! {
                 driven = connection::driving(Pin::new(&mut *conn), self.watch.clone(), limits) => driven,
@@ -179,14 +243,5 @@ where
                 }
             }
         }
-    }
-}
-
-/// Whether the first bytes the client sent are (or begin) the HTTP/2 preface, by a look that leaves them unread.
-async fn may_be_http2(stream: &TcpStream) -> bool {
-    let mut first = [0u8; H2_PREFACE.len()];
-    match stream.peek(&mut first).await {
-        Ok(n) => n > 0 && first[..n] == H2_PREFACE[..n],
-        Err(_) => false,
     }
 }

@@ -28,7 +28,7 @@ use crate::body::Body;
 use crate::connection::{self, Finished, Limits, Slot, Tracked, Watch, Watched};
 use crate::drain::{self, Drain, Draining};
 use crate::layers::catch_panic::{CatchPanicFuture, guard};
-use crate::park::{self, Plain};
+use crate::park::{self, Parking};
 use crate::problem::GatewayError;
 use crate::request::Facts;
 use crate::router::{RouteMatch, remove_dot_segments};
@@ -152,10 +152,14 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
             (accepted, acceptor)
         };
         match acceptor {
-            None => tokio::spawn(accepted.serve_plain(stream)),
+            None => tokio::spawn(accepted.serve_parked(stream, "http")),
             Some(acceptor) => tokio::spawn(async move {
                 let Some(stream) = handshake(acceptor, stream, peer).await else { return };
-                accepted.serve_tls(stream).await;
+                if stream.get_ref().1.alpn_protocol().is_some() {
+                    accepted.serve_parked(stream, "https").await;
+                } else {
+                    accepted.serve_tls(stream).await;
+                }
             }),
         };
     }
@@ -174,9 +178,10 @@ struct Http {
 
 /// hyper's builders for one `server.max_header_bytes`.
 struct Builders {
-    /// HTTP/1 only: plain connections (see `park`).
+    /// HTTP/1 only: plain connections and TLS ones that chose `http/1.1` by ALPN (see `park`).
     http1: http1::Builder,
-    /// HTTP/1 or HTTP/2: TLS connections, and plain ones that open with the HTTP/2 preface.
+    /// HTTP/1 or HTTP/2: TLS connections that chose `h2` or no protocol by ALPN, and plain ones that open with the
+    /// HTTP/2 preface.
     auto: auto::Builder<TokioExecutor>,
 }
 
@@ -226,11 +231,12 @@ struct Accepted {
 }
 
 impl Accepted {
-    /// Serves HTTP over a plain TCP connection, parked while idle (see `park`).
-    async fn serve_plain(self, stream: TcpStream) {
+    /// Serves HTTP over `stream` (`scheme` `http`: plain TCP; `https`: TLS whose client chose its protocol by ALPN),
+    /// parked while idle (see `park`).
+    async fn serve_parked<T: park::Transport>(self, stream: T, scheme: &'static str) {
         let watch = Watch::new(self.slot);
         let parked = self.gw.metrics().parked_connections.clone();
-        let service = service(self.gw, self.peer_ip, "http", watch.clone());
+        let service = service(self.gw, self.peer_ip, scheme, watch.clone());
         let io = Watched::new(stream, watch.clone(), self.max_header_bytes);
         let with = park::Serving {
             http1: &self.builders.http1,
@@ -239,11 +245,12 @@ impl Accepted {
             timeouts: &self.timeouts,
             parked: &parked,
         };
-        Plain { service, watch, with, draining: self.draining }.serve(io).await;
+        Parking { service, watch, with, draining: self.draining }.serve(io).await;
     }
 
-    /// Serves HTTP over `io`, the TLS stream once its handshake is done, held to the connection's limits from now
-    /// on (not parked: rustls keeps its own buffers).
+    /// Serves HTTP over `io`, a TLS stream whose client chose no protocol by ALPN, held to the connection's limits
+    /// from now on. Not parked: such a client may still send HTTP/2's preface (prior knowledge), which only hyper-util's
+    /// auto builder recognises in the bytes themselves.
     async fn serve_tls<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -15,7 +15,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use crate::config::{Config, ServerTlsConfig, UpstreamConfig};
 
 /// ALPN protocol ids.
-const H2: &[u8] = b"h2";
+pub(crate) const H2: &[u8] = b"h2";
 const HTTP11: &[u8] = b"http/1.1";
 
 /// Why TLS material could not be used; each names the file and the key it was given in.

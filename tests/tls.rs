@@ -585,6 +585,83 @@ async fn over_tls_a_connection_holds_its_max_connections_slot_from_before_its_ha
     gw.stop().await;
 }
 
+/// A TLS client connection to `localhost` trusting `ca_pem` that offers no protocol by ALPN.
+async fn tls_connect_without_alpn(tcp: TcpStream, ca_pem: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(TLS13_AND_12)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake")
+}
+
+#[tokio::test]
+async fn idle_tls_connections_that_chose_http1_are_parked_and_lose_no_byte_across_the_pause() {
+    let dir = Dir::new("parking");
+    let ca = Ca::new("Sluice Test CA");
+    let leaf = ca.leaf(&["localhost"], 10);
+    dir.write("cert.pem", &leaf.cert_pem);
+    dir.write("key.pem", &leaf.key_pem);
+    let up = Upstream::named("orders").await;
+    let gw = FileGateway::start(&dir, &(tls_server(&dir) + &upstream_and_route("orders", &[up.url()], ""))).await;
+    let parked = async || gw.metric("sluice_parked_connections").await;
+
+    // ALPN http/1.1: a whole request and the start of the next in one write, the rest after a pause (as for a
+    // plain connection, the bytes hyper read ahead must begin the next request).
+    let mut tls = tls_connect(TcpStream::connect(gw.addr).await.unwrap(), &ca.pem).await;
+    tls.write_all(b"GET /orders/a HTTP/1.1\r\nhost: localhost\r\n\r\nGET /orders/b HTTP/1.1\r\nx-part: ")
+        .await
+        .unwrap();
+    let (status, head, _) = read_http1_response(&mut tls).await.expect("an answer");
+    assert_eq!(status, 200, "{head}");
+    tokio::time::sleep(sluice::park::PARK_AFTER * 4).await;
+    tls.write_all(b"one\r\nhost: localhost\r\n\r\n").await.unwrap();
+    let (status, head, body) = read_http1_response(&mut tls).await.expect("the split request is answered");
+    assert_eq!((status, &body[..]), (200, &b"orders"[..]), "{head}");
+    let seen = up.last();
+    assert_eq!(
+        (seen.uri.path(), seen.header("x-part"), seen.header("x-forwarded-proto")),
+        ("/orders/b", "one", "https")
+    );
+    // Idle after a request: parked (the gauge says so), and served again on the same TLS session, twice.
+    for path in ["/orders/c", "/orders/d"] {
+        eventually("the idle TLS connection is parked", async || parked().await == 1.0).await;
+        tls.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+        let (status, head, _) = read_http1_response(&mut tls).await.expect("an answer");
+        assert_eq!(status, 200, "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "a parked connection stays kept alive: {head}"
+        );
+        assert_eq!(up.last().uri.path(), path);
+    }
+
+    // No ALPN: served (it might have been HTTP/2 by prior knowledge), never parked.
+    let mut plain = tls_connect_without_alpn(TcpStream::connect(gw.addr).await.unwrap(), &ca.pem).await;
+    plain.write_all(b"GET /orders/e HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+    assert_eq!(read_http1_response(&mut plain).await.expect("an answer").0, 200);
+    eventually("the ALPN connection is parked again", async || parked().await == 1.0).await;
+    tokio::time::sleep(sluice::park::PARK_AFTER * 4).await;
+    assert_eq!(parked().await, 1.0, "the connection without ALPN is not parked");
+    plain.write_all(b"GET /orders/f HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+    assert_eq!(read_http1_response(&mut plain).await.expect("an answer").0, 200);
+
+    drop(plain);
+    assert_eq!(up.hits(), 6);
+    // A drain closes the parked TLS connection in order: close_notify, which the client reads as a clean end (not
+    // rustls' "peer closed connection without sending TLS close_notify").
+    eventually("parked before the drain", async || parked().await == 1.0).await;
+    gw.stop().await;
+    let mut buf = [0u8; 64];
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf)).await.expect("closed");
+    assert!(matches!(end, Ok(0)), "an orderly TLS close: {end:?}");
+}
+
 #[tokio::test]
 async fn reload_serves_the_replaced_certificate_to_new_connections_and_a_bad_pair_is_rejected() {
     let dir = Dir::new("reload");

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Open N keep-alive HTTP/1.1 connections, send one GET on each, read the response, and keep them open.
 
-    hold_conns.py HOST PORT N [PATH]
+    hold_conns.py [--tls] HOST PORT N [PATH]
+
+With --tls, each connection is TLS (certificate not verified, ALPN http/1.1).
 
 Prints "ready OK FAILED" on stdout once every connection has its response (or failed), then holds the
 connections until the process gets SIGTERM/SIGINT. Used by bench/run.sh to read a proxy's RSS
@@ -9,7 +11,10 @@ with 1,000 open client connections.
 """
 import asyncio
 import signal
+import ssl
 import sys
+
+TLS = None
 
 
 async def get(reader, writer, host, port, path):
@@ -29,7 +34,7 @@ async def get(reader, writer, host, port, path):
 async def one(host, port, path, sem, writers):
     async with sem:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=TLS), 10)
             ok = await get(reader, writer, host, port, path)
             writers.append(writer)
             return ok
@@ -38,8 +43,16 @@ async def one(host, port, path, sem, writers):
 
 
 async def main():
-    host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    path = sys.argv[4] if len(sys.argv) > 4 else "/"
+    global TLS
+    args = sys.argv[1:]
+    if args and args[0] == "--tls":
+        args = args[1:]
+        TLS = ssl.create_default_context()
+        TLS.check_hostname = False
+        TLS.verify_mode = ssl.CERT_NONE
+        TLS.set_alpn_protocols(["http/1.1"])
+    host, port, n = args[0], int(args[1]), int(args[2])
+    path = args[3] if len(args) > 3 else "/"
     sem = asyncio.Semaphore(100)  # at most 100 connects in flight (listen backlogs)
     writers = []
     results = await asyncio.gather(*(one(host, port, path, sem, writers) for _ in range(n)))
