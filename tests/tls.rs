@@ -347,6 +347,15 @@ const TLS13_AND_12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::T
 
 /// A TLS client connection over `tcp` to `localhost`, trusting `ca_pem`, ALPN `http/1.1`: for raw HTTP/1.1 bytes.
 async fn tls_connect(tcp: TcpStream, ca_pem: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_connect_offering(tcp, ca_pem, &[b"http/1.1"]).await
+}
+
+/// A TLS client connection over `tcp` to `localhost`, trusting `ca_pem`, offering `alpn` (none when empty).
+async fn tls_connect_offering(
+    tcp: TcpStream,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -356,7 +365,7 @@ async fn tls_connect(tcp: TcpStream, ca_pem: &str) -> tokio_rustls::client::TlsS
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake")
 }
@@ -585,21 +594,6 @@ async fn over_tls_a_connection_holds_its_max_connections_slot_from_before_its_ha
     gw.stop().await;
 }
 
-/// A TLS client connection to `localhost` trusting `ca_pem` that offers no protocol by ALPN.
-async fn tls_connect_without_alpn(tcp: TcpStream, ca_pem: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(TLS13_AND_12)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake")
-}
-
 #[tokio::test]
 async fn idle_tls_connections_that_chose_http1_are_parked_and_lose_no_byte_across_the_pause() {
     let dir = Dir::new("parking");
@@ -642,7 +636,7 @@ async fn idle_tls_connections_that_chose_http1_are_parked_and_lose_no_byte_acros
     }
 
     // No ALPN: served (it might have been HTTP/2 by prior knowledge), never parked.
-    let mut plain = tls_connect_without_alpn(TcpStream::connect(gw.addr).await.unwrap(), &ca.pem).await;
+    let mut plain = tls_connect_offering(TcpStream::connect(gw.addr).await.unwrap(), &ca.pem, &[]).await;
     plain.write_all(b"GET /orders/e HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
     assert_eq!(read_http1_response(&mut plain).await.expect("an answer").0, 200);
     eventually("the ALPN connection is parked again", async || parked().await == 1.0).await;
