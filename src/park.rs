@@ -10,10 +10,10 @@
 //! the next round. A busy connection never parks, so the request path is hyper's own.
 //!
 //! A connection that may speak HTTP/2 is served by hyper-util's auto builder instead, without parking: a plain one
-//! whose first bytes are (or begin) the HTTP/2 preface, a TLS one that negotiated `h2`. TLS connections that chose no
-//! protocol by ALPN are not served here at all (they may send HTTP/2's preface, which only the auto builder would
-//! see; see `server::Accepted::serve_tls`). A TLS connection's session stays while it is parked (its keys and the
-//! few buffers rustls keeps); what is freed is hyper's, as for a plain one.
+//! whose first bytes are (or begin) the HTTP/2 preface, a TLS one that did not settle on `http/1.1` by ALPN (it chose
+//! `h2`, or nothing and may send HTTP/2's preface by prior knowledge, which only the auto builder would see). A TLS
+//! connection's session stays while it is parked (its keys and the few buffers rustls keeps); what is freed is
+//! hyper's, as for a plain one.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -87,6 +87,9 @@ impl Drop for Parked<'_> {
 /// A transport whose connection can be parked: it tells when the client sent something, and whether the
 /// connection may speak HTTP/2.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The scheme of its requests (`x-forwarded-proto`, `{scheme}`).
+    const SCHEME: &'static str;
+
     /// Whether the client's first bytes may already have been read from the socket when the connection is handed
     /// over (TLS: application data that came with the end of the handshake is held by rustls), so that the first
     /// round must not wait for the socket to be readable.
@@ -102,6 +105,7 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl Transport for TcpStream {
+    const SCHEME: &'static str = "http";
     const READS_AHEAD: bool = false;
 
     async fn readable(&self) {
@@ -119,15 +123,17 @@ impl Transport for TcpStream {
 }
 
 impl Transport for TlsStream<TcpStream> {
+    const SCHEME: &'static str = "https";
     const READS_AHEAD: bool = true;
 
     async fn readable(&self) {
         let _ = self.get_ref().0.readable().await;
     }
 
-    /// The client chose `h2` by ALPN (the caller serves connections that chose nothing elsewhere).
+    /// Unless the client settled on `http/1.1` by ALPN: it chose `h2`, or nothing (then it may send HTTP/2's preface
+    /// by prior knowledge).
     async fn may_be_http2(&self) -> bool {
-        self.get_ref().1.alpn_protocol() == Some(crate::tls::H2)
+        self.get_ref().1.alpn_protocol() != Some(crate::tls::HTTP11)
     }
 }
 

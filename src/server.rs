@@ -15,18 +15,17 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
 use crate::body::Body;
-use crate::connection::{self, Finished, Limits, Slot, Tracked, Watch, Watched};
-use crate::drain::{self, Drain, Draining};
+use crate::connection::{Finished, Limits, Slot, Tracked, Watch, Watched};
+use crate::drain::{Drain, Draining};
 use crate::layers::catch_panic::{CatchPanicFuture, guard};
 use crate::park::{self, Parking};
 use crate::problem::GatewayError;
@@ -152,14 +151,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
             (accepted, acceptor)
         };
         match acceptor {
-            None => tokio::spawn(accepted.serve_parked(stream, "http")),
+            None => tokio::spawn(accepted.serve(stream)),
             Some(acceptor) => tokio::spawn(async move {
                 let Some(stream) = handshake(acceptor, stream, peer).await else { return };
-                if stream.get_ref().1.alpn_protocol().is_some() {
-                    accepted.serve_parked(stream, "https").await;
-                } else {
-                    accepted.serve_tls(stream).await;
-                }
+                accepted.serve(stream).await;
             }),
         };
     }
@@ -181,7 +176,7 @@ struct Builders {
     /// HTTP/1 only: plain connections and TLS ones that chose `http/1.1` by ALPN (see `park`).
     http1: http1::Builder,
     /// HTTP/1 or HTTP/2: TLS connections that chose `h2` or no protocol by ALPN, and plain ones that open with the
-    /// HTTP/2 preface.
+    /// HTTP/2 preface (see `park`).
     auto: auto::Builder<TokioExecutor>,
 }
 
@@ -231,12 +226,12 @@ struct Accepted {
 }
 
 impl Accepted {
-    /// Serves HTTP over `stream` (`scheme` `http`: plain TCP; `https`: TLS whose client chose its protocol by ALPN),
-    /// parked while idle (see `park`).
-    async fn serve_parked<T: park::Transport>(self, stream: T, scheme: &'static str) {
+    /// Serves HTTP over `stream` (plain TCP, or TLS once its handshake is done), held to the connection's limits,
+    /// HTTP/1 parked while idle (see `park`).
+    async fn serve<T: park::Transport>(self, stream: T) {
         let watch = Watch::new(self.slot);
         let parked = self.gw.metrics().parked_connections.clone();
-        let service = service(self.gw, self.peer_ip, scheme, watch.clone());
+        let service = service(self.gw, self.peer_ip, T::SCHEME, watch.clone());
         let io = Watched::new(stream, watch.clone(), self.max_header_bytes);
         let with = park::Serving {
             http1: &self.builders.http1,
@@ -246,20 +241,6 @@ impl Accepted {
             parked: &parked,
         };
         Parking { service, watch, with, draining: self.draining }.serve(io).await;
-    }
-
-    /// Serves HTTP over `io`, a TLS stream whose client chose no protocol by ALPN, held to the connection's limits
-    /// from now on. Not parked: such a client may still send HTTP/2's preface (prior knowledge), which only hyper-util's
-    /// auto builder recognises in the bytes themselves.
-    async fn serve_tls<I>(self, io: I)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let watch = Watch::new(self.slot);
-        let service = service(self.gw, self.peer_ip, "https", watch.clone());
-        let io = TokioIo::new(Watched::new(io, watch.clone(), self.max_header_bytes));
-        let conn = drain::until_drained(self.builders.auto.serve_connection_with_upgrades(io, service), self.draining);
-        connection::drive(conn, watch, self.limits, &self.timeouts).await;
     }
 }
 

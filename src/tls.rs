@@ -15,8 +15,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use crate::config::{Config, ServerTlsConfig, UpstreamConfig};
 
 /// ALPN protocol ids.
-pub(crate) const H2: &[u8] = b"h2";
-const HTTP11: &[u8] = b"http/1.1";
+const H2: &[u8] = b"h2";
+pub(crate) const HTTP11: &[u8] = b"http/1.1";
 
 /// Why TLS material could not be used; each names the file and the key it was given in.
 #[derive(Debug, thiserror::Error)]

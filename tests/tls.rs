@@ -309,19 +309,10 @@ async fn https_get(
     versions: &[&'static rustls::SupportedProtocolVersion],
     path: &str,
 ) -> Seen {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+    let config = client_config(ca_pem, versions, protocols);
     let tcp = TcpStream::connect(addr).await.unwrap();
     let server_name = ServerName::try_from(name.to_owned()).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, tcp).await.expect("handshake");
+    let tls = tokio_rustls::TlsConnector::from(config).connect(server_name, tcp).await.expect("handshake");
     let (_, conn) = tls.get_ref();
     let cert = conn.peer_certificates().expect("a certificate")[0].clone().into_owned();
     let protocol = conn.protocol_version().unwrap();
@@ -356,18 +347,28 @@ async fn tls_connect_offering(
     ca_pem: &str,
     alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let name = ServerName::try_from("localhost").unwrap();
+    let config = client_config(ca_pem, TLS13_AND_12, alpn);
+    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.expect("handshake")
+}
+
+/// A rustls client config trusting `ca_pem`, limited to `versions`, offering the ALPN `protocols` (none when empty).
+fn client_config(
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    protocols: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(TLS13_AND_12)
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let name = ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake")
+    config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
 }
 
 /// curl's HTTP version (`1.1`, `2`), status and body for `https://localhost:{port}{path}`, trusting `ca`.

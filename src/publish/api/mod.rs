@@ -11,6 +11,7 @@ pub mod confluent;
 pub mod dapr;
 pub mod strimzi;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -83,9 +84,14 @@ pub async fn publish_all(
             message.content_type = record.content_type;
         }
         // The client's headers never stand in for the gateway's metadata (ids, route, trace context, CloudEvents).
-        let ours: Vec<String> = message.headers.iter().map(|(k, _)| k.to_string()).collect();
+        // The gateway's own names are borrowed: listing them copies only those forwarded from the request.
+        let ours: Vec<Cow<'static, str>> = message.headers.iter().map(|(k, _)| k.clone()).collect();
         message.headers.extend(
-            record.headers.into_iter().filter(|(k, _)| !reserved(k) && !ours.contains(k)).map(|(k, v)| (k.into(), v)),
+            record
+                .headers
+                .into_iter()
+                .filter(|(k, _)| !reserved(k) && !ours.iter().any(|o| o == k))
+                .map(|(k, v)| (k.into(), v)),
         );
         messages.push(message);
     }
