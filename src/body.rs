@@ -10,7 +10,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::upstream::{InFlight, Reusable};
+use crate::upstream::{AnswerBody, InFlight, Reusable};
 
 /// Boxed error of a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,7 +32,7 @@ pub enum Body {
     /// The upstream's body, streamed; the guard keeps the request counted as in flight until it ends.
     Upstream {
         /// The upstream response body.
-        inner: Incoming,
+        inner: AnswerBody,
         /// Released when the body is finished or dropped.
         guard: InFlight,
         /// The connection, returned to its pool when the body ends (closed if the body is dropped early).
@@ -57,9 +57,9 @@ impl Body {
 
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),

@@ -475,6 +475,76 @@ async fn body_of_exactly_max_body_is_forwarded() {
     assert!(up.last().body == body);
 }
 
+/// An upstream speaking raw HTTP/1.1: each request's path picks a scripted answer (`/close…` answers close the
+/// connection after writing); counts the connections it accepted.
+async fn scripted_upstream(script: fn(&str) -> &'static str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    seen.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    if conn.write_all(script(&path).as_bytes()).await.is_err() || path.starts_with("/close") {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn upstream_answers_are_framed_as_http_1_1_says_and_only_clean_ones_reuse_the_connection() {
+    let (url, accepted) = scripted_upstream(|path| match path {
+        "/chunked" => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
+        "/both-lengths" => {
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        }
+        "/head" => "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+        "/continue" => "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        "/close-until-eof" => "HTTP/1.1 200 OK\r\n\r\nuntil close",
+        "/close-bad-length" => "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+        _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+    })
+    .await;
+    let gw = Gateway::start(single(&[url], json!({}), json!({}))).await;
+    let connections = || accepted.load(Ordering::SeqCst);
+    let r = gw.get("/chunked").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    assert_eq!(gw.get("/chunked").await.text(), "hello");
+    assert_eq!(connections(), 1, "a chunked answer read to its end leaves the connection reusable");
+    let r = gw.get("/continue").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "a 100 Continue is skipped");
+    let r = gw.call("HEAD", "/head", &[]).await;
+    assert_eq!((r.status, r.header("content-length"), r.body.len()), (200, "5", 0));
+    assert_eq!(gw.get("/chunked").await.text(), "hello");
+    assert_eq!(connections(), 1, "a HEAD answer has no body whatever its content-length says");
+    assert_eq!(gw.get("/both-lengths").await.text(), "abc", "with both lengths, the chunks count");
+    assert_eq!(gw.get("/chunked").await.text(), "hello");
+    assert_eq!(connections(), 2, "an answer with both lengths is not trusted with another request");
+    assert_eq!(gw.get("/close-until-eof").await.text(), "until close");
+    assert_eq!(gw.get("/chunked").await.text(), "hello");
+    assert_eq!(connections(), 3);
+    assert_problem(&gw.get("/close-bad-length").await, 502, Some("r"));
+}
+
 // =============================================================================================================
 // 4. Balancing
 // =============================================================================================================

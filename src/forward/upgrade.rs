@@ -3,11 +3,10 @@
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::upstream::InFlight;
+use crate::upstream::{AnswerBody, InFlight};
 
 /// The `Upgrade` protocol a request asks for, when its `Connection` header carries the `upgrade` token.
 pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -28,7 +27,7 @@ pub fn restore(headers: &mut HeaderMap, protocol: HeaderValue) {
 
 /// When the upstream switched protocols, splices the client's and the upstream's connections in a task that
 /// holds the in-flight guard until both sides close. Returns the guard back when there is nothing to splice.
-pub fn splice(client: OnUpgrade, upstream: &mut Response<Incoming>, guard: InFlight) -> Option<InFlight> {
+pub fn splice(client: OnUpgrade, upstream: &mut Response<AnswerBody>, guard: InFlight) -> Option<InFlight> {
     if upstream.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Some(guard);
     }

@@ -15,11 +15,11 @@ use std::time::Duration;
 use http::header::{self, HeaderMap};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 use opentelemetry::trace::SpanKind;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
+use super::answer::AnswerBody;
 use super::balance::Pick;
 use super::endpoint::Endpoint;
 use super::error::CallError;
@@ -60,8 +60,9 @@ pub struct Call<'a> {
 #[derive(Debug)]
 pub struct Answer {
     /// Status, headers and the streaming body.
-    pub response: Response<Incoming>,
-    /// The HTTP/1.1 connection, to give back to its pool once the body was read to the end.
+    pub response: Response<AnswerBody>,
+    /// hyper's HTTP/1.1 connection, to give back to its pool once the body was read to the end (the wire client's
+    /// connections go back by themselves).
     pub conn: Option<Reusable>,
     /// Keeps the request counted against `max_concurrent` until dropped.
     pub guard: InFlight,

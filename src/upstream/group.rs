@@ -10,8 +10,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 
+use super::answer::AnswerBody;
 use super::balance::{self, Pick};
 use super::connect::{ConnectError, Transport};
 use super::endpoint::{Endpoint, EndpointUrl};
@@ -178,11 +178,11 @@ impl Upstream {
         &self,
         endpoint: &Endpoint,
         req: Request<OutBody>,
-    ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
+    ) -> Result<(Response<AnswerBody>, Option<Reusable>), SendError> {
         match &endpoint.h2 {
-            None => endpoint.pool.send(req).await.map(|(res, conn)| (res, Some(conn))),
+            None => endpoint.pool.send(req).await,
             Some(client) => match client.request(req).await {
-                Ok(res) => Ok((res, None)),
+                Ok(res) => Ok((res.map(AnswerBody::Hyper), None)),
                 Err(e) if e.is_connect() => Err(SendError::Connect {
                     error: ConnectError::find(&e)
                         .unwrap_or_else(|| ConnectError::Http { addr: endpoint.addr, reason: e.to_string() }),

@@ -4,9 +4,10 @@
 //!
 //! - [`group`]: [`Upstream`], a named group of endpoints (DNS re-resolution, admission, sending).
 //! - [`call`]: one request sent with every resilience policy, in one readable order.
-//! - [`endpoint`], [`connect`] (plain or TLS), [`pool`], [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
+//! - [`endpoint`], [`connect`] (plain or TLS), [`pool`] (with the [`wire`] HTTP/1.1 client), [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
 //! - [`error`]: [`CallError`], with whether trying again later may help.
 
+mod answer;
 mod balance;
 pub mod call;
 mod connect;
@@ -18,7 +19,9 @@ mod health;
 mod outlier;
 mod pool;
 mod retry;
+mod wire;
 
+pub use answer::AnswerBody;
 pub use balance::{Pick, hash_key};
 pub use call::{Answer, Call, call};
 pub use connect::{ConnectError, Connector};

@@ -1,5 +1,6 @@
-//! Per-endpoint pool of HTTP/1.1 connections (plain or TLS, opened by the endpoint's [`Connector`]), on hyper's
-//! low-level client connections.
+//! Per-endpoint pool of HTTP/1.1 connections (plain or TLS, opened by the endpoint's [`Connector`]): those of the
+//! [`wire`] client, which most requests take, and hyper's low-level client connections for the rest (streamed
+//! bodies, upgrades; [`wire::eligible`] says which).
 //!
 //! Written here instead of using hyper-util's pooled `Client` because the request path of a proxy pays for every
 //! layer: a pool per endpoint needs no pool-key hashing and no shared map, and `try_send_request` hands back a
@@ -7,17 +8,24 @@
 //! has the measurements). HTTP/2 upstreams still use hyper-util's client, which multiplexes on one connection.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use super::connect::{ConnectError, Connector};
+use super::answer::AnswerBody;
+use super::connect::{ConnectError, Connector, Stream};
+use super::wire::{self, Failure, Home, WireBody};
 use crate::body::{BoxError, OutBody};
 
 /// Most idle connections kept per endpoint.
 const MAX_IDLE: usize = 512;
+/// How often the idle wire connections are checked, when one is returned, for a close by the upstream (nothing
+/// watches an idle wire connection: a closed one would hold its socket until taken).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Idle wire connections unused for this long are closed (Go's `IdleConnTimeout`): the upstream may be about to.
+const MAX_IDLE_TIME: Duration = Duration::from_secs(90);
 
 /// Why a request could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +69,14 @@ impl SendError {
 pub struct Pool {
     connector: Connector,
     idle: Mutex<Vec<SendRequest<OutBody>>>,
+    wire: Mutex<IdleWire>,
+}
+
+/// Idle wire connections, each with the time it was returned (most recent last).
+#[derive(Debug)]
+struct IdleWire {
+    conns: Vec<(Instant, Box<wire::Conn<Stream>>)>,
+    swept: Instant,
 }
 
 /// A connection in use; given back to its pool once the response body has been read to the end.
@@ -86,14 +102,61 @@ impl Reusable {
 impl Pool {
     /// An empty pool whose connections `connector` opens.
     pub fn new(connector: Connector) -> Arc<Pool> {
-        Arc::new(Pool { connector, idle: Mutex::new(Vec::new()) })
+        let wire = IdleWire { conns: Vec::new(), swept: Instant::now() };
+        Arc::new(Pool { connector, idle: Mutex::new(Vec::new()), wire: Mutex::new(wire) })
     }
 
-    /// Sends `req` on an idle connection, or on a new one.
+    /// Sends `req` on an idle connection, or on a new one. The `Reusable` of hyper's connections goes back to the
+    /// pool once the body was read; the wire client's connections go back by themselves.
     pub async fn send(
         self: &Arc<Self>,
+        req: Request<OutBody>,
+    ) -> Result<(Response<AnswerBody>, Option<Reusable>), SendError> {
+        if wire::eligible(&req) {
+            return self.send_wire(req).await.map(|res| (res.map(AnswerBody::Wire), None));
+        }
+        let (res, conn) = self.send_hyper(req).await?;
+        Ok((res.map(AnswerBody::Hyper), Some(conn)))
+    }
+
+    /// Sends `req` with the wire client: on an idle connection that is still open, else on a new one.
+    async fn send_wire(self: &Arc<Self>, req: Request<OutBody>) -> Result<Response<WireBody<Stream>>, SendError> {
+        let encoded = wire::encode(&req);
+        let home: Arc<dyn Home<Stream>> = self.clone();
+        while let Some(conn) = self.checkout_wire() {
+            match conn.exchange(&encoded, home.clone()).await {
+                Ok(res) => return Ok(res),
+                // The connection died while idle and never took a byte: try the next one.
+                Err(Failure::Unsent(_)) => continue,
+                Err(Failure::Failed(e)) => return Err(SendError::Failed(e.into())),
+            }
+        }
+        // Boxed, as in `send_hyper`.
+        Box::pin(async move {
+            let stream = match self.connector.connect().await {
+                Ok(stream) => stream,
+                Err(error) => return Err(SendError::Connect { error, unsent: Some(Box::new(req)) }),
+            };
+            wire::Conn::new(stream).exchange(&encoded, home).await.map_err(|f| SendError::Failed(f.into_error().into()))
+        })
+        .await
+    }
+
+    /// An idle wire connection that is still open (the others are closed on the way).
+    fn checkout_wire(&self) -> Option<Box<wire::Conn<Stream>>> {
+        loop {
+            let (_, mut conn) = self.wire.lock().expect("pool lock").conns.pop()?;
+            if conn.is_open() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Sends `req` with hyper's client on an idle connection, or on a new one.
+    async fn send_hyper(
+        self: &Arc<Self>,
         mut req: Request<OutBody>,
-    ) -> Result<(Response<Incoming>, Reusable), SendError> {
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, Reusable), SendError> {
         while let Some(mut sender) = self.checkout() {
             if sender.ready().await.is_err() {
                 continue;
@@ -113,7 +176,10 @@ impl Pool {
     }
 
     /// Sends `req` on a new connection.
-    async fn send_on_new(self: &Arc<Self>, req: Request<OutBody>) -> Result<(Response<Incoming>, Reusable), SendError> {
+    async fn send_on_new(
+        self: &Arc<Self>,
+        req: Request<OutBody>,
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, Reusable), SendError> {
         let mut sender = match self.connect().await {
             Ok(sender) => sender,
             Err(error) => return Err(SendError::Connect { error, unsent: Some(Box::new(req)) }),
@@ -134,7 +200,7 @@ impl Pool {
         None
     }
 
-    /// A new connection, or why none could be made.
+    /// A new hyper connection, or why none could be made.
     async fn connect(&self) -> Result<SendRequest<OutBody>, ConnectError> {
         let stream = self.connector.connect().await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
@@ -146,5 +212,64 @@ impl Pool {
             }
         });
         Ok(sender)
+    }
+}
+
+impl Home<Stream> for Pool {
+    fn put(&self, conn: Box<wire::Conn<Stream>>) {
+        let now = Instant::now();
+        self.wire.lock().expect("pool lock").put(now, conn);
+    }
+}
+
+impl IdleWire {
+    /// Keeps `conn` (returned at `now`) unless `MAX_IDLE` are kept; at most every `SWEEP_EVERY`, first closes the
+    /// connections the upstream closed and those idle for `MAX_IDLE_TIME`.
+    fn put(&mut self, now: Instant, conn: Box<wire::Conn<Stream>>) {
+        if now.duration_since(self.swept) >= SWEEP_EVERY {
+            self.swept = now;
+            self.conns.retain_mut(|(since, conn)| now.duration_since(*since) < MAX_IDLE_TIME && conn.is_open());
+        }
+        if self.conns.len() < MAX_IDLE {
+            self.conns.push((now, conn));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A connected pair: the pool's side as a wire connection, and the upstream's socket.
+    async fn pair() -> (Box<wire::Conn<Stream>>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (theirs, _) = listener.accept().await.unwrap();
+        (wire::Conn::new(Stream::Plain(ours)), theirs)
+    }
+
+    #[tokio::test]
+    async fn returning_a_connection_sweeps_out_those_the_upstream_closed_and_those_idle_too_long() {
+        let start = Instant::now();
+        let mut idle = IdleWire { conns: Vec::new(), swept: start };
+        let (a, a_upstream) = pair().await;
+        let (b, _b_upstream) = pair().await;
+        idle.put(start, a);
+        idle.put(start, b);
+        drop(a_upstream);
+        tokio::time::sleep(Duration::from_millis(50)).await; // the FIN reaches our socket
+        let (c, _c_upstream) = pair().await;
+        idle.put(start + SWEEP_EVERY / 2, c);
+        assert_eq!(idle.conns.len(), 3, "no sweep within SWEEP_EVERY of the last one");
+        let (d, _d_upstream) = pair().await;
+        idle.put(start + SWEEP_EVERY, d);
+        assert_eq!(idle.conns.len(), 3, "the closed connection is swept out, the others stay");
+        let (e, _e_upstream) = pair().await;
+        idle.put(start + MAX_IDLE_TIME + SWEEP_EVERY / 2, e);
+        // b (returned at start) and c (at SWEEP_EVERY / 2) have been idle for MAX_IDLE_TIME or more; d has not.
+        assert_eq!(idle.conns.len(), 2, "connections idle too long are swept out");
+        assert_eq!(idle.conns[0].0, start + SWEEP_EVERY, "d stays");
     }
 }

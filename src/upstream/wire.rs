@@ -1,0 +1,619 @@
+//! A small HTTP/1.1 client for pooled upstream connections, driven by the request's own task: the request head and
+//! its buffered body go out in one write, the response head is parsed with `httparse` from the buffer the body's
+//! first bytes arrive in, and a body that arrived with its head is handed on whole, the connection back in its pool
+//! before the client is answered.
+//!
+//! Written here rather than taken from a crate: hyper's client always runs each connection in a task of its own
+//! and hands every request, response head and body chunk across a channel to it (a wake-up and a task switch each
+//! way per request, and a third of the gap to nginx in bench/README.md's profiles); no well-kept crate offers an
+//! HTTP/1.1 client connection polled by its caller. It serves only what it can do simply: requests with no body or
+//! a buffered one (at most [`REPLAY_LIMIT`]) that ask for no protocol upgrade ([`eligible`]). Streamed bodies and
+//! upgrades go through hyper's client, whose connections are separate.
+//!
+//! Response framing (RFC 9112 §6.3), refusing what could desynchronise a reused connection:
+//! - no body: answers to `HEAD`, `204`, `304`; `1xx` answers are skipped (`101` is refused: no upgrade was asked);
+//! - `transfer-encoding` ending in `chunked`: chunked (with a `content-length` too, that header is dropped and the
+//!   connection is not reused);
+//!   another final coding: read until the upstream closes; in an HTTP/1.0 answer: refused;
+//! - `content-length`: exactly that many bytes; an invalid value or differing values: refused;
+//! - neither: read until the upstream closes.
+//!
+//! A connection is reused only after an HTTP/1.1 answer without `connection: close` that was read to its end with
+//! nothing after it, and only while it has nothing to read (checked without waiting when it is taken from the pool).
+//! Chunked trailers are passed on as a trailers frame.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::body::{OutBody, REPLAY_LIMIT};
+
+/// Most header lines in a response head (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// Largest response head (hyper's default read buffer limit).
+const MAX_HEAD: usize = 400 * 1024;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Longest chunk-size or trailer line.
+const MAX_LINE: usize = 4 * 1024;
+/// Most trailer bytes after the last chunk.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Why an exchange or a response body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Reading or writing the connection failed.
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    /// The upstream closed the connection before its answer ended.
+    #[error("the upstream closed the connection before its answer ended")]
+    Closed,
+    /// The response head did not parse.
+    #[error("malformed upstream response head: {0}")]
+    Parse(#[from] httparse::Error),
+    /// The response broke a framing rule.
+    #[error("malformed upstream response: {0}")]
+    Malformed(&'static str),
+}
+
+/// How an exchange failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Not one byte of the request was written: the idle connection had died, another one may take the request.
+    Unsent(WireError),
+    /// The request may have reached the upstream.
+    Failed(WireError),
+}
+
+impl Failure {
+    /// Why it failed.
+    pub fn into_error(self) -> WireError {
+        match self {
+            Failure::Unsent(e) | Failure::Failed(e) => e,
+        }
+    }
+}
+
+/// Where a connection goes back to once an answer was read to its end (the endpoint's pool).
+pub trait Home<T>: Send + Sync {
+    /// Keeps `conn` for the next request (or closes it, when enough are kept).
+    fn put(&self, conn: Box<Conn<T>>);
+}
+
+/// An open HTTP/1.1 connection and the bytes read from it and not used yet. Kept boxed (in the pool, and in the
+/// body reading from it), so that the bodies stay small.
+#[derive(Debug)]
+pub struct Conn<T> {
+    io: T,
+    buf: BytesMut,
+}
+
+/// A request ready for the wire.
+#[derive(Debug)]
+pub struct Encoded {
+    head: Vec<u8>,
+    body: Bytes,
+    head_request: bool,
+}
+
+/// Whether this client sends `req`: no body or a buffered one of at most [`REPLAY_LIMIT`] bytes, and no upgrade.
+pub fn eligible(req: &Request<OutBody>) -> bool {
+    let small = match req.body() {
+        OutBody::Empty | OutBody::Full(None) => true,
+        OutBody::Full(Some(b)) => b.len() as u64 <= REPLAY_LIMIT,
+        OutBody::Stream(_) => false,
+    };
+    small && req.method() != Method::CONNECT && !req.headers().contains_key(header::UPGRADE)
+}
+
+/// The request's head in origin form with the headers as they are, except that `content-length` is the body's own
+/// and `transfer-encoding` is left out (the body is sent whole).
+pub fn encode(req: &Request<OutBody>) -> Encoded {
+    let body = match req.body() {
+        OutBody::Full(Some(b)) => b.clone(),
+        _ => Bytes::new(),
+    };
+    let method = req.method();
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut head = Vec::with_capacity(64 + target.len() + 48 * req.headers().len());
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut had_length = false;
+    for (name, value) in req.headers() {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            had_length |= name == header::CONTENT_LENGTH;
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    // A method that defines a meaning for content says how much there is, even none (RFC 9110 §8.6).
+    let with_content = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+    if !body.is_empty() || had_length || with_content {
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    Encoded { head, body, head_request: method == Method::HEAD }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
+    /// A connection on which nothing was sent yet.
+    pub fn new(io: T) -> Box<Conn<T>> {
+        Box::new(Conn { io, buf: BytesMut::new() })
+    }
+
+    /// Whether an idle connection can take a request: the upstream neither closed it nor sent anything unasked.
+    /// Checked without waiting.
+    pub fn is_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        self.buf.is_empty() && Pin::new(&mut self.io).poll_read(&mut cx, &mut probe).is_pending()
+    }
+
+    /// Sends `req` and reads the response head; the body is read as the returned response's body is polled, and
+    /// the connection goes `home` once it was read to its end.
+    pub async fn exchange(
+        mut self: Box<Self>,
+        req: &Encoded,
+        home: Arc<dyn Home<T>>,
+    ) -> Result<Response<WireBody<T>>, Failure> {
+        self.write(req).await?;
+        let (head, data) = self.read_head(req.head_request).await.map_err(Failure::Failed)?;
+        Ok(head.into_response(data, self, home))
+    }
+
+    /// Writes the head and the body (one vectored write when the socket takes it all).
+    async fn write(&mut self, req: &Encoded) -> Result<(), Failure> {
+        let (head, body) = (&req.head[..], &req.body[..]);
+        let total = head.len() + body.len();
+        let mut written = 0;
+        while written < total {
+            let slices = if written < head.len() {
+                [IoSlice::new(&head[written..]), IoSlice::new(body)]
+            } else {
+                [IoSlice::new(&body[written - head.len()..]), IoSlice::new(&[])]
+            };
+            let result = poll_fn(|cx| Pin::new(&mut self.io).poll_write_vectored(cx, &slices)).await;
+            match result {
+                Ok(0) => return Err(unsent_or_failed(written, io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) => return Err(unsent_or_failed(written, e)),
+            }
+        }
+        poll_fn(|cx| Pin::new(&mut self.io).poll_flush(cx)).await.map_err(|e| Failure::Failed(e.into()))
+    }
+
+    /// Reads until a final response head is complete, skipping `1xx` answers. Returns the head and the bytes read
+    /// (the head's own first), the connection's buffer left empty.
+    async fn read_head(&mut self, head_request: bool) -> Result<(Head, Bytes), WireError> {
+        loop {
+            if !self.buf.is_empty() {
+                let data = std::mem::take(&mut self.buf).freeze();
+                match Head::parse(&data, head_request)? {
+                    Parsed::Final(head) => return Ok((head, data)),
+                    Parsed::Informational(len) => self.buf = rest(data, len),
+                    Parsed::Partial => {
+                        if data.len() >= MAX_HEAD {
+                            return Err(WireError::Malformed("response head larger than 400 KiB"));
+                        }
+                        self.buf = rest(data, 0);
+                        if self.fill().await? == 0 {
+                            return Err(WireError::Closed);
+                        }
+                    }
+                }
+            } else if self.fill().await? == 0 {
+                return Err(WireError::Closed);
+            }
+        }
+    }
+
+    /// Reads what the socket has (at least one byte, or 0 at its end).
+    async fn fill(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+/// A write failure: `Unsent` when not a byte went out.
+fn unsent_or_failed(written: usize, e: io::Error) -> Failure {
+    if written == 0 { Failure::Unsent(e.into()) } else { Failure::Failed(e.into()) }
+}
+
+/// What follows the first `used` bytes of `data`, as a buffer to read more into (no copy when nothing else holds
+/// `data`'s bytes).
+fn rest(mut data: Bytes, used: usize) -> BytesMut {
+    data.advance(used);
+    data.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]))
+}
+
+/// How the body of an answer is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// A parsed final response head.
+#[derive(Debug)]
+struct Head {
+    len: usize,
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    reusable: bool,
+}
+
+enum Parsed {
+    Final(Head),
+    Informational(usize),
+    Partial,
+}
+
+impl Head {
+    /// Parses the head at the start of `data`; header values share `data`'s bytes.
+    fn parse(data: &Bytes, head_request: bool) -> Result<Parsed, WireError> {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut lines);
+        let len = match res.parse(data)? {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => return Ok(Parsed::Partial),
+        };
+        let status = StatusCode::from_u16(res.code.unwrap_or(0)).map_err(|_| WireError::Malformed("status code"))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(WireError::Malformed("101 Switching Protocols to a request that asked for no upgrade"));
+        }
+        if status.is_informational() {
+            return Ok(Parsed::Informational(len));
+        }
+        let version = if res.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
+        let mut headers = HeaderMap::with_capacity(res.headers.len());
+        let (mut length, mut coded, mut chunked, mut close) = (None, false, false, version == Version::HTTP_10);
+        for line in res.headers.iter() {
+            let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| WireError::Malformed("header name"))?;
+            let value = HeaderValue::from_maybe_shared(data.slice_ref(line.value))
+                .map_err(|_| WireError::Malformed("header value"))?;
+            if name == header::CONTENT_LENGTH {
+                let n = content_length(line.value)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(WireError::Malformed("differing content-length values"));
+                }
+                length = Some(n);
+            } else if name == header::TRANSFER_ENCODING {
+                coded = true;
+                let last = line.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            } else if name == header::CONNECTION {
+                for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                        // An HTTP/1.0 keep-alive answer is framed by its length, like any other.
+                        close = false;
+                    }
+                }
+            }
+            headers.append(name, value);
+        }
+        let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let framing = match (no_body, coded, length) {
+            (true, ..) => Framing::None,
+            (false, true, _) if version == Version::HTTP_10 => {
+                return Err(WireError::Malformed("transfer-encoding in an HTTP/1.0 answer"));
+            }
+            (false, true, _) if chunked => Framing::Chunked,
+            (false, true, _) => Framing::UntilClose,
+            (false, false, Some(n)) => Framing::Length(n),
+            (false, false, None) => Framing::UntilClose,
+        };
+        // Both lengths given: the chunks count, the stale length is not passed on (it would cut the body short),
+        // and the connection is not trusted with another request.
+        let conflicting = coded && length.is_some() && !no_body;
+        if conflicting {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let reusable = !close && !conflicting && framing != Framing::UntilClose;
+        Ok(Parsed::Final(Head { len, status, version, headers, framing, reusable }))
+    }
+
+    /// The response, its body the rest of `data` (which starts with this head), then what `conn` reads.
+    fn into_response<T>(self, data: Bytes, mut conn: Box<Conn<T>>, home: Arc<dyn Home<T>>) -> Response<WireBody<T>>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let after = (data.len() - self.len) as u64;
+        let state = match self.framing {
+            // The whole body is here already (a small answer): handed on without a copy, the connection home now.
+            Framing::Length(n) if n <= after => {
+                let end = self.len + n as usize;
+                conn.buf = rest(data.slice(end..), 0);
+                State::Whole((n > 0).then(|| data.slice(self.len..end)))
+            }
+            framing => {
+                conn.buf = rest(data, self.len);
+                match framing {
+                    Framing::Length(n) => State::Length(n),
+                    Framing::Chunked => State::Chunked(Chunked::default()),
+                    Framing::UntilClose => State::UntilClose,
+                    Framing::None => State::Whole(None),
+                }
+            }
+        };
+        let mut body = WireBody { state, conn: Some(conn), home: Some(home), reusable: self.reusable };
+        if matches!(body.state, State::Whole(_)) {
+            body.finish();
+        }
+        let mut res = Response::new(body);
+        *res.status_mut() = self.status;
+        *res.version_mut() = self.version;
+        *res.headers_mut() = self.headers;
+        res
+    }
+}
+
+/// A `content-length` value: decimal digits only.
+fn content_length(value: &[u8]) -> Result<u64, WireError> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(WireError::Malformed("content-length is not a number"));
+    }
+    Ok(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// The body of an answer read by this client.
+pub struct WireBody<T> {
+    state: State,
+    conn: Option<Box<Conn<T>>>,
+    home: Option<Arc<dyn Home<T>>>,
+    reusable: bool,
+}
+
+impl<T> std::fmt::Debug for WireBody<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireBody").field("state", &self.state).field("reusable", &self.reusable).finish()
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// All of the body (or none), not yet handed on.
+    Whole(Option<Bytes>),
+    /// This many bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+impl<T> WireBody<T> {
+    /// The body was read to its end: the connection goes home when it may carry another request.
+    fn finish(&mut self) {
+        if !matches!(self.state, State::Whole(_)) {
+            self.state = State::Done;
+        }
+        let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) else { return };
+        if self.reusable && conn.buf.is_empty() {
+            home.put(conn);
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> http_body::Body for WireBody<T> {
+    type Data = Bytes;
+    type Error = WireError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return match &mut this.state {
+                    State::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+                    _ => Poll::Ready(None),
+                };
+            };
+            let data = match &mut this.state {
+                State::Whole(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+                State::Done => return Poll::Ready(None),
+                State::Length(left) if !conn.buf.is_empty() => {
+                    let n = (*left).min(conn.buf.len() as u64);
+                    *left -= n;
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    if *left == 0 {
+                        this.finish();
+                    }
+                    data
+                }
+                State::Chunked(chunked) => match chunked.step(&mut conn.buf) {
+                    Err(e) => return Poll::Ready(Some(Err(this.fail(e)))),
+                    Ok(Step::Data(data)) => data,
+                    Ok(Step::Done(trailers)) => {
+                        this.finish();
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(*t))));
+                    }
+                    Ok(Step::More) => Bytes::new(),
+                },
+                State::UntilClose if !conn.buf.is_empty() => conn.buf.split().freeze(),
+                State::Length(_) | State::UntilClose => Bytes::new(),
+            };
+            if !data.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            let conn = this.conn.as_mut().expect("still reading");
+            match ready!(conn.poll_fill(cx)) {
+                Err(e) => return Poll::Ready(Some(Err(this.fail(e.into())))),
+                Ok(0) if matches!(this.state, State::UntilClose) => {
+                    this.state = State::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(this.fail(WireError::Closed)))),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            State::Whole(b) => b.is_none(),
+            State::Done => true,
+            _ => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            State::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            State::Length(n) => SizeHint::with_exact(*n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl<T> WireBody<T> {
+    /// Ends the body with `e`; the connection is closed.
+    fn fail(&mut self, e: WireError) -> WireError {
+        self.state = State::Done;
+        self.conn = None;
+        e
+    }
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Default)]
+struct Chunked {
+    phase: Phase,
+    /// Trailer bytes read so far.
+    trailer_bytes: usize,
+    trailers: Option<Box<HeaderMap>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum Phase {
+    /// Expecting a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailers,
+}
+
+enum Step {
+    Data(Bytes),
+    More,
+    /// The end, with the trailers if there were any.
+    Done(Option<Box<HeaderMap>>),
+}
+
+impl Chunked {
+    /// Decodes what `buf` holds: the next piece of data, the end, or a need for more bytes.
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Step, WireError> {
+        loop {
+            match self.phase {
+                Phase::Size => {
+                    let Some(line) = take_line(buf)? else { return Ok(Step::More) };
+                    let size = chunk_size(&line)?;
+                    self.phase = if size == 0 { Phase::Trailers } else { Phase::Data(size) };
+                }
+                Phase::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let n = left.min(buf.len() as u64);
+                    self.phase = if n == left { Phase::DataEnd } else { Phase::Data(left - n) };
+                    return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+                }
+                Phase::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Step::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(WireError::Malformed("chunk data not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    self.phase = Phase::Size;
+                }
+                Phase::Trailers => {
+                    let Some(line) = take_line(buf)? else { return Ok(Step::More) };
+                    self.trailer_bytes += line.len() + 2;
+                    if self.trailer_bytes > MAX_TRAILERS {
+                        return Err(WireError::Malformed("trailers larger than 16 KiB"));
+                    }
+                    if line.is_empty() {
+                        return Ok(Step::Done(self.trailers.take()));
+                    }
+                    let (name, value) = trailer(line)?;
+                    self.trailers.get_or_insert_default().append(name, value);
+                }
+            }
+        }
+    }
+}
+
+/// The next CRLF-terminated line of `buf` (without its CRLF), or `None` until it is complete.
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, WireError> {
+    let window = &buf[..buf.len().min(MAX_LINE + 2)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(end) if end > 0 && window[end - 1] == b'\r' => {
+            let mut line = buf.split_to(end + 1);
+            line.truncate(end - 1);
+            Ok(Some(line))
+        }
+        Some(_) => Err(WireError::Malformed("bare LF in chunked framing")),
+        None if buf.len() > MAX_LINE => Err(WireError::Malformed("chunk-size or trailer line longer than 4 KiB")),
+        None => Ok(None),
+    }
+}
+
+/// A trailer field line: `name: value`.
+fn trailer(line: BytesMut) -> Result<(HeaderName, HeaderValue), WireError> {
+    let colon = line.iter().position(|&b| b == b':').ok_or(WireError::Malformed("trailer line without a colon"))?;
+    let name = HeaderName::from_bytes(&line[..colon]).map_err(|_| WireError::Malformed("trailer name"))?;
+    let value =
+        HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).map_err(|_| WireError::Malformed("trailer value"))?;
+    Ok((name, value))
+}
+
+/// A chunk-size line: hex digits, then optional whitespace and `;extensions`.
+fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return Err(WireError::Malformed("chunk size"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') || line.contains(&b'\r') {
+        return Err(WireError::Malformed("chunk size"));
+    }
+    let hex = std::str::from_utf8(&line[..digits]).expect("hex digits are ASCII");
+    Ok(u64::from_str_radix(hex, 16).expect("at most 15 hex digits"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+//! The wire client against a scripted upstream on an in-memory stream: response framing, connection reuse, and
+//! what it refuses.
+
+use std::sync::Mutex;
+
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+use super::*;
+
+/// A pool of one kind of connection, for the tests.
+#[derive(Default)]
+#[expect(clippy::vec_box, reason = "as the pool keeps them")]
+struct Kept(Mutex<Vec<Box<Conn<DuplexStream>>>>);
+
+impl Home<DuplexStream> for Kept {
+    fn put(&self, conn: Box<Conn<DuplexStream>>) {
+        self.0.lock().unwrap().push(conn);
+    }
+}
+
+impl Kept {
+    fn take(&self) -> Option<Box<Conn<DuplexStream>>> {
+        self.0.lock().unwrap().pop()
+    }
+}
+
+/// What the client got: status, headers, body (or the error), and whether the connection went home.
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Result<Bytes, String>,
+    trailers: Option<HeaderMap>,
+    reused: bool,
+    request: String,
+}
+
+fn get(method: Method, body: &'static [u8]) -> Request<OutBody> {
+    let body = if body.is_empty() { OutBody::Empty } else { OutBody::Full(Some(Bytes::from_static(body))) };
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = "http://up.test/p?q=1".parse().unwrap();
+    req.headers_mut().insert(header::HOST, HeaderValue::from_static("up.test"));
+    req
+}
+
+/// Reads one request head (and a body of its `content-length`) from the upstream's side.
+async fn read_request(up: &mut DuplexStream) -> String {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        if up.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        seen.push(byte[0]);
+    }
+    let text = String::from_utf8(seen).unwrap();
+    let length =
+        text.lines().find_map(|l| l.strip_prefix("content-length: ")).map_or(0, |n| n.trim().parse::<usize>().unwrap());
+    let mut body = vec![0; length];
+    up.read_exact(&mut body).await.unwrap();
+    text + &String::from_utf8(body).unwrap()
+}
+
+/// Sends `req` on a fresh connection whose upstream answers with `pieces` (written one at a time, so the client
+/// sees them split), then closes if `close`.
+async fn exchange(req: Request<OutBody>, pieces: &[&'static [u8]], close: bool) -> Got {
+    let kept = Arc::new(Kept::default());
+    let (client, mut up) = duplex(1 << 16);
+    let pieces = pieces.to_vec();
+    let upstream = tokio::spawn(async move {
+        let request = read_request(&mut up).await;
+        for piece in pieces {
+            up.write_all(piece).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        if !close {
+            // Held open until the client is done.
+            let mut rest = Vec::new();
+            let _ = up.read_to_end(&mut rest).await;
+        }
+        request
+    });
+    let result = Conn::new(client).exchange(&encode(&req), kept.clone()).await;
+    let (status, headers, body, trailers) = match result {
+        Ok(res) => {
+            let (parts, body) = res.into_parts();
+            match body.collect().await {
+                Ok(c) => {
+                    let trailers = c.trailers().cloned();
+                    (parts.status, parts.headers, Ok(c.to_bytes()), trailers)
+                }
+                Err(e) => (parts.status, parts.headers, Err(e.to_string()), None),
+            }
+        }
+        Err(f) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), Err(f.into_error().to_string()), None),
+    };
+    let reused = kept.take().is_some();
+    let request = upstream.await.unwrap();
+    Got { status, headers, body, trailers, reused, request }
+}
+
+#[tokio::test]
+async fn a_small_answer_arrives_whole_and_the_connection_goes_home() {
+    let got =
+        exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello"], false).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.headers["x-a"], "1");
+    assert_eq!(got.body.unwrap(), "hello");
+    assert!(got.reused);
+    assert_eq!(got.request, "GET /p?q=1 HTTP/1.1\r\nhost: up.test\r\n\r\n");
+}
+
+#[tokio::test]
+async fn a_body_split_across_reads_is_read_to_its_length() {
+    let got = exchange(
+        get(Method::GET, b""),
+        &[b"HTTP/1.1 200 OK\r\ncontent-le", b"ngth: 11\r\n\r\nhel", b"lo w", b"orld"],
+        false,
+    )
+    .await;
+    assert_eq!(got.body.unwrap(), "hello world");
+    assert!(got.reused);
+}
+
+#[tokio::test]
+async fn chunked_bodies_with_extensions_and_trailers_are_decoded() {
+    let got = exchange(
+        get(Method::GET, b""),
+        &[
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;name=v\r\nhel",
+            b"lo\r\n6 \r\n world\r",
+            b"\n0\r\nx-trailer: 1\r\n",
+            b"\r\n",
+        ],
+        false,
+    )
+    .await;
+    assert_eq!(got.body.unwrap(), "hello world");
+    assert!(got.reused);
+    assert_eq!(got.trailers.unwrap()["x-trailer"], "1");
+}
+
+#[tokio::test]
+async fn informational_answers_are_skipped() {
+    let got = exchange(
+        get(Method::POST, b"data"),
+        &[
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+        ],
+        false,
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::CREATED);
+    assert!(got.headers.get("link").is_none());
+    assert_eq!(got.body.unwrap(), "ok");
+    assert_eq!(got.request, "POST /p?q=1 HTTP/1.1\r\nhost: up.test\r\ncontent-length: 4\r\n\r\ndata");
+}
+
+#[tokio::test]
+async fn a_101_to_a_request_that_asked_for_no_upgrade_is_refused() {
+    let got = exchange(get(Method::GET, b""), &[b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n"], true).await;
+    assert!(got.body.unwrap_err().contains("101"));
+}
+
+#[tokio::test]
+async fn head_204_and_304_answers_have_no_body_whatever_their_headers_say() {
+    let got = exchange(get(Method::HEAD, b""), &[b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n"], false).await;
+    assert_eq!((got.body.unwrap().len(), got.reused), (0, true));
+    assert_eq!(got.headers["content-length"], "500");
+    for status in ["204 No Content", "304 Not Modified"] {
+        let head = format!("HTTP/1.1 {status}\r\ntransfer-encoding: chunked\r\n\r\n").leak().as_bytes();
+        let got = exchange(get(Method::GET, b""), &[head], false).await;
+        assert_eq!((got.body.unwrap().len(), got.reused), (0, true), "{status}");
+    }
+}
+
+#[tokio::test]
+async fn both_lengths_given_the_chunks_count_and_the_connection_is_not_reused() {
+    let got = exchange(
+        get(Method::GET, b""),
+        &[b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+        false,
+    )
+    .await;
+    assert_eq!(got.body.unwrap(), "hello");
+    assert!(got.headers.get(header::CONTENT_LENGTH).is_none(), "the stale length would cut the body short");
+    assert!(!got.reused);
+}
+
+#[tokio::test]
+async fn an_answer_without_a_length_is_read_until_close_and_not_reused() {
+    let got = exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 OK\r\n\r\nall ", b"of it"], true).await;
+    assert_eq!((got.body.unwrap(), got.reused), (Bytes::from("all of it"), false));
+    let got = exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nraw"], true).await;
+    assert_eq!((got.body.unwrap(), got.reused), (Bytes::from("raw"), false));
+}
+
+#[tokio::test]
+async fn connection_close_http_1_0_and_bytes_after_the_body_prevent_reuse() {
+    let close = exchange(
+        get(Method::GET, b""),
+        &[b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\na"],
+        false,
+    );
+    assert!(!close.await.reused);
+    let old = exchange(get(Method::GET, b""), &[b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\na"], false).await;
+    assert_eq!((old.body.unwrap(), old.reused), (Bytes::from("a"), false));
+    let kept = exchange(
+        get(Method::GET, b""),
+        &[b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\na"],
+        false,
+    );
+    assert!(kept.await.reused);
+    let extra =
+        exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\naHTTP/1.1 200 OK\r\n"], false);
+    let extra = extra.await;
+    assert_eq!((extra.body.unwrap(), extra.reused), (Bytes::from("a"), false));
+}
+
+#[tokio::test]
+async fn malformed_framing_is_refused() {
+    let cases: [&[&'static [u8]]; 7] = [
+        &[b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab"],
+        &[b"HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\na"],
+        &[b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"],
+        &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"],
+        &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\nx\r\n0\r\n\r\n"],
+        &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nxy0\r\n\r\n"],
+        &[b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n"],
+    ];
+    for pieces in cases {
+        let got = exchange(get(Method::GET, b""), pieces, true).await;
+        assert!(got.body.is_err() && !got.reused, "{:?} was taken", String::from_utf8_lossy(pieces[0]));
+    }
+}
+
+#[tokio::test]
+async fn an_answer_cut_short_is_an_error() {
+    let got = exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"], true).await;
+    assert!(got.body.unwrap_err().contains("closed"));
+    let got =
+        exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nab"], true).await;
+    assert!(got.body.is_err() && !got.reused);
+    let got = exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 O"], true).await;
+    assert!(got.body.unwrap_err().contains("closed"));
+}
+
+#[tokio::test]
+async fn the_body_sets_content_length_and_drops_transfer_encoding() {
+    let mut req = get(Method::PUT, b"abc");
+    req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+    req.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    let got = exchange(req, &[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
+    assert_eq!(got.request, "PUT /p?q=1 HTTP/1.1\r\nhost: up.test\r\ncontent-length: 3\r\n\r\nabc");
+    let got = exchange(get(Method::POST, b""), &[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
+    assert!(got.request.ends_with("content-length: 0\r\n\r\n"));
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_not_open_and_takes_nothing() {
+    let kept: Arc<Kept> = Arc::new(Kept::default());
+    let (client, up) = duplex(1024);
+    let mut conn = Conn::new(client);
+    assert!(conn.is_open());
+    drop(up);
+    assert!(!conn.is_open());
+    match conn.exchange(&encode(&get(Method::GET, b"")), kept).await {
+        Err(Failure::Unsent(_)) => {}
+        other => panic!("expected an unsent failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_reused_connection_carries_the_next_exchange() {
+    let kept = Arc::new(Kept::default());
+    let (client, mut up) = duplex(1 << 16);
+    let upstream = tokio::spawn(async move {
+        for body in ["one", "two"] {
+            read_request(&mut up).await;
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n{body}");
+            up.write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    let mut conn = Conn::new(client);
+    for body in ["one", "two"] {
+        assert!(conn.is_open());
+        let res = conn.exchange(&encode(&get(Method::GET, b"")), kept.clone()).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), body);
+        conn = kept.take().expect("the connection went home");
+    }
+    upstream.await.unwrap();
+}
+
+#[test]
+fn only_small_buffered_requests_without_upgrade_are_eligible() {
+    assert!(eligible(&get(Method::GET, b"")));
+    assert!(eligible(&get(Method::POST, b"x")));
+    let big = Request::new(OutBody::Full(Some(Bytes::from(vec![0; REPLAY_LIMIT as usize + 1]))));
+    assert!(!eligible(&big));
+    let mut upgrade = get(Method::GET, b"");
+    upgrade.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    assert!(!eligible(&upgrade));
+    assert!(!eligible(&get(Method::CONNECT, b"")));
+}
