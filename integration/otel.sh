@@ -298,7 +298,9 @@ collector_wait() {
     local i
     for ((i = 0; i < TIMEOUT * 4; i++)); do
         otlp_ping && break
-        if ! pid_alive; then
+        # Only whether the process is there: just after the fork its command line may still be the shell's (the
+        # exec has not happened yet), which `pid_alive` would take for a dead collector.
+        if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
             tail_log
             die "the collector exited during start-up"
         fi

@@ -7,8 +7,8 @@
 //! request that a dead idle connection could not take, so it can go out on a fresh one untouched (bench/README.md
 //! has the measurements). HTTP/2 upstreams still use hyper-util's client, which multiplexes on one connection.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -21,11 +21,12 @@ use crate::body::{BoxError, OutBody};
 
 /// Most idle connections kept per endpoint.
 const MAX_IDLE: usize = 512;
-/// How often the idle wire connections are checked, when one is returned, for a close by the upstream (nothing
-/// watches an idle wire connection: a closed one would hold its socket until taken).
+/// How often a pool's idle wire connections are checked for a close by the upstream, and aged. Nothing else
+/// watches them: a connection the upstream closed would hold its socket until taken.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Idle wire connections unused for this long are closed (Go's `IdleConnTimeout`): the upstream may be about to.
-const MAX_IDLE_TIME: Duration = Duration::from_secs(90);
+/// Sweeps an idle wire connection stays unused before it is closed (90 s, Go's `IdleConnTimeout`): the upstream may
+/// be about to close it.
+const MAX_IDLE_SWEEPS: u64 = 90;
 
 /// Why a request could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -70,13 +71,17 @@ pub struct Pool {
     connector: Connector,
     idle: Mutex<Vec<SendRequest<OutBody>>>,
     wire: Mutex<IdleWire>,
+    /// The pool itself, for its sweeper task.
+    me: Weak<Pool>,
 }
 
-/// Idle wire connections, each with the time it was returned (most recent last).
-#[derive(Debug)]
+/// Idle wire connections, each with the sweep count when it was returned (most recent last).
+#[derive(Debug, Default)]
 struct IdleWire {
-    conns: Vec<(Instant, Box<wire::Conn<Stream>>)>,
-    swept: Instant,
+    conns: Vec<(u64, Box<wire::Conn<Stream>>)>,
+    sweeps: u64,
+    /// Whether a sweeper task runs (it stops once no connection is idle).
+    sweeping: bool,
 }
 
 /// A connection in use; given back to its pool once the response body has been read to the end.
@@ -102,8 +107,7 @@ impl Reusable {
 impl Pool {
     /// An empty pool whose connections `connector` opens.
     pub fn new(connector: Connector) -> Arc<Pool> {
-        let wire = IdleWire { conns: Vec::new(), swept: Instant::now() };
-        Arc::new(Pool { connector, idle: Mutex::new(Vec::new()), wire: Mutex::new(wire) })
+        Arc::new_cyclic(|me| Pool { connector, idle: Mutex::new(Vec::new()), wire: Mutex::default(), me: me.clone() })
     }
 
     /// Sends `req` on an idle connection, or on a new one. The `Reusable` of hyper's connections goes back to the
@@ -217,22 +221,40 @@ impl Pool {
 
 impl Home<Stream> for Pool {
     fn put(&self, conn: Box<wire::Conn<Stream>>) {
-        let now = Instant::now();
-        self.wire.lock().expect("pool lock").put(now, conn);
+        if self.wire.lock().expect("pool lock").put(conn) {
+            tokio::spawn(sweep_loop(self.me.clone()));
+        }
+    }
+}
+
+/// Sweeps `pool`'s idle wire connections every `SWEEP_EVERY`, until none is idle or the pool is gone.
+async fn sweep_loop(pool: Weak<Pool>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(pool) = pool.upgrade() else { return };
+        if !pool.wire.lock().expect("pool lock").sweep() {
+            return;
+        }
     }
 }
 
 impl IdleWire {
-    /// Keeps `conn` (returned at `now`) unless `MAX_IDLE` are kept; at most every `SWEEP_EVERY`, first closes the
-    /// connections the upstream closed and those idle for `MAX_IDLE_TIME`.
-    fn put(&mut self, now: Instant, conn: Box<wire::Conn<Stream>>) {
-        if now.duration_since(self.swept) >= SWEEP_EVERY {
-            self.swept = now;
-            self.conns.retain_mut(|(since, conn)| now.duration_since(*since) < MAX_IDLE_TIME && conn.is_open());
-        }
+    /// Keeps `conn` unless `MAX_IDLE` are kept. Returns whether a sweeper task must be started.
+    fn put(&mut self, conn: Box<wire::Conn<Stream>>) -> bool {
         if self.conns.len() < MAX_IDLE {
-            self.conns.push((now, conn));
+            self.conns.push((self.sweeps, conn));
         }
+        !std::mem::replace(&mut self.sweeping, true)
+    }
+
+    /// Closes the connections the upstream closed (or sent unasked bytes on) and those idle for
+    /// `MAX_IDLE_SWEEPS` sweeps. Returns whether any is left (else the sweeper stops).
+    fn sweep(&mut self) -> bool {
+        self.sweeps += 1;
+        let now = self.sweeps;
+        self.conns.retain_mut(|(since, conn)| now - *since < MAX_IDLE_SWEEPS && conn.is_open());
+        self.sweeping = !self.conns.is_empty();
+        self.sweeping
     }
 }
 
@@ -251,25 +273,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn returning_a_connection_sweeps_out_those_the_upstream_closed_and_those_idle_too_long() {
-        let start = Instant::now();
-        let mut idle = IdleWire { conns: Vec::new(), swept: start };
+    async fn sweeps_close_connections_the_upstream_closed_and_those_idle_too_long() {
+        let mut idle = IdleWire::default();
         let (a, a_upstream) = pair().await;
         let (b, _b_upstream) = pair().await;
-        idle.put(start, a);
-        idle.put(start, b);
+        assert!(idle.put(a), "the first connection starts a sweeper");
+        assert!(!idle.put(b), "one sweeper at a time");
         drop(a_upstream);
         tokio::time::sleep(Duration::from_millis(50)).await; // the FIN reaches our socket
+        assert!(idle.sweep());
+        assert_eq!(idle.conns.len(), 1, "the closed connection is swept out, the open one stays");
         let (c, _c_upstream) = pair().await;
-        idle.put(start + SWEEP_EVERY / 2, c);
-        assert_eq!(idle.conns.len(), 3, "no sweep within SWEEP_EVERY of the last one");
+        idle.put(c);
+        while idle.sweeps < MAX_IDLE_SWEEPS - 1 {
+            idle.sweep();
+        }
+        assert_eq!(idle.conns.len(), 2, "b is not idle for MAX_IDLE_SWEEPS yet");
+        assert!(idle.sweep());
+        assert_eq!(idle.conns.len(), 1, "b was idle for MAX_IDLE_SWEEPS sweeps; c, returned one sweep later, stays");
+        while idle.sweep() {}
+        assert!(idle.conns.is_empty() && !idle.sweeping, "the sweeper stops once no connection is idle");
         let (d, _d_upstream) = pair().await;
-        idle.put(start + SWEEP_EVERY, d);
-        assert_eq!(idle.conns.len(), 3, "the closed connection is swept out, the others stay");
-        let (e, _e_upstream) = pair().await;
-        idle.put(start + MAX_IDLE_TIME + SWEEP_EVERY / 2, e);
-        // b (returned at start) and c (at SWEEP_EVERY / 2) have been idle for MAX_IDLE_TIME or more; d has not.
-        assert_eq!(idle.conns.len(), 2, "connections idle too long are swept out");
-        assert_eq!(idle.conns[0].0, start + SWEEP_EVERY, "d stays");
+        assert!(idle.put(d), "and the next return starts one again");
     }
 }

@@ -22,7 +22,7 @@
 //! nothing after it, and only while it has nothing to read (checked without waiting when it is taken from the pool).
 //! Chunked trailers are passed on as a trailers frame.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -158,11 +158,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
 
     /// Whether an idle connection can take a request: the upstream neither closed it nor sent anything unasked.
     /// Checked without waiting.
+    /// Polled outside tokio's cooperative budget: with the task's budget spent, a read would say `Pending` whatever
+    /// the socket's state, and a closed connection would look open.
     pub fn is_open(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut probe = [0u8; 1];
-        let mut probe = ReadBuf::new(&mut probe);
-        self.buf.is_empty() && Pin::new(&mut self.io).poll_read(&mut cx, &mut probe).is_pending()
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let probe = tokio::task::unconstrained(poll_fn(|cx| {
+            let mut probe = ReadBuf::new(&mut byte);
+            Pin::new(&mut self.io).poll_read(cx, &mut probe)
+        }));
+        std::pin::pin!(probe).poll(&mut Context::from_waker(Waker::noop())).is_pending()
     }
 
     /// Sends `req` and reads the response head; the body is read as the returned response's body is polled, and
@@ -200,24 +207,30 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
 
     /// Reads until a final response head is complete, skipping `1xx` answers. Returns the head and the bytes read
     /// (the head's own first), the connection's buffer left empty.
+    ///
+    /// The head is parsed only once the bytes read hold a blank line (the new bytes are scanned for it), so that a
+    /// head trickling in a byte at a time is not parsed again from its start on every read.
     async fn read_head(&mut self, head_request: bool) -> Result<(Head, Bytes), WireError> {
+        let mut scanned = 0;
         loop {
-            if !self.buf.is_empty() {
+            // The first bytes are parsed at once (most heads arrive whole); after that, only once a blank line came.
+            if !self.buf.is_empty() && (scanned == 0 || ends_head(&self.buf, scanned)) {
                 let data = std::mem::take(&mut self.buf).freeze();
                 match Head::parse(&data, head_request)? {
                     Parsed::Final(head) => return Ok((head, data)),
-                    Parsed::Informational(len) => self.buf = rest(data, len),
-                    Parsed::Partial => {
-                        if data.len() >= MAX_HEAD {
-                            return Err(WireError::Malformed("response head larger than 400 KiB"));
-                        }
-                        self.buf = rest(data, 0);
-                        if self.fill().await? == 0 {
-                            return Err(WireError::Closed);
-                        }
+                    Parsed::Informational(len) => {
+                        self.buf = rest(data, len);
+                        scanned = 0;
+                        continue;
                     }
+                    Parsed::Partial => self.buf = rest(data, 0),
                 }
-            } else if self.fill().await? == 0 {
+            }
+            scanned = self.buf.len();
+            if scanned >= MAX_HEAD {
+                return Err(WireError::Malformed("response head larger than 400 KiB"));
+            }
+            if self.fill().await? == 0 {
                 return Err(WireError::Closed);
             }
         }
@@ -234,6 +247,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
+}
+
+/// Whether `buf` holds a blank line (`\n\n` or `\n\r\n`) ending after its first `scanned` bytes.
+fn ends_head(buf: &[u8], scanned: usize) -> bool {
+    let from = scanned.saturating_sub(2);
+    buf[from..]
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && matches!(&buf[from + i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 /// A write failure: `Unsent` when not a byte went out.
@@ -292,7 +314,8 @@ impl Head {
         }
         let version = if res.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
         let mut headers = HeaderMap::with_capacity(res.headers.len());
-        let (mut length, mut coded, mut chunked, mut close) = (None, false, false, version == Version::HTTP_10);
+        let (mut length, mut coded, mut chunked) = (None, false, false);
+        let (mut close, mut keep_alive) = (false, false);
         for line in res.headers.iter() {
             let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| WireError::Malformed("header name"))?;
             let value = HeaderValue::from_maybe_shared(data.slice_ref(line.value))
@@ -309,12 +332,8 @@ impl Head {
                 chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
             } else if name == header::CONNECTION {
                 for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                        // An HTTP/1.0 keep-alive answer is framed by its length, like any other.
-                        close = false;
-                    }
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
             headers.append(name, value);
@@ -336,7 +355,9 @@ impl Head {
         if conflicting {
             headers.remove(header::CONTENT_LENGTH);
         }
-        let reusable = !close && !conflicting && framing != Framing::UntilClose;
+        // HTTP/1.0 keeps the connection only when asked to; `close` always wins.
+        let persistent = !close && (version == Version::HTTP_11 || keep_alive);
+        let reusable = persistent && !conflicting && framing != Framing::UntilClose;
         Ok(Parsed::Final(Head { len, status, version, headers, framing, reusable }))
     }
 
@@ -415,8 +436,10 @@ impl<T> WireBody<T> {
         if !matches!(self.state, State::Whole(_)) {
             self.state = State::Done;
         }
-        let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) else { return };
+        let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take()) else { return };
         if self.reusable && conn.buf.is_empty() {
+            // An idle connection keeps no read buffer (a streamed body's could be tens of KiB).
+            conn.buf = BytesMut::new();
             home.put(conn);
         }
     }

@@ -121,6 +121,12 @@ async fn a_body_split_across_reads_is_read_to_its_length() {
     .await;
     assert_eq!(got.body.unwrap(), "hello world");
     assert!(got.reused);
+    // A head whose blank line is split across reads, and one trickling in a byte at a time.
+    let got = exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r", b"\nok"], false).await;
+    assert_eq!((got.body.unwrap(), got.reused), (Bytes::from("ok"), true));
+    let bytes: Vec<&'static [u8]> = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".chunks(1).collect();
+    let got = exchange(get(Method::GET, b""), &bytes, false).await;
+    assert_eq!((got.body.unwrap(), got.reused), (Bytes::from("ok"), true));
 }
 
 #[tokio::test]
@@ -213,6 +219,8 @@ async fn connection_close_http_1_0_and_bytes_after_the_body_prevent_reuse() {
         false,
     );
     assert!(kept.await.reused);
+    let both = b"HTTP/1.0 200 OK\r\nconnection: close, keep-alive\r\ncontent-length: 1\r\n\r\na";
+    assert!(!exchange(get(Method::GET, b""), &[both], false).await.reused, "close wins");
     let extra =
         exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\naHTTP/1.1 200 OK\r\n"], false);
     let extra = extra.await;
