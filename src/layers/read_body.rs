@@ -72,7 +72,7 @@ where
         let ReadBodyLayer { max_body, buffer_all, stream } = self.settings;
         ReadBodyFuture::Reading {
             body: Box::pin(prepare(body, max_body, buffer_all, stream)),
-            rest: Some((parts, self.inner.clone())),
+            rest: Some(Box::new((parts, self.inner.clone()))),
         }
     }
 }
@@ -81,8 +81,9 @@ pin_project! {
     /// Reading the body, then the inner service's answer.
     #[project = Projected]
     pub enum ReadBodyFuture<S, F> {
-        /// Waiting for the body; the request's head and the service it goes to.
-        Reading { body: Reading, rest: Option<(Parts, S)> },
+        /// Waiting for the body; the request's head and the service it goes to (boxed: a request with a body
+        /// allocates already, and unboxed they would make every request's future larger).
+        Reading { body: Reading, rest: Option<Box<(Parts, S)>> },
         /// The inner service's answer.
         Calling { #[pin] future: F },
     }
@@ -103,7 +104,7 @@ where
                         Ok(prepared) => prepared,
                         Err(e) => return Poll::Ready(Err(e.into())),
                     };
-                    let (parts, mut inner) = rest.take().expect("polled after completion");
+                    let (parts, mut inner) = *rest.take().expect("polled after completion");
                     let future = inner.call(Request::from_parts(parts, prepared));
                     self.set(ReadBodyFuture::Calling { future });
                 }

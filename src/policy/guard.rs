@@ -1,15 +1,17 @@
 //! A [`Guard`] checks a request (with its body already read) before the action runs, and answers instead of it
 //! when the check fails. Webhook verification, authentication and rate limiting plug in here.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready, ready};
+use futures_util::future::Either;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::body::{Body, Prepared};
-use crate::problem::GatewayError;
+use crate::problem::{Answer, GatewayError};
 
 /// A check that runs before the action and may answer instead of it.
 pub trait Guard: Send + Sync + std::fmt::Debug + 'static {
@@ -50,7 +52,7 @@ where
 {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = Either<Ready<Result<Response<Body>, GatewayError>>, S::Future>;
+    type Future = Either<Refused, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
@@ -59,7 +61,21 @@ where
     fn call(&mut self, mut req: Request<Prepared>) -> Self::Future {
         match self.guard.check(&mut req) {
             Ok(()) => Either::Right(self.inner.call(req)),
-            Err(e) => Either::Left(ready(Err(e))),
+            Err(e) => Either::Left(Refused(Some(e))),
         }
+    }
+}
+
+/// The answer of a guard that refused: only the error, not a whole `Result<Response, _>` (a route's future nests
+/// one guard's future per policy, and every request's future is as large as the largest of them, moved at each
+/// layer).
+#[derive(Debug)]
+pub struct Refused(Option<GatewayError>);
+
+impl Future for Refused {
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Answer> {
+        Poll::Ready(Err(self.get_mut().0.take().expect("polled after completion")))
     }
 }
