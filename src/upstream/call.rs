@@ -19,12 +19,11 @@ use opentelemetry::trace::SpanKind;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
-use super::answer::AnswerBody;
 use super::balance::Pick;
 use super::endpoint::Endpoint;
 use super::error::CallError;
 use super::group::{InFlight, Upstream};
-use super::pool::Reusable;
+use super::pool::{AnswerBody, Reusable};
 use super::retry::{Outcome, RetryPolicy};
 use crate::body::{Prepared, is_too_large};
 use crate::request::TRACEPARENT;

@@ -11,13 +11,12 @@ use arc_swap::ArcSwap;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 
-use super::answer::AnswerBody;
 use super::balance::{self, Pick};
 use super::connect::{ConnectError, Transport};
 use super::endpoint::{Endpoint, EndpointUrl};
 use super::health::health_loop;
 use super::outlier::OutlierDetector;
-use super::pool::{Reusable, SendError};
+use super::pool::{AnswerBody, Reusable, SendError};
 use crate::body::OutBody;
 use crate::config::{Balance, UpstreamConfig};
 use crate::telemetry::{Metrics, UpstreamMetrics};
@@ -182,7 +181,7 @@ impl Upstream {
         match &endpoint.h2 {
             None => endpoint.pool.send(req).await,
             Some(client) => match client.request(req).await {
-                Ok(res) => Ok((res.map(AnswerBody::Hyper), None)),
+                Ok(res) => Ok((res.map(AnswerBody::Left), None)),
                 Err(e) if e.is_connect() => Err(SendError::Connect {
                     error: ConnectError::find(&e)
                         .unwrap_or_else(|| ConnectError::Http { addr: endpoint.addr, reason: e.to_string() }),

@@ -7,7 +7,6 @@
 //! - [`endpoint`], [`connect`] (plain or TLS), [`pool`] (with the [`wire`] HTTP/1.1 client), [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
 //! - [`error`]: [`CallError`], with whether trying again later may help.
 
-mod answer;
 mod balance;
 pub mod call;
 mod connect;
@@ -21,7 +20,6 @@ mod pool;
 mod retry;
 mod wire;
 
-pub use answer::AnswerBody;
 pub use balance::{Pick, hash_key};
 pub use call::{Answer, Call, call};
 pub use connect::{ConnectError, Connector};
@@ -30,5 +28,5 @@ pub use error::CallError;
 pub use group::{InFlight, Upstream};
 pub use headers::strip_hop_by_hop;
 pub use outlier::OutlierDetector;
-pub use pool::{Reusable, SendError};
+pub use pool::{AnswerBody, Reusable, SendError};
 pub use retry::{Outcome, RetryOn, RetryPolicy, is_idempotent};

@@ -14,7 +14,6 @@ use http::{Request, Response};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use super::answer::AnswerBody;
 use super::connect::{ConnectError, Connector, Stream};
 use super::wire::{self, Failure, Home, WireBody};
 use crate::body::{BoxError, OutBody};
@@ -27,6 +26,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Sweeps an idle wire connection stays unused before it is closed (90 s, Go's `IdleConnTimeout`): the upstream may
 /// be about to close it.
 const MAX_IDLE_SWEEPS: u64 = 90;
+
+/// An upstream response body: read by hyper's client (`Left`: HTTP/2, streamed request bodies, upgrades) or by the
+/// request's own task through the [`wire`] client (`Right`: every other HTTP/1.1 request).
+pub type AnswerBody = http_body_util::Either<hyper::body::Incoming, WireBody<Stream>>;
 
 /// Why a request could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -117,10 +120,10 @@ impl Pool {
         req: Request<OutBody>,
     ) -> Result<(Response<AnswerBody>, Option<Reusable>), SendError> {
         if wire::eligible(&req) {
-            return self.send_wire(req).await.map(|res| (res.map(AnswerBody::Wire), None));
+            return self.send_wire(req).await.map(|res| (res.map(AnswerBody::Right), None));
         }
         let (res, conn) = self.send_hyper(req).await?;
-        Ok((res.map(AnswerBody::Hyper), Some(conn)))
+        Ok((res.map(AnswerBody::Left), Some(conn)))
     }
 
     /// Sends `req` with the wire client: on an idle connection that is still open, else on a new one.

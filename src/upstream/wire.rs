@@ -371,7 +371,10 @@ impl Head {
             // The whole body is here already (a small answer): handed on without a copy, the connection home now.
             Framing::Length(n) if n <= after => {
                 let end = self.len + n as usize;
-                conn.buf = rest(data.slice(end..), 0);
+                // Bytes after the body (an upstream's error) stay, and keep the connection from being reused.
+                if end < data.len() {
+                    conn.buf = BytesMut::from(&data[end..]);
+                }
                 State::Whole((n > 0).then(|| data.slice(self.len..end)))
             }
             framing => {
@@ -419,22 +422,25 @@ impl<T> std::fmt::Debug for WireBody<T> {
     }
 }
 
+/// Where a body is. In `Whole` the connection has been handed on; the other states read from it.
 #[derive(Debug)]
 enum State {
-    /// All of the body (or none), not yet handed on.
+    /// What is left of the body, all of it read already (`None`: nothing left).
     Whole(Option<Bytes>),
     /// This many bytes still to come.
     Length(u64),
     Chunked(Chunked),
     UntilClose,
-    Done,
 }
+
+/// What the reading states expect.
+const READING: &str = "a body still reading holds its connection";
 
 impl<T> WireBody<T> {
     /// The body was read to its end: the connection goes home when it may carry another request.
     fn finish(&mut self) {
         if !matches!(self.state, State::Whole(_)) {
-            self.state = State::Done;
+            self.state = State::Whole(None);
         }
         let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take()) else { return };
         if self.reusable && conn.buf.is_empty() {
@@ -452,15 +458,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> http_body::Body for Wir
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
         let this = self.get_mut();
         loop {
-            let Some(conn) = this.conn.as_mut() else {
-                return match &mut this.state {
-                    State::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-                    _ => Poll::Ready(None),
-                };
-            };
+            if let State::Whole(b) = &mut this.state {
+                return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
+            }
+            let conn = this.conn.as_mut().expect(READING);
             let data = match &mut this.state {
-                State::Whole(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-                State::Done => return Poll::Ready(None),
                 State::Length(left) if !conn.buf.is_empty() => {
                     let n = (*left).min(conn.buf.len() as u64);
                     *left -= n;
@@ -480,17 +482,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> http_body::Body for Wir
                     Ok(Step::More) => Bytes::new(),
                 },
                 State::UntilClose if !conn.buf.is_empty() => conn.buf.split().freeze(),
-                State::Length(_) | State::UntilClose => Bytes::new(),
+                // Nothing buffered: read more.
+                _ => Bytes::new(),
             };
             if !data.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            let conn = this.conn.as_mut().expect("still reading");
-            match ready!(conn.poll_fill(cx)) {
+            match ready!(this.conn.as_mut().expect(READING).poll_fill(cx)) {
                 Err(e) => return Poll::Ready(Some(Err(this.fail(e.into())))),
+                // The end of a body read until close (such a connection is never reused).
                 Ok(0) if matches!(this.state, State::UntilClose) => {
-                    this.state = State::Done;
-                    this.conn = None;
+                    this.finish();
                     return Poll::Ready(None);
                 }
                 Ok(0) => return Poll::Ready(Some(Err(this.fail(WireError::Closed)))),
@@ -500,19 +502,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> http_body::Body for Wir
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.state {
-            State::Whole(b) => b.is_none(),
-            State::Done => true,
-            _ => false,
-        }
+        matches!(self.state, State::Whole(None))
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.state {
             State::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             State::Length(n) => SizeHint::with_exact(*n),
-            State::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+            State::Chunked(_) | State::UntilClose => SizeHint::default(),
         }
     }
 }
@@ -520,7 +517,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> http_body::Body for Wir
 impl<T> WireBody<T> {
     /// Ends the body with `e`; the connection is closed.
     fn fail(&mut self, e: WireError) -> WireError {
-        self.state = State::Done;
+        self.state = State::Whole(None);
         self.conn = None;
         e
     }
