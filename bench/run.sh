@@ -31,7 +31,8 @@
 #      (bench/lib/hold_conns.py): KiB per idle connection = (RSS with 10,000 - RSS idle) / connections held
 #   4. HTTP/2 without TLS (h2c, prior knowledge) at the edge, upstream still HTTP/1.1: h2load -c$H2_CONNS
 #      -m$H2_STREAMS -D$DURATION against nginx (`listen ... http2`), HAProxy, Caddy, Envoy, Pingora and Sluice
-#   5. 2-worker scaling: Sluice plain with TOKIO_WORKER_THREADS=2, not pinned, vs the 1-worker figure
+#   5. 2-worker scaling: Sluice plain with TOKIO_WORKER_THREADS=2, not pinned, vs the 1-worker figure (per-core
+#      workers, the default; and SLUICE_RUNTIME=work-stealing)
 # Async path: bench/brokers.sh (Sluice HTTP→Kafka ack=confirm vs raw rdkafka; HTTP→RabbitMQ confirmed vs raw
 # lapin), and Strimzi Kafka Bridge if `io.strimzi:kafka-bridge` resolves from Maven Central.
 # Systems are interleaved (the order rotates every repetition: A B C, B C A, ...).
@@ -104,15 +105,15 @@ NGINX_PLAIN=$((PORT_BASE + 10)); NGINX_RES=$((PORT_BASE + 11)); NGINX_FAIL=$((PO
 NGINX_H2=$((PORT_BASE + 13))
 HAPROXY_PLAIN=$((PORT_BASE + 20)); HAPROXY_RES=$((PORT_BASE + 21)); HAPROXY_FAIL=$((PORT_BASE + 22))
 SLUICE_PLAIN=$((PORT_BASE + 30)); SLUICE_RES=$((PORT_BASE + 31)); SLUICE_FAIL=$((PORT_BASE + 32))
-SLUICE_2W=$((PORT_BASE + 33))
+SLUICE_2W=$((PORT_BASE + 33)); SLUICE_2WS=$((PORT_BASE + 34))
 CADDY_PLAIN=$((PORT_BASE + 40)); CADDY_RES=$((PORT_BASE + 41)); CADDY_FAIL=$((PORT_BASE + 42))
 ENVOY_PLAIN=$((PORT_BASE + 50)); ENVOY_RES=$((PORT_BASE + 51)); ENVOY_FAIL=$((PORT_BASE + 52))
 PINGORA_PLAIN=$((PORT_BASE + 60))
 SLUICE_PLAIN_ADMIN=$((PORT_BASE + 130)); SLUICE_RES_ADMIN=$((PORT_BASE + 131)); SLUICE_FAIL_ADMIN=$((PORT_BASE + 132))
-SLUICE_2W_ADMIN=$((PORT_BASE + 133)); ENVOY_ADMIN=$((PORT_BASE + 150))
+SLUICE_2W_ADMIN=$((PORT_BASE + 133)); SLUICE_2WS_ADMIN=$((PORT_BASE + 134)); ENVOY_ADMIN=$((PORT_BASE + 150))
 ASYNC_PORT_BASE=$((PORT_BASE + 90))   # brokers.sh uses it and +1900
 ALL_PORTS="$UP1 $UP2 $UP3 $DEAD $NGINX_PLAIN $NGINX_RES $NGINX_FAIL $NGINX_H2 $HAPROXY_PLAIN $HAPROXY_RES $HAPROXY_FAIL
-    $SLUICE_PLAIN $SLUICE_RES $SLUICE_FAIL $SLUICE_2W $SLUICE_PLAIN_ADMIN $SLUICE_RES_ADMIN $SLUICE_FAIL_ADMIN
+    $SLUICE_PLAIN $SLUICE_RES $SLUICE_FAIL $SLUICE_2W $SLUICE_2WS $SLUICE_2WS_ADMIN $SLUICE_PLAIN_ADMIN $SLUICE_RES_ADMIN $SLUICE_FAIL_ADMIN
     $SLUICE_2W_ADMIN $CADDY_PLAIN $CADDY_RES $CADDY_FAIL $ENVOY_PLAIN $ENVOY_RES $ENVOY_FAIL $ENVOY_ADMIN
     $PINGORA_PLAIN $ASYNC_PORT_BASE $((ASYNC_PORT_BASE + 1900))"
 for p in $ALL_PORTS; do
@@ -275,7 +276,7 @@ start_sync() {
     write_configs
     [ $DO_CADDY = 1 ] && write_caddy_config
     [ $DO_ENVOY = 1 ] && write_envoy_config
-    for s in plain res fail plain2; do "$SLUICE_BIN" check "$TMP/sluice-$s.toml" >/dev/null; done
+    for s in plain res fail plain2 plain2ws; do "$SLUICE_BIN" check "$TMP/sluice-$s.toml" >/dev/null; done
     "$HAPROXY" -c -q -f "$TMP/haproxy/haproxy.cfg"
     if [ $DO_CADDY = 1 ] && ! XDG_DATA_HOME=$TMP/caddy/data XDG_CONFIG_HOME=$TMP/caddy/config "$CADDY" validate --adapter caddyfile --config "$TMP/caddy/Caddyfile" >"$TMP/caddy/validate.log" 2>&1; then
         cat "$TMP/caddy/validate.log" >&2; echo "the generated Caddyfile does not validate" >&2; exit 1
@@ -314,6 +315,10 @@ start_sync() {
         TOKIO_WORKER_THREADS=2 "$SLUICE_BIN" run --config "$TMP/sluice-plain2.toml" >"$TMP/sluice-plain2.log" 2>&1 &
         PIDS+=($!); PROC[sluice2/plain]=$!
         URL[sluice2/plain]="http://127.0.0.1:$SLUICE_2W/"
+        TOKIO_WORKER_THREADS=2 SLUICE_RUNTIME=work-stealing "$SLUICE_BIN" run --config "$TMP/sluice-plain2ws.toml" \
+            >"$TMP/sluice-plain2ws.log" 2>&1 &
+        PIDS+=($!); PROC[sluice2ws/plain]=$!
+        URL[sluice2ws/plain]="http://127.0.0.1:$SLUICE_2WS/"
     fi
     for s in nginx haproxy caddy envoy; do
         for k in plain res fail; do PROC[$s/$k]=${PROC[$s]:-}; done
@@ -340,7 +345,7 @@ start_sync() {
     # HTTP/2 connection preface on their plain listener.
     for s in "${SYNC_SYSTEMS[@]}"; do H2URL[$s]=${URL[$s/plain]}; done
     H2URL[nginx]="http://127.0.0.1:$NGINX_H2/"
-    for k in direct/plain sluice2/plain; do has "$k" && wait_up "${URL[$k]}"; done
+    for k in direct/plain sluice2/plain sluice2ws/plain; do has "$k" && wait_up "${URL[$k]}"; done
     for s in "${SYNC_SYSTEMS[@]}"; do
         for k in plain res; do has "$s/$k" && wait_up "${URL[$s/$k]}"; done
     done
@@ -458,7 +463,7 @@ if [ $DO_SYNC = 1 ]; then
     measure_memory
     WARM_KEYS=(direct/plain)
     for v in "${VARIANTS[@]}"; do for s in $(systems_with "$v"); do WARM_KEYS+=("$s/$v"); done; done
-    has sluice2/plain && WARM_KEYS+=(sluice2/plain)
+    has sluice2/plain && WARM_KEYS+=(sluice2/plain sluice2ws/plain)
     if [ "$WARMUP" -gt 0 ]; then
         log "warm-up ${WARMUP}s each (also lets the 'fail' variants notice the dead endpoint)"
         for k in "${WARM_KEYS[@]}"; do
@@ -475,7 +480,9 @@ if [ $DO_SYNC = 1 ]; then
             # shellcheck disable=SC2046   # one system per word
             for s in $(rotate "$rep" $(systems_with "$v")); do run_closed "$s/$v"; done
         done
-        has sluice2/plain && run_closed sluice2/plain
+        if has sluice2/plain; then
+            for k in $(rotate "$rep" sluice2/plain sluice2ws/plain); do run_closed "$k"; done
+        fi
     done
     NGINX_MAX=$(median <<<"${RPS[nginx/plain]}")
     RATE=${RATE:-$(awk -v m="$NGINX_MAX" 'BEGIN {printf "%d", m / 2}')}
@@ -584,12 +591,14 @@ if [ $DO_SYNC = 1 ]; then
         md ""
         md '```'
         md "1 worker  (TOKIO_WORKER_THREADS=1, pinned to CPU $PROXY_CPU): $(fmt %.0f "$(med "${RPS[sluice/plain]}")") req/s, $(med "${USPR[sluice/plain]}") CPU µs/request"
-        md "2 workers (TOKIO_WORKER_THREADS=2, not pinned, both CPUs): $(fmt %.0f "$(med "${RPS[sluice2/plain]}")") req/s [$(minmax %.0f <<<"${RPS[sluice2/plain]}")], $(med "${USPR[sluice2/plain]}") CPU µs/request"
-        md "ratio 2 workers / 1 worker: max req/s $(ratio "$(med "${RPS[sluice2/plain]}")" "$(med "${RPS[sluice/plain]}")")   CPU µs/request $(ratio "$(med "${USPR[sluice2/plain]}")" "$(med "${USPR[sluice/plain]}")")"
+        md "2 workers (TOKIO_WORKER_THREADS=2, per-core, not pinned, both CPUs): $(fmt %.0f "$(med "${RPS[sluice2/plain]}")") req/s [$(minmax %.0f <<<"${RPS[sluice2/plain]}")], $(med "${USPR[sluice2/plain]}") CPU µs/request"
+        md "2 workers (SLUICE_RUNTIME=work-stealing, tokio's scheduler):    $(fmt %.0f "$(med "${RPS[sluice2ws/plain]}")") req/s [$(minmax %.0f <<<"${RPS[sluice2ws/plain]}")], $(med "${USPR[sluice2ws/plain]}") CPU µs/request"
+        md "ratio 2 workers / 1 worker: max req/s $(ratio "$(med "${RPS[sluice2/plain]}")" "$(med "${RPS[sluice/plain]}")")   CPU µs/request $(ratio "$(med "${USPR[sluice2/plain]}")" "$(med "${USPR[sluice/plain]}")") (work-stealing: $(ratio "$(med "${RPS[sluice2ws/plain]}")" "$(med "${RPS[sluice/plain]}")") and $(ratio "$(med "${USPR[sluice2ws/plain]}")" "$(med "${USPR[sluice/plain]}")"))"
         md '```'
         md ""
         md "The load generator (wrk) and the upstream nginx run on the same 2 CPUs as the 2-worker proxy (they stay"
-        md "pinned to CPU $LOAD_CPU), so they take CPU time the proxy's second worker would otherwise get: the ratio is a floor."
+        md "pinned to CPU $LOAD_CPU), so they take CPU time the proxy's second worker would otherwise get: the req/s ratio is a"
+        md "floor. CPU µs/request is what scaling rests on: at 1.0 each added worker serves as many requests per CPU-second."
         md ""
     fi
     md "### Ratios Sluice/peer (medians)"
@@ -720,6 +729,7 @@ fi
         [ $DO_ENVOY = 1 ] && echo "taskset -c $PROXY_CPU envoy -c envoy.yaml --concurrency 1 --disable-hot-restart --log-level error"
         [ $DO_PINGORA = 1 ] && echo "taskset -c $PROXY_CPU pingora-bench 127.0.0.1:$PINGORA_PLAIN 127.0.0.1:$UP1"
         [ $DO_SCALING = 1 ] && echo "TOKIO_WORKER_THREADS=2 sluice run --config sluice-plain2.toml                     # 2 workers, not pinned"
+        [ $DO_SCALING = 1 ] && echo "TOKIO_WORKER_THREADS=2 SLUICE_RUNTIME=work-stealing sluice run --config sluice-plain2ws.toml"
     fi
     echo "taskset -c $LOAD_CPU nginx (upstream, 1 worker, return 200 + 1 KiB, ports $UP1-$UP3; $DEAD refuses connections)"
     echo "taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d${DURATION}s URL                                  # closed loop"

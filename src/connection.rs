@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use crate::problem::GatewayError;
 use crate::telemetry::metrics::ConnectionTimeouts;
+use crate::workers;
 
 /// The timeouts of one connection (taken from the config in effect when it was accepted).
 #[derive(Clone, Copy, Debug)]
@@ -60,13 +61,20 @@ const UPGRADED: u8 = 3;
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
     open: Gauge,
+    /// The connection's count on its serving worker, if it has one (see `workers`).
+    worker: Option<workers::Open>,
 }
 
 impl Slot {
     /// A slot counted in `open` (`sluice_open_connections`).
     pub fn new(permit: OwnedSemaphorePermit, open: Gauge) -> Slot {
         open.inc();
-        Slot { _permit: permit, open }
+        Slot { _permit: permit, open, worker: None }
+    }
+
+    /// Counts the connection on its serving worker for as long as the slot is held.
+    pub fn on_worker(&mut self, open: workers::Open) {
+        self.worker = Some(open);
     }
 }
 

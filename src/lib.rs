@@ -7,6 +7,7 @@
 //! - [`snapshot`]: a config compiled for serving (routes → stacks, upstreams, brokers), swapped atomically.
 //! - [`reload`]: SIGHUP, file watch and `POST /reload` → validate → compile → swap.
 //! - [`server`]: the public listener (plain or TLS), routing each request to its route's stack, graceful shutdown.
+//! - [`workers`]: thread-per-core serving: each client connection on one worker thread with its own runtime.
 //! - [`connection`]: one client connection's limits (header-read and idle timeouts, its `max_connections` slot).
 //! - [`stack`]: the per-route layer order, in one place.
 //! - [`store`]: state several replicas share in Redis (idempotency keys, rate-limit buckets).
@@ -55,6 +56,7 @@ pub mod telemetry;
 pub mod template;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 
 use std::future::Future;
 use std::path::PathBuf;

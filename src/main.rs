@@ -99,22 +99,21 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // One worker thread asked for: a current-thread runtime does the same work without the work-stealing
-    // scheduler's cross-thread bookkeeping (bench/README.md).
-    let single = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|n| n.trim() == "1");
-    let builder = if single {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
+    let threads = match Threads::from_env() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
     };
-    let runtime = match { builder }.enable_all().build() {
+    let runtime = match threads.start() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         sluice::telemetry::init_logging(&loaded.config.telemetry);
         let shutdown = match shutdown_signal() {
             Ok(s) => s,
@@ -149,7 +148,53 @@ fn run(path: PathBuf) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-    })
+    });
+    if let Some(workers) = sluice::workers::installed() {
+        workers.stop();
+    }
+    code
+}
+
+/// How the process runs its tasks, from `TOKIO_WORKER_THREADS` (default: one per core) and `SLUICE_RUNTIME`.
+enum Threads {
+    /// One thread for everything: a current-thread runtime, without the work-stealing scheduler's cross-thread
+    /// bookkeeping (bench/README.md).
+    Single,
+    /// This many serving workers, one connection's work always on the same thread (`sluice::workers`), beside a
+    /// work-stealing runtime of as many threads for everything else.
+    PerCore(usize),
+    /// Everything on tokio's work-stealing runtime (`SLUICE_RUNTIME=work-stealing`).
+    WorkStealing,
+}
+
+impl Threads {
+    fn from_env() -> Result<Threads, String> {
+        let count = match std::env::var("TOKIO_WORKER_THREADS") {
+            Ok(n) => match n.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(format!("TOKIO_WORKER_THREADS must be a number above 0, not {n:?}")),
+            },
+            Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        match std::env::var("SLUICE_RUNTIME").as_deref().map(str::trim) {
+            Err(_) | Ok("" | "per-core") if count == 1 => Ok(Threads::Single),
+            Err(_) | Ok("" | "per-core") => Ok(Threads::PerCore(count)),
+            Ok("work-stealing") => Ok(Threads::WorkStealing),
+            Ok(other) => Err(format!("SLUICE_RUNTIME must be per-core or work-stealing, not {other:?}")),
+        }
+    }
+
+    /// The main runtime (and the serving workers, which it hands client connections to).
+    fn start(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            Threads::Single => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            Threads::PerCore(count) => {
+                sluice::workers::start(count)?;
+                tokio::runtime::Builder::new_multi_thread().worker_threads(count).enable_all().build()
+            }
+            Threads::WorkStealing => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        }
+    }
 }
 
 /// Registers the SIGTERM and SIGINT handlers now (so a signal during start-up is not lost to the default action),

@@ -150,18 +150,74 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
             };
             (accepted, acceptor)
         };
+        let Some(socket) = Socket::new(stream) else { continue };
         match acceptor {
-            None => tokio::spawn(accepted.serve(stream)),
-            Some(acceptor) => tokio::spawn(async move {
+            None => spawn_connection(accepted, |accepted| async move {
+                let Some(stream) = socket.register() else { return };
+                accepted.serve(stream).await;
+            }),
+            Some(acceptor) => spawn_connection(accepted, |accepted| async move {
+                let Some(stream) = socket.register() else { return };
                 let Some(stream) = handshake(acceptor, stream, peer).await else { return };
                 accepted.serve(stream).await;
             }),
-        };
+        }
     }
     drop(listener);
     tokio::select! {
         () = drain.drain() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown grace elapsed with requests still open"),
+    }
+}
+
+/// Runs the task `task` makes of the `accepted` connection: on the serving worker with the fewest connections when
+/// there are workers (see [`crate::workers`]), else on this runtime.
+fn spawn_connection<F>(mut accepted: Accepted, task: impl FnOnce(Accepted) -> F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match crate::workers::installed() {
+        None => drop(tokio::spawn(task(accepted))),
+        Some(workers) => workers.spawn(|open| {
+            accepted.slot.on_worker(open);
+            task(accepted)
+        }),
+    }
+}
+
+/// An accepted socket, registered with this runtime, or on its way to a serving worker's.
+enum Socket {
+    Here(TcpStream),
+    Moving(std::net::TcpStream),
+}
+
+impl Socket {
+    /// Taken out of this runtime when there are serving workers (`None`, and the connection closed, if that fails).
+    fn new(stream: TcpStream) -> Option<Socket> {
+        if crate::workers::installed().is_none() {
+            return Some(Socket::Here(stream));
+        }
+        match stream.into_std() {
+            Ok(stream) => Some(Socket::Moving(stream)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand an accepted connection to a worker");
+                None
+            }
+        }
+    }
+
+    /// The socket, registered with the runtime this is called on (`None`, and the connection closed, if that fails).
+    fn register(self) -> Option<TcpStream> {
+        match self {
+            Socket::Here(stream) => Some(stream),
+            Socket::Moving(stream) => match TcpStream::from_std(stream) {
+                Ok(stream) => Some(stream),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a worker cannot take an accepted connection");
+                    None
+                }
+            },
+        }
     }
 }
 

@@ -1457,6 +1457,139 @@ impl Drop for ChildGuard {
     }
 }
 
+/// The CPU time (ns) of each of `pid`'s threads named `sluice-serve-*`, by name.
+fn worker_run_times(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut times = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default().trim().to_owned();
+        if name.starts_with("sluice-serve-") {
+            let schedstat = std::fs::read_to_string(task.join("schedstat")).expect("/proc/PID/task/TID/schedstat");
+            times.insert(name, schedstat.split_whitespace().next().unwrap().parse().unwrap());
+        }
+    }
+    times
+}
+
+/// An HTTP/1.1 connection of its own to the gateway on `port`.
+async fn connection(port: u16) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// GET `path` on `sender`'s connection: the body of a 200.
+async fn get_on(sender: &mut hyper::client::conn::http1::SendRequest<TestBody>, path: &str) -> Bytes {
+    let req = http::Request::get(path).header("host", "gw").body(empty()).unwrap();
+    sender.ready().await.unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.into_body().collect().await.unwrap().to_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_each_connection_on_one_of_its_per_core_workers() {
+    let upstream = Upstream::named("one").await;
+    let dir = temp_dir("per-core");
+    let start = |env: &[(&str, &str)], port: u16, admin_port: u16| {
+        let path = write(
+            &dir,
+            &format!("routes-{port}.toml"),
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\n\
+                 [upstreams.one]\nendpoints = [\"{}\"]\n\n\
+                 [[routes]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nforward = {{ upstream = \"one\" }}\n",
+                upstream.url()
+            ),
+        );
+        let log = std::fs::File::create(dir.join(format!("stderr-{port}.log"))).unwrap();
+        let mut command = sluice();
+        command.env_remove("TOKIO_WORKER_THREADS").env_remove("SLUICE_RUNTIME").envs(env.iter().copied());
+        ChildGuard(command.arg("run").arg("--config").arg(&path).stdout(Stdio::null()).stderr(log).spawn().unwrap())
+    };
+    let c = client();
+    let healthy = async |admin_port: u16| {
+        eventually("the binary's admin listener answers", async || {
+            let req = http::Request::get(format!("http://127.0.0.1:{admin_port}/healthz")).body(empty()).unwrap();
+            matches!(c.request(req).await, Ok(r) if r.status() == 200)
+        })
+        .await;
+    };
+    let upstream_connections = || upstream.connections.load(Ordering::SeqCst);
+
+    // Three serving workers, each with its own thread.
+    let (port, admin_port) = (free_port().await, free_port().await);
+    let child = start(&[("TOKIO_WORKER_THREADS", "3")], port, admin_port);
+    healthy(admin_port).await;
+    let pid = child.0.id();
+    let before = worker_run_times(pid);
+    assert_eq!(
+        before.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["sluice-serve-0", "sluice-serve-1", "sluice-serve-2"]
+    );
+
+    // Three connections kept open, one request each in turn: each connection went to a worker with none, and each
+    // worker opened its own upstream connection (one shared pool would have reused the first for all three).
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut sender = connection(port).await;
+        assert_eq!(get_on(&mut sender, &format!("/held/{i}")).await, "one");
+        held.push(sender);
+    }
+    assert_eq!(upstream_connections(), 3);
+    // Each worker's own connection is reused by its next request.
+    for sender in &mut held {
+        assert_eq!(get_on(sender, "/again").await, "one");
+    }
+    assert_eq!(upstream_connections(), 3);
+    drop(held);
+
+    // Six keep-alive connections at once, 20 requests each: every answer comes back, each worker served some.
+    let clients = (0..6).map(|n| async move {
+        let mut sender = connection(port).await;
+        let mut bodies = Vec::new();
+        for i in 0..20 {
+            bodies.push(get_on(&mut sender, &format!("/n/{n}/{i}")).await);
+        }
+        bodies
+    });
+    for bodies in futures_util::future::join_all(clients).await {
+        assert!(bodies.iter().all(|b| b == "one"), "{bodies:?}");
+    }
+    assert_eq!(upstream.hits(), 126);
+    assert!(upstream_connections() <= 9, "{} upstream connections for 6 clients", upstream_connections());
+    let after = worker_run_times(pid);
+    for (name, ran) in &after {
+        assert!(*ran > before[name], "{name} served no connection: {before:?} -> {after:?}");
+    }
+    drop(child);
+
+    // The work-stealing runtime instead, on request: no serving workers, the same answers.
+    let (port, admin_port) = (free_port().await, free_port().await);
+    let child = start(&[("TOKIO_WORKER_THREADS", "2"), ("SLUICE_RUNTIME", "work-stealing")], port, admin_port);
+    healthy(admin_port).await;
+    assert!(worker_run_times(child.0.id()).is_empty());
+    let r = send(&c, http::Request::get(format!("http://127.0.0.1:{port}/x")).body(empty()).unwrap()).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "one"));
+    drop(child);
+
+    // A thread setting it cannot use is refused with its name, before anything starts.
+    for env in [
+        [("TOKIO_WORKER_THREADS", "0"), ("SLUICE_RUNTIME", "per-core")],
+        [("TOKIO_WORKER_THREADS", "2"), ("SLUICE_RUNTIME", "fastest")],
+    ] {
+        let (port, admin_port) = (free_port().await, free_port().await);
+        let mut child = start(&env, port, admin_port);
+        let status = child.0.wait().unwrap();
+        let log = std::fs::read_to_string(dir.join(format!("stderr-{port}.log"))).unwrap();
+        let named = if env[0].1 == "0" { "TOKIO_WORKER_THREADS" } else { "SLUICE_RUNTIME" };
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(log.contains(named), "{log}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_and_drains_on_sigterm_then_exits_0() {
     let (slow, gate) = gated("slow").await;

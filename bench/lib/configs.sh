@@ -160,13 +160,14 @@ EOF
         done
     } > "$TMP/haproxy/haproxy.cfg"
 
-    # Sluice: one process per variant (one config each), TOKIO_WORKER_THREADS=1, access log off; plain2 = plain
-    # on its own port for the 2-worker run.
-    for s in plain res fail plain2; do
+    # Sluice: one process per variant (one config each), TOKIO_WORKER_THREADS=1, access log off; plain2 and
+    # plain2ws = plain on their own ports for the 2-worker runs (per-core workers; tokio's work-stealing runtime).
+    for s in plain res fail plain2 plain2ws; do
         local listen admin endpoints
         case $s in
             plain) listen=$SLUICE_PLAIN admin=$SLUICE_PLAIN_ADMIN endpoints="\"http://127.0.0.1:$UP1\"" ;;
             plain2) listen=$SLUICE_2W admin=$SLUICE_2W_ADMIN endpoints="\"http://127.0.0.1:$UP1\"" ;;
+            plain2ws) listen=$SLUICE_2WS admin=$SLUICE_2WS_ADMIN endpoints="\"http://127.0.0.1:$UP1\"" ;;
             res) listen=$SLUICE_RES admin=$SLUICE_RES_ADMIN
                 endpoints="\"http://127.0.0.1:$UP1\", \"http://127.0.0.1:$UP2\", \"http://127.0.0.1:$UP3\"" ;;
             fail) listen=$SLUICE_FAIL admin=$SLUICE_FAIL_ADMIN

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::connect::{Connector, Transport};
 use crate::body::OutBody;
 use crate::telemetry::FixedAttributes;
+use crate::workers;
 
 /// A configured endpoint URL, split into what connecting and the Host header need.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,8 +60,9 @@ pub struct Endpoint {
     pub check_streak: std::sync::atomic::AtomicI32,
     /// Idle HTTP/1.1 connections to this address.
     pub pool: std::sync::Arc<super::pool::Pool>,
-    /// HTTP/2 upstreams: the client multiplexing requests on a connection to this address (then `pool` is unused).
-    pub h2: Option<Client<Connector, OutBody>>,
+    /// HTTP/2 upstreams: the clients multiplexing requests on a connection to this address, one per
+    /// [`workers::lane`] so that each serving worker drives its own (then `pool` is unused).
+    h2: Option<Box<[Client<Connector, OutBody>]>>,
 }
 
 impl Endpoint {
@@ -98,11 +100,15 @@ impl Endpoint {
         };
         let connector = Connector::new(addr, transport.connect_timeout, tls);
         let h2 = transport.http2.then(|| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .http2_only(true)
-                .build(connector.clone())
+            (0..workers::lanes())
+                .map(|_| {
+                    Client::builder(TokioExecutor::new())
+                        .pool_timer(TokioTimer::new())
+                        .pool_idle_timeout(Duration::from_secs(60))
+                        .http2_only(true)
+                        .build(connector.clone())
+                })
+                .collect()
         });
         Some(Endpoint {
             url: url.to_owned(),
@@ -122,6 +128,11 @@ impl Endpoint {
             pool: super::pool::Pool::new(connector),
             h2,
         })
+    }
+
+    /// HTTP/2 upstreams: the calling thread's client.
+    pub fn h2(&self) -> Option<&Client<Connector, OutBody>> {
+        self.h2.as_ref().map(|clients| &clients[workers::lane() % clients.len()])
     }
 
     /// Whether the balancer may send to it at `now_ms` (not ejected, not failing its health checks).

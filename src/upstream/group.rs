@@ -178,7 +178,7 @@ impl Upstream {
         endpoint: &Endpoint,
         req: Request<OutBody>,
     ) -> Result<(Response<AnswerBody>, Option<Reusable>), SendError> {
-        match &endpoint.h2 {
+        match endpoint.h2() {
             None => endpoint.pool.send(req).await,
             Some(client) => match client.request(req).await {
                 Ok(res) => Ok((res.map(AnswerBody::Left), None)),

@@ -17,8 +17,9 @@ use hyper_util::rt::TokioIo;
 use super::connect::{ConnectError, Connector, Stream};
 use super::wire::{self, Failure, Home, WireBody};
 use crate::body::{BoxError, OutBody};
+use crate::workers;
 
-/// Most idle connections kept per endpoint.
+/// Most idle connections kept per endpoint, in each lane.
 const MAX_IDLE: usize = 512;
 /// How often a pool's idle wire connections are checked for a close by the upstream, and aged. Nothing else
 /// watches them: a connection the upstream closed would hold its socket until taken.
@@ -72,10 +73,18 @@ impl SendError {
 #[derive(Debug)]
 pub struct Pool {
     connector: Connector,
+    /// One lane per serving worker and one for the other threads ([`workers::lane`]): a connection is driven by
+    /// the runtime that opened it, so it is taken from the lane of the thread that asks and goes back to its own.
+    lanes: Box<[Lane]>,
+    /// The pool itself, for its sweeper tasks.
+    me: Weak<Pool>,
+}
+
+/// One thread's idle connections.
+#[derive(Debug, Default)]
+struct Lane {
     idle: Mutex<Vec<SendRequest<OutBody>>>,
     wire: Mutex<IdleWire>,
-    /// The pool itself, for its sweeper task.
-    me: Weak<Pool>,
 }
 
 /// Idle wire connections, each with the sweep count when it was returned (most recent last).
@@ -92,6 +101,8 @@ struct IdleWire {
 pub struct Reusable {
     sender: SendRequest<OutBody>,
     pool: Arc<Pool>,
+    /// The lane of the thread that opened it (whose runtime drives it).
+    lane: usize,
 }
 
 impl Reusable {
@@ -100,7 +111,7 @@ impl Reusable {
         if self.sender.is_closed() {
             return;
         }
-        let mut idle = self.pool.idle.lock().expect("pool lock");
+        let mut idle = self.pool.lanes[self.lane].idle.lock().expect("pool lock");
         if idle.len() < MAX_IDLE {
             idle.push(self.sender);
         }
@@ -110,7 +121,17 @@ impl Reusable {
 impl Pool {
     /// An empty pool whose connections `connector` opens.
     pub fn new(connector: Connector) -> Arc<Pool> {
-        Arc::new_cyclic(|me| Pool { connector, idle: Mutex::new(Vec::new()), wire: Mutex::default(), me: me.clone() })
+        let lanes = (0..workers::lanes()).map(|_| Lane::default()).collect();
+        Arc::new_cyclic(|me| Pool { connector, lanes, me: me.clone() })
+    }
+
+    /// The calling thread's lane.
+    fn lane(&self) -> &Lane {
+        &self.lanes[self.lane_index()]
+    }
+
+    fn lane_index(&self) -> usize {
+        workers::lane() % self.lanes.len()
     }
 
     /// Sends `req` on an idle connection, or on a new one. The `Reusable` of hyper's connections goes back to the
@@ -152,7 +173,7 @@ impl Pool {
     /// An idle wire connection that is still open (the others are closed on the way).
     fn checkout_wire(&self) -> Option<Box<wire::Conn<Stream>>> {
         loop {
-            let (_, mut conn) = self.wire.lock().expect("pool lock").conns.pop()?;
+            let (_, mut conn) = self.lane().wire.lock().expect("pool lock").conns.pop()?;
             if conn.is_open() {
                 return Some(conn);
             }
@@ -169,7 +190,7 @@ impl Pool {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(res) => return Ok((res, Reusable { sender, pool: self.clone() })),
+                Ok(res) => return Ok((res, Reusable { sender, pool: self.clone(), lane: self.lane_index() })),
                 Err(mut e) => match e.take_message() {
                     // The connection died while idle and never took the request: try the next one.
                     Some(unsent) => req = unsent,
@@ -192,13 +213,13 @@ impl Pool {
             Err(error) => return Err(SendError::Connect { error, unsent: Some(Box::new(req)) }),
         };
         match sender.send_request(req).await {
-            Ok(res) => Ok((res, Reusable { sender, pool: self.clone() })),
+            Ok(res) => Ok((res, Reusable { sender, pool: self.clone(), lane: self.lane_index() })),
             Err(e) => Err(SendError::Failed(e.into())),
         }
     }
 
     fn checkout(&self) -> Option<SendRequest<OutBody>> {
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.lane().idle.lock().expect("pool lock");
         while let Some(sender) = idle.pop() {
             if !sender.is_closed() {
                 return Some(sender);
@@ -224,18 +245,20 @@ impl Pool {
 
 impl Home<Stream> for Pool {
     fn put(&self, conn: Box<wire::Conn<Stream>>) {
-        if self.wire.lock().expect("pool lock").put(conn) {
-            tokio::spawn(sweep_loop(self.me.clone()));
+        let lane = conn.lane() % self.lanes.len();
+        if self.lanes[lane].wire.lock().expect("pool lock").put(conn) {
+            tokio::spawn(sweep_loop(self.me.clone(), lane));
         }
     }
 }
 
-/// Sweeps `pool`'s idle wire connections every `SWEEP_EVERY`, until none is idle or the pool is gone.
-async fn sweep_loop(pool: Weak<Pool>) {
+/// Sweeps the idle wire connections of `pool`'s lane `lane` every `SWEEP_EVERY` (on that lane's thread), until none
+/// is idle or the pool is gone.
+async fn sweep_loop(pool: Weak<Pool>, lane: usize) {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         let Some(pool) = pool.upgrade() else { return };
-        if !pool.wire.lock().expect("pool lock").sweep() {
+        if !pool.lanes[lane].wire.lock().expect("pool lock").sweep() {
             return;
         }
     }

@@ -35,6 +35,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::{OutBody, REPLAY_LIMIT};
+use crate::workers;
 
 /// Most header lines in a response head (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -94,6 +95,8 @@ pub trait Home<T>: Send + Sync {
 pub struct Conn<T> {
     io: T,
     buf: BytesMut,
+    /// The [`workers::lane`] of the thread that opened it, whose runtime its socket is registered with.
+    lane: usize,
 }
 
 /// A request ready for the wire.
@@ -153,7 +156,12 @@ pub fn encode(req: &Request<OutBody>) -> Encoded {
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
     /// A connection on which nothing was sent yet.
     pub fn new(io: T) -> Box<Conn<T>> {
-        Box::new(Conn { io, buf: BytesMut::new() })
+        Box::new(Conn { io, buf: BytesMut::new(), lane: workers::lane() })
+    }
+
+    /// The [`workers::lane`] it belongs to: that of the thread that opened it.
+    pub fn lane(&self) -> usize {
+        self.lane
     }
 
     /// Whether an idle connection can take a request: the upstream neither closed it nor sent anything unasked.
