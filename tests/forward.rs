@@ -521,6 +521,7 @@ async fn upstream_answers_are_framed_as_http_1_1_says_and_only_clean_ones_reuse_
         "/continue" => "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         "/close-until-eof" => "HTTP/1.1 200 OK\r\n\r\nuntil close",
         "/close-bad-length" => "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+        "/listed-length" => "HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok",
         _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
     })
     .await;
@@ -542,7 +543,48 @@ async fn upstream_answers_are_framed_as_http_1_1_says_and_only_clean_ones_reuse_
     assert_eq!(gw.get("/close-until-eof").await.text(), "until close");
     assert_eq!(gw.get("/chunked").await.text(), "hello");
     assert_eq!(connections(), 3);
+    let r = gw.get("/listed-length").await;
+    assert_eq!((r.status, r.header("content-length"), r.text().as_str()), (200, "2", "ok"), "`2, 2` is `2`");
     assert_problem(&gw.get("/close-bad-length").await, 502, Some("r"));
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_an_upload_early_and_closes_has_its_answer_passed_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The upstream reads the request head only, answers 413 and closes with the body unread (its kernel resets the
+    // connection, a small receive buffer keeping most of the 60 KiB body unread). On loopback Sluice's write has
+    // gone into its socket by then; where it fails instead (a slow link), src/upstream/wire/tests.rs checks that the
+    // answer is still read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut seen = Vec::new();
+            let mut byte = [0u8; 1];
+            while !seen.ends_with(b"\r\n\r\n") && conn.read(&mut byte).await.is_ok_and(|n| n == 1) {
+                seen.push(byte[0]);
+            }
+            let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!";
+            if conn.write_all(answer).await.is_ok() {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            // Let the answer leave before the reset.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(conn);
+        }
+    });
+    let gw = Gateway::start(single(&[url], json!({}), json!({}))).await;
+    for _ in 0..3 {
+        let req = gw.req("POST", "/upload").body(full(vec![b'x'; 60 << 10])).unwrap();
+        let r = gw.send(req).await;
+        assert_eq!((r.status, r.text().as_str()), (413, "too big!"), "{:?}", r.headers);
+    }
+    assert_eq!(answered.load(Ordering::SeqCst), 3, "one attempt each: the answer is final, not retried");
 }
 
 // =============================================================================================================

@@ -107,6 +107,14 @@ pub enum ConnectError {
         /// What happened.
         reason: String,
     },
+    /// The new connection failed before it took a byte of the request (the upstream closed it at once).
+    #[error("connection to {addr} closed before the request was sent: {reason}")]
+    Closed {
+        /// Endpoint address.
+        addr: SocketAddr,
+        /// What happened.
+        reason: String,
+    },
 }
 
 impl ConnectError {

@@ -165,7 +165,16 @@ impl Pool {
                 Ok(stream) => stream,
                 Err(error) => return Err(SendError::Connect { error, unsent: Some(Box::new(req)) }),
             };
-            wire::Conn::new(stream).exchange(&encoded, home).await.map_err(|f| SendError::Failed(f.into_error().into()))
+            match wire::Conn::new(stream).exchange(&encoded, home).await {
+                Ok(res) => Ok(res),
+                // Not a byte taken by a fresh connection (the upstream closed it at once): as good as not connected,
+                // so a retry on `connect-failure` may send the request elsewhere.
+                Err(Failure::Unsent(e)) => Err(SendError::Connect {
+                    error: ConnectError::Closed { addr: self.connector.addr(), reason: e.to_string() },
+                    unsent: Some(Box::new(req)),
+                }),
+                Err(Failure::Failed(e)) => Err(SendError::Failed(e.into())),
+            }
         })
         .await
     }

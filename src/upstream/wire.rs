@@ -74,15 +74,6 @@ pub enum Failure {
     Failed(WireError),
 }
 
-impl Failure {
-    /// Why it failed.
-    pub fn into_error(self) -> WireError {
-        match self {
-            Failure::Unsent(e) | Failure::Failed(e) => e,
-        }
-    }
-}
-
 /// Where a connection goes back to once an answer was read to its end (the endpoint's pool).
 pub trait Home<T>: Send + Sync {
     /// Keeps `conn` for the next request (or closes it, when enough are kept).
@@ -187,7 +178,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         req: &Encoded,
         home: Arc<dyn Home<T>>,
     ) -> Result<Response<WireBody<T>>, Failure> {
-        self.write(req).await?;
+        if let Err(failure) = self.write(req).await {
+            // An upstream may answer before it has read the whole request (a 413, a 401) and close the connection,
+            // which fails the rest of the write: its answer is still in the socket, and is the client's answer.
+            let Failure::Failed(error) = failure else { return Err(failure) };
+            return match self.read_head(req.head_request).await {
+                Ok((mut head, data)) => {
+                    head.reusable = false;
+                    Ok(head.into_response(data, self, home))
+                }
+                Err(_) => Err(Failure::Failed(error)),
+            };
+        }
         let (head, data) = self.read_head(req.head_request).await.map_err(Failure::Failed)?;
         Ok(head.into_response(data, self, home))
     }
@@ -292,6 +294,8 @@ enum Framing {
 struct Head {
     len: usize,
     status: StatusCode,
+    /// A reason phrase other than the status code's usual one, passed on as hyper's client does.
+    reason: Option<hyper::ext::ReasonPhrase>,
     version: Version,
     headers: HeaderMap,
     framing: Framing,
@@ -321,6 +325,10 @@ impl Head {
             return Ok(Parsed::Informational(len));
         }
         let version = if res.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
+        let reason = res
+            .reason
+            .filter(|r| !r.is_empty() && status.canonical_reason() != Some(*r))
+            .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
         let mut headers = HeaderMap::with_capacity(res.headers.len());
         let (mut length, mut coded, mut chunked) = (None, false, false);
         let (mut close, mut keep_alive) = (false, false);
@@ -329,11 +337,16 @@ impl Head {
             let value = HeaderValue::from_maybe_shared(data.slice_ref(line.value))
                 .map_err(|_| WireError::Malformed("header value"))?;
             if name == header::CONTENT_LENGTH {
-                let n = content_length(line.value)?;
+                let (n, listed) = content_length(line.value)?;
                 if length.is_some_and(|l| l != n) {
                     return Err(WireError::Malformed("differing content-length values"));
                 }
                 length = Some(n);
+                // `5, 5` is passed on as `5` (RFC 9110 §8.6).
+                if listed {
+                    headers.append(name, HeaderValue::from(n));
+                    continue;
+                }
             } else if name == header::TRANSFER_ENCODING {
                 coded = true;
                 let last = line.value.rsplit(|&b| b == b',').next().unwrap_or_default();
@@ -366,7 +379,7 @@ impl Head {
         // HTTP/1.0 keeps the connection only when asked to; `close` always wins.
         let persistent = !close && (version == Version::HTTP_11 || keep_alive);
         let reusable = persistent && !conflicting && framing != Framing::UntilClose;
-        Ok(Parsed::Final(Head { len, status, version, headers, framing, reusable }))
+        Ok(Parsed::Final(Head { len, status, reason, version, headers, framing, reusable }))
     }
 
     /// The response, its body the rest of `data` (which starts with this head), then what `conn` reads.
@@ -403,17 +416,32 @@ impl Head {
         *res.status_mut() = self.status;
         *res.version_mut() = self.version;
         *res.headers_mut() = self.headers;
+        if let Some(reason) = self.reason {
+            res.extensions_mut().insert(reason);
+        }
         res
     }
 }
 
-/// A `content-length` value: decimal digits only.
-fn content_length(value: &[u8]) -> Result<u64, WireError> {
-    let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(WireError::Malformed("content-length is not a number"));
+/// A `content-length` value: decimal digits, or a list of the same number (RFC 9110 §8.6, as hyper takes it), and
+/// whether it was such a list.
+fn content_length(value: &[u8]) -> Result<(u64, bool), WireError> {
+    let mut items = value.split(|&b| b == b',').map(|item| {
+        let digits = item.trim_ascii();
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(WireError::Malformed("content-length is not a number"));
+        }
+        Ok(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+    });
+    let first = items.next().expect("split yields at least one item")?;
+    let mut listed = false;
+    for item in items {
+        if item? != first {
+            return Err(WireError::Malformed("differing content-length values"));
+        }
+        listed = true;
     }
-    Ok(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+    Ok((first, listed))
 }
 
 /// The body of an answer read by this client.

@@ -25,6 +25,13 @@ impl Kept {
     }
 }
 
+/// Why an exchange failed.
+fn error_of(f: Failure) -> WireError {
+    match f {
+        Failure::Unsent(e) | Failure::Failed(e) => e,
+    }
+}
+
 /// What the client got: status, headers, body (or the error), and whether the connection went home.
 struct Got {
     status: StatusCode,
@@ -93,7 +100,7 @@ async fn exchange(req: Request<OutBody>, pieces: &[&'static [u8]], close: bool) 
                 Err(e) => (parts.status, parts.headers, Err(e.to_string()), None),
             }
         }
-        Err(f) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), Err(f.into_error().to_string()), None),
+        Err(f) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), Err(error_of(f).to_string()), None),
     };
     let reused = kept.take().is_some();
     let request = upstream.await.unwrap();
@@ -229,8 +236,10 @@ async fn connection_close_http_1_0_and_bytes_after_the_body_prevent_reuse() {
 
 #[tokio::test]
 async fn malformed_framing_is_refused() {
-    let cases: [&[&'static [u8]]; 7] = [
+    let cases: [&[&'static [u8]]; 9] = [
         &[b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab"],
+        &[b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\nab"],
+        &[b"HTTP/1.1 200 OK\r\ncontent-length: 1,\r\n\r\na"],
         &[b"HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\na"],
         &[b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"],
         &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"],
@@ -242,6 +251,67 @@ async fn malformed_framing_is_refused() {
         let got = exchange(get(Method::GET, b""), pieces, true).await;
         assert!(got.body.is_err() && !got.reused, "{:?} was taken", String::from_utf8_lossy(pieces[0]));
     }
+}
+
+#[tokio::test]
+async fn a_list_of_one_content_length_is_taken_as_that_length() {
+    let got =
+        exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\nabcHTTP/1.1"], true).await;
+    assert_eq!(got.body.unwrap(), "abc");
+    assert_eq!(got.headers.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["3"]);
+    assert!(!got.reused, "the bytes after the body still count");
+    let got = exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 OK\r\ncontent-length: 2,2\r\n\r\nab"], false).await;
+    assert_eq!(got.body.unwrap(), "ab");
+    assert!(got.reused);
+}
+
+#[tokio::test]
+async fn an_unusual_reason_phrase_is_passed_on() {
+    let kept = Arc::new(Kept::default());
+    for (line, reason) in [("HTTP/1.1 200 OK", None), ("HTTP/1.1 200 Fine Indeed", Some("Fine Indeed"))] {
+        let (client, mut up) = duplex(1 << 16);
+        let answer = format!("{line}\r\ncontent-length: 0\r\n\r\n");
+        let upstream = tokio::spawn(async move {
+            read_request(&mut up).await;
+            up.write_all(answer.as_bytes()).await.unwrap();
+            up
+        });
+        let res = Conn::new(client).exchange(&encode(&get(Method::GET, b"")), kept.clone()).await.unwrap();
+        let got = res.extensions().get::<hyper::ext::ReasonPhrase>().map(|r| r.as_bytes().to_vec());
+        assert_eq!(got, reason.map(|r| r.as_bytes().to_vec()), "{line}");
+        drop(upstream.await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn an_answer_sent_before_the_request_was_all_written_is_passed_on() {
+    // The upstream reads only the start of a 16 KiB upload, answers 413 and closes: the rest of the write fails,
+    // and the answer is what the client gets; the connection is not kept.
+    let kept = Arc::new(Kept::default());
+    let (client, mut up) = duplex(256);
+    let upstream = tokio::spawn(async move {
+        let mut start = [0u8; 16];
+        up.read_exact(&mut start).await.unwrap();
+        up.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!")
+            .await
+            .unwrap();
+    });
+    static BODY: [u8; 16 << 10] = [b'x'; 16 << 10];
+    let res = Conn::new(client).exchange(&encode(&get(Method::POST, &BODY)), kept.clone()).await.unwrap();
+    upstream.await.unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "too big!");
+    assert!(kept.take().is_none());
+
+    // With nothing answered, the write's own error stands.
+    let (client, mut up) = duplex(256);
+    let upstream = tokio::spawn(async move {
+        let mut start = [0u8; 16];
+        up.read_exact(&mut start).await.unwrap();
+    });
+    let failed = Conn::new(client).exchange(&encode(&get(Method::POST, &BODY)), kept.clone()).await.unwrap_err();
+    upstream.await.unwrap();
+    assert!(matches!(failed, Failure::Failed(_)), "{failed:?}");
 }
 
 #[tokio::test]
