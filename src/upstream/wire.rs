@@ -325,10 +325,10 @@ impl Head {
             return Ok(Parsed::Informational(len));
         }
         let version = if res.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
-        let reason = res
-            .reason
-            .filter(|r| !r.is_empty() && status.canonical_reason() != Some(*r))
-            .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
+        let reason = match res.reason {
+            Some(r) if !r.is_empty() && status.canonical_reason() != Some(r) => unusual_reason(r),
+            _ => None,
+        };
         let mut headers = HeaderMap::with_capacity(res.headers.len());
         let (mut length, mut coded, mut chunked) = (None, false, false);
         let (mut close, mut keep_alive) = (false, false);
@@ -426,22 +426,40 @@ impl Head {
 /// A `content-length` value: decimal digits, or a list of the same number (RFC 9110 §8.6, as hyper takes it), and
 /// whether it was such a list.
 fn content_length(value: &[u8]) -> Result<(u64, bool), WireError> {
-    let mut items = value.split(|&b| b == b',').map(|item| {
-        let digits = item.trim_ascii();
-        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-            return Err(WireError::Malformed("content-length is not a number"));
-        }
-        Ok(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-    });
-    let first = items.next().expect("split yields at least one item")?;
-    let mut listed = false;
-    for item in items {
-        if item? != first {
-            return Err(WireError::Malformed("differing content-length values"));
-        }
-        listed = true;
+    match decimal(value) {
+        Some(n) => Ok((n, false)),
+        None => listed_content_length(value).map(|n| (n, true)),
     }
-    Ok((first, listed))
+}
+
+/// A `content-length` list (`5, 5`): its one number.
+#[cold]
+fn listed_content_length(value: &[u8]) -> Result<u64, WireError> {
+    let mut items = value.split(|&b| b == b',').map(decimal);
+    let first = items.next().flatten().ok_or(WireError::Malformed("content-length is not a number"))?;
+    for item in items {
+        match item {
+            Some(n) if n == first => {}
+            Some(_) => return Err(WireError::Malformed("differing content-length values")),
+            None => return Err(WireError::Malformed("content-length is not a number")),
+        }
+    }
+    Ok(first)
+}
+
+/// A reason phrase other than the status code's usual one, for hyper's server to send on.
+#[cold]
+fn unusual_reason(reason: &str) -> Option<hyper::ext::ReasonPhrase> {
+    hyper::ext::ReasonPhrase::try_from(reason.as_bytes()).ok()
+}
+
+/// Decimal digits (surrounding whitespace allowed) that fit a `u64`.
+fn decimal(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// The body of an answer read by this client.
