@@ -4,7 +4,7 @@
 #   bench/soak.sh              10 minutes
 #   bench/soak.sh --quick      1 minute (smoke check)
 #
-# Sluice (TOKIO_WORKER_THREADS=1, one plain forward route, access log off) in front of an nginx upstream answering
+# Sluice (TOKIO_WORKER_THREADS=$WORKERS, default 1; one plain forward route, access log off) in front of an nginx upstream answering
 # 1 KiB, for $MINUTES minutes, under three kinds of traffic at once:
 #   - steady keep-alive load at a fixed rate: oha -q $RATE -c 32 (the connections stay busy, never parked);
 #   - churn: $CHURN clients that each open a connection, GET, idle 0.6 s (parked after 250 ms), GET again on it,
@@ -14,7 +14,7 @@
 # has its working set), at the end, the largest sample, and the growth from the first minute to the end, with the
 # requests answered and failed. No pass/fail: the figures are the measure.
 #
-# Knobs: MINUTES, RATE (default 5000 req/s), CHURN (default 200), IDLE (default 2000), PORT_BASE (default 29000:
+# Knobs: MINUTES, RATE (default 5000 req/s), CHURN (default 200), IDLE (default 2000), WORKERS, PORT_BASE (default 29000:
 # uses PORT_BASE..+2), SLUICE_BIN (skip the build). Binds only 127.0.0.1; stops everything it started on exit.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -82,7 +82,7 @@ PIDS+=($!)
     printf '[upstreams.bench]\nendpoints = ["http://127.0.0.1:%s"]\n' "$UP_PORT"
     printf '[[routes]]\nname = "all"\nmatch = { path_prefix = "/" }\nforward = { upstream = "bench" }\n'
 } > "$TMP/sluice.toml"
-TOKIO_WORKER_THREADS=1 "$SLUICE_BIN" run --config "$TMP/sluice.toml" > "$TMP/sluice.log" 2>&1 &
+TOKIO_WORKER_THREADS=${WORKERS:-1} "$SLUICE_BIN" run --config "$TMP/sluice.toml" > "$TMP/sluice.log" 2>&1 &
 SLUICE=$!; PIDS+=($SLUICE)
 wait_http "http://127.0.0.1:$UP_PORT/"
 wait_http "http://127.0.0.1:$PORT/"

@@ -111,6 +111,8 @@ pub async fn call(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, Cal
                 if e.is_tls() {
                     // Nothing was sent; the client gets 502 (or another endpoint's answer). Only the log says why.
                     tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "upstream TLS handshake failed");
+                } else {
+                    tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "connect failed");
                 }
                 if let Some(unsent) = e.take_unsent() {
                     call.headers = unsent.into_parts().0.headers;

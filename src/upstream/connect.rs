@@ -107,7 +107,9 @@ pub enum ConnectError {
         /// What happened.
         reason: String,
     },
-    /// The new connection failed before it took a byte of the request (the upstream closed it at once).
+    /// The new connection failed before any write of the request succeeded (the upstream closed it at once). Over
+    /// TLS, a first write that fails after one record of the head left can land here too (tokio-rustls reports the
+    /// error of a later `writev` within the same write); that needs a reset between two syscalls of one write.
     #[error("connection to {addr} closed before the request was sent: {reason}")]
     Closed {
         /// Endpoint address.

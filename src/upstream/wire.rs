@@ -68,7 +68,8 @@ pub enum WireError {
 /// How an exchange failed.
 #[derive(Debug)]
 pub enum Failure {
-    /// Not one byte of the request was written: the idle connection had died, another one may take the request.
+    /// No write of the request succeeded: the idle connection had died, another one may take the request. (Over
+    /// TLS, see [`crate::upstream::connect::ConnectError::Closed`] for the one way a record may have left.)
     Unsent(WireError),
     /// The request may have reached the upstream.
     Failed(WireError),
@@ -331,6 +332,8 @@ impl Head {
         };
         let mut headers = HeaderMap::with_capacity(res.headers.len());
         let (mut length, mut coded, mut chunked) = (None, false, false);
+        // A list or repeated lines of `content-length`: passed on as the one number (RFC 9110 §8.6).
+        let mut restate_length = false;
         let (mut close, mut keep_alive) = (false, false);
         for line in res.headers.iter() {
             let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| WireError::Malformed("header name"))?;
@@ -341,10 +344,9 @@ impl Head {
                 if length.is_some_and(|l| l != n) {
                     return Err(WireError::Malformed("differing content-length values"));
                 }
+                restate_length |= listed || length.is_some();
                 length = Some(n);
-                // `5, 5` is passed on as `5` (RFC 9110 §8.6).
-                if listed {
-                    headers.append(name, HeaderValue::from(n));
+                if restate_length {
                     continue;
                 }
             } else if name == header::TRANSFER_ENCODING {
@@ -375,6 +377,8 @@ impl Head {
         let conflicting = coded && length.is_some() && !no_body;
         if conflicting {
             headers.remove(header::CONTENT_LENGTH);
+        } else if let Some(n) = length.filter(|_| restate_length) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
         // HTTP/1.0 keeps the connection only when asked to; `close` always wins.
         let persistent = !close && (version == Version::HTTP_11 || keep_alive);

@@ -263,6 +263,18 @@ async fn a_list_of_one_content_length_is_taken_as_that_length() {
     let got = exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 OK\r\ncontent-length: 2,2\r\n\r\nab"], false).await;
     assert_eq!(got.body.unwrap(), "ab");
     assert!(got.reused);
+    // Repeated lines, listed or not: one header.
+    let got = exchange(
+        get(Method::GET, b""),
+        &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\ncontent-length: 2, 2\r\ncontent-length:\t2 \r\n\r\nab"],
+        false,
+    )
+    .await;
+    assert_eq!(got.body.unwrap(), "ab");
+    assert_eq!(got.headers.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["2"]);
+    for bad in [&b"5,"[..], b",5", b"5,,5", b"5, 5, 6", b"5 5"] {
+        assert!(content_length(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+    }
 }
 
 #[tokio::test]
@@ -311,7 +323,7 @@ async fn an_answer_sent_before_the_request_was_all_written_is_passed_on() {
     });
     let failed = Conn::new(client).exchange(&encode(&get(Method::POST, &BODY)), kept.clone()).await.unwrap_err();
     upstream.await.unwrap();
-    assert!(matches!(failed, Failure::Failed(_)), "{failed:?}");
+    assert!(matches!(failed, Failure::Failed(WireError::Io(_))), "the write's error: {failed:?}");
 }
 
 #[tokio::test]
