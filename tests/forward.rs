@@ -1499,18 +1499,21 @@ impl Drop for ChildGuard {
     }
 }
 
-/// The CPU time (ns) of each of `pid`'s threads named `sluice-serve-*`, by name.
-fn worker_run_times(pid: u32) -> std::collections::BTreeMap<String, u64> {
-    let mut times = std::collections::BTreeMap::new();
+/// How many times each of `pid`'s threads named `sluice-serve-*` went to sleep waiting (its voluntary context
+/// switches), by name: a worker that served a connection has waited on its sockets; one that served none sleeps
+/// untouched.
+fn worker_waits(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut waits = std::collections::BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
         let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default().trim().to_owned();
         if name.starts_with("sluice-serve-") {
-            let schedstat = std::fs::read_to_string(task.join("schedstat")).expect("/proc/PID/task/TID/schedstat");
-            times.insert(name, schedstat.split_whitespace().next().unwrap().parse().unwrap());
+            let status = std::fs::read_to_string(task.join("status")).unwrap();
+            let switches = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")).unwrap();
+            waits.insert(name, switches.trim().parse().unwrap());
         }
     }
-    times
+    waits
 }
 
 /// An HTTP/1.1 connection of its own to the gateway on `port`.
@@ -1565,9 +1568,8 @@ async fn binary_serves_each_connection_on_one_of_its_per_core_workers() {
     let child = start(&[("TOKIO_WORKER_THREADS", "3")], port, admin_port);
     healthy(admin_port).await;
     let pid = child.0.id();
-    let before = worker_run_times(pid);
     assert_eq!(
-        before.keys().map(String::as_str).collect::<Vec<_>>(),
+        worker_waits(pid).keys().map(String::as_str).collect::<Vec<_>>(),
         ["sluice-serve-0", "sluice-serve-1", "sluice-serve-2"]
     );
 
@@ -1588,6 +1590,7 @@ async fn binary_serves_each_connection_on_one_of_its_per_core_workers() {
     drop(held);
 
     // Six keep-alive connections at once, 20 requests each: every answer comes back, each worker served some.
+    let before = worker_waits(pid);
     let clients = (0..6).map(|n| async move {
         let mut sender = connection(port).await;
         let mut bodies = Vec::new();
@@ -1601,9 +1604,9 @@ async fn binary_serves_each_connection_on_one_of_its_per_core_workers() {
     }
     assert_eq!(upstream.hits(), 126);
     assert!(upstream_connections() <= 9, "{} upstream connections for 6 clients", upstream_connections());
-    let after = worker_run_times(pid);
-    for (name, ran) in &after {
-        assert!(*ran > before[name], "{name} served no connection: {before:?} -> {after:?}");
+    let after = worker_waits(pid);
+    for (name, waited) in &after {
+        assert!(*waited > before[name], "{name} served no connection: {before:?} -> {after:?}");
     }
     drop(child);
 
@@ -1611,7 +1614,7 @@ async fn binary_serves_each_connection_on_one_of_its_per_core_workers() {
     let (port, admin_port) = (free_port().await, free_port().await);
     let child = start(&[("TOKIO_WORKER_THREADS", "2"), ("SLUICE_RUNTIME", "work-stealing")], port, admin_port);
     healthy(admin_port).await;
-    assert!(worker_run_times(child.0.id()).is_empty());
+    assert!(worker_waits(child.0.id()).is_empty());
     let r = send(&c, http::Request::get(format!("http://127.0.0.1:{port}/x")).body(empty()).unwrap()).await;
     assert_eq!((r.status, r.text().as_str()), (200, "one"));
     drop(child);
