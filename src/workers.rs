@@ -17,9 +17,12 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 
@@ -35,17 +38,25 @@ thread_local! {
 #[derive(Debug)]
 pub struct Workers {
     workers: Vec<Worker>,
+    /// Connections open on each worker (`sluice_worker_connections`; the metrics registry takes this family).
+    connections: Family<WorkerLabel, Gauge>,
     /// Where the search for the least busy worker starts next (so ties go round).
     next: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The `worker` label of `sluice_worker_connections`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    worker: String,
 }
 
 /// One serving worker.
 #[derive(Debug)]
 struct Worker {
     handle: Handle,
-    /// Connections open on it.
-    open: Arc<AtomicUsize>,
+    /// Connections open on it (its series of `sluice_worker_connections`).
+    open: Gauge,
     stop: Mutex<Option<oneshot::Sender<()>>>,
 }
 
@@ -79,11 +90,13 @@ impl Workers {
     fn new(count: usize) -> std::io::Result<Workers> {
         let mut workers = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
+        let connections = Family::<WorkerLabel, Gauge>::default();
         for i in 0..count {
             let runtime = Builder::new_current_thread().enable_all().build()?;
             let (stop, stopped) = oneshot::channel::<()>();
             let handle = runtime.handle().clone();
-            workers.push(Worker { handle, open: Arc::default(), stop: Mutex::new(Some(stop)) });
+            let open = connections.get_or_create(&WorkerLabel { worker: i.to_string() }).clone();
+            workers.push(Worker { handle, open, stop: Mutex::new(Some(stop)) });
             // Named to fit the 15 bytes of a Linux thread name up to worker 99.
             threads.push(std::thread::Builder::new().name(format!("sluice-serve-{i}")).spawn(move || {
                 LANE.set(i + 1);
@@ -91,7 +104,7 @@ impl Workers {
                 let _ = runtime.block_on(stopped);
             })?);
         }
-        Ok(Workers { workers, next: AtomicUsize::new(0), threads: Mutex::new(threads) })
+        Ok(Workers { workers, connections, next: AtomicUsize::new(0), threads: Mutex::new(threads) })
     }
 
     /// Runs a connection's task, made by `task`, on the worker with the fewest open connections. The task is first
@@ -109,10 +122,7 @@ impl Workers {
     fn least_busy(&self) -> &Worker {
         let n = self.workers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
-            .map(|k| &self.workers[(start + k) % n])
-            .min_by_key(|w| w.open.load(Ordering::Relaxed))
-            .expect("at least one worker")
+        (0..n).map(|k| &self.workers[(start + k) % n]).min_by_key(|w| w.open.get()).expect("at least one worker")
     }
 
     /// Stops every worker (dropping the connections still open on it) and waits for its thread.
@@ -125,6 +135,11 @@ impl Workers {
         for thread in std::mem::take(&mut *self.threads.lock().expect("workers lock")) {
             let _ = thread.join();
         }
+    }
+
+    /// The connections open on each worker, for the metrics registry.
+    pub fn connections(&self) -> &Family<WorkerLabel, Gauge> {
+        &self.connections
     }
 
     /// How many serving workers there are.
@@ -140,18 +155,18 @@ impl Workers {
 
 /// A connection counted as open on its worker until dropped.
 #[derive(Debug)]
-pub struct Open(Arc<AtomicUsize>);
+pub struct Open(Gauge);
 
 impl Open {
-    fn new(open: Arc<AtomicUsize>) -> Open {
-        open.fetch_add(1, Ordering::Relaxed);
+    fn new(open: Gauge) -> Open {
+        open.inc();
         Open(open)
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
@@ -181,11 +196,11 @@ mod tests {
         }
         // Four long connections: two on each worker, whichever order they arrive in.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while workers.workers.iter().map(|w| w.open.load(Ordering::Relaxed)).sum::<usize>() < 4 {
+        while workers.workers.iter().map(|w| w.open.get()).sum::<i64>() < 4 {
             assert!(std::time::Instant::now() < deadline);
             std::thread::yield_now();
         }
-        let open: Vec<usize> = workers.workers.iter().map(|w| w.open.load(Ordering::Relaxed)).collect();
+        let open: Vec<i64> = workers.workers.iter().map(|w| w.open.get()).collect();
         assert_eq!(open, vec![2, 2]);
         release.send(true).unwrap();
         let mut threads = HashSet::new();
@@ -196,7 +211,7 @@ mod tests {
             threads.insert(name);
         }
         assert_eq!(threads.len(), 2);
-        while workers.workers.iter().any(|w| w.open.load(Ordering::Relaxed) > 0) {
+        while workers.workers.iter().any(|w| w.open.get() > 0) {
             assert!(std::time::Instant::now() < deadline, "finished connections are no longer counted");
             std::thread::yield_now();
         }

@@ -1582,6 +1582,15 @@ async fn binary_serves_each_connection_on_one_of_its_per_core_workers() {
         held.push(sender);
     }
     assert_eq!(upstream_connections(), 3);
+    let req = http::Request::get(format!("http://127.0.0.1:{admin_port}/metrics")).body(empty()).unwrap();
+    let metrics = send(&c, req).await.text();
+    for worker in 0..3 {
+        assert_eq!(
+            metric(&metrics, &format!("sluice_worker_connections{{worker=\"{worker}\"}}")),
+            Some(1.0),
+            "{metrics}"
+        );
+    }
     // Each worker's own connection is reused by its next request.
     for sender in &mut held {
         assert_eq!(get_on(sender, "/again").await, "one");

@@ -296,6 +296,13 @@ impl Metrics {
         );
         registry.register("sluice_rate_limit_keys", "Rate-limit buckets held, by route", rate_limit_keys.clone());
         registry.register("sluice_open_connections", "Client connections open now", open_connections.clone());
+        if let Some(workers) = crate::workers::installed() {
+            registry.register(
+                "sluice_worker_connections",
+                "Client connections open now, by serving worker",
+                workers.connections().clone(),
+            );
+        }
         registry.register(
             "sluice_parked_connections",
             "Idle kept-alive client connections parked between requests, holding no HTTP state",
