@@ -32,8 +32,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::problem::GatewayError;
+use crate::telemetry::Held;
 use crate::telemetry::metrics::ConnectionTimeouts;
-use crate::workers;
 
 /// The timeouts of one connection (taken from the config in effect when it was accepted).
 #[derive(Clone, Copy, Debug)]
@@ -62,7 +62,7 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
     open: Gauge,
     /// The connection's count on its serving worker, if it has one (see `workers`).
-    worker: Option<workers::Open>,
+    worker: Option<Held>,
 }
 
 impl Slot {
@@ -73,7 +73,7 @@ impl Slot {
     }
 
     /// Counts the connection on its serving worker for as long as the slot is held.
-    pub fn on_worker(&mut self, open: workers::Open) {
+    pub fn on_worker(&mut self, open: Held) {
         self.worker = Some(open);
     }
 }

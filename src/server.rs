@@ -35,6 +35,7 @@ use crate::snapshot::{Shared, Snapshot};
 use crate::stack::RouteService;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::ConnectionTimeouts;
+use crate::workers::Workers;
 
 /// Shared state of a running gateway.
 pub struct Gateway {
@@ -150,13 +151,14 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
             };
             (accepted, acceptor)
         };
-        let Some(socket) = Socket::new(stream) else { continue };
+        let workers = crate::workers::installed();
+        let Some(socket) = Socket::new(stream, workers.is_some()) else { continue };
         match acceptor {
-            None => spawn_connection(accepted, |accepted| async move {
+            None => spawn_connection(workers, accepted, |accepted| async move {
                 let Some(stream) = socket.register() else { return };
                 accepted.serve(stream).await;
             }),
-            Some(acceptor) => spawn_connection(accepted, |accepted| async move {
+            Some(acceptor) => spawn_connection(workers, accepted, |accepted| async move {
                 let Some(stream) = socket.register() else { return };
                 let Some(stream) = handshake(acceptor, stream, peer).await else { return };
                 accepted.serve(stream).await;
@@ -171,12 +173,12 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
 }
 
 /// Runs the task `task` makes of the `accepted` connection: on the serving worker with the fewest connections when
-/// there are workers (see [`crate::workers`]), else on this runtime.
-fn spawn_connection<F>(mut accepted: Accepted, task: impl FnOnce(Accepted) -> F)
+/// there are `workers` (see [`crate::workers`]), else on this runtime.
+fn spawn_connection<F>(workers: Option<&Workers>, mut accepted: Accepted, task: impl FnOnce(Accepted) -> F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    match crate::workers::installed() {
+    match workers {
         None => drop(tokio::spawn(task(accepted))),
         Some(workers) => workers.spawn(|open| {
             accepted.slot.on_worker(open);
@@ -192,9 +194,9 @@ enum Socket {
 }
 
 impl Socket {
-    /// Taken out of this runtime when there are serving workers (`None`, and the connection closed, if that fails).
-    fn new(stream: TcpStream) -> Option<Socket> {
-        if crate::workers::installed().is_none() {
+    /// Taken out of this runtime when it goes to a serving worker (`None`, and the connection closed, if that fails).
+    fn new(stream: TcpStream, to_worker: bool) -> Option<Socket> {
+        if !to_worker {
             return Some(Socket::Here(stream));
         }
         match stream.into_std() {

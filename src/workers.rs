@@ -24,6 +24,8 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::runtime::{Builder, Handle};
+
+use crate::telemetry::Held;
 use tokio::sync::oneshot;
 
 /// The serving workers of this process, once [`start`]ed.
@@ -109,13 +111,13 @@ impl Workers {
 
     /// Runs a connection's task, made by `task`, on the worker with the fewest open connections. The task is first
     /// polled on that worker, so it registers its socket with that worker's runtime. It counts on that worker as
-    /// long as it keeps the [`Open`] it is given (a connection keeps it with its I/O, upgraded or not).
-    pub fn spawn<F>(&self, task: impl FnOnce(Open) -> F)
+    /// long as it keeps the [`Held`] count it is given (a connection keeps it with its I/O, upgraded or not).
+    pub fn spawn<F>(&self, task: impl FnOnce(Held) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let worker = self.least_busy();
-        let task = task(Open::new(worker.open.clone()));
+        let task = task(Held::new(&worker.open));
         drop(worker.handle.spawn(task));
     }
 
@@ -140,33 +142,6 @@ impl Workers {
     /// The connections open on each worker, for the metrics registry.
     pub fn connections(&self) -> &Family<WorkerLabel, Gauge> {
         &self.connections
-    }
-
-    /// How many serving workers there are.
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// Whether there are none (never, once started with a count above 0).
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-}
-
-/// A connection counted as open on its worker until dropped.
-#[derive(Debug)]
-pub struct Open(Gauge);
-
-impl Open {
-    fn new(open: Gauge) -> Open {
-        open.inc();
-        Open(open)
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
