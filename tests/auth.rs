@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use broker_support::common::{Gateway, Resp, Upstream, assert_problem};
 use broker_support::{KafkaLock, create_topic, kafka_bootstrap, kafka_read_all, random_name, unix_now};
-use process_support::python;
+use process_support::{Scratch, python};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -43,7 +43,8 @@ fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let python = python();
-        let dir = std::env::temp_dir().join(format!("sluice-auth-{}", uuid::Uuid::new_v4().simple()));
+        // Inside the target directory (a static is never dropped, so nothing would remove it from /tmp).
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("auth-keys-{}", std::process::id()));
         let out = Command::new(&python).arg(tool()).arg("keys").arg(&dir).output().expect("run jwt_tool.py keys");
         assert!(out.status.success(), "jwt_tool.py keys failed: {}", String::from_utf8_lossy(&out.stderr));
         let hs_secret = format!("hs-{}-{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
@@ -544,8 +545,7 @@ auth = {{ jwt = {{ jwks_file = "{}" }} }}
 async fn the_jwks_file_is_read_again_at_every_reload_and_a_broken_one_is_refused() {
     let f = fixture();
     let up = Upstream::named("app").await;
-    let dir = std::env::temp_dir().join(format!("sluice-auth-reload-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("sluice-auth-reload");
     let jwks_path = dir.join("keys.json");
     std::fs::copy(f.dir.join("rsa-1.jwks.json"), &jwks_path).unwrap();
     let config_path = write_config(&dir, &up.url(), &jwks_path);
@@ -627,8 +627,7 @@ fn sluice_check(path: &Path, env: &[(&str, &str)]) -> (i32, String) {
 #[test]
 fn sluice_check_refuses_unset_variables_missing_or_broken_jwks_files_and_jwt_claims_without_jwt() {
     let f = fixture();
-    let dir = std::env::temp_dir().join(format!("sluice-auth-check-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("sluice-auth-check");
     let not_jwks = dir.join("pub.pem");
     std::fs::copy(f.dir.join("rsa-1.pub.pem"), &not_jwks).unwrap();
     let missing = dir.join("missing.json");

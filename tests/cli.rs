@@ -3,18 +3,30 @@
 
 mod process_support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use process_support::sluice_bin;
+use process_support::{Scratch, sluice_bin};
 
-/// A config file named after `test`, holding `text`.
-fn file(test: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-cli-{test}-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A config file named after `test`, holding `text`, in a directory removed with it when this is dropped.
+struct ConfigFile {
+    _dir: Scratch,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for ConfigFile {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn file(test: &str, text: &str) -> ConfigFile {
+    let dir = Scratch::new(&format!("sluice-cli-{test}"));
     let path = dir.join("routes.toml");
     std::fs::write(&path, text).unwrap();
-    path
+    ConfigFile { _dir: dir, path }
 }
 
 /// `sluice ARGS…` with `env` added and no `SLUICE_*` variables of the test's own: (exit code, stdout, stderr).

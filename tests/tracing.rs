@@ -332,4 +332,5 @@ forward = {{ upstream = "svc" }}
     assert!(exit.success(), "exit 0 after SIGTERM: {exit:?}");
     let spans = wait_for_trace(&trace, 2, Duration::from_secs(10)).await;
     assert_eq!(spans.len(), 2, "the SERVER and CLIENT spans were flushed before exit: {spans:#?}");
+    std::fs::remove_dir_all(dir).ok();
 }

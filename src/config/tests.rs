@@ -2,12 +2,51 @@
 
 use super::*;
 
-fn write(toml: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-config-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A directory of its own under the temp dir, removed with what it holds when this is dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(prefix: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+/// A config file in a [`Scratch`] directory of its own, gone when this is dropped (the end of the statement for
+/// `load(&write(..))`).
+struct Written {
+    _dir: Scratch,
+    path: std::path::PathBuf,
+}
+
+impl std::ops::Deref for Written {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+fn write(toml: &str) -> Written {
+    let dir = Scratch::new("sluice-config");
     let path = dir.join("routes.toml");
     std::fs::write(&path, toml).unwrap();
-    path
+    Written { _dir: dir, path }
 }
 
 fn problems(toml: &str) -> Vec<String> {
@@ -900,8 +939,7 @@ verify = { scheme = "stripe", secret_env = "PATH", tolerance = "2m" }
 
 #[test]
 fn auth_problems_are_named() {
-    let dir = std::env::temp_dir().join(format!("sluice-auth-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("sluice-auth");
     let not_jwks = dir.join("not-jwks.json");
     std::fs::write(&not_jwks, r#"{"issuer": "https://id.example.com"}"#).unwrap();
     let oct = dir.join("oct.json");
@@ -988,8 +1026,7 @@ fn a_jwks_file_is_read_with_its_keys() {
         {"kty":"EC","crv":"P-256","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM","kid":"ec"},
         {"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}
     ]}"#;
-    let dir = std::env::temp_dir().join(format!("sluice-auth-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("sluice-auth");
     let path = dir.join("jwks.json");
     std::fs::write(&path, jwks).unwrap();
     let toml = format!(

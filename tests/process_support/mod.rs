@@ -14,6 +14,34 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+/// A fresh directory under the temp dir named `PREFIX-<uuid>`, removed with what it holds when dropped (kept when
+/// the test panics, for its evidence).
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// The gateway binary: `SLUICE_TEST_BIN` when set (a copy of this checkout's build, for machines where several
 /// checkouts share one target directory), else the one cargo built for this test.
 pub fn sluice_bin() -> PathBuf {
