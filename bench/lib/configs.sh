@@ -42,10 +42,30 @@ http {
 EOF
 }
 
+# TLS at the edge (DO_TLS=1): one self-signed ECDSA P-256 certificate for 127.0.0.1 shared by every proxy
+# (cert.pem, key.pem in PKCS#8; combined.pem = both, for HAProxy), and a listener per proxy that offers h2 and
+# http/1.1 by ALPN, forwarding to the plain upstream.
+write_tls_cert() {
+    mkdir -p "$TMP/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=127.0.0.1 \
+        -addext subjectAltName=IP:127.0.0.1 -keyout "$TMP/tls/key.pem" -out "$TMP/tls/cert.pem" 2>/dev/null
+    cat "$TMP/tls/cert.pem" "$TMP/tls/key.pem" > "$TMP/tls/combined.pem"
+    chmod 644 "$TMP/tls/"*.pem
+}
+
 write_configs() {
-    local body
+    local body nginx_tls=""
     body=$(head -c 1024 /dev/zero | tr '\0' 'x')
     mkdir -p "$TMP/upstream" "$TMP/nginx" "$TMP/haproxy"
+    if [ "${DO_TLS:-0}" = 1 ]; then
+        write_tls_cert
+        nginx_tls="server {
+        listen 127.0.0.1:$NGINX_TLS ssl http2 backlog=4096;
+        ssl_certificate $TMP/tls/cert.pem;
+        ssl_certificate_key $TMP/tls/key.pem;
+        location / { proxy_pass http://plain; }
+    }"
+    fi
     {
         nginx_common "$TMP/upstream"
         cat <<EOF
@@ -89,6 +109,7 @@ EOF
         listen 127.0.0.1:$NGINX_H2 http2 backlog=4096;
         location / { proxy_pass http://plain; }
     }
+    $nginx_tls
     server {
         listen 127.0.0.1:$NGINX_RES backlog=4096;
         location / {
@@ -132,6 +153,13 @@ defaults
 frontend plain
     bind 127.0.0.1:$HAPROXY_PLAIN
     default_backend plain
+EOF
+        [ "${DO_TLS:-0}" = 1 ] && cat <<EOF
+frontend tls
+    bind 127.0.0.1:$HAPROXY_TLS ssl crt $TMP/tls/combined.pem alpn h2,http/1.1
+    default_backend plain
+EOF
+        cat <<EOF
 backend plain
     server u1 127.0.0.1:$UP1
 backend rl
@@ -162,10 +190,14 @@ EOF
 
     # Sluice: one process per variant (one config each), TOKIO_WORKER_THREADS=1, access log off; plain2 and
     # plain2ws = plain on their own ports for the 2-worker runs (per-core workers; tokio's work-stealing runtime).
-    for s in plain res fail plain2 plain2ws; do
-        local listen admin endpoints
+    local variants=(plain res fail plain2 plain2ws)
+    [ "${DO_TLS:-0}" = 1 ] && variants+=(tls)
+    for s in "${variants[@]}"; do
+        local listen admin endpoints tls=""
         case $s in
             plain) listen=$SLUICE_PLAIN admin=$SLUICE_PLAIN_ADMIN endpoints="\"http://127.0.0.1:$UP1\"" ;;
+            tls) listen=$SLUICE_TLS admin=$SLUICE_TLS_ADMIN endpoints="\"http://127.0.0.1:$UP1\""
+                tls="tls = { cert = \"$TMP/tls/cert.pem\", key = \"$TMP/tls/key.pem\" }" ;;
             plain2) listen=$SLUICE_2W admin=$SLUICE_2W_ADMIN endpoints="\"http://127.0.0.1:$UP1\"" ;;
             plain2ws) listen=$SLUICE_2WS admin=$SLUICE_2WS_ADMIN endpoints="\"http://127.0.0.1:$UP1\"" ;;
             res) listen=$SLUICE_RES admin=$SLUICE_RES_ADMIN
@@ -179,6 +211,7 @@ EOF
 listen = "127.0.0.1:$listen"
 admin_listen = "127.0.0.1:$admin"
 max_connections = 30000
+$tls
 
 [telemetry]
 access_log = false
@@ -219,7 +252,8 @@ EOF
 }
 
 # Caddy (Debian's `caddy`): one process, a site per variant, GOMAXPROCS=1 (set by run.sh), admin endpoint off,
-# no access log (Caddy logs access only with a `log` directive), runtime log at ERROR, h1 + h2c on the listeners.
+# no access log (Caddy logs access only with a `log` directive), runtime log at ERROR,
+# h1 + h2c on the plain listeners (h2 by ALPN on the TLS one).
 # Upstream keep-alive: Go's transport keeps only 2 idle connections per host unless told otherwise, so both
 # idle-connection limits are raised above the client concurrency. res/fail: round robin over 3 endpoints,
 # passive health (`max_fails`/`fail_duration`, 5xx counted: `unhealthy_status`), active health checks every 2 s,
@@ -239,7 +273,20 @@ write_caddy_config() {
         level ERROR
     }
     servers {
-        protocols h1 h2c
+        protocols h1 h2 h2c
+    }
+}
+EOF
+        [ "${DO_TLS:-0}" = 1 ] && cat <<EOF
+https://127.0.0.1:$CADDY_TLS {
+    bind 127.0.0.1
+    tls $TMP/tls/cert.pem $TMP/tls/key.pem
+    reverse_proxy 127.0.0.1:$UP1 {
+        transport http {
+            keepalive 75s
+            keepalive_idle_conns 1024
+            keepalive_idle_conns_per_host 256
+        }
     }
 }
 EOF
@@ -386,6 +433,39 @@ EOF
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 EOF
         done
+        [ "${DO_TLS:-0}" = 1 ] && cat <<EOF
+  - name: tls
+    address: { socket_address: { address: 127.0.0.1, port_value: $ENVOY_TLS } }
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates:
+            - certificate_chain: { filename: $TMP/tls/cert.pem }
+              private_key: { filename: $TMP/tls/key.pem }
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: tls
+          codec_type: AUTO
+          common_http_protocol_options: { idle_timeout: 75s }
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route:
+                  cluster: plain
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+EOF
         echo "  clusters:"
         envoy_cluster plain "$UP1"
         envoy_cluster res "$UP1" "$UP2" "$UP3"
