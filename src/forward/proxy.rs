@@ -52,54 +52,62 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Forwards one request (see the module doc for the order).
-pub async fn forward(route: Arc<ForwardRoute>, mut req: Request<Prepared>) -> Result<Response<Body>, GatewayError> {
-    // 1. Fault injection.
-    if let Some(fault) = &route.fault {
-        let injection = fault.roll();
-        if let Some(delay) = injection.delay {
-            tokio::time::sleep(delay).await;
+///
+/// Not an `async fn` (see `upstream::Pool::send`): the request is kept once in the future, not twice.
+#[allow(clippy::manual_async_fn)] // on purpose: see `Pool::send`
+pub fn forward(
+    route: Arc<ForwardRoute>,
+    mut req: Request<Prepared>,
+) -> impl Future<Output = Result<Response<Body>, GatewayError>> + Send {
+    async move {
+        // 1. Fault injection.
+        if let Some(fault) = &route.fault {
+            let injection = fault.roll();
+            if let Some(delay) = injection.delay {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = injection.abort {
+                return Err(GatewayError::FaultAbort(status));
+            }
         }
-        if let Some(status) = injection.abort {
-            return Err(GatewayError::FaultAbort(status));
-        }
+        // 2. Hash key.
+        let hash = match &route.upstream.hash_key {
+            Some(t) => Some(hash_key(&render(t, &req, &route.name)?)),
+            None => None,
+        };
+        // 3. Path and headers.
+        let upgrade = upgrade::requested(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+        let path = rewrite_path(req.uri(), route.prefix.as_deref(), route.rewrite.as_deref());
+        let idempotent = is_idempotent(req.method(), req.headers());
+        let trace = facts(&req).trace.clone();
+        let (mut parts, body) = req.into_parts();
+        let facts = parts.extensions.get::<Facts>().expect("the server inserts Facts");
+        prepare_headers(&mut parts.headers, facts);
+        let client_upgrade = upgrade.map(|(protocol, on)| {
+            upgrade::restore(&mut parts.headers, protocol);
+            on
+        });
+        // 4. The resilient call.
+        let answer = call(
+            &route.upstream,
+            Call {
+                method: parts.method,
+                path,
+                headers: parts.headers,
+                body: &body,
+                idempotent,
+                hash,
+                retry: &route.retry,
+                timeout: route.timeout,
+                trace: &trace,
+                tracer: &route.tracer,
+                retries: &route.retries,
+            },
+        )
+        .await?;
+        // 5. The response, passed through.
+        Ok(respond(answer, client_upgrade))
     }
-    // 2. Hash key.
-    let hash = match &route.upstream.hash_key {
-        Some(t) => Some(hash_key(&render(t, &req, &route.name)?)),
-        None => None,
-    };
-    // 3. Path and headers.
-    let upgrade = upgrade::requested(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
-    let path = rewrite_path(req.uri(), route.prefix.as_deref(), route.rewrite.as_deref());
-    let idempotent = is_idempotent(req.method(), req.headers());
-    let trace = facts(&req).trace.clone();
-    let (mut parts, body) = req.into_parts();
-    let facts = parts.extensions.get::<Facts>().expect("the server inserts Facts");
-    prepare_headers(&mut parts.headers, facts);
-    let client_upgrade = upgrade.map(|(protocol, on)| {
-        upgrade::restore(&mut parts.headers, protocol);
-        on
-    });
-    // 4. The resilient call.
-    let answer = call(
-        &route.upstream,
-        Call {
-            method: parts.method,
-            path,
-            headers: parts.headers,
-            body: &body,
-            idempotent,
-            hash,
-            retry: &route.retry,
-            timeout: route.timeout,
-            trace: &trace,
-            tracer: &route.tracer,
-            retries: &route.retries,
-        },
-    )
-    .await?;
-    // 5. The response, passed through.
-    Ok(respond(answer, client_upgrade))
 }
 
 /// Replaces the matched prefix with `rewrite_prefix`, keeping the rest of the path and the query.

@@ -68,84 +68,92 @@ pub struct Answer {
 }
 
 /// Sends `call` to `upstream` (see the module doc for the order of the policies).
-pub async fn call(upstream: &Upstream, mut call: Call<'_>) -> Result<Answer, CallError> {
-    let now = Instant::now();
-    let deadline = after(now, call.timeout);
-    call.retry.deposit();
-    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
-    let mut retries = 0;
-    let may_resend = call.retry.may_resend(call.idempotent);
-    loop {
-        let mut guard = upstream.admit().ok_or(CallError::Overloaded)?;
-        let endpoint = match upstream.pick(&tried, call.hash) {
-            Pick::Endpoint(e) => e,
-            Pick::AllUnavailable => return Err(CallError::NoHealthyEndpoint),
-            Pick::NoEndpoints => return Err(CallError::Unreachable),
-        };
-        guard.assign(endpoint.clone());
-        let body = call.body.attempt().ok_or(CallError::Unreachable)?;
-        // The first attempt starts at the clock reading the deadline was taken from (the span's start, without
-        // reading the clock again); a retry, after its backoff, now.
-        let started = if retries == 0 { now } else { Instant::now() };
-        let mut span = client_span(&call, upstream, &endpoint, retries, started);
-        let mut req = Request::new(body);
-        *req.method_mut() = call.method.clone();
-        *req.uri_mut() = upstream.uri(&endpoint, &call.path);
-        // Headers are copied only for an attempt that may be followed by a resend of a request that was sent;
-        // otherwise they are moved, and a connect failure hands them back (the HTTP/2 client cannot).
-        let copy = retries < call.retry.max_retries && (may_resend || upstream.is_h2());
-        *req.headers_mut() = if copy { call.headers.clone() } else { std::mem::take(&mut call.headers) };
-        req.headers_mut().insert(header::HOST, endpoint.host_header.clone());
-        req.headers_mut().insert(TRACEPARENT.clone(), span.cx.traceparent());
-        let limit = match call.retry.per_try_timeout {
-            Some(t) => deadline.min(after(started, t)),
-            None => deadline,
-        };
-        let result = tokio::time::timeout_at(limit, upstream.send(&endpoint, req)).await.map_err(|_| ());
-        if result.is_err() && limit == deadline {
-            return Err(CallError::Timeout);
-        }
-        let (outcome, response) = match result {
-            Ok(Ok(res)) => (Outcome::Status(res.0.status()), Some(res)),
-            Ok(Err(mut e)) if e.is_connect() => {
-                if e.is_tls() {
-                    // Nothing was sent; the client gets 502 (or another endpoint's answer). Only the log says why.
-                    tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "upstream TLS handshake failed");
-                } else {
-                    tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "connect failed");
-                }
-                if let Some(unsent) = e.take_unsent() {
-                    call.headers = unsent.into_parts().0.headers;
-                }
-                (Outcome::ConnectFailure, None)
-            }
-            Ok(Err(e)) if is_too_large(&e) => return Err(CallError::BodyTooLarge { limit: call.body.limit() }),
-            Ok(Err(e)) => {
-                tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "attempt failed");
-                (Outcome::Reset, None)
-            }
-            Err(()) => (Outcome::Timeout, None),
-        };
-        record(upstream, &endpoint, outcome, &mut span);
-        drop(span);
-        let retry =
-            call.retry.may_retry(outcome, retries, call.idempotent, call.body.replayable()) && call.retry.withdraw();
-        if !retry {
-            return match (outcome, response) {
-                (_, Some((response, conn))) => Ok(Answer { response, conn, guard }),
-                (Outcome::Timeout, None) => Err(CallError::Timeout),
-                (_, None) => Err(CallError::Unreachable),
+///
+/// Not an `async fn` (see `Pool::send`): `call` is kept once in the future, not twice.
+#[allow(clippy::manual_async_fn)] // on purpose: see `Pool::send`
+pub fn call<'a>(
+    upstream: &'a Upstream,
+    mut call: Call<'a>,
+) -> impl Future<Output = Result<Answer, CallError>> + Send + 'a {
+    async move {
+        let now = Instant::now();
+        let deadline = after(now, call.timeout);
+        call.retry.deposit();
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut retries = 0;
+        let may_resend = call.retry.may_resend(call.idempotent);
+        loop {
+            let mut guard = upstream.admit().ok_or(CallError::Overloaded)?;
+            let endpoint = match upstream.pick(&tried, call.hash) {
+                Pick::Endpoint(e) => e,
+                Pick::AllUnavailable => return Err(CallError::NoHealthyEndpoint),
+                Pick::NoEndpoints => return Err(CallError::Unreachable),
             };
-        }
-        drop(response);
-        drop(guard);
-        retries += 1;
-        call.retries.inc();
-        tried.push(endpoint);
-        let backoff = after(Instant::now(), call.retry.backoff(retries));
-        tokio::time::sleep_until(backoff.min(deadline)).await;
-        if backoff >= deadline {
-            return Err(CallError::Timeout);
+            guard.assign(endpoint.clone());
+            let body = call.body.attempt().ok_or(CallError::Unreachable)?;
+            // The first attempt starts at the clock reading the deadline was taken from (the span's start, without
+            // reading the clock again); a retry, after its backoff, now.
+            let started = if retries == 0 { now } else { Instant::now() };
+            let mut span = client_span(&call, upstream, &endpoint, retries, started);
+            let mut req = Request::new(body);
+            *req.method_mut() = call.method.clone();
+            *req.uri_mut() = upstream.uri(&endpoint, &call.path);
+            // Headers are copied only for an attempt that may be followed by a resend of a request that was sent;
+            // otherwise they are moved, and a connect failure hands them back (the HTTP/2 client cannot).
+            let copy = retries < call.retry.max_retries && (may_resend || upstream.is_h2());
+            *req.headers_mut() = if copy { call.headers.clone() } else { std::mem::take(&mut call.headers) };
+            req.headers_mut().insert(header::HOST, endpoint.host_header.clone());
+            req.headers_mut().insert(TRACEPARENT.clone(), span.cx.traceparent());
+            let limit = match call.retry.per_try_timeout {
+                Some(t) => deadline.min(after(started, t)),
+                None => deadline,
+            };
+            let result = tokio::time::timeout_at(limit, upstream.send(&endpoint, req)).await.map_err(|_| ());
+            if result.is_err() && limit == deadline {
+                return Err(CallError::Timeout);
+            }
+            let (outcome, response) = match result {
+                Ok(Ok(res)) => (Outcome::Status(res.0.status()), Some(res)),
+                Ok(Err(mut e)) if e.is_connect() => {
+                    if e.is_tls() {
+                        // Nothing was sent; the client gets 502 (or another endpoint's answer). Only the log says why.
+                        tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "upstream TLS handshake failed");
+                    } else {
+                        tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "connect failed");
+                    }
+                    if let Some(unsent) = e.take_unsent() {
+                        call.headers = unsent.into_parts().0.headers;
+                    }
+                    (Outcome::ConnectFailure, None)
+                }
+                Ok(Err(e)) if is_too_large(&e) => return Err(CallError::BodyTooLarge { limit: call.body.limit() }),
+                Ok(Err(e)) => {
+                    tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "attempt failed");
+                    (Outcome::Reset, None)
+                }
+                Err(()) => (Outcome::Timeout, None),
+            };
+            record(upstream, &endpoint, outcome, &mut span);
+            drop(span);
+            let retry = call.retry.may_retry(outcome, retries, call.idempotent, call.body.replayable())
+                && call.retry.withdraw();
+            if !retry {
+                return match (outcome, response) {
+                    (_, Some((response, conn))) => Ok(Answer { response, conn, guard }),
+                    (Outcome::Timeout, None) => Err(CallError::Timeout),
+                    (_, None) => Err(CallError::Unreachable),
+                };
+            }
+            drop(response);
+            drop(guard);
+            retries += 1;
+            call.retries.inc();
+            tried.push(endpoint);
+            let backoff = after(Instant::now(), call.retry.backoff(retries));
+            tokio::time::sleep_until(backoff.min(deadline)).await;
+            if backoff >= deadline {
+                return Err(CallError::Timeout);
+            }
         }
     }
 }

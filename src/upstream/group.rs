@@ -8,6 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::Either;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 
@@ -173,23 +174,26 @@ impl Upstream {
 
     /// Sends one request to `endpoint` (its URI made by [`Upstream::uri`]). The `Reusable` goes back to the
     /// endpoint's pool once the response body has been read.
-    pub async fn send(
+    /// Not an `async fn` (see `Pool::send`): the pool's future is returned as it is, not wrapped in one more.
+    pub fn send(
         &self,
         endpoint: &Endpoint,
         req: Request<OutBody>,
-    ) -> Result<(Response<AnswerBody>, Option<Reusable>), SendError> {
-        match endpoint.h2() {
-            None => endpoint.pool.send(req).await,
-            Some(client) => match client.request(req).await {
+    ) -> impl Future<Output = Result<(Response<AnswerBody>, Option<Reusable>), SendError>> + Send {
+        let Some(client) = endpoint.h2() else {
+            return Either::Left(endpoint.pool.send(req));
+        };
+        let (response, addr) = (client.request(req), endpoint.addr);
+        Either::Right(async move {
+            match response.await {
                 Ok(res) => Ok((res.map(AnswerBody::Left), None)),
                 Err(e) if e.is_connect() => Err(SendError::Connect {
-                    error: ConnectError::find(&e)
-                        .unwrap_or_else(|| ConnectError::Http { addr: endpoint.addr, reason: e.to_string() }),
+                    error: ConnectError::find(&e).unwrap_or_else(|| ConnectError::Http { addr, reason: e.to_string() }),
                     unsent: None,
                 }),
                 Err(e) => Err(SendError::Failed(e.into())),
-            },
-        }
+            }
+        })
     }
 
     /// Resolves every configured endpoint again, keeping the state of endpoints whose address did not change.
