@@ -43,7 +43,8 @@
 # AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f), SLUICE_BIN (skip the build), SLUICE_BASE_BIN, KEEP_TMP=1,
 # KAFKA_PERF_RECORDS (default 20000 x (WARMUP + DURATION + 1)), PEER_BENTHOS / PEER_PERFTEST / PEER_KAFKA_PERF (1/0, as the flags),
 # PERFTEST_VERSION (default 2.22.1), BENTHOS_BIN (skip the Benthos build), LINGER_MS (Kafka's linger.ms for
-# sluice-kafka and raw-kafka alike; default: Sluice's own, 2; the README's latency-against-broker-CPU table).
+# sluice-kafka and raw-kafka alike; default: Sluice's own, 2; the README's latency-against-broker-CPU table),
+# ONLY (kafka or amqp: run that broker's systems alone).
 #
 # Everything binds on 127.0.0.1; everything started here is stopped on exit, topics/queues are deleted.
 set -euo pipefail
@@ -472,6 +473,12 @@ GROUPS_A=(sluice-amqp raw-amqp)
 [ "$PEER_PERFTEST" = 1 ] && GROUPS_A+=(perftest-amqp)
 [ "$ONE_THREAD" = 1 ] && GROUPS_K+=(sluice-kafka-1t) && GROUPS_A+=(sluice-amqp-1t)
 [ -n "${SLUICE_BASE_BIN:-}" ] && GROUPS_K+=(sluice-base-kafka) && GROUPS_A+=(sluice-base-amqp)
+case "${ONLY:-}" in
+    kafka) GROUPS_A=() ;;
+    amqp) GROUPS_K=() ;;
+    "") ;;
+    *) echo "ONLY must be kafka or amqp" >&2; exit 2 ;;
+esac
 SYSTEMS=("${GROUPS_K[@]}" "${GROUPS_A[@]}")
 
 log "machine: $NCPU CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); kafka pid ${KAFKA_PID:-?}, rabbitmq pid ${RABBIT_PID:-?}"
