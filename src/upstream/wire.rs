@@ -226,15 +226,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         loop {
             // The first bytes are parsed at once (most heads arrive whole); after that, only once a blank line came.
             if !self.buf.is_empty() && (scanned == 0 || ends_head(&self.buf, scanned)) {
-                let data = std::mem::take(&mut self.buf).freeze();
+                // The bytes read go to the response; the buffer keeps the room after them for the next response on
+                // this connection, which is then read without a new allocation (see `WireBody::finish`).
+                let data = self.buf.split().freeze();
                 match Head::parse(&data, head_request)? {
                     Parsed::Final(head) => return Ok((head, data)),
                     Parsed::Informational(len) => {
-                        self.buf = rest(data, len);
+                        self.give_back(data, len);
                         scanned = 0;
                         continue;
                     }
-                    Parsed::Partial => self.buf = rest(data, 0),
+                    Parsed::Partial => self.give_back(data, 0),
                 }
             }
             scanned = self.buf.len();
@@ -245,6 +247,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 return Err(WireError::Closed);
             }
         }
+    }
+
+    /// Makes what follows the first `used` bytes of `data` (taken from the buffer) the buffer again, without a copy
+    /// once the buffer's empty rest, which shares its allocation, is dropped.
+    fn give_back(&mut self, data: Bytes, used: usize) {
+        self.buf = BytesMut::new();
+        self.buf = rest(data, used);
     }
 
     /// Reads what the socket has (at least one byte, or 0 at its end).
@@ -403,7 +412,7 @@ impl Head {
                 State::Whole((n > 0).then(|| data.slice(self.len..end)))
             }
             framing => {
-                conn.buf = rest(data, self.len);
+                conn.give_back(data, self.len);
                 match framing {
                     Framing::Length(n) => State::Length(n),
                     Framing::Chunked => State::Chunked(Chunked::default()),
@@ -502,8 +511,11 @@ impl<T> WireBody<T> {
         }
         let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take()) else { return };
         if self.reusable && conn.buf.is_empty() {
-            // An idle connection keeps no read buffer (a streamed body's could be tens of KiB).
-            conn.buf = BytesMut::new();
+            // An idle connection keeps the room left in its read buffer (at most `READ_CHUNK`, shared with the
+            // responses read into it until they are dropped), not a larger one a streamed body may have grown.
+            if conn.buf.capacity() > READ_CHUNK {
+                conn.buf = BytesMut::new();
+            }
             home.put(conn);
         }
     }

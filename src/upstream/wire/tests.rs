@@ -383,6 +383,33 @@ async fn a_reused_connection_carries_the_next_exchange() {
     upstream.await.unwrap();
 }
 
+#[tokio::test]
+async fn a_reused_connection_reads_the_next_answer_into_the_room_its_buffer_kept() {
+    let kept = Arc::new(Kept::default());
+    let (client, mut up) = duplex(1 << 16);
+    let answer = |body: &str| format!("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n{body}");
+    let upstream = tokio::spawn(async move {
+        for body in ["one", "two"] {
+            read_request(&mut up).await;
+            up.write_all(answer(body).as_bytes()).await.unwrap();
+        }
+    });
+    let mut conn = Conn::new(client);
+    let mut bodies = Vec::new();
+    for body in ["one", "two"] {
+        let res = conn.exchange(&encode(&get(Method::GET, b"")), kept.clone()).await.unwrap();
+        // The body as read, without a copy (and kept alive: the buffer stays shared with it).
+        let data = res.into_body().frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(data, body);
+        bodies.push(data);
+        conn = kept.take().expect("the connection went home");
+        assert!(conn.buf.is_empty() && conn.buf.capacity() > 0 && conn.buf.capacity() <= READ_CHUNK);
+    }
+    // The second answer was read into the same allocation, right after the first: no new buffer per answer.
+    assert_eq!(bodies[1].as_ptr() as usize, bodies[0].as_ptr() as usize + answer("two").len());
+    upstream.await.unwrap();
+}
+
 #[test]
 fn only_small_buffered_requests_without_upgrade_are_eligible() {
     assert!(eligible(&get(Method::GET, b"")));
