@@ -446,7 +446,7 @@ async fn idle_connections(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream
         opening.spawn(async move {
             let mut stream = TcpStream::connect(addr).await.unwrap();
             let r = request_on(&mut stream, "/idle").await;
-            assert_eq!(r.status, 200, "{}", r.head);
+            assert_eq!(r.status, 200, "{}{}", r.head, String::from_utf8_lossy(&r.body));
             stream
         });
     }

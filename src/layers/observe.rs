@@ -234,11 +234,13 @@ fn sane(v: &HeaderValue) -> bool {
     !v.is_empty() && v.len() <= 200 && v.to_str().is_ok()
 }
 
-/// A random UUID (v4), formatted without allocating a `String` first.
+/// A random UUID (v4), formatted without allocating a `String` first, in bytes that are shared from the start: the
+/// value goes on the request and on the response, and the first clone of bytes copied from a slice would allocate
+/// their shared form then.
 fn new_request_id() -> HeaderValue {
-    let mut buf = uuid::Uuid::encode_buffer();
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(id).expect("a UUID is a header value")
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf)).expect("a UUID is a header value")
 }
 
 /// The SERVER span's attributes (HTTP server semantic conventions), set only when the span records, encoded from

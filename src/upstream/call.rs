@@ -210,7 +210,7 @@ fn record(upstream: &Upstream, endpoint: &Endpoint, outcome: Outcome, span: &mut
         span.error(label);
         if upstream.outlier.on_failure(endpoint, &upstream.endpoints()) {
             m.ejections.inc();
-            tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.url, "endpoint ejected after consecutive failures");
+            tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.url, last = label, "endpoint ejected after consecutive failures");
         }
     } else {
         upstream.outlier.on_success(endpoint);

@@ -36,14 +36,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present & 1 != 0 {
         // Names the `Connection` header lists (`te` too, even `te: trailers`); those of the fixed list are removed
         // below when present.
+        // Compared without case and without a copy (`HeaderName::from_bytes` lowercases the others): nginx sends
+        // `connection: keep-alive` on every answer.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|n| n.trim().to_ascii_lowercase())
-            .filter(|n| !n.is_empty() && hop_by_hop_index(n).is_none_or(|i| i >= HOPS))
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|n| !n.is_empty() && listed_hop(n).is_none_or(|i| i >= HOPS))
+            .filter_map(|n| HeaderName::from_bytes(n).ok())
             .collect();
         for name in &named {
             headers.remove(name);
@@ -79,6 +80,22 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
     })
 }
 
+/// [`hop_by_hop_index`] for a name in any case (a token of the `Connection` header).
+fn listed_hop(name: &[u8]) -> Option<usize> {
+    const NAMES: [&str; HOPS + 1] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+    ];
+    NAMES.iter().position(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +107,9 @@ mod tests {
         }
         assert_eq!(hop_by_hop_index("te"), Some(HOPS));
         assert_eq!(hop_by_hop_index("content-type"), None);
+        for name in HOP_BY_HOP.iter().map(HeaderName::as_str).chain(["te", "content-type"]) {
+            assert_eq!(listed_hop(name.to_ascii_uppercase().as_bytes()), hop_by_hop_index(name), "{name}");
+        }
     }
 
     #[test]
