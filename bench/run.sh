@@ -394,16 +394,23 @@ start_sync() {
     return 0
 }
 
+# wrk's output ($1) as "requests/s requests errors" (non-2xx answers and socket errors), or nothing if it failed.
+wrk_figures() {
+    local rps reqs errs
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$1")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$1")
+    errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' <<<"$1")
+    if [ -n "$rps" ] && [ -n "$reqs" ]; then echo "$rps $reqs $errs"; fi
+}
+
 # Closed loop: wrk; records requests/s, CPU µs/request of the proxy, other load on the proxy's CPU, errors.
 run_closed() {   # $1 = system/variant
     local k=$1 out t0 t1 b0 b1 rps reqs errs own
     t0=$(cpu_ticks "${PROC[$k]}"); b0=$(cpu_busy "$PROXY_CPU")
     out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" "${URL[$k]}" 2>&1)
     t1=$(cpu_ticks "${PROC[$k]}"); b1=$(cpu_busy "$PROXY_CPU")
-    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-    errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' <<<"$out")
-    [ -n "$rps" ] && [ -n "$reqs" ] || { echo "wrk failed for $k:" >&2; echo "$out" >&2; exit 1; }
+    read -r rps reqs errs <<<"$(wrk_figures "$out")"
+    [ -n "$rps" ] || { echo "wrk failed for $k:" >&2; echo "$out" >&2; exit 1; }
     own=$((t1 - t0)); [ "${k%%/*}" = direct ] && own=0   # the upstream is not on the proxy CPU
     RPS[$k]+="$rps "
     USPR[$k]+="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", 1e6 * d / hz / n}') "
@@ -507,10 +514,8 @@ run_tls() {   # $1 = system
     t0=$(cpu_ticks "${PROC[$s/tlsproc]}")
     out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" "${TLSURL[$s]}" 2>&1)
     t1=$(cpu_ticks "${PROC[$s/tlsproc]}")
-    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-    errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' <<<"$out")
-    [ -n "$rps" ] && [ -n "$reqs" ] || { echo "wrk (TLS) failed for $s:" >&2; echo "$out" >&2; exit 1; }
+    read -r rps reqs errs <<<"$(wrk_figures "$out")"
+    [ -n "$rps" ] || { echo "wrk (TLS) failed for $s:" >&2; echo "$out" >&2; exit 1; }
     T1RPS[$s]+="$rps "
     T1USPR[$s]+="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", 1e6 * d / hz / n}') "
     TERRS[$s]=$(( ${TERRS[$s]:-0} + errs ))

@@ -372,6 +372,25 @@ EOF
 EOF
 }
 
+envoy_hcm() {   # $1 = stat prefix, $2 = cluster: an HTTP connection manager routing everything to the cluster
+    cat <<EOF
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: $1
+          codec_type: AUTO
+          common_http_protocol_options: { idle_timeout: 75s }
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route:
+                  cluster: $2
+EOF
+}
+
 write_envoy_config() {
     mkdir -p "$TMP/envoy"
     local s port
@@ -389,21 +408,8 @@ EOF
     address: { socket_address: { address: 127.0.0.1, port_value: $port } }
     filter_chains:
     - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: $s
-          codec_type: AUTO
-          common_http_protocol_options: { idle_timeout: 75s }
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route:
-                  cluster: $s
 EOF
+            envoy_hcm "$s" "$s"
             if [ $s != plain ]; then
                 cat <<EOF
                   retry_policy:
@@ -447,20 +453,8 @@ EOF
             - certificate_chain: { filename: $TMP/tls/cert.pem }
               private_key: { filename: $TMP/tls/key.pem }
       filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: tls
-          codec_type: AUTO
-          common_http_protocol_options: { idle_timeout: 75s }
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route:
-                  cluster: plain
+EOF
+        [ "${DO_TLS:-0}" = 1 ] && envoy_hcm tls plain && cat <<EOF
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
