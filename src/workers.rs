@@ -24,9 +24,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::runtime::{Builder, Handle};
+use tokio::sync::oneshot;
 
 use crate::telemetry::Held;
-use tokio::sync::oneshot;
 
 /// The serving workers of this process, once [`start`]ed.
 static WORKERS: OnceLock<Workers> = OnceLock::new();

@@ -174,6 +174,7 @@ impl Upstream {
 
     /// Sends one request to `endpoint` (its URI made by [`Upstream::uri`]). The `Reusable` goes back to the
     /// endpoint's pool once the response body has been read.
+    ///
     /// Not an `async fn` (see `Pool::send`): the pool's future is returned as it is, not wrapped in one more.
     pub fn send(
         &self,

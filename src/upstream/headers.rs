@@ -35,9 +35,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if present & 1 != 0 {
         // Names the `Connection` header lists (`te` too, even `te: trailers`); those of the fixed list are removed
-        // below when present.
-        // Compared without case and without a copy (`HeaderName::from_bytes` lowercases the others): nginx sends
-        // `connection: keep-alive` on every answer.
+        // below when present. Tokens are compared without case and without a copy (`HeaderName::from_bytes`
+        // lowercases the others): nginx sends `connection: keep-alive` on every answer.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -82,18 +81,8 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
 
 /// [`hop_by_hop_index`] for a name in any case (a token of the `Connection` header).
 fn listed_hop(name: &[u8]) -> Option<usize> {
-    const NAMES: [&str; HOPS + 1] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-    ];
-    NAMES.iter().position(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+    let is = |hop: &str| name.eq_ignore_ascii_case(hop.as_bytes());
+    HOP_BY_HOP.iter().position(|h| is(h.as_str())).or_else(|| is("te").then_some(HOPS))
 }
 
 #[cfg(test)]

@@ -249,11 +249,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         }
     }
 
-    /// Makes what follows the first `used` bytes of `data` (taken from the buffer) the buffer again, without a copy
-    /// once the buffer's empty rest, which shares its allocation, is dropped.
-    fn give_back(&mut self, data: Bytes, used: usize) {
+    /// Makes what follows the first `used` bytes of `data` (split off the buffer) the buffer again: without a copy
+    /// once the buffer's empty rest, which shares the allocation, is dropped, and nothing else holds `data`'s bytes.
+    fn give_back(&mut self, mut data: Bytes, used: usize) {
         self.buf = BytesMut::new();
-        self.buf = rest(data, used);
+        data.advance(used);
+        self.buf = data.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
     }
 
     /// Reads what the socket has (at least one byte, or 0 at its end).
@@ -281,13 +282,6 @@ fn ends_head(buf: &[u8], scanned: usize) -> bool {
 /// A write failure: `Unsent` when not a byte went out.
 fn unsent_or_failed(written: usize, e: io::Error) -> Failure {
     if written == 0 { Failure::Unsent(e.into()) } else { Failure::Failed(e.into()) }
-}
-
-/// What follows the first `used` bytes of `data`, as a buffer to read more into (no copy when nothing else holds
-/// `data`'s bytes).
-fn rest(mut data: Bytes, used: usize) -> BytesMut {
-    data.advance(used);
-    data.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]))
 }
 
 /// How the body of an answer is delimited.
