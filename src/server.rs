@@ -253,13 +253,16 @@ impl Http {
     fn make(max_header_bytes: u64) -> Builders {
         // HTTP/1: the read buffer is the request-head limit (a head that does not fit is answered 431 and the
         // connection closed), so an unfinished head never holds more than this. Timeouts are `connection`'s.
+        // `writev(false)`: a response's body is copied behind its head and both go out in one plain write, instead
+        // of a queue of buffers and a vectored write — 2.2% less CPU per forwarded 1 KiB response (bench/README,
+        // eleventh round). The copy buffer is bounded by the same limit and freed when the connection parks.
         let limit = usize::try_from(max_header_bytes).unwrap_or(usize::MAX).max(MIN_BUF);
         let mut auto = auto::Builder::new(TokioExecutor::new());
-        auto.http1().max_buf_size(limit).header_read_timeout(None);
+        auto.http1().max_buf_size(limit).header_read_timeout(None).writev(false);
         auto.http2().max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
         let mut http1 = http1::Builder::new();
         // `max_header_size` makes the limit exact (the read buffer alone may overshoot it by one read).
-        http1.max_buf_size(limit).max_header_size(limit).header_read_timeout(None);
+        http1.max_buf_size(limit).max_header_size(limit).header_read_timeout(None).writev(false);
         Builders { http1, auto }
     }
 }
