@@ -230,6 +230,25 @@ async fn forward_adds_x_forwarded_headers() {
 
     gw.call("GET", "/", &[("x-forwarded-for", "203.0.113.9")]).await;
     assert_eq!(up.last().header("x-forwarded-for"), "203.0.113.9, 127.0.0.1", "appended to the client's chain");
+
+    // A client's own -proto, -host and traceparent are replaced, not sent beside the gateway's.
+    let spoofed = [
+        ("host", "shop.example.com"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    ];
+    assert_eq!(gw.call("GET", "/", &spoofed).await.status, 200);
+    let seen = up.last();
+    for (name, only) in
+        [("x-forwarded-proto", "http"), ("x-forwarded-host", "shop.example.com"), ("x-forwarded-for", "127.0.0.1")]
+    {
+        let values: Vec<_> = seen.headers.get_all(name).iter().collect();
+        assert_eq!(values, [only], "{name}");
+    }
+    let parents: Vec<_> = seen.headers.get_all("traceparent").iter().collect();
+    assert_eq!(parents.len(), 1, "{parents:?}");
+    assert_ne!(parents[0], spoofed[3].1, "the gateway's CLIENT span is the parent");
 }
 
 #[tokio::test]

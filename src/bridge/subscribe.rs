@@ -841,6 +841,7 @@ impl Deliverer {
             method: self.method.clone(),
             path: self.path.clone(),
             headers,
+            forwarded: None,
             body,
             idempotent: true,
             hash: None,

@@ -22,7 +22,9 @@ use crate::body::{Body, Prepared};
 use crate::problem::GatewayError;
 use crate::request::{Facts, facts, render};
 use crate::telemetry::Tracer;
-use crate::upstream::{Answer, Call, RetryPolicy, Upstream, call, hash_key, is_idempotent, strip_hop_by_hop};
+use crate::upstream::{
+    Answer, Call, Forwarded, RetryPolicy, Upstream, call, hash_key, is_idempotent, strip_hop_by_hop,
+};
 
 /// A compiled `forward` route.
 #[derive(Debug)]
@@ -48,8 +50,6 @@ pub struct ForwardRoute {
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Forwards one request (see the module doc for the order).
 ///
@@ -82,7 +82,7 @@ pub fn forward(
         let trace = facts(&req).trace.clone();
         let (mut parts, body) = req.into_parts();
         let facts = parts.extensions.get::<Facts>().expect("the server inserts Facts");
-        prepare_headers(&mut parts.headers, facts);
+        let forwarded = prepare_headers(&mut parts.headers, facts);
         let client_upgrade = upgrade.map(|(protocol, on)| {
             upgrade::restore(&mut parts.headers, protocol);
             on
@@ -94,6 +94,7 @@ pub fn forward(
                 method: parts.method,
                 path,
                 headers: parts.headers,
+                forwarded: Some(forwarded),
                 body: &body,
                 idempotent,
                 hash,
@@ -131,26 +132,23 @@ fn rewrite_path(uri: &Uri, prefix: Option<&str>, rewrite: Option<&str>) -> PathA
     PathAndQuery::try_from(out).unwrap_or(original)
 }
 
-fn prepare_headers(headers: &mut HeaderMap, facts: &Facts) {
+/// Strips the hop-by-hop headers and makes the `x-forwarded-*` lines (each attempt adds them, see `Added`).
+fn prepare_headers(headers: &mut HeaderMap, facts: &Facts) -> Forwarded {
     strip_hop_by_hop(headers);
     let host = headers.remove(header::HOST);
     // Every line the client sent is kept (joined), then the peer is appended.
-    match headers.entry(&X_FORWARDED_FOR) {
-        Entry::Vacant(e) => {
-            e.insert(facts.peer_ip.clone());
-        }
+    let forwarded_for = match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(_) => Some(facts.peer_ip.clone()),
         Entry::Occupied(mut e) => {
             let prior: Vec<&str> = e.iter().filter_map(|v| v.to_str().ok()).collect();
             let joined = format!("{}, {}", prior.join(", "), facts.peer_ip.to_str().unwrap_or_default());
             if let Ok(v) = HeaderValue::try_from(joined) {
                 e.insert(v);
             }
+            None
         }
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(facts.scheme));
-    if let Some(h) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), h);
-    }
+    };
+    Forwarded { forwarded_for, proto: facts.scheme, host }
 }
 
 /// The upstream's response as the client's (the observe layer sets `x-request-id` on it).

@@ -12,13 +12,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response};
 use opentelemetry::trace::SpanKind;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
+use super::added::{Added, Forwarded};
 use super::balance::Pick;
 use super::endpoint::Endpoint;
 use super::error::CallError;
@@ -26,7 +27,6 @@ use super::group::{InFlight, Upstream};
 use super::pool::{AnswerBody, Reusable};
 use super::retry::{Outcome, RetryPolicy};
 use crate::body::{Prepared, is_too_large};
-use crate::request::TRACEPARENT;
 use crate::telemetry::{Span, TraceContext, Tracer};
 
 /// One request to send.
@@ -35,8 +35,10 @@ pub struct Call<'a> {
     pub method: Method,
     /// Origin-form path and query.
     pub path: PathAndQuery,
-    /// Headers to send (each attempt sets `Host` and `traceparent`).
+    /// Headers to send (each attempt adds `host` and `traceparent`, see [`Added`]).
     pub headers: HeaderMap,
+    /// A forwarded request's `x-forwarded-*` lines, added to each attempt.
+    pub forwarded: Option<Forwarded>,
     /// The body; each attempt takes its copy from it.
     pub body: &'a Prepared,
     /// Whether the request may be sent again after it may have reached the upstream.
@@ -102,13 +104,13 @@ pub fn call<'a>(
             // otherwise they are moved, and a connect failure hands them back (the HTTP/2 client cannot).
             let copy = retries < call.retry.max_retries && (may_resend || upstream.is_h2());
             *req.headers_mut() = if copy { call.headers.clone() } else { std::mem::take(&mut call.headers) };
-            req.headers_mut().insert(header::HOST, endpoint.host_header.clone());
-            req.headers_mut().insert(TRACEPARENT.clone(), span.cx.traceparent());
+            let added =
+                Added { host: &endpoint.host_header, trace: Some(&span.cx), forwarded: call.forwarded.as_ref() };
             let limit = match call.retry.per_try_timeout {
                 Some(t) => deadline.min(after(started, t)),
                 None => deadline,
             };
-            let result = tokio::time::timeout_at(limit, upstream.send(&endpoint, req)).await.map_err(|_| ());
+            let result = tokio::time::timeout_at(limit, upstream.send(&endpoint, req, added)).await.map_err(|_| ());
             if result.is_err() && limit == deadline {
                 return Err(CallError::Timeout);
             }

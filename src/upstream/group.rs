@@ -12,6 +12,7 @@ use futures_util::future::Either;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 
+use super::added::Added;
 use super::balance::{self, Pick};
 use super::connect::{ConnectError, Transport};
 use super::endpoint::{Endpoint, EndpointUrl};
@@ -172,18 +173,20 @@ impl Upstream {
         balance::pick(self.balance, &self.endpoints(), self.outlier.now_ms(), tried, hash, &self.cursor)
     }
 
-    /// Sends one request to `endpoint` (its URI made by [`Upstream::uri`]). The `Reusable` goes back to the
+    /// Sends one request to `endpoint` (its URI made by [`Upstream::uri`]) with the lines `added` to its headers. The `Reusable` goes back to the
     /// endpoint's pool once the response body has been read.
     ///
     /// Not an `async fn` (see `Pool::send`): the pool's future is returned as it is, not wrapped in one more.
     pub fn send(
         &self,
         endpoint: &Endpoint,
-        req: Request<OutBody>,
+        mut req: Request<OutBody>,
+        added: Added<'_>,
     ) -> impl Future<Output = Result<(Response<AnswerBody>, Option<Reusable>), SendError>> + Send {
         let Some(client) = endpoint.h2() else {
-            return Either::Left(endpoint.pool.send(req));
+            return Either::Left(endpoint.pool.send(req, added));
         };
+        added.insert_into(req.headers_mut());
         let (response, addr) = (client.request(req), endpoint.addr);
         Either::Right(async move {
             match response.await {

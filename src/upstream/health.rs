@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use http::Request;
 use http::uri::PathAndQuery;
 
+use super::added::Added;
 use super::endpoint::Endpoint;
 use super::group::Upstream;
 use crate::body::OutBody;
@@ -45,9 +46,9 @@ pub async fn health_loop(upstream: Weak<Upstream>, hc: HealthCheckConfig) {
 /// One check: a 2xx within `timeout` is a pass.
 async fn check(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
     let Ok(path) = PathAndQuery::try_from(hc.path.as_str()) else { return false };
-    let req = Request::get(up.uri(ep, &path)).header(http::header::HOST, ep.host_header.clone()).body(OutBody::Empty);
-    let Ok(req) = req else { return false };
-    match tokio::time::timeout(hc.timeout.0, up.send(ep, req)).await {
+    let Ok(req) = Request::get(up.uri(ep, &path)).body(OutBody::Empty) else { return false };
+    let added = Added { host: &ep.host_header, trace: None, forwarded: None };
+    match tokio::time::timeout(hc.timeout.0, up.send(ep, req, added)).await {
         Ok(Ok((res, conn))) => {
             let ok = res.status().is_success();
             // Read the (small) body so the connection can be reused.

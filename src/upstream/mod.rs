@@ -4,9 +4,11 @@
 //!
 //! - [`group`]: [`Upstream`], a named group of endpoints (DNS re-resolution, admission, sending).
 //! - [`call`]: one request sent with every resilience policy, in one readable order.
+//! - [`added`]: the lines each attempt adds to the request's headers (`host`, `traceparent`, `x-forwarded-*`).
 //! - [`endpoint`], [`connect`] (plain or TLS), [`pool`] (with the [`wire`] HTTP/1.1 client), [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
 //! - [`error`]: [`CallError`], with whether trying again later may help.
 
+mod added;
 mod balance;
 pub mod call;
 mod connect;
@@ -20,6 +22,7 @@ mod pool;
 mod retry;
 mod wire;
 
+pub use added::{Added, Forwarded};
 pub use balance::{Pick, hash_key};
 pub use call::{Answer, Call, call};
 pub use connect::{ConnectError, Connector};

@@ -16,6 +16,7 @@ use http::{Request, Response};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
+use super::added::Added;
 use super::connect::{ConnectError, Connector, Stream};
 use super::wire::{self, Failure, Home, WireBody};
 use crate::body::{BoxError, OutBody};
@@ -146,23 +147,27 @@ impl Pool {
     /// Clippy's `manual_async_fn` is allowed on each of them for that reason.
     pub fn send(
         self: &Arc<Self>,
-        req: Request<OutBody>,
+        mut req: Request<OutBody>,
+        added: Added<'_>,
     ) -> impl Future<Output = Result<(Response<AnswerBody>, Option<Reusable>), SendError>> + Send + '_ {
         if wire::eligible(&req) {
-            Either::Left(self.send_wire(req).map_ok(|res| (res.map(AnswerBody::Right), None)))
+            let encoded = wire::encode(&req, &added);
+            Either::Left(self.send_wire(req, encoded).map_ok(|res| (res.map(AnswerBody::Right), None)))
         } else {
+            added.insert_into(req.headers_mut());
             Either::Right(self.send_hyper(req).map_ok(|(res, conn)| (res.map(AnswerBody::Left), Some(conn))))
         }
     }
 
-    /// Sends `req` with the wire client: on an idle connection that is still open, else on a new one.
+    /// Sends `req`, `encoded`, with the wire client: on an idle connection that is still open, else on a new one.
+    /// (`req` is kept for handing back unsent.)
     #[allow(clippy::manual_async_fn)] // on purpose: see `Pool::send`
     fn send_wire(
         self: &Arc<Self>,
         req: Request<OutBody>,
+        encoded: wire::Encoded,
     ) -> impl Future<Output = Result<Response<WireBody<Stream>>, SendError>> + Send + '_ {
         async move {
-            let encoded = wire::encode(&req);
             let home: Arc<dyn Home<Stream>> = self.clone();
             while let Some(conn) = self.checkout_wire() {
                 match conn.exchange(&encoded, home.clone()).await {

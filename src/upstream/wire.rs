@@ -34,6 +34,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::added::Added;
 use crate::body::{OutBody, REPLAY_LIMIT};
 use crate::workers;
 
@@ -109,24 +110,29 @@ pub fn eligible(req: &Request<OutBody>) -> bool {
     small && req.method() != Method::CONNECT && !req.headers().contains_key(header::UPGRADE)
 }
 
-/// The request's head in origin form with the headers as they are, except that `content-length` is the body's own
-/// and `transfer-encoding` is left out (the body is sent whole).
-pub fn encode(req: &Request<OutBody>) -> Encoded {
+/// The request's head in origin form with the headers as they are, except that `content-length` is the body's own,
+/// `transfer-encoding` is left out (the body is sent whole), and the lines `added` replace the request's own of
+/// their names: `host` first, the others after the request's.
+pub fn encode(req: &Request<OutBody>, added: &Added<'_>) -> Encoded {
     let body = match req.body() {
         OutBody::Full(Some(b)) => b.clone(),
         _ => Bytes::new(),
     };
     let method = req.method();
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut head = Vec::with_capacity(64 + target.len() + 48 * req.headers().len());
+    let mut head = Vec::with_capacity(256 + target.len() + 48 * req.headers().len());
     head.extend_from_slice(method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
+    added.write_host(&mut head);
     let mut had_length = false;
     for (name, value) in req.headers() {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             had_length |= name == header::CONTENT_LENGTH;
+            continue;
+        }
+        if added.replaces(name) {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -134,6 +140,7 @@ pub fn encode(req: &Request<OutBody>) -> Encoded {
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    added.write_rest(&mut head);
     // A method that defines a meaning for content says how much there is, even none (RFC 9110 §8.6).
     let with_content = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || had_length || with_content {

@@ -42,6 +42,16 @@ struct Got {
     request: String,
 }
 
+/// The `traceparent` line [`encode`] adds.
+const TRACEPARENT_LINE: &str = "traceparent: 00-00000000000000000000000000000abc-0000000000000012-01\r\n";
+
+/// The head the wire client writes for `req`, with the lines an attempt adds: `host: up.test` and a `traceparent`.
+fn encode(req: &Request<OutBody>) -> Encoded {
+    static HOST: HeaderValue = HeaderValue::from_static("up.test");
+    let trace = crate::telemetry::TraceContext { trace_id: 0xabc, span_id: 0x12, flags: 1, tracestate: None };
+    super::encode(req, &Added { host: &HOST, trace: Some(&trace), forwarded: None })
+}
+
 fn get(method: Method, body: &'static [u8]) -> Request<OutBody> {
     let body = if body.is_empty() { OutBody::Empty } else { OutBody::Full(Some(Bytes::from_static(body))) };
     let mut req = Request::new(body);
@@ -115,7 +125,7 @@ async fn a_small_answer_arrives_whole_and_the_connection_goes_home() {
     assert_eq!(got.headers["x-a"], "1");
     assert_eq!(got.body.unwrap(), "hello");
     assert!(got.reused);
-    assert_eq!(got.request, "GET /p?q=1 HTTP/1.1\r\nhost: up.test\r\n\r\n");
+    assert_eq!(got.request, format!("GET /p?q=1 HTTP/1.1\r\nhost: up.test\r\n{TRACEPARENT_LINE}\r\n"));
 }
 
 #[tokio::test]
@@ -168,7 +178,10 @@ async fn informational_answers_are_skipped() {
     assert_eq!(got.status, StatusCode::CREATED);
     assert!(got.headers.get("link").is_none());
     assert_eq!(got.body.unwrap(), "ok");
-    assert_eq!(got.request, "POST /p?q=1 HTTP/1.1\r\nhost: up.test\r\ncontent-length: 4\r\n\r\ndata");
+    assert_eq!(
+        got.request,
+        format!("POST /p?q=1 HTTP/1.1\r\nhost: up.test\r\n{TRACEPARENT_LINE}content-length: 4\r\n\r\ndata")
+    );
 }
 
 #[tokio::test]
@@ -343,7 +356,10 @@ async fn the_body_sets_content_length_and_drops_transfer_encoding() {
     req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
     req.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     let got = exchange(req, &[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
-    assert_eq!(got.request, "PUT /p?q=1 HTTP/1.1\r\nhost: up.test\r\ncontent-length: 3\r\n\r\nabc");
+    assert_eq!(
+        got.request,
+        format!("PUT /p?q=1 HTTP/1.1\r\nhost: up.test\r\n{TRACEPARENT_LINE}content-length: 3\r\n\r\nabc")
+    );
     let got = exchange(get(Method::POST, b""), &[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
     assert!(got.request.ends_with("content-length: 0\r\n\r\n"));
 }
