@@ -18,6 +18,11 @@
 //! - `content-length`: exactly that many bytes; an invalid value or differing values: refused;
 //! - neither: read until the upstream closes.
 //!
+//! The answer's hop-by-hop lines that only this connection needed are not passed on (the forwarder would strip
+//! them; nothing else reads them): `transfer-encoding` (the body is decoded here), `keep-alive`, and a `connection`
+//! that lists nothing but `close` and `keep-alive` (nginx sends `connection: keep-alive` on every answer). A
+//! `connection` naming other headers is passed on, for the forwarder to strip them.
+//!
 //! A connection is reused only after an HTTP/1.1 answer without `connection: close` that was read to its end with
 //! nothing after it, and only while it has nothing to read (checked without waiting when it is taken from the pool).
 //! Chunked trailers are passed on as a trailers frame.
@@ -99,6 +104,9 @@ pub struct Encoded {
     body: Bytes,
     head_request: bool,
 }
+
+/// `keep-alive` (RFC 9112 §C.2.2; not one of `http`'s standard names).
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Whether this client sends `req`: no body or a buffered one of at most [`REPLAY_LIMIT`] bytes, and no upgrade.
 pub fn eligible(req: &Request<OutBody>) -> bool {
@@ -363,11 +371,19 @@ impl Head {
                 coded = true;
                 let last = line.value.rsplit(|&b| b == b',').next().unwrap_or_default();
                 chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                continue;
             } else if name == header::CONNECTION {
+                let mut names_headers = false;
                 for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    let (c, k) = (token.eq_ignore_ascii_case(b"close"), token.eq_ignore_ascii_case(b"keep-alive"));
+                    (close, keep_alive) = (close || c, keep_alive || k);
+                    names_headers |= !(c || k || token.is_empty());
                 }
+                if !names_headers {
+                    continue;
+                }
+            } else if name == KEEP_ALIVE {
+                continue;
             }
             headers.append(name, value);
         }

@@ -248,6 +248,20 @@ async fn connection_close_http_1_0_and_bytes_after_the_body_prevent_reuse() {
 }
 
 #[tokio::test]
+async fn hop_by_hop_lines_only_this_connection_needed_are_not_passed_on() {
+    let plain = b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\nx-a: 1\r\n\
+        transfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n";
+    let got = exchange(get(Method::GET, b""), &[plain], false).await;
+    let names: Vec<&str> = got.headers.keys().map(HeaderName::as_str).collect();
+    assert_eq!((names, got.body.unwrap(), got.reused), (vec!["x-a"], Bytes::from("a"), true));
+    // A `connection` naming a header stays, for the forwarder to strip both; its `close` still counts.
+    let naming = b"HTTP/1.1 200 OK\r\nconnection: x-hop, close\r\nx-hop: 1\r\ncontent-length: 1\r\n\r\na";
+    let got = exchange(get(Method::GET, b""), &[naming], false).await;
+    assert_eq!((got.headers["connection"].as_bytes(), got.reused), (&b"x-hop, close"[..], false));
+    assert_eq!(got.headers["x-hop"], "1");
+}
+
+#[tokio::test]
 async fn malformed_framing_is_refused() {
     let cases: [&[&'static [u8]]; 9] = [
         &[b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab"],
