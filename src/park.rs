@@ -207,6 +207,7 @@ where
     async fn round<T: Transport>(&mut self, mut conn: Box<Round<T, S>>, mut limits: Limits) -> Option<Parts<T, S>> {
         loop {
             let driven = tokio::select! {
+                biased; // the connection first: the signal is rare, and a random start costs every poll
                 driven = connection::driving(Pin::new(&mut *conn), self.watch.clone(), limits) => driven,
                 () = self.draining.signalled() => {
                     // Finish the request in flight, still held to the header and idle timeouts (a half-sent head
