@@ -22,7 +22,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -135,7 +134,7 @@ impl Upstream {
         Fut: Future<Output = Reply> + Send + 'static,
     {
         let handler: Handler = Arc::new(move |seen| Box::pin(handler(seen)));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = sluice::listen(([127, 0, 0, 1], 0).into()).unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -230,7 +229,7 @@ pub async fn gated(name: &'static str) -> (Upstream, Arc<tokio::sync::Semaphore>
 
 /// The URL of a port on which nothing listens (connections are refused).
 pub async fn refused_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = sluice::listen(([127, 0, 0, 1], 0).into()).unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
     format!("http://{addr}")
@@ -337,8 +336,8 @@ impl Gateway {
     /// Starts a gateway with the config `tree` (see [`config`]).
     pub async fn start(tree: Value) -> Gateway {
         let cfg = config(tree);
-        let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let main = sluice::listen(([127, 0, 0, 1], 0).into()).unwrap();
+        let admin = sluice::listen(([127, 0, 0, 1], 0).into()).unwrap();
         let (addr, admin_addr) = (main.local_addr().unwrap(), admin.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
