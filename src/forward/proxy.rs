@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body::Body as _;
@@ -20,7 +20,7 @@ use super::fault::Fault;
 use super::upgrade;
 use crate::body::{Body, Prepared};
 use crate::problem::GatewayError;
-use crate::request::{Facts, facts, render};
+use crate::request::{Facts, X_FORWARDED_FOR, facts, render};
 use crate::telemetry::Tracer;
 use crate::upstream::{
     Answer, Call, Forwarded, RetryPolicy, Upstream, call, hash_key, is_idempotent, strip_hop_by_hop,
@@ -48,8 +48,6 @@ pub struct ForwardRoute {
     /// `sluice_retries_total{route}`.
     pub retries: Counter,
 }
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Forwards one request (see the module doc for the order).
 ///

@@ -173,8 +173,8 @@ impl Upstream {
         balance::pick(self.balance, &self.endpoints(), self.outlier.now_ms(), tried, hash, &self.cursor)
     }
 
-    /// Sends one request to `endpoint` (its URI made by [`Upstream::uri`]) with the lines `added` to its headers. The `Reusable` goes back to the
-    /// endpoint's pool once the response body has been read.
+    /// Sends one request to `endpoint` (its URI made by [`Upstream::uri`]) with the lines `added` to its headers.
+    /// The `Reusable` goes back to the endpoint's pool once the response body has been read.
     ///
     /// Not an `async fn` (see `Pool::send`): the pool's future is returned as it is, not wrapped in one more.
     pub fn send(
