@@ -281,6 +281,24 @@ async fn malformed_framing_is_refused() {
 }
 
 #[tokio::test]
+async fn heads_of_up_to_max_headers_lines_are_taken_and_longer_ones_refused() {
+    for (lines, taken) in [(FEW_HEADERS, true), (FEW_HEADERS + 1, true), (MAX_HEADERS, true), (MAX_HEADERS + 1, false)]
+    {
+        let mut head = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+        for i in 1..lines {
+            head.push_str(&format!("x-h{i}: {i}\r\n"));
+        }
+        head.push_str("\r\nok");
+        let got = exchange(get(Method::GET, b""), &[head.leak().as_bytes()], !taken).await;
+        assert_eq!(got.body.is_ok(), taken, "{lines} header lines");
+        if taken {
+            assert_eq!(got.headers.len(), lines);
+            assert_eq!(got.headers[format!("x-h{}", lines - 1)], (lines - 1).to_string());
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_list_of_one_content_length_is_taken_as_that_length() {
     let got =
         exchange(get(Method::GET, b""), &[b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\nabcHTTP/1.1"], true).await;
