@@ -7,9 +7,9 @@ use std::net::IpAddr;
 
 use http::HeaderMap;
 use http::header::{FORWARDED, HeaderName};
+use ipnet::IpNet;
 
 use crate::request::X_FORWARDED_FOR;
-use ipnet::IpNet;
 
 /// Parses a `trusted_proxies` entry: a CIDR (`10.0.0.0/8`) or a single address (`10.0.0.1`).
 pub fn parse_proxy(entry: &str) -> Option<IpNet> {
