@@ -145,25 +145,22 @@ fn prepare_headers(headers: &mut HeaderMap, facts: &Facts) -> Forwarded {
             client_chain = true;
         }
     }
-    // The client's chain is extended in the map; without one, each attempt adds the peer alone.
-    let forwarded_for = if client_chain {
-        append_peer(headers, &facts.peer_ip);
-        None
-    } else {
-        Some(facts.peer_ip.clone())
+    if !client_chain {
+        return Forwarded { forwarded_for: Some(facts.peer_ip.clone()), proto: facts.scheme, host };
+    }
+    // Every line the client sent is kept (joined), then the peer is appended.
+    let forwarded_for = match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(_) => Some(facts.peer_ip.clone()),
+        Entry::Occupied(mut e) => {
+            let prior: Vec<&str> = e.iter().filter_map(|v| v.to_str().ok()).collect();
+            let joined = format!("{}, {}", prior.join(", "), facts.peer_ip.to_str().unwrap_or_default());
+            if let Ok(v) = HeaderValue::try_from(joined) {
+                e.insert(v);
+            }
+            None
+        }
     };
     Forwarded { forwarded_for, proto: facts.scheme, host }
-}
-
-/// Joins the client's `x-forwarded-for` lines into one (every line kept) and appends `peer`.
-fn append_peer(headers: &mut HeaderMap, peer: &HeaderValue) {
-    if let Entry::Occupied(mut e) = headers.entry(&X_FORWARDED_FOR) {
-        let prior: Vec<&str> = e.iter().filter_map(|v| v.to_str().ok()).collect();
-        let joined = format!("{}, {}", prior.join(", "), peer.to_str().unwrap_or_default());
-        if let Ok(v) = HeaderValue::try_from(joined) {
-            e.insert(v);
-        }
-    }
 }
 
 /// The upstream's response as the client's (the observe layer sets `x-request-id` on it).
