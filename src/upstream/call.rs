@@ -1,7 +1,8 @@
 //! One request sent to an upstream with every resilience policy, in this order, read top to bottom:
 //!
-//! 1. the overall `timeout` bounds every attempt and backoff (one deadline, checked by each attempt's own timer:
-//!    wrapping the whole loop in a second timer would move its large future twice more per request);
+//! 1. the overall `timeout` bounds every attempt and backoff (one deadline, checked by each attempt: a wire
+//!    connection's timer moved to it, see `wire::Conn`; wrapping the whole loop in a timer of its own would also
+//!    move its large future twice more per request);
 //! 2. each attempt: load shedding (`max_concurrent`) → balancer (skipping ejected, unhealthy and already tried
 //!    endpoints) → a CLIENT span whose context goes out as `traceparent` → `per_try_timeout` → the pooled client;
 //! 3. the outcome feeds outlier ejection and the attempt metrics, then the retry policy (class, idempotency,
@@ -24,7 +25,7 @@ use super::balance::Pick;
 use super::endpoint::Endpoint;
 use super::error::CallError;
 use super::group::{InFlight, Upstream};
-use super::pool::{AnswerBody, Reusable};
+use super::pool::{AnswerBody, Reusable, SendError};
 use super::retry::{Outcome, RetryPolicy};
 use crate::body::{Prepared, is_too_large};
 use crate::telemetry::{Span, TraceContext, Tracer};
@@ -110,13 +111,15 @@ pub fn call<'a>(
                 Some(t) => deadline.min(after(started, t)),
                 None => deadline,
             };
-            let result = tokio::time::timeout_at(limit, upstream.send(&endpoint, req, added)).await.map_err(|_| ());
-            if result.is_err() && limit == deadline {
+            // The attempt's own deadline is kept by the pooled connection's timer (see `wire::Conn`).
+            let result = upstream.send(&endpoint, req, added, limit).await;
+            if matches!(result, Err(SendError::Timeout)) && limit == deadline {
                 return Err(CallError::Timeout);
             }
             let (outcome, response) = match result {
-                Ok(Ok(res)) => (Outcome::Status(res.0.status()), Some(res)),
-                Ok(Err(mut e)) if e.is_connect() => {
+                Ok(res) => (Outcome::Status(res.0.status()), Some(res)),
+                Err(SendError::Timeout) => (Outcome::Timeout, None),
+                Err(mut e) if e.is_connect() => {
                     if e.is_tls() {
                         // Nothing was sent; the client gets 502 (or another endpoint's answer). Only the log says why.
                         tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "upstream TLS handshake failed");
@@ -128,12 +131,11 @@ pub fn call<'a>(
                     }
                     (Outcome::ConnectFailure, None)
                 }
-                Ok(Err(e)) if is_too_large(&e) => return Err(CallError::BodyTooLarge { limit: call.body.limit() }),
-                Ok(Err(e)) => {
+                Err(e) if is_too_large(&e) => return Err(CallError::BodyTooLarge { limit: call.body.limit() }),
+                Err(e) => {
                     tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, error = %e, "attempt failed");
                     (Outcome::Reset, None)
                 }
-                Err(()) => (Outcome::Timeout, None),
             };
             record(upstream, &endpoint, outcome, &mut span);
             drop(span);
@@ -161,7 +163,7 @@ pub fn call<'a>(
 }
 
 /// `d` after `now`, or a century after it for a `d` past what an `Instant` holds (a config may say "100000000y").
-fn after(now: Instant, d: Duration) -> Instant {
+pub(super) fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use futures_util::future::Either;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
+use tokio::time::Instant;
 
 use super::added::Added;
 use super::balance::{self, Pick};
@@ -18,7 +19,7 @@ use super::connect::{ConnectError, Transport};
 use super::endpoint::{Endpoint, EndpointUrl};
 use super::health::health_loop;
 use super::outlier::OutlierDetector;
-use super::pool::{AnswerBody, Reusable, SendError};
+use super::pool::{self, AnswerBody, Reusable, SendError};
 use crate::body::OutBody;
 use crate::config::{Balance, UpstreamConfig};
 use crate::telemetry::{Metrics, UpstreamMetrics};
@@ -173,7 +174,8 @@ impl Upstream {
         balance::pick(self.balance, &self.endpoints(), self.outlier.now_ms(), tried, hash, &self.cursor)
     }
 
-    /// Sends one request to `endpoint` (its URI made by [`Upstream::uri`]) with the lines `added` to its headers.
+    /// Sends one request to `endpoint` (its URI made by [`Upstream::uri`]) with the lines `added` to its headers,
+    /// waiting for the response head until `deadline` ([`SendError::Timeout`]).
     /// The `Reusable` goes back to the endpoint's pool once the response body has been read.
     ///
     /// Not an `async fn` (see `Pool::send`): the pool's future is returned as it is, not wrapped in one more.
@@ -182,13 +184,14 @@ impl Upstream {
         endpoint: &Endpoint,
         mut req: Request<OutBody>,
         added: Added<'_>,
+        deadline: Instant,
     ) -> impl Future<Output = Result<(Response<AnswerBody>, Option<Reusable>), SendError>> + Send {
         let Some(client) = endpoint.h2() else {
-            return Either::Left(endpoint.pool.send(req, added));
+            return Either::Left(endpoint.pool.send(req, added, deadline));
         };
         added.insert_into(req.headers_mut());
         let (response, addr) = (client.request(req), endpoint.addr);
-        Either::Right(async move {
+        Either::Right(pool::within(deadline, async move {
             match response.await {
                 Ok(res) => Ok((res.map(AnswerBody::Left), None)),
                 Err(e) if e.is_connect() => Err(SendError::Connect {
@@ -197,7 +200,7 @@ impl Upstream {
                 }),
                 Err(e) => Err(SendError::Failed(e.into())),
             }
-        })
+        }))
     }
 
     /// Resolves every configured endpoint again, keeping the state of endpoints whose address did not change.

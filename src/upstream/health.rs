@@ -48,8 +48,9 @@ async fn check(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
     let Ok(path) = PathAndQuery::try_from(hc.path.as_str()) else { return false };
     let Ok(req) = Request::get(up.uri(ep, &path)).body(OutBody::Empty) else { return false };
     let added = Added { host: &ep.host_header, trace: None, forwarded: None };
-    match tokio::time::timeout(hc.timeout.0, up.send(ep, req, added)).await {
-        Ok(Ok((res, conn))) => {
+    let deadline = super::call::after(tokio::time::Instant::now(), hc.timeout.0);
+    match up.send(ep, req, added, deadline).await {
+        Ok((res, conn)) => {
             let ok = res.status().is_success();
             // Read the (small) body so the connection can be reused.
             if http_body_util::BodyExt::collect(res.into_body()).await.is_ok()

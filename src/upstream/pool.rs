@@ -15,6 +15,7 @@ use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 
 use super::added::Added;
 use super::connect::{ConnectError, Connector, Stream};
@@ -50,6 +51,9 @@ pub enum SendError {
     /// The connection failed after the request may have been sent.
     #[error("request failed: {0}")]
     Failed(#[source] BoxError),
+    /// The deadline passed before the response head arrived.
+    #[error("no response before the deadline")]
+    Timeout,
 }
 
 impl SendError {
@@ -62,7 +66,7 @@ impl SendError {
     pub fn take_unsent(&mut self) -> Option<Request<OutBody>> {
         match self {
             SendError::Connect { unsent, .. } => unsent.take().map(|r| *r),
-            SendError::Failed(_) => None,
+            SendError::Failed(_) | SendError::Timeout => None,
         }
     }
 
@@ -137,8 +141,9 @@ impl Pool {
         workers::lane() % self.lanes.len()
     }
 
-    /// Sends `req` on an idle connection, or on a new one. The `Reusable` of hyper's connections goes back to the
-    /// pool once the body was read; the wire client's connections go back by themselves.
+    /// Sends `req` on an idle connection, or on a new one, and waits for the response head until `deadline`. The
+    /// `Reusable` of hyper's connections goes back to the pool once the body was read; the wire client's connections
+    /// go back by themselves.
     ///
     /// Not an `async fn`, like the others on the request path: an `async fn` keeps each argument twice in its future
     /// (where it was passed, and the local rustc moves it into), and these futures nest into every request's future,
@@ -149,41 +154,46 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Request<OutBody>,
         added: Added<'_>,
+        deadline: Instant,
     ) -> impl Future<Output = Result<(Response<AnswerBody>, Option<Reusable>), SendError>> + Send + '_ {
         if wire::eligible(&req) {
             let encoded = wire::encode(&req, &added);
-            Either::Left(self.send_wire(req, encoded).map_ok(|res| (res.map(AnswerBody::Right), None)))
+            Either::Left(self.send_wire(req, encoded, deadline).map_ok(|res| (res.map(AnswerBody::Right), None)))
         } else {
             added.insert_into(req.headers_mut());
-            Either::Right(self.send_hyper(req).map_ok(|(res, conn)| (res.map(AnswerBody::Left), Some(conn))))
+            let sent = within(deadline, self.send_hyper(req));
+            Either::Right(sent.map_ok(|(res, conn)| (res.map(AnswerBody::Left), Some(conn))))
         }
     }
 
     /// Sends `req`, `encoded`, with the wire client: on an idle connection that is still open, else on a new one.
-    /// (`req` is kept for handing back unsent.)
+    /// (`req` is kept for handing back unsent.) The connection's own timer keeps the deadline (see [`wire::Conn`]).
     #[allow(clippy::manual_async_fn)] // on purpose: see `Pool::send`
     fn send_wire(
         self: &Arc<Self>,
         req: Request<OutBody>,
         encoded: wire::Encoded,
+        deadline: Instant,
     ) -> impl Future<Output = Result<Response<WireBody<Stream>>, SendError>> + Send + '_ {
         async move {
             let home: Arc<dyn Home<Stream>> = self.clone();
             while let Some(conn) = self.checkout_wire() {
-                match conn.exchange(&encoded, home.clone()).await {
+                match conn.exchange(&encoded, home.clone(), deadline).await {
                     Ok(res) => return Ok(res),
                     // The connection died while idle and never took a byte: try the next one.
                     Err(Failure::Unsent(_)) => continue,
                     Err(Failure::Failed(e)) => return Err(SendError::Failed(e.into())),
+                    Err(Failure::TimedOut) => return Err(SendError::Timeout),
                 }
             }
             // Boxed, as in `send_hyper`.
             Box::pin(async move {
-                let stream = match self.connector.connect().await {
-                    Ok(stream) => stream,
-                    Err(error) => return Err(SendError::Connect { error, unsent: Some(Box::new(req)) }),
+                let stream = match tokio::time::timeout_at(deadline, self.connector.connect()).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => return Err(SendError::Connect { error, unsent: Some(Box::new(req)) }),
+                    Err(_) => return Err(SendError::Timeout),
                 };
-                match wire::Conn::new(stream).exchange(&encoded, home).await {
+                match wire::Conn::new(stream).exchange(&encoded, home, deadline).await {
                     Ok(res) => Ok(res),
                     // Not a byte taken by a fresh connection (the upstream closed it at once): as good as not
                     // connected, so a retry on `connect-failure` may send the request elsewhere.
@@ -192,6 +202,7 @@ impl Pool {
                         unsent: Some(Box::new(req)),
                     }),
                     Err(Failure::Failed(e)) => Err(SendError::Failed(e.into())),
+                    Err(Failure::TimedOut) => Err(SendError::Timeout),
                 }
             })
             .await
@@ -272,6 +283,15 @@ impl Pool {
         });
         Ok(sender)
     }
+}
+
+/// `fut`'s output, or [`SendError::Timeout`] once `deadline` passed (with a timer of its own: the paths that are not
+/// the wire client's, where each connection keeps one).
+pub(super) async fn within<T>(
+    deadline: Instant,
+    fut: impl Future<Output = Result<T, SendError>>,
+) -> Result<T, SendError> {
+    tokio::time::timeout_at(deadline, fut).await.unwrap_or(Err(SendError::Timeout))
 }
 
 impl Home<Stream> for Pool {

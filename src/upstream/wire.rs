@@ -38,6 +38,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use super::added::Added;
 use crate::body::{OutBody, REPLAY_LIMIT};
@@ -72,6 +73,9 @@ pub enum WireError {
     /// The response broke a framing rule.
     #[error("malformed upstream response: {0}")]
     Malformed(&'static str),
+    /// The deadline passed before the response head was read.
+    #[error("no response head before the deadline")]
+    TimedOut,
 }
 
 /// How an exchange failed.
@@ -82,6 +86,8 @@ pub enum Failure {
     Unsent(WireError),
     /// The request may have reached the upstream.
     Failed(WireError),
+    /// The deadline passed before the response head was read (the connection is closed).
+    TimedOut,
 }
 
 /// Where a connection goes back to once an answer was read to its end (the endpoint's pool).
@@ -98,6 +104,11 @@ pub struct Conn<T> {
     buf: BytesMut,
     /// The [`workers::lane`] of the thread that opened it, whose runtime its socket is registered with.
     lane: usize,
+    /// The deadline of the exchange under way, made on the first and moved to each next one's deadline. One timer
+    /// per connection: moving a registered timer to a later deadline is one atomic write (the runtime's timer wheel
+    /// finds the new deadline when the old one comes, and files it again), where a timer per request was registered
+    /// in the wheel and taken out again under its lock, 2.7% of a forwarded request's instructions.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// A request ready for the wire.
@@ -166,7 +177,7 @@ pub fn encode(req: &Request<OutBody>, added: &Added<'_>) -> Encoded {
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
     /// A connection on which nothing was sent yet.
     pub fn new(io: T) -> Box<Conn<T>> {
-        Box::new(Conn { io, buf: BytesMut::new(), lane: workers::lane() })
+        Box::new(Conn { io, buf: BytesMut::new(), lane: workers::lane(), timer: None })
     }
 
     /// The [`workers::lane`] it belongs to: that of the thread that opened it.
@@ -190,13 +201,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         std::pin::pin!(probe).poll(&mut Context::from_waker(Waker::noop())).is_pending()
     }
 
-    /// Sends `req` and reads the response head; the body is read as the returned response's body is polled, and
-    /// the connection goes `home` once it was read to its end.
+    /// Sends `req` and reads the response head, both before `deadline`; the body is read as the returned response's
+    /// body is polled (with no deadline), and the connection goes `home` once it was read to its end.
     pub async fn exchange(
         mut self: Box<Self>,
         req: &Encoded,
         home: Arc<dyn Home<T>>,
+        deadline: Instant,
     ) -> Result<Response<WireBody<T>>, Failure> {
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
         if let Err(failure) = self.write(req).await {
             // An upstream may answer before it has read the whole request (a 413, a 401) and close the connection,
             // which fails the rest of the write: its answer is still in the socket, and is the client's answer.
@@ -206,11 +222,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                     head.reusable = false;
                     Ok(head.into_response(data, self, home))
                 }
+                Err(WireError::TimedOut) => Err(Failure::TimedOut),
                 Err(_) => Err(Failure::Failed(error)),
             };
         }
-        let (head, data) = self.read_head(req.head_request).await.map_err(Failure::Failed)?;
-        Ok(head.into_response(data, self, home))
+        match self.read_head(req.head_request).await {
+            Ok((head, data)) => Ok(head.into_response(data, self, home)),
+            Err(WireError::TimedOut) => Err(Failure::TimedOut),
+            Err(e) => Err(Failure::Failed(e)),
+        }
+    }
+
+    /// `Ready` once the deadline of the exchange under way passed (polled when the connection has to wait).
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.timer.as_mut().map_or(Poll::Pending, |timer| timer.as_mut().poll(cx))
     }
 
     /// Writes the head and the body (one vectored write when the socket takes it all).
@@ -224,7 +249,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             } else {
                 [IoSlice::new(&body[written - head.len()..]), IoSlice::new(&[])]
             };
-            let result = poll_fn(|cx| Pin::new(&mut self.io).poll_write_vectored(cx, &slices)).await;
+            // `None`: the deadline passed.
+            let result = poll_fn(|cx| match Pin::new(&mut self.io).poll_write_vectored(cx, &slices) {
+                Poll::Pending => self.poll_deadline(cx).map(|()| None),
+                Poll::Ready(written) => Poll::Ready(Some(written)),
+            })
+            .await
+            .ok_or(Failure::TimedOut)?;
             match result {
                 Ok(0) => return Err(unsent_or_failed(written, io::ErrorKind::WriteZero.into())),
                 Ok(n) => written += n,
@@ -275,9 +306,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         self.buf = data.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
     }
 
-    /// Reads what the socket has (at least one byte, or 0 at its end).
-    async fn fill(&mut self) -> io::Result<usize> {
-        poll_fn(|cx| self.poll_fill(cx)).await
+    /// Reads what the socket has (at least one byte, or 0 at its end), unless the exchange's deadline passes first.
+    async fn fill(&mut self) -> Result<usize, WireError> {
+        poll_fn(|cx| match self.poll_fill(cx) {
+            Poll::Pending => self.poll_deadline(cx).map(|()| Err(WireError::TimedOut)),
+            Poll::Ready(filled) => Poll::Ready(filled.map_err(WireError::from)),
+        })
+        .await
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {

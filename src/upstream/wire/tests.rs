@@ -26,10 +26,16 @@ impl Kept {
 }
 
 /// Why an exchange failed.
-fn error_of(f: Failure) -> WireError {
+fn error_of(f: Failure) -> String {
     match f {
-        Failure::Unsent(e) | Failure::Failed(e) => e,
+        Failure::Unsent(e) | Failure::Failed(e) => e.to_string(),
+        Failure::TimedOut => "timed out".to_owned(),
     }
+}
+
+/// A deadline no test reaches.
+fn far() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(3600)
 }
 
 /// What the client got: status, headers, body (or the error), and whether the connection went home.
@@ -98,7 +104,7 @@ async fn exchange(req: Request<OutBody>, pieces: &[&'static [u8]], close: bool) 
         }
         request
     });
-    let result = Conn::new(client).exchange(&encode(&req), kept.clone()).await;
+    let result = Conn::new(client).exchange(&encode(&req), kept.clone(), far()).await;
     let (status, headers, body, trailers) = match result {
         Ok(res) => {
             let (parts, body) = res.into_parts();
@@ -110,7 +116,7 @@ async fn exchange(req: Request<OutBody>, pieces: &[&'static [u8]], close: bool) 
                 Err(e) => (parts.status, parts.headers, Err(e.to_string()), None),
             }
         }
-        Err(f) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), Err(error_of(f).to_string()), None),
+        Err(f) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), Err(error_of(f)), None),
     };
     let reused = kept.take().is_some();
     let request = upstream.await.unwrap();
@@ -333,7 +339,7 @@ async fn an_unusual_reason_phrase_is_passed_on() {
             up.write_all(answer.as_bytes()).await.unwrap();
             up
         });
-        let res = Conn::new(client).exchange(&encode(&get(Method::GET, b"")), kept.clone()).await.unwrap();
+        let res = Conn::new(client).exchange(&encode(&get(Method::GET, b"")), kept.clone(), far()).await.unwrap();
         let got = res.extensions().get::<hyper::ext::ReasonPhrase>().map(|r| r.as_bytes().to_vec());
         assert_eq!(got, reason.map(|r| r.as_bytes().to_vec()), "{line}");
         drop(upstream.await.unwrap());
@@ -354,7 +360,7 @@ async fn an_answer_sent_before_the_request_was_all_written_is_passed_on() {
             .unwrap();
     });
     static BODY: [u8; 16 << 10] = [b'x'; 16 << 10];
-    let res = Conn::new(client).exchange(&encode(&get(Method::POST, &BODY)), kept.clone()).await.unwrap();
+    let res = Conn::new(client).exchange(&encode(&get(Method::POST, &BODY)), kept.clone(), far()).await.unwrap();
     upstream.await.unwrap();
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "too big!");
@@ -366,7 +372,7 @@ async fn an_answer_sent_before_the_request_was_all_written_is_passed_on() {
         let mut start = [0u8; 16];
         up.read_exact(&mut start).await.unwrap();
     });
-    let failed = Conn::new(client).exchange(&encode(&get(Method::POST, &BODY)), kept.clone()).await.unwrap_err();
+    let failed = Conn::new(client).exchange(&encode(&get(Method::POST, &BODY)), kept.clone(), far()).await.unwrap_err();
     upstream.await.unwrap();
     assert!(matches!(failed, Failure::Failed(WireError::Io(_))), "the write's error: {failed:?}");
 }
@@ -404,7 +410,7 @@ async fn an_idle_connection_the_upstream_closed_is_not_open_and_takes_nothing() 
     assert!(conn.is_open());
     drop(up);
     assert!(!conn.is_open());
-    match conn.exchange(&encode(&get(Method::GET, b"")), kept).await {
+    match conn.exchange(&encode(&get(Method::GET, b"")), kept, far()).await {
         Err(Failure::Unsent(_)) => {}
         other => panic!("expected an unsent failure, got {other:?}"),
     }
@@ -424,7 +430,7 @@ async fn a_reused_connection_carries_the_next_exchange() {
     let mut conn = Conn::new(client);
     for body in ["one", "two"] {
         assert!(conn.is_open());
-        let res = conn.exchange(&encode(&get(Method::GET, b"")), kept.clone()).await.unwrap();
+        let res = conn.exchange(&encode(&get(Method::GET, b"")), kept.clone(), far()).await.unwrap();
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), body);
         conn = kept.take().expect("the connection went home");
     }
@@ -445,7 +451,7 @@ async fn a_reused_connection_reads_the_next_answer_into_the_room_its_buffer_kept
     let mut conn = Conn::new(client);
     let mut bodies = Vec::new();
     for body in ["one", "two"] {
-        let res = conn.exchange(&encode(&get(Method::GET, b"")), kept.clone()).await.unwrap();
+        let res = conn.exchange(&encode(&get(Method::GET, b"")), kept.clone(), far()).await.unwrap();
         // The body as read, without a copy (and kept alive: the buffer stays shared with it).
         let data = res.into_body().frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(data, body);
@@ -468,4 +474,78 @@ fn only_small_buffered_requests_without_upgrade_are_eligible() {
     upgrade.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     assert!(!eligible(&upgrade));
     assert!(!eligible(&get(Method::CONNECT, b"")));
+}
+
+/// An upstream on `up` that reads each request and answers the n-th after `delays[n]` (paused time).
+fn slow_upstream(mut up: DuplexStream, delays: &'static [u64]) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for &delay in delays {
+            read_request(&mut up).await;
+            tokio::time::sleep(std::time::Duration::from_secs(delay)).await;
+            if up.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// One exchange on `conn` with a deadline `secs` from now: the connection back when answered.
+async fn exchange_within(
+    conn: Box<Conn<DuplexStream>>,
+    kept: &Arc<Kept>,
+    secs: u64,
+) -> Option<Box<Conn<DuplexStream>>> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    match conn.exchange(&encode(&get(Method::GET, b"")), kept.clone(), deadline).await {
+        Ok(res) => {
+            assert!(Instant::now() < deadline);
+            assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+            Some(kept.take().expect("the connection went home"))
+        }
+        Err(Failure::TimedOut) => {
+            assert!(Instant::now() >= deadline, "not before the deadline");
+            None
+        }
+        Err(other) => panic!("expected an answer or a timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_connections_timer_keeps_each_exchanges_own_deadline() {
+    // One timer per connection, moved to each exchange's deadline: later ones (the timer's expiry moved without
+    // filing it again), an earlier one (filed again), and one after the timer fired while the connection was idle.
+    let kept = Arc::new(Kept::default());
+    let (client, up) = duplex(1 << 16);
+    let upstream = slow_upstream(up, &[1, 1, 1, 0, 30]);
+    let mut conn = Conn::new(client);
+    for secs in [5, 10, 2] {
+        conn = exchange_within(conn, &kept, secs).await.expect("answered before its deadline");
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await; // the last deadline passes while idle
+    conn = exchange_within(conn, &kept, 1).await.expect("answered at once");
+    // The upstream takes 30 s: the deadline 20 s away ends the exchange, not the 1 s one before it.
+    assert!(exchange_within(conn, &kept, 20).await.is_none());
+    upstream.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_later_deadline_does_not_cut_an_exchange_at_the_earlier_one() {
+    // The timer was filed for 1 s; the second exchange's deadline is 10 s away and its answer comes after 5 s.
+    let kept = Arc::new(Kept::default());
+    let (client, up) = duplex(1 << 16);
+    let upstream = slow_upstream(up, &[0, 5]);
+    let conn = exchange_within(Conn::new(client), &kept, 1).await.unwrap();
+    assert!(exchange_within(conn, &kept, 10).await.is_some());
+    upstream.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_the_upstream_does_not_take_ends_at_the_deadline() {
+    let kept = Arc::new(Kept::default());
+    let (client, _up) = duplex(256); // the upstream never reads
+    static BODY: [u8; 16 << 10] = [b'x'; 16 << 10];
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    let failed = Conn::new(client).exchange(&encode(&get(Method::POST, &BODY)), kept, deadline).await.unwrap_err();
+    assert!(matches!(failed, Failure::TimedOut), "{failed:?}");
+    assert!(Instant::now() >= deadline);
 }
