@@ -27,7 +27,7 @@ use super::error::CallError;
 use super::group::{InFlight, Upstream};
 use super::pool::{AnswerBody, Reusable, SendError};
 use super::retry::{Outcome, RetryPolicy};
-use crate::body::{Prepared, is_too_large};
+use crate::body::{OutBody, Prepared, is_too_large};
 use crate::telemetry::{Span, TraceContext, Tracer};
 
 /// One request to send.
@@ -98,13 +98,9 @@ pub fn call<'a>(
             // reading the clock again); a retry, after its backoff, now.
             let started = if retries == 0 { now } else { Instant::now() };
             let mut span = client_span(&call, upstream, &endpoint, retries, started);
-            let mut req = Request::new(body);
-            *req.method_mut() = call.method.clone();
-            *req.uri_mut() = upstream.uri(&endpoint, &call.path);
             // Headers are copied only for an attempt that may be followed by a resend of a request that was sent;
             // otherwise they are moved, and a connect failure hands them back (the HTTP/2 client cannot).
             let copy = retries < call.retry.max_retries && (may_resend || upstream.is_h2());
-            *req.headers_mut() = if copy { call.headers.clone() } else { std::mem::take(&mut call.headers) };
             let added =
                 Added { host: &endpoint.host_header, trace: Some(&span.cx), forwarded: call.forwarded.as_ref() };
             let limit = match call.retry.per_try_timeout {
@@ -112,6 +108,10 @@ pub fn call<'a>(
                 None => deadline,
             };
             // The attempt's own deadline is kept by the pooled connection's timer (see `wire::Conn`).
+            // The request is made in the argument, not held in a local: a local moved before the `.await` would
+            // still have its room in this future.
+            let headers = if copy { call.headers.clone() } else { std::mem::take(&mut call.headers) };
+            let req = request(&call.method, upstream.uri(&endpoint, &call.path), headers, body);
             let result = upstream.send(&endpoint, req, added, limit).await;
             if matches!(result, Err(SendError::Timeout)) && limit == deadline {
                 return Err(CallError::Timeout);
@@ -160,6 +160,15 @@ pub fn call<'a>(
             }
         }
     }
+}
+
+/// One attempt's request.
+fn request(method: &Method, uri: http::Uri, headers: HeaderMap, body: OutBody) -> Request<OutBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    req
 }
 
 /// `d` after `now`, or a century after it for a `d` past what an `Instant` holds (a config may say "100000000y").

@@ -10,8 +10,8 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures_util::TryFutureExt as _;
 use futures_util::future::Either;
+use futures_util::{FutureExt as _, TryFutureExt as _};
 use http::{Request, Response};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -286,12 +286,13 @@ impl Pool {
 }
 
 /// `fut`'s output, or [`SendError::Timeout`] once `deadline` passed (with a timer of its own: the paths that are not
-/// the wire client's, where each connection keeps one).
-pub(super) async fn within<T>(
+/// the wire client's, where each connection keeps one). Not an `async fn`, which would keep `fut` twice (see
+/// [`Pool::send`]).
+pub(super) fn within<T>(
     deadline: Instant,
     fut: impl Future<Output = Result<T, SendError>>,
-) -> Result<T, SendError> {
-    tokio::time::timeout_at(deadline, fut).await.unwrap_or(Err(SendError::Timeout))
+) -> impl Future<Output = Result<T, SendError>> {
+    tokio::time::timeout_at(deadline, fut).map(|timed| timed.unwrap_or(Err(SendError::Timeout)))
 }
 
 impl Home<Stream> for Pool {
