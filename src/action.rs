@@ -8,6 +8,7 @@ use http::{Request, Response};
 use tower::Service;
 
 use crate::body::{Body, Prepared};
+use crate::boxed::in_place;
 use crate::bridge::{RequestReplyRoute, request_reply};
 use crate::forward::{ForwardRoute, forward};
 use crate::problem::{AnswerFuture, GatewayError};
@@ -51,9 +52,9 @@ impl Service<Request<Prepared>> for Action {
     fn call(&mut self, req: Request<Prepared>) -> AnswerFuture {
         match self {
             // The action's own future, boxed as it is: no wrapping block, whose larger future would be moved again.
-            Action::Forward(route) => Box::pin(forward(route.clone(), req)),
-            Action::Publish(route) => Box::pin(publish(route.clone(), req)),
-            Action::RequestReply(route) => Box::pin(request_reply(route.clone(), req)),
+            Action::Forward(route) => in_place(|| forward(route.clone(), req)),
+            Action::Publish(route) => in_place(|| publish(route.clone(), req)),
+            Action::RequestReply(route) => in_place(|| request_reply(route.clone(), req)),
             Action::Unmatched => {
                 let verdict = req.extensions().get::<Facts>().and_then(|f| f.unmatched.clone());
                 Box::pin(std::future::ready(Err(verdict.unwrap_or(GatewayError::NotFound))))

@@ -33,6 +33,7 @@ pub mod action;
 pub mod admin;
 pub mod backoff;
 pub mod body;
+pub mod boxed;
 pub mod bridge;
 pub mod config;
 pub mod connection;

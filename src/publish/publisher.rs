@@ -15,6 +15,7 @@ use super::message::{Ack, Message, Receipt};
 use super::reply::{Replies, Waiter};
 use super::spool::Spool;
 use super::sqs::SqsPublisher;
+use crate::boxed::in_place;
 
 /// A boxed future of a producer.
 pub type ProducerFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -238,7 +239,7 @@ impl Publisher {
 
 impl Producer for KafkaPublisher {
     fn publish(&self, msg: Message, ack: Ack) -> ProducerFuture<'_, Result<Receipt, PublishError>> {
-        Box::pin(KafkaPublisher::publish(self, msg, ack))
+        in_place(|| KafkaPublisher::publish(self, msg, ack))
     }
     fn publish_ordered(&self, msgs: Vec<Message>) -> ProducerFuture<'_, Vec<Result<Receipt, PublishError>>> {
         Box::pin(KafkaPublisher::publish_ordered(self, msgs))
@@ -282,7 +283,7 @@ impl Producer for KafkaPublisher {
 
 impl Producer for SqsPublisher {
     fn publish(&self, msg: Message, ack: Ack) -> ProducerFuture<'_, Result<Receipt, PublishError>> {
-        Box::pin(SqsPublisher::publish(self, msg, ack))
+        in_place(|| SqsPublisher::publish(self, msg, ack))
     }
     fn is_up(&self) -> bool {
         SqsPublisher::is_up(self)
@@ -316,7 +317,7 @@ impl Producer for SqsPublisher {
 
 impl Producer for AmqpPublisher {
     fn publish(&self, msg: Message, ack: Ack) -> ProducerFuture<'_, Result<Receipt, PublishError>> {
-        Box::pin(AmqpPublisher::publish(self, msg, ack))
+        in_place(|| AmqpPublisher::publish(self, msg, ack))
     }
     fn is_up(&self) -> bool {
         AmqpPublisher::is_up(self)

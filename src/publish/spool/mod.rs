@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::boxed::in_place;
 use crate::config::{Config, SpoolConfig};
 use crate::publish::backlog::BacklogSource;
 use crate::publish::error::PublishError;
@@ -130,7 +131,7 @@ impl Spooled {
 
 impl Producer for Spooled {
     fn publish(&self, msg: Message, ack: Ack) -> ProducerFuture<'_, Result<Receipt, PublishError>> {
-        Box::pin(Spooled::publish(self, msg, ack))
+        in_place(|| Spooled::publish(self, msg, ack))
     }
     fn publish_ordered(&self, msgs: Vec<Message>) -> ProducerFuture<'_, Vec<Result<Receipt, PublishError>>> {
         Box::pin(self.inner.publish_ordered(msgs))
