@@ -107,9 +107,10 @@ pub fn call<'a>(
                 Some(t) => deadline.min(after(started, t)),
                 None => deadline,
             };
-            // The attempt's own deadline is kept by the pooled connection's timer (see `wire::Conn`).
-            // The request is made in the argument, not held in a local: a local moved before the `.await` would
-            // still have its room in this future.
+            // The attempt's deadline goes with the request: the wire connection's timer keeps it (see `wire::Conn`),
+            // hyper's paths have a timer of their own (`pool::within`). The request is made by a function, not filled
+            // in through `&mut` borrows of a local here: a borrowed local keeps its room in this future across the
+            // `.await`, though it was moved into the send.
             let headers = if copy { call.headers.clone() } else { std::mem::take(&mut call.headers) };
             let req = request(&call.method, upstream.uri(&endpoint, &call.path), headers, body);
             let result = upstream.send(&endpoint, req, added, limit).await;

@@ -51,7 +51,7 @@ pub enum SendError {
     /// The connection failed after the request may have been sent.
     #[error("request failed: {0}")]
     Failed(#[source] BoxError),
-    /// The deadline passed before the response head arrived.
+    /// The deadline passed before the response head arrived (or before a new connection was made).
     #[error("no response before the deadline")]
     Timeout,
 }
@@ -167,7 +167,8 @@ impl Pool {
     }
 
     /// Sends `req`, `encoded`, with the wire client: on an idle connection that is still open, else on a new one.
-    /// (`req` is kept for handing back unsent.) The connection's own timer keeps the deadline (see [`wire::Conn`]).
+    /// (`req` is kept for handing back unsent.) The connection's own timer keeps the deadline (see [`wire::Conn`]); a
+    /// new connection is made under a timer of its own.
     #[allow(clippy::manual_async_fn)] // on purpose: see `Pool::send`
     fn send_wire(
         self: &Arc<Self>,

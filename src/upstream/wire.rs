@@ -73,7 +73,8 @@ pub enum WireError {
     /// The response broke a framing rule.
     #[error("malformed upstream response: {0}")]
     Malformed(&'static str),
-    /// The deadline passed before the response head was read.
+    /// The deadline passed before the response head was read (within an exchange only: it ends as
+    /// [`Failure::TimedOut`]).
     #[error("no response head before the deadline")]
     TimedOut,
 }
@@ -107,7 +108,9 @@ pub struct Conn<T> {
     /// The deadline of the exchange under way, made on the first and moved to each next one's deadline. One timer
     /// per connection: moving a registered timer to a later deadline is one atomic write (the runtime's timer wheel
     /// finds the new deadline when the old one comes, and files it again), where a timer per request was registered
-    /// in the wheel and taken out again under its lock, 2.7% of a forwarded request's instructions.
+    /// in the wheel and taken out again under its lock, 2.7% of a forwarded request's instructions. Between exchanges
+    /// it stays filed with the waker of the last task that waited on it: if that deadline comes while the connection
+    /// is idle, that task is woken once for nothing (and its memory is held until then).
     timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -201,8 +204,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         std::pin::pin!(probe).poll(&mut Context::from_waker(Waker::noop())).is_pending()
     }
 
-    /// Sends `req` and reads the response head, both before `deadline`; the body is read as the returned response's
-    /// body is polled (with no deadline), and the connection goes `home` once it was read to its end.
+    /// Sends `req` (written and flushed) and reads the response head, both before `deadline`; the body is read as the
+    /// returned response's body is polled (with no deadline), and the connection goes `home` once it was read to its
+    /// end.
     pub async fn exchange(
         mut self: Box<Self>,
         req: &Encoded,
@@ -233,9 +237,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         }
     }
 
-    /// `Ready` once the deadline of the exchange under way passed (polled when the connection has to wait).
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.timer.as_mut().map_or(Poll::Pending, |timer| timer.as_mut().poll(cx))
+    /// `poll`'s result, or `None` once the deadline of the exchange under way passed while it waits. The timer is
+    /// polled only then: a connection that has what it asks for needs no look at the clock.
+    fn poll_until_deadline<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Self, &mut Context<'_>) -> Poll<R>,
+    ) -> Poll<Option<R>> {
+        if let Poll::Ready(r) = poll(self, cx) {
+            return Poll::Ready(Some(r));
+        }
+        let timer = self.timer.as_mut().expect("an exchange sets its deadline first");
+        // Outside tokio's cooperative budget: once an upstream that never stops sending (1xx answers, say) has spent
+        // it, the timer would say `Pending` too, and its deadline would never be seen.
+        Pin::new(&mut tokio::task::unconstrained(timer.as_mut())).poll(cx).map(|()| None)
     }
 
     /// Writes the head and the body (one vectored write when the socket takes it all).
@@ -249,10 +264,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             } else {
                 [IoSlice::new(&body[written - head.len()..]), IoSlice::new(&[])]
             };
-            // `None`: the deadline passed.
-            let result = poll_fn(|cx| match Pin::new(&mut self.io).poll_write_vectored(cx, &slices) {
-                Poll::Pending => self.poll_deadline(cx).map(|()| None),
-                Poll::Ready(written) => Poll::Ready(Some(written)),
+            let result = poll_fn(|cx| {
+                self.poll_until_deadline(cx, |conn, cx| Pin::new(&mut conn.io).poll_write_vectored(cx, &slices))
             })
             .await
             .ok_or(Failure::TimedOut)?;
@@ -262,7 +275,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 Err(e) => return Err(unsent_or_failed(written, e)),
             }
         }
-        poll_fn(|cx| Pin::new(&mut self.io).poll_flush(cx)).await.map_err(|e| Failure::Failed(e.into()))
+        // Over TLS the write takes the bytes into the session's buffer; the flush waits for the socket to take them.
+        poll_fn(|cx| self.poll_until_deadline(cx, |conn, cx| Pin::new(&mut conn.io).poll_flush(cx)))
+            .await
+            .ok_or(Failure::TimedOut)?
+            .map_err(|e| Failure::Failed(e.into()))
     }
 
     /// Reads until a final response head is complete, skipping `1xx` answers. Returns the head and the bytes read
@@ -308,11 +325,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
 
     /// Reads what the socket has (at least one byte, or 0 at its end), unless the exchange's deadline passes first.
     async fn fill(&mut self) -> Result<usize, WireError> {
-        poll_fn(|cx| match self.poll_fill(cx) {
-            Poll::Pending => self.poll_deadline(cx).map(|()| Err(WireError::TimedOut)),
-            Poll::Ready(filled) => Poll::Ready(filled.map_err(WireError::from)),
-        })
-        .await
+        let filled = poll_fn(|cx| self.poll_until_deadline(cx, Self::poll_fill)).await;
+        Ok(filled.ok_or(WireError::TimedOut)??)
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
