@@ -513,7 +513,8 @@ async fn exchange_within(
 #[tokio::test(start_paused = true)]
 async fn the_connections_timer_keeps_each_exchanges_own_deadline() {
     // One timer per connection, moved to each exchange's deadline: later ones (the timer's expiry moved without
-    // filing it again), an earlier one (filed again), and one after the timer fired while the connection was idle.
+    // filing it again), an earlier one (filed again: answered here; that it ends an exchange at that deadline is the
+    // next test's), and one after the timer fired while the connection was idle.
     let kept = Arc::new(Kept::default());
     let (client, up) = duplex(1 << 16);
     let upstream = slow_upstream(up, &[1, 1, 1, 0, 30]);
