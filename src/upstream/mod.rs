@@ -5,7 +5,8 @@
 //! - [`group`]: [`Upstream`], a named group of endpoints (DNS re-resolution, admission, sending).
 //! - [`call`]: one request sent with every resilience policy, in one readable order.
 //! - [`added`]: the lines each attempt adds to the request's headers (`host`, `traceparent`, `x-forwarded-*`).
-//! - [`endpoint`], [`connect`] (plain or TLS), [`pool`] (with the [`wire`] HTTP/1.1 client), [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
+//! - [`endpoint`], [`connect`] (plain or TLS), [`pool`] (with the [`wire`] HTTP/1.1 client and the answers'
+//!   [`names`]), [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
 //! - [`error`]: [`CallError`], with whether trying again later may help.
 
 mod added;
@@ -17,6 +18,7 @@ pub mod error;
 mod group;
 mod headers;
 mod health;
+mod names;
 mod outlier;
 mod pool;
 mod retry;

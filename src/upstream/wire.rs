@@ -418,7 +418,8 @@ impl Head {
         let mut restate_length = false;
         let (mut close, mut keep_alive) = (false, false);
         for line in res.headers.iter() {
-            let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| WireError::Malformed("header name"))?;
+            let name =
+                super::names::header_name(line.name.as_bytes()).map_err(|_| WireError::Malformed("header name"))?;
             let value = HeaderValue::from_maybe_shared(data.slice_ref(line.value))
                 .map_err(|_| WireError::Malformed("header value"))?;
             if name == header::CONTENT_LENGTH {
