@@ -167,7 +167,7 @@ impl Watch {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(crate::clock::now().saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// When the connection is to be closed unless something happens first, and why; `None` while it serves a
@@ -544,7 +544,7 @@ impl<C: Future> Future for Driving<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Poll::Ready(ended) = this.conn.poll(cx) {
+        if let Poll::Ready(ended) = crate::clock::turn(|| this.conn.as_mut().poll(cx)) {
             return Poll::Ready(Ok(ended));
         }
         if *this.armed && !this.check.is_elapsed() {

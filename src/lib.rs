@@ -35,6 +35,7 @@ pub mod backoff;
 pub mod body;
 pub mod boxed;
 pub mod bridge;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod drain;

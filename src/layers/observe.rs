@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::body::Body;
+use crate::clock;
 use crate::problem::GatewayError;
 use crate::request::{Facts, X_REQUEST_ID};
 use crate::telemetry::{Attributes, FixedAttributes, RouteMetrics, Span, Tracer};
@@ -118,7 +119,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let o = &self.observe;
-        let start = Instant::now();
+        let start = clock::now();
         let request_id = request_id(req.headers_mut());
         // `METHOD pattern` (made up front for the standard methods); a request no route takes is named by its
         // method.
@@ -195,7 +196,7 @@ impl Seen {
         if status >= 500 {
             span.error(format!("answered {status}"));
         }
-        let now = Instant::now();
+        let now = clock::now();
         span.end_at(now);
         let elapsed = now.saturating_duration_since(start);
         o.metrics.observe(status, elapsed);

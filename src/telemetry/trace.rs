@@ -126,9 +126,9 @@ struct Recorded {
 
 impl Drop for Span {
     fn drop(&mut self) {
-        // The clock is read only for a span that records.
+        // The clock is read only for a span that records (once per turn of a connection: see `clock`).
         if self.recording.is_some() {
-            self.end_at(Instant::now());
+            self.end_at(crate::clock::now());
         }
     }
 }
@@ -180,10 +180,12 @@ fn recycle(mut recorded: Box<Recorded>) {
 impl Span {
     /// Ends the span at `at` (a clock reading the caller took anyway), rather than when it is dropped; its context
     /// stays readable. Span times are read from tokio's clock, at the start and at the end, so that tests that
-    /// pause time see them in order.
+    /// pause time see them in order. A span never ends before it started: a turn's reading (see `clock`) may be a
+    /// little older than the start of a span another thread began meanwhile.
     pub fn end_at(&mut self, at: Instant) {
         if let Some(recorded) = self.recording.take() {
-            recorded.queue.push(&recorded.span, nanos_at(at.into_std()));
+            let end = nanos_at(at.into_std()).max(recorded.span.start);
+            recorded.queue.push(&recorded.span, end);
             recycle(recorded);
         }
     }
@@ -391,7 +393,7 @@ impl Exporting {
         let mut recorded = reuse(&self.queue);
         let span = &mut recorded.span;
         // `None`: now, read only for a span that records.
-        let start = nanos_at(start.unwrap_or_else(Instant::now).into_std());
+        let start = nanos_at(start.unwrap_or_else(crate::clock::now).into_std());
         span.begin(trace_id, span_id, (parent_span_id, parent_is_remote), flags, trace_state, kind, start, name);
         attributes(&mut Attributes(span));
         Span { cx, recording: Some(recorded) }

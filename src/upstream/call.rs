@@ -79,7 +79,7 @@ pub fn call<'a>(
     mut call: Call<'a>,
 ) -> impl Future<Output = Result<Answer, CallError>> + Send + 'a {
     async move {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let deadline = after(now, call.timeout);
         call.retry.deposit();
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();

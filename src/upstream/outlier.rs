@@ -33,7 +33,7 @@ impl OutlierDetector {
     /// Milliseconds since the origin; what `Endpoint::is_available` compares against.
     pub fn now_ms(&self) -> u64 {
         // +1 so that 0 always means "not ejected".
-        Instant::now().duration_since(self.origin).as_millis() as u64 + 1
+        crate::clock::now().duration_since(self.origin).as_millis() as u64 + 1
     }
 
     /// Records a success: the failure streak ends, and a long-healthy endpoint forgets past ejections.
