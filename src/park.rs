@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::connection::{self, H2_PREFACE, Limits, Timeout, Watch, Watched};
+use crate::connection::{self, H2_PREFACE, Limits, ShowsClose, Timeout, Watch, Watched};
 use crate::drain::{self, Draining};
 use crate::telemetry::metrics::ConnectionTimeouts;
 
@@ -86,7 +86,7 @@ impl Drop for Parked<'_> {
 
 /// A transport whose connection can be parked: it tells when the client sent something, and whether the
 /// connection may speak HTTP/2.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+pub trait Transport: AsyncRead + AsyncWrite + ShowsClose + Unpin + Send + 'static {
     /// The scheme of its requests (`x-forwarded-proto`, `{scheme}`).
     const SCHEME: &'static str;
 

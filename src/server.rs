@@ -231,8 +231,11 @@ struct Http {
 
 /// hyper's builders for one `server.max_header_bytes`.
 struct Builders {
-    /// HTTP/1 only: plain connections and TLS ones that chose `http/1.1` by ALPN (see `park`).
+    /// HTTP/1 only: TLS connections that chose `http/1.1` by ALPN (see `park`).
     http1: http1::Builder,
+    /// HTTP/1 only, for plain connections: the same, but hyper does not read the socket to see the client close
+    /// while a request is in flight (`half_close`); the connection's I/O looks for it (see `connection::Watched`).
+    http1_shows_close: http1::Builder,
     /// HTTP/1 or HTTP/2: TLS connections that chose `h2` or no protocol by ALPN, and plain ones that open with the
     /// HTTP/2 preface (see `park`).
     auto: auto::Builder<TokioExecutor>,
@@ -263,7 +266,9 @@ impl Http {
         let mut http1 = http1::Builder::new();
         // `max_header_size` makes the limit exact (the read buffer alone may overshoot it by one read).
         http1.max_buf_size(limit).max_header_size(limit).header_read_timeout(None).writev(false);
-        Builders { http1, auto }
+        let mut http1_shows_close = http1.clone();
+        http1_shows_close.half_close(true);
+        Builders { http1, http1_shows_close, auto }
     }
 }
 
@@ -295,7 +300,7 @@ impl Accepted {
         let service = service(self.gw, self.peer_ip, T::SCHEME, watch.clone());
         let io = Watched::new(stream, watch.clone(), self.max_header_bytes);
         let with = park::Serving {
-            http1: &self.builders.http1,
+            http1: if T::SHOWS_CLOSE { &self.builders.http1_shows_close } else { &self.builders.http1 },
             auto: &self.builders.auto,
             limits: self.limits,
             timeouts: &self.timeouts,

@@ -367,6 +367,61 @@ async fn an_http_1_0_upstream_does_not_downgrade_the_clients_http_1_1_connection
     }
 }
 
+/// A client that closes its connection while its request waits for the upstream: the request is abandoned (its
+/// future dropped, its upstream call with it: the in-flight gauge is back to 0) though the upstream never answers.
+#[tokio::test]
+async fn a_client_that_goes_away_mid_request_abandons_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (once, gate) = gated("once").await;
+    let gw = Gateway::start(single(&[once.url()], json!({}), json!({}))).await;
+    let in_flight = async |gw: &Gateway| metric(&gw.metrics().await, "sluice_requests_in_flight");
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // A first request answered, so that the one abandoned is not the connection's first.
+    gate.add_permits(1);
+    client.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"once") {
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    client.write_all(b"GET /y HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    eventually("the second request to reach the upstream", async || once.hits() == 2).await;
+    assert_eq!(in_flight(&gw).await, Some(1.0));
+    drop(client);
+    eventually("the abandoned request to leave the in-flight gauge", async || in_flight(&gw).await == Some(0.0)).await;
+}
+
+/// Pipelined requests (the next one's bytes arrive while the first waits for its upstream) are answered in order,
+/// on the same connection: bytes waiting behind a request in flight are not a close.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (slow, gate) = gated("slow").await;
+    let gw = Gateway::start(single(&[slow.url()], json!({}), json!({}))).await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    client.write_all(b"GET /first HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    eventually("the first request to reach the upstream", async || slow.hits() == 1).await;
+    client.write_all(b"GET /second HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    // The second request's bytes wait in the socket; the gateway sees them while the first is in flight.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.add_permits(2);
+    let mut answers = Vec::new();
+    let mut buf = [0u8; 4096];
+    let complete =
+        |a: &[u8]| a.windows(17).filter(|w| w == b"HTTP/1.1 200 OK\r\n").count() == 2 && a.ends_with(b"slow");
+    while !complete(&answers) {
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the gateway closed the connection: {}", String::from_utf8_lossy(&answers));
+        answers.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answers);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    let paths: Vec<String> = slow.requests().iter().map(|s| s.uri.path().to_owned()).collect();
+    assert_eq!(paths, ["/first", "/second"]);
+}
+
 // =============================================================================================================
 // 3. Streaming and body limits
 // =============================================================================================================

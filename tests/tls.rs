@@ -657,6 +657,30 @@ async fn idle_tls_connections_that_chose_http1_are_parked_and_lose_no_byte_acros
     assert!(matches!(end, Ok(0)), "an orderly TLS close: {end:?}");
 }
 
+/// Over TLS a client that goes away mid-request abandons it too (hyper looks for the close through the TLS session:
+/// the socket alone would show the client's `close_notify` as bytes, not as a close).
+#[tokio::test]
+async fn over_tls_a_client_that_goes_away_mid_request_abandons_it() {
+    let dir = Dir::new("gone");
+    let ca = Ca::new("Sluice Test CA");
+    let leaf = ca.leaf(&["localhost"], 12);
+    dir.write("cert.pem", &leaf.cert_pem);
+    dir.write("key.pem", &leaf.key_pem);
+    let (never, _gate) = gated("never").await;
+    let gw = FileGateway::start(&dir, &(tls_server(&dir) + &upstream_and_route("never", &[never.url()], ""))).await;
+    let mut tls = tls_connect(TcpStream::connect(gw.addr).await.unwrap(), &ca.pem).await;
+    tls.write_all(b"GET /never HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+    eventually("the request to reach the upstream", async || never.hits() == 1).await;
+    assert_eq!(gw.metric("sluice_requests_in_flight").await, 1.0);
+    tls.shutdown().await.unwrap();
+    drop(tls);
+    eventually("the abandoned request to leave the in-flight gauge", async || {
+        gw.metric("sluice_requests_in_flight").await == 0.0
+    })
+    .await;
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn reload_serves_the_replaced_certificate_to_new_connections_and_a_bad_pair_is_rejected() {
     let dir = Dir::new("reload");
