@@ -288,10 +288,11 @@ pub struct Watched<T> {
     /// Bytes read from `io` by an earlier hyper connection but not used by it, read again before `io`'s.
     unread: Bytes,
     /// hyper's last read found nothing to read: it waits for bytes (the next request's, or more of a body), and
-    /// sees the client's close itself.
+    /// sees the client's close itself (unless it stopped reading for good, when there is nothing left to see).
     hyper_waits: bool,
-    /// The client's close was looked for and bytes are waiting instead (a pipelined request): not looked for again
-    /// until hyper reads.
+    /// The client's close was looked for and bytes are waiting instead (a pipelined request, more of a body): not
+    /// looked for again until a read by hyper shows the socket drained (it found nothing, or less than it had room
+    /// for), so that a body hyper reads slowly costs one look, not one per read.
     bytes_waiting: bool,
 }
 
@@ -406,11 +407,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
             self.watch.on_read();
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
+        let (before, room) = (buf.filled().len(), buf.remaining());
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         self.hyper_waits = polled.is_pending();
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        if polled.is_pending() || buf.filled().len() - before < room {
             self.bytes_waiting = false;
+        }
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             if let Some(matched) = self.preface {
                 let read = &buf.filled()[before..];
                 let n = read.len().min(H2_PREFACE.len() - matched);
@@ -475,13 +478,23 @@ impl<T: AsyncWrite + Unpin + ShowsClose> AsyncWrite for Watched<T> {
     /// are out the connection is not idle either.
     ///
     /// While an HTTP/1 request is in flight and hyper reads nothing, the client's close is looked for here (hyper
-    /// flushes on every poll of the connection): it fails the flush, so hyper ends the connection and the request's
-    /// future is dropped, its upstream call or publish with it. hyper's own look (off where the socket shows a close,
-    /// see `server.rs`) reads the socket on every such poll into a read buffer it reserves first — a fresh 8 KiB
-    /// allocation per request while the request still holds the last one — ~850 instructions per forwarded request
-    /// against ~150 here (bench/README.md's fourteenth round).
+    /// flushes on each pass over the connection whose write is not blocked): it fails the flush, so hyper ends the
+    /// connection and the request's future is dropped, its upstream call or publish with it. hyper's own look (off
+    /// where the socket shows a close, see `server.rs`) reads the socket on every such pass into a read buffer it
+    /// reserves first: a fresh 8 KiB allocation per request, while the request still holds the last one
+    /// (bench/README.md's fourteenth round: 195 instructions per forwarded request more than this look).
+    ///
+    /// One difference from hyper's look: when a client sends pipelined requests and then shuts its side down, and
+    /// hyper has read the later requests already, hyper answers the one in flight before it sees the end (and
+    /// abandons the later ones); here the one in flight is abandoned too. Bytes hyper has not read yet (in the socket
+    /// or in `unread`) are not an end.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if T::SHOWS_CLOSE && !self.hyper_waits && !self.bytes_waiting && self.watch.serving_http1() {
+        if T::SHOWS_CLOSE
+            && !self.hyper_waits
+            && !self.bytes_waiting
+            && self.unread.is_empty()
+            && self.watch.serving_http1()
+        {
             match self.io.poll_closed(cx) {
                 Poll::Ready(true) => {
                     let closed = "the client closed the connection while its request was in flight";

@@ -367,8 +367,9 @@ async fn an_http_1_0_upstream_does_not_downgrade_the_clients_http_1_1_connection
     }
 }
 
-/// A client that closes its connection while its request waits for the upstream: the request is abandoned (its
-/// future dropped, its upstream call with it: the in-flight gauge is back to 0) though the upstream never answers.
+/// A client that closes its connection (or only its sending side) while its request waits for the upstream: the
+/// request is abandoned (its future dropped, its upstream call with it: the in-flight gauge is back to 0) though
+/// the upstream never answers.
 #[tokio::test]
 async fn a_client_that_goes_away_mid_request_abandons_it() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -391,6 +392,15 @@ async fn a_client_that_goes_away_mid_request_abandons_it() {
     assert_eq!(in_flight(&gw).await, Some(1.0));
     drop(client);
     eventually("the abandoned request to leave the in-flight gauge", async || in_flight(&gw).await == Some(0.0)).await;
+    // A client that only shuts its sending side after its request is taken to be gone too, as hyper takes it.
+    let mut half = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    half.write_all(b"GET /z HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    eventually("the third request to reach the upstream", async || once.hits() == 3).await;
+    half.shutdown().await.unwrap();
+    eventually("the half-closed client's request to be abandoned", async || in_flight(&gw).await == Some(0.0)).await;
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), half.read_to_end(&mut rest)).await.unwrap();
+    assert!(end.is_err() || rest.is_empty(), "no answer: {}", String::from_utf8_lossy(&rest));
 }
 
 /// Pipelined requests (the next one's bytes arrive while the first waits for its upstream) are answered in order,
