@@ -20,7 +20,7 @@ use super::fault::Fault;
 use super::upgrade;
 use crate::body::{Body, Prepared};
 use crate::problem::GatewayError;
-use crate::request::{Facts, X_FORWARDED_FOR, facts, render};
+use crate::request::{Facts, X_FORWARDED_FOR, render};
 use crate::telemetry::Tracer;
 use crate::upstream::{
     Answer, Call, Forwarded, RetryPolicy, Upstream, call, hash_key, is_idempotent, strip_hop_by_hop,
@@ -74,12 +74,17 @@ pub fn forward(
             None => None,
         };
         // 3. Path and headers.
-        let upgrade = upgrade::requested(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+        // hyper gives only a request it could upgrade an `OnUpgrade` (HTTP/1.1 with `Upgrade`, or CONNECT): other
+        // requests skip the header lookups.
+        let upgrade = match req.extensions().get::<hyper::upgrade::OnUpgrade>() {
+            Some(_) => upgrade::requested(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req))),
+            None => None,
+        };
         let path = rewrite_path(req.uri(), route.prefix.as_deref(), route.rewrite.as_deref());
         let idempotent = is_idempotent(req.method(), req.headers());
-        let trace = facts(&req).trace.clone();
         let (mut parts, body) = req.into_parts();
         let facts = parts.extensions.get::<Facts>().expect("the server inserts Facts");
+        let trace = facts.trace.clone();
         let forwarded = prepare_headers(&mut parts.headers, facts);
         let client_upgrade = upgrade.map(|(protocol, on)| {
             upgrade::restore(&mut parts.headers, protocol);
