@@ -139,11 +139,9 @@ impl Watch {
         let _ = self.phase.compare_exchange(HEAD, IDLE, Ordering::AcqRel, Ordering::Relaxed);
     }
 
-    /// Serving an HTTP/1 request: one is in flight (its response not sent yet), and the connection was not upgraded.
+    /// Serving an HTTP/1 request (busy: one is in flight, its response not sent yet; not upgraded).
     fn serving_http1(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
-            && self.phase.load(Ordering::Acquire) == BUSY
-            && !self.h2.load(Ordering::Relaxed)
+        self.phase.load(Ordering::Acquire) == BUSY && !self.h2.load(Ordering::Relaxed)
     }
 
     /// The connection switched protocols (`101`): its bytes are no longer HTTP requests.

@@ -259,6 +259,17 @@ impl FileGateway {
     }
 }
 
+/// A directory for test `name` holding a certificate for `localhost` (serial `serial`) and its key as `cert.pem`
+/// and `key.pem` (what [`tls_server`] reads), and the CA that issued it.
+fn localhost_cert(name: &str, serial: u64) -> (Dir, Ca) {
+    let dir = Dir::new(name);
+    let ca = Ca::new("Sluice Test CA");
+    let leaf = ca.leaf(&["localhost"], serial);
+    dir.write("cert.pem", &leaf.cert_pem);
+    dir.write("key.pem", &leaf.key_pem);
+    (dir, ca)
+}
+
 /// `[server]` of a gateway with `server.tls` from the files `cert.pem` and `key.pem` in `dir`.
 fn tls_server(dir: &Dir) -> String {
     tls_server_with(dir, "")
@@ -487,11 +498,7 @@ async fn https_listener_serves_http2_and_http1_by_alpn_with_x_forwarded_proto_ht
 
 #[tokio::test]
 async fn a_stalled_tls_handshake_holds_up_no_other_connection_and_is_cut_after_the_timeout() {
-    let dir = Dir::new("handshake");
-    let ca = Ca::new("Sluice Test CA");
-    let leaf = ca.leaf(&["localhost"], 7);
-    dir.write("cert.pem", &leaf.cert_pem);
-    dir.write("key.pem", &leaf.key_pem);
+    let (dir, ca) = localhost_cert("handshake", 7);
     let up = Upstream::named("orders").await;
     let gw = FileGateway::start(&dir, &(tls_server(&dir) + &upstream_and_route("orders", &[up.url()], ""))).await;
 
@@ -514,11 +521,7 @@ async fn a_stalled_tls_handshake_holds_up_no_other_connection_and_is_cut_after_t
 
 #[tokio::test]
 async fn over_tls_the_header_timeout_starts_after_the_handshake_and_parse_errors_are_problems() {
-    let dir = Dir::new("limits");
-    let ca = Ca::new("Sluice Test CA");
-    let leaf = ca.leaf(&["localhost"], 8);
-    dir.write("cert.pem", &leaf.cert_pem);
-    dir.write("key.pem", &leaf.key_pem);
+    let (dir, ca) = localhost_cert("limits", 8);
     let up = Upstream::named("orders").await;
     let server = tls_server_with(&dir, "header_read_timeout = \"1s\"\nmax_header_bytes = \"16KiB\"");
     let gw = FileGateway::start(&dir, &(server + &upstream_and_route("orders", &[up.url()], ""))).await;
@@ -559,11 +562,7 @@ async fn over_tls_the_header_timeout_starts_after_the_handshake_and_parse_errors
 
 #[tokio::test]
 async fn over_tls_a_connection_holds_its_max_connections_slot_from_before_its_handshake() {
-    let dir = Dir::new("slots");
-    let ca = Ca::new("Sluice Test CA");
-    let leaf = ca.leaf(&["localhost"], 9);
-    dir.write("cert.pem", &leaf.cert_pem);
-    dir.write("key.pem", &leaf.key_pem);
+    let (dir, ca) = localhost_cert("slots", 9);
     let up = Upstream::named("orders").await;
     let server = tls_server_with(&dir, "max_connections = 1");
     let gw = FileGateway::start(&dir, &(server + &upstream_and_route("orders", &[up.url()], ""))).await;
@@ -597,11 +596,7 @@ async fn over_tls_a_connection_holds_its_max_connections_slot_from_before_its_ha
 
 #[tokio::test]
 async fn idle_tls_connections_that_chose_http1_are_parked_and_lose_no_byte_across_the_pause() {
-    let dir = Dir::new("parking");
-    let ca = Ca::new("Sluice Test CA");
-    let leaf = ca.leaf(&["localhost"], 10);
-    dir.write("cert.pem", &leaf.cert_pem);
-    dir.write("key.pem", &leaf.key_pem);
+    let (dir, ca) = localhost_cert("parking", 10);
     let up = Upstream::named("orders").await;
     let gw = FileGateway::start(&dir, &(tls_server(&dir) + &upstream_and_route("orders", &[up.url()], ""))).await;
     let parked = async || gw.metric("sluice_parked_connections").await;
@@ -661,11 +656,7 @@ async fn idle_tls_connections_that_chose_http1_are_parked_and_lose_no_byte_acros
 /// the socket alone would show the client's `close_notify` as bytes, not as a close).
 #[tokio::test]
 async fn over_tls_a_client_that_goes_away_mid_request_abandons_it() {
-    let dir = Dir::new("gone");
-    let ca = Ca::new("Sluice Test CA");
-    let leaf = ca.leaf(&["localhost"], 12);
-    dir.write("cert.pem", &leaf.cert_pem);
-    dir.write("key.pem", &leaf.key_pem);
+    let (dir, ca) = localhost_cert("gone", 12);
     let (never, _gate) = gated("never").await;
     let gw = FileGateway::start(&dir, &(tls_server(&dir) + &upstream_and_route("never", &[never.url()], ""))).await;
     let mut tls = tls_connect(TcpStream::connect(gw.addr).await.unwrap(), &ca.pem).await;
