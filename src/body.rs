@@ -95,10 +95,53 @@ impl HttpBody for Body {
     }
 }
 
+/// A request body as it comes from the client: hyper's stream, or bytes the fast lane (`lane`) read whole with the
+/// request's head.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Read by hyper as it arrives.
+    Hyper(Incoming),
+    /// Read whole already (`None` once taken, or for no body).
+    Read(Option<Bytes>),
+}
+
+impl Inbound {
+    /// A body read whole: its bytes, without a copy.
+    pub fn read(bytes: Bytes) -> Inbound {
+        Inbound::Read((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl HttpBody for Inbound {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Inbound::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Inbound::Read(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Hyper(body) => body.is_end_stream(),
+            Inbound::Read(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Hyper(body) => body.size_hint(),
+            Inbound::Read(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 /// The client's body, still unread, capped at `server.max_body`.
 struct Source {
     prefix: Option<Bytes>,
-    rest: Limited<Incoming>,
+    rest: Limited<Inbound>,
 }
 
 /// A request body sent upstream.
@@ -200,7 +243,7 @@ pub enum ReadBodyError {
 
 /// Reads the client's body: buffered when it is at most `REPLAY_LIMIT` (or `buffer_all`, up to `max_body`),
 /// otherwise left to stream.
-pub async fn prepare(body: Incoming, max_body: u64, buffer_all: bool, stream: bool) -> Result<Prepared, ReadBodyError> {
+pub async fn prepare(body: Inbound, max_body: u64, buffer_all: bool, stream: bool) -> Result<Prepared, ReadBodyError> {
     let hint = body.size_hint();
     if hint.lower() > max_body {
         return Err(ReadBodyError::TooLarge(max_body));
@@ -237,7 +280,7 @@ pub async fn prepare(body: Incoming, max_body: u64, buffer_all: bool, stream: bo
     }
 }
 
-async fn collect(limited: Limited<Incoming>, max_body: u64) -> Result<Prepared, ReadBodyError> {
+async fn collect(limited: Limited<Inbound>, max_body: u64) -> Result<Prepared, ReadBodyError> {
     limited.collect().await.map(|c| Prepared::Buffered(c.to_bytes())).map_err(|e| body_error(e, max_body))
 }
 

@@ -362,10 +362,10 @@ impl<T> Watched<T> {
         !self.unread.is_empty()
     }
 
-    /// Gives back `bytes` read from the I/O but not used (by a hyper connection that ended), to be read first.
+    /// Gives back `bytes` read from the I/O but not used (by a hyper connection that ended, or the fast lane), to be
+    /// read first (before bytes given back earlier and not read again yet).
     pub fn unread(&mut self, bytes: Bytes) {
-        debug_assert!(self.unread.is_empty(), "bytes given back twice");
-        self.unread = bytes;
+        self.unread = if self.unread.is_empty() { bytes } else { [&bytes[..], &self.unread[..]].concat().into() };
     }
 
     /// Whether bytes written now can only be hyper's answer to a request it could not parse: HTTP/1, a head

@@ -41,6 +41,7 @@ pub mod connection;
 pub mod drain;
 pub mod forward;
 pub mod forwarded;
+pub mod lane;
 pub mod layers;
 pub mod park;
 pub mod policy;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -33,8 +33,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use crate::body::Inbound;
 use crate::connection::{self, H2_PREFACE, Limits, ShowsClose, Timeout, Watch, Watched};
 use crate::drain::{self, Draining};
+use crate::lane::{self, Left};
 use crate::telemetry::metrics::ConnectionTimeouts;
 
 /// How long an HTTP/1 connection may be idle before its hyper state is freed. Re-creating that state costs
@@ -102,11 +104,27 @@ pub trait Transport: AsyncRead + AsyncWrite + ShowsClose + Unpin + Send + 'stati
 
     /// Whether the connection, before its first request, may be about to speak HTTP/2.
     fn may_be_http2(&self) -> impl Future<Output = bool> + Send;
+
+    /// Whether plain HTTP/1.1 requests go through the fast lane (`lane`) rather than hyper: where the socket shows
+    /// a client's close (a TLS session may hold it instead, which hyper's reads see).
+    const LANE: bool;
+}
+
+/// A connection's request service as the fast lane calls it (hyper calls it as a `hyper::service::Service`).
+pub trait Answer {
+    /// The response body.
+    type Body;
+    /// The answer.
+    type Future: Future<Output = Result<Response<Self::Body>, Infallible>>;
+
+    /// Answers `req`.
+    fn answer(&self, req: Request<Inbound>) -> Self::Future;
 }
 
 impl Transport for TcpStream {
     const SCHEME: &'static str = "http";
     const READS_AHEAD: bool = false;
+    const LANE: bool = true;
 
     async fn readable(&self) {
         let _ = TcpStream::readable(self).await;
@@ -125,6 +143,7 @@ impl Transport for TcpStream {
 impl Transport for TlsStream<TcpStream> {
     const SCHEME: &'static str = "https";
     const READS_AHEAD: bool = true;
+    const LANE: bool = false;
 
     async fn readable(&self) {
         let _ = self.get_ref().0.readable().await;
@@ -152,8 +171,9 @@ type Parts<T, S> = http1::Parts<TokioIo<Watched<T>>, S>;
 impl<S, B> Parking<'_, S>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S: Answer<Body = B, Future = <S as hyper::service::Service<Request<Incoming>>>::Future>,
     S: Clone + Send + Unpin + 'static,
-    S::Future: Send + 'static,
+    <S as Answer>::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -162,6 +182,8 @@ where
         let limits = Limits { park_after: Some(PARK_AFTER), ..self.with.limits };
         let waiting = Limits { park_after: None, ..limits };
         let mut first = true;
+        // The fast lane's read buffer (see `lane::serve`).
+        let mut buf = BytesMut::new();
         loop {
             if !io.has_unread() && (!first || !T::READS_AHEAD) {
                 // Parked (or new): nothing but the socket until the client sends something.
@@ -189,6 +211,24 @@ where
                 let conn = self.with.auto.serve_connection_with_upgrades(TokioIo::new(io), self.service);
                 let conn = Box::pin(drain::until_drained(conn, self.draining));
                 return connection::drive(conn, self.watch, self.with.limits, self.with.timeouts).await;
+            }
+            if T::LANE {
+                let lane = lane::serve(&mut io, &mut buf, &self.service, self.draining.signalled());
+                let driven = connection::driving(lane, self.watch.clone(), limits).await;
+                match driven {
+                    Ok(Left::Closed) => return,
+                    Ok(Left::HandedOver) => {}
+                    Err(Timeout::Park) => {
+                        // Idle, perhaps with the start of a pipelined request read with the last one: kept for the
+                        // next round (which reads it first), as hyper's unread bytes are.
+                        if !buf.is_empty() {
+                            io.unread(buf.split().freeze());
+                        }
+                        buf = BytesMut::new();
+                        continue;
+                    }
+                    Err(timeout) => return timeout.report(&limits, self.with.timeouts),
+                }
             }
             let conn = self.with.http1.serve_connection(TokioIo::new(io), self.service.clone()).with_upgrades();
             match self.round(Box::new(conn), limits).await {

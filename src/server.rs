@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
-use crate::body::Body;
+use crate::body::{Body, Inbound};
 use crate::connection::{Finished, Limits, Slot, Tracked, Watch, Watched};
 use crate::drain::{Drain, Draining};
 use crate::layers::catch_panic::{CatchPanicFuture, guard};
@@ -331,9 +331,18 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
     type Error = Infallible;
     type Future = Answering;
 
+    fn call(&self, req: Request<Incoming>) -> Answering {
+        park::Answer::answer(self, req.map(Inbound::Hyper))
+    }
+}
+
+impl park::Answer for Connection {
+    type Body = Tracked<Body>;
+    type Future = Answering;
+
     /// Answers one request; never fails (errors become problem responses). The stack catches panics below its
     /// observe layer; this catches the rest, so no panic drops a connection.
-    fn call(&self, req: Request<Incoming>) -> Answering {
+    fn answer(&self, req: Request<Inbound>) -> Answering {
         let finished = Some(self.watch.request(req.version()));
         let answer = guard(|| handle(&self.gw, req, &self.peer_ip, self.scheme));
         Answering { answer, finished, watch: self.watch.clone() }
@@ -344,7 +353,7 @@ pin_project! {
     /// A request's answer; its body tells the connection's watch when it has been sent (or dropped).
     struct Answering {
         #[pin]
-        answer: CatchPanicFuture<<RouteService as Service<Request<Incoming>>>::Future>,
+        answer: CatchPanicFuture<<RouteService as Service<Request<Inbound>>>::Future>,
         finished: Option<Finished>,
         watch: Arc<Watch>,
     }
@@ -386,10 +395,10 @@ async fn handshake(
 /// Routes one request received over `scheme` (`http` or `https`) and calls its route's stack.
 fn handle(
     gw: &Gateway,
-    mut req: Request<Incoming>,
+    mut req: Request<Inbound>,
     peer_ip: &HeaderValue,
     scheme: &'static str,
-) -> <RouteService as Service<Request<Incoming>>>::Future {
+) -> <RouteService as Service<Request<Inbound>>>::Future {
     normalize_path(&mut req);
     let bad_host = check_host(&mut req).err();
     let (mut service, facts) = {
@@ -432,7 +441,7 @@ fn handle(
 
 /// Removes dot segments from the path before routing, so that what routes and `rewrite_prefix` see is what an
 /// upstream would resolve (`/pub/../admin` is `/admin`).
-fn normalize_path(req: &mut Request<Incoming>) {
+fn normalize_path(req: &mut Request<Inbound>) {
     let uri = req.uri();
     let std::borrow::Cow::Owned(path) = remove_dot_segments(uri.path()) else { return };
     let path_and_query = match uri.query() {
@@ -450,7 +459,7 @@ fn normalize_path(req: &mut Request<Incoming>) {
 }
 
 /// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
-fn is_preflight(req: &Request<Incoming>) -> bool {
+fn is_preflight(req: &Request<Inbound>) -> bool {
     req.method() == Method::OPTIONS
         && req.headers().contains_key(header::ORIGIN)
         && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -467,7 +476,7 @@ fn client_ip(peer_ip: &HeaderValue, headers: &http::HeaderMap, trusted: &[ipnet:
 
 /// The `Host` rules of RFC 9112 §3.2: an HTTP/1.1 request needs exactly one valid `Host`; an absolute-form target
 /// (`GET http://api.example.com/x`) names the host itself, and its authority replaces any `Host` sent with it.
-fn check_host(req: &mut Request<Incoming>) -> Result<(), GatewayError> {
+fn check_host(req: &mut Request<Inbound>) -> Result<(), GatewayError> {
     let bad = |why: &str| Err(GatewayError::BadRequest(why.to_owned()));
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
@@ -525,7 +534,7 @@ fn last_colon(s: &str) -> Option<usize> {
 
 /// The host a request is for, without port or trailing dot: the URI's authority (HTTP/2 `:authority`, an
 /// absolute-form target), else the `Host` header.
-fn host_of(req: &Request<Incoming>) -> Option<&str> {
+fn host_of(req: &Request<Inbound>) -> Option<&str> {
     let raw = match req.uri().authority() {
         Some(a) => a.as_str().rsplit('@').next().unwrap_or_default(),
         None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok())?,

@@ -403,6 +403,52 @@ async fn idle_connections_are_parked_and_a_request_split_across_the_pause_loses_
     assert_eq!(up.hits(), 4);
 }
 
+/// Plain requests are answered by the fast lane (`lane`), the rest by hyper on the same connection: each kind after
+/// the other, with a parking pause between, and a `connection: close` at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_mixes_plain_requests_with_chunked_http10_and_split_ones() {
+    let up = Upstream::named("up").await;
+    let gw = Gateway::start(forward_all(&up.url(), json!({}))).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let mut exchange = async |raw: &[u8], path: &str, body: &str| {
+        stream.write_all(raw).await.unwrap();
+        let r = read_response(&mut stream).await.expect("an answer");
+        assert_eq!(r.status, 200, "{}", r.head);
+        let seen = up.last();
+        assert_eq!((seen.uri.path(), &seen.body[..]), (path, body.as_bytes()));
+        r
+    };
+    exchange(b"GET /a HTTP/1.1\r\nhost: a\r\n\r\n", "/a", "").await;
+    exchange(
+        b"POST /b HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "/b",
+        "hello",
+    )
+    .await;
+    exchange(b"POST /c HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nworld", "/c", "world").await;
+    tokio::time::sleep(sluice::park::PARK_AFTER * 3).await;
+    exchange(b"POST /d HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nworld", "/d", "world").await;
+    let r = exchange(b"GET /e HTTP/1.0\r\nhost: a\r\n\r\n", "/e", "").await;
+    assert!(
+        r.head.to_ascii_lowercase().contains("connection: close") || closed_within(&mut stream, Duration::ZERO).await
+    );
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    // A body that arrives after its head, and a head in two parts.
+    stream.write_all(b"POST /f HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nab").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b"c").await.unwrap();
+    assert_eq!(read_response(&mut stream).await.expect("an answer").status, 200);
+    assert_eq!((up.last().uri.path(), &up.last().body[..]), ("/f", &b"abc"[..]));
+    stream.write_all(b"GET /g HTTP/1.1\r\nho").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b"st: a\r\nconnection: close\r\n\r\n").await.unwrap();
+    let r = read_response(&mut stream).await.expect("an answer");
+    assert_eq!((r.status, up.last().uri.path()), (200, "/g"));
+    assert!(r.head.to_ascii_lowercase().contains("connection: close"), "{}", r.head);
+    assert!(closed_within(&mut stream, Duration::from_secs(10)).await, "closed after the answer");
+    assert_eq!(up.hits(), 7);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_parked_connections_without_waiting_for_the_grace_period() {
     let up = Upstream::named("up").await;

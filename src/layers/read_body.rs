@@ -15,11 +15,10 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::body::{Body, Prepared, ReadBodyError, prepare};
+use crate::body::{Body, Inbound, Prepared, ReadBodyError, prepare};
 use crate::problem::{Answer, GatewayError};
 
 /// Reads the body into a [`Prepared`] one.
@@ -51,7 +50,7 @@ pub struct ReadBody<S> {
 
 type Reading = Pin<Box<dyn Future<Output = Result<Prepared, ReadBodyError>> + Send>>;
 
-impl<S> Service<Request<Incoming>> for ReadBody<S>
+impl<S> Service<Request<Inbound>> for ReadBody<S>
 where
     S: Service<Request<Prepared>, Response = Response<Body>, Error = GatewayError> + Clone,
 {
@@ -63,17 +62,22 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<Inbound>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        if body.is_end_stream() {
-            let req = Request::from_parts(parts, Prepared::Buffered(Bytes::new()));
-            return ReadBodyFuture::Calling { future: self.inner.call(req) };
-        }
         let ReadBodyLayer { max_body, buffer_all, stream } = self.settings;
-        ReadBodyFuture::Reading {
-            body: Box::pin(prepare(body, max_body, buffer_all, stream)),
-            rest: Some(Box::new((parts, self.inner.clone()))),
-        }
+        let read = match body {
+            Inbound::Read(bytes) if bytes.as_ref().is_none_or(|b| b.len() as u64 <= max_body) => bytes,
+            _ if body.is_end_stream() => Some(Bytes::new()),
+            body => {
+                return ReadBodyFuture::Reading {
+                    body: Box::pin(prepare(body, max_body, buffer_all, stream)),
+                    rest: Some(Box::new((parts, self.inner.clone()))),
+                };
+            }
+        };
+        // Read whole already (by the fast lane, within the limit; its size is far below the replay limit), or none.
+        let req = Request::from_parts(parts, Prepared::Buffered(read.unwrap_or_default()));
+        ReadBodyFuture::Calling { future: self.inner.call(req) }
     }
 }
 

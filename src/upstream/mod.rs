@@ -18,7 +18,7 @@ pub mod error;
 mod group;
 mod headers;
 mod health;
-mod names;
+pub(crate) mod names;
 mod outlier;
 mod pool;
 mod retry;

@@ -1,5 +1,5 @@
-//! Header names of upstream answers, matched against the few that nearly every answer carries before
-//! `HeaderName::from_bytes` is asked.
+//! Header names of upstream answers and of requests read by the fast lane (`lane`), matched against the few that
+//! nearly every answer or request carries before `HeaderName::from_bytes` is asked.
 //!
 //! `from_bytes` lowercases every name into a scratch buffer through a table and then searches the whole list of
 //! standard names: ~150 instructions a name, five or more names an answer (callgrind, bench/README.md's fourteenth
@@ -23,6 +23,7 @@ pub fn header_name(raw: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
         12 => &LEN_12,
         13 => &LEN_13,
         14 => &LEN_14,
+        15 => &LEN_15,
         16 => &LEN_16,
         17 => &LEN_17,
         _ => &[],
@@ -35,14 +36,16 @@ pub fn header_name(raw: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
 
 // By length, most frequent first. Statics, not consts: a `HeaderName` has drop glue, so `&[CONST]` is not promoted.
 static LEN_3: [HeaderName; 1] = [header::AGE];
-static LEN_4: [HeaderName; 3] = [header::DATE, header::VARY, header::ETAG];
-static LEN_6: [HeaderName; 1] = [header::SERVER];
+static LEN_4: [HeaderName; 4] = [header::DATE, header::HOST, header::VARY, header::ETAG];
+static LEN_6: [HeaderName; 4] = [header::SERVER, header::ACCEPT, header::COOKIE, header::ORIGIN];
 static LEN_7: [HeaderName; 1] = [header::EXPIRES];
 static LEN_8: [HeaderName; 1] = [header::LOCATION];
-static LEN_10: [HeaderName; 2] = [header::CONNECTION, header::SET_COOKIE];
+static LEN_10: [HeaderName; 3] = [header::CONNECTION, header::SET_COOKIE, header::USER_AGENT];
 static LEN_12: [HeaderName; 1] = [header::CONTENT_TYPE];
-static LEN_13: [HeaderName; 3] = [header::CACHE_CONTROL, header::LAST_MODIFIED, header::ACCEPT_RANGES];
+static LEN_13: [HeaderName; 4] =
+    [header::CACHE_CONTROL, header::LAST_MODIFIED, header::ACCEPT_RANGES, header::AUTHORIZATION];
 static LEN_14: [HeaderName; 1] = [header::CONTENT_LENGTH];
+static LEN_15: [HeaderName; 2] = [header::ACCEPT_ENCODING, header::ACCEPT_LANGUAGE];
 static LEN_16: [HeaderName; 1] = [header::CONTENT_ENCODING];
 static LEN_17: [HeaderName; 1] = [header::TRANSFER_ENCODING];
 
@@ -78,7 +81,7 @@ mod tests {
 
     fn known() -> impl Iterator<Item = &'static HeaderName> {
         let short = LEN_3.iter().chain(&LEN_4).chain(&LEN_6).chain(&LEN_7).chain(&LEN_8).chain(&LEN_10);
-        short.chain(&LEN_12).chain(&LEN_13).chain(&LEN_14).chain(&LEN_16).chain(&LEN_17)
+        short.chain(&LEN_12).chain(&LEN_13).chain(&LEN_14).chain(&LEN_15).chain(&LEN_16).chain(&LEN_17)
     }
 
     #[test]

@@ -1,0 +1,562 @@
+//! The fast lane: plain HTTP/1.1 requests whose head (and body, if any) is read whole are answered here, without
+//! hyper's server; everything else is handed to hyper on the same connection.
+//!
+//! hyper's HTTP/1 server is a general machine — a dispatcher loop with a body channel per request, a read buffer
+//! it reserves anew for every request, an encoder that weighs every response header — and it cost about a fifth of
+//! a forwarded request's instructions (bench/README.md, fifteenth round). Most requests a gateway sees are small and
+//! plain: a head that arrives in one segment, no body or a short one, keep-alive. Those are parsed here with
+//! httparse (as hyper does), handed to the same service, and their responses written here, one write per response
+//! when the body is ready at once.
+//!
+//! What goes to hyper instead, with the bytes read so far given back to the connection (`Watched::unread`), for
+//! hyper to read first: a request that is not HTTP/1.1, that httparse rejects (hyper then answers 400/431, which
+//! the connection rewrites as a problem), a head with more than [`MAX_HEADERS`] lines or that does not fit
+//! [`READ_SIZE`], a `HEAD` or `CONNECT`, one with `transfer-encoding`, `expect`, `upgrade` or `te` (chunked
+//! bodies, `100 Continue`, protocol switches, trailers), a `content-length` that is not one plain number, and a body
+//! not read whole yet. hyper then serves the connection until it idles and parks (`park`); the next round starts
+//! here again. TLS connections are hyper's throughout (`park::Transport::LANE`).
+//!
+//! The connection's watch sees the same signals as under hyper: reads (through [`Watched`]), the request handed
+//! to the service, its response body dropped once written; so its header and idle deadlines and parking work as
+//! before (the lane runs under `connection::driving`). While a request is in flight the client's close is looked
+//! for ([`ShowsClose`]) and abandons it, as under hyper with `half_close`. A drain signal closes an idle
+//! connection and ends a busy one after its response (`connection: close`).
+//!
+//! Written here because hyper offers no cheaper server mode and no other well-kept crate serves HTTP/1 onto an
+//! `http::Request` without its own dispatcher; the wire client (`upstream::wire`) is the same idea upstream.
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::mem::MaybeUninit;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as HttpBody;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::body::{BoxError, Inbound};
+use crate::connection::{ShowsClose, Watched};
+use crate::park::Answer;
+use crate::upstream::names::header_name;
+
+/// Room for a request's head and body, read at once: a head that does not fit goes to hyper (whose limit is
+/// `server.max_header_bytes`).
+pub const READ_SIZE: usize = 8 * 1024;
+/// Heads with more lines go to hyper (which allows 100).
+pub const MAX_HEADERS: usize = 32;
+/// Response bytes gathered before they are written; a body frame this large is written on its own.
+const WRITE_BATCH: usize = 16 * 1024;
+
+/// How the lane left its connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Left {
+    /// Closed (by the client, an error, `connection: close` or the drain).
+    Closed,
+    /// The bytes read so far are given back to the connection: hyper serves it now.
+    HandedOver,
+}
+
+/// A request parsed from the read bytes, or why not. (Returned once per request and taken apart at once: boxing the
+/// request would cost an allocation for nothing.)
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// A whole request; `closing` when it asked to close the connection.
+    Request { req: Request<Inbound>, closing: bool },
+    /// More bytes are needed for the head.
+    Partial,
+    /// For hyper.
+    Hyper,
+}
+
+/// Serves requests on `io` until the connection closes or a request is handed to hyper. `buf` holds bytes read
+/// but not used yet (none when the lane starts or stops; the caller keeps it so that a deadline that ends the
+/// lane's future loses no byte).
+pub async fn serve<T, S>(io: &mut Watched<T>, buf: &mut BytesMut, service: &S, drain: impl Future<Output = ()>) -> Left
+where
+    T: AsyncRead + AsyncWrite + ShowsClose + Unpin,
+    S: Answer,
+    S::Body: HttpBody<Data = Bytes>,
+    <S::Body as HttpBody>::Error: Into<BoxError>,
+{
+    let mut drain = Drain { wait: pin!(drain), seen: false };
+    // Kept from one request to the next, as hyper keeps them: the response head's buffer, and the last response's
+    // header map (cleared) for the next request's headers.
+    let (mut out, mut spare) = (Vec::new(), None);
+    loop {
+        let (req, mut closing) = loop {
+            if !buf.is_empty() {
+                match parse(buf, &mut spare) {
+                    Parsed::Request { req, closing } => break (req, closing),
+                    Parsed::Partial if buf.len() < READ_SIZE => {}
+                    Parsed::Partial | Parsed::Hyper => return hand_over(io, buf),
+                }
+            }
+            match poll_fn(|cx| read(io, buf, &mut drain, cx)).await {
+                Read::Bytes => {}
+                Read::End => return Left::Closed,
+                Read::Drained => {
+                    let _ = io.shutdown().await;
+                    return Left::Closed;
+                }
+            }
+        };
+        let Some(res) = answer(&*io, service.answer(req), T::SHOWS_CLOSE && buf.is_empty()).await else {
+            return Left::Closed; // the client went away: the request is abandoned
+        };
+        closing |= poll_fn(|cx| Poll::Ready(drain.poll(cx))).await;
+        let written = respond(io, res, closing, &mut out).await;
+        if out.capacity() > READ_SIZE {
+            out = Vec::new(); // a large response's buffer is not kept
+        }
+        match written {
+            Ok((true, mut headers)) => {
+                headers.clear();
+                spare = Some(headers);
+            }
+            Ok((false, _)) => {
+                let _ = io.shutdown().await;
+                return Left::Closed;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "writing a response failed: connection closed");
+                return Left::Closed;
+            }
+        }
+    }
+}
+
+/// The drain signal's wait, polled until it is seen (an `async fn`'s future must not be polled after it ended).
+struct Drain<'a, F> {
+    wait: Pin<&'a mut F>,
+    seen: bool,
+}
+
+impl<F: Future<Output = ()>> Drain<'_, F> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.seen && self.wait.as_mut().poll(cx).is_ready() {
+            self.seen = true;
+        }
+        self.seen
+    }
+}
+
+enum Read {
+    Bytes,
+    /// The client closed, or the read failed.
+    End,
+    /// The drain signal came while no request was begun.
+    Drained,
+}
+
+/// Reads into `buf` (which is short of [`READ_SIZE`]); waits for bytes, or for the drain while nothing is buffered.
+fn read<T: AsyncRead + Unpin, F: Future<Output = ()>>(
+    io: &mut Watched<T>,
+    buf: &mut BytesMut,
+    drain: &mut Drain<'_, F>,
+    cx: &mut Context<'_>,
+) -> Poll<Read> {
+    buf.reserve(READ_SIZE - buf.len());
+    match tokio_util::io::poll_read_buf(Pin::new(io), cx, buf) {
+        Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(Read::End),
+        Poll::Ready(Ok(_)) => Poll::Ready(Read::Bytes),
+        Poll::Pending if buf.is_empty() && drain.poll(cx) => Poll::Ready(Read::Drained),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Gives the bytes read so far back to the connection, for hyper.
+fn hand_over<T>(io: &mut Watched<T>, buf: &mut BytesMut) -> Left {
+    io.unread(buf.split().freeze());
+    *buf = BytesMut::new();
+    Left::HandedOver
+}
+
+/// Parses the request at the start of `buf`; a whole one (head and body) is split off it. Its headers go into
+/// `spare` when there is one.
+fn parse(buf: &mut BytesMut, spare: &mut Option<HeaderMap>) -> Parsed {
+    let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut []);
+    let len = match head.parse_with_uninit_headers(buf, &mut lines) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Hyper,
+    };
+    if head.version != Some(1) {
+        return Parsed::Hyper;
+    }
+    let method = match head.method.map(str::as_bytes) {
+        Some(b"GET") => Method::GET,
+        Some(b"POST") => Method::POST,
+        Some(b"PUT") => Method::PUT,
+        Some(b"DELETE") => Method::DELETE,
+        Some(b"HEAD" | b"CONNECT") | None => return Parsed::Hyper,
+        Some(other) => match Method::from_bytes(other) {
+            Ok(m) => m,
+            Err(_) => return Parsed::Hyper,
+        },
+    };
+    let (mut length, mut closing) = (None, false);
+    for line in head.headers.iter() {
+        let name = line.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match decimal(line.value) {
+                Some(n) if length.is_none() => length = Some(n),
+                _ => return Parsed::Hyper,
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    closing = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::Hyper;
+                }
+            }
+        } else if [&b"transfer-encoding"[..], b"expect", b"upgrade", b"te"].iter().any(|h| name.eq_ignore_ascii_case(h))
+        {
+            return Parsed::Hyper;
+        }
+    }
+    let body_len = usize::try_from(length.unwrap_or(0)).unwrap_or(usize::MAX);
+    if buf.len() - len < body_len {
+        return if len + body_len <= READ_SIZE { Parsed::Partial } else { Parsed::Hyper };
+    }
+    let path = head.path.unwrap_or_default();
+    let (path_at, lines_len) = (path.as_ptr() as usize - buf.as_ptr() as usize, head.headers.len());
+    let (path_len, path_is_origin) = (path.len(), path.starts_with('/'));
+    // The lines as offsets into the head, so that the head can be split off and frozen (its bytes are then shared
+    // by the header values without a copy).
+    // (`u16`: a head is shorter than `READ_SIZE`; the array is small to clear.)
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
+    for (span, line) in spans.iter_mut().zip(head.headers.iter()) {
+        let at = |s: &[u8]| (s.as_ptr() as usize - buf.as_ptr() as usize) as u16;
+        *span = (at(line.name.as_bytes()), line.name.len() as u16, at(line.value), line.value.len() as u16);
+    }
+    let bytes = buf.split_to(len).freeze();
+    let body = buf.split_to(body_len).freeze();
+    let uri = if path_is_origin {
+        Uri::from_maybe_shared(bytes.slice(path_at..path_at + path_len))
+    } else {
+        Uri::try_from(&bytes[path_at..path_at + path_len])
+    };
+    let Ok(uri) = uri else { return unparse(buf, bytes, body) };
+    let mut headers = spare.take().unwrap_or_default();
+    // Room for the lines the gateway adds (`x-request-id`, forwarding lines) too.
+    headers.reserve(lines_len + 4);
+    for &(name_at, name_len, value_at, value_len) in &spans[..lines_len] {
+        let (name_at, name_len, value_at, value_len) =
+            (usize::from(name_at), usize::from(name_len), usize::from(value_at), usize::from(value_len));
+        let Ok(name) = header_name(&bytes[name_at..name_at + name_len]) else { return unparse(buf, bytes, body) };
+        let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_at + value_len)) else {
+            return unparse(buf, bytes, body);
+        };
+        headers.append(name, value);
+    }
+    let mut req = Request::new(Inbound::read(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Parsed::Request { req, closing }
+}
+
+/// Puts a request split off `buf` back in front of the rest, for hyper (which will refuse it).
+fn unparse(buf: &mut BytesMut, head: Bytes, body: Bytes) -> Parsed {
+    let mut whole = BytesMut::with_capacity(head.len() + body.len() + buf.len());
+    whole.extend_from_slice(&head);
+    whole.extend_from_slice(&body);
+    whole.extend_from_slice(buf);
+    *buf = whole;
+    Parsed::Hyper
+}
+
+/// A `content-length` value: one plain decimal number (hyper takes lists of equal numbers, which go to it).
+fn decimal(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// The service's answer to `req`; `None` when the client closed the connection first (looked for while
+/// `look_for_close`, i.e. nothing of a next request is buffered).
+async fn answer<T, F, B>(io: &Watched<T>, answer: F, mut look_for_close: bool) -> Option<Response<B>>
+where
+    T: ShowsClose,
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    let mut answer = pin!(answer);
+    poll_fn(|cx| {
+        if let Poll::Ready(Ok(res)) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(res));
+        }
+        if look_for_close {
+            match io.get_ref().poll_closed(cx) {
+                Poll::Ready(true) => return Poll::Ready(None),
+                Poll::Ready(false) => look_for_close = false, // bytes wait: a next request, not an end
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// How a response's body is delimited.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `res`, its head gathered in `out`; `Ok(true, …)` when the connection stays open for the next request,
+/// with the response's header map (for the next request's headers).
+async fn respond<T, B>(
+    io: &mut Watched<T>,
+    res: Response<B>,
+    mut closing: bool,
+    out: &mut Vec<u8>,
+) -> std::io::Result<(bool, HeaderMap)>
+where
+    T: AsyncWrite + ShowsClose + Unpin,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = res.into_parts();
+    let mut body = pin!(body);
+    let status = parts.status;
+    let framing = if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::None
+    } else if let Some(n) = body.size_hint().exact() {
+        Framing::Length(n)
+    } else if let Some(n) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| decimal(v.as_bytes())) {
+        Framing::Length(n)
+    } else {
+        Framing::Chunked
+    };
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        Some(reason) => out.extend_from_slice(reason.as_bytes()),
+        None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut dated = false;
+    for (name, value) in &parts.headers {
+        if (name == header::CONTENT_LENGTH && framing != Framing::None) || name == header::TRANSFER_ENCODING {
+            continue; // written below, from the framing
+        }
+        if name == header::CONNECTION
+            && value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        {
+            closing = true;
+            continue; // written below
+        }
+        dated |= name == header::DATE;
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match framing {
+        Framing::None => {}
+        Framing::Length(n) => line(out, b"content-length", itoa::Buffer::new().format(n).as_bytes()),
+        Framing::Chunked => line(out, b"transfer-encoding", b"chunked"),
+    }
+    if closing {
+        line(out, b"connection", b"close");
+    }
+    if !dated {
+        DATE.with_borrow_mut(|date| line(out, b"date", date.now()));
+    }
+    out.extend_from_slice(b"\r\n");
+    if framing == Framing::None {
+        io.write_all(out).await?;
+        return Ok((!closing, parts.headers));
+    }
+    let mut sent = 0u64;
+    loop {
+        // A frame ready now joins what is gathered; before waiting for one, the gathered bytes go out.
+        let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                io.write_all(out).await?;
+                out.clear();
+                poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue, // trailers: not sent (no request here asked for them with `te`)
+            },
+            Some(Err(e)) => return Err(std::io::Error::other(e.into())),
+        };
+        sent += data.len() as u64;
+        if framing == Framing::Chunked && !data.is_empty() {
+            let mut hex = [0u8; 16];
+            let digits = hex_len(data.len(), &mut hex);
+            out.extend_from_slice(digits);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Framing::Length(n) = framing
+            && sent > n
+        {
+            return Err(std::io::Error::other("response body longer than its content-length"));
+        }
+        if data.len() >= WRITE_BATCH {
+            io.write_all(out).await?;
+            out.clear();
+            io.write_all(&data).await?;
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if framing == Framing::Chunked && !data.is_empty() {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= WRITE_BATCH {
+            io.write_all(out).await?;
+            out.clear();
+        }
+    }
+    match framing {
+        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        Framing::Length(n) if sent < n => {
+            io.write_all(out).await?;
+            return Err(std::io::Error::other("response body shorter than its content-length"));
+        }
+        _ => {}
+    }
+    io.write_all(out).await?;
+    Ok((!closing, parts.headers))
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in lowercase hex, without leading zeros.
+fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+thread_local! {
+    /// The `date` of responses that carry none, made once a second per thread (as hyper does).
+    static DATE: RefCell<CachedDate> = const { RefCell::new(CachedDate { text: [0; 29], next: None }) };
+}
+
+struct CachedDate {
+    text: [u8; 29],
+    /// When the text is to be made again: the next second.
+    next: Option<Instant>,
+}
+
+impl CachedDate {
+    fn now(&mut self) -> &[u8] {
+        let now = crate::clock::now();
+        if self.next.is_none_or(|next| now >= next) {
+            let wall = SystemTime::now();
+            let into_second = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+            self.text.copy_from_slice(httpdate::fmt_http_date(wall).as_bytes());
+            self.next = Some(now + Duration::from_nanos(u64::from(1_000_000_000 - into_second)));
+        }
+        &self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(raw: &[u8]) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(raw);
+        (parse(&mut buf, &mut None), buf)
+    }
+
+    #[test]
+    fn a_plain_request_is_parsed_and_split_off() {
+        let (p, rest) = parsed(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Id: 7\r\n\r\nGET /next");
+        let Parsed::Request { req, closing } = p else { panic!("not parsed") };
+        assert!(!closing);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()["host"], "x");
+        assert_eq!(req.headers()["x-id"], "7");
+        assert_eq!(&rest[..], b"GET /next");
+    }
+
+    #[test]
+    fn a_body_read_whole_goes_with_its_request() {
+        let (p, rest) = parsed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhelloX");
+        let Parsed::Request { req, closing } = p else { panic!("not parsed") };
+        assert!(closing);
+        assert!(matches!(req.body(), Inbound::Read(Some(b)) if b == "hello"));
+        assert_eq!(&rest[..], b"X");
+    }
+
+    #[test]
+    fn unfinished_heads_and_bodies_wait() {
+        assert!(matches!(parsed(b"GET / HTTP/1.1\r\nHost: x\r\n").0, Parsed::Partial));
+        assert!(matches!(parsed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel").0, Parsed::Partial));
+    }
+
+    #[test]
+    fn what_hyper_handles_goes_to_hyper_untouched() {
+        for raw in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"HEAD / HTTP/1.1\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"GET http://[::1 HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+        ] {
+            let (p, rest) = parsed(raw);
+            assert!(matches!(p, Parsed::Hyper), "{}", String::from_utf8_lossy(raw));
+            assert_eq!(&rest[..], raw, "bytes kept for hyper");
+        }
+        let many: Vec<u8> = [&b"GET / HTTP/1.1\r\n"[..], &b"X: y\r\n".repeat(MAX_HEADERS + 1), b"\r\n"].concat();
+        assert!(matches!(parsed(&many).0, Parsed::Hyper));
+        let big = [&b"POST / HTTP/1.1\r\nContent-Length: 9000\r\n\r\n"[..], b"x"].concat();
+        assert!(matches!(parsed(&big).0, Parsed::Hyper));
+    }
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex() {
+        let mut b = [0u8; 16];
+        assert_eq!(hex_len(0, &mut b), b"0");
+        assert_eq!(hex_len(255, &mut b), b"ff");
+        assert_eq!(hex_len(0x1000, &mut b), b"1000");
+    }
+
+    #[test]
+    fn the_date_is_an_http_date() {
+        let text = DATE.with_borrow_mut(|d| d.now().to_vec());
+        let parsed = httpdate::parse_http_date(std::str::from_utf8(&text).unwrap()).unwrap();
+        assert!(parsed.elapsed().unwrap_or_default() < Duration::from_secs(5));
+    }
+}
