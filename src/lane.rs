@@ -60,6 +60,8 @@ pub enum Left {
     Closed,
     /// The bytes read so far are given back to the connection: hyper serves it now.
     HandedOver,
+    /// Closed because the client read none of a response for `server.idle_timeout`.
+    Stalled,
 }
 
 /// A request parsed from the read bytes, or why not. (Returned once per request and taken apart at once: boxing the
@@ -77,7 +79,13 @@ enum Parsed {
 /// Serves requests on `io` until the connection closes or a request is handed to hyper. `buf` holds bytes read
 /// but not used yet (none when the lane starts or stops; the caller keeps it so that a deadline that ends the
 /// lane's future loses no byte).
-pub async fn serve<T, S>(io: &mut Watched<T>, buf: &mut BytesMut, service: &S, drain: impl Future<Output = ()>) -> Left
+pub async fn serve<T, S>(
+    io: &mut Watched<T>,
+    buf: &mut BytesMut,
+    service: &S,
+    drain: impl Future<Output = ()>,
+    idle_timeout: Duration,
+) -> Left
 where
     T: AsyncRead + AsyncWrite + ShowsClose + Unpin,
     S: Answer,
@@ -106,11 +114,13 @@ where
                 }
             }
         };
-        let Some(res) = answer(&*io, service.answer(req), T::SHOWS_CLOSE && buf.is_empty()).await else {
+        // Bytes of a next request (here or given back to the connection) are not an end: no look for one then.
+        let look_for_close = T::SHOWS_CLOSE && buf.is_empty() && !io.has_unread();
+        let Some(res) = answer(&*io, service.answer(req), look_for_close).await else {
             return Left::Closed; // the client went away: the request is abandoned
         };
         closing |= poll_fn(|cx| Poll::Ready(drain.poll(cx))).await;
-        let written = respond(io, res, closing, &mut out).await;
+        let written = respond(io, res, closing, look_for_close, &mut out, idle_timeout).await;
         if out.capacity() > READ_SIZE {
             out = Vec::new(); // a large response's buffer is not kept
         }
@@ -123,6 +133,7 @@ where
                 let _ = io.shutdown().await;
                 return Left::Closed;
             }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Left::Stalled,
             Err(e) => {
                 tracing::debug!(error = %e, "writing a response failed: connection closed");
                 return Left::Closed;
@@ -161,8 +172,10 @@ fn read<T: AsyncRead + Unpin, F: Future<Output = ()>>(
     drain: &mut Drain<'_, F>,
     cx: &mut Context<'_>,
 ) -> Poll<Read> {
-    buf.reserve(READ_SIZE - buf.len());
-    match tokio_util::io::poll_read_buf(Pin::new(io), cx, buf) {
+    let room = READ_SIZE - buf.len();
+    buf.reserve(room);
+    // At most `room`: `reserve` may make more (a head is held to READ_SIZE, and its offsets to `u16`).
+    match tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut bytes::BufMut::limit(&mut *buf, room)) {
         Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(Read::End),
         Poll::Ready(Ok(_)) => Poll::Ready(Read::Bytes),
         Poll::Pending if buf.is_empty() && drain.poll(cx) => Poll::Ready(Read::Drained),
@@ -224,8 +237,10 @@ fn parse(buf: &mut BytesMut, spare: &mut Option<HeaderMap>) -> Parsed {
     }
     let body_len = usize::try_from(length.unwrap_or(0)).unwrap_or(usize::MAX);
     if buf.len() - len < body_len {
-        return if len + body_len <= READ_SIZE { Parsed::Partial } else { Parsed::Hyper };
+        // The body is still coming: hyper reads it (the head is complete, so the header timeout is over).
+        return Parsed::Hyper;
     }
+    debug_assert!(buf.len() <= READ_SIZE && READ_SIZE <= usize::from(u16::MAX));
     let path = head.path.unwrap_or_default();
     let (path_at, lines_len) = (path.as_ptr() as usize - buf.as_ptr() as usize, head.headers.len());
     let (path_len, path_is_origin) = (path.len(), path.starts_with('/'));
@@ -275,7 +290,7 @@ fn unparse(buf: &mut BytesMut, head: Bytes, body: Bytes) -> Parsed {
     Parsed::Hyper
 }
 
-/// A `content-length` value: one plain decimal number (hyper takes lists of equal numbers, which go to it).
+/// A `content-length` value: one plain decimal number (anything else goes to hyper, which refuses it).
 fn decimal(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
@@ -317,12 +332,19 @@ enum Framing {
 }
 
 /// Writes `res`, its head gathered in `out`; `Ok(true, …)` when the connection stays open for the next request,
-/// with the response's header map (for the next request's headers).
+/// with the response's header map (for the next request's headers). While it waits for body frames, the client's
+/// close is looked for when `look_for_close` (nothing of a next request is buffered), as while it waited for `res`.
+///
+/// The body is dropped (which marks the request finished) as soon as its last frame is taken, before the last
+/// write: a client that does not read its responses then meets the idle timeout (`connection::Watch`, with the
+/// write blocked), as under hyper, rather than holding its connection for ever.
 async fn respond<T, B>(
     io: &mut Watched<T>,
     res: Response<B>,
     mut closing: bool,
+    look_for_close: bool,
     out: &mut Vec<u8>,
+    stall: Duration,
 ) -> std::io::Result<(bool, HeaderMap)>
 where
     T: AsyncWrite + ShowsClose + Unpin,
@@ -330,30 +352,38 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = res.into_parts();
-    let mut body = pin!(body);
-    let status = parts.status;
-    let framing = if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
-    {
-        Framing::None
-    } else if let Some(n) = body.size_hint().exact() {
-        Framing::Length(n)
-    } else if let Some(n) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| decimal(v.as_bytes())) {
-        Framing::Length(n)
-    } else {
-        Framing::Chunked
+    let mut body = pin!(Some(body));
+    let mut status = parts.status;
+    if status.is_informational() {
+        // Not a final answer (hyper turns it into a 500 and closes, as here).
+        (status, closing) = (StatusCode::INTERNAL_SERVER_ERROR, true);
+        body.set(None);
+    }
+    let framing = match body.as_mut().as_pin_mut() {
+        None => Framing::Length(0),
+        Some(_) if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED => Framing::None,
+        Some(b) => match b.size_hint().exact() {
+            Some(n) => Framing::Length(n),
+            None => match parts.headers.get(header::CONTENT_LENGTH).and_then(|v| decimal(v.as_bytes())) {
+                Some(n) => Framing::Length(n),
+                None => Framing::Chunked,
+            },
+        },
     };
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
-        Some(reason) => out.extend_from_slice(reason.as_bytes()),
-        None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+        Some(reason) if status == parts.status => out.extend_from_slice(reason.as_bytes()),
+        _ => out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
     let mut dated = false;
+    // A 204 carries no length; a 304 keeps the one it was given (that of the body it stands for).
+    let keep_length = status == StatusCode::NOT_MODIFIED;
     for (name, value) in &parts.headers {
-        if (name == header::CONTENT_LENGTH && framing != Framing::None) || name == header::TRANSFER_ENCODING {
+        if (name == header::CONTENT_LENGTH && !keep_length) || name == header::TRANSFER_ENCODING {
             continue; // written below, from the framing
         }
         if name == header::CONNECTION
@@ -377,23 +407,26 @@ where
         DATE.with_borrow_mut(|date| line(out, b"date", date.now()));
     }
     out.extend_from_slice(b"\r\n");
-    if framing == Framing::None {
-        io.write_all(out).await?;
-        return Ok((!closing, parts.headers));
-    }
     let mut sent = 0u64;
-    loop {
+    while let Some(mut b) = body.as_mut().as_pin_mut() {
+        if framing == Framing::None || b.is_end_stream() {
+            body.set(None);
+            break;
+        }
         // A frame ready now joins what is gathered; before waiting for one, the gathered bytes go out.
-        let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+        let frame = match poll_fn(|cx| Poll::Ready(b.as_mut().poll_frame(cx))).await {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                io.write_all(out).await?;
+                write(io, out, stall).await?;
                 out.clear();
-                poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                next_frame(io, b, look_for_close).await?
             }
         };
         let data = match frame {
-            None => break,
+            None => {
+                body.set(None);
+                break;
+            }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
                 Err(_) => continue, // trailers: not sent (no request here asked for them with `te`)
@@ -401,42 +434,107 @@ where
             Some(Err(e)) => return Err(std::io::Error::other(e.into())),
         };
         sent += data.len() as u64;
-        if framing == Framing::Chunked && !data.is_empty() {
-            let mut hex = [0u8; 16];
-            let digits = hex_len(data.len(), &mut hex);
-            out.extend_from_slice(digits);
-            out.extend_from_slice(b"\r\n");
-        }
         if let Framing::Length(n) = framing
             && sent > n
         {
             return Err(std::io::Error::other("response body longer than its content-length"));
         }
+        let chunked = framing == Framing::Chunked && !data.is_empty();
+        if chunked {
+            let mut hex = [0u8; 16];
+            out.extend_from_slice(hex_len(data.len(), &mut hex));
+            out.extend_from_slice(b"\r\n");
+        }
         if data.len() >= WRITE_BATCH {
-            io.write_all(out).await?;
+            write(io, out, stall).await?;
             out.clear();
-            io.write_all(&data).await?;
+            write(io, &data, stall).await?;
         } else {
             out.extend_from_slice(&data);
         }
-        if framing == Framing::Chunked && !data.is_empty() {
+        if chunked {
             out.extend_from_slice(b"\r\n");
         }
         if out.len() >= WRITE_BATCH {
-            io.write_all(out).await?;
+            write(io, out, stall).await?;
             out.clear();
         }
     }
     match framing {
         Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
         Framing::Length(n) if sent < n => {
-            io.write_all(out).await?;
+            write(io, out, stall).await?;
             return Err(std::io::Error::other("response body shorter than its content-length"));
         }
         _ => {}
     }
-    io.write_all(out).await?;
+    write(io, out, stall).await?;
     Ok((!closing, parts.headers))
+}
+
+/// Writes `bytes`; a write that makes no progress for `stall` (the idle timeout: the client reads nothing) fails with
+/// `TimedOut`. A write that goes through at once, as nearly all do, arms no timer.
+async fn write<T: AsyncWrite + ShowsClose + Unpin>(
+    io: &mut Watched<T>,
+    bytes: &[u8],
+    stall: Duration,
+) -> std::io::Result<()> {
+    let mut at = 0;
+    let blocked = poll_fn(|cx| {
+        while at < bytes.len() {
+            match Pin::new(&mut *io).poll_write(cx, &bytes[at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => at += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Ready(Ok(true)),
+            }
+        }
+        Poll::Ready(Ok(false))
+    })
+    .await?;
+    if !blocked {
+        return Ok(());
+    }
+    let mut rest = &bytes[at..];
+    while !rest.is_empty() {
+        match tokio::time::timeout(stall, io.write(rest)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => rest = &rest[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client read nothing")),
+        }
+    }
+    Ok(())
+}
+
+/// The body's next frame, waited for; with `look_for_close`, a client that closed meanwhile ends the wait with an
+/// error (its upstream stream is dropped with the body).
+async fn next_frame<T, B>(
+    io: &Watched<T>,
+    mut body: Pin<&mut B>,
+    mut look_for_close: bool,
+) -> std::io::Result<Option<Result<http_body::Frame<Bytes>, B::Error>>>
+where
+    T: ShowsClose,
+    B: HttpBody<Data = Bytes>,
+{
+    poll_fn(|cx| {
+        if let Poll::Ready(frame) = body.as_mut().poll_frame(cx) {
+            return Poll::Ready(Ok(frame));
+        }
+        if look_for_close {
+            match io.get_ref().poll_closed(cx) {
+                Poll::Ready(true) => {
+                    let closed = "the client closed the connection while its response was streaming";
+                    return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, closed)));
+                }
+                Poll::Ready(false) => look_for_close = false,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -514,9 +612,9 @@ mod tests {
     }
 
     #[test]
-    fn unfinished_heads_and_bodies_wait() {
+    fn an_unfinished_head_waits_and_an_unfinished_body_goes_to_hyper() {
         assert!(matches!(parsed(b"GET / HTTP/1.1\r\nHost: x\r\n").0, Parsed::Partial));
-        assert!(matches!(parsed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel").0, Parsed::Partial));
+        assert!(matches!(parsed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel").0, Parsed::Hyper));
     }
 
     #[test]

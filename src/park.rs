@@ -213,10 +213,12 @@ where
                 return connection::drive(conn, self.watch, self.with.limits, self.with.timeouts).await;
             }
             if T::LANE {
-                let lane = lane::serve(&mut io, &mut buf, &self.service, self.draining.signalled());
+                let drain = self.draining.signalled();
+                let lane = lane::serve(&mut io, &mut buf, &self.service, drain, limits.idle_timeout);
                 let driven = connection::driving(lane, self.watch.clone(), limits).await;
                 match driven {
                     Ok(Left::Closed) => return,
+                    Ok(Left::Stalled) => return Timeout::Idle.report(&limits, self.with.timeouts),
                     Ok(Left::HandedOver) => {}
                     Err(Timeout::Park) => {
                         // Idle, perhaps with the start of a pipelined request read with the last one: kept for the

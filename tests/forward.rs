@@ -403,6 +403,46 @@ async fn a_client_that_goes_away_mid_request_abandons_it() {
     assert!(end.is_err() || rest.is_empty(), "no answer: {}", String::from_utf8_lossy(&rest));
 }
 
+/// A client that goes away while its answer streams (the upstream sent a first chunk, then nothing more): the
+/// answer is abandoned, its upstream stream with it (the upstream sees its body dropped).
+#[tokio::test]
+async fn a_client_that_goes_away_while_its_answer_streams_abandons_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    let up = Upstream::start(move |_| {
+        let guard = SetOnDrop(flag.clone());
+        async move {
+            let first =
+                futures_util::stream::once(async { Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"first"))) });
+            let stall = futures_util::stream::poll_fn(move |_| {
+                let _held = &guard;
+                std::task::Poll::<Option<Result<Frame<Bytes>, BoxError>>>::Pending
+            });
+            Reply::Http(Response::new(BodyExt::boxed(http_body_util::StreamBody::new(first.chain(stall)))))
+        }
+    })
+    .await;
+    let gw = Gateway::start(single(&[up.url()], json!({}), json!({}))).await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    client.write_all(b"GET /s HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    let (mut answer, mut buf) = (Vec::new(), [0u8; 1024]);
+    while !answer.windows(5).any(|w| w == b"first") {
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(!dropped.load(Ordering::SeqCst), "the upstream's body still streams");
+    drop(client);
+    eventually("the upstream's body to be dropped", async || dropped.load(Ordering::SeqCst)).await;
+}
+
 /// Pipelined requests (the next one's bytes arrive while the first waits for its upstream) are answered in order,
 /// on the same connection: bytes waiting behind a request in flight are not a close.
 #[tokio::test]

@@ -355,6 +355,29 @@ async fn idle_keep_alive_connections_are_closed_after_idle_timeout_not_the_heade
     assert_eq!(value(&metrics, "sluice_connection_timeouts_total{timeout=\"header\"}"), 0.0, "{metrics}");
 }
 
+/// A client that pipelines requests and never reads the answers: once its socket is full, the connection waits on
+/// a write with no request left in flight, and is closed after `idle_timeout` (it does not hold its slot for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_closed_after_the_idle_timeout() {
+    let body = "x".repeat(16 * 1024 - 1);
+    let up = Upstream::start(move |_| {
+        let body = body.clone();
+        async move { Reply::Http(http::Response::new(full(body))) }
+    })
+    .await;
+    let gw = Gateway::start(forward_all(&up.url(), json!({ "idle_timeout": "1s" }))).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (_reader, mut writer) = stream.into_split();
+    let requests = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n".repeat(4000);
+    let sending = tokio::spawn(async move { writer.write_all(&requests).await });
+    eventually("the connection is closed by the idle timeout", async || {
+        value(&gw.metrics().await, "sluice_connection_timeouts_total{timeout=\"idle\"}") == 1.0
+    })
+    .await;
+    assert!(up.hits() < 4000, "the answers were not all written: {}", up.hits());
+    sending.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_takes_longer_than_both_timeouts_is_not_cut() {
     let up = Upstream::start(|_| async {
