@@ -116,7 +116,13 @@ where
         };
         // Bytes of a next request (here or given back to the connection) are not an end: no look for one then.
         let look_for_close = T::SHOWS_CLOSE && buf.is_empty() && !io.has_unread();
-        let Some(res) = answer(&*io, service.answer(req), look_for_close).await else {
+        let answered = {
+            // Made in place (a future passed to a helper `async fn` would be moved once more).
+            let mut answering = pin!(service.answer(req));
+            let mut look = look_for_close;
+            poll_fn(|cx| poll_answer(&*io, answering.as_mut(), &mut look, cx)).await
+        };
+        let Some(res) = answered else {
             return Left::Closed; // the client went away: the request is abandoned
         };
         closing |= poll_fn(|cx| Poll::Ready(drain.poll(cx))).await;
@@ -299,28 +305,29 @@ fn decimal(value: &[u8]) -> Option<u64> {
     Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-/// The service's answer to `req`; `None` when the client closed the connection first (looked for while
-/// `look_for_close`, i.e. nothing of a next request is buffered).
-async fn answer<T, F, B>(io: &Watched<T>, answer: F, mut look_for_close: bool) -> Option<Response<B>>
+/// The service's answer; `None` when the client closed the connection first (looked for while `look_for_close`,
+/// i.e. nothing of a next request is buffered).
+fn poll_answer<T, F, B>(
+    io: &Watched<T>,
+    answer: Pin<&mut F>,
+    look_for_close: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Response<B>>>
 where
     T: ShowsClose,
     F: Future<Output = Result<Response<B>, Infallible>>,
 {
-    let mut answer = pin!(answer);
-    poll_fn(|cx| {
-        if let Poll::Ready(Ok(res)) = answer.as_mut().poll(cx) {
-            return Poll::Ready(Some(res));
+    if let Poll::Ready(Ok(res)) = answer.poll(cx) {
+        return Poll::Ready(Some(res));
+    }
+    if *look_for_close {
+        match io.get_ref().poll_closed(cx) {
+            Poll::Ready(true) => return Poll::Ready(None),
+            Poll::Ready(false) => *look_for_close = false, // bytes wait: a next request, not an end
+            Poll::Pending => {}
         }
-        if look_for_close {
-            match io.get_ref().poll_closed(cx) {
-                Poll::Ready(true) => return Poll::Ready(None),
-                Poll::Ready(false) => look_for_close = false, // bytes wait: a next request, not an end
-                Poll::Pending => {}
-            }
-        }
-        Poll::Pending
-    })
-    .await
+    }
+    Poll::Pending
 }
 
 /// How a response's body is delimited.
