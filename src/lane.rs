@@ -115,18 +115,17 @@ where
             }
         };
         // Bytes of a next request (here or given back to the connection) are not an end: no look for one then.
-        let look_for_close = T::SHOWS_CLOSE && buf.is_empty() && !io.has_unread();
+        let mut look_for_close = T::SHOWS_CLOSE && buf.is_empty() && !io.has_unread();
         let answered = {
             // Made in place (a future passed to a helper `async fn` would be moved once more).
             let mut answering = pin!(service.answer(req));
-            let mut look = look_for_close;
-            poll_fn(|cx| poll_answer(&*io, answering.as_mut(), &mut look, cx)).await
+            poll_fn(|cx| poll_answer(&*io, answering.as_mut(), &mut look_for_close, cx)).await
         };
         let Some(res) = answered else {
             return Left::Closed; // the client went away: the request is abandoned
         };
         closing |= poll_fn(|cx| Poll::Ready(drain.poll(cx))).await;
-        let written = respond(io, res, closing, look_for_close, &mut out, idle_timeout).await;
+        let written = respond(io, res, closing, &mut look_for_close, &mut out, idle_timeout).await;
         if out.capacity() > READ_SIZE {
             out = Vec::new(); // a large response's buffer is not kept
         }
@@ -139,7 +138,7 @@ where
                 let _ = io.shutdown().await;
                 return Left::Closed;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Left::Stalled,
+            Err(e) if e.get_ref().is_some_and(|e| e.is::<Stall>()) => return Left::Stalled,
             Err(e) => {
                 tracing::debug!(error = %e, "writing a response failed: connection closed");
                 return Left::Closed;
@@ -349,7 +348,7 @@ async fn respond<T, B>(
     io: &mut Watched<T>,
     res: Response<B>,
     mut closing: bool,
-    look_for_close: bool,
+    look_for_close: &mut bool,
     out: &mut Vec<u8>,
     stall: Duration,
 ) -> std::io::Result<(bool, HeaderMap)>
@@ -426,7 +425,7 @@ where
             Poll::Pending => {
                 write(io, out, stall).await?;
                 out.clear();
-                next_frame(io, b, look_for_close).await?
+                next_frame(io, b, &mut *look_for_close).await?
             }
         };
         let data = match frame {
@@ -508,18 +507,30 @@ async fn write<T: AsyncWrite + ShowsClose + Unpin>(
             Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(Ok(n)) => rest = &rest[n..],
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client read nothing")),
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, Stall)),
         }
     }
     Ok(())
 }
+
+/// A write that made no progress for the idle timeout (told apart from the socket's own `ETIMEDOUT`).
+#[derive(Debug)]
+struct Stall;
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client read none of its answer for the idle timeout")
+    }
+}
+
+impl std::error::Error for Stall {}
 
 /// The body's next frame, waited for; with `look_for_close`, a client that closed meanwhile ends the wait with an
 /// error (its upstream stream is dropped with the body).
 async fn next_frame<T, B>(
     io: &Watched<T>,
     mut body: Pin<&mut B>,
-    mut look_for_close: bool,
+    look_for_close: &mut bool,
 ) -> std::io::Result<Option<Result<http_body::Frame<Bytes>, B::Error>>>
 where
     T: ShowsClose,
@@ -529,13 +540,13 @@ where
         if let Poll::Ready(frame) = body.as_mut().poll_frame(cx) {
             return Poll::Ready(Ok(frame));
         }
-        if look_for_close {
+        if *look_for_close {
             match io.get_ref().poll_closed(cx) {
                 Poll::Ready(true) => {
                     let closed = "the client closed the connection while its response was streaming";
                     return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, closed)));
                 }
-                Poll::Ready(false) => look_for_close = false,
+                Poll::Ready(false) => *look_for_close = false, // bytes wait: not looked for again
                 Poll::Pending => {}
             }
         }
