@@ -44,6 +44,8 @@ use crate::body::{BoxError, Inbound};
 use crate::connection::{ShowsClose, Watched};
 use crate::park::Answer;
 use crate::upstream::names::header_name;
+// A `content-length` value: one plain decimal number (anything else goes to hyper, which refuses it).
+use crate::upstream::wire::decimal;
 
 /// Room for a request's head and body, read at once: a head that does not fit goes to hyper (whose limit is
 /// `server.max_header_bytes`).
@@ -293,15 +295,6 @@ fn unparse(buf: &mut BytesMut, head: Bytes, body: Bytes) -> Parsed {
     whole.extend_from_slice(buf);
     *buf = whole;
     Parsed::Hyper
-}
-
-/// A `content-length` value: one plain decimal number (anything else goes to hyper, which refuses it).
-fn decimal(value: &[u8]) -> Option<u64> {
-    let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// The service's answer; `None` when the client closed the connection first (looked for while `look_for_close`,

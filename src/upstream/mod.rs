@@ -22,7 +22,7 @@ pub(crate) mod names;
 mod outlier;
 mod pool;
 mod retry;
-mod wire;
+pub(crate) mod wire;
 
 pub use added::{Added, Forwarded};
 pub use balance::{Pick, hash_key};

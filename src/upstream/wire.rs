@@ -549,7 +549,7 @@ fn unusual_reason(reason: &str) -> Option<hyper::ext::ReasonPhrase> {
 }
 
 /// Decimal digits (surrounding whitespace allowed) that fit a `u64`.
-fn decimal(value: &[u8]) -> Option<u64> {
+pub(crate) fn decimal(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
