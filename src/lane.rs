@@ -14,7 +14,8 @@
 //! [`READ_SIZE`], a `HEAD` or `CONNECT`, one with `transfer-encoding`, `expect`, `upgrade` or `te` (chunked
 //! bodies, `100 Continue`, protocol switches, trailers), a `content-length` that is not one plain number, and a body
 //! not read whole yet. hyper then serves the connection until it idles and parks (`park`); the next round starts
-//! here again. TLS connections are hyper's throughout (`park::Transport::LANE`).
+//! here again. TLS connections are hyper's throughout: the lane needs a socket that shows the client's close
+//! ([`ShowsClose::SHOWS_CLOSE`]; a TLS session may hold it instead, which hyper's reads see).
 //!
 //! The connection's watch sees the same signals as under hyper: reads (through [`Watched`]), the request handed
 //! to the service, its response body dropped once written; so its header and idle deadlines and parking work as
@@ -104,7 +105,10 @@ where
                 match parse(buf, &mut spare) {
                     Parsed::Request { req, closing } => break (req, closing),
                     Parsed::Partial if buf.len() < READ_SIZE => {}
-                    Parsed::Partial | Parsed::Hyper => return hand_over(io, buf),
+                    Parsed::Partial | Parsed::Hyper => {
+                        give_back(io, buf);
+                        return Left::HandedOver;
+                    }
                 }
             }
             match poll_fn(|cx| read(io, buf, &mut drain, cx)).await {
@@ -190,11 +194,13 @@ fn read<T: AsyncRead + Unpin, F: Future<Output = ()>>(
     }
 }
 
-/// Gives the bytes read so far back to the connection, for hyper.
-fn hand_over<T>(io: &mut Watched<T>, buf: &mut BytesMut) -> Left {
-    io.unread(buf.split().freeze());
+/// Gives the bytes read so far (if any) back to the connection, to be read first by whoever reads next (hyper, or
+/// the lane after a parking pause), and lets the buffer go.
+pub fn give_back<T>(io: &mut Watched<T>, buf: &mut BytesMut) {
+    if !buf.is_empty() {
+        io.unread(buf.split().freeze());
+    }
     *buf = BytesMut::new();
-    Left::HandedOver
 }
 
 /// Parses the request at the start of `buf`; a whole one (head and body) is split off it. Its headers go into
@@ -312,14 +318,23 @@ where
     if let Poll::Ready(Ok(res)) = answer.poll(cx) {
         return Poll::Ready(Some(res));
     }
-    if *look_for_close {
-        match io.get_ref().poll_closed(cx) {
-            Poll::Ready(true) => return Poll::Ready(None),
-            Poll::Ready(false) => *look_for_close = false, // bytes wait: a next request, not an end
-            Poll::Pending => {}
-        }
+    if closed(io, look_for_close, cx) { Poll::Ready(None) } else { Poll::Pending }
+}
+
+/// Whether the client closed the connection, looked for while `look` (registering the task for it); bytes waiting
+/// instead (a next request, not an end) turn the look off for the rest of the request.
+fn closed<T: ShowsClose>(io: &Watched<T>, look: &mut bool, cx: &mut Context<'_>) -> bool {
+    if !*look {
+        return false;
     }
-    Poll::Pending
+    match io.get_ref().poll_closed(cx) {
+        Poll::Ready(true) => true,
+        Poll::Ready(false) => {
+            *look = false;
+            false
+        }
+        Poll::Pending => false,
+    }
 }
 
 /// How a response's body is delimited.
@@ -533,15 +548,9 @@ where
         if let Poll::Ready(frame) = body.as_mut().poll_frame(cx) {
             return Poll::Ready(Ok(frame));
         }
-        if *look_for_close {
-            match io.get_ref().poll_closed(cx) {
-                Poll::Ready(true) => {
-                    let closed = "the client closed the connection while its response was streaming";
-                    return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, closed)));
-                }
-                Poll::Ready(false) => *look_for_close = false, // bytes wait: not looked for again
-                Poll::Pending => {}
-            }
+        if closed(io, look_for_close, cx) {
+            let gone = "the client closed the connection while its response was streaming";
+            return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, gone)));
         }
         Poll::Pending
     })

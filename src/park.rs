@@ -104,10 +104,6 @@ pub trait Transport: AsyncRead + AsyncWrite + ShowsClose + Unpin + Send + 'stati
 
     /// Whether the connection, before its first request, may be about to speak HTTP/2.
     fn may_be_http2(&self) -> impl Future<Output = bool> + Send;
-
-    /// Whether plain HTTP/1.1 requests go through the fast lane (`lane`) rather than hyper: where the socket shows
-    /// a client's close (a TLS session may hold it instead, which hyper's reads see).
-    const LANE: bool;
 }
 
 /// A connection's request service as the fast lane calls it (hyper calls it as a `hyper::service::Service`).
@@ -124,7 +120,6 @@ pub trait Answer {
 impl Transport for TcpStream {
     const SCHEME: &'static str = "http";
     const READS_AHEAD: bool = false;
-    const LANE: bool = true;
 
     async fn readable(&self) {
         let _ = TcpStream::readable(self).await;
@@ -143,7 +138,6 @@ impl Transport for TcpStream {
 impl Transport for TlsStream<TcpStream> {
     const SCHEME: &'static str = "https";
     const READS_AHEAD: bool = true;
-    const LANE: bool = false;
 
     async fn readable(&self) {
         let _ = self.get_ref().0.readable().await;
@@ -212,7 +206,8 @@ where
                 let conn = Box::pin(drain::until_drained(conn, self.draining));
                 return connection::drive(conn, self.watch, self.with.limits, self.with.timeouts).await;
             }
-            if T::LANE {
+            // Plain HTTP/1.1 requests go through the fast lane where the socket shows the client's close (see `lane`).
+            if T::SHOWS_CLOSE {
                 let drain = self.draining.signalled();
                 let lane = lane::serve(&mut io, &mut buf, &self.service, drain, limits.idle_timeout);
                 let driven = connection::driving(lane, self.watch.clone(), limits).await;
@@ -223,10 +218,7 @@ where
                     Err(Timeout::Park) => {
                         // Idle, perhaps with the start of a pipelined request read with the last one: kept for the
                         // next round (which reads it first), as hyper's unread bytes are.
-                        if !buf.is_empty() {
-                            io.unread(buf.split().freeze());
-                        }
-                        buf = BytesMut::new();
+                        lane::give_back(&mut io, &mut buf);
                         continue;
                     }
                     Err(timeout) => return timeout.report(&limits, self.with.timeouts),
