@@ -171,8 +171,24 @@ log "mode $MODE: $TOTAL requests per scenario, concurrency $CONCURRENCY, at most
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# A port free now, below the kernel's ephemeral range: a port from bind(0) is released before the gateway or the
+# proxy binds it, and a later bind(0) (an upstream, a client's outgoing connection) could be handed the same one.
 free_port() {
-    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    "$PY" - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+while True:
+    port = random.randrange(max(1024, low - 12000), low)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+PY
 }
 
 # ---------------------------------------------------------------------------------------------- per scenario
