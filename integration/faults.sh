@@ -176,12 +176,15 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 free_port() {
     "$PY" - <<'PY'
 import random, socket
-low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-while True:
-    port = random.randrange(max(1024, low - 12000), low)
+low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+# Below the range when it leaves room there, else above it; bind(0) when neither does.
+span = range(max(1024, low - 12000), low) if low - 1024 >= 1000 else range(high + 1, 65536)
+for _ in range(1000):
+    port = random.choice(span) if len(span) >= 1000 else 0
     s = socket.socket()
     try:
         s.bind(("127.0.0.1", port))
+        port = s.getsockname()[1]
     except OSError:
         continue
     finally:
@@ -259,6 +262,7 @@ new_scenario() {
     RUN=faults-$(date +%s)-$RANDOM
     PORT=$(free_port)
     ADMIN=$(free_port)
+    while [[ $ADMIN == "$PORT" ]]; do ADMIN=$(free_port); done
     BROKERS_TOML=
     ROUTES_TOML=
     TARGETS=()
