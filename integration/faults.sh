@@ -173,9 +173,13 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # A port free now, below the kernel's ephemeral range: a port from bind(0) is released before the gateway or the
 # proxy binds it, and a later bind(0) (an upstream, a client's outgoing connection) could be handed the same one.
+# Never one handed out before in this run ($WORK/ports): the gateway's, its admin's and the proxies' ports are all
+# picked before any of them is bound.
 free_port() {
-    "$PY" - <<'PY'
-import random, socket
+    "$PY" - "$WORK/ports" <<'PY'
+import os, random, socket, sys
+taken_file = sys.argv[1]
+taken = set(open(taken_file).read().split()) if os.path.exists(taken_file) else set()
 low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
 # Below the range when it leaves room there, else above it; bind(0) when neither does.
 span = range(max(1024, low - 12000), low) if low - 1024 >= 1000 else range(high + 1, 65536)
@@ -189,8 +193,13 @@ for _ in range(1000):
         continue
     finally:
         s.close()
-    print(port)
-    break
+    if str(port) not in taken:
+        break
+else:
+    sys.exit("no free port found")
+with open(taken_file, "a") as f:
+    f.write(f"{port}\n")
+print(port)
 PY
 }
 
@@ -262,7 +271,6 @@ new_scenario() {
     RUN=faults-$(date +%s)-$RANDOM
     PORT=$(free_port)
     ADMIN=$(free_port)
-    while [[ $ADMIN == "$PORT" ]]; do ADMIN=$(free_port); done
     BROKERS_TOML=
     ROUTES_TOML=
     TARGETS=()

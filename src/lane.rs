@@ -46,7 +46,7 @@ use crate::connection::{ShowsClose, Watched};
 use crate::park::Answer;
 use crate::upstream::names::header_name;
 // A `content-length` value: one plain decimal number (anything else goes to hyper, which refuses it).
-use crate::upstream::wire::decimal;
+use crate::upstream::decimal;
 
 /// Room for a request's head and body, read at once: a head that does not fit goes to hyper (whose limit is
 /// `server.max_header_bytes`).
@@ -522,16 +522,9 @@ async fn write<T: AsyncWrite + ShowsClose + Unpin>(
 }
 
 /// A write that made no progress for the idle timeout (told apart from the socket's own `ETIMEDOUT`).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the client read none of its answer for the idle timeout")]
 struct Stall;
-
-impl std::fmt::Display for Stall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the client read none of its answer for the idle timeout")
-    }
-}
-
-impl std::error::Error for Stall {}
 
 /// The body's next frame, waited for; with `look_for_close`, a client that closed meanwhile ends the wait with an
 /// error (its upstream stream is dropped with the body).

@@ -22,7 +22,7 @@ pub(crate) mod names;
 mod outlier;
 mod pool;
 mod retry;
-pub(crate) mod wire;
+mod wire;
 
 pub use added::{Added, Forwarded};
 pub use balance::{Pick, hash_key};
@@ -35,3 +35,4 @@ pub use headers::strip_hop_by_hop;
 pub use outlier::OutlierDetector;
 pub use pool::{AnswerBody, Reusable, SendError};
 pub use retry::{Outcome, RetryOn, RetryPolicy, is_idempotent};
+pub(crate) use wire::decimal;
