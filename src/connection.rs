@@ -253,6 +253,16 @@ impl<B> Tracked<B> {
     pub fn new(inner: B, finished: Finished) -> Tracked<B> {
         Tracked { inner, finished }
     }
+
+    /// The body it wraps.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    /// The body it wraps, to change.
+    pub fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
 }
 
 impl<B: HttpBody<Data = Bytes>> HttpBody for Tracked<B> {

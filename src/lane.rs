@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use crate::body::{BoxError, Inbound};
 use crate::connection::{ShowsClose, Watched};
 use crate::park::Answer;
+use crate::upstream::PassedLines;
 use crate::upstream::names::header_name;
 // A `content-length` value: one plain decimal number (anything else goes to hyper, which refuses it).
 use crate::upstream::decimal;
@@ -92,7 +93,7 @@ pub async fn serve<T, S>(
 where
     T: AsyncRead + AsyncWrite + ShowsClose + Unpin,
     S: Answer,
-    S::Body: HttpBody<Data = Bytes>,
+    S::Body: HttpBody<Data = Bytes> + PassedLines,
     <S::Body as HttpBody>::Error: Into<BoxError>,
 {
     let mut drain = Drain { wait: pin!(drain), seen: false };
@@ -362,7 +363,7 @@ async fn respond<T, B>(
 ) -> std::io::Result<(bool, HeaderMap)>
 where
     T: AsyncWrite + ShowsClose + Unpin,
-    B: HttpBody<Data = Bytes>,
+    B: HttpBody<Data = Bytes> + PassedLines,
     B::Error: Into<BoxError>,
 {
     let (parts, body) = res.into_parts();
@@ -394,6 +395,11 @@ where
     }
     out.extend_from_slice(b"\r\n");
     let mut dated = false;
+    // An upstream's lines kept as bytes (`upstream::Lines`): none of them is one written below from the framing.
+    if let Some(lines) = body.as_ref().as_pin_ref().and_then(|b| b.get_ref().lines()) {
+        lines.write_to(out);
+        dated = lines.dated();
+    }
     // A 204 carries no length; a 304 keeps the one it was given (that of the body it stands for).
     let keep_length = status == StatusCode::NOT_MODIFIED;
     for (name, value) in &parts.headers {

@@ -168,7 +168,7 @@ where
     S: Answer<Body = B, Future = <S as hyper::service::Service<Request<Incoming>>>::Future>,
     S: Clone + Send + Unpin + 'static,
     <S as Answer>::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + crate::upstream::PassedLines + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     /// Serves the connection `io` until it closes, parking it whenever it idles.

@@ -35,6 +35,7 @@ use crate::snapshot::{Shared, Snapshot};
 use crate::stack::RouteService;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::ConnectionTimeouts;
+use crate::upstream;
 use crate::workers::Workers;
 
 /// Shared state of a running gateway.
@@ -332,7 +333,9 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
     type Future = Answering;
 
     fn call(&self, req: Request<Incoming>) -> Answering {
-        park::Answer::answer(self, req.map(Inbound::Hyper))
+        let mut answering = park::Answer::answer(self, req.map(Inbound::Hyper));
+        answering.to_hyper = true;
+        answering
     }
 }
 
@@ -345,7 +348,7 @@ impl park::Answer for Connection {
     fn answer(&self, req: Request<Inbound>) -> Answering {
         let finished = Some(self.watch.request(req.version()));
         let answer = guard(|| handle(&self.gw, req, &self.peer_ip, self.scheme));
-        Answering { answer, finished, watch: self.watch.clone() }
+        Answering { answer, finished, watch: self.watch.clone(), to_hyper: false }
     }
 }
 
@@ -356,6 +359,8 @@ pin_project! {
         answer: CatchPanicFuture<<RouteService as Service<Request<Inbound>>>::Future>,
         finished: Option<Finished>,
         watch: Arc<Watch>,
+        // For hyper's server, which sends only the map: an upstream's lines kept as bytes go into it.
+        to_hyper: bool,
     }
 }
 
@@ -364,7 +369,10 @@ impl Future for Answering {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(response) = ready!(this.answer.poll(cx));
+        let Ok(mut response) = ready!(this.answer.poll(cx));
+        if *this.to_hyper {
+            upstream::into_map(&mut response);
+        }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             this.watch.upgraded();
         }

@@ -209,6 +209,7 @@ impl Snapshot {
                         fault: r.fault.as_ref().map(Fault::new),
                         tracer: shared.tracer.clone(),
                         retries: route_metrics.retries.clone(),
+                        keep_lines: r.cors.is_none(),
                     };
                     (Action::Forward(Arc::new(route)), None)
                 }

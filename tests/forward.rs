@@ -672,6 +672,83 @@ async fn upstream_answers_are_framed_as_http_1_1_says_and_only_clean_ones_reuse_
     assert_problem(&gw.get("/close-bad-length").await, 502, Some("r"));
 }
 
+/// Writes `request` on a new connection to `addr` and reads the answer until its body `ends`.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8], ends: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(ends) {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(answer).unwrap()
+}
+
+/// The header lines of a raw answer, names lowercased.
+fn answer_lines(answer: &str) -> Vec<(String, String)> {
+    let head = answer.split("\r\n\r\n").next().unwrap();
+    head.lines()
+        .skip(1)
+        .map(|l| l.split_once(':').unwrap())
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.trim().to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_upstreams_header_lines_reach_the_client_the_same_whichever_way_the_gateway_serves_it() {
+    // The fast lane writes the upstream's lines as they came (kept as bytes); hyper's server (HTTP/1.0 here, TLS and
+    // HTTP/2 elsewhere) gets them in the map; a CORS route rewrites answer headers and gets the map too. Either way:
+    // the upstream's lines, none of its connection's own, and one `x-request-id`, the request's.
+    let (url, _) = scripted_upstream(|_| {
+        "HTTP/1.1 200 OK\r\nServer: up\r\nX-Request-Id: upstream-id\r\nX-Mixed-Case:  A b\r\nKeep-Alive: timeout=5\r\n\
+         Content-Length: 2\r\nAccess-Control-Allow-Origin: https://up.example\r\nConnection: keep-alive\r\n\r\nok"
+    })
+    .await;
+    let cors = json!({ "allow_origins": ["https://app.example.com"] });
+    let mut config = single(std::slice::from_ref(&url), json!({}), json!({ "match": { "path_prefix": "/plain" } }));
+    config["routes"].as_array_mut().unwrap().push(json!({
+        "name": "cors", "match": { "path_prefix": "/cors" }, "forward": { "upstream": "svc" }, "cors": cors,
+    }));
+    let gw = Gateway::start(config).await;
+    let expected = |origin: &str| {
+        let mut lines = vec![
+            ("server", "up"),
+            ("x-mixed-case", "A b"),
+            ("access-control-allow-origin", origin),
+            ("x-request-id", "client-id"),
+            ("content-length", "2"),
+        ];
+        lines.sort();
+        lines.into_iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect::<Vec<_>>()
+    };
+    let requests: [(&[u8], &str); 4] = [
+        (b"GET /plain HTTP/1.1\r\nhost: a\r\nx-request-id: client-id\r\n\r\n", "https://up.example"),
+        (b"GET /plain HTTP/1.0\r\nhost: a\r\nx-request-id: client-id\r\n\r\n", "https://up.example"),
+        (
+            b"GET /cors HTTP/1.1\r\nhost: a\r\nx-request-id: client-id\r\norigin: https://app.example.com\r\n\r\n",
+            "https://app.example.com",
+        ),
+        (
+            b"GET /cors HTTP/1.0\r\nhost: a\r\nx-request-id: client-id\r\norigin: https://app.example.com\r\n\r\n",
+            "https://app.example.com",
+        ),
+    ];
+    for (request, origin) in requests {
+        let answer = raw_exchange(gw.addr, request, b"ok").await;
+        let mut lines = answer_lines(&answer);
+        lines.retain(|(n, _)| !matches!(n.as_str(), "date" | "vary" | "connection"));
+        lines.sort();
+        assert_eq!(lines, expected(origin), "{}\n{answer}", String::from_utf8_lossy(request));
+        assert_eq!(answer.matches("\r\n").count(), answer_lines(&answer).len() + 2, "CRLF lines only: {answer}");
+        // The lane passes the lines on as the upstream wrote them.
+        let lane = request.starts_with(b"GET /plain HTTP/1.1");
+        assert_eq!(answer.contains("\r\nX-Mixed-Case:  A b\r\n"), lane, "{answer}");
+    }
+}
+
 #[tokio::test]
 async fn an_upstream_that_answers_an_upload_early_and_closes_has_its_answer_passed_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

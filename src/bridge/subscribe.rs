@@ -850,6 +850,7 @@ impl Deliverer {
             trace,
             tracer: &self.wiring.tracer,
             retries: &self.wiring.metrics.retries,
+            keep_lines: false,
         };
         match call(&self.wiring.upstream, sent).await {
             Ok(answer) => {

@@ -47,6 +47,9 @@ pub struct ForwardRoute {
     pub tracer: Tracer,
     /// `sluice_retries_total{route}`.
     pub retries: Counter,
+    /// The upstream's header lines may be passed on as bytes (`upstream::Lines`): no layer of the route rewrites
+    /// an answer's headers (CORS does).
+    pub keep_lines: bool,
 }
 
 /// Forwards one request (see the module doc for the order).
@@ -106,6 +109,7 @@ pub fn forward(
                 trace: &trace,
                 tracer: &route.tracer,
                 retries: &route.retries,
+                keep_lines: route.keep_lines,
             },
         )
         .await?;

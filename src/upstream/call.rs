@@ -56,6 +56,9 @@ pub struct Call<'a> {
     pub tracer: &'a Tracer,
     /// Counts each retry sent (`sluice_retries_total` of the route or subscription).
     pub retries: &'a Counter,
+    /// The answer's header lines may stay bytes, out of its map (`upstream::Lines`): for a forwarded answer that no
+    /// layer reads or rewrites headers of, and that the server puts into the map when hyper's server sends it.
+    pub keep_lines: bool,
 }
 
 /// The upstream's response to the last attempt.
@@ -113,7 +116,7 @@ pub fn call<'a>(
             // `.await`, though it was moved into the send.
             let headers = if copy { call.headers.clone() } else { std::mem::take(&mut call.headers) };
             let req = request(&call.method, upstream.uri(&endpoint, &call.path), headers, body);
-            let result = upstream.send(&endpoint, req, added, limit).await;
+            let result = upstream.send(&endpoint, req, added, limit, call.keep_lines).await;
             if matches!(result, Err(SendError::Timeout)) && limit == deadline {
                 return Err(CallError::Timeout);
             }

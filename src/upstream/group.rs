@@ -175,7 +175,8 @@ impl Upstream {
     }
 
     /// Sends one request to `endpoint` (its URI made by [`Upstream::uri`]) with the lines `added` to its headers,
-    /// waiting for the response head until `deadline` ([`SendError::Timeout`]).
+    /// waiting for the response head until `deadline` ([`SendError::Timeout`]). With `keep_lines`, the wire client
+    /// may keep the answer's header lines as bytes (`upstream::Lines`).
     /// The `Reusable` goes back to the endpoint's pool once the response body has been read.
     ///
     /// Not an `async fn` (see `Pool::send`): the pool's future is returned as it is, not wrapped in one more.
@@ -185,9 +186,10 @@ impl Upstream {
         mut req: Request<OutBody>,
         added: Added<'_>,
         deadline: Instant,
+        keep_lines: bool,
     ) -> impl Future<Output = Result<(Response<AnswerBody>, Option<Reusable>), SendError>> + Send {
         let Some(client) = endpoint.h2() else {
-            return Either::Left(endpoint.pool.send(req, added, deadline));
+            return Either::Left(endpoint.pool.send(req, added, deadline, keep_lines));
         };
         added.insert_into(req.headers_mut());
         let (response, addr) = (client.request(req), endpoint.addr);

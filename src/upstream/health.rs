@@ -49,7 +49,7 @@ async fn check(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
     let Ok(req) = Request::get(up.uri(ep, &path)).body(OutBody::Empty) else { return false };
     let added = Added { host: &ep.host_header, trace: None, forwarded: None };
     let deadline = super::call::after(tokio::time::Instant::now(), hc.timeout.0);
-    match up.send(ep, req, added, deadline).await {
+    match up.send(ep, req, added, deadline, false).await {
         Ok((res, conn)) => {
             let ok = res.status().is_success();
             // Read the (small) body so the connection can be reused.

@@ -6,7 +6,7 @@
 //! - [`call`]: one request sent with every resilience policy, in one readable order.
 //! - [`added`]: the lines each attempt adds to the request's headers (`host`, `traceparent`, `x-forwarded-*`).
 //! - [`endpoint`], [`connect`] (plain or TLS), [`pool`] (with the [`wire`] HTTP/1.1 client and the answers'
-//!   [`names`]), [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
+//!   [`names`], and the answers' [`lines`] kept as bytes), [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
 //! - [`error`]: [`CallError`], with whether trying again later may help.
 
 mod added;
@@ -18,6 +18,7 @@ pub mod error;
 mod group;
 mod headers;
 mod health;
+mod lines;
 pub(crate) mod names;
 mod outlier;
 mod pool;
@@ -32,6 +33,7 @@ pub use endpoint::{Endpoint, EndpointUrl, authority_host};
 pub use error::CallError;
 pub use group::{InFlight, Upstream};
 pub use headers::strip_hop_by_hop;
+pub use lines::{Lines, PassedLines, into_map};
 pub use outlier::OutlierDetector;
 pub use pool::{AnswerBody, Reusable, SendError};
 pub use retry::{Outcome, RetryOn, RetryPolicy, is_idempotent};

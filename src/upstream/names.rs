@@ -55,7 +55,7 @@ static LEN_17: [HeaderName; 1] = [header::TRANSFER_ENCODING];
 /// hold (RFC 9110 §5.6.2), no other lands on a lowercase letter or on `-` (only the CR byte 0x0D would, and a
 /// token has none). Eight bytes at a time; the last eight overlap the ones before when the length is not a
 /// multiple of eight.
-fn folded_eq(raw: &[u8], lower: &[u8]) -> bool {
+pub(super) fn folded_eq(raw: &[u8], lower: &[u8]) -> bool {
     const CASE: u64 = 0x2020_2020_2020_2020;
     let word = |b: &[u8], at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().expect("eight bytes"));
     let n = raw.len();

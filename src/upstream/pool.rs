@@ -155,9 +155,10 @@ impl Pool {
         mut req: Request<OutBody>,
         added: Added<'_>,
         deadline: Instant,
+        keep_lines: bool,
     ) -> impl Future<Output = Result<(Response<AnswerBody>, Option<Reusable>), SendError>> + Send + '_ {
         if wire::eligible(&req) {
-            let encoded = wire::encode(&req, &added);
+            let encoded = wire::encode(&req, &added, keep_lines);
             Either::Left(self.send_wire(req, encoded, deadline).map_ok(|res| (res.map(AnswerBody::Right), None)))
         } else {
             added.insert_into(req.headers_mut());

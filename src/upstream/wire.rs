@@ -21,7 +21,8 @@
 //! The answer's hop-by-hop lines that only this connection needed are not passed on (the forwarder would strip
 //! them; nothing else reads them): `transfer-encoding` (the body is decoded here), `keep-alive`, and a `connection`
 //! that lists nothing but `close` and `keep-alive` (nginx sends `connection: keep-alive` on every answer). A
-//! `connection` naming other headers is passed on, for the forwarder to strip them.
+//! `connection` naming other headers is passed on, for the forwarder to strip them. A forwarded answer's lines may
+//! be kept as bytes instead of a `HeaderMap` (`upstream::lines`).
 //!
 //! A connection is reused only after an HTTP/1.1 answer without `connection: close` that was read to its end with
 //! nothing after it, and only while it has nothing to read (checked without waiting when it is taken from the pool).
@@ -41,11 +42,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::added::Added;
+use super::lines::{Kind, Lines};
 use crate::body::{OutBody, REPLAY_LIMIT};
 use crate::workers;
 
 /// Most header lines in a response head (hyper's default).
 const MAX_HEADERS: usize = 100;
+// A head's lines are marked in a `u128` (see `Head::parse_into`).
+const _: () = assert!(MAX_HEADERS <= 128);
 /// Header lines parsed for at first: most answers have fewer, and filling `MAX_HEADERS` empty lines for each answer
 /// cost ~140 instructions (0.5% of a forwarded request); a head with more is parsed again with room for `MAX_HEADERS`.
 const FEW_HEADERS: usize = 24;
@@ -120,10 +124,9 @@ pub struct Encoded {
     head: Vec<u8>,
     body: Bytes,
     head_request: bool,
+    /// The answer's lines are kept as bytes when they can be (see [`Lines`]).
+    keep_lines: bool,
 }
-
-/// `keep-alive` (RFC 9112 §C.2.2; not one of `http`'s standard names).
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Whether this client sends `req`: no body or a buffered one of at most [`REPLAY_LIMIT`] bytes, and no upgrade.
 pub fn eligible(req: &Request<OutBody>) -> bool {
@@ -137,8 +140,9 @@ pub fn eligible(req: &Request<OutBody>) -> bool {
 
 /// The request's head in origin form with the headers as they are, except that `content-length` is the body's own,
 /// `transfer-encoding` is left out (the body is sent whole), and the lines `added` replace the request's own of
-/// their names: `host` first, the others after the request's.
-pub fn encode(req: &Request<OutBody>, added: &Added<'_>) -> Encoded {
+/// their names: `host` first, the others after the request's. With `keep_lines`, the answer's lines are kept as
+/// bytes when they can be (see [`Lines`]).
+pub fn encode(req: &Request<OutBody>, added: &Added<'_>, keep_lines: bool) -> Encoded {
     let body = match req.body() {
         OutBody::Full(Some(b)) => b.clone(),
         _ => Bytes::new(),
@@ -174,7 +178,7 @@ pub fn encode(req: &Request<OutBody>, added: &Added<'_>) -> Encoded {
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    Encoded { head, body, head_request: method == Method::HEAD }
+    Encoded { head, body, head_request: method == Method::HEAD, keep_lines }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
@@ -221,7 +225,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             // An upstream may answer before it has read the whole request (a 413, a 401) and close the connection,
             // which fails the rest of the write: its answer is still in the socket, and is the client's answer.
             let Failure::Failed(error) = failure else { return Err(failure) };
-            return match self.read_head(req.head_request).await {
+            return match self.read_head(req).await {
                 Ok((mut head, data)) => {
                     head.reusable = false;
                     Ok(head.into_response(data, self, home))
@@ -230,7 +234,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 Err(_) => Err(Failure::Failed(error)),
             };
         }
-        match self.read_head(req.head_request).await {
+        match self.read_head(req).await {
             Ok((head, data)) => Ok(head.into_response(data, self, home)),
             Err(WireError::TimedOut) => Err(Failure::TimedOut),
             Err(e) => Err(Failure::Failed(e)),
@@ -287,7 +291,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
     ///
     /// The head is parsed only once the bytes read hold a blank line (the new bytes are scanned for it), so that a
     /// head trickling in a byte at a time is not parsed again from its start on every read.
-    async fn read_head(&mut self, head_request: bool) -> Result<(Head, Bytes), WireError> {
+    async fn read_head(&mut self, req: &Encoded) -> Result<(Head, Bytes), WireError> {
         let mut scanned = 0;
         loop {
             // The first bytes are parsed at once (most heads arrive whole); after that, only once a blank line came.
@@ -295,7 +299,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 // The bytes read go to the response; the buffer keeps the room after them for the next response on
                 // this connection, which is then read without a new allocation (see `WireBody::finish`).
                 let data = self.buf.split().freeze();
-                match Head::parse(&data, head_request)? {
+                match Head::parse(&data, req.head_request, req.keep_lines)? {
                     Parsed::Final(head) => return Ok((head, data)),
                     Parsed::Informational(len) => {
                         self.give_back(data, len);
@@ -369,6 +373,8 @@ struct Head {
     reason: Option<hyper::ext::ReasonPhrase>,
     version: Version,
     headers: HeaderMap,
+    /// The lines passed on, kept as bytes (`headers` is then empty).
+    lines: Option<Box<Lines>>,
     framing: Framing,
     reusable: bool,
 }
@@ -381,10 +387,11 @@ enum Parsed {
 
 impl Head {
     /// Parses the head at the start of `data`; header values share `data`'s bytes.
-    fn parse(data: &Bytes, head_request: bool) -> Result<Parsed, WireError> {
-        match Self::parse_into(data, head_request, &mut [httparse::EMPTY_HEADER; FEW_HEADERS]) {
+    /// With `keep_lines`, the lines passed on are kept as bytes when they can be (see [`Lines`]).
+    fn parse(data: &Bytes, head_request: bool, keep_lines: bool) -> Result<Parsed, WireError> {
+        match Self::parse_into(data, head_request, keep_lines, &mut [httparse::EMPTY_HEADER; FEW_HEADERS]) {
             Err(WireError::Parse(httparse::Error::TooManyHeaders)) => {
-                Self::parse_into(data, head_request, &mut [httparse::EMPTY_HEADER; MAX_HEADERS])
+                Self::parse_into(data, head_request, keep_lines, &mut [httparse::EMPTY_HEADER; MAX_HEADERS])
             }
             parsed => parsed,
         }
@@ -393,9 +400,10 @@ impl Head {
     fn parse_into<'d>(
         data: &'d Bytes,
         head_request: bool,
-        lines: &mut [httparse::Header<'d>],
+        keep_lines: bool,
+        slots: &mut [httparse::Header<'d>],
     ) -> Result<Parsed, WireError> {
-        let mut res = httparse::Response::new(lines);
+        let mut res = httparse::Response::new(slots);
         let len = match res.parse(data)? {
             httparse::Status::Complete(len) => len,
             httparse::Status::Partial => return Ok(Parsed::Partial),
@@ -412,45 +420,52 @@ impl Head {
             Some(r) if !r.is_empty() && status.canonical_reason() != Some(r) => unusual_reason(r),
             _ => None,
         };
-        let mut headers = HeaderMap::with_capacity(res.headers.len());
         let (mut length, mut coded, mut chunked) = (None, false, false);
         // A list or repeated lines of `content-length`: passed on as the one number (RFC 9110 §8.6).
         let mut restate_length = false;
         let (mut close, mut keep_alive) = (false, false);
-        for line in res.headers.iter() {
-            let name =
-                super::names::header_name(line.name.as_bytes()).map_err(|_| WireError::Malformed("header name"))?;
-            let value = HeaderValue::from_maybe_shared(data.slice_ref(line.value))
-                .map_err(|_| WireError::Malformed("header value"))?;
-            if name == header::CONTENT_LENGTH {
-                let (n, listed) = content_length(line.value)?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(WireError::Malformed("differing content-length values"));
+        // The lines passed on (bit i: `res.headers[i]`), those of them the forwarder would strip or replace, and
+        // whether any is a hop-by-hop line it strips from a map (the lines then go into the map).
+        let (mut passed, mut not_kept, mut hop, mut dated) = (0u128, 0u128, false, false);
+        for (i, line) in res.headers.iter().enumerate() {
+            match Kind::of(line.name.as_bytes()) {
+                Kind::ContentLength => {
+                    let (n, listed) = content_length(line.value)?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(WireError::Malformed("differing content-length values"));
+                    }
+                    restate_length |= listed || length.is_some();
+                    length = Some(n);
+                    if restate_length {
+                        continue;
+                    }
+                    not_kept |= 1 << i;
                 }
-                restate_length |= listed || length.is_some();
-                length = Some(n);
-                if restate_length {
+                Kind::TransferEncoding => {
+                    coded = true;
+                    let last = line.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                    chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
                     continue;
                 }
-            } else if name == header::TRANSFER_ENCODING {
-                coded = true;
-                let last = line.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-                chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-                continue;
-            } else if name == header::CONNECTION {
-                let mut names_headers = false;
-                for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    let (c, k) = (token.eq_ignore_ascii_case(b"close"), token.eq_ignore_ascii_case(b"keep-alive"));
-                    (close, keep_alive) = (close || c, keep_alive || k);
-                    names_headers |= !(c || k || token.is_empty());
+                Kind::Connection => {
+                    let mut names_headers = false;
+                    for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        let (c, k) = (token.eq_ignore_ascii_case(b"close"), token.eq_ignore_ascii_case(b"keep-alive"));
+                        (close, keep_alive) = (close || c, keep_alive || k);
+                        names_headers |= !(c || k || token.is_empty());
+                    }
+                    if !names_headers {
+                        continue;
+                    }
+                    hop = true;
                 }
-                if !names_headers {
-                    continue;
-                }
-            } else if name == KEEP_ALIVE {
-                continue;
+                Kind::KeepAlive => continue,
+                Kind::RequestId => not_kept |= 1 << i,
+                Kind::OtherHop => hop = true,
+                Kind::Date => dated = true,
+                Kind::Other => {}
             }
-            headers.append(name, value);
+            passed |= 1 << i;
         }
         let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let framing = match (no_body, coded, length) {
@@ -466,15 +481,33 @@ impl Head {
         // Both lengths given: the chunks count, the stale length is not passed on (it would cut the body short),
         // and the connection is not trusted with another request.
         let conflicting = coded && length.is_some() && !no_body;
-        if conflicting {
-            headers.remove(header::CONTENT_LENGTH);
-        } else if let Some(n) = length.filter(|_| restate_length) {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        let lines = match keep_lines && !hop && !no_body {
+            true => Lines::keep(data, res.headers, len, passed & !not_kept, dated),
+            false => None,
+        };
+        let mut headers = HeaderMap::new();
+        if lines.is_none() {
+            headers.reserve(passed.count_ones() as usize);
+            let mut bits = passed;
+            while bits != 0 {
+                let line = &res.headers[bits.trailing_zeros() as usize];
+                bits &= bits - 1;
+                let name =
+                    super::names::header_name(line.name.as_bytes()).map_err(|_| WireError::Malformed("header name"))?;
+                let value = HeaderValue::from_maybe_shared(data.slice_ref(line.value))
+                    .map_err(|_| WireError::Malformed("header value"))?;
+                headers.append(name, value);
+            }
+            if conflicting {
+                headers.remove(header::CONTENT_LENGTH);
+            } else if let Some(n) = length.filter(|_| restate_length) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
         }
         // HTTP/1.0 keeps the connection only when asked to; `close` always wins.
         let persistent = !close && (version == Version::HTTP_11 || keep_alive);
         let reusable = persistent && !conflicting && framing != Framing::UntilClose;
-        Ok(Parsed::Final(Head { len, status, reason, version, headers, framing, reusable }))
+        Ok(Parsed::Final(Head { len, status, reason, version, headers, lines, framing, reusable }))
     }
 
     /// The response, its body the rest of `data` (which starts with this head), then what `conn` reads.
@@ -503,7 +536,8 @@ impl Head {
                 }
             }
         };
-        let mut body = WireBody { state, conn: Some(conn), home: Some(home), reusable: self.reusable };
+        let mut body =
+            WireBody { state, conn: Some(conn), home: Some(home), reusable: self.reusable, lines: self.lines };
         if matches!(body.state, State::Whole(_)) {
             body.finish();
         }
@@ -563,6 +597,9 @@ pub struct WireBody<T> {
     conn: Option<Box<Conn<T>>>,
     home: Option<Arc<dyn Home<T>>>,
     reusable: bool,
+    /// The answer's header lines, when they were kept as bytes (boxed: the body, moved with its response several
+    /// times per request, stays small).
+    lines: Option<Box<Lines>>,
 }
 
 impl<T> std::fmt::Debug for WireBody<T> {
@@ -586,6 +623,16 @@ enum State {
 const READING: &str = "a body still reading holds its connection";
 
 impl<T> WireBody<T> {
+    /// The answer's header lines, when they were kept as bytes (its map is then empty).
+    pub fn lines(&self) -> Option<&Lines> {
+        self.lines.as_deref()
+    }
+
+    /// Takes the answer's header lines out, for them to go into its map.
+    pub fn take_lines(&mut self) -> Option<Box<Lines>> {
+        self.lines.take()
+    }
+
     /// The body was read to its end: the connection goes home when it may carry another request.
     fn finish(&mut self) {
         if !matches!(self.state, State::Whole(_)) {

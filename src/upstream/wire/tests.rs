@@ -46,6 +46,8 @@ struct Got {
     trailers: Option<HeaderMap>,
     reused: bool,
     request: String,
+    /// The header lines kept as bytes, as the lane writes them.
+    lines: Option<String>,
 }
 
 /// The `traceparent` line [`encode`] adds.
@@ -53,9 +55,14 @@ const TRACEPARENT_LINE: &str = "traceparent: 00-00000000000000000000000000000abc
 
 /// The head the wire client writes for `req`, with the lines an attempt adds: `host: up.test` and a `traceparent`.
 fn encode(req: &Request<OutBody>) -> Encoded {
+    encode_keeping(req, false)
+}
+
+/// [`encode`], asking for the answer's lines as bytes when `keep_lines`.
+fn encode_keeping(req: &Request<OutBody>, keep_lines: bool) -> Encoded {
     static HOST: HeaderValue = HeaderValue::from_static("up.test");
     let trace = crate::telemetry::TraceContext { trace_id: 0xabc, span_id: 0x12, flags: 1, tracestate: None };
-    super::encode(req, &Added { host: &HOST, trace: Some(&trace), forwarded: None })
+    super::encode(req, &Added { host: &HOST, trace: Some(&trace), forwarded: None }, keep_lines)
 }
 
 fn get(method: Method, body: &'static [u8]) -> Request<OutBody> {
@@ -88,6 +95,11 @@ async fn read_request(up: &mut DuplexStream) -> String {
 /// Sends `req` on a fresh connection whose upstream answers with `pieces` (written one at a time, so the client
 /// sees them split), then closes if `close`.
 async fn exchange(req: Request<OutBody>, pieces: &[&'static [u8]], close: bool) -> Got {
+    exchange_keeping(req, pieces, close, false).await
+}
+
+/// [`exchange`], asking for the answer's lines as bytes when `keep_lines`.
+async fn exchange_keeping(req: Request<OutBody>, pieces: &[&'static [u8]], close: bool, keep_lines: bool) -> Got {
     let kept = Arc::new(Kept::default());
     let (client, mut up) = duplex(1 << 16);
     let pieces = pieces.to_vec();
@@ -104,10 +116,16 @@ async fn exchange(req: Request<OutBody>, pieces: &[&'static [u8]], close: bool) 
         }
         request
     });
-    let result = Conn::new(client).exchange(&encode(&req), kept.clone(), far()).await;
+    let result = Conn::new(client).exchange(&encode_keeping(&req, keep_lines), kept.clone(), far()).await;
+    let mut lines = None;
     let (status, headers, body, trailers) = match result {
         Ok(res) => {
             let (parts, body) = res.into_parts();
+            lines = body.lines().map(|l| {
+                let mut out = Vec::new();
+                l.write_to(&mut out);
+                String::from_utf8(out).unwrap()
+            });
             match body.collect().await {
                 Ok(c) => {
                     let trailers = c.trailers().cloned();
@@ -120,7 +138,7 @@ async fn exchange(req: Request<OutBody>, pieces: &[&'static [u8]], close: bool) 
     };
     let reused = kept.take().is_some();
     let request = upstream.await.unwrap();
-    Got { status, headers, body, trailers, reused, request }
+    Got { status, headers, body, trailers, reused, request, lines }
 }
 
 #[tokio::test]
@@ -633,4 +651,51 @@ async fn informational_answers_without_end_end_at_the_deadline() {
     let failed = tokio::time::timeout(std::time::Duration::from_secs(20), exchange).await.expect("over").unwrap_err();
     assert!(matches!(failed, Failure::TimedOut), "{failed:?}");
     upstream.await.unwrap();
+}
+
+#[tokio::test]
+async fn lines_asked_for_as_bytes_are_kept_as_the_upstream_wrote_them_and_the_map_stays_empty() {
+    let nginx =
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Wed, 02 Dec 2026 12:00:00 GMT\r\nContent-Type: text/plain\r\n\
+        Content-Length: 5\r\nConnection: keep-alive\r\n\r\nhello";
+    let got = exchange_keeping(get(Method::GET, b""), &[nginx], false, true).await;
+    let lines = got.lines.as_deref();
+    assert_eq!(lines, Some("Server: nginx\r\nDate: Wed, 02 Dec 2026 12:00:00 GMT\r\nContent-Type: text/plain\r\n"));
+    assert!(got.headers.is_empty());
+    assert_eq!((got.body.unwrap(), got.reused), (Bytes::from("hello"), true));
+    // Not asked for: the map, as before.
+    let got = exchange(get(Method::GET, b""), &[nginx], false).await;
+    assert_eq!((got.lines, got.headers.len()), (None, 4));
+
+    // Left out: the framing lines (the body is decoded here; a conflicting or listed length is the framing's), the
+    // connection's own lines, and the upstream's `x-request-id` (the observe layer sets the request's).
+    let cases: [(&'static [u8], &str); 3] = [
+        (
+            b"HTTP/1.1 200 OK\r\nx-a: 1\r\nTransfer-Encoding: chunked\r\nx-request-id: up\r\nx-b: 2\r\n\r\n1\r\na\r\n0\r\n\r\n",
+            "x-a: 1\r\nx-b: 2\r\n",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n",
+            "x-a: 1\r\n",
+        ),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 1, 1\r\nKeep-Alive: timeout=5\r\nx-a:1 \r\n\r\na", "x-a:1 \r\n"),
+    ];
+    for (answer, lines) in cases {
+        let got = exchange_keeping(get(Method::GET, b""), &[answer], false, true).await;
+        assert_eq!(got.lines.as_deref(), Some(lines), "{}", String::from_utf8_lossy(answer));
+        assert_eq!((got.headers.len(), got.body.unwrap()), (0, Bytes::from("a")));
+    }
+
+    // Into the map instead: a hop-by-hop line the forwarder strips from the map, a bare line feed, no body.
+    let cases: [(&'static [u8], usize); 5] = [
+        (b"HTTP/1.1 200 OK\r\nconnection: x-hop\r\nx-hop: 1\r\ncontent-length: 1\r\n\r\na", 3),
+        (b"HTTP/1.1 200 OK\r\ntrailer: x-t\r\nx-a: 1\r\ncontent-length: 1\r\n\r\na", 3),
+        (b"HTTP/1.1 200 OK\r\nx-a: 1\nx-b: 2\r\ncontent-length: 1\r\n\r\na", 3),
+        (b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 1\r\n\na", 2),
+        (b"HTTP/1.1 204 No Content\r\nx-a: 1\r\n\r\n", 1),
+    ];
+    for (answer, lines) in cases {
+        let got = exchange_keeping(get(Method::GET, b""), &[answer], false, true).await;
+        assert_eq!((got.lines, got.headers.len()), (None, lines), "{}", String::from_utf8_lossy(answer));
+    }
 }
