@@ -60,6 +60,8 @@ pub fn route(l: Layers) -> RouteService {
         .layer(l.read_body) //                                     body read once: verify and templates see the same bytes
         .option_layer(l.verify) //                                 webhook signatures over the raw body
         .option_layer(l.auth) //                                   API keys, JWT
+        // CORS is the one layer that rewrites a forwarded answer's headers: a route with it has the upstream's lines
+        // in the map (`ForwardRoute::keep_lines`); a layer added here that reads or rewrites them must do the same.
         .option_layer(l.cors) //                                   CORS; preflights answered here
         .option_layer(l.rate_limit) //                             429 before any work is done
         .option_layer(l.shared_rate_limit) //                      the same, buckets in Redis

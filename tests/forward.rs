@@ -724,9 +724,14 @@ async fn an_upstreams_header_lines_reach_the_client_the_same_whichever_way_the_g
         lines.sort();
         lines.into_iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect::<Vec<_>>()
     };
-    let requests: [(&[u8], &str); 4] = [
+    let requests: [(&[u8], &str); 5] = [
         (b"GET /plain HTTP/1.1\r\nhost: a\r\nx-request-id: client-id\r\n\r\n", "https://up.example"),
         (b"GET /plain HTTP/1.0\r\nhost: a\r\nx-request-id: client-id\r\n\r\n", "https://up.example"),
+        // Handed to hyper by the lane: the lines were kept as bytes, and go into the map for hyper's server.
+        (
+            b"POST /plain HTTP/1.1\r\nhost: a\r\nx-request-id: client-id\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            "https://up.example",
+        ),
         (
             b"GET /cors HTTP/1.1\r\nhost: a\r\nx-request-id: client-id\r\norigin: https://app.example.com\r\n\r\n",
             "https://app.example.com",

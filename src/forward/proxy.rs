@@ -47,8 +47,8 @@ pub struct ForwardRoute {
     pub tracer: Tracer,
     /// `sluice_retries_total{route}`.
     pub retries: Counter,
-    /// The upstream's header lines may be passed on as bytes (`upstream::Lines`): no layer of the route rewrites
-    /// an answer's headers (CORS does).
+    /// The upstream's header lines may be passed on as bytes (`upstream::Lines`) to plain HTTP/1.1 requests: no
+    /// layer of the route rewrites an answer's headers (CORS does; see `stack::layers`).
     pub keep_lines: bool,
 }
 
@@ -89,6 +89,9 @@ pub fn forward(
         let facts = parts.extensions.get::<Facts>().expect("the server inserts Facts");
         let trace = facts.trace.clone();
         let forwarded = prepare_headers(&mut parts.headers, facts);
+        // Most answers to plain HTTP/1.1 requests are written by the fast lane, which takes the lines as bytes; those
+        // to TLS and HTTP/2 requests go to hyper's server, which would put them back into the map.
+        let plain_http1 = facts.scheme == "http" && parts.version == http::Version::HTTP_11;
         let client_upgrade = upgrade.map(|(protocol, on)| {
             upgrade::restore(&mut parts.headers, protocol);
             on
@@ -109,7 +112,7 @@ pub fn forward(
                 trace: &trace,
                 tracer: &route.tracer,
                 retries: &route.retries,
-                keep_lines: route.keep_lines,
+                keep_lines: route.keep_lines && plain_http1,
             },
         )
         .await?;

@@ -3,13 +3,13 @@
 //!
 //! A forwarded answer's headers were parsed into a `HeaderMap` (a name lookup, a value check and a hashed insert
 //! per line) only for the lane to walk the map and write the same lines out again: ~2k instructions of a forwarded
-//! request's ~23k for nginx's five lines (bench/README.md, seventeenth round). When the forwarder asks for it
-//! (`Call::keep_lines`), the wire client keeps the lines that would go into the map as spans of the bytes read
+//! request's ~23.5k for nginx's five lines (bench/README.md, seventeenth round). When the forwarder asks for it
+//! (`Call::keep_lines`: a plain HTTP/1.1 request, on a route without CORS), the wire client keeps the lines that would go into the map as spans of the bytes read
 //! (which the answer holds anyway) and leaves the map empty; the lane writes the spans after the status line, and
 //! the map's own lines (the `x-request-id` the observe layer sets) after them.
 //!
-//! Kept only when nothing downstream needs them in the map (see `wire::Head::parse`): an answer whose lines all
-//! end with CRLF, with no hop-by-hop line the forwarder would strip but for `connection: keep-alive`/`close`,
+//! Kept only when nothing downstream needs them in the map (see `wire::Head::parse_into`): an answer whose kept
+//! lines and blank line end with CRLF, with no hop-by-hop line the forwarder would strip but for `connection: keep-alive`/`close`,
 //! `keep-alive` and `transfer-encoding` (which the wire client consumes), a body (not `HEAD`, `204`, `304`), and few
 //! enough runs of lines. The lines are written as the upstream spelled them (case, spacing): httparse has checked
 //! each name and value, and each ends with its CRLF. Answers that go to hyper's server (TLS, HTTP/2, requests the
@@ -30,7 +30,7 @@ use crate::connection::Tracked;
 const RUNS: usize = 4;
 
 /// Header lines of an answer, as spans of its bytes (each run ends with its last line's CRLF).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Lines {
     data: Bytes,
     runs: [(u32, u32); RUNS],
@@ -193,10 +193,14 @@ impl<B: PassedLines> PassedLines for Tracked<B> {
     }
 }
 
-/// Puts the kept lines of `res`'s body, if any, into its map: for an answer that goes to hyper's server.
-pub fn into_map<B: PassedLines>(res: &mut http::Response<B>) {
+/// Puts the kept lines of `res`'s body, if any, into its map, with the `content-length` they leave out: for an
+/// answer that goes to hyper's server (whose HTTP/2 side sends no length for a body that is already finished).
+pub fn into_map<B: PassedLines + http_body::Body>(res: &mut http::Response<B>) {
     if let Some(lines) = res.body_mut().take_lines() {
         lines.append_to(res.headers_mut());
+        if let Some(n) = res.body().size_hint().exact() {
+            res.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
     }
 }
 

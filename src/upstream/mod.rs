@@ -5,8 +5,9 @@
 //! - [`group`]: [`Upstream`], a named group of endpoints (DNS re-resolution, admission, sending).
 //! - [`call`]: one request sent with every resilience policy, in one readable order.
 //! - [`added`]: the lines each attempt adds to the request's headers (`host`, `traceparent`, `x-forwarded-*`).
-//! - [`endpoint`], [`connect`] (plain or TLS), [`pool`] (with the [`wire`] HTTP/1.1 client and the answers'
-//!   [`names`], and the answers' [`lines`] kept as bytes), [`balance`], [`outlier`], [`health`], [`retry`]: one concern each.
+//! - [`endpoint`], [`connect`] (plain or TLS), [`pool`] (with the [`wire`] HTTP/1.1 client, the answers'
+//!   [`names`] and their [`lines`] kept as bytes), [`balance`], [`outlier`], [`health`], [`retry`]: one concern
+//!   each.
 //! - [`error`]: [`CallError`], with whether trying again later may help.
 
 mod added;

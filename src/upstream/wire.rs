@@ -42,14 +42,17 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::added::Added;
-use super::lines::{Kind, Lines};
+use super::lines::{Kind, Lines, PassedLines};
 use crate::body::{OutBody, REPLAY_LIMIT};
 use crate::workers;
 
 /// Most header lines in a response head (hyper's default).
 const MAX_HEADERS: usize = 100;
-// A head's lines are marked in a `u128` (see `Head::parse_into`).
-const _: () = assert!(MAX_HEADERS <= 128);
+// A head's lines are marked in a `u128` (see `Head::parse_into`; `Lines::keep` shifts by up to their number).
+const _: () = assert!(MAX_HEADERS < 128);
+/// Longest header name `HeaderName` takes (the `http` crate's limit): a longer one is refused (`502`) on the map
+/// path, so an answer with one is not kept as bytes.
+const MAX_NAME: usize = u16::MAX as usize;
 /// Header lines parsed for at first: most answers have fewer, and filling `MAX_HEADERS` empty lines for each answer
 /// cost ~140 instructions (0.5% of a forwarded request); a head with more is parsed again with room for `MAX_HEADERS`.
 const FEW_HEADERS: usize = 24;
@@ -424,10 +427,12 @@ impl Head {
         // A list or repeated lines of `content-length`: passed on as the one number (RFC 9110 §8.6).
         let mut restate_length = false;
         let (mut close, mut keep_alive) = (false, false);
-        // The lines passed on (bit i: `res.headers[i]`), those of them the forwarder would strip or replace, and
-        // whether any is a hop-by-hop line it strips from a map (the lines then go into the map).
-        let (mut passed, mut not_kept, mut hop, mut dated) = (0u128, 0u128, false, false);
+        // The lines passed on (bit i: `res.headers[i]`); those of them left out of kept lines (written from the
+        // framing, or replaced by the observe layer); whether one needs the map (a hop-by-hop line the forwarder
+        // strips from it, a name `HeaderName` refuses as too long); whether a `date` is among them.
+        let (mut passed, mut not_kept, mut to_map, mut dated) = (0u128, 0u128, false, false);
         for (i, line) in res.headers.iter().enumerate() {
+            to_map |= line.name.len() > MAX_NAME;
             match Kind::of(line.name.as_bytes()) {
                 Kind::ContentLength => {
                     let (n, listed) = content_length(line.value)?;
@@ -457,11 +462,11 @@ impl Head {
                     if !names_headers {
                         continue;
                     }
-                    hop = true;
+                    to_map = true;
                 }
                 Kind::KeepAlive => continue,
                 Kind::RequestId => not_kept |= 1 << i,
-                Kind::OtherHop => hop = true,
+                Kind::OtherHop => to_map = true,
                 Kind::Date => dated = true,
                 Kind::Other => {}
             }
@@ -481,7 +486,7 @@ impl Head {
         // Both lengths given: the chunks count, the stale length is not passed on (it would cut the body short),
         // and the connection is not trusted with another request.
         let conflicting = coded && length.is_some() && !no_body;
-        let lines = match keep_lines && !hop && !no_body {
+        let lines = match keep_lines && !to_map && !no_body {
             true => Lines::keep(data, res.headers, len, passed & !not_kept, dated),
             false => None,
         };
@@ -622,17 +627,18 @@ enum State {
 /// What the reading states expect.
 const READING: &str = "a body still reading holds its connection";
 
-impl<T> WireBody<T> {
-    /// The answer's header lines, when they were kept as bytes (its map is then empty).
-    pub fn lines(&self) -> Option<&Lines> {
+/// The answer's header lines, when they were kept as bytes (its map is then empty).
+impl<T> PassedLines for WireBody<T> {
+    fn lines(&self) -> Option<&Lines> {
         self.lines.as_deref()
     }
 
-    /// Takes the answer's header lines out, for them to go into its map.
-    pub fn take_lines(&mut self) -> Option<Box<Lines>> {
+    fn take_lines(&mut self) -> Option<Box<Lines>> {
         self.lines.take()
     }
+}
 
+impl<T> WireBody<T> {
     /// The body was read to its end: the connection goes home when it may carry another request.
     fn finish(&mut self) {
         if !matches!(self.state, State::Whole(_)) {

@@ -699,3 +699,28 @@ async fn lines_asked_for_as_bytes_are_kept_as_the_upstream_wrote_them_and_the_ma
         assert_eq!((got.lines, got.headers.len()), (None, lines), "{}", String::from_utf8_lossy(answer));
     }
 }
+
+#[tokio::test]
+async fn kept_lines_go_into_the_map_with_the_length_they_leave_out_and_overlong_names_keep_the_map() {
+    let kept = Arc::new(Kept::default());
+    let (client, mut up) = duplex(1 << 18);
+    tokio::spawn(async move {
+        read_request(&mut up).await;
+        up.write_all(b"HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = up.read_to_end(&mut rest).await;
+    });
+    let req = encode_keeping(&get(Method::GET, b""), true);
+    let mut res = Conn::new(client).exchange(&req, kept, far()).await.unwrap();
+    assert!(res.headers().is_empty());
+    crate::upstream::into_map(&mut res);
+    let pairs: Vec<_> = res.headers().iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+    assert_eq!(pairs, [("server", "up"), ("x-a", "1"), ("content-length", "2")]);
+    assert!(res.body().lines().is_none());
+
+    // A name longer than `HeaderName` takes: refused, as on the map path.
+    let long = format!("HTTP/1.1 200 OK\r\n{}: 1\r\ncontent-length: 1\r\n\r\na", "x".repeat(MAX_NAME + 1));
+    let long: &'static [u8] = Box::leak(long.into_bytes().into_boxed_slice());
+    let got = exchange_keeping(get(Method::GET, b""), &[long], false, true).await;
+    assert!(got.body.unwrap_err().contains("header name"));
+}
