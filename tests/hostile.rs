@@ -13,7 +13,7 @@ use std::time::Duration;
 use broker_support::common::*;
 use broker_support::{Amqp, KafkaLock, RabbitLock, random_name};
 use http::Request;
-use process_support::{Launched, free_port, read_http1_response, sluice_bin};
+use process_support::{Launched, free_ports, read_http1_response, sluice_bin};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -1147,7 +1147,7 @@ async fn a_secret_option_the_kafka_client_refuses_is_reported_without_its_value(
     let dir = std::env::temp_dir().join(format!("sluice-hostile-refused-option-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("routes.toml");
-    let (port, admin) = (free_port().await, free_port().await);
+    let (port, admin) = free_ports().await;
     std::fs::write(
         &path,
         format!(

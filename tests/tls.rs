@@ -947,8 +947,7 @@ async fn without_ca_file_an_upstream_is_verified_against_the_system_roots() {
     let ca = Ca::new("Pretend Public CA");
     let up = TlsUpstream::start(&ca.leaf(&["localhost"], 9)).await;
     let roots = dir.write("system-roots.pem", &ca.pem);
-    let free_port = async || TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
-    let (port, admin) = (free_port().await, free_port().await);
+    let (port, admin) = process_support::free_ports().await;
     let toml = format!("[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n")
         + &upstream_and_route("public", &[format!("https://localhost:{}", up.addr.port())], "");
     let path = dir.write("routes.toml", &toml);

@@ -580,16 +580,13 @@ fn sluice(args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
-async fn free_port() -> u16 {
-    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn an_unset_secret_variable_fails_strict_check_and_start() {
     let var = format!("SLUICE_E2E_UNSET_{}", uuid::Uuid::new_v4().simple());
     let dir = temp_dir("unset");
     let path = dir.join("routes.toml");
-    std::fs::write(&path, binary_config(free_port().await, free_port().await, &var, "http://127.0.0.1:9")).unwrap();
+    let (port, admin) = process_support::free_ports().await;
+    std::fs::write(&path, binary_config(port, admin, &var, "http://127.0.0.1:9")).unwrap();
     let path = path.to_str().unwrap();
     let want = format!(r#"routes[0] "hooks": verify.secret_env names "{var}", which is not set"#);
 
@@ -615,7 +612,7 @@ async fn the_log_says_why_a_signature_was_refused_never_the_secret_and_reload_ne
     let var = format!("SLUICE_E2E_SECRET_{}", uuid::Uuid::new_v4().simple());
     let secret = format!("s3cret-{}", uuid::Uuid::new_v4().simple());
     let dir = temp_dir("log");
-    let (port, admin) = (free_port().await, free_port().await);
+    let (port, admin) = process_support::free_ports().await;
     let path = dir.join("routes.toml");
     std::fs::write(&path, binary_config(port, admin, &var, &up.url())).unwrap();
     let stderr_path = dir.join("stderr.log");

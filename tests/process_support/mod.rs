@@ -97,6 +97,14 @@ pub async fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// Two different ports nothing listens on right now: both held while the second is picked (two calls of
+/// [`free_port`] may get the same port back, the first being free again by the second).
+pub async fn free_ports() -> (u16, u16) {
+    let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+}
+
 /// A running `sluice run --config FILE` in its own temporary directory (its stderr in `stderr.log` there); killed
 /// when dropped, and the directory removed unless the test failed.
 pub struct Launched {
@@ -130,7 +138,7 @@ impl Launched {
         for _ in 0..5 {
             let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", uuid::Uuid::new_v4().simple()));
             std::fs::create_dir_all(&dir).unwrap();
-            let (port, admin_port) = (free_port().await, free_port().await);
+            let (port, admin_port) = free_ports().await;
             let path = files(&dir, port, admin_port);
             let mut command = Command::new(sluice_bin());
             command.env_remove("SLUICE_CONFIG").env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null());
