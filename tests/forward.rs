@@ -3,6 +3,7 @@
 //! observes: statuses, bodies, headers, which endpoint served, how many attempts each endpoint received, metrics.
 
 mod common;
+mod process_support;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -1688,14 +1689,6 @@ fn run_refuses_an_invalid_file() {
     std::fs::remove_dir_all(dir).ok();
 }
 
-/// Two different ports nothing listens on right now (both held while the second is picked: two single picks may
-/// get the same port back).
-async fn free_ports() -> (u16, u16) {
-    let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
-}
-
 /// Kills the child on drop, so that a failed assertion does not leave a gateway running.
 struct ChildGuard(std::process::Child);
 
@@ -1773,7 +1766,7 @@ async fn binary_serves_each_connection_on_one_of_its_per_core_workers() {
     let upstream_connections = || upstream.connections.load(Ordering::SeqCst);
 
     // Three serving workers, each with its own thread.
-    let (port, admin_port) = free_ports().await;
+    let (port, admin_port) = process_support::free_ports().await;
     let child = start(&[("TOKIO_WORKER_THREADS", "3")], port, admin_port);
     healthy(admin_port).await;
     let pid = child.0.id();
@@ -1829,7 +1822,7 @@ async fn binary_serves_each_connection_on_one_of_its_per_core_workers() {
     drop(child);
 
     // The work-stealing runtime instead, on request: no serving workers, the same answers.
-    let (port, admin_port) = free_ports().await;
+    let (port, admin_port) = process_support::free_ports().await;
     let child = start(&[("TOKIO_WORKER_THREADS", "2"), ("SLUICE_RUNTIME", "work-stealing")], port, admin_port);
     healthy(admin_port).await;
     assert!(worker_waits(child.0.id()).is_empty());
@@ -1842,7 +1835,7 @@ async fn binary_serves_each_connection_on_one_of_its_per_core_workers() {
         [("TOKIO_WORKER_THREADS", "0"), ("SLUICE_RUNTIME", "per-core")],
         [("TOKIO_WORKER_THREADS", "2"), ("SLUICE_RUNTIME", "fastest")],
     ] {
-        let (port, admin_port) = free_ports().await;
+        let (port, admin_port) = process_support::free_ports().await;
         let mut child = start(&env, port, admin_port);
         let status = child.0.wait().unwrap();
         let log = std::fs::read_to_string(dir.join(format!("stderr-{port}.log"))).unwrap();
@@ -1856,7 +1849,7 @@ async fn binary_serves_each_connection_on_one_of_its_per_core_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_and_drains_on_sigterm_then_exits_0() {
     let (slow, gate) = gated("slow").await;
-    let (port, admin_port) = free_ports().await;
+    let (port, admin_port) = process_support::free_ports().await;
     let dir = temp_dir("run-sigterm");
     let path = write(
         &dir,

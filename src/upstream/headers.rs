@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName};
 const HOPS: usize = 8;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; HOPS] = [
+pub(super) const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

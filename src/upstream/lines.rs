@@ -234,6 +234,10 @@ mod tests {
         for hop in ["TE", "Trailer", "Upgrade", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization"] {
             assert_eq!(Kind::of(hop.as_bytes()), Kind::OtherHop, "{hop}");
         }
+        // Every name the forwarder strips from a map is one that keeps the lines out of `Lines` or out of the map.
+        for hop in super::super::headers::HOP_BY_HOP.iter().map(http::HeaderName::as_str).chain(["te"]) {
+            assert_ne!(Kind::of(hop.to_ascii_uppercase().as_bytes()), Kind::Other, "{hop}");
+        }
         for other in ["Server", "Content-Type", "x-request-ie", "dates", "t"] {
             assert_eq!(Kind::of(other.as_bytes()), Kind::Other, "{other}");
         }
