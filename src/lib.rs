@@ -6,6 +6,7 @@
 //! - [`config`]: the `routes.toml` model, loading with environment overrides, and `validate()`.
 //! - [`snapshot`]: a config compiled for serving (routes → stacks, upstreams, brokers), swapped atomically.
 //! - [`reload`]: SIGHUP, file watch and `POST /reload` → validate → compile → swap.
+//! - `config_watch`: the config file's directory watched for the events that can change the file (Linux).
 //! - [`server`]: the public listener (plain or TLS), routing each request to its route's stack, graceful shutdown.
 //! - [`workers`]: thread-per-core serving: each client connection on one worker thread with its own runtime.
 //! - [`connection`]: one client connection's limits (header-read and idle timeouts, its `max_connections` slot).
@@ -37,6 +38,8 @@ pub mod boxed;
 pub mod bridge;
 pub mod clock;
 pub mod config;
+#[cfg(target_os = "linux")]
+mod config_watch;
 pub mod connection;
 pub mod drain;
 pub mod forward;

@@ -1,22 +1,23 @@
-//! Hot reload. `SIGHUP`, a change of the config file (a debounced watch of its directory, so editors that
-//! replace the file and Kubernetes ConfigMap updates are seen) and `POST /reload` all run the same steps:
+//! Hot reload. `SIGHUP`, a change of the config file (on Linux, a debounced watch of its directory,
+//! `config_watch`: editors that replace the file and Kubernetes ConfigMap updates are seen) and `POST /reload` all
+//! run the same steps:
 //! load → validate → compile → swap. In-flight requests finish on the snapshot they started with; the next
 //! request, also on a kept-alive connection, gets the new one. An invalid file is rejected with every problem
 //! logged and `sluice_config_reloads_total{result="error"}` counted, and the old config keeps serving.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::server::Gateway;
 use crate::snapshot::Snapshot;
 
 /// How long the file must stay quiet after a change before it is read (editors write in several steps).
-const DEBOUNCE: Duration = Duration::from_millis(300);
+#[cfg(target_os = "linux")]
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// The result of one reload, as `POST /reload` answers it.
 #[derive(Debug, Serialize)]
@@ -64,6 +65,7 @@ impl Reloader {
     /// The file watcher's reload: only when the file's content differs from what the last reload, whatever its
     /// trigger, read (an editor that saves the same bytes, a touch, or an edit already applied by `SIGHUP` count
     /// as nothing). `None` when there was nothing to do.
+    #[cfg(target_os = "linux")]
     async fn reload_if_changed(&self) -> Option<Outcome> {
         let mut last_read = self.last_read.lock().await;
         let now = tokio::fs::read(&self.path).await.ok();
@@ -131,8 +133,9 @@ impl Reloader {
         outcome
     }
 
-    /// Reloads on every `SIGHUP` received by `hangup` and on every change of the config file, until the
-    /// gateway is dropped. A file watch that cannot be set up is logged; SIGHUP and `POST /reload` still work.
+    /// Reloads on every `SIGHUP` received by `hangup` and on every change of the config file (Linux), as long as
+    /// the gateway lives (each task notices it is gone at its next signal or change). A file watch that cannot be set
+    /// up is logged; SIGHUP and `POST /reload` still work.
     pub fn spawn(self: &Arc<Self>, hangup: Option<tokio::signal::unix::Signal>) {
         if let Some(mut hangup) = hangup {
             let me = Arc::downgrade(self);
@@ -143,13 +146,18 @@ impl Reloader {
                 }
             });
         }
-        let (tx, rx) = mpsc::channel(1);
-        match watch(&self.path, tx) {
-            Ok(watcher) => {
-                tokio::spawn(on_file_change(Arc::downgrade(self), rx, watcher));
+        #[cfg(target_os = "linux")]
+        match crate::config_watch::watch(&self.path) {
+            Ok(changes) => {
+                tokio::spawn(on_file_change(Arc::downgrade(self), changes));
             }
             Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "cannot watch the config file"),
         }
+        #[cfg(not(target_os = "linux"))]
+        tracing::warn!(
+            path = %self.path.display(),
+            "the config file is watched on Linux only; reload with SIGHUP or POST /reload"
+        );
     }
 }
 
@@ -186,45 +194,26 @@ fn keep_startup_settings(running: &Config, new: &mut Config) -> Vec<String> {
     keys
 }
 
-/// Watches the directory of `path` and signals `tx` when an event names the file (or, for a Kubernetes
-/// ConfigMap, its `..data` link).
-fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_owned());
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if event.kind.is_access() {
-            return;
-        }
-        let ours = event.paths.iter().any(|p| {
-            let file = p.file_name();
-            file == name.as_deref() || file.is_some_and(|f| f == "..data")
-        });
-        if ours {
-            // A full channel already holds a pending signal: nothing is lost.
-            let _ = tx.try_send(());
-        }
-    })?;
-    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-    Ok(watcher)
-}
-
 /// Reloads after the file has been quiet for `DEBOUNCE`, and only when its content changed since the last
-/// reload read it ([`Reloader::reload_if_changed`]).
-async fn on_file_change(
-    reloader: std::sync::Weak<Reloader>,
-    mut rx: mpsc::Receiver<()>,
-    _watcher: notify::RecommendedWatcher,
-) {
-    while rx.recv().await.is_some() {
-        // Debounce: wait until no event arrived for DEBOUNCE.
-        while tokio::time::timeout(DEBOUNCE, rx.recv()).await.is_ok_and(|e| e.is_some()) {}
+/// reload read it ([`Reloader::reload_if_changed`]). Ends with the watch, or at the first change after the
+/// gateway is gone.
+#[cfg(target_os = "linux")]
+async fn on_file_change(reloader: std::sync::Weak<Reloader>, mut changes: crate::config_watch::Changes) {
+    while changes.next().await.is_some() {
+        // Debounce: wait until no event named the file for DEBOUNCE (a watch that ends meanwhile still has its
+        // last change read).
+        let ended = loop {
+            match tokio::time::timeout(DEBOUNCE, changes.next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => break true,
+                Err(_) => break false,
+            }
+        };
         let Some(r) = reloader.upgrade() else { return };
         r.reload_if_changed().await;
+        if ended {
+            return;
+        }
     }
 }
 
