@@ -91,29 +91,9 @@ fn change_of(event: &OsStr, file: &OsStr) -> Option<Change> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::Scratch;
     use std::io::{Read, Write};
     use std::time::Duration;
-
-    /// A directory of its own, removed when dropped.
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new() -> Dir {
-            let dir = std::env::temp_dir().join(format!("sluice-watch-{}", uuid::Uuid::new_v4()));
-            std::fs::create_dir(&dir).unwrap();
-            Dir(dir)
-        }
-
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     async fn next(changes: &mut Changes) -> Option<Change> {
         tokio::time::timeout(Duration::from_secs(10), changes.next()).await.expect("an event naming the file")
@@ -139,28 +119,28 @@ mod tests {
 
     #[tokio::test]
     async fn writes_to_and_reads_of_other_files_in_the_directory_wake_nothing() {
-        let dir = Dir::new();
-        let config = dir.path().join("routes.toml");
+        let dir = Scratch::new("sluice-watch");
+        let config = dir.join("routes.toml");
         std::fs::write(&config, "a = 1\n").unwrap();
         // A log kept open and written line by line, and a file read now and then, as next to a real config.
-        let mut log = std::fs::File::create(dir.path().join("sluice.log")).unwrap();
-        std::fs::write(dir.path().join("static.html"), "<p>").unwrap();
+        let mut log = std::fs::File::create(dir.join("sluice.log")).unwrap();
+        std::fs::write(dir.join("static.html"), "<p>").unwrap();
         let mut changes = watch(&config).unwrap();
 
         for i in 0..100 {
             writeln!(log, "line {i}").unwrap();
             let mut text = String::new();
-            std::fs::File::open(dir.path().join("static.html")).unwrap().read_to_string(&mut text).unwrap();
+            std::fs::File::open(dir.join("static.html")).unwrap().read_to_string(&mut text).unwrap();
         }
-        std::fs::remove_file(dir.path().join("static.html")).unwrap();
-        std::fs::write(dir.path().join("marker"), "").unwrap();
+        std::fs::remove_file(dir.join("static.html")).unwrap();
+        std::fs::write(dir.join("marker"), "").unwrap();
         let seen = raw_until(&mut changes, "marker").await;
         assert!(seen.iter().all(|(n, _)| n == "marker"), "events before the marker: {seen:?}");
 
         // Another file created, written and closed wakes the watch but is not the config (were it taken for it, the
         // first change would be `File`); a ConfigMap swap and the config rewritten in place are.
-        std::fs::write(dir.path().join("other.toml"), "b = 1\n").unwrap();
-        std::os::unix::fs::symlink("elsewhere", dir.path().join("..data")).unwrap();
+        std::fs::write(dir.join("other.toml"), "b = 1\n").unwrap();
+        std::os::unix::fs::symlink("elsewhere", dir.join("..data")).unwrap();
         assert_eq!(next(&mut changes).await, Some(Change::ConfigMap));
         std::fs::write(&config, "a = 2\n").unwrap();
         assert_eq!(next(&mut changes).await, Some(Change::File));
@@ -168,18 +148,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_replaced_file_a_swapped_configmap_and_a_recreated_file_are_seen() {
-        let dir = Dir::new();
-        let config = dir.path().join("routes.toml");
+        let dir = Scratch::new("sluice-watch");
+        let config = dir.join("routes.toml");
         std::fs::write(&config, "a = 1\n").unwrap();
         let mut changes = watch(&config).unwrap();
 
         // Replaced by rename (editors, `mv`): the temporary file's own events are not the config's.
-        std::fs::write(dir.path().join(".routes.toml.swp"), "a = 2\n").unwrap();
-        std::fs::rename(dir.path().join(".routes.toml.swp"), &config).unwrap();
+        std::fs::write(dir.join(".routes.toml.swp"), "a = 2\n").unwrap();
+        std::fs::rename(dir.join(".routes.toml.swp"), &config).unwrap();
         assert_eq!(next(&mut changes).await, Some(Change::File));
         // A ConfigMap's `..data` link renamed over (the new link's own creation is not the config's).
-        std::os::unix::fs::symlink("elsewhere", dir.path().join("..data_tmp")).unwrap();
-        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("elsewhere", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
         assert_eq!(next(&mut changes).await, Some(Change::ConfigMap));
         // Deleted (nothing to load), then created and written again.
         std::fs::remove_file(&config).unwrap();
@@ -189,8 +169,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_deleted_directory_ends_the_watch() {
-        let dir = Dir::new();
-        let sub = dir.path().join("etc");
+        let dir = Scratch::new("sluice-watch");
+        let sub = dir.join("etc");
         std::fs::create_dir(&sub).unwrap();
         let mut changes = watch(&sub.join("routes.toml")).unwrap();
         std::fs::remove_dir(&sub).unwrap();

@@ -54,6 +54,8 @@ pub mod redact;
 pub mod reload;
 pub mod request;
 pub mod router;
+#[cfg(test)]
+mod scratch;
 pub mod server;
 pub mod snapshot;
 pub mod stack;

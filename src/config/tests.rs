@@ -1,31 +1,7 @@
 //! Unit tests of loading and validation: each class of error is reported, all at once, naming where it is.
 
 use super::*;
-
-/// A directory of its own under the temp dir, removed with what it holds when this is dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(prefix: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = std::path::Path;
-
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
+use crate::scratch::Scratch;
 
 /// A config file in a [`Scratch`] directory of its own, gone when this is dropped (the end of the statement for
 /// `load(&write(..))`).
